@@ -1,0 +1,1 @@
+"""Audio to arrays: decoding, log-frequency spectra, chroma and patch vectors."""

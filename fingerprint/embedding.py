@@ -1,0 +1,99 @@
+"""Pitch- and shift-tolerant patch vectors from chroma, and tempo resampling of chroma.
+
+A patch is ``patch_frames`` frames of chroma. Its vector is the magnitude of the patch's
+2-D Fourier transform (Bertin-Mahieux & Ellis 2012): a circular roll along the chroma axis
+(a pitch shift) leaves it unchanged, and a small shift along time changes it little. Tempo
+is handled outside the vector: a query is resampled along time to each candidate tempo ratio
+before its patches are embedded (multi-rate matching, as in Müller's audio matching).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.spectrum import normalise_frames
+
+
+def patch_starts(n_frames: int, *, patch_frames: int, hop: int) -> np.ndarray:
+    """First frame of each patch of a sequence.
+
+    A sequence shorter than one patch yields the single start 0 (it is zero-padded).
+
+    Parameters
+    ----------
+    n_frames : int >= 0
+    patch_frames : int > 0
+    hop : int > 0
+
+    Returns
+    -------
+    starts : np.ndarray [shape=(n_patches,), dtype=int64]
+    """
+    if n_frames <= patch_frames:
+        return np.zeros(1 if n_frames > 0 else 0, dtype=np.int64)
+    return np.arange(0, n_frames - patch_frames + 1, hop, dtype=np.int64)
+
+
+def embed_patches(
+    chroma: np.ndarray, starts: np.ndarray, *, params: FingerprintParams
+) -> np.ndarray:
+    """Embed chroma patches as L2-normalised 2-D Fourier magnitude vectors.
+
+    Parameters
+    ----------
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames)]
+        Frame-normalised chroma (see :func:`chroma_from_spectrum`).
+    starts : np.ndarray [shape=(n_patches,)]
+        First frame of each patch.
+    params : FingerprintParams
+
+    Returns
+    -------
+    vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
+        Zero-mean, unit-norm vectors: their dot product is a correlation.
+    """
+    n_bins, n_frames = chroma.shape
+    width = params.patch_frames
+    if n_frames < width:
+        chroma = np.pad(chroma, ((0, 0), (0, width - n_frames)))
+    index = starts[:, None] + np.arange(width)[None, :]
+    patches = chroma[:, index].transpose(1, 0, 2)  # (n_patches, n_bins, width)
+    spectrum = np.abs(np.fft.fft2(patches, axes=(1, 2)))
+    k_chroma = params.embed_chroma_coeffs
+    k_time = params.embed_time_coeffs
+    # |F(k, l)| = |F(-k, -l)| for real patches: chroma frequencies 1..K and time frequencies
+    # -(L-1)..(L-1) cover every distinct low-frequency coefficient (k = 0 is zero because
+    # every chroma frame has zero mean).
+    time_index = np.r_[0 : k_time, -k_time + 1 : 0]
+    kept = spectrum[:, 1 : k_chroma + 1][:, :, time_index]
+    vectors = np.sqrt(kept.reshape(len(starts), -1))
+    vectors -= vectors.mean(axis=1, keepdims=True)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    return vectors.astype(np.float32)
+
+
+def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
+    """Stretch a feature sequence along time by ``rate`` (linear interpolation).
+
+    Parameters
+    ----------
+    features : np.ndarray [shape=(n_features, n_frames)]
+    rate : float > 0
+        Output length is ``round(n_frames * rate)``; ``rate`` > 1 lengthens, so a query that
+        plays ``rate`` times faster than its reference is brought back to reference tempo.
+
+    Returns
+    -------
+    resampled : np.ndarray [shape=(n_features, round(n_frames * rate)), dtype=float32]
+        Frame-normalised again.
+    """
+    n_frames = features.shape[1]
+    n_out = max(1, int(round(n_frames * rate)))
+    positions = np.arange(n_out) / rate
+    positions = np.clip(positions, 0, n_frames - 1)
+    left = np.floor(positions).astype(np.int64)
+    right = np.minimum(left + 1, n_frames - 1)
+    frac = (positions - left).astype(np.float32)
+    out = features[:, left] * (1 - frac) + features[:, right] * frac
+    return normalise_frames(out)

@@ -1,0 +1,127 @@
+"""From decoded audio to the features tunetrace stores and matches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunetrace.errors import AudioTooShortError
+from tunetrace.fingerprint.decode import Audio
+from tunetrace.fingerprint.embedding import embed_patches, patch_starts
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.spectrum import chroma_from_spectrum, log_spectrogram
+
+#: A frame is "silent" when its loudest log bin is below this compressed magnitude.
+SILENCE_LEVEL = 0.05
+
+
+@dataclass(frozen=True)
+class Features:
+    """Feature sequences of one recording.
+
+    Attributes
+    ----------
+    spectrum : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+        Compressed log-frequency spectrogram (verification).
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
+        Smoothed, frame-normalised chroma (candidate search, pitch estimate).
+    frame_rate_hz : float
+        Frames per second.
+    """
+
+    spectrum: np.ndarray
+    chroma: np.ndarray
+    frame_rate_hz: float
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames."""
+        return int(self.spectrum.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        """Duration covered by the frames, in seconds."""
+        return self.n_frames / self.frame_rate_hz
+
+    def active_frames(self) -> np.ndarray:
+        """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""
+        return self.spectrum.max(axis=0) > SILENCE_LEVEL
+
+
+def features_from_spectrum(spectrum: np.ndarray, *, params: FingerprintParams) -> Features:
+    """Build :class:`Features` from a log-frequency spectrogram.
+
+    Parameters
+    ----------
+    spectrum : np.ndarray [shape=(params.n_bins, n_frames)]
+    params : FingerprintParams
+
+    Returns
+    -------
+    features : Features
+    """
+    spectrum = np.asarray(spectrum, dtype=np.float32)
+    chroma = chroma_from_spectrum(spectrum, params=params)
+    return Features(spectrum=spectrum, chroma=chroma, frame_rate_hz=params.frame_rate_hz)
+
+
+def extract_features(
+    audio: Audio, *, params: FingerprintParams, min_duration_s: float | None = None
+) -> Features:
+    """Compute the features of decoded audio.
+
+    Parameters
+    ----------
+    audio : Audio
+        Mono audio at ``params.sample_rate_hz``.
+    params : FingerprintParams
+    min_duration_s : float or None
+        Refuse audio with less than this much non-silent material (default
+        ``params.min_query_s``).
+
+    Returns
+    -------
+    features : Features
+
+    Raises
+    ------
+    AudioTooShortError
+        If the audio holds less than ``min_duration_s`` of sound.
+    """
+    if audio.sample_rate_hz != params.sample_rate_hz:
+        raise ValueError(
+            f"audio is at {audio.sample_rate_hz} Hz, features need {params.sample_rate_hz} Hz"
+        )
+    minimum = params.min_query_s if min_duration_s is None else min_duration_s
+    if audio.duration_s < minimum:
+        raise AudioTooShortError(
+            f"{audio.duration_s:.1f} s of audio is shorter than the minimum of {minimum:.1f} s"
+        )
+    features = features_from_spectrum(log_spectrogram(audio.samples, params=params), params=params)
+    sounding_s = features.active_frames().sum() / features.frame_rate_hz
+    if sounding_s < minimum:
+        raise AudioTooShortError(
+            f"only {sounding_s:.1f} s of the audio is not silent; at least {minimum:.1f} s needed"
+        )
+    return features
+
+
+def reference_vectors(features: Features, *, params: FingerprintParams) -> tuple[np.ndarray, np.ndarray]:
+    """Patch vectors of a reference at its own tempo.
+
+    Parameters
+    ----------
+    features : Features
+    params : FingerprintParams
+
+    Returns
+    -------
+    starts : np.ndarray [shape=(n_patches,), dtype=int64]
+        First frame of each patch.
+    vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
+    """
+    starts = patch_starts(
+        features.n_frames, patch_frames=params.patch_frames, hop=params.reference_patch_hop
+    )
+    return starts, embed_patches(features.chroma, starts, params=params)

@@ -1,0 +1,1 @@
+"""The catalogue: references in SQLite, patch vectors in FAISS, stored feature sequences."""

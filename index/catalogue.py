@@ -1,0 +1,470 @@
+"""A catalogue directory: SQLite (source of truth) plus a derived FAISS index.
+
+Layout of ``DIR``::
+
+    catalogue.sqlite        references, their metadata, stored spectra and patch vectors
+    vectors.faiss           FAISS index of all patch vectors (rebuilt from SQLite if stale)
+    vectors.faiss.json      the catalogue generation the index file reflects
+
+Every change is one SQLite transaction (WAL mode) that also bumps the catalogue
+*generation*; the FAISS file is written atomically afterwards. A crash between the two leaves
+a stale index file, which the next open detects by its generation and rebuilds. A crash
+during a transaction loses only that transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from tunetrace.candidates import split_vector_ids, vector_ids
+from tunetrace.errors import (
+    CatalogueError,
+    DuplicateReferenceError,
+    IncompatibleCatalogueError,
+    InvalidReferenceIdError,
+    ReferenceNotFoundError,
+)
+from tunetrace.fingerprint.features import Features, features_from_spectrum
+from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
+from tunetrace.index.storage import (
+    dequantise_spectrum,
+    vectors_from_bytes,
+    vectors_to_bytes,
+)
+from tunetrace.index.vector_index import VectorIndex
+
+logger = logging.getLogger(__name__)
+
+#: Version of the on-disk layout (tables, blobs). Bump on incompatible change.
+FORMAT_VERSION = 1
+DATABASE_NAME = "catalogue.sqlite"
+INDEX_NAME = "vectors.faiss"
+MAX_ID_LENGTH = 200
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refs (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    title TEXT,
+    artist TEXT,
+    isrc TEXT,
+    source_path TEXT,
+    duration_s REAL NOT NULL,
+    n_frames INTEGER NOT NULL,
+    added_at TEXT NOT NULL,
+    spectrum BLOB NOT NULL,
+    spectrum_scale REAL NOT NULL,
+    vectors BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ReferenceRecord:
+    """What a reference is, without its feature data."""
+
+    key: int
+    reference_id: str
+    title: str | None
+    artist: str | None
+    isrc: str | None
+    source_path: str | None
+    duration_s: float
+    added_at: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "id": self.reference_id,
+            "title": self.title,
+            "artist": self.artist,
+            "isrc": self.isrc,
+            "source_path": self.source_path,
+            "duration_s": round(self.duration_s, 2),
+            "added_at": self.added_at,
+        }
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """A fingerprinted reference ready to be stored (computed in any process)."""
+
+    spectrum_codes: bytes
+    spectrum_scale: float
+    n_frames: int
+    duration_s: float
+    vectors: np.ndarray
+
+
+def validate_reference_id(reference_id: str) -> str:
+    """Check the id rules: 1-200 printable characters (``/`` allowed).
+
+    Raises
+    ------
+    InvalidReferenceIdError
+    """
+    if not isinstance(reference_id, str) or not 1 <= len(reference_id) <= MAX_ID_LENGTH:
+        raise InvalidReferenceIdError(
+            f"reference id must be 1-{MAX_ID_LENGTH} characters, got {len(str(reference_id))}"
+        )
+    if not reference_id.isprintable():
+        raise InvalidReferenceIdError(f"reference id {reference_id!r} has unprintable characters")
+    return reference_id
+
+
+class Catalogue:
+    """Open (or create) the catalogue in ``directory``.
+
+    Parameters
+    ----------
+    directory : str or Path
+    params : FingerprintParams, optional
+        Parameters for a new catalogue; an existing one must have been made with equal
+        parameters if given (``None``: use the stored ones).
+    create : bool
+        Create the catalogue if it does not exist.
+
+    Raises
+    ------
+    CatalogueError
+        If the directory holds no catalogue and ``create`` is false.
+    IncompatibleCatalogueError
+        If the catalogue has another format version or other parameters.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        params: FingerprintParams | None = None,
+        create: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        database = self.directory / DATABASE_NAME
+        if not database.exists():
+            if not create:
+                raise CatalogueError(
+                    f"no catalogue at {self.directory} (add references first to create one)"
+                )
+            if self.directory.exists() and not self.directory.is_dir():
+                raise CatalogueError(f"{self.directory} exists and is not a directory")
+            self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise CatalogueError(f"{database} is not a readable catalogue: {exc}") from exc
+        self.params = self._check_or_store_params(params)
+        self._features_cache: OrderedDict[int, Features] = OrderedDict()
+        self._index: VectorIndex | None = None
+        self._index_generation = -1
+
+    # ----------------------------------------------------------------- metadata
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _check_or_store_params(self, params: FingerprintParams | None) -> FingerprintParams:
+        stored_version = self._meta("format_version")
+        if stored_version is None:
+            chosen = params or FingerprintParams()
+            with self._transaction():
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [
+                        ("format_version", str(FORMAT_VERSION)),
+                        ("feature_version", str(FEATURE_VERSION)),
+                        ("params", json.dumps(chosen.to_dict(), sort_keys=True)),
+                        ("generation", "0"),
+                        ("created_at", _now()),
+                    ],
+                )
+            return chosen
+        if int(stored_version) != FORMAT_VERSION or int(self._meta("feature_version") or -1) != FEATURE_VERSION:
+            raise IncompatibleCatalogueError(
+                f"catalogue {self.directory} has format {stored_version} / features "
+                f"{self._meta('feature_version')}; this tunetrace reads format {FORMAT_VERSION} / "
+                f"features {FEATURE_VERSION}. Rebuild it from the original audio."
+            )
+        stored = FingerprintParams.from_dict(json.loads(self._meta("params") or "{}"))
+        if params is not None and params != stored:
+            raise IncompatibleCatalogueError(
+                f"catalogue {self.directory} was made with other fingerprint parameters "
+                f"(digest {stored.digest()}, asked for {params.digest()})"
+            )
+        return stored
+
+    @property
+    def generation(self) -> int:
+        """Counter bumped by every change; readers use it to notice changes."""
+        return int(self._meta("generation") or 0)
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    # ----------------------------------------------------------------- writes
+    def add(
+        self,
+        reference_id: str,
+        data: ReferenceData,
+        *,
+        title: str | None = None,
+        artist: str | None = None,
+        isrc: str | None = None,
+        source_path: str | None = None,
+        replace: bool = False,
+        save_index: bool = True,
+    ) -> ReferenceRecord:
+        """Store a reference (one transaction) and index its vectors.
+
+        Parameters
+        ----------
+        reference_id : str
+        data : ReferenceData
+        title, artist, isrc, source_path : str, optional
+        replace : bool
+            Replace an existing reference with this id instead of failing.
+        save_index : bool
+            Write the FAISS file now (batch adds write it once at the end).
+
+        Raises
+        ------
+        DuplicateReferenceError
+            If the id exists and ``replace`` is false.
+        """
+        validate_reference_id(reference_id)
+        index = self._vector_index()
+        with self._transaction():
+            old = self._db.execute(
+                "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
+            ).fetchone()
+            if old is not None and not replace:
+                raise DuplicateReferenceError(
+                    f"reference {reference_id!r} already exists (use replace to overwrite it)"
+                )
+            if old is not None:
+                self._db.execute("DELETE FROM refs WHERE key = ?", (old[0],))
+            vector_blob = vectors_to_bytes(data.vectors)
+            cursor = self._db.execute(
+                "INSERT INTO refs (id, title, artist, isrc, source_path, duration_s, n_frames,"
+                " added_at, spectrum, spectrum_scale, vectors)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    reference_id, title, artist, isrc, source_path, data.duration_s,
+                    data.n_frames, _now(), data.spectrum_codes, data.spectrum_scale,
+                    vector_blob,
+                ),
+            )
+            key = int(cursor.lastrowid or 0)
+            generation = self._bump_generation()
+        if old is not None:
+            index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
+            self._features_cache.pop(int(old[0]), None)
+        # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
+        stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
+        index.add(stored, vector_ids(key, len(stored)))
+        self._index_generation = generation
+        if save_index:
+            self.save_index()
+        return self.get(reference_id)
+
+    def remove(self, reference_id: str) -> None:
+        """Delete a reference.
+
+        Raises
+        ------
+        ReferenceNotFoundError
+        """
+        index = self._vector_index()
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
+            ).fetchone()
+            if row is None:
+                raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
+            self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
+            generation = self._bump_generation()
+        index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
+        self._features_cache.pop(int(row[0]), None)
+        self._index_generation = generation
+        self.save_index()
+
+    def _patch_count(self, vector_bytes: int) -> int:
+        return vector_bytes // (2 * self.params.embedding_dim)
+
+    def _bump_generation(self) -> int:
+        generation = self.generation + 1
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?)", (str(generation),)
+        )
+        return generation
+
+    def save_index(self) -> None:
+        """Write the FAISS file for the current generation (atomic)."""
+        with self._lock:
+            if self._index is not None:
+                self._index.save(self.directory / INDEX_NAME, generation=self._index_generation)
+
+    # ----------------------------------------------------------------- reads
+    def refresh(self) -> bool:
+        """Pick up changes made by another process; returns True if anything changed."""
+        with self._lock:
+            if self._index is not None and self.generation != self._index_generation:
+                self._index = None
+                self._features_cache.clear()
+                return True
+            return False
+
+    def _vector_index(self) -> VectorIndex:
+        with self._lock:
+            if self._index is not None:
+                return self._index
+            generation = self.generation
+            dim = self.params.embedding_dim
+            index = VectorIndex.load(self.directory / INDEX_NAME, dim=dim, generation=generation)
+            if index is None:
+                index = self._rebuild_index(generation)
+            self._index, self._index_generation = index, generation
+            return index
+
+    def _rebuild_index(self, generation: int) -> VectorIndex:
+        dim = self.params.embedding_dim
+        index = VectorIndex(dim)
+        for key, blob in self._db.execute("SELECT key, vectors FROM refs ORDER BY key"):
+            vectors = vectors_from_bytes(blob, dim)
+            index.add(vectors, vector_ids(int(key), len(vectors)))
+        logger.info("rebuilt vector index: %d vectors", index.size)
+        index.save(self.directory / INDEX_NAME, generation=generation)
+        return index
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest indexed patch vectors (see :class:`VectorIndex.search`)."""
+        return self._vector_index().search(vectors, k)
+
+    def features(self, key: int) -> Features:
+        """Stored feature sequences of the reference with internal ``key`` (cached)."""
+        with self._lock:
+            cached = self._features_cache.get(key)
+            if cached is not None:
+                self._features_cache.move_to_end(key)
+                return cached
+            row = self._db.execute(
+                "SELECT spectrum, spectrum_scale FROM refs WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                raise ReferenceNotFoundError(f"no reference with key {key}")
+            spectrum = dequantise_spectrum(row[0], row[1], self.params.n_bins)
+            features = features_from_spectrum(spectrum, params=self.params)
+            self._features_cache[key] = features
+            while len(self._features_cache) > 64:
+                self._features_cache.popitem(last=False)
+            return features
+
+    def record_by_key(self, key: int) -> ReferenceRecord:
+        """Metadata of the reference with internal ``key``."""
+        row = self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM refs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise ReferenceNotFoundError(f"no reference with key {key}")
+        return ReferenceRecord(*row)
+
+    def get(self, reference_id: str) -> ReferenceRecord:
+        """Metadata of one reference.
+
+        Raises
+        ------
+        ReferenceNotFoundError
+        """
+        row = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM refs WHERE id = ?", (reference_id,)
+        ).fetchone()
+        if row is None:
+            raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
+        return ReferenceRecord(*row)
+
+    def contains(self, reference_id: str) -> bool:
+        """Whether a reference with this id exists."""
+        row = self._db.execute("SELECT 1 FROM refs WHERE id = ?", (reference_id,)).fetchone()
+        return row is not None
+
+    def list(self, *, offset: int = 0, limit: int = 100) -> list[ReferenceRecord]:
+        """References ordered by id."""
+        rows = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM refs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
+        ).fetchall()
+        return [ReferenceRecord(*row) for row in rows]
+
+    def count(self) -> int:
+        """Number of references."""
+        return int(self._db.execute("SELECT count(*) FROM refs").fetchone()[0])
+
+    def info(self) -> dict[str, object]:
+        """Counts, durations, sizes on disk and parameters."""
+        n_refs, total_s = self._db.execute(
+            "SELECT count(*), coalesce(sum(duration_s), 0) FROM refs"
+        ).fetchone()
+        files = [p for p in self.directory.iterdir() if p.is_file()]
+        return {
+            "catalogue": str(self.directory),
+            "references": int(n_refs),
+            "audio_hours": round(float(total_s) / 3600, 3),
+            "vectors": self._vector_index().size,
+            "size_on_disk_bytes": sum(p.stat().st_size for p in files),
+            "format_version": FORMAT_VERSION,
+            "feature_version": FEATURE_VERSION,
+            "generation": self.generation,
+            "params_digest": self.params.digest(),
+            "params": self.params.to_dict(),
+        }
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()
+
+    def __enter__(self) -> Catalogue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_RECORD_COLUMNS = "key, id, title, artist, isrc, source_path, duration_s, added_at"
+
+
+class _Transaction:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error) under a thread lock."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._db = db
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        try:
+            self._db.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._lock.release()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

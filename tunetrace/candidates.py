@@ -1,0 +1,174 @@
+"""Candidate search: multi-rate query patches, nearest neighbours, offset-consistent votes.
+
+For every tempo ratio of the grid the query's chroma is resampled to reference tempo and cut
+into patches; all patches of all rates are searched at once. A hit of query patch ``j``
+(starting at frame ``s_j`` of the resampled query) on reference patch ``p`` (starting at frame
+``t_p`` of the reference) votes for the triple (reference, rate, offset ``t_p - s_j``). A real
+copy piles its votes on one triple; coincidental neighbours scatter theirs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
+from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.types import Candidate
+
+logger = logging.getLogger(__name__)
+
+#: Bits of a vector id that hold the patch number; the rest hold the reference key.
+PATCH_BITS = 24
+#: Only the strongest vote triples are walked when picking candidates.
+MAX_TRIPLES_CONSIDERED = 5000
+#: Two triples of one reference this close (offset bins, rate steps) are the same place.
+SAME_PLACE_BINS = 4
+SAME_PLACE_RATES = 2
+
+
+def vector_ids(reference_key: int, n_patches: int) -> np.ndarray:
+    """FAISS ids of a reference's patches: ``reference_key << PATCH_BITS | patch_number``."""
+    return (np.int64(reference_key) << PATCH_BITS) | np.arange(n_patches, dtype=np.int64)
+
+
+def split_vector_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`vector_ids`: ``(reference_keys, patch_numbers)``."""
+    return ids >> PATCH_BITS, ids & ((1 << PATCH_BITS) - 1)
+
+
+class VectorSearcher(Protocol):
+    """Anything that returns the ``k`` most similar indexed vectors (inner product)."""
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(similarities, ids)``, each of shape ``(n, k)``; missing hits have id -1."""
+        ...
+
+
+def query_patch_vectors(
+    features: Features, *, params: FingerprintParams
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embed the query's patches at every tempo ratio of the grid.
+
+    Returns
+    -------
+    vectors : np.ndarray [shape=(n, embedding_dim)]
+    rate_index : np.ndarray [shape=(n,)]
+        Index into ``params.rate_grid()`` of each vector.
+    starts : np.ndarray [shape=(n,)]
+        First frame of each patch in the resampled (reference-tempo) query.
+    """
+    all_vectors, all_rates, all_starts = [], [], []
+    for index, rate in enumerate(params.rate_grid()):
+        chroma = resample_time(features.chroma, rate)
+        starts = patch_starts(
+            chroma.shape[1], patch_frames=params.patch_frames, hop=params.query_patch_hop
+        )
+        all_vectors.append(embed_patches(chroma, starts, params=params))
+        all_rates.append(np.full(len(starts), index))
+        all_starts.append(starts)
+    return np.concatenate(all_vectors), np.concatenate(all_rates), np.concatenate(all_starts)
+
+
+def find_candidates(
+    features: Features,
+    searcher: VectorSearcher,
+    *,
+    params: FingerprintParams,
+    n_neighbours: int = 20,
+    max_candidates: int = 8,
+    per_reference: int = 2,
+) -> list[Candidate]:
+    """Rank (reference, tempo ratio, offset) triples by offset-consistent patch votes.
+
+    Parameters
+    ----------
+    features : Features
+        The query.
+    searcher : VectorSearcher
+        The catalogue's vector index.
+    params : FingerprintParams
+    n_neighbours : int
+        Nearest indexed patches retrieved per query patch.
+    max_candidates : int
+        Number of distinct references returned.
+    per_reference : int
+        Best distinct offsets returned per reference (a query may hold two far-apart parts).
+
+    Returns
+    -------
+    candidates : list of Candidate
+        Best first.
+    """
+    vectors, rate_index, starts = query_patch_vectors(features, params=params)
+    similarities, ids = searcher.search(vectors, n_neighbours)
+    rates = params.rate_grid()
+    n_patches_per_rate = np.bincount(rate_index, minlength=len(rates)).astype(np.float64)
+
+    valid = ids >= 0
+    patch_of_hit = np.broadcast_to(np.arange(len(vectors))[:, None], ids.shape)[valid]
+    sims = np.clip(similarities[valid], 0.0, None)
+    ref_keys, patch_numbers = split_vector_ids(ids[valid])
+    hit_rate = rate_index[patch_of_hit]
+    ref_start = patch_numbers * params.reference_patch_hop
+    offsets = ref_start - starts[patch_of_hit]
+    offset_bin = np.round(offsets / params.reference_patch_hop).astype(np.int64)
+    if sims.size == 0:
+        return []
+
+    # One vote per query patch per (reference, rate, offset bin): its best similarity.
+    keys = np.stack([ref_keys, hit_rate, offset_bin, patch_of_hit], axis=1)
+    order = np.lexsort((-sims, *keys.T[::-1]))
+    keys, sims = keys[order], sims[order]
+    first = np.ones(len(keys), dtype=bool)
+    first[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    keys, sims = keys[first], sims[first]
+
+    triples, inverse = np.unique(keys[:, :3], axis=0, return_inverse=True)
+    totals = np.bincount(inverse.reshape(-1), weights=sims, minlength=len(triples))
+    totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
+    totals = _add_best_neighbour_bin(triples, totals)
+
+    candidates: list[Candidate] = []
+    offsets_by_reference: dict[int, list[tuple[int, int]]] = {}
+    for position in np.argsort(-totals)[:MAX_TRIPLES_CONSIDERED]:
+        ref_key, rate_i, off_bin = (int(v) for v in triples[position])
+        chosen = offsets_by_reference.get(ref_key)
+        if chosen is None:
+            if len(offsets_by_reference) >= max_candidates:
+                continue
+            chosen = offsets_by_reference[ref_key] = []
+        if len(chosen) >= per_reference or any(
+            abs(off_bin - b) <= SAME_PLACE_BINS and abs(rate_i - r) <= SAME_PLACE_RATES
+            for r, b in chosen
+        ):
+            continue
+        chosen.append((rate_i, off_bin))
+        candidates.append(
+            Candidate(
+                reference_key=ref_key,
+                tempo_ratio=float(rates[rate_i]),
+                offset_frames=float(off_bin * params.reference_patch_hop),
+                votes=float(totals[position]),
+            )
+        )
+    return candidates
+
+
+def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
+    """Add to each triple's votes the larger of its two offset neighbours' (bin edges).
+
+    ``triples`` must be sorted lexicographically (as ``np.unique`` returns them).
+    """
+    offset_span = 1 << 32
+    codes = (triples[:, 0] * 4096 + triples[:, 1]) * offset_span + (triples[:, 2] + offset_span // 2)
+    best = np.zeros_like(totals)
+    for step in (-1, 1):
+        target = codes + step
+        found = np.clip(np.searchsorted(codes, target), 0, len(codes) - 1)
+        hit = codes[found] == target
+        best = np.maximum(best, np.where(hit, totals[found], 0.0))
+    return totals + best

@@ -1,0 +1,218 @@
+"""The ``tunetrace`` command line: add, match, info, remove.
+
+Exit codes: 0 success, 2 bad usage or bad input, 1 other failures. Errors go to stderr as
+one line a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+
+from tunetrace.errors import BadInputError, TunetraceError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find tempo-, pitch- and speed-altered copies of known music.",
+    pretty_exceptions_enable=False,
+)
+logger = logging.getLogger("tunetrace")
+
+
+def _default_catalogue() -> Path:
+    return Path(os.environ.get("TUNETRACE_CATALOGUE", "catalogue"))
+
+
+CatalogueOption = Annotated[
+    Path,
+    typer.Option(
+        "--catalogue", "-c", help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue]",
+        default_factory=_default_catalogue, show_default=False,
+    ),
+]
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    """Configure logging for every subcommand."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(exc: TunetraceError) -> NoReturn:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2 if isinstance(exc, BadInputError) else 1)
+
+
+def _open_catalogue(directory: Path, *, create: bool = False):  # noqa: ANN202
+    from tunetrace.index.catalogue import Catalogue
+
+    try:
+        return Catalogue(directory, create=create)
+    except TunetraceError as exc:
+        _fail(exc)
+
+
+@app.command()
+def add(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Audio files or folders (recursive).")] = None,
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    manifest: Annotated[Path | None, typer.Option(help="CSV of path,id[,title,artist,isrc].")] = None,
+    reference_id: Annotated[str | None, typer.Option("--id", help="Id for a single file.")] = None,
+    title: Annotated[str | None, typer.Option(help="Title for a single file.")] = None,
+    artist: Annotated[str | None, typer.Option(help="Artist for a single file.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Overwrite existing ids.")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Fingerprinting processes.")] = os.cpu_count() or 1,
+) -> None:
+    """Fingerprint audio and add it to the catalogue as references."""
+    from dataclasses import replace as with_fields
+
+    from tunetrace.ingest import ingest, items_from_manifest, items_from_paths
+
+    if not paths and manifest is None:
+        typer.echo("error: give audio files or folders, --manifest, or both", err=True)
+        raise typer.Exit(2)
+    try:
+        items = items_from_paths(paths or [], explicit_id=reference_id)
+        if title or artist:
+            if len(items) != 1:
+                raise BadInputError("--title and --artist describe one file; use --manifest")
+            items = [with_fields(items[0], title=title, artist=artist)]
+        if manifest is not None:
+            items += items_from_manifest(manifest)
+    except TunetraceError as exc:
+        _fail(exc)
+    if not items:
+        typer.echo("error: no audio files found", err=True)
+        raise typer.Exit(2)
+    store = _open_catalogue(catalogue, create=True)
+    progress = _progress_bar(len(items), "adding")
+
+    def report(item, error):  # noqa: ANN001, ANN202
+        progress.update(1)
+        if error is not None:
+            progress.write(f"skipped {item.path}: {error}", file=sys.stderr)
+
+    started = time.perf_counter()
+    try:
+        summary = ingest(store, items, replace=replace, workers=workers, on_done=report)
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        progress.close()
+        store.close()
+    typer.echo(summary.line(time.perf_counter() - started))
+    if summary.failed and not summary.added:
+        raise typer.Exit(2)
+
+
+@app.command()
+def match(
+    queries: Annotated[list[Path], typer.Argument(help="Query audio files.")],
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON report per line.")] = False,
+    top: Annotated[int, typer.Option(min=1, help="Most matches per query.")] = 5,
+    min_score: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="Score threshold [default: calibrated].")
+    ] = None,
+) -> None:
+    """Find the catalogue references that the queries are altered copies of."""
+    from tunetrace.matcher import Matcher
+    from tunetrace.report import error_to_dict, report_to_dict
+
+    store = _open_catalogue(catalogue)
+    matcher = Matcher(store)
+    failed = False
+    for query in queries:
+        try:
+            report = matcher.match_path(query, query_name=str(query), top=top, min_score=min_score)
+        except TunetraceError as exc:
+            failed = True
+            if as_json:
+                typer.echo(json.dumps(error_to_dict(str(query), type(exc).__name__, str(exc))))
+            typer.echo(f"error: {exc}", err=True)
+            continue
+        if as_json:
+            typer.echo(json.dumps(report_to_dict(report)))
+        else:
+            typer.echo(_format_report(report))
+    store.close()
+    if failed:
+        raise typer.Exit(2)
+
+
+def _format_report(report) -> str:  # noqa: ANN001
+    lines = [f"{report.query}  ({report.duration_s:.1f} s, matched in {report.elapsed_s:.2f} s)"]
+    if not report.matches:
+        lines.append("  no probable copy found")
+        return "\n".join(lines)
+    lines.append(
+        f"  {'score':>5}  {'tempo':>6}  {'pitch':>6}  {'coverage':>8}  {'alteration':<24}  reference"
+    )
+    for m in report.matches:
+        lines.append(
+            f"  {m.score:5.2f}  {m.tempo_ratio:6.3f}  {m.pitch_shift_semitones:+6.2f}  "
+            f"{m.coverage:8.0%}  {m.alteration:<24}  {m.reference_id}"
+        )
+        for s in m.segments:
+            lines.append(
+                f"{'':>10}query {s.query_start_s:6.1f}-{s.query_end_s:6.1f} s  <->  "
+                f"reference {s.reference_start_s:6.1f}-{s.reference_end_s:6.1f} s"
+            )
+    return "\n".join(lines)
+
+
+@app.command()
+def info(
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Describe the catalogue: counts, hours of audio, size on disk, parameters."""
+    store = _open_catalogue(catalogue)
+    details = store.info()
+    store.close()
+    if as_json:
+        typer.echo(json.dumps(details, indent=2))
+        return
+    for key, value in details.items():
+        if key != "params":
+            typer.echo(f"{key:>20}: {value}")
+
+
+@app.command()
+def remove(
+    reference_ids: Annotated[list[str], typer.Argument(help="Ids of references to delete.")],
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+) -> None:
+    """Delete references from the catalogue."""
+    store = _open_catalogue(catalogue)
+    missing = []
+    for reference_id in reference_ids:
+        try:
+            store.remove(reference_id)
+        except TunetraceError as exc:
+            missing.append(reference_id)
+            typer.echo(f"error: {exc}", err=True)
+    store.close()
+    typer.echo(f"removed {len(reference_ids) - len(missing)} reference(s)")
+    if missing:
+        raise typer.Exit(2)
+
+
+def _progress_bar(total: int, label: str):  # noqa: ANN202
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr)

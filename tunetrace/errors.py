@@ -1,0 +1,47 @@
+"""Exception hierarchy shared by the library, the CLI and the HTTP API.
+
+The CLI maps these to exit codes and the API to HTTP statuses in one place each;
+library code raises them with a message a person can act on.
+"""
+
+from __future__ import annotations
+
+
+class TunetraceError(Exception):
+    """Base class of every error tunetrace raises on purpose."""
+
+
+class BadInputError(TunetraceError):
+    """The caller gave input that cannot be used (bad file, bad value)."""
+
+
+class AudioDecodeError(BadInputError):
+    """The file is not audio that any of the decoders can read."""
+
+
+class AudioTooShortError(BadInputError):
+    """The audio is shorter than the shortest query that can be fingerprinted."""
+
+
+class AudioTooLongError(BadInputError):
+    """The audio is longer than the configured maximum duration."""
+
+
+class CatalogueError(TunetraceError):
+    """The catalogue cannot be opened or changed."""
+
+
+class IncompatibleCatalogueError(CatalogueError):
+    """The catalogue was made by another format version or other fingerprint parameters."""
+
+
+class DuplicateReferenceError(CatalogueError):
+    """A reference with this id already exists and replacing was not asked for."""
+
+
+class ReferenceNotFoundError(CatalogueError):
+    """No reference with this id exists in the catalogue."""
+
+
+class InvalidReferenceIdError(BadInputError):
+    """A reference id breaks the id rules (1-200 printable characters)."""

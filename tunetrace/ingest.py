@@ -1,0 +1,276 @@
+"""Adding references: find audio files, fingerprint them in parallel, store them one by one.
+
+Workers (processes) decode and fingerprint; only the parent writes to the catalogue, one
+transaction per file, so a crash loses at most the file being written and a bad file is
+reported and skipped without stopping the batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunetrace.errors import BadInputError, TunetraceError
+from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
+from tunetrace.fingerprint.features import extract_features, features_from_spectrum, reference_vectors
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
+
+logger = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = frozenset(
+    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".aiff", ".aif", ".wma", ".webm"}
+)
+#: Shortest reference accepted, in seconds of sound.
+MIN_REFERENCE_S = 5.0
+
+
+@dataclass(frozen=True)
+class IngestItem:
+    """One file to add, with its id and metadata."""
+
+    path: Path
+    reference_id: str
+    title: str | None = None
+    artist: str | None = None
+    isrc: str | None = None
+
+
+@dataclass
+class IngestSummary:
+    """What a batch add did."""
+
+    added: int = 0
+    replaced: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    audio_s: float = 0.0
+
+    def line(self, elapsed_s: float) -> str:
+        """One-line human summary."""
+        speed = f", {self.audio_s / elapsed_s:.0f}x realtime" if elapsed_s > 0 and self.audio_s else ""
+        return (
+            f"added {self.added} reference(s) ({self.replaced} replaced), "
+            f"{len(self.failed)} failed, {self.audio_s / 3600:.2f} h of audio in {elapsed_s:.1f} s{speed}"
+        )
+
+
+def fingerprint_reference(
+    path: str | Path,
+    *,
+    params: FingerprintParams,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+) -> ReferenceData:
+    """Decode and fingerprint one reference file.
+
+    The stored (8-bit) spectrum is what later verification reads, so the patch vectors are
+    computed from it too: a catalogue rebuilt from SQLite is identical to the original.
+
+    Parameters
+    ----------
+    path : str or Path
+    params : FingerprintParams
+    max_duration_s : float or None
+
+    Returns
+    -------
+    data : ReferenceData
+    """
+    audio = load_audio(path, sample_rate_hz=params.sample_rate_hz, max_duration_s=max_duration_s)
+    features = extract_features(audio, params=params, min_duration_s=MIN_REFERENCE_S)
+    codes, scale = quantise_spectrum(features.spectrum)
+    stored = features_from_spectrum(
+        dequantise_spectrum(codes, scale, params.n_bins), params=params
+    )
+    _, vectors = reference_vectors(stored, params=params)
+    return ReferenceData(
+        spectrum_codes=codes,
+        spectrum_scale=scale,
+        n_frames=features.n_frames,
+        duration_s=audio.duration_s,
+        vectors=vectors,
+    )
+
+
+def find_audio_files(folder: Path) -> list[Path]:
+    """Audio files below ``folder`` (recursive, sorted, by file suffix)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+
+
+def items_from_paths(paths: Iterable[Path], *, explicit_id: str | None = None) -> list[IngestItem]:
+    """Turn files and folders into items with default ids.
+
+    A folder's files get their path relative to the folder, without extension, as id; a file
+    argument gets its stem (or ``explicit_id``).
+
+    Raises
+    ------
+    BadInputError
+        If a path does not exist, or ``explicit_id`` is given for more than one file.
+    """
+    items: list[IngestItem] = []
+    for path in paths:
+        if path.is_dir():
+            for file in find_audio_files(path):
+                relative = file.relative_to(path).with_suffix("")
+                items.append(IngestItem(file, relative.as_posix()))
+        elif path.is_file():
+            items.append(IngestItem(path, path.stem))
+        else:
+            raise BadInputError(f"{path}: no such file or folder")
+    if explicit_id is not None:
+        if len(items) != 1:
+            raise BadInputError(f"--id names one reference, but {len(items)} files were given")
+        items = [IngestItem(items[0].path, explicit_id)]
+    return items
+
+
+def items_from_manifest(manifest: Path) -> list[IngestItem]:
+    """Read ``path,id[,title,artist,isrc]`` rows (a header row is recognised and skipped).
+
+    Relative paths are taken relative to the manifest's folder.
+
+    Raises
+    ------
+    BadInputError
+        If the manifest is missing or a row has fewer than two fields.
+    """
+    if not manifest.is_file():
+        raise BadInputError(f"{manifest}: no such manifest file")
+    items = []
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "id"]:
+                continue
+            if len(row) < 2:
+                raise BadInputError(f"{manifest}:{number}: expected path,id[,title,artist,isrc]")
+            fields = [c.strip() or None for c in row] + [None] * 3
+            path = Path(fields[0] or "")
+            if not path.is_absolute():
+                path = manifest.parent / path
+            items.append(IngestItem(path, fields[1] or "", fields[2], fields[3], fields[4]))
+    return items
+
+
+def _fingerprint_job(item: IngestItem, params: FingerprintParams, max_duration_s: float | None) -> ReferenceData:
+    return fingerprint_reference(item.path, params=params, max_duration_s=max_duration_s)
+
+
+def ingest(
+    catalogue: Catalogue,
+    items: list[IngestItem],
+    *,
+    replace: bool = False,
+    workers: int = 1,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    on_done: Callable[[IngestItem, str | None], None] | None = None,
+) -> IngestSummary:
+    """Fingerprint ``items`` (in ``workers`` processes) and add them to ``catalogue``.
+
+    Parameters
+    ----------
+    catalogue : Catalogue
+    items : list of IngestItem
+    replace : bool
+        Replace references whose id exists (else they are reported as failed).
+    workers : int
+        Processes used for fingerprinting (1: in this process).
+    max_duration_s : float or None
+    on_done : callable, optional
+        Called as ``on_done(item, error_message_or_None)`` after each file.
+
+    Returns
+    -------
+    summary : IngestSummary
+    """
+    summary = IngestSummary()
+    params = catalogue.params
+    pending = [item for item in items if _precheck(catalogue, item, replace, summary, on_done)]
+    try:
+        for item, result in _fingerprint_all(pending, params, workers, max_duration_s):
+            error = None
+            if isinstance(result, BaseException):
+                error = str(result) if isinstance(result, TunetraceError) else f"{type(result).__name__}: {result}"
+            else:
+                try:
+                    existed = catalogue.contains(item.reference_id)
+                    catalogue.add(
+                        item.reference_id, result, title=item.title, artist=item.artist,
+                        isrc=item.isrc, source_path=str(item.path), replace=replace,
+                        save_index=False,
+                    )
+                    summary.added += 1
+                    summary.replaced += int(existed)
+                    summary.audio_s += result.duration_s
+                except TunetraceError as exc:
+                    error = str(exc)
+            if error is not None:
+                logger.warning("%s: %s", item.path, error)
+                summary.failed.append((str(item.path), error))
+            if on_done is not None:
+                on_done(item, error)
+    finally:
+        catalogue.save_index()
+    return summary
+
+
+def _precheck(
+    catalogue: Catalogue,
+    item: IngestItem,
+    replace: bool,
+    summary: IngestSummary,
+    on_done: Callable[[IngestItem, str | None], None] | None,
+) -> bool:
+    """Reject duplicates and bad ids before spending time on fingerprinting."""
+    from tunetrace.index.catalogue import validate_reference_id
+
+    try:
+        validate_reference_id(item.reference_id)
+        if not replace and catalogue.contains(item.reference_id):
+            raise BadInputError(
+                f"reference {item.reference_id!r} already exists (use --replace to overwrite it)"
+            )
+    except TunetraceError as exc:
+        summary.failed.append((str(item.path), str(exc)))
+        if on_done is not None:
+            on_done(item, str(exc))
+        return False
+    return True
+
+
+def _fingerprint_all(
+    items: list[IngestItem],
+    params: FingerprintParams,
+    workers: int,
+    max_duration_s: float | None,
+) -> Iterator[tuple[IngestItem, ReferenceData | BaseException]]:
+    """Yield each item with its fingerprint or the exception it raised, as they finish."""
+    if workers <= 1 or len(items) <= 1:
+        for item in items:
+            try:
+                yield item, _fingerprint_job(item, params, max_duration_s)
+            except Exception as exc:  # reported per file, never aborts the batch
+                yield item, exc
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        queue = iter(items)
+        running: dict[Future[ReferenceData], IngestItem] = {}
+        for item in queue:
+            running[pool.submit(_fingerprint_job, item, params, max_duration_s)] = item
+            if len(running) >= 2 * workers:
+                break
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item = running.pop(future)
+                exception = future.exception()
+                yield item, exception if exception is not None else future.result()
+                next_item = next(queue, None)
+                if next_item is not None:
+                    running[pool.submit(_fingerprint_job, next_item, params, max_duration_s)] = next_item

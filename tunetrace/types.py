@@ -1,0 +1,85 @@
+"""Data passed between the matching stages, with explicit units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A reference position suggested by patch-vector votes.
+
+    Attributes
+    ----------
+    reference_key : int
+        Internal integer key of the reference.
+    tempo_ratio : float
+        Reference duration / query duration (the grid rate that won the vote).
+    offset_frames : float
+        Reference frame where the query's first frame lands.
+    votes : float
+        Vote strength: summed similarity of consistent patch hits per query patch.
+    """
+
+    reference_key: int
+    tempo_ratio: float
+    offset_frames: float
+    votes: float
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One matched stretch, in seconds on both time lines."""
+
+    query_start_s: float
+    query_end_s: float
+    reference_start_s: float
+    reference_end_s: float
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Evidence that a query is an altered copy of one reference.
+
+    Attributes
+    ----------
+    reference_key : int
+    tempo_ratio : float
+        Reference duration / query duration of the matched material (> 1: the query is faster).
+    pitch_shift_semitones : float
+        Query pitch minus reference pitch, wrapped to (-6, 6].
+    spectral_shift_semitones : float
+        The same shift without octave wrapping, as seen on the log-frequency spectrum.
+    offset_frames : float
+        Reference frame where the query's first frame lands.
+    spectral_similarity : float
+        Mean frame correlation of aligned log-frequency spectra over the query's sounding frames.
+    null_similarity : float
+        The same measure with the reference deliberately misaligned (median of several offsets):
+        what this query and reference reach by coincidence.
+    chroma_similarity : float
+        Mean frame correlation of aligned, pitch-corrected chroma.
+    dynamics_similarity : float
+        Correlation of aligned spectral changes over time (onsets), pitch-corrected.
+    coverage : float
+        Fraction of the query's duration inside matched segments.
+    segments : list of Segment
+    votes : float
+        Candidate-stage vote strength.
+    score : float
+        Calibrated probability-like score in [0, 1].
+    """
+
+    reference_key: int
+    tempo_ratio: float
+    pitch_shift_semitones: float
+    spectral_shift_semitones: float
+    offset_frames: float
+    spectral_similarity: float
+    null_similarity: float
+    chroma_similarity: float
+    dynamics_similarity: float
+    coverage: float
+    segments: list[Segment] = field(default_factory=list)
+    votes: float = 0.0
+    score: float = 0.0

@@ -1,0 +1,450 @@
+"""Verification: align a query with one candidate reference and measure how well it fits.
+
+Chroma finds candidates, but two different recordings in the same key can share chroma for
+seconds on end. A copy is the *same recording*: once its tempo ratio and pitch shift are
+undone, its whole log-frequency spectrum (register, timbre, onsets) lines up with the
+reference. So verification
+
+1. refines the candidate's tempo ratio and offset on chroma (coarse-to-fine grid),
+2. estimates the pitch shift by circular cross-correlation of chroma (fractional bins by
+   parabolic interpolation),
+3. compares the aligned log-frequency spectra, where a pitch shift is a translation along the
+   frequency axis (trying whole-octave alternatives, which chroma cannot see),
+4. measures what the same comparison gives with the reference deliberately misaligned (the
+   "null" level a coincidence reaches for this very pair: drones and static harmony are high),
+5. marks the frames where the aligned spectra agree clearly better than the null as matched
+   segments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.types import Candidate, Segment, Verification
+
+
+@dataclass(frozen=True)
+class VerifySettings:
+    """Numbers that steer verification (search widths, segment rules).
+
+    Attributes
+    ----------
+    rate_search : float
+        Relative half-width of the tempo-ratio refinement (0.03 = +-3%).
+    offset_search_frames : int
+        Half-width of the offset refinement, in reference frames.
+    null_offsets_s : tuple of float
+        Misalignments (seconds) used to measure the coincidence level.
+    segment_margin : float
+        A frame is matched when its smoothed aligned correlation exceeds the null level by
+        this much.
+    smooth_s : float
+        Length of the moving average applied to per-frame correlations.
+    min_segment_s : float
+        Matched runs shorter than this are dropped; gaps shorter than this are bridged.
+    whiten_bins : int
+        Width (log bins) of the local mean removed along frequency before spectra are compared.
+    spectral_refinement : tuple of (rate half-width, rate steps, offset half-width, offset steps)
+        Grids searched, in turn, to refine the alignment on spectra and their changes.
+    max_octaves : int
+        Whole-octave alternatives tried for the spectral shift (speed changes move pitch by up
+        to an octave over 0.5-2.0).
+    """
+
+    rate_search: float = 0.03
+    offset_search_frames: int = 10
+    null_offsets_s: tuple[float, ...] = (-23.0, -15.0, -9.0, 9.0, 15.0, 23.0)
+    segment_margin: float = 0.12
+    smooth_s: float = 1.0
+    min_segment_s: float = 1.0
+    max_octaves: int = 2
+    whiten_bins: int = 13
+    spectral_refinement: tuple[tuple[float, int, float, int], ...] = (
+        (0.02, 5, 2.0, 5),
+        (0.005, 5, 0.5, 3),
+    )
+
+
+@dataclass(frozen=True)
+class ChromaAlignment:
+    """A candidate's tempo ratio and offset refined on chroma, with its roll profile.
+
+    Attributes
+    ----------
+    candidate : Candidate
+    tempo_ratio : float
+    offset_frames : float
+    roll_scores : np.ndarray [shape=(bins_per_octave,)]
+        Mean chroma correlation at each circular roll (query up by ``roll`` bins).
+    """
+
+    candidate: Candidate
+    tempo_ratio: float
+    offset_frames: float
+    roll_scores: np.ndarray
+
+    @property
+    def chroma_similarity(self) -> float:
+        """Best pitch-corrected chroma correlation."""
+        return float(self.roll_scores.max())
+
+
+def align_on_chroma(
+    query: Features,
+    reference: Features,
+    candidate: Candidate,
+    *,
+    settings: VerifySettings | None = None,
+) -> ChromaAlignment | None:
+    """Refine a candidate's tempo ratio and offset on pitch-corrected chroma (cheap).
+
+    Parameters
+    ----------
+    query, reference : Features
+    candidate : Candidate
+    settings : VerifySettings, optional
+
+    Returns
+    -------
+    alignment : ChromaAlignment or None
+        ``None`` when the candidate places too little of the query inside the reference.
+    """
+    settings = settings or VerifySettings()
+    weights = query.active_frames().astype(np.float32)
+    if weights.sum() == 0:
+        return None
+    rate, offset, roll_scores = _refine_alignment(query, reference, candidate, weights, settings)
+    if roll_scores is None:
+        return None
+    return ChromaAlignment(candidate, rate, offset, roll_scores)
+
+
+def verify_candidate(
+    query: Features,
+    reference: Features,
+    alignment: ChromaAlignment,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings | None = None,
+) -> Verification | None:
+    """Verify a chroma alignment on whitened log-frequency spectra.
+
+    Parameters
+    ----------
+    query, reference : Features
+    alignment : ChromaAlignment
+        From :func:`align_on_chroma`.
+    params : FingerprintParams
+    settings : VerifySettings, optional
+
+    Returns
+    -------
+    verification : Verification or None
+        The ``score`` field is left at 0: scoring is the caller's (calibrated) step.
+    """
+    settings = settings or VerifySettings()
+    weights = query.active_frames().astype(np.float32)
+    bins = params.bins_per_octave
+    roll_scores = alignment.roll_scores
+    best_roll = int(np.argmax(roll_scores))
+    roll = best_roll + _parabolic_peak(roll_scores, best_roll)
+    roll = (roll + bins / 2) % bins - bins / 2
+    if roll <= -bins / 2:
+        roll += bins
+    query_white = whiten_spectrum(query.spectrum, settings.whiten_bins)
+    fit = _SpectralFit(query, query_white, reference, weights, settings.whiten_bins)
+
+    rate, offset = alignment.tempo_ratio, alignment.offset_frames
+    shifts = [
+        roll + octave * bins
+        for octave in range(-settings.max_octaves, settings.max_octaves + 1)
+        if abs(roll + octave * bins) <= params.n_bins / 2
+    ]
+    shift = max(shifts, key=lambda s: fit.similarity(rate, offset, s)[0])
+    for rate_half_width, n_rates, offset_half_width, n_offsets in settings.spectral_refinement:
+        rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
+        offsets = offset + np.linspace(-offset_half_width, offset_half_width, n_offsets)
+        scored = [
+            (sum(fit.similarity(r, o, shift)[:2]), r, o) for r in rates for o in offsets
+        ]
+        _, rate, offset = max(scored)
+    spectral_similarity, dynamics_similarity, per_frame, usable, positions = fit.similarity(
+        rate, offset, shift
+    )
+
+    null_curves = []
+    for delta_s in settings.null_offsets_s:
+        shifted = (positions + delta_s * params.frame_rate_hz) % max(reference.n_frames - 1, 1)
+        null_aligned = whiten_spectrum(
+            _interpolate_frames(reference.spectrum, shifted), settings.whiten_bins
+        )
+        null_curves.append(_spectral_frame_correlation(query_white, null_aligned, shift))
+    null_curve = np.median(np.stack(null_curves), axis=0)
+    null_similarity = _weighted_mean(null_curve, weights)
+
+    segments, matched = _matched_segments(
+        per_frame, null_curve, usable, positions, params=params, settings=settings
+    )
+    semitones_per_bin = 12.0 / bins
+    return Verification(
+        reference_key=alignment.candidate.reference_key,
+        tempo_ratio=float(rate),
+        pitch_shift_semitones=float(roll * semitones_per_bin),
+        spectral_shift_semitones=float(shift * semitones_per_bin),
+        offset_frames=float(offset),
+        spectral_similarity=float(spectral_similarity),
+        null_similarity=float(null_similarity),
+        chroma_similarity=alignment.chroma_similarity,
+        dynamics_similarity=float(dynamics_similarity),
+        coverage=float(matched.sum() / max(query.n_frames, 1)),
+        segments=segments,
+        votes=alignment.candidate.votes,
+    )
+
+
+class _SpectralFit:
+    """Spectral and dynamics similarity of a query with a reference at a given alignment."""
+
+    def __init__(
+        self,
+        query: Features,
+        query_white: np.ndarray,
+        reference: Features,
+        weights: np.ndarray,
+        whiten_bins: int,
+    ) -> None:
+        self.query = query
+        self.query_white = query_white
+        self.reference = reference
+        self.weights = weights
+        self.whiten_bins = whiten_bins
+        self.times = np.arange(query.n_frames)
+
+    def similarity(
+        self, rate: float, offset: float, shift: float
+    ) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (spectral, dynamics, per-frame spectral, usable weights, positions)."""
+        positions = offset + rate * self.times
+        inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
+        usable = self.weights * inside
+        raw = _interpolate_frames(self.reference.spectrum, positions)
+        per_frame = _spectral_frame_correlation(
+            self.query_white, whiten_spectrum(raw, self.whiten_bins), shift
+        )
+        spectral = _weighted_mean(per_frame, usable)
+        dynamics = _dynamics_correlation(self.query.spectrum, raw, shift, usable)
+        return spectral, dynamics, per_frame, usable, positions
+
+
+def _refine_alignment(
+    query: Features,
+    reference: Features,
+    candidate: Candidate,
+    weights: np.ndarray,
+    settings: VerifySettings,
+) -> tuple[float, float, np.ndarray | None]:
+    """Coarse-to-fine grid over (tempo ratio, offset) maximising pitch-corrected chroma fit."""
+    rate, offset = candidate.tempo_ratio, candidate.offset_frames
+    scores: np.ndarray | None = None
+    steps = (
+        (settings.rate_search, 7, float(settings.offset_search_frames), 11),
+        (settings.rate_search / 6, 5, 2.0, 5),
+        (settings.rate_search / 24, 5, 0.5, 5),
+    )
+    for rate_half_width, n_rates, offset_half_width, n_offsets in steps:
+        rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
+        offsets = offset + np.linspace(-offset_half_width, offset_half_width, n_offsets)
+        grid_rates, grid_offsets = (a.reshape(-1) for a in np.meshgrid(rates, offsets))
+        roll_scores = _chroma_roll_scores(query, reference, grid_rates, grid_offsets, weights)
+        best = int(np.argmax(roll_scores.max(axis=1)))
+        if not np.isfinite(roll_scores[best]).all():
+            return rate, offset, None
+        rate, offset, scores = float(grid_rates[best]), float(grid_offsets[best]), roll_scores[best]
+    return rate, offset, scores
+
+
+def _chroma_roll_scores(
+    query: Features,
+    reference: Features,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """Mean chroma correlation at every circular roll, for each (rate, offset) pair.
+
+    Returns an array of shape ``(n_pairs, bins_per_octave)``; pairs that put less than half of
+    the query's sounding frames inside the reference get ``-inf``.
+    """
+    times = np.arange(query.n_frames)
+    positions = offsets[:, None] + rates[:, None] * times[None, :]  # (pairs, frames)
+    inside = (positions >= 0) & (positions <= reference.n_frames - 1)
+    frame_weights = inside * weights[None, :]
+    aligned = _interpolate_frames(reference.chroma, positions)  # (bins, pairs, frames)
+    query_fft = np.fft.rfft(query.chroma, axis=0)  # (bins//2+1, frames)
+    aligned_fft = np.fft.rfft(aligned, axis=0)
+    cross = np.einsum("bt,bpt,pt->bp", query_fft, np.conj(aligned_fft), frame_weights)
+    n_bins = query.chroma.shape[0]
+    per_roll = np.fft.irfft(cross, n=n_bins, axis=0).T  # (pairs, rolls)
+    total = frame_weights.sum(axis=1)
+    enough = total >= 0.5 * weights.sum()
+    per_roll = per_roll / np.maximum(total, 1e-9)[:, None]
+    per_roll[~enough] = -np.inf
+    return per_roll
+
+
+def whiten_spectrum(spectrum: np.ndarray, width: int) -> np.ndarray:
+    """Remove each frame's local mean along frequency (a moving average of ``width`` bins).
+
+    What is left is the fine structure (harmonics, partials) that identifies a recording; the
+    broad spectral envelope, which all music shares and EQ changes, is gone.
+
+    Parameters
+    ----------
+    spectrum : np.ndarray [shape=(n_bins, n_frames)]
+    width : int > 0, odd
+
+    Returns
+    -------
+    whitened : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    """
+    half = width // 2
+    padded = np.pad(spectrum, ((half + 1, half), (0, 0)), mode="edge")
+    cumulative = np.cumsum(padded, axis=0, dtype=np.float64)
+    local_mean = (cumulative[width:] - cumulative[:-width]) / width
+    return (spectrum - local_mean).astype(np.float32)
+
+
+def _interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends)."""
+    last = features.shape[1] - 1
+    clipped = np.clip(positions, 0, last)
+    left = np.floor(clipped).astype(np.int64)
+    right = np.minimum(left + 1, last)
+    frac = (clipped - left).astype(np.float32)
+    return features[:, left] * (1 - frac) + features[:, right] * frac
+
+
+def _parabolic_peak(values: np.ndarray, index: int) -> float:
+    """Sub-bin offset of a circular peak from a parabola through it and its neighbours."""
+    n = len(values)
+    left, centre, right = values[(index - 1) % n], values[index], values[(index + 1) % n]
+    denominator = left - 2 * centre + right
+    if denominator >= 0:
+        return 0.0
+    return float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
+
+
+def _spectral_frame_correlation(
+    query_spectrum: np.ndarray, aligned_reference: np.ndarray, shift_bins: float
+) -> np.ndarray:
+    """Per-frame Pearson correlation of query bins ``j`` with reference bins ``j - shift``."""
+    n_bins = query_spectrum.shape[0]
+    source = np.arange(n_bins) - shift_bins
+    valid = (source >= 0) & (source <= n_bins - 1)
+    if valid.sum() < n_bins // 4:
+        return np.zeros(query_spectrum.shape[1], dtype=np.float32)
+    source = source[valid]
+    left = np.floor(source).astype(np.int64)
+    right = np.minimum(left + 1, n_bins - 1)
+    frac = (source - left)[:, None].astype(np.float32)
+    shifted = aligned_reference[left] * (1 - frac) + aligned_reference[right] * frac
+    query = query_spectrum[valid]
+    query = query - query.mean(axis=0, keepdims=True)
+    shifted = shifted - shifted.mean(axis=0, keepdims=True)
+    numerator = (query * shifted).sum(axis=0)
+    denominator = np.linalg.norm(query, axis=0) * np.linalg.norm(shifted, axis=0)
+    return (numerator / np.maximum(denominator, 1e-9)).astype(np.float32)
+
+
+def _dynamics_correlation(
+    query_spectrum: np.ndarray, aligned_reference: np.ndarray, shift_bins: float, usable: np.ndarray
+) -> float:
+    """Correlation of the spectral *changes* (centred time differences) of aligned spectra.
+
+    Two recordings that hold the same chord agree on static spectra but not on when and where
+    their spectra change; a copy agrees on both. Frames with large changes (onsets) weigh most.
+    """
+    if query_spectrum.shape[1] < 3:
+        return 0.0
+    query_delta = query_spectrum[:, 2:] - query_spectrum[:, :-2]
+    reference_delta = aligned_reference[:, 2:] - aligned_reference[:, :-2]
+    n_bins = query_spectrum.shape[0]
+    source = np.arange(n_bins) - shift_bins
+    valid = (source >= 0) & (source <= n_bins - 1)
+    if valid.sum() < n_bins // 4:
+        return 0.0
+    source = source[valid]
+    left = np.floor(source).astype(np.int64)
+    right = np.minimum(left + 1, n_bins - 1)
+    frac = (source - left)[:, None].astype(np.float32)
+    shifted = reference_delta[left] * (1 - frac) + reference_delta[right] * frac
+    mask = (usable[1:-1] > 0)[None, :]
+    query_part = query_delta[valid] * mask
+    shifted = shifted * mask
+    denominator = float(np.linalg.norm(query_part) * np.linalg.norm(shifted))
+    return float((query_part * shifted).sum() / denominator) if denominator > 0 else 0.0
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    total = float(weights.sum())
+    return float((values * weights).sum() / total) if total > 0 else 0.0
+
+
+def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return values
+    kernel = np.ones(width, dtype=np.float32) / width
+    return np.convolve(values, kernel, mode="same")
+
+
+def _matched_segments(
+    per_frame: np.ndarray,
+    null_curve: np.ndarray,
+    usable: np.ndarray,
+    positions: np.ndarray,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> tuple[list[Segment], np.ndarray]:
+    """Runs of frames whose aligned fit beats the null level by the margin."""
+    fps = params.frame_rate_hz
+    width = max(1, int(round(settings.smooth_s * fps)))
+    excess = _moving_average((per_frame - null_curve) * (usable > 0), width)
+    matched = (excess >= settings.segment_margin) & (usable > 0)
+    min_run = max(1, int(round(settings.min_segment_s * fps)))
+    matched = _bridge_gaps(matched, min_run)
+    segments: list[Segment] = []
+    for start, stop in _runs(matched):
+        if stop - start < min_run:
+            matched[start:stop] = False
+            continue
+        segments.append(
+            Segment(
+                query_start_s=start / fps,
+                query_end_s=stop / fps,
+                reference_start_s=max(positions[start], 0.0) / fps,
+                reference_end_s=max(positions[stop - 1] + (positions[1] - positions[0] if len(positions) > 1 else 1.0), 0.0) / fps,
+            )
+        )
+    return segments, matched
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ``(start, stop)`` index pairs of the True runs of a boolean mask."""
+    padded = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill False gaps shorter than ``max_gap`` that lie between two True runs."""
+    filled = mask.copy()
+    runs = _runs(mask)
+    for (_, stop), (start, _) in zip(runs[:-1], runs[1:], strict=True):
+        if start - stop < max_gap:
+            filled[stop:start] = True
+    return filled
