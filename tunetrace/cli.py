@@ -216,3 +216,7 @@ def _progress_bar(total: int, label: str):  # noqa: ANN202
     from tqdm import tqdm
 
     return tqdm(total=total, desc=label, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    app()

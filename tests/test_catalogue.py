@@ -1,0 +1,132 @@
+"""Catalogue: add, replace, remove, versions, rebuilds, and survival of a kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import synth_song, write_audio
+from tunetrace.errors import (
+    DuplicateReferenceError,
+    IncompatibleCatalogueError,
+    InvalidReferenceIdError,
+    ReferenceNotFoundError,
+)
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import INDEX_NAME, Catalogue
+from tunetrace.ingest import fingerprint_reference
+
+
+@pytest.fixture(scope="module")
+def reference_data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    folder = tmp_path_factory.mktemp("refs")
+    path = write_audio(folder / "a.flac", synth_song(11, duration_s=20))
+    return fingerprint_reference(path, params=FingerprintParams())
+
+
+def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        record = catalogue.add("album/track 1", reference_data, title="T", artist="A")
+        assert record.reference_id == "album/track 1" and record.title == "T"
+        assert catalogue.count() == 1
+        assert catalogue.info()["vectors"] == len(reference_data.vectors)
+        with pytest.raises(DuplicateReferenceError):
+            catalogue.add("album/track 1", reference_data)
+        catalogue.add("album/track 1", reference_data, title="T2", replace=True)
+        assert catalogue.get("album/track 1").title == "T2"
+        assert catalogue.info()["vectors"] == len(reference_data.vectors), "replace left old vectors"
+        catalogue.add("b", reference_data)
+        assert [r.reference_id for r in catalogue.list()] == ["album/track 1", "b"]
+        catalogue.remove("b")
+        with pytest.raises(ReferenceNotFoundError):
+            catalogue.remove("b")
+        assert catalogue.count() == 1
+
+
+def test_invalid_ids_are_refused(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        for bad in ("", "x" * 201, "tab\there", "new\nline"):
+            with pytest.raises(InvalidReferenceIdError):
+                catalogue.add(bad, reference_data)
+        assert catalogue.count() == 0
+
+
+def test_other_parameters_or_format_are_refused(tmp_path: Path) -> None:
+    Catalogue(tmp_path / "cat", create=True).close()
+    with pytest.raises(IncompatibleCatalogueError, match="other fingerprint parameters"):
+        Catalogue(tmp_path / "cat", params=FingerprintParams(patch_frames=40))
+    with sqlite3.connect(tmp_path / "cat" / "catalogue.sqlite") as db:
+        db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
+    with pytest.raises(IncompatibleCatalogueError, match="format 99"):
+        Catalogue(tmp_path / "cat")
+
+
+def test_stale_or_missing_index_is_rebuilt_from_sqlite(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("a", reference_data)
+        query = reference_data.vectors[:3]
+        expected = catalogue.search(query, 5)
+    (tmp_path / "cat" / INDEX_NAME).unlink()
+    with Catalogue(tmp_path / "cat") as catalogue:
+        rebuilt = catalogue.search(query, 5)
+    np.testing.assert_array_equal(expected[1], rebuilt[1])
+    np.testing.assert_allclose(expected[0], rebuilt[0], rtol=1e-6)
+
+
+def test_kill_during_batch_add_never_corrupts_the_catalogue(tmp_path: Path) -> None:
+    folder = tmp_path / "many"
+    song = synth_song(12, duration_s=30)
+    for i in range(40):
+        write_audio(folder / f"t{i:02d}.wav", np.roll(song, i * 997))
+    catalogue_dir = tmp_path / "cat"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue_dir), str(folder),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    database = catalogue_dir / "catalogue.sqlite"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until some references are committed
+        time.sleep(0.2)
+        if database.exists():
+            try:
+                with sqlite3.connect(database, timeout=1) as db:
+                    if db.execute("SELECT count(*) FROM refs").fetchone()[0] >= 3:
+                        break
+            except sqlite3.OperationalError:
+                continue
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the add finished before it could be killed"
+
+    with Catalogue(catalogue_dir) as catalogue:
+        with sqlite3.connect(database) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        n_refs = catalogue.count()
+        assert 3 <= n_refs < 40
+        total_vectors = sum(
+            len(catalogue.features(r.key).chroma.T) > 0 for r in catalogue.list(limit=100)
+        )
+        assert total_vectors == n_refs
+        # The index reflects exactly what SQLite holds (rebuilt if it was stale).
+        stored = sum(
+            len(blob) // (2 * catalogue.params.embedding_dim)
+            for (blob,) in catalogue._db.execute("SELECT vectors FROM refs")
+        )
+        assert catalogue.info()["vectors"] == stored
+    # Resuming the batch adds the rest; the ones already there are reported, not doubled.
+    done = subprocess.run(
+        [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue_dir), str(folder)],
+        capture_output=True, text=True,
+    )
+    assert f"added {40 - n_refs} reference(s)" in done.stdout, done.stdout + done.stderr
+    with Catalogue(catalogue_dir) as catalogue:
+        assert catalogue.count() == 40

@@ -1,0 +1,104 @@
+"""Unit tests of the fingerprint stage on signals whose answer is known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunetrace.errors import AudioTooShortError
+from tunetrace.fingerprint.decode import Audio
+from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
+from tunetrace.fingerprint.features import extract_features
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.types import Candidate
+from tunetrace.verify import align_on_chroma
+
+PARAMS = FingerprintParams()
+
+
+def chord(semitones_above_a3: float, duration_s: float = 6.0) -> Audio:
+    """A major triad with harmonics, rooted ``semitones_above_a3`` above A3 (220 Hz)."""
+    sr = PARAMS.sample_rate_hz
+    t = np.arange(int(duration_s * sr)) / sr
+    root = 220.0 * 2 ** (semitones_above_a3 / 12)
+    samples = sum(
+        np.sin(2 * np.pi * root * 2 ** (i / 12) * h * t) / h for i in (0, 4, 7) for h in (1, 2, 3)
+    )
+    return Audio((0.1 * samples).astype(np.float32), sr)
+
+
+def test_chord_shift_rolls_chroma_by_three_bins_per_semitone() -> None:
+    base = extract_features(chord(0), params=PARAMS).chroma.mean(axis=1)
+    for shift in (1, 2, 5):
+        shifted = extract_features(chord(shift), params=PARAMS).chroma.mean(axis=1)
+        correlations = [np.dot(np.roll(base, k), shifted) for k in range(PARAMS.bins_per_octave)]
+        assert int(np.argmax(correlations)) == 3 * shift, f"expected roll {3 * shift}"
+
+
+def test_embedding_ignores_chroma_rolls() -> None:
+    rng = np.random.default_rng(0)
+    chroma = rng.standard_normal((PARAMS.bins_per_octave, 80)).astype(np.float32)
+    starts = patch_starts(80, patch_frames=PARAMS.patch_frames, hop=8)
+    original = embed_patches(chroma, starts, params=PARAMS)
+    rolled = embed_patches(np.roll(chroma, 7, axis=0), starts, params=PARAMS)
+    np.testing.assert_allclose(original, rolled, atol=1e-5)
+    norms = np.linalg.norm(original, axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-5)
+
+
+def test_embedding_separates_different_patches() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((PARAMS.bins_per_octave, 40)).astype(np.float32)
+    b = rng.standard_normal((PARAMS.bins_per_octave, 40)).astype(np.float32)
+    starts = np.array([0])
+    va, vb = (embed_patches(x, starts, params=PARAMS)[0] for x in (a, b))
+    assert float(va @ vb) < 0.5, "unrelated random patches should not look alike"
+
+
+@given(rate=st.floats(min_value=0.5, max_value=2.0))
+def test_resample_time_length_follows_rate(rate: float) -> None:
+    features = np.random.default_rng(2).standard_normal((36, 100)).astype(np.float32)
+    assert resample_time(features, rate).shape == (36, round(100 * rate))
+
+
+def test_rate_grid_covers_half_to_double_speed() -> None:
+    grid = PARAMS.rate_grid()
+    assert grid[0] <= 0.5 and grid[-1] >= 2.0
+    assert np.any(np.isclose(grid, 1.0))
+    assert np.all(np.diff(np.log(grid)) <= np.log(PARAMS.rate_step) + 1e-9)
+
+
+def test_silence_and_short_audio_are_refused() -> None:
+    sr = PARAMS.sample_rate_hz
+    with pytest.raises(AudioTooShortError):
+        extract_features(Audio(np.zeros(int(0.5 * sr), np.float32), sr), params=PARAMS)
+    with pytest.raises(AudioTooShortError, match="silent"):
+        extract_features(Audio(np.zeros(10 * sr, np.float32), sr), params=PARAMS)
+
+
+@settings(max_examples=12, deadline=None)
+@given(shift=st.floats(min_value=-5.5, max_value=5.5))
+def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
+    from tests.conftest import synth_song
+    from tunetrace.verify import verify_candidate
+
+    import soxr
+
+    song = synth_song(7, duration_s=12.0, sample_rate=PARAMS.sample_rate_hz)
+    reference = extract_features(Audio(song, PARAMS.sample_rate_hz), params=PARAMS)
+    # Resampling plays the song faster and higher; with the tempo ratio known this is a
+    # pure pitch reference for the estimator: pitch moves by 12 * log2(factor).
+    factor = 2 ** (shift / 12)
+    shifted = soxr.resample(song, PARAMS.sample_rate_hz * factor, PARAMS.sample_rate_hz)
+    query = extract_features(Audio(shifted.astype(np.float32), PARAMS.sample_rate_hz), params=PARAMS)
+    candidate = Candidate(reference_key=0, tempo_ratio=factor, offset_frames=0.0, votes=1.0)
+    alignment = align_on_chroma(query, reference, candidate)
+    assert alignment is not None
+    verification = verify_candidate(query, reference, alignment, params=PARAMS)
+    assert verification is not None
+    assert abs(verification.pitch_shift_semitones - shift) < 0.3, (
+        f"expected {shift:+.2f} semitones, estimated {verification.pitch_shift_semitones:+.2f}"
+    )
+    assert abs(verification.tempo_ratio / factor - 1) < 0.02
