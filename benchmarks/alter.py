@@ -44,7 +44,12 @@ class Alteration:
     @property
     def name(self) -> str:
         """Short label, unique within a benchmark run."""
-        parts = [self.family, self.tool, f"t{self.tempo_ratio:.3f}", f"p{self.pitch_semitones:+.2f}"]
+        parts = [
+            self.family,
+            self.tool,
+            f"t{self.tempo_ratio:.3f}",
+            f"p{self.pitch_semitones:+.2f}",
+        ]
         if self.codec:
             parts.append(self.codec)
         if self.noise_snr_db is not None:
@@ -159,6 +164,14 @@ def _encode(source: Path, target: Path, codec: str) -> None:
     kind, _, bitrate = codec.partition("@")
     encoders = {"mp3": ["-c:a", "libmp3lame"], "aac": ["-c:a", "aac"], "opus": ["-c:a", "libopus"]}
     _run(
-        "ffmpeg", "-v", "error", "-y", "-i", str(source), *encoders[kind],
-        "-b:a", bitrate or "64k", str(target),
+        "ffmpeg",
+        "-v",
+        "error",
+        "-y",
+        "-i",
+        str(source),
+        *encoders[kind],
+        "-b:a",
+        bitrate or "64k",
+        str(target),
     )

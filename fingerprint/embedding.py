@@ -10,7 +10,6 @@ before its patches are embedded (multi-rate matching, as in Müller's audio matc
 from __future__ import annotations
 
 import numpy as np
-
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import normalise_frames
 
@@ -53,7 +52,7 @@ def embed_patches(
     vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
         Zero-mean, unit-norm vectors: their dot product is a correlation.
     """
-    n_bins, n_frames = chroma.shape
+    _n_bins, n_frames = chroma.shape
     width = params.patch_frames
     if n_frames < width:
         chroma = np.pad(chroma, ((0, 0), (0, width - n_frames)))
@@ -65,7 +64,7 @@ def embed_patches(
     # |F(k, l)| = |F(-k, -l)| for real patches: chroma frequencies 1..K and time frequencies
     # -(L-1)..(L-1) cover every distinct low-frequency coefficient (k = 0 is zero because
     # every chroma frame has zero mean).
-    time_index = np.r_[0 : k_time, -k_time + 1 : 0]
+    time_index = np.r_[0:k_time, -k_time + 1 : 0]
     kept = spectrum[:, 1 : k_chroma + 1][:, :, time_index]
     vectors = np.sqrt(kept.reshape(len(starts), -1))
     vectors -= vectors.mean(axis=1, keepdims=True)
@@ -89,7 +88,7 @@ def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
         Frame-normalised again.
     """
     n_frames = features.shape[1]
-    n_out = max(1, int(round(n_frames * rate)))
+    n_out = max(1, round(n_frames * rate))
     positions = np.arange(n_out) / rate
     positions = np.clip(positions, 0, n_frames - 1)
     left = np.floor(positions).astype(np.int64)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-
-from tunetrace.errors import AudioTooShortError
 from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import chroma_from_spectrum, log_spectrogram
+
+from tunetrace.errors import AudioTooShortError
 
 #: A frame is "silent" when its loudest log bin is below this compressed magnitude.
 SILENCE_LEVEL = 0.05
@@ -107,7 +107,9 @@ def extract_features(
     return features
 
 
-def reference_vectors(features: Features, *, params: FingerprintParams) -> tuple[np.ndarray, np.ndarray]:
+def reference_vectors(
+    features: Features, *, params: FingerprintParams
+) -> tuple[np.ndarray, np.ndarray]:
     """Patch vectors of a reference at its own tempo.
 
     Parameters

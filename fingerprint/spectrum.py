@@ -13,7 +13,6 @@ from functools import lru_cache
 import librosa
 import numpy as np
 import scipy.sparse
-
 from tunetrace.fingerprint.params import FingerprintParams
 
 
@@ -111,7 +110,9 @@ def chroma_from_spectrum(spectrum: np.ndarray, *, params: FingerprintParams) -> 
     folded = spectrum[first_octave * per_octave : params.n_bins]
     folded = folded.reshape(-1, per_octave, spectrum.shape[1]).sum(axis=0)
     if params.chroma_smooth_frames > 1 and folded.shape[1] > 0:
-        kernel = np.ones(params.chroma_smooth_frames, dtype=np.float32) / params.chroma_smooth_frames
+        kernel = (
+            np.ones(params.chroma_smooth_frames, dtype=np.float32) / params.chroma_smooth_frames
+        )
         folded = np.apply_along_axis(np.convolve, 1, folded, kernel, mode="same")
     return normalise_frames(folded)
 

@@ -24,15 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-
-from tunetrace.candidates import split_vector_ids, vector_ids
-from tunetrace.errors import (
-    CatalogueError,
-    DuplicateReferenceError,
-    IncompatibleCatalogueError,
-    InvalidReferenceIdError,
-    ReferenceNotFoundError,
-)
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
 from tunetrace.index.storage import (
@@ -41,6 +32,15 @@ from tunetrace.index.storage import (
     vectors_to_bytes,
 )
 from tunetrace.index.vector_index import VectorIndex
+
+from tunetrace.candidates import vector_ids
+from tunetrace.errors import (
+    CatalogueError,
+    DuplicateReferenceError,
+    IncompatibleCatalogueError,
+    InvalidReferenceIdError,
+    ReferenceNotFoundError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,10 @@ class Catalogue:
                     ],
                 )
             return chosen
-        if int(stored_version) != FORMAT_VERSION or int(self._meta("feature_version") or -1) != FEATURE_VERSION:
+        if (
+            int(stored_version) != FORMAT_VERSION
+            or int(self._meta("feature_version") or -1) != FEATURE_VERSION
+        ):
             raise IncompatibleCatalogueError(
                 f"catalogue {self.directory} has format {stored_version} / features "
                 f"{self._meta('feature_version')}; this tunetrace reads format {FORMAT_VERSION} / "
@@ -264,8 +267,16 @@ class Catalogue:
                 " added_at, spectrum, spectrum_scale, vectors)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    reference_id, title, artist, isrc, source_path, data.duration_s,
-                    data.n_frames, _now(), data.spectrum_codes, data.spectrum_scale,
+                    reference_id,
+                    title,
+                    artist,
+                    isrc,
+                    source_path,
+                    data.duration_s,
+                    data.n_frames,
+                    _now(),
+                    data.spectrum_codes,
+                    data.spectrum_scale,
                     vector_blob,
                 ),
             )
@@ -376,7 +387,9 @@ class Catalogue:
 
     def record_by_key(self, key: int) -> ReferenceRecord:
         """Metadata of the reference with internal ``key``."""
-        row = self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM refs WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS} FROM refs WHERE key = ?", (key,)
+        ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
         return ReferenceRecord(*row)

@@ -41,7 +41,9 @@ def synth_song(seed: int, duration_s: float = 30.0, sample_rate: int = SAMPLE_RA
         melody = 440.0 * 2 ** ((root + 24 + int(rng.choice([0, 2, 4, 7, 9])) - 69) / 12)
         out[start:stop] += 0.15 * envelope * np.sin(2 * np.pi * melody * segment)
         drum = min(stop - start, int(0.05 * sample_rate))
-        out[start : start + drum] += 0.3 * rng.standard_normal(drum) * np.exp(-np.arange(drum) / 200)
+        out[start : start + drum] += (
+            0.3 * rng.standard_normal(drum) * np.exp(-np.arange(drum) / 200)
+        )
         position += length
         index += 1
     out /= np.max(np.abs(out)) + 1e-9
@@ -51,8 +53,12 @@ def synth_song(seed: int, duration_s: float = 30.0, sample_rate: int = SAMPLE_RA
 def write_audio(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write samples in the format the suffix names (through libsndfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    formats = {".wav": ("WAV", "PCM_16"), ".flac": ("FLAC", "PCM_16"), ".ogg": ("OGG", "VORBIS"),
-               ".mp3": ("MP3", "MPEG_LAYER_III")}
+    formats = {
+        ".wav": ("WAV", "PCM_16"),
+        ".flac": ("FLAC", "PCM_16"),
+        ".ogg": ("OGG", "VORBIS"),
+        ".mp3": ("MP3", "MPEG_LAYER_III"),
+    }
     container, subtype = formats[path.suffix.lower()]
     soundfile.write(str(path), samples, sample_rate, format=container, subtype=subtype)
     return path
@@ -78,6 +84,7 @@ def song_folder(tmp_path_factory: pytest.TempPathFactory, songs: dict[str, np.nd
 def built_catalogue(tmp_path_factory: pytest.TempPathFactory, song_folder: Path) -> Path:
     """A catalogue holding the five songs (built once per session)."""
     from tunetrace.index.catalogue import Catalogue
+
     from tunetrace.ingest import ingest, items_from_paths
 
     directory = tmp_path_factory.mktemp("catalogue")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import INDEX_NAME, Catalogue
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.errors import (
@@ -20,19 +22,17 @@ from tunetrace.errors import (
     InvalidReferenceIdError,
     ReferenceNotFoundError,
 )
-from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.index.catalogue import INDEX_NAME, Catalogue
 from tunetrace.ingest import fingerprint_reference
 
 
 @pytest.fixture(scope="module")
-def reference_data(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def reference_data(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("refs")
     path = write_audio(folder / "a.flac", synth_song(11, duration_s=20))
     return fingerprint_reference(path, params=FingerprintParams())
 
 
-def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:
     with Catalogue(tmp_path / "cat", create=True) as catalogue:
         record = catalogue.add("album/track 1", reference_data, title="T", artist="A")
         assert record.reference_id == "album/track 1" and record.title == "T"
@@ -42,7 +42,9 @@ def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:  # noqa: A
             catalogue.add("album/track 1", reference_data)
         catalogue.add("album/track 1", reference_data, title="T2", replace=True)
         assert catalogue.get("album/track 1").title == "T2"
-        assert catalogue.info()["vectors"] == len(reference_data.vectors), "replace left old vectors"
+        assert catalogue.info()["vectors"] == len(reference_data.vectors), (
+            "replace left old vectors"
+        )
         catalogue.add("b", reference_data)
         assert [r.reference_id for r in catalogue.list()] == ["album/track 1", "b"]
         catalogue.remove("b")
@@ -51,7 +53,7 @@ def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:  # noqa: A
         assert catalogue.count() == 1
 
 
-def test_invalid_ids_are_refused(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+def test_invalid_ids_are_refused(tmp_path: Path, reference_data) -> None:
     with Catalogue(tmp_path / "cat", create=True) as catalogue:
         for bad in ("", "x" * 201, "tab\there", "new\nline"):
             with pytest.raises(InvalidReferenceIdError):
@@ -69,7 +71,7 @@ def test_other_parameters_or_format_are_refused(tmp_path: Path) -> None:
         Catalogue(tmp_path / "cat")
 
 
-def test_stale_or_missing_index_is_rebuilt_from_sqlite(tmp_path: Path, reference_data) -> None:  # noqa: ANN001
+def test_stale_or_missing_index_is_rebuilt_from_sqlite(tmp_path: Path, reference_data) -> None:
     with Catalogue(tmp_path / "cat", create=True) as catalogue:
         catalogue.add("a", reference_data)
         query = reference_data.vectors[:3]
@@ -88,9 +90,19 @@ def test_kill_during_batch_add_never_corrupts_the_catalogue(tmp_path: Path) -> N
         write_audio(folder / f"t{i:02d}.wav", np.roll(song, i * 997))
     catalogue_dir = tmp_path / "cat"
     process = subprocess.Popen(
-        [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue_dir), str(folder),
-         "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "tunetrace.cli",
+            "add",
+            "-c",
+            str(catalogue_dir),
+            str(folder),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     database = catalogue_dir / "catalogue.sqlite"
     deadline = time.monotonic() + 120
@@ -125,7 +137,8 @@ def test_kill_during_batch_add_never_corrupts_the_catalogue(tmp_path: Path) -> N
     # Resuming the batch adds the rest; the ones already there are reported, not doubled.
     done = subprocess.run(
         [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue_dir), str(folder)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert f"added {40 - n_refs} reference(s)" in done.stdout, done.stdout + done.stderr
     with Catalogue(catalogue_dir) as catalogue:

@@ -7,14 +7,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from tunetrace.fingerprint.decode import load_audio
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.errors import AudioDecodeError, AudioTooLongError
-from tunetrace.fingerprint.decode import load_audio
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".mp3"])
-def test_libsndfile_formats_decode_to_mono_at_the_analysis_rate(tmp_path: Path, suffix: str) -> None:
+def test_libsndfile_formats_decode_to_mono_at_the_analysis_rate(
+    tmp_path: Path, suffix: str
+) -> None:
     samples = synth_song(3, duration_s=5.0)
     stereo = np.stack([samples, 0.5 * samples], axis=1)
     path = write_audio(tmp_path / f"song{suffix}", stereo)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from tunetrace.errors import AudioTooShortError
 from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
 from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
+
+from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
 from tunetrace.verify import align_on_chroma
 
@@ -81,10 +81,10 @@ def test_silence_and_short_audio_are_refused() -> None:
 @settings(max_examples=12, deadline=None)
 @given(shift=st.floats(min_value=-5.5, max_value=5.5))
 def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
+    import soxr
+
     from tests.conftest import synth_song
     from tunetrace.verify import verify_candidate
-
-    import soxr
 
     song = synth_song(7, duration_s=12.0, sample_rate=PARAMS.sample_rate_hz)
     reference = extract_features(Audio(song, PARAMS.sample_rate_hz), params=PARAMS)
@@ -92,7 +92,9 @@ def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
     # pure pitch reference for the estimator: pitch moves by 12 * log2(factor).
     factor = 2 ** (shift / 12)
     shifted = soxr.resample(song, PARAMS.sample_rate_hz * factor, PARAMS.sample_rate_hz)
-    query = extract_features(Audio(shifted.astype(np.float32), PARAMS.sample_rate_hz), params=PARAMS)
+    query = extract_features(
+        Audio(shifted.astype(np.float32), PARAMS.sample_rate_hz), params=PARAMS
+    )
     candidate = Candidate(reference_key=0, tempo_ratio=factor, offset_frames=0.0, votes=1.0)
     alignment = align_on_chroma(query, reference, candidate)
     assert alignment is not None

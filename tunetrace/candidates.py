@@ -164,7 +164,9 @@ def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarr
     ``triples`` must be sorted lexicographically (as ``np.unique`` returns them).
     """
     offset_span = 1 << 32
-    codes = (triples[:, 0] * 4096 + triples[:, 1]) * offset_span + (triples[:, 2] + offset_span // 2)
+    codes = (triples[:, 0] * 4096 + triples[:, 1]) * offset_span + (
+        triples[:, 2] + offset_span // 2
+    )
     best = np.zeros_like(totals)
     for step in (-1, 1):
         target = codes + step

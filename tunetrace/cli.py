@@ -34,8 +34,11 @@ def _default_catalogue() -> Path:
 CatalogueOption = Annotated[
     Path,
     typer.Option(
-        "--catalogue", "-c", help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue]",
-        default_factory=_default_catalogue, show_default=False,
+        "--catalogue",
+        "-c",
+        help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue]",
+        default_factory=_default_catalogue,
+        show_default=False,
     ),
 ]
 
@@ -57,7 +60,7 @@ def _fail(exc: TunetraceError) -> NoReturn:
     raise typer.Exit(2 if isinstance(exc, BadInputError) else 1)
 
 
-def _open_catalogue(directory: Path, *, create: bool = False):  # noqa: ANN202
+def _open_catalogue(directory: Path, *, create: bool = False):
     from tunetrace.index.catalogue import Catalogue
 
     try:
@@ -68,14 +71,19 @@ def _open_catalogue(directory: Path, *, create: bool = False):  # noqa: ANN202
 
 @app.command()
 def add(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Audio files or folders (recursive).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Audio files or folders (recursive).")
+    ] = None,
     catalogue: CatalogueOption = ...,  # type: ignore[assignment]
-    manifest: Annotated[Path | None, typer.Option(help="CSV of path,id[,title,artist,isrc].")] = None,
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV of path,id[,title,artist,isrc].")
+    ] = None,
     reference_id: Annotated[str | None, typer.Option("--id", help="Id for a single file.")] = None,
     title: Annotated[str | None, typer.Option(help="Title for a single file.")] = None,
     artist: Annotated[str | None, typer.Option(help="Artist for a single file.")] = None,
     replace: Annotated[bool, typer.Option("--replace", help="Overwrite existing ids.")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Fingerprinting processes.")] = os.cpu_count() or 1,
+    workers: Annotated[int, typer.Option(min=1, help="Fingerprinting processes.")] = os.cpu_count()
+    or 1,
 ) -> None:
     """Fingerprint audio and add it to the catalogue as references."""
     from dataclasses import replace as with_fields
@@ -101,7 +109,7 @@ def add(
     store = _open_catalogue(catalogue, create=True)
     progress = _progress_bar(len(items), "adding")
 
-    def report(item, error):  # noqa: ANN001, ANN202
+    def report(item, error):
         progress.update(1)
         if error is not None:
             progress.write(f"skipped {item.path}: {error}", file=sys.stderr)
@@ -154,13 +162,14 @@ def match(
         raise typer.Exit(2)
 
 
-def _format_report(report) -> str:  # noqa: ANN001
+def _format_report(report) -> str:
     lines = [f"{report.query}  ({report.duration_s:.1f} s, matched in {report.elapsed_s:.2f} s)"]
     if not report.matches:
         lines.append("  no probable copy found")
         return "\n".join(lines)
     lines.append(
-        f"  {'score':>5}  {'tempo':>6}  {'pitch':>6}  {'coverage':>8}  {'alteration':<24}  reference"
+        f"  {'score':>5}  {'tempo':>6}  {'pitch':>6}  {'coverage':>8}  "
+        f"{'alteration':<24}  reference"
     )
     for m in report.matches:
         lines.append(
@@ -212,10 +221,12 @@ def remove(
         raise typer.Exit(2)
 
 
-def _progress_bar(total: int, label: str):  # noqa: ANN202
+def _progress_bar(total: int, label: str):
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr)
+    return tqdm(
+        total=total, desc=label, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr
+    )
 
 
 if __name__ == "__main__":

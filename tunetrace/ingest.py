@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunetrace.errors import BadInputError, TunetraceError
-from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
-from tunetrace.fingerprint.features import extract_features, features_from_spectrum, reference_vectors
+from tunetrace.fingerprint.decode import load_audio
+from tunetrace.fingerprint.features import (
+    extract_features,
+    features_from_spectrum,
+    reference_vectors,
+)
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
@@ -24,10 +28,26 @@ from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
 logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = frozenset(
-    {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".m4a", ".aac", ".mp4", ".aiff", ".aif", ".wma", ".webm"}
+    {
+        ".wav",
+        ".flac",
+        ".ogg",
+        ".oga",
+        ".opus",
+        ".mp3",
+        ".m4a",
+        ".aac",
+        ".mp4",
+        ".aiff",
+        ".aif",
+        ".wma",
+        ".webm",
+    }
 )
 #: Shortest reference accepted, in seconds of sound.
 MIN_REFERENCE_S = 5.0
+#: Longest reference accepted by default (long DJ mixes and suites fit; a runaway file does not).
+MAX_REFERENCE_S = 7200.0
 
 
 @dataclass(frozen=True)
@@ -52,10 +72,13 @@ class IngestSummary:
 
     def line(self, elapsed_s: float) -> str:
         """One-line human summary."""
-        speed = f", {self.audio_s / elapsed_s:.0f}x realtime" if elapsed_s > 0 and self.audio_s else ""
+        speed = (
+            f", {self.audio_s / elapsed_s:.0f}x realtime" if elapsed_s > 0 and self.audio_s else ""
+        )
         return (
             f"added {self.added} reference(s) ({self.replaced} replaced), "
-            f"{len(self.failed)} failed, {self.audio_s / 3600:.2f} h of audio in {elapsed_s:.1f} s{speed}"
+            f"{len(self.failed)} failed, {self.audio_s / 3600:.2f} h of audio "
+            f"in {elapsed_s:.1f} s{speed}"
         )
 
 
@@ -63,7 +86,7 @@ def fingerprint_reference(
     path: str | Path,
     *,
     params: FingerprintParams,
-    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    max_duration_s: float | None = MAX_REFERENCE_S,
 ) -> ReferenceData:
     """Decode and fingerprint one reference file.
 
@@ -83,9 +106,7 @@ def fingerprint_reference(
     audio = load_audio(path, sample_rate_hz=params.sample_rate_hz, max_duration_s=max_duration_s)
     features = extract_features(audio, params=params, min_duration_s=MIN_REFERENCE_S)
     codes, scale = quantise_spectrum(features.spectrum)
-    stored = features_from_spectrum(
-        dequantise_spectrum(codes, scale, params.n_bins), params=params
-    )
+    stored = features_from_spectrum(dequantise_spectrum(codes, scale, params.n_bins), params=params)
     _, vectors = reference_vectors(stored, params=params)
     return ReferenceData(
         spectrum_codes=codes,
@@ -98,7 +119,9 @@ def fingerprint_reference(
 
 def find_audio_files(folder: Path) -> list[Path]:
     """Audio files below ``folder`` (recursive, sorted, by file suffix)."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+    )
 
 
 def items_from_paths(paths: Iterable[Path], *, explicit_id: str | None = None) -> list[IngestItem]:
@@ -158,7 +181,9 @@ def items_from_manifest(manifest: Path) -> list[IngestItem]:
     return items
 
 
-def _fingerprint_job(item: IngestItem, params: FingerprintParams, max_duration_s: float | None) -> ReferenceData:
+def _fingerprint_job(
+    item: IngestItem, params: FingerprintParams, max_duration_s: float | None
+) -> ReferenceData:
     return fingerprint_reference(item.path, params=params, max_duration_s=max_duration_s)
 
 
@@ -168,7 +193,7 @@ def ingest(
     *,
     replace: bool = False,
     workers: int = 1,
-    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
+    max_duration_s: float | None = MAX_REFERENCE_S,
     on_done: Callable[[IngestItem, str | None], None] | None = None,
 ) -> IngestSummary:
     """Fingerprint ``items`` (in ``workers`` processes) and add them to ``catalogue``.
@@ -196,13 +221,22 @@ def ingest(
         for item, result in _fingerprint_all(pending, params, workers, max_duration_s):
             error = None
             if isinstance(result, BaseException):
-                error = str(result) if isinstance(result, TunetraceError) else f"{type(result).__name__}: {result}"
+                error = (
+                    str(result)
+                    if isinstance(result, TunetraceError)
+                    else f"{type(result).__name__}: {result}"
+                )
             else:
                 try:
                     existed = catalogue.contains(item.reference_id)
                     catalogue.add(
-                        item.reference_id, result, title=item.title, artist=item.artist,
-                        isrc=item.isrc, source_path=str(item.path), replace=replace,
+                        item.reference_id,
+                        result,
+                        title=item.title,
+                        artist=item.artist,
+                        isrc=item.isrc,
+                        source_path=str(item.path),
+                        replace=replace,
                         save_index=False,
                     )
                     summary.added += 1
@@ -273,4 +307,6 @@ def _fingerprint_all(
                 yield item, exception if exception is not None else future.result()
                 next_item = next(queue, None)
                 if next_item is not None:
-                    running[pool.submit(_fingerprint_job, next_item, params, max_duration_s)] = next_item
+                    running[pool.submit(_fingerprint_job, next_item, params, max_duration_s)] = (
+                        next_item
+                    )

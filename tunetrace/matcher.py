@@ -77,7 +77,9 @@ class Matcher:
     ) -> Features:
         """Decode and fingerprint a query file."""
         params = self.catalogue.params
-        audio = load_audio(path, sample_rate_hz=params.sample_rate_hz, max_duration_s=max_duration_s)
+        audio = load_audio(
+            path, sample_rate_hz=params.sample_rate_hz, max_duration_s=max_duration_s
+        )
         return extract_features(audio, params=params)
 
     def match_path(

@@ -18,6 +18,7 @@ reference. So verification
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,9 @@ class VerifySettings:
         Misalignments (seconds) used to measure the coincidence level.
     segment_margin : float
         A frame is matched when its smoothed aligned correlation exceeds the null level by
-        this much.
+        this much ...
+    segment_floor : float
+        ... and is at least this high.
     smooth_s : float
         Length of the moving average applied to per-frame correlations.
     min_segment_s : float
@@ -58,7 +61,8 @@ class VerifySettings:
     rate_search: float = 0.03
     offset_search_frames: int = 10
     null_offsets_s: tuple[float, ...] = (-23.0, -15.0, -9.0, 9.0, 15.0, 23.0)
-    segment_margin: float = 0.12
+    segment_margin: float = 0.2
+    segment_floor: float = 0.4
     smooth_s: float = 1.0
     min_segment_s: float = 1.0
     max_octaves: int = 2
@@ -168,9 +172,7 @@ def verify_candidate(
     for rate_half_width, n_rates, offset_half_width, n_offsets in settings.spectral_refinement:
         rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
         offsets = offset + np.linspace(-offset_half_width, offset_half_width, n_offsets)
-        scored = [
-            (sum(fit.similarity(r, o, shift)[:2]), r, o) for r in rates for o in offsets
-        ]
+        scored = [(sum(fit.similarity(r, o, shift)[:2]), r, o) for r in rates for o in offsets]
         _, rate, offset = max(scored)
     spectral_similarity, dynamics_similarity, per_frame, usable, positions = fit.similarity(
         rate, offset, shift
@@ -412,10 +414,11 @@ def _matched_segments(
 ) -> tuple[list[Segment], np.ndarray]:
     """Runs of frames whose aligned fit beats the null level by the margin."""
     fps = params.frame_rate_hz
-    width = max(1, int(round(settings.smooth_s * fps)))
-    excess = _moving_average((per_frame - null_curve) * (usable > 0), width)
-    matched = (excess >= settings.segment_margin) & (usable > 0)
-    min_run = max(1, int(round(settings.min_segment_s * fps)))
+    width = max(1, round(settings.smooth_s * fps))
+    level = _moving_average(per_frame * (usable > 0), width)
+    excess = level - _moving_average(null_curve * (usable > 0), width)
+    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
+    min_run = max(1, round(settings.min_segment_s * fps))
     matched = _bridge_gaps(matched, min_run)
     segments: list[Segment] = []
     for start, stop in _runs(matched):
@@ -427,7 +430,12 @@ def _matched_segments(
                 query_start_s=start / fps,
                 query_end_s=stop / fps,
                 reference_start_s=max(positions[start], 0.0) / fps,
-                reference_end_s=max(positions[stop - 1] + (positions[1] - positions[0] if len(positions) > 1 else 1.0), 0.0) / fps,
+                reference_end_s=max(
+                    positions[stop - 1]
+                    + (positions[1] - positions[0] if len(positions) > 1 else 1.0),
+                    0.0,
+                )
+                / fps,
             )
         )
     return segments, matched
@@ -444,7 +452,7 @@ def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
     """Fill False gaps shorter than ``max_gap`` that lie between two True runs."""
     filled = mask.copy()
     runs = _runs(mask)
-    for (_, stop), (start, _) in zip(runs[:-1], runs[1:], strict=True):
+    for (_, stop), (start, _) in itertools.pairwise(runs):
         if start - stop < max_gap:
             filled[stop:start] = True
     return filled

@@ -1,0 +1,350 @@
+"""Accuracy and speed of tunetrace on real music with real alteration tools.
+
+    python -m benchmarks.run_benchmark [--size quick|full] [--calibrate]
+
+1. lists the corpus (``benchmarks.corpus``; install it first with
+   ``python -m benchmarks.corpus install``) and builds a catalogue of three quarters of it,
+   timing ingest with one and with all workers;
+2. generates seeded altered queries (calibration and evaluation splits, disjoint tracks);
+3. with ``--calibrate``, fits the score model and threshold on the calibration split only
+   and writes ``tunetrace/calibration.json``;
+4. matches the evaluation split and writes ``benchmarks/results/core.json`` and ``core.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tunetrace.index.catalogue import Catalogue
+
+from benchmarks import corpus
+from benchmarks.queries import FAMILIES, Query, in_catalogue, make_queries
+from tunetrace.ingest import IngestItem, ingest
+from tunetrace.matcher import Matcher
+from tunetrace.scoring import FEATURE_NAMES, ScoreModel, measurement_vector
+
+logger = logging.getLogger("benchmarks")
+RESULTS = Path(__file__).parent / "results"
+CACHE = Path(os.environ.get("TUNETRACE_BENCH_CACHE", Path.home() / ".cache" / "tunetrace-bench"))
+SIZES = {
+    "quick": {"per_family": 25, "negatives": 220, "cal_per_family": 14, "cal_negatives": 120},
+    "full": {"per_family": 60, "negatives": 400, "cal_per_family": 30, "cal_negatives": 250},
+}
+
+
+def list_tracks() -> list[corpus.Track]:
+    """Corpus tracks, cached between runs."""
+    listing = CACHE / "tracks.json"
+    if listing.exists():
+        return [
+            corpus.Track(**{**row, "path": Path(row["path"])})
+            for row in json.loads(listing.read_text())
+        ]
+    tracks = corpus.tracks()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    listing.write_text(json.dumps([{**asdict(t), "path": str(t.path)} for t in tracks]))
+    return tracks
+
+
+def build_catalogue(tracks: list[corpus.Track]) -> tuple[Path, dict[str, float]]:
+    """Catalogue of the in-catalogue tracks, with ingest speed (1 worker vs all)."""
+    directory = CACHE / "catalogue"
+    stats_path = CACHE / "ingest.json"
+    if (directory / "catalogue.sqlite").exists() and stats_path.exists():
+        return directory, json.loads(stats_path.read_text())
+    members = [t for t in tracks if in_catalogue(t)]
+    items = [
+        IngestItem(t.path, t.track_id, title=t.track_id.split("/")[-1], artist=t.package)
+        for t in members
+    ]
+    single = CACHE / "catalogue-single"
+    subset = items[:16]
+    with Catalogue(single, create=True) as cat:
+        started, cpu = time.perf_counter(), time.process_time()
+        summary_one = ingest(cat, subset, workers=1, replace=True)
+        one_wall, one_cpu = time.perf_counter() - started, time.process_time() - cpu
+    with Catalogue(directory, create=True) as cat:
+        started = time.perf_counter()
+        summary_all = ingest(cat, items, workers=os.cpu_count() or 1, replace=True)
+        all_wall = time.perf_counter() - started
+    stats = {
+        "single_worker_audio_s": summary_one.audio_s,
+        "single_worker_wall_s": one_wall,
+        "single_worker_cpu_s": one_cpu,
+        "x_realtime_per_core": summary_one.audio_s / one_wall,
+        "all_workers": os.cpu_count() or 1,
+        "all_workers_audio_s": summary_all.audio_s,
+        "all_workers_wall_s": all_wall,
+        "x_realtime_all_workers": summary_all.audio_s / all_wall,
+        "references": summary_all.added,
+        "failed": len(summary_all.failed),
+    }
+    stats_path.write_text(json.dumps(stats, indent=1))
+    return directory, stats
+
+
+def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object]]:
+    """Fingerprint, search and verify each query; keep every scored verification."""
+    rows = []
+    for query in queries:
+        started = time.perf_counter()
+        features = matcher.load_query(query.path)
+        verifications = matcher.verify(features)
+        elapsed = time.perf_counter() - started
+        rows.append(
+            {
+                "query": asdict(query),
+                "duration_s": features.duration_s,
+                "elapsed_s": elapsed,
+                "verifications": [
+                    {
+                        "reference_id": matcher.catalogue.record_by_key(
+                            v.reference_key
+                        ).reference_id,
+                        "measurements": measurement_vector(v).tolist(),
+                        "tempo_ratio": v.tempo_ratio,
+                        "pitch_shift_semitones": v.pitch_shift_semitones,
+                        "spectral_shift_semitones": v.spectral_shift_semitones,
+                    }
+                    for v in verifications
+                ],
+            }
+        )
+    return rows
+
+
+def _is_true(row: dict, verification: dict) -> bool:
+    query = row["query"]
+    return (
+        query["positive"]
+        and verification["reference_id"] == query["source_id"]
+        and abs(np.log(verification["tempo_ratio"] / query["tempo_ratio"])) < 0.05
+    )
+
+
+def fit_score_model(rows: list[dict]) -> ScoreModel:
+    """Logistic regression (L2) on calibration verifications; threshold from its negatives."""
+    from scipy.optimize import minimize
+
+    features, labels = [], []
+    for row in rows:
+        for v in row["verifications"]:
+            features.append(v["measurements"])
+            labels.append(1.0 if _is_true(row, v) else 0.0)
+    x, y = np.asarray(features), np.asarray(labels)
+    weights = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
+
+    def loss(theta: np.ndarray) -> float:
+        z = x @ theta[:-1] + theta[-1]
+        return float(
+            np.sum(weights * (np.logaddexp(0, z) - y * z)) + 0.01 * np.sum(theta[:-1] ** 2)
+        )
+
+    theta = minimize(loss, np.zeros(x.shape[1] + 1), method="L-BFGS-B").x
+    scores = 1 / (1 + np.exp(-(x @ theta[:-1] + theta[-1])))
+    negative_max = float(scores[y == 0].max()) if (y == 0).any() else 0.5
+    # The threshold sits above every calibration negative, with a margin in logit space
+    # (about one unit of odds), and never below 0.5.
+    margin_logit = np.log(negative_max / (1 - negative_max + 1e-12)) + 1.0
+    threshold = float(max(0.5, 1 / (1 + np.exp(-margin_logit))))
+    recall = float((scores[y == 1] >= threshold).mean())
+    provenance = (
+        f"fitted {time.strftime('%Y-%m-%d')} by benchmarks/run_benchmark.py --calibrate on "
+        f"{int(y.sum())} true and {int((1 - y).sum())} false verifications of the calibration "
+        f"split (tracks disjoint from the evaluation split); calibration recall at threshold "
+        f"{recall:.3f}, highest negative score {negative_max:.3f}"
+    )
+    logger.info(provenance)
+    return ScoreModel(tuple(float(w) for w in theta[:-1]), float(theta[-1]), threshold, provenance)
+
+
+def _wrap(semitones: float) -> float:
+    return (semitones + 6) % 12 - 6
+
+
+def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
+    """Recall per family, false positives, estimate errors and latency on scored rows."""
+    per_family: dict[str, list[int]] = {f: [] for f in FAMILIES}
+    tempo_errors, pitch_errors, negatives_flagged, wrong_top = [], [], 0, 0
+    n_negatives = 0
+    failures = []
+    for row in rows:
+        query = row["query"]
+        scored = [
+            (1 / (1 + np.exp(-(np.dot(model.weights, v["measurements"]) + model.bias))), v)
+            for v in row["verifications"]
+        ]
+        passed = sorted([s for s in scored if s[0] >= model.threshold], key=lambda s: -s[0])
+        if not query["positive"]:
+            n_negatives += 1
+            negatives_flagged += bool(passed)
+            continue
+        top = passed[0][1] if passed else None
+        hit = top is not None and top["reference_id"] == query["source_id"]
+        wrong_top += top is not None and not hit
+        per_family[query["family"]].append(int(hit))
+        if hit:
+            tempo_errors.append(abs(top["tempo_ratio"] / query["tempo_ratio"] - 1))
+            pitch_errors.append(abs(_wrap(top["pitch_shift_semitones"] - query["pitch_semitones"])))
+        else:
+            failures.append(
+                {k: query[k] for k in ("path", "family", "tool", "tempo_ratio", "pitch_semitones")}
+            )
+    latencies = np.array([r["elapsed_s"] for r in rows])
+    long_latencies = np.array([r["elapsed_s"] for r in rows if r["duration_s"] >= 14.0])
+    tempo_errors_a, pitch_errors_a = np.array(tempo_errors), np.array(pitch_errors)
+    return {
+        "recall_top1": {
+            f: (float(np.mean(v)) if v else None, len(v)) for f, v in per_family.items()
+        },
+        "negatives": n_negatives,
+        "false_positive_queries": negatives_flagged,
+        "positive_queries_with_wrong_top1": wrong_top,
+        "tempo_within_2pct": float(np.mean(tempo_errors_a <= 0.02))
+        if len(tempo_errors_a)
+        else None,
+        "pitch_within_0.3_semitone": float(np.mean(pitch_errors_a <= 0.3))
+        if len(pitch_errors_a)
+        else None,
+        "both_estimates_within_limits": float(
+            np.mean((tempo_errors_a <= 0.02) & (pitch_errors_a <= 0.3))
+        )
+        if len(tempo_errors_a)
+        else None,
+        "tempo_error_median": float(np.median(tempo_errors_a)) if len(tempo_errors_a) else None,
+        "pitch_error_median": float(np.median(pitch_errors_a)) if len(pitch_errors_a) else None,
+        "latency_median_s": float(np.median(latencies)),
+        "latency_p95_s": float(np.percentile(latencies, 95)),
+        "latency_median_15s_queries_s": float(np.median(long_latencies))
+        if len(long_latencies)
+        else None,
+        "failures": failures,
+    }
+
+
+def markdown(result: dict) -> str:
+    """Short Markdown summary of a result."""
+    ev, ing = result["evaluation"], result["ingest"]
+    lines = [
+        f"Run {result['date']} on {result['machine']} (commit {result['commit']}), "
+        f"catalogue of {ing['references']} tracks ({result['catalogue_hours']:.1f} h), "
+        f"{result['size']} size.",
+        "",
+        "| family | top-1 recall | queries |",
+        "|---|---|---|",
+    ]
+    for family, (recall, n) in ev["recall_top1"].items():
+        lines.append(f"| {family} | {'-' if recall is None else f'{recall:.1%}'} | {n} |")
+    lines += [
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    table = [
+        (
+            "false positives on negative queries",
+            f"{ev['false_positive_queries']} of {ev['negatives']}",
+        ),
+        (
+            "positive queries whose top match was the wrong track",
+            str(ev["positive_queries_with_wrong_top1"]),
+        ),
+        ("tempo ratio within 2% (correct matches)", f"{ev['tempo_within_2pct']:.1%}"),
+        (
+            "pitch shift within 0.3 semitone (correct matches)",
+            f"{ev['pitch_within_0.3_semitone']:.1%}",
+        ),
+        ("ingest, one worker (x realtime per core)", f"{ing['x_realtime_per_core']:.0f}x"),
+        (
+            f"ingest, {ing['all_workers']} workers (x realtime)",
+            f"{ing['x_realtime_all_workers']:.0f}x",
+        ),
+        (
+            "query latency median / p95 (10-15 s queries, incl. decoding)",
+            f"{ev['latency_median_s'] * 1000:.0f} / {ev['latency_p95_s'] * 1000:.0f} ms",
+        ),
+        (
+            "query latency median, 14-15 s queries",
+            f"{(ev['latency_median_15s_queries_s'] or 0) * 1000:.0f} ms",
+        ),
+        ("score threshold (fitted on the calibration split)", f"{result['threshold']:.3f}"),
+    ]
+    lines += [f"| {name} | {value} |" for name, value in table]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Command line."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", choices=sorted(SIZES), default="quick")
+    parser.add_argument("--calibrate", action="store_true", help="refit tunetrace/calibration.json")
+    parser.add_argument("--seed", type=int, default=2026)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    size = SIZES[args.size]
+    tracks = list_tracks()
+    if not tracks:
+        raise SystemExit("no corpus tracks found: run `python -m benchmarks.corpus install` first")
+    directory, ingest_stats = build_catalogue(tracks)
+    catalogue = Catalogue(directory)
+    matcher = Matcher(catalogue)
+    if args.calibrate:
+        calibration = make_queries(
+            tracks,
+            split="calibration",
+            per_family=size["cal_per_family"],
+            negatives=size["cal_negatives"],
+            cache=CACHE / "queries",
+            seed=args.seed,
+        )
+        logger.info("matching %d calibration queries", len(calibration))
+        calibration_rows = run_queries(matcher, calibration)
+        (CACHE / "calibration-rows.json").write_text(json.dumps(calibration_rows))
+        model = fit_score_model(calibration_rows)
+        path = Path(__file__).parent.parent / "tunetrace" / "calibration.json"
+        path.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+        matcher = Matcher(catalogue, score_model=model)
+    evaluation = make_queries(
+        tracks,
+        split="evaluation",
+        per_family=size["per_family"],
+        negatives=size["negatives"],
+        cache=CACHE / "queries",
+        seed=args.seed + 1,
+    )
+    logger.info("matching %d evaluation queries", len(evaluation))
+    rows = run_queries(matcher, evaluation)
+    (CACHE / "evaluation-rows.json").write_text(json.dumps(rows))
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "commit": commit,
+        "size": args.size,
+        "catalogue_hours": float(catalogue.info()["audio_hours"]),  # type: ignore[arg-type]
+        "threshold": matcher.score_model.threshold,
+        "score_features": list(FEATURE_NAMES),
+        "ingest": ingest_stats,
+        "evaluation": evaluate(rows, matcher.score_model),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "core.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / "core.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""End-to-end matching on synthetic songs through a real catalogue and FAISS index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soxr
+from tunetrace.index.catalogue import Catalogue
+
+from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tunetrace.alteration import classify_alteration
+from tunetrace.matcher import Matcher
+
+
+@pytest.fixture(scope="module")
+def matcher(built_catalogue: Path) -> Matcher:
+    return Matcher(Catalogue(built_catalogue))
+
+
+def excerpt(song: np.ndarray, start_s: float, length_s: float) -> np.ndarray:
+    return song[int(start_s * SAMPLE_RATE) : int((start_s + length_s) * SAMPLE_RATE)]
+
+
+@pytest.mark.parametrize(
+    ("name", "tempo", "semitones", "kind"),
+    [
+        ("song1", 1.0, 0.0, "none"),
+        ("song2", 1.25, 0.0, "time_stretch"),
+        ("song4", 0.8, 0.0, "time_stretch"),
+        ("song5", 1.0, -3.0, "pitch_shift"),
+        ("song3", 1.15, -2.0, "time_stretch+pitch_shift"),
+    ],
+)
+def test_altered_copies_are_found_with_their_alteration(
+    tmp_path: Path,
+    matcher: Matcher,
+    songs: dict[str, np.ndarray],
+    name: str,
+    tempo: float,
+    semitones: float,
+    kind: str,
+) -> None:
+    audio = excerpt(songs[name], 4.0, 12.0 * tempo)
+    if tempo != 1.0:
+        audio = librosa.effects.time_stretch(audio, rate=tempo)
+    if semitones:
+        audio = librosa.effects.pitch_shift(audio, sr=SAMPLE_RATE, n_steps=semitones)
+    query = write_audio(tmp_path / "query.ogg", audio)
+    report = matcher.match_path(query)
+    assert report.matches, f"{name} altered by tempo {tempo}, pitch {semitones} was not found"
+    best = report.matches[0]
+    assert best.reference_id.endswith(name)
+    assert abs(best.tempo_ratio / tempo - 1) < 0.02, best.tempo_ratio
+    assert abs(best.pitch_shift_semitones - semitones) < 0.3, best.pitch_shift_semitones
+    assert best.alteration == kind
+    assert best.coverage > 0.6
+    segment = best.segments[0]
+    assert abs(segment.reference_start_s - (4.0 + segment.query_start_s * tempo)) < 0.5
+
+
+def test_speed_change_to_double_speed(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray]
+) -> None:
+    audio = soxr.resample(excerpt(songs["song2"], 2.0, 24.0), SAMPLE_RATE * 2.0, SAMPLE_RATE)
+    report = matcher.match_path(write_audio(tmp_path / "q.flac", audio.astype(np.float32)))
+    assert report.matches and report.matches[0].reference_id.endswith("song2")
+    assert abs(report.matches[0].tempo_ratio - 2.0) < 0.04
+    assert report.matches[0].alteration == "speed_change"
+
+
+def test_unknown_music_is_not_flagged(tmp_path: Path, matcher: Matcher) -> None:
+    for seed in (31, 32, 33):
+        query = write_audio(tmp_path / f"new{seed}.wav", synth_song(seed, duration_s=12.0))
+        report = matcher.match_path(query)
+        assert report.matches == [], (
+            f"unrelated song {seed} matched {report.matches[0].reference_id}"
+        )
+
+
+def test_padded_and_trimmed_query_reports_the_matched_part(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray]
+) -> None:
+    silence = np.zeros(SAMPLE_RATE * 4, dtype=np.float32)
+    other = synth_song(40, duration_s=5.0)
+    audio = np.concatenate([other, excerpt(songs["song1"], 10.0, 10.0), silence])
+    report = matcher.match_path(write_audio(tmp_path / "padded.wav", audio))
+    assert report.matches and report.matches[0].reference_id.endswith("song1")
+    segment = report.matches[0].segments[0]
+    assert 4.0 <= segment.query_start_s <= 6.5 and 13.5 <= segment.query_end_s <= 15.5
+    assert report.matches[0].coverage < 0.75
+
+
+@pytest.mark.parametrize(
+    ("tempo", "shift", "expected"),
+    [
+        (1.0, 0.0, "none"),
+        (1.0, 2.0, "pitch_shift"),
+        (1.2, 0.0, "time_stretch"),
+        (1.1, 1.65, "speed_change"),
+        (2.0, 12.0, "speed_change"),
+        (2.0, 0.0, "time_stretch"),
+        (0.9, 3.0, "time_stretch+pitch_shift"),
+    ],
+)
+def test_classify_alteration(tempo: float, shift: float, expected: str) -> None:
+    assert classify_alteration(tempo, shift) == expected
