@@ -116,11 +116,21 @@ def _duration_s(path: Path) -> float:
 
 def _content_hash(path: Path) -> str:
     """Hash of a decoded excerpt (catches the same audio shipped twice under two names)."""
-    from tunetrace.fingerprint.decode import load_audio
+    import numpy as np
+    import soxr
 
-    audio = load_audio(path, sample_rate_hz=4000, max_duration_s=None)
-    excerpt = audio.samples[20 * 4000 : 30 * 4000]
-    return hashlib.sha1((excerpt * 64).round().astype("int8").tobytes()).hexdigest()
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            handle.seek(min(20 * handle.samplerate, max(handle.frames - 1, 0)))
+            samples = handle.read(10 * handle.samplerate, dtype="float32", always_2d=True)
+            rate = handle.samplerate
+        excerpt = soxr.resample(samples.mean(axis=1), rate, 4000)
+    except (RuntimeError, soundfile.LibsndfileError):
+        from tunetrace.fingerprint.decode import load_audio
+
+        audio = load_audio(path, sample_rate_hz=4000, max_duration_s=None)
+        excerpt = audio.samples[20 * 4000 : 30 * 4000]
+    return hashlib.sha1(np.round(excerpt * 64).astype("int8").tobytes()).hexdigest()
 
 
 def tracks(packages: tuple[str, ...] = tuple(PACKAGES)) -> list[Track]:

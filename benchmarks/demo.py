@@ -30,7 +30,7 @@ def _say(text: str) -> None:
 
 def _tunetrace(*args: str) -> None:
     command = [str(Path(sys.executable).with_name("tunetrace")), *args]
-    sys.stdout.write("$ " + " ".join(command[1:] and ["tunetrace", *args]) + "\n")
+    sys.stdout.write("$ tunetrace " + " ".join(args) + "\n")
     sys.stdout.flush()
     subprocess.run(command, check=True)
 

@@ -28,10 +28,11 @@ import numpy as np
 from tunetrace.index.catalogue import Catalogue
 
 from benchmarks import corpus
-from benchmarks.queries import FAMILIES, Query, in_catalogue, make_queries
+from benchmarks.queries import FAMILIES, SHARED_MATERIAL, Query, in_catalogue, make_queries
+from tunetrace.errors import TunetraceError
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
-from tunetrace.scoring import FEATURE_NAMES, ScoreModel, measurement_vector
+from tunetrace.scoring import DECREASING, FEATURE_NAMES, ScoreModel, measurement_vector
 
 logger = logging.getLogger("benchmarks")
 RESULTS = Path(__file__).parent / "results"
@@ -98,7 +99,11 @@ def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object
     rows = []
     for query in queries:
         started = time.perf_counter()
-        features = matcher.load_query(query.path)
+        try:
+            features = matcher.load_query(query.path)
+        except TunetraceError as exc:  # e.g. an excerpt that fell on silence
+            rows.append({"query": asdict(query), "error": str(exc)})
+            continue
         verifications = matcher.verify(features)
         elapsed = time.perf_counter() - started
         rows.append(
@@ -112,6 +117,9 @@ def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object
                             v.reference_key
                         ).reference_id,
                         "measurements": measurement_vector(v).tolist(),
+                        "all_measurements": {
+                            name: getattr(v, name) for name in (*FEATURE_NAMES, "votes")
+                        },
                         "tempo_ratio": v.tempo_ratio,
                         "pitch_shift_semitones": v.pitch_shift_semitones,
                         "spectral_shift_semitones": v.spectral_shift_semitones,
@@ -123,13 +131,14 @@ def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object
     return rows
 
 
-def _is_true(row: dict, verification: dict) -> bool:
+def _label(row: dict, verification: dict) -> float | None:
+    """1 for the query's own reference, 0 for another, None for a pair sharing material."""
     query = row["query"]
-    return (
-        query["positive"]
-        and verification["reference_id"] == query["source_id"]
-        and abs(np.log(verification["tempo_ratio"] / query["tempo_ratio"])) < 0.05
-    )
+    if query["positive"] and verification["reference_id"] == query["source_id"]:
+        return 1.0
+    if frozenset((query["source_id"], verification["reference_id"])) in SHARED_MATERIAL:
+        return None
+    return 0.0
 
 
 def fit_score_model(rows: list[dict]) -> ScoreModel:
@@ -138,9 +147,11 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
 
     features, labels = [], []
     for row in rows:
-        for v in row["verifications"]:
-            features.append(v["measurements"])
-            labels.append(1.0 if _is_true(row, v) else 0.0)
+        for v in row.get("verifications", []):
+            label = _label(row, v)
+            if label is not None:
+                features.append(v["measurements"])
+                labels.append(label)
     x, y = np.asarray(features), np.asarray(labels)
     weights = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
 
@@ -150,7 +161,12 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
             np.sum(weights * (np.logaddexp(0, z) - y * z)) + 0.01 * np.sum(theta[:-1] ** 2)
         )
 
-    theta = minimize(loss, np.zeros(x.shape[1] + 1), method="L-BFGS-B").x
+    # Monotone prior: more similarity or coverage never lowers the score, a higher
+    # coincidence level never raises it.
+    bounds = [(None, 0.0) if name in DECREASING else (0.0, None) for name in FEATURE_NAMES]
+    theta = minimize(
+        loss, np.zeros(x.shape[1] + 1), method="L-BFGS-B", bounds=[*bounds, (None, None)]
+    ).x
     scores = 1 / (1 + np.exp(-(x @ theta[:-1] + theta[-1])))
     negative_max = float(scores[y == 0].max()) if (y == 0).any() else 0.5
     # The threshold sits above every calibration negative, with a margin in logit space
@@ -178,13 +194,20 @@ def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
     tempo_errors, pitch_errors, negatives_flagged, wrong_top = [], [], 0, 0
     n_negatives = 0
     failures = []
+    unusable = 0
     for row in rows:
         query = row["query"]
+        if "error" in row:
+            unusable += 1
+            continue
         scored = [
             (1 / (1 + np.exp(-(np.dot(model.weights, v["measurements"]) + model.bias))), v)
             for v in row["verifications"]
         ]
-        passed = sorted([s for s in scored if s[0] >= model.threshold], key=lambda s: -s[0])
+        passed = sorted(
+            [s for s in scored if s[0] >= model.threshold and _label(row, s[1]) is not None],
+            key=lambda s: -s[0],
+        )
         if not query["positive"]:
             n_negatives += 1
             negatives_flagged += bool(passed)
@@ -200,14 +223,16 @@ def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
             failures.append(
                 {k: query[k] for k in ("path", "family", "tool", "tempo_ratio", "pitch_semitones")}
             )
-    latencies = np.array([r["elapsed_s"] for r in rows])
-    long_latencies = np.array([r["elapsed_s"] for r in rows if r["duration_s"] >= 14.0])
+    timed = [r for r in rows if "error" not in r]
+    latencies = np.array([r["elapsed_s"] for r in timed])
+    long_latencies = np.array([r["elapsed_s"] for r in timed if r["duration_s"] >= 14.0])
     tempo_errors_a, pitch_errors_a = np.array(tempo_errors), np.array(pitch_errors)
     return {
         "recall_top1": {
             f: (float(np.mean(v)) if v else None, len(v)) for f, v in per_family.items()
         },
         "negatives": n_negatives,
+        "unusable_queries": unusable,
         "false_positive_queries": negatives_flagged,
         "positive_queries_with_wrong_top1": wrong_top,
         "tempo_within_2pct": float(np.mean(tempo_errors_a <= 0.02))
@@ -289,6 +314,11 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="quick")
     parser.add_argument("--calibrate", action="store_true", help="refit tunetrace/calibration.json")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse cached verification rows (only the score model and figures are redone)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     size = SIZES[args.size]
@@ -308,8 +338,12 @@ def main() -> None:
             seed=args.seed,
         )
         logger.info("matching %d calibration queries", len(calibration))
-        calibration_rows = run_queries(matcher, calibration)
-        (CACHE / "calibration-rows.json").write_text(json.dumps(calibration_rows))
+        cached = CACHE / f"calibration-rows-{args.size}-{args.seed}.json"
+        if args.reuse and cached.exists():
+            calibration_rows = json.loads(cached.read_text())
+        else:
+            calibration_rows = run_queries(matcher, calibration)
+            cached.write_text(json.dumps(calibration_rows))
         model = fit_score_model(calibration_rows)
         path = Path(__file__).parent.parent / "tunetrace" / "calibration.json"
         path.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
@@ -323,8 +357,12 @@ def main() -> None:
         seed=args.seed + 1,
     )
     logger.info("matching %d evaluation queries", len(evaluation))
-    rows = run_queries(matcher, evaluation)
-    (CACHE / "evaluation-rows.json").write_text(json.dumps(rows))
+    cached = CACHE / f"evaluation-rows-{args.size}-{args.seed}.json"
+    if args.reuse and cached.exists():
+        rows = json.loads(cached.read_text())
+    else:
+        rows = run_queries(matcher, evaluation)
+        cached.write_text(json.dumps(rows))
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()

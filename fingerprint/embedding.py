@@ -96,3 +96,51 @@ def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
     frac = (positions - left).astype(np.float32)
     out = features[:, left] * (1 - frac) + features[:, right] * frac
     return normalise_frames(out)
+
+
+def embed_patches_rotated(
+    chroma: np.ndarray, starts: np.ndarray, *, params: FingerprintParams
+) -> np.ndarray:
+    """Embed chroma patches after rotating each to a canonical pitch position.
+
+    Each patch is rolled (by a fractional number of bins, through its Fourier series along the
+    chroma axis) so that the phase of the first Fourier coefficient of its time-averaged
+    chroma is zero. A pitch-shifted copy of a patch has the same rotated form, so pitch
+    invariance costs no information about the order of events in time, unlike the 2-D Fourier
+    magnitude. The rotated patch is pooled to ``pool_bins`` chroma bins and ``pool_frames``
+    time cells and flattened.
+
+    Parameters
+    ----------
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames)]
+    starts : np.ndarray [shape=(n_patches,)]
+    params : FingerprintParams
+
+    Returns
+    -------
+    vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
+    """
+    n_bins, n_frames = chroma.shape
+    width = params.patch_frames
+    if n_frames < width:
+        chroma = np.pad(chroma, ((0, 0), (0, width - n_frames)))
+    index = starts[:, None] + np.arange(width)[None, :]
+    patches = chroma[:, index].transpose(1, 0, 2)  # (n, bins, width)
+    spectrum = np.fft.rfft(patches, axis=1)  # (n, bins//2+1, width)
+    first = spectrum[:, 1, :].sum(axis=1)  # first coefficient of the time-averaged chroma
+    rotation = -np.angle(first) * n_bins / (2 * np.pi)  # bins to roll back
+    k = np.arange(spectrum.shape[1])
+    phase = np.exp(2j * np.pi * k[None, :] * rotation[:, None] / n_bins)
+    rotated = np.fft.irfft(spectrum * phase[:, :, None], n=n_bins, axis=1)
+    pooled_bins = params.pool_bins
+    group = n_bins // pooled_bins
+    # centre each pooled bin on a multiple of ``group`` bins
+    rotated = np.roll(rotated, group // 2, axis=1)
+    rotated = rotated.reshape(len(starts), pooled_bins, group, width).sum(axis=2)
+    cells = params.pool_frames
+    rotated = rotated[:, :, : (width // cells) * cells]
+    rotated = rotated.reshape(len(starts), pooled_bins, cells, -1).mean(axis=3)
+    vectors = rotated.reshape(len(starts), -1)
+    vectors = vectors - vectors.mean(axis=1, keepdims=True)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
+    return vectors.astype(np.float32)

@@ -67,9 +67,11 @@ class FingerprintParams:
     chroma_smooth_frames: int = 3
     patch_frames: int = 32
     reference_patch_hop: int = 8
-    query_patch_hop: int = 4
+    query_patch_hop: int = 6
     embed_chroma_coeffs: int = 10
     embed_time_coeffs: int = 10
+    pool_bins: int = 12
+    pool_frames: int = 8
     rate_min: float = 0.5
     rate_max: float = 2.0
     rate_step: float = 1.04

@@ -13,7 +13,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 
 from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
-from tunetrace.verify import align_on_chroma
+from tunetrace.verify import align_on_chroma, prepare_query, verify_candidate
 
 PARAMS = FingerprintParams()
 
@@ -84,7 +84,6 @@ def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
     import soxr
 
     from tests.conftest import synth_song
-    from tunetrace.verify import verify_candidate
 
     song = synth_song(7, duration_s=12.0, sample_rate=PARAMS.sample_rate_hz)
     reference = extract_features(Audio(song, PARAMS.sample_rate_hz), params=PARAMS)
@@ -92,8 +91,8 @@ def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
     # pure pitch reference for the estimator: pitch moves by 12 * log2(factor).
     factor = 2 ** (shift / 12)
     shifted = soxr.resample(song, PARAMS.sample_rate_hz * factor, PARAMS.sample_rate_hz)
-    query = extract_features(
-        Audio(shifted.astype(np.float32), PARAMS.sample_rate_hz), params=PARAMS
+    query = prepare_query(
+        extract_features(Audio(shifted.astype(np.float32), PARAMS.sample_rate_hz), params=PARAMS)
     )
     candidate = Candidate(reference_key=0, tempo_ratio=factor, offset_frames=0.0, votes=1.0)
     alignment = align_on_chroma(query, reference, candidate)

@@ -18,7 +18,13 @@ from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
 from tunetrace.types import Verification
-from tunetrace.verify import VerifySettings, align_on_chroma, verify_candidate
+from tunetrace.verify import (
+    VerifySettings,
+    align_on_chroma,
+    prepare_query,
+    screen_alignment,
+    verify_candidate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +38,13 @@ class MatchSettings:
     n_neighbours : int
         Nearest patches retrieved per query patch.
     max_candidates : int
-        References whose vote peaks go on to chroma alignment.
+        References whose vote peaks go on to chroma alignment and a quick spectral screening.
     verify_top : int
-        Chroma alignments (best first) verified on spectra.
+        Screened alignments (best first) verified in full.
     """
 
     n_neighbours: int = 20
-    max_candidates: int = 10
+    max_candidates: int = 16
     verify_top: int = 4
 
 
@@ -133,20 +139,28 @@ class Matcher:
             n_neighbours=self.settings.n_neighbours,
             max_candidates=self.settings.max_candidates,
         )
-        alignments = []
+        query = prepare_query(features, self.verify_settings)
+        screened = []
         for candidate in candidates:
             reference = self.catalogue.features(candidate.reference_key)
-            alignment = align_on_chroma(
-                features, reference, candidate, settings=self.verify_settings
+            alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
+            if alignment is None:
+                continue
+            screening = screen_alignment(
+                query, reference, alignment, params=params, settings=self.verify_settings
             )
-            if alignment is not None:
-                alignments.append(alignment)
-        alignments.sort(key=lambda a: -a.chroma_similarity)
+            screened.append((screening.value, alignment, screening))
+        screened.sort(key=lambda item: -item[0])
         verifications = []
-        for alignment in alignments[: self.settings.verify_top]:
+        for _, alignment, screening in screened[: self.settings.verify_top]:
             reference = self.catalogue.features(alignment.candidate.reference_key)
             verification = verify_candidate(
-                features, reference, alignment, params=params, settings=self.verify_settings
+                query,
+                reference,
+                alignment,
+                params=params,
+                settings=self.verify_settings,
+                screening=screening,
             )
             if verification is not None:
                 score = self.score_model.score(verification)

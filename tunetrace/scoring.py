@@ -22,10 +22,14 @@ from tunetrace.types import Verification
 FEATURE_NAMES = (
     "spectral_similarity",
     "dynamics_similarity",
+    "onset_similarity",
     "null_similarity",
+    "local_similarity",
     "chroma_similarity",
     "coverage",
 )
+#: Measurements whose rise must never raise the score (coincidence levels).
+DECREASING = frozenset({"null_similarity", "local_similarity"})
 
 
 def measurement_vector(verification: Verification) -> np.ndarray:

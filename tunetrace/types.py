@@ -57,10 +57,16 @@ class Verification:
     null_similarity : float
         The same measure with the reference deliberately misaligned (median of several offsets):
         what this query and reference reach by coincidence.
+    local_similarity : float
+        The spectral measure with the reference misaligned by a second or two: how sharp the
+        alignment is (a copy drops away quickly, held notes do not).
     chroma_similarity : float
         Mean frame correlation of aligned, pitch-corrected chroma.
     dynamics_similarity : float
-        Correlation of aligned spectral changes over time (onsets), pitch-corrected.
+        Correlation of aligned changes of the whitened spectra over time (which partials
+        change when), pitch-corrected.
+    onset_similarity : float
+        The same on the unwhitened spectra: broadband changes (onsets, loudness) count too.
     coverage : float
         Fraction of the query's duration inside matched segments.
     segments : list of Segment
@@ -77,8 +83,10 @@ class Verification:
     offset_frames: float
     spectral_similarity: float
     null_similarity: float
+    local_similarity: float
     chroma_similarity: float
     dynamics_similarity: float
+    onset_similarity: float
     coverage: float
     segments: list[Segment] = field(default_factory=list)
     votes: float = 0.0

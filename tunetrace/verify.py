@@ -35,11 +35,14 @@ class VerifySettings:
     Attributes
     ----------
     rate_search : float
-        Relative half-width of the tempo-ratio refinement (0.03 = +-3%).
+        Relative half-width of the tempo-ratio refinement (0.06 = +-6%).
     offset_search_frames : int
         Half-width of the offset refinement, in reference frames.
     null_offsets_s : tuple of float
         Misalignments (seconds) used to measure the coincidence level.
+    local_offsets_s : tuple of float
+        Small misalignments (seconds): a copy fits sharply at one offset, a coincidence of
+        held notes fits about as well a second away.
     segment_margin : float
         A frame is matched when its smoothed aligned correlation exceeds the null level by
         this much ...
@@ -58,9 +61,10 @@ class VerifySettings:
         to an octave over 0.5-2.0).
     """
 
-    rate_search: float = 0.03
+    rate_search: float = 0.06
     offset_search_frames: int = 10
     null_offsets_s: tuple[float, ...] = (-23.0, -15.0, -9.0, 9.0, 15.0, 23.0)
+    local_offsets_s: tuple[float, ...] = (-2.0, -1.2, -0.6, 0.6, 1.2, 2.0)
     segment_margin: float = 0.2
     segment_floor: float = 0.4
     smooth_s: float = 1.0
@@ -70,6 +74,34 @@ class VerifySettings:
     spectral_refinement: tuple[tuple[float, int, float, int], ...] = (
         (0.02, 5, 2.0, 5),
         (0.005, 5, 0.5, 3),
+    )
+
+
+@dataclass(frozen=True)
+class PreparedQuery:
+    """A query's features with what every verification of it reuses.
+
+    Attributes
+    ----------
+    features : Features
+    weights : np.ndarray [shape=(n_frames,)]
+        1 for sounding frames, 0 for silent ones.
+    white : np.ndarray [shape=(n_bins, n_frames)]
+        Spectrum whitened along frequency (see :func:`whiten_spectrum`).
+    """
+
+    features: Features
+    weights: np.ndarray
+    white: np.ndarray
+
+
+def prepare_query(features: Features, settings: VerifySettings | None = None) -> PreparedQuery:
+    """Compute the per-query arrays that verification of every candidate reuses."""
+    settings = settings or VerifySettings()
+    return PreparedQuery(
+        features=features,
+        weights=features.active_frames().astype(np.float32),
+        white=whiten_spectrum(features.spectrum, settings.whiten_bins),
     )
 
 
@@ -98,7 +130,7 @@ class ChromaAlignment:
 
 
 def align_on_chroma(
-    query: Features,
+    query: PreparedQuery,
     reference: Features,
     candidate: Candidate,
     *,
@@ -108,7 +140,8 @@ def align_on_chroma(
 
     Parameters
     ----------
-    query, reference : Features
+    query : PreparedQuery
+    reference : Features
     candidate : Candidate
     settings : VerifySettings, optional
 
@@ -118,40 +151,58 @@ def align_on_chroma(
         ``None`` when the candidate places too little of the query inside the reference.
     """
     settings = settings or VerifySettings()
-    weights = query.active_frames().astype(np.float32)
-    if weights.sum() == 0:
+    if query.weights.sum() == 0:
         return None
-    rate, offset, roll_scores = _refine_alignment(query, reference, candidate, weights, settings)
+    rate, offset, roll_scores = _refine_alignment(
+        query.features, reference, candidate, query.weights, settings
+    )
     if roll_scores is None:
         return None
     return ChromaAlignment(candidate, rate, offset, roll_scores)
 
 
-def verify_candidate(
-    query: Features,
+@dataclass(frozen=True)
+class Screening:
+    """A quick spectral look at a chroma alignment (one evaluation per octave choice).
+
+    Attributes
+    ----------
+    value : float
+        Spectral plus onset similarity at the chroma alignment.
+    roll_bins : float
+        Chroma roll (fractional bins), the pitch shift modulo an octave.
+    shift_bins : float
+        Spectral shift, the roll plus the best whole number of octaves.
+    """
+
+    value: float
+    roll_bins: float
+    shift_bins: float
+
+
+def screen_alignment(
+    query: PreparedQuery,
     reference: Features,
     alignment: ChromaAlignment,
     *,
     params: FingerprintParams,
     settings: VerifySettings | None = None,
-) -> Verification | None:
-    """Verify a chroma alignment on whitened log-frequency spectra.
+) -> Screening:
+    """Score a chroma alignment cheaply on spectra, to pick which candidates to verify.
 
     Parameters
     ----------
-    query, reference : Features
+    query : PreparedQuery
+    reference : Features
     alignment : ChromaAlignment
-        From :func:`align_on_chroma`.
     params : FingerprintParams
     settings : VerifySettings, optional
 
     Returns
     -------
-    verification : Verification or None
-        The ``score`` field is left at 0: scoring is the caller's (calibrated) step.
+    screening : Screening
     """
     settings = settings or VerifySettings()
-    weights = query.active_frames().astype(np.float32)
     bins = params.bins_per_octave
     roll_scores = alignment.roll_scores
     best_roll = int(np.argmax(roll_scores))
@@ -159,37 +210,78 @@ def verify_candidate(
     roll = (roll + bins / 2) % bins - bins / 2
     if roll <= -bins / 2:
         roll += bins
-    query_white = whiten_spectrum(query.spectrum, settings.whiten_bins)
-    fit = _SpectralFit(query, query_white, reference, weights, settings.whiten_bins)
+    fit = _SpectralFit(query, reference, settings.whiten_bins)
+    best_value, best_shift = -np.inf, roll
+    for octave in range(-settings.max_octaves, settings.max_octaves + 1):
+        shift = roll + octave * bins
+        if abs(shift) > params.n_bins / 2:
+            continue
+        value = fit.similarity(alignment.tempo_ratio, alignment.offset_frames, shift).objective
+        if value > best_value:
+            best_value, best_shift = value, shift
+    return Screening(float(best_value), float(roll), float(best_shift))
 
+
+def verify_candidate(
+    query: PreparedQuery,
+    reference: Features,
+    alignment: ChromaAlignment,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings | None = None,
+    screening: Screening | None = None,
+) -> Verification | None:
+    """Verify a chroma alignment on whitened log-frequency spectra.
+
+    Parameters
+    ----------
+    query : PreparedQuery
+    reference : Features
+    alignment : ChromaAlignment
+        From :func:`align_on_chroma`.
+    params : FingerprintParams
+    settings : VerifySettings, optional
+    screening : Screening, optional
+        From :func:`screen_alignment` (computed here when not given).
+
+    Returns
+    -------
+    verification : Verification or None
+        The ``score`` field is left at 0: scoring is the caller's (calibrated) step.
+    """
+    settings = settings or VerifySettings()
+    if screening is None:
+        screening = screen_alignment(query, reference, alignment, params=params, settings=settings)
+    bins = params.bins_per_octave
+    roll, shift = screening.roll_bins, screening.shift_bins
+    weights = query.weights
+    fit = _SpectralFit(query, reference, settings.whiten_bins)
     rate, offset = alignment.tempo_ratio, alignment.offset_frames
-    shifts = [
-        roll + octave * bins
-        for octave in range(-settings.max_octaves, settings.max_octaves + 1)
-        if abs(roll + octave * bins) <= params.n_bins / 2
-    ]
-    shift = max(shifts, key=lambda s: fit.similarity(rate, offset, s)[0])
     for rate_half_width, n_rates, offset_half_width, n_offsets in settings.spectral_refinement:
-        rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
-        offsets = offset + np.linspace(-offset_half_width, offset_half_width, n_offsets)
-        scored = [(sum(fit.similarity(r, o, shift)[:2]), r, o) for r in rates for o in offsets]
-        _, rate, offset = max(scored)
-    spectral_similarity, dynamics_similarity, per_frame, usable, positions = fit.similarity(
-        rate, offset, shift
-    )
-
-    null_curves = []
-    for delta_s in settings.null_offsets_s:
-        shifted = (positions + delta_s * params.frame_rate_hz) % max(reference.n_frames - 1, 1)
-        null_aligned = whiten_spectrum(
-            _interpolate_frames(reference.spectrum, shifted), settings.whiten_bins
+        grid = _centred_grid(
+            rate,
+            offset,
+            query.features.n_frames / 2,
+            rate_half_width,
+            n_rates,
+            offset_half_width,
+            n_offsets,
         )
-        null_curves.append(_spectral_frame_correlation(query_white, null_aligned, shift))
-    null_curve = np.median(np.stack(null_curves), axis=0)
-    null_similarity = _weighted_mean(null_curve, weights)
-
+        scored = [(fit.similarity(r, o, shift).objective, r, o) for r, o in zip(*grid, strict=True)]
+        _, rate, offset = max(scored)
+    best = fit.similarity(rate, offset, shift)
+    positions = best.positions
+    n_frames = max(reference.n_frames - 1, 1)
+    fps = params.frame_rate_hz
+    null_curve = np.median(
+        [fit.spectral_at((positions + d * fps) % n_frames, shift) for d in settings.null_offsets_s],
+        axis=0,
+    )
+    local_curve = np.median(
+        [fit.spectral_at(positions + d * fps, shift) for d in settings.local_offsets_s], axis=0
+    )
     segments, matched = _matched_segments(
-        per_frame, null_curve, usable, positions, params=params, settings=settings
+        best.per_frame, null_curve, best.usable, positions, params=params, settings=settings
     )
     semitones_per_bin = 12.0 / bins
     return Verification(
@@ -198,48 +290,90 @@ def verify_candidate(
         pitch_shift_semitones=float(roll * semitones_per_bin),
         spectral_shift_semitones=float(shift * semitones_per_bin),
         offset_frames=float(offset),
-        spectral_similarity=float(spectral_similarity),
-        null_similarity=float(null_similarity),
+        spectral_similarity=float(best.spectral),
+        null_similarity=_weighted_mean(null_curve, weights),
+        local_similarity=_weighted_mean(local_curve, best.usable),
         chroma_similarity=alignment.chroma_similarity,
-        dynamics_similarity=float(dynamics_similarity),
-        coverage=float(matched.sum() / max(query.n_frames, 1)),
+        dynamics_similarity=float(best.dynamics),
+        onset_similarity=float(best.onsets),
+        coverage=float(matched.sum() / max(query.features.n_frames, 1)),
         segments=segments,
         votes=alignment.candidate.votes,
     )
 
 
+@dataclass(frozen=True)
+class _Fit:
+    spectral: float
+    dynamics: float
+    onsets: float
+    per_frame: np.ndarray
+    usable: np.ndarray
+    positions: np.ndarray
+
+    @property
+    def objective(self) -> float:
+        """What alignment refinement maximises: static fit plus agreement of onsets."""
+        return self.spectral + self.onsets
+
+
 class _SpectralFit:
-    """Spectral and dynamics similarity of a query with a reference at a given alignment."""
+    """Spectral, dynamics and onset similarity of a query with a reference at an alignment."""
 
-    def __init__(
-        self,
-        query: Features,
-        query_white: np.ndarray,
-        reference: Features,
-        weights: np.ndarray,
-        whiten_bins: int,
-    ) -> None:
+    def __init__(self, query: PreparedQuery, reference: Features, whiten_bins: int) -> None:
         self.query = query
-        self.query_white = query_white
         self.reference = reference
-        self.weights = weights
         self.whiten_bins = whiten_bins
-        self.times = np.arange(query.n_frames)
+        self.times = np.arange(query.features.n_frames)
 
-    def similarity(
-        self, rate: float, offset: float, shift: float
-    ) -> tuple[float, float, np.ndarray, np.ndarray, np.ndarray]:
-        """Return (spectral, dynamics, per-frame spectral, usable weights, positions)."""
-        positions = offset + rate * self.times
+    def positions(self, rate: float, offset: float) -> np.ndarray:
+        """Reference frame of every query frame."""
+        return offset + rate * self.times
+
+    def similarity(self, rate: float, offset: float, shift: float) -> _Fit:
+        """Measure the fit of one alignment (tempo ratio, offset, spectral shift)."""
+        positions = self.positions(rate, offset)
         inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-        usable = self.weights * inside
+        usable = self.query.weights * inside
         raw = _interpolate_frames(self.reference.spectrum, positions)
-        per_frame = _spectral_frame_correlation(
-            self.query_white, whiten_spectrum(raw, self.whiten_bins), shift
+        white = whiten_spectrum(raw, self.whiten_bins)
+        per_frame = _spectral_frame_correlation(self.query.white, white, shift)
+        return _Fit(
+            spectral=_weighted_mean(per_frame, usable),
+            dynamics=_dynamics_correlation(self.query.white, white, shift, usable),
+            onsets=_dynamics_correlation(self.query.features.spectrum, raw, shift, usable),
+            per_frame=per_frame,
+            usable=usable,
+            positions=positions,
         )
-        spectral = _weighted_mean(per_frame, usable)
-        dynamics = _dynamics_correlation(self.query.spectrum, raw, shift, usable)
-        return spectral, dynamics, per_frame, usable, positions
+
+    def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
+        """Per-frame spectral correlation with the reference read at ``positions``."""
+        white = whiten_spectrum(
+            _interpolate_frames(self.reference.spectrum, positions), self.whiten_bins
+        )
+        return _spectral_frame_correlation(self.query.white, white, shift)
+
+
+def _centred_grid(
+    rate: float,
+    offset: float,
+    centre_frame: float,
+    rate_half_width: float,
+    n_rates: int,
+    offset_half_width: float,
+    n_offsets: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (tempo ratio, offset) grid that keeps the query's centre in place as the ratio moves.
+
+    With offsets measured at the query's first frame, a change of ratio moves the whole
+    alignment and the fit has a diagonal ridge that a coarse grid straddles; pivoting on the
+    centre makes ratio and offset nearly independent.
+    """
+    rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
+    deltas = np.linspace(-offset_half_width, offset_half_width, n_offsets)
+    grid_rates, grid_deltas = (a.reshape(-1) for a in np.meshgrid(rates, deltas))
+    return grid_rates, offset + (rate - grid_rates) * centre_frame + grid_deltas
 
 
 def _refine_alignment(
@@ -253,14 +387,14 @@ def _refine_alignment(
     rate, offset = candidate.tempo_ratio, candidate.offset_frames
     scores: np.ndarray | None = None
     steps = (
-        (settings.rate_search, 7, float(settings.offset_search_frames), 11),
-        (settings.rate_search / 6, 5, 2.0, 5),
-        (settings.rate_search / 24, 5, 0.5, 5),
+        (settings.rate_search, 9, float(settings.offset_search_frames), 11),
+        (settings.rate_search / 8, 5, 2.0, 5),
+        (settings.rate_search / 32, 5, 0.5, 5),
     )
     for rate_half_width, n_rates, offset_half_width, n_offsets in steps:
-        rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
-        offsets = offset + np.linspace(-offset_half_width, offset_half_width, n_offsets)
-        grid_rates, grid_offsets = (a.reshape(-1) for a in np.meshgrid(rates, offsets))
+        grid_rates, grid_offsets = _centred_grid(
+            rate, offset, query.n_frames / 2, rate_half_width, n_rates, offset_half_width, n_offsets
+        )
         roll_scores = _chroma_roll_scores(query, reference, grid_rates, grid_offsets, weights)
         best = int(np.argmax(roll_scores.max(axis=1)))
         if not np.isfinite(roll_scores[best]).all():
@@ -369,6 +503,9 @@ def _dynamics_correlation(
 
     Two recordings that hold the same chord agree on static spectra but not on when and where
     their spectra change; a copy agrees on both. Frames with large changes (onsets) weigh most.
+    The spectra are whitened along frequency first, so a broadband change (a drum hit, a
+    crescendo) that two unrelated pieces share by keeping the same beat does not count: only
+    which partials change does.
     """
     if query_spectrum.shape[1] < 3:
         return 0.0
