@@ -25,7 +25,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m benchmarks.run_benchmark
+	$(BIN)/python -m benchmarks.corpus install
+	$(BIN)/python -m benchmarks.run_benchmark --size quick
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache

@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
 
 from benchmarks import corpus
@@ -59,8 +60,10 @@ def list_tracks() -> list[corpus.Track]:
 
 def build_catalogue(tracks: list[corpus.Track]) -> tuple[Path, dict[str, float]]:
     """Catalogue of the in-catalogue tracks, with ingest speed (1 worker vs all)."""
-    directory = CACHE / "catalogue"
-    stats_path = CACHE / "ingest.json"
+    # One cached catalogue per parameter set: changed parameters get a fresh build.
+    digest = FingerprintParams().digest()
+    directory = CACHE / f"catalogue-{digest}"
+    stats_path = CACHE / f"ingest-{digest}.json"
     if (directory / "catalogue.sqlite").exists() and stats_path.exists():
         return directory, json.loads(stats_path.read_text())
     members = [t for t in tracks if in_catalogue(t)]
@@ -68,7 +71,7 @@ def build_catalogue(tracks: list[corpus.Track]) -> tuple[Path, dict[str, float]]
         IngestItem(t.path, t.track_id, title=t.track_id.split("/")[-1], artist=t.package)
         for t in members
     ]
-    single = CACHE / "catalogue-single"
+    single = CACHE / f"catalogue-single-{digest}"
     subset = items[:16]
     with Catalogue(single, create=True) as cat:
         started, cpu = time.perf_counter(), time.process_time()
@@ -308,6 +311,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rows(matcher: Matcher, queries: list[Query], name: str, reuse: bool) -> list[dict]:
+    """Run the queries, or with ``reuse`` read the rows an earlier run cached."""
+    cached = CACHE / f"{name}-rows.json"
+    if reuse and cached.exists():
+        return json.loads(cached.read_text())
+    rows = run_queries(matcher, queries)
+    cached.write_text(json.dumps(rows))
+    return rows
+
+
 def main() -> None:
     """Command line."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -338,12 +351,9 @@ def main() -> None:
             seed=args.seed,
         )
         logger.info("matching %d calibration queries", len(calibration))
-        cached = CACHE / f"calibration-rows-{args.size}-{args.seed}.json"
-        if args.reuse and cached.exists():
-            calibration_rows = json.loads(cached.read_text())
-        else:
-            calibration_rows = run_queries(matcher, calibration)
-            cached.write_text(json.dumps(calibration_rows))
+        calibration_rows = _rows(
+            matcher, calibration, f"calibration-{args.size}-{args.seed}", args.reuse
+        )
         model = fit_score_model(calibration_rows)
         path = Path(__file__).parent.parent / "tunetrace" / "calibration.json"
         path.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
@@ -357,12 +367,7 @@ def main() -> None:
         seed=args.seed + 1,
     )
     logger.info("matching %d evaluation queries", len(evaluation))
-    cached = CACHE / f"evaluation-rows-{args.size}-{args.seed}.json"
-    if args.reuse and cached.exists():
-        rows = json.loads(cached.read_text())
-    else:
-        rows = run_queries(matcher, evaluation)
-        cached.write_text(json.dumps(rows))
+    rows = _rows(matcher, evaluation, f"evaluation-{args.size}-{args.seed}", args.reuse)
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()

@@ -70,8 +70,6 @@ class FingerprintParams:
     query_patch_hop: int = 6
     embed_chroma_coeffs: int = 10
     embed_time_coeffs: int = 10
-    pool_bins: int = 12
-    pool_frames: int = 8
     rate_min: float = 0.5
     rate_max: float = 2.0
     rate_step: float = 1.04
@@ -111,7 +109,16 @@ class FingerprintParams:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FingerprintParams:
-        """Rebuild parameters saved with :meth:`to_dict`."""
+        """Rebuild parameters saved with :meth:`to_dict`.
+
+        Raises
+        ------
+        ValueError
+            If ``values`` names parameters this version does not have.
+        """
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown fingerprint parameters: {sorted(unknown)}")
         return cls(**values)
 
     def digest(self) -> str:

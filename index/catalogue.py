@@ -203,7 +203,13 @@ class Catalogue:
                 f"{self._meta('feature_version')}; this tunetrace reads format {FORMAT_VERSION} / "
                 f"features {FEATURE_VERSION}. Rebuild it from the original audio."
             )
-        stored = FingerprintParams.from_dict(json.loads(self._meta("params") or "{}"))
+        try:
+            stored = FingerprintParams.from_dict(json.loads(self._meta("params") or "{}"))
+        except (TypeError, ValueError) as exc:
+            raise IncompatibleCatalogueError(
+                f"catalogue {self.directory} was made by another version of tunetrace ({exc}); "
+                "rebuild it from the original audio"
+            ) from exc
         if params is not None and params != stored:
             raise IncompatibleCatalogueError(
                 f"catalogue {self.directory} was made with other fingerprint parameters "

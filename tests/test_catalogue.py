@@ -69,6 +69,14 @@ def test_other_parameters_or_format_are_refused(tmp_path: Path) -> None:
         db.execute("UPDATE meta SET value = '99' WHERE key = 'format_version'")
     with pytest.raises(IncompatibleCatalogueError, match="format 99"):
         Catalogue(tmp_path / "cat")
+    with sqlite3.connect(tmp_path / "cat" / "catalogue.sqlite") as db:
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+        db.execute(
+            """UPDATE meta SET value = '{"hop_length": 800, "wavelets": 3}'"""
+            " WHERE key = 'params'"
+        )
+    with pytest.raises(IncompatibleCatalogueError, match="another version"):
+        Catalogue(tmp_path / "cat")
 
 
 def test_stale_or_missing_index_is_rebuilt_from_sqlite(tmp_path: Path, reference_data) -> None:

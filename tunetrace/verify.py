@@ -474,21 +474,35 @@ def _parabolic_peak(values: np.ndarray, index: int) -> float:
     return float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
 
 
-def _spectral_frame_correlation(
+def _shift_along_frequency(
     query_spectrum: np.ndarray, aligned_reference: np.ndarray, shift_bins: float
-) -> np.ndarray:
-    """Per-frame Pearson correlation of query bins ``j`` with reference bins ``j - shift``."""
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pair query bins ``j`` with reference bins ``j - shift`` (linear interpolation).
+
+    Returns the query's and the shifted reference's overlapping bins, or ``None`` when less
+    than a quarter of the bins overlap.
+    """
     n_bins = query_spectrum.shape[0]
     source = np.arange(n_bins) - shift_bins
     valid = (source >= 0) & (source <= n_bins - 1)
     if valid.sum() < n_bins // 4:
-        return np.zeros(query_spectrum.shape[1], dtype=np.float32)
+        return None
     source = source[valid]
     left = np.floor(source).astype(np.int64)
     right = np.minimum(left + 1, n_bins - 1)
     frac = (source - left)[:, None].astype(np.float32)
     shifted = aligned_reference[left] * (1 - frac) + aligned_reference[right] * frac
-    query = query_spectrum[valid]
+    return query_spectrum[valid], shifted
+
+
+def _spectral_frame_correlation(
+    query_spectrum: np.ndarray, aligned_reference: np.ndarray, shift_bins: float
+) -> np.ndarray:
+    """Per-frame Pearson correlation of query bins ``j`` with reference bins ``j - shift``."""
+    paired = _shift_along_frequency(query_spectrum, aligned_reference, shift_bins)
+    if paired is None:
+        return np.zeros(query_spectrum.shape[1], dtype=np.float32)
+    query, shifted = paired
     query = query - query.mean(axis=0, keepdims=True)
     shifted = shifted - shifted.mean(axis=0, keepdims=True)
     numerator = (query * shifted).sum(axis=0)
@@ -503,27 +517,21 @@ def _dynamics_correlation(
 
     Two recordings that hold the same chord agree on static spectra but not on when and where
     their spectra change; a copy agrees on both. Frames with large changes (onsets) weigh most.
-    The spectra are whitened along frequency first, so a broadband change (a drum hit, a
-    crescendo) that two unrelated pieces share by keeping the same beat does not count: only
-    which partials change does.
+    Given whitened spectra, a broadband change (a drum hit, a crescendo) that two unrelated
+    pieces share by keeping the same beat does not count, only which partials change does;
+    given raw spectra, it does (the onset measure).
     """
     if query_spectrum.shape[1] < 3:
         return 0.0
-    query_delta = query_spectrum[:, 2:] - query_spectrum[:, :-2]
-    reference_delta = aligned_reference[:, 2:] - aligned_reference[:, :-2]
-    n_bins = query_spectrum.shape[0]
-    source = np.arange(n_bins) - shift_bins
-    valid = (source >= 0) & (source <= n_bins - 1)
-    if valid.sum() < n_bins // 4:
+    paired = _shift_along_frequency(
+        query_spectrum[:, 2:] - query_spectrum[:, :-2],
+        aligned_reference[:, 2:] - aligned_reference[:, :-2],
+        shift_bins,
+    )
+    if paired is None:
         return 0.0
-    source = source[valid]
-    left = np.floor(source).astype(np.int64)
-    right = np.minimum(left + 1, n_bins - 1)
-    frac = (source - left)[:, None].astype(np.float32)
-    shifted = reference_delta[left] * (1 - frac) + reference_delta[right] * frac
     mask = (usable[1:-1] > 0)[None, :]
-    query_part = query_delta[valid] * mask
-    shifted = shifted * mask
+    query_part, shifted = paired[0] * mask, paired[1] * mask
     denominator = float(np.linalg.norm(query_part) * np.linalg.norm(shifted))
     return float((query_part * shifted).sum() / denominator) if denominator > 0 else 0.0
 
