@@ -325,6 +325,8 @@ class _SpectralFit:
         self.reference = reference
         self.whiten_bins = whiten_bins
         self.times = np.arange(query.features.n_frames)
+        self._last_key: tuple[float, float] | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def positions(self, rate: float, offset: float) -> np.ndarray:
         """Reference frame of every query frame."""
@@ -332,11 +334,7 @@ class _SpectralFit:
 
     def similarity(self, rate: float, offset: float, shift: float) -> _Fit:
         """Measure the fit of one alignment (tempo ratio, offset, spectral shift)."""
-        positions = self.positions(rate, offset)
-        inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-        usable = self.query.weights * inside
-        raw = _interpolate_frames(self.reference.spectrum, positions)
-        white = whiten_spectrum(raw, self.whiten_bins)
+        positions, usable, raw, white = self._aligned(rate, offset)
         per_frame = _spectral_frame_correlation(self.query.white, white, shift)
         return _Fit(
             spectral=_weighted_mean(per_frame, usable),
@@ -346,6 +344,26 @@ class _SpectralFit:
             usable=usable,
             positions=positions,
         )
+
+    def _aligned(
+        self, rate: float, offset: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Reference spectra read at an alignment (the last one is kept: octave choices and
+        the final measurement reuse it)."""
+        key = (rate, offset)
+        if self._last_key == key and self._last is not None:
+            return self._last
+        positions = self.positions(rate, offset)
+        inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
+        raw = _interpolate_frames(self.reference.spectrum, positions)
+        self._last_key = key
+        self._last = (
+            positions,
+            self.query.weights * inside,
+            raw,
+            whiten_spectrum(raw, self.whiten_bins),
+        )
+        return self._last
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
         """Per-frame spectral correlation with the reference read at ``positions``."""
