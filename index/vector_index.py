@@ -17,6 +17,9 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+#: Index files are readable by other processes (API workers) like the SQLite file beside them.
+FILE_MODE = 0o644
+
 
 class VectorIndex:
     """Exact inner-product search over patch vectors with 64-bit ids.
@@ -69,6 +72,7 @@ class VectorIndex:
         path = Path(path)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".vectors-", suffix=".tmp")
         os.close(fd)
+        os.chmod(temporary, FILE_MODE)
         try:
             faiss.write_index(self._index, temporary)
             _fsync_file(temporary)
@@ -127,6 +131,7 @@ def _fsync_directory(path: Path) -> None:
 
 def _atomic_write_text(path: Path, text: str) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".stamp-", suffix=".tmp")
+    os.chmod(temporary, FILE_MODE)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
         handle.flush()
