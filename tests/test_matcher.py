@@ -107,3 +107,16 @@ def test_padded_and_trimmed_query_reports_the_matched_part(
 )
 def test_classify_alteration(tempo: float, shift: float, expected: str) -> None:
     assert classify_alteration(tempo, shift) == expected
+
+
+def test_query_with_a_cut_out_section_reports_both_pieces(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray]
+) -> None:
+    song = songs["song2"]
+    audio = np.concatenate([excerpt(song, 2.0, 9.0), excerpt(song, 19.0, 9.0)])
+    report = matcher.match_path(write_audio(tmp_path / "cut.wav", audio))
+    assert report.matches and report.matches[0].reference_id.endswith("song2")
+    match = report.matches[0]
+    starts = sorted(round(s.reference_start_s - s.query_start_s) for s in match.segments)
+    assert starts == [2, 10], f"expected pieces from 2 s and 19 s, got {match.segments}"
+    assert match.coverage > 0.85

@@ -80,7 +80,7 @@ def find_candidates(
     params: FingerprintParams,
     n_neighbours: int = 20,
     max_candidates: int = 8,
-    per_reference: int = 2,
+    per_reference: int = 3,
 ) -> list[Candidate]:
     """Rank (reference, tempo ratio, offset) triples by offset-consistent patch votes.
 
@@ -96,7 +96,10 @@ def find_candidates(
     max_candidates : int
         Number of distinct references returned.
     per_reference : int
-        Best distinct offsets returned per reference (a query may hold two far-apart parts).
+        Distinct places returned per reference: the best, the next best (often the same
+        material at another tempo ratio), and, when more than two, the best other offset at
+        the first place's tempo ratio (a copy with a section cut out or moved holds two
+        far-apart parts of its reference).
 
     Returns
     -------
@@ -145,6 +148,11 @@ def find_candidates(
             abs(off_bin - b) <= SAME_PLACE_BINS and abs(rate_i - r) <= SAME_PLACE_RATES
             for r, b in chosen
         ):
+            continue
+        # Keep the last place for the other piece of a cut or rearranged copy: another
+        # offset at the tempo ratio of the reference's best place.
+        last_place = len(chosen) == per_reference - 1 and per_reference > 2
+        if last_place and abs(rate_i - chosen[0][0]) > SAME_PLACE_RATES:
             continue
         chosen.append((rate_i, off_bin))
         candidates.append(

@@ -17,7 +17,7 @@ from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
-from tunetrace.types import Verification
+from tunetrace.types import Segment, Verification
 from tunetrace.verify import (
     VerifySettings,
     align_on_chroma,
@@ -171,32 +171,82 @@ class Matcher:
     def match_features(
         self, features: Features, *, top: int = 5, min_score: float | None = None
     ) -> list[Match]:
-        """Probable copies among the catalogue's references, best first."""
+        """Probable copies among the catalogue's references, best first.
+
+        A reference's best verification decides its score and estimates. Other verifications
+        of the same reference at another offset, with the same tempo ratio and pitch shift,
+        add their matched segments: a copy with a section cut out, repeated or moved matches
+        its reference in several pieces.
+        """
         threshold = self.default_min_score if min_score is None else min_score
-        best_per_reference: dict[int, Verification] = {}
-        for verification in self.verify(features):
-            if verification.score < threshold:
-                continue
-            best_per_reference.setdefault(verification.reference_key, verification)
+        by_reference: dict[int, list[Verification]] = {}
+        for verification in self.verify(features):  # best score first
+            by_reference.setdefault(verification.reference_key, []).append(verification)
         matches = []
-        for verification in list(best_per_reference.values())[:top]:
-            record = self.catalogue.record_by_key(verification.reference_key)
+        for verifications in by_reference.values():
+            best = verifications[0]
+            if best.score < threshold:
+                continue
+            segments = _merge_segments(best, verifications[1:])
+            covered = _covered_s(segments)
+            record = self.catalogue.record_by_key(best.reference_key)
             matches.append(
                 Match(
                     reference_id=record.reference_id,
                     title=record.title,
                     artist=record.artist,
-                    score=verification.score,
-                    tempo_ratio=verification.tempo_ratio,
-                    pitch_shift_semitones=verification.pitch_shift_semitones,
-                    alteration=classify_alteration(
-                        verification.tempo_ratio, verification.spectral_shift_semitones
-                    ),
-                    coverage=verification.coverage,
-                    segments=verification.segments,
+                    score=best.score,
+                    tempo_ratio=best.tempo_ratio,
+                    pitch_shift_semitones=best.pitch_shift_semitones,
+                    alteration=classify_alteration(best.tempo_ratio, best.spectral_shift_semitones),
+                    coverage=min(1.0, covered / features.duration_s),
+                    segments=segments,
                 )
             )
+            if len(matches) == top:
+                break
         return matches
+
+
+#: Other verifications of a reference join its match when their estimates agree this closely.
+SAME_TEMPO_TOLERANCE = 0.03
+SAME_PITCH_TOLERANCE_SEMITONES = 0.5
+#: Segments of two alignments may share this much query time at a cut (edges are blurred).
+MAX_SEGMENT_OVERLAP_S = 1.0
+
+
+def _covered_s(segments: list[Segment]) -> float:
+    """Query seconds inside the union of the segments."""
+    covered, reach = 0.0, float("-inf")
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        start = max(segment.query_start_s, reach)
+        if segment.query_end_s > start:
+            covered += segment.query_end_s - start
+        reach = max(reach, segment.query_end_s)
+    return covered
+
+
+def _merge_segments(best: Verification, others: list[Verification]) -> list[Segment]:
+    """The best verification's segments plus non-overlapping ones of consistent others."""
+    segments = list(best.segments)
+    for other in others:
+        consistent = (
+            abs(other.tempo_ratio / best.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
+            and abs(other.spectral_shift_semitones - best.spectral_shift_semitones)
+            <= SAME_PITCH_TOLERANCE_SEMITONES
+        )
+        if not consistent:
+            continue
+        for segment in other.segments:
+            overlaps = any(
+                min(segment.query_end_s, kept.query_end_s)
+                - max(segment.query_start_s, kept.query_start_s)
+                > MAX_SEGMENT_OVERLAP_S
+                for kept in segments
+            )
+            if not overlaps:
+                segments.append(segment)
+    return sorted(segments, key=lambda s: s.query_start_s)
 
 
 def _with_score(verification: Verification, score: float) -> Verification:
