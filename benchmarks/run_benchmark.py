@@ -203,10 +203,7 @@ def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
         if "error" in row:
             unusable += 1
             continue
-        scored = [
-            (1 / (1 + np.exp(-(np.dot(model.weights, v["measurements"]) + model.bias))), v)
-            for v in row["verifications"]
-        ]
+        scored = [(model.score_measurements(v["measurements"]), v) for v in row["verifications"]]
         passed = sorted(
             [s for s in scored if s[0] >= model.threshold and _label(row, s[1]) is not None],
             key=lambda s: -s[0],

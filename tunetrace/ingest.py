@@ -22,7 +22,7 @@ from tunetrace.fingerprint.features import (
     reference_vectors,
 )
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.catalogue import Catalogue, ReferenceData, validate_reference_id
 from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
 
 logger = logging.getLogger(__name__)
@@ -262,8 +262,6 @@ def _precheck(
     on_done: Callable[[IngestItem, str | None], None] | None,
 ) -> bool:
     """Reject duplicates and bad ids before spending time on fingerprinting."""
-    from tunetrace.index.catalogue import validate_reference_id
-
     try:
         validate_reference_id(item.reference_id)
         if not replace and catalogue.contains(item.reference_id):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunetrace.alteration import classify_alteration
@@ -250,6 +250,4 @@ def _merge_segments(best: Verification, others: list[Verification]) -> list[Segm
 
 
 def _with_score(verification: Verification, score: float) -> Verification:
-    from dataclasses import replace
-
     return replace(verification, score=score)

@@ -59,7 +59,11 @@ class ScoreModel:
 
     def score(self, verification: Verification) -> float:
         """Probability-like score of one verification."""
-        z = float(np.dot(self.weights, measurement_vector(verification)) + self.bias)
+        return self.score_measurements(measurement_vector(verification))
+
+    def score_measurements(self, measurements: np.ndarray | list[float]) -> float:
+        """Score of measurements given in :data:`FEATURE_NAMES` order."""
+        z = float(np.dot(self.weights, measurements) + self.bias)
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
 
     def to_dict(self) -> dict[str, object]:
