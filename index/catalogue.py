@@ -19,9 +19,11 @@ import logging
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from tunetrace.fingerprint.features import Features, features_from_spectrum
@@ -43,6 +45,7 @@ from tunetrace.errors import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Version of the on-disk layout (tables, blobs). Bump on incompatible change.
 FORMAT_VERSION = 1
@@ -256,8 +259,8 @@ class Catalogue:
             If the id exists and ``replace`` is false.
         """
         validate_reference_id(reference_id)
-        index = self._vector_index()
         with self._transaction():
+            index = self._index_in_transaction()
             old = self._db.execute(
                 "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
@@ -288,15 +291,15 @@ class Catalogue:
             )
             key = int(cursor.lastrowid or 0)
             generation = self._bump_generation()
-        if old is not None:
-            index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
-            self._features_cache.pop(int(old[0]), None)
-        # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
-        stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
-        index.add(stored, vector_ids(key, len(stored)))
-        self._index_generation = generation
-        if save_index:
-            self.save_index()
+            if old is not None:
+                index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
+                self._features_cache.pop(int(old[0]), None)
+            # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
+            stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
+            index.add(stored, vector_ids(key, len(stored)))
+            self._index_generation = generation
+            if save_index:
+                self._write_index()
         return self.get(reference_id)
 
     def remove(self, reference_id: str) -> None:
@@ -306,8 +309,8 @@ class Catalogue:
         ------
         ReferenceNotFoundError
         """
-        index = self._vector_index()
         with self._transaction():
+            index = self._index_in_transaction()
             row = self._db.execute(
                 "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
@@ -315,10 +318,10 @@ class Catalogue:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
             self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
             generation = self._bump_generation()
-        index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
-        self._features_cache.pop(int(row[0]), None)
-        self._index_generation = generation
-        self.save_index()
+            index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
+            self._features_cache.pop(int(row[0]), None)
+            self._index_generation = generation
+            self._write_index()
 
     def _patch_count(self, vector_bytes: int) -> int:
         return vector_bytes // (2 * self.params.embedding_dim)
@@ -331,10 +334,30 @@ class Catalogue:
         return generation
 
     def save_index(self) -> None:
-        """Write the FAISS file for the current generation (atomic)."""
-        with self._lock:
-            if self._index is not None:
-                self._index.save(self.directory / INDEX_NAME, generation=self._index_generation)
+        """Write the FAISS file for the current generation (atomic).
+
+        Nothing is written if another process changed the catalogue since this one's index was
+        last brought up to date: its file would be stale the moment it landed.
+        """
+        with self._transaction():
+            if self._index is not None and self.generation == self._index_generation:
+                self._write_index()
+
+    def _write_index(self) -> None:
+        if self._index is not None:
+            self._index.save(self.directory / INDEX_NAME, generation=self._index_generation)
+
+    def _index_in_transaction(self) -> VectorIndex:
+        """The in-memory index, brought up to the stored generation (call under the write lock).
+
+        Another process (the CLI next to a running server, say) may have committed changes
+        since this catalogue loaded its index; appending to a stale index would save a file
+        that claims the new generation but lacks those changes.
+        """
+        if self._index is not None and self.generation != self._index_generation:
+            self._index = None
+            self._features_cache.clear()
+        return self._vector_index()
 
     # ----------------------------------------------------------------- reads
     def refresh(self) -> bool:
@@ -425,6 +448,15 @@ class Catalogue:
             f"SELECT {_RECORD_COLUMNS} FROM refs ORDER BY id LIMIT ? OFFSET ?", (limit, offset)
         ).fetchall()
         return [ReferenceRecord(*row) for row in rows]
+
+    def snapshot(self, read: Callable[[Catalogue], T]) -> T:
+        """Run ``read(self)`` in one read transaction, so all its queries see the same state."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                return read(self)
+            finally:
+                self._db.execute("COMMIT")
 
     def count(self) -> int:
         """Number of references."""

@@ -1,4 +1,4 @@
-"""The ``tunetrace`` command line: add, match, info, remove.
+"""The ``tunetrace`` command line: add, match, info, remove, serve.
 
 Exit codes: 0 success, 2 bad usage or bad input, 1 other failures. Errors go to stderr as
 one line a person can act on.
@@ -219,6 +219,57 @@ def remove(
     typer.echo(f"removed {len(reference_ids) - len(missing)} reference(s)")
     if missing:
         raise typer.Exit(2)
+
+
+@app.command()
+def serve(
+    catalogue: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalogue",
+            "-c",
+            help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue].",
+            show_default=False,
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes [env TUNETRACE_WORKERS, cores].")
+    ] = None,
+) -> None:
+    """Start the HTTP API (settings from TUNETRACE_* environment variables)."""
+    import uvicorn
+    from pydantic import ValidationError
+
+    from tunetrace.api.app import create_app
+    from tunetrace.api.settings import ApiSettings
+
+    overrides: dict[str, object] = {}
+    if catalogue is not None:
+        overrides["catalogue"] = catalogue
+    if workers is not None:
+        overrides["workers"] = workers
+    try:
+        settings = ApiSettings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        typer.echo(f"error: bad settings: {problems}", err=True)
+        raise typer.Exit(2) from None
+    if not settings.keys:
+        typer.echo(
+            "error: no API keys; set TUNETRACE_API_KEYS to key:role pairs, e.g. 'k1:read,k2:write'",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        application = create_app(settings)
+    except TunetraceError as exc:
+        _fail(exc)
+    logging.getLogger("tunetrace").setLevel(logging.INFO)
+    uvicorn.run(application, host=host, port=port, access_log=False, log_level="info")
 
 
 def _progress_bar(total: int, label: str):

@@ -1,0 +1,206 @@
+"""The FastAPI application: wiring of settings, workers, catalogue, auth, errors, logs, metrics.
+
+``create_app(settings)`` builds an app; ``tunetrace serve`` runs one with uvicorn.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from tunetrace.api.auth import KeyRing
+from tunetrace.api.errors import ApiError, error_body
+from tunetrace.api.metrics import ServiceMetrics
+from tunetrace.api.routes import router
+from tunetrace.api.settings import ApiSettings
+from tunetrace.api.store import CatalogueService
+from tunetrace.api.workers import WorkerPool
+
+from tunetrace import __version__
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("tunetrace.access")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "upload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+}
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    """Build the tunetrace HTTP application.
+
+    Parameters
+    ----------
+    settings : ApiSettings, optional
+        Defaults to settings read from the environment.
+
+    Returns
+    -------
+    app : FastAPI
+        Worker processes start, and the catalogue opens (created empty if missing), when the
+        app's lifespan starts.
+    """
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.catalogue = CatalogueService(settings.catalogue)
+        app.state.pool = WorkerPool(
+            settings.catalogue,
+            workers=settings.workers,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+        )
+        app.state.metrics.watch(
+            references=app.state.catalogue.count,
+            queue_depth=lambda: app.state.pool.queue_depth,
+            busy=lambda: app.state.pool.busy,
+        )
+        await app.state.pool.warm_up()
+        logger.info(
+            "serving catalogue %s with %d workers (queue %d)",
+            settings.catalogue,
+            settings.workers,
+            settings.max_queue,
+        )
+        try:
+            yield
+        finally:
+            app.state.pool.shutdown()
+            app.state.catalogue.close()
+
+    app = FastAPI(
+        title="tunetrace",
+        version=__version__,
+        summary="Find tempo-, pitch- and speed-altered copies of known music.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = KeyRing(settings.keys)
+    app.state.metrics = ServiceMetrics()
+    app.state.started = time.monotonic()
+    app.include_router(router)
+    _install_error_handlers(app)
+    app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _error_response(exc: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(exc.code, exc.message), exc.status, headers=exc.headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error.get('loc', ()))}: {error.get('msg')}"
+            for error in exc.errors()
+        )
+        return _error_response(ApiError(422, "invalid_request", problems or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        headers = dict(exc.headers or {})
+        return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error_response(
+            ApiError(500, "internal_error", "an unexpected error occurred; it has been logged")
+        )
+
+
+class AccessLogMiddleware:
+    """One structured log line and metrics per request; a request id on every response.
+
+    The line has the request id, method, route template, status and duration; never the
+    query string, headers or body (no keys, no audio).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _request_id(scope)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_template(scope)
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            access_logger.info(
+                json.dumps(
+                    {
+                        "request_id": request_id,
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 1),
+                    }
+                )
+            )
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _REQUEST_ID.match(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"

@@ -1,0 +1,282 @@
+"""The ``/v1`` routes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from tunetrace.api.errors import ApiError, status_for
+from tunetrace.api.models import (
+    ErrorModel,
+    HealthModel,
+    MatchReportModel,
+    ReferenceListModel,
+    ReferenceModel,
+)
+from tunetrace.api.upload import FILE_FIELD, Upload, receive_upload
+from tunetrace.api.workers import fingerprint_job, match_job
+from tunetrace.index.catalogue import ReferenceRecord, validate_reference_id
+
+from tunetrace import __version__
+from tunetrace.errors import TunetraceError
+from tunetrace.report import report_to_dict
+
+T = TypeVar("T")
+router = APIRouter(prefix="/v1")
+_bearer = HTTPBearer(auto_error=False, description="An API key with the read or write role.")
+
+REFERENCE_FIELDS = ("id", "title", "artist", "isrc", "replace")
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"", "0", "false", "no", "off"}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        400: "Malformed request body.",
+        401: "No API key, or not a valid one.",
+        403: "The API key's role does not allow this.",
+        404: "No such reference.",
+        409: "A reference with this id exists (send replace=true to overwrite it).",
+        413: "Upload over the size limit, or audio over the duration limit.",
+        415: "Not multipart/form-data, or audio that cannot be decoded.",
+        422: "Audio too short, or invalid fields.",
+        503: "All workers busy and the queue full (see Retry-After).",
+    }
+    return {status: {"model": ErrorModel, "description": described[status]} for status in statuses}
+
+
+def _upload_body(*fields: tuple[str, str]) -> dict[str, Any]:
+    """OpenAPI text of a multipart body (the body is parsed by streaming, not by FastAPI)."""
+    properties: dict[str, Any] = {
+        FILE_FIELD: {"type": "string", "format": "binary", "description": "The audio file."}
+    }
+    for name, description in fields:
+        properties[name] = {"type": "string", "description": description}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FILE_FIELD, *(["id"] if fields else [])],
+                        "properties": properties,
+                    }
+                }
+            },
+        }
+    }
+
+
+class RequireRole:
+    """Dependency that checks the bearer key's role."""
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+
+    def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> str:
+        # ``credentials`` puts the bearer scheme into the OpenAPI document; the key ring reads
+        # the header itself so that every malformed header gets the same 401 answer.
+        return request.app.state.keys.authorise(request.headers.get("authorization"), self.role)
+
+
+ReadAccess = Annotated[str, Depends(RequireRole("read"))]
+WriteAccess = Annotated[str, Depends(RequireRole("write"))]
+
+
+def _reference_model(record: ReferenceRecord) -> ReferenceModel:
+    return ReferenceModel(**record.to_dict())
+
+
+async def _library_call(awaitable: Awaitable[T], upload: Upload | None = None) -> T:
+    """Await library work; its errors become HTTP errors naming the upload, not server paths."""
+    try:
+        return await awaitable
+    except TunetraceError as exc:
+        message = str(exc)
+        if upload is not None:
+            for server_name in (str(upload.path), upload.path.name):
+                message = message.replace(server_name, upload.filename)
+        raise status_for(exc, message) from exc
+
+
+@router.get("/health", response_model=HealthModel, tags=["service"])
+async def health(request: Request) -> HealthModel:
+    """Liveness: answers at once, whatever the workers are doing (no key needed)."""
+    state = request.app.state
+    return HealthModel(
+        status="ok",
+        version=__version__,
+        uptime_s=round(time.monotonic() - state.started, 3),
+        workers=state.pool.workers,
+        busy=state.pool.busy,
+        queue_depth=state.pool.queue_depth,
+    )
+
+
+@router.post(
+    "/match",
+    response_model=MatchReportModel,
+    tags=["match"],
+    responses=_errors(400, 401, 403, 413, 415, 422, 503),
+    openapi_extra=_upload_body(),
+)
+async def match(
+    request: Request,
+    _: ReadAccess,
+    top: Annotated[int, Query(ge=1, le=100, description="Most matches reported.")] = 5,
+    min_score: Annotated[
+        float | None,
+        Query(ge=0.0, le=1.0, description="Score threshold [default: the calibrated one]."),
+    ] = None,
+) -> dict[str, Any]:
+    """Is the uploaded audio an altered copy of a reference? The match report."""
+    state = request.app.state
+    settings = state.settings
+    state.pool.check_capacity()  # refuse before receiving a large body
+    try:
+        async with receive_upload(
+            request, max_bytes=settings.max_upload_bytes, directory=settings.upload_dir
+        ) as upload:
+            state.metrics.upload_bytes.inc(upload.size_bytes)
+            report = await _library_call(
+                state.pool.run(
+                    match_job,
+                    str(upload.path),
+                    upload.filename,
+                    top,
+                    min_score,
+                    settings.max_duration_s,
+                ),
+                upload,
+            )
+    except ApiError as exc:
+        if exc.status in (413, 415, 422, 400):
+            state.metrics.match_outcomes.labels("rejected").inc()
+        raise
+    state.metrics.match_outcomes.labels("copy_found" if report.matches else "no_copy").inc()
+    return report_to_dict(report)
+
+
+def _flag(value: str | None, name: str) -> bool:
+    text = (value or "").strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ApiError(422, "invalid_field", f"{name} must be true or false, got {value!r}")
+
+
+@router.post(
+    "/references",
+    response_model=ReferenceModel,
+    status_code=201,
+    tags=["references"],
+    responses=_errors(400, 401, 403, 409, 413, 415, 422, 503),
+    openapi_extra=_upload_body(
+        ("id", "Reference id: 1-200 printable characters, '/' allowed."),
+        ("title", "Title."),
+        ("artist", "Artist."),
+        ("isrc", "ISRC."),
+        ("replace", "true to overwrite an existing reference with this id."),
+    ),
+)
+async def add_reference(
+    request: Request,
+    _: WriteAccess,
+    replace: Annotated[
+        bool, Query(description="Overwrite an existing reference with this id.")
+    ] = False,
+) -> ReferenceModel:
+    """Fingerprint the uploaded audio and add it as a reference (201)."""
+    state = request.app.state
+    settings = state.settings
+    state.pool.check_capacity()
+    async with receive_upload(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        text_fields=REFERENCE_FIELDS,
+        directory=settings.upload_dir,
+    ) as upload:
+        fields = upload.fields
+        reference_id = fields.get("id", "")
+        try:
+            validate_reference_id(reference_id)
+        except TunetraceError as exc:
+            raise status_for(exc) from exc
+        replace = replace or _flag(fields.get("replace"), "replace")
+        if not replace and await state.catalogue.contains(reference_id):
+            raise ApiError(
+                409,
+                "reference_exists",
+                f"reference {reference_id!r} already exists (send replace=true to overwrite it)",
+            )
+        state.metrics.upload_bytes.inc(upload.size_bytes)
+        data = await _library_call(
+            state.pool.run(fingerprint_job, str(upload.path), settings.max_duration_s), upload
+        )
+        record = await _library_call(
+            state.catalogue.add(
+                reference_id,
+                data,
+                title=fields.get("title") or None,
+                artist=fields.get("artist") or None,
+                isrc=fields.get("isrc") or None,
+                source_path=upload.filename,
+                replace=replace,
+            )
+        )
+    return _reference_model(record)
+
+
+@router.get(
+    "/references",
+    response_model=ReferenceListModel,
+    tags=["references"],
+    responses=_errors(401, 403),
+)
+async def list_references(
+    request: Request,
+    _: ReadAccess,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ReferenceListModel:
+    """References ordered by id, one page at a time."""
+    total, records = await request.app.state.catalogue.page(offset, limit)
+    return ReferenceListModel(
+        total=total,
+        offset=offset,
+        limit=limit,
+        references=[_reference_model(r) for r in records],
+    )
+
+
+@router.get(
+    "/references/{reference_id:path}",
+    response_model=ReferenceModel,
+    tags=["references"],
+    responses=_errors(401, 403, 404),
+)
+async def get_reference(request: Request, reference_id: str, _: ReadAccess) -> ReferenceModel:
+    """One reference's metadata."""
+    record = await _library_call(request.app.state.catalogue.get(reference_id))
+    return _reference_model(record)
+
+
+@router.delete(
+    "/references/{reference_id:path}",
+    status_code=204,
+    tags=["references"],
+    responses=_errors(401, 403, 404),
+)
+async def delete_reference(request: Request, reference_id: str, _: WriteAccess) -> Response:
+    """Delete a reference (204)."""
+    await _library_call(request.app.state.catalogue.remove(reference_id))
+    return Response(status_code=204)

@@ -1,0 +1,91 @@
+"""Service settings, read from the environment (prefix ``TUNETRACE_``) by pydantic-settings."""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Role = Literal["read", "write"]
+ROLES: tuple[Role, ...] = ("read", "write")
+
+
+def parse_api_keys(value: str) -> dict[str, Role]:
+    """Parse ``key:role`` pairs separated by commas.
+
+    Parameters
+    ----------
+    value : str
+        For example ``"k1:read,k2:write"``. Whitespace around items is ignored.
+
+    Returns
+    -------
+    keys : dict
+        Key -> role.
+
+    Raises
+    ------
+    ValueError
+        On an item without a role, an unknown role, an empty key or a repeated key. The message
+        never contains a key.
+    """
+    keys: dict[str, Role] = {}
+    for position, item in enumerate(filter(None, (part.strip() for part in value.split(","))), 1):
+        key, separator, role = item.rpartition(":")
+        if not separator or not key:
+            raise ValueError(f"API key #{position} is not written as key:role")
+        if role not in ROLES:
+            raise ValueError(f"API key #{position} has role {role!r}; roles are read and write")
+        if key in keys:
+            raise ValueError(f"API key #{position} is given twice")
+        keys[key] = role  # type: ignore[assignment]
+    return keys
+
+
+class ApiSettings(BaseSettings):
+    """Settings of the HTTP service.
+
+    Every field can be set as an environment variable with the prefix ``TUNETRACE_``
+    (``TUNETRACE_API_KEYS``, ``TUNETRACE_MAX_UPLOAD_MB`` ...).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TUNETRACE_", extra="ignore")
+
+    catalogue: Path = Field(Path("catalogue"), description="Catalogue directory.")
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated key:role pairs; roles are read and write."
+    )
+    max_upload_mb: float = Field(200.0, gt=0, description="Largest accepted upload, in MB.")
+    max_duration_s: float = Field(1200.0, gt=0, description="Longest accepted audio, in seconds.")
+    workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Processes that decode, fingerprint and match.",
+    )
+    max_queue: int = Field(
+        8, ge=0, description="Requests that may wait for a busy worker before 503s start."
+    )
+    upload_dir: Path | None = Field(
+        None, description="Where uploads are spooled while they are processed [system temp]."
+    )
+    retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 responses.")
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_parse(cls, value: SecretStr) -> SecretStr:
+        parse_api_keys(value.get_secret_value())
+        return value
+
+    @cached_property
+    def keys(self) -> dict[str, Role]:
+        """The parsed API keys (key -> role)."""
+        return parse_api_keys(self.api_keys.get_secret_value())
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upload limit in bytes (1 MB = 10**6 bytes)."""
+        return int(self.max_upload_mb * 1_000_000)

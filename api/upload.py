@@ -1,0 +1,200 @@
+"""Multipart uploads streamed to a temporary file under a hard size limit.
+
+The request body is parsed as it arrives (python-multipart's streaming parser): the audio part
+goes straight to disk, the upload is cut off with 413 as soon as it passes the limit, and the
+temporary file is removed when the request is done, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+from tunetrace.api.errors import ApiError
+
+logger = logging.getLogger(__name__)
+
+FILE_FIELD = "file"
+#: Form fields other than the file are short texts.
+MAX_FIELD_BYTES = 4096
+MAX_PARTS = 16
+#: Multipart framing allowed on top of the upload limit before Content-Length is refused.
+FRAMING_SLACK_BYTES = 64 * 1024
+_SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
+
+
+@dataclass
+class Upload:
+    """An uploaded file on disk plus the form's text fields."""
+
+    path: Path
+    filename: str
+    size_bytes: int = 0
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+class _PartCollector:
+    """Callbacks for :class:`MultipartParser`: the file part to disk, text parts to memory."""
+
+    def __init__(self, sink, max_bytes: int, text_fields: frozenset[str]) -> None:
+        self.sink = sink
+        self.max_bytes = max_bytes
+        self.text_fields = text_fields
+        self.file_bytes = 0
+        self.filename: str | None = None
+        self.seen_file = False
+        self.fields: dict[str, str] = {}
+        self.parts = 0
+        self._header_name = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._target: str | None = None  # "file", a field name, or None (ignored part)
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._add(d, s, e, "_header_name"),
+            "on_header_value": lambda d, s, e: self._add(d, s, e, "_header_value"),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+        }
+
+    def _add(self, data: bytes, start: int, end: int, attribute: str) -> None:
+        setattr(self, attribute, getattr(self, attribute) + data[start:end])
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise ApiError(422, "too_many_fields", f"a form may have at most {MAX_PARTS} parts")
+        self._headers = {}
+        self._buffer = bytearray()
+        self._target = None
+
+    def _header_end(self) -> None:
+        self._headers[self._header_name.strip().lower()] = self._header_value.strip()
+        self._header_name = self._header_value = b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if name == FILE_FIELD:
+            if self.seen_file:
+                raise ApiError(422, "too_many_files", "send exactly one file in the 'file' field")
+            self.seen_file = True
+            self.filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            self._target = FILE_FIELD
+        elif name in self.text_fields:
+            self._target = name
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._target == FILE_FIELD:
+            self.file_bytes += end - start
+            if self.file_bytes > self.max_bytes:
+                raise _too_large(self.max_bytes)
+            self.sink.write(data[start:end])
+        elif self._target is not None:
+            self._buffer += data[start:end]
+            if len(self._buffer) > MAX_FIELD_BYTES:
+                raise ApiError(
+                    422,
+                    "field_too_long",
+                    f"form field {self._target!r} is over {MAX_FIELD_BYTES} bytes",
+                )
+
+    def _part_end(self) -> None:
+        if self._target not in (None, FILE_FIELD):
+            try:
+                self.fields[self._target] = self._buffer.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ApiError(
+                    422, "invalid_field", f"form field {self._target!r} is not UTF-8 text"
+                ) from exc
+
+
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413, "upload_too_large", f"the upload is larger than the limit of {max_bytes / 1e6:g} MB"
+    )
+
+
+@contextlib.asynccontextmanager
+async def receive_upload(
+    request: Request,
+    *,
+    max_bytes: int,
+    text_fields: tuple[str, ...] = (),
+    directory: Path | None = None,
+) -> AsyncIterator[Upload]:
+    """Stream a ``multipart/form-data`` request with one ``file`` part to a temporary file.
+
+    Parameters
+    ----------
+    request : Request
+    max_bytes : int
+        Largest accepted file; the upload is refused as soon as it passes this.
+    text_fields : tuple of str
+        Names of the text fields to keep (others are ignored).
+    directory : Path, optional
+        Where the temporary file goes (default: the system's temporary folder).
+
+    Yields
+    ------
+    upload : Upload
+        Valid inside the ``async with`` block; the file is removed on leaving it.
+
+    Raises
+    ------
+    ApiError
+        415 if the body is not multipart, 413 over the limit, 422 without a file or with bad
+        fields, 400 for a malformed body.
+    """
+    content_type, options = parse_options_header(request.headers.get("content-type"))
+    if content_type != b"multipart/form-data" or not options.get(b"boundary"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "send the audio as multipart/form-data with the file in the 'file' field",
+        )
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + FRAMING_SLACK_BYTES:
+        raise _too_large(max_bytes)
+    handle, name = tempfile.mkstemp(prefix="tunetrace-upload-", dir=directory)
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as sink:
+            collector = _PartCollector(sink, max_bytes, frozenset(text_fields))
+            parser = MultipartParser(options[b"boundary"], collector.callbacks())
+            try:
+                async for chunk in request.stream():
+                    parser.write(chunk)
+                parser.finalize()
+            except MultipartParseError as exc:
+                raise ApiError(
+                    400, "malformed_request", f"the multipart body is malformed: {exc}"
+                ) from exc
+            except ClientDisconnect:
+                logger.info("client disconnected during upload")
+                raise
+        if not collector.seen_file:
+            raise ApiError(422, "missing_file", "the form has no 'file' field with the audio")
+        filename = collector.filename or "upload"
+        suffix = Path(filename).suffix
+        if _SAFE_SUFFIX.match(suffix):  # decoders probe the content; the suffix only helps
+            path = path.rename(path.with_suffix(suffix.lower()))
+        yield Upload(
+            path=path, filename=filename, size_bytes=collector.file_bytes, fields=collector.fields
+        )
+    finally:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,150 @@
+"""A bounded pool of worker processes for decoding, fingerprinting and matching.
+
+CPU-bound work never runs on the event loop. Each worker process opens the catalogue once
+(index and reference features stay loaded) and picks up changes by its generation counter.
+Admission is bounded: ``workers`` requests run, ``max_queue`` more wait, and beyond that the
+service answers 503 with ``Retry-After`` instead of piling work up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tunetrace.api.errors import ApiError
+from tunetrace.index.catalogue import Catalogue, ReferenceData
+
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+from tunetrace.report import MatchReport
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_matcher: Matcher | None = None
+
+
+def _init_worker(catalogue_dir: str) -> None:
+    global _matcher
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _matcher = Matcher(Catalogue(catalogue_dir))
+
+
+def _ready() -> bool:
+    return _matcher is not None
+
+
+def match_job(
+    path: str, query_name: str, top: int, min_score: float | None, max_duration_s: float
+) -> MatchReport:
+    """Match one uploaded file (runs in a worker process)."""
+    assert _matcher is not None, "worker not initialised"
+    return _matcher.match_path(
+        path, query_name=query_name, top=top, min_score=min_score, max_duration_s=max_duration_s
+    )
+
+
+def fingerprint_job(path: str, max_duration_s: float) -> ReferenceData:
+    """Fingerprint one uploaded reference (runs in a worker process)."""
+    assert _matcher is not None, "worker not initialised"
+    return fingerprint_reference(
+        path, params=_matcher.catalogue.params, max_duration_s=max_duration_s
+    )
+
+
+class WorkerPool:
+    """Worker processes with bounded admission.
+
+    Parameters
+    ----------
+    catalogue_dir : Path
+    workers : int
+        Processes (one per core is right: the work is CPU-bound).
+    max_queue : int
+        Requests allowed to wait for a worker.
+    retry_after_s : int
+        Sent with 503 responses.
+    """
+
+    def __init__(
+        self, catalogue_dir: Path, *, workers: int, max_queue: int, retry_after_s: int
+    ) -> None:
+        self.catalogue_dir = catalogue_dir
+        self.workers = workers
+        self.capacity = workers + max_queue
+        self.retry_after_s = retry_after_s
+        self.busy = 0
+        self._executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn: forking a process that runs an event loop and threads is unsafe
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(str(self.catalogue_dir),),
+        )
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests admitted but waiting for a free worker."""
+        return max(0, self.busy - self.workers)
+
+    def check_capacity(self) -> None:
+        """Raise 503 now if a new request could not be admitted.
+
+        Raises
+        ------
+        ApiError
+        """
+        if self.busy >= self.capacity:
+            raise ApiError(
+                503,
+                "busy",
+                f"all {self.workers} workers are busy and {self.capacity - self.workers} "
+                "requests are waiting; retry later",
+                headers={"Retry-After": str(self.retry_after_s)},
+            )
+
+    async def run(self, function: Callable[..., T], *args: Any) -> T:
+        """Run ``function(*args)`` in a worker process and await its result.
+
+        Raises
+        ------
+        ApiError
+            503 if the pool is full, or if a worker process died (the pool is restarted).
+        """
+        self.check_capacity()
+        self.busy += 1
+        try:
+            return await asyncio.wrap_future(self._executor.submit(function, *args))
+        except BrokenProcessPool as exc:
+            logger.error("a worker process died; restarting the pool")
+            self._restart()
+            raise ApiError(
+                503,
+                "worker_restarted",
+                "a worker process stopped unexpectedly; retry the request",
+                headers={"Retry-After": str(self.retry_after_s)},
+            ) from exc
+        finally:
+            self.busy -= 1
+
+    def _restart(self) -> None:
+        old, self._executor = self._executor, self._start()
+        old.shutdown(wait=False, cancel_futures=True)
+
+    async def warm_up(self) -> None:
+        """Start every worker process now rather than on the first request."""
+        futures = [self._executor.submit(_ready) for _ in range(self.workers)]
+        await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (running jobs finish, queued ones are dropped)."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
