@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tunetrace.api.auth import KeyRing
 from tunetrace.api.errors import ApiError, error_body
@@ -133,6 +134,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return _error_response(ApiError(exc.status_code, code, str(exc.detail), headers))
 
     @app.exception_handler(Exception)
@@ -190,6 +193,16 @@ class AccessLogMiddleware:
                     }
                 )
             )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts at this path (routes are one per method here)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        matched, _ = route.matches(request.scope)
+        if matched != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def _request_id(scope: Scope) -> str:

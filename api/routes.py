@@ -18,7 +18,11 @@ from tunetrace.api.models import (
 )
 from tunetrace.api.upload import FILE_FIELD, Upload, receive_upload
 from tunetrace.api.workers import fingerprint_job, match_job
-from tunetrace.index.catalogue import ReferenceRecord, validate_reference_id
+from tunetrace.index.catalogue import (
+    REFERENCE_ID_PATTERN,
+    ReferenceRecord,
+    validate_reference_id,
+)
 
 from tunetrace import __version__
 from tunetrace.errors import TunetraceError
@@ -29,6 +33,8 @@ router = APIRouter(prefix="/v1")
 _bearer = HTTPBearer(auto_error=False, description="An API key with the read or write role.")
 
 REFERENCE_FIELDS = ("id", "title", "artist", "isrc", "replace")
+#: Text fields are at most MAX_FIELD_BYTES of UTF-8: 1,000 characters always fit.
+MAX_TEXT_CHARS = 1000
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"", "0", "false", "no", "off"}
 
@@ -48,13 +54,12 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorModel, "description": described[status]} for status in statuses}
 
 
-def _upload_body(*fields: tuple[str, str]) -> dict[str, Any]:
+def _upload_body(*fields: tuple[str, dict[str, Any]]) -> dict[str, Any]:
     """OpenAPI text of a multipart body (the body is parsed by streaming, not by FastAPI)."""
     properties: dict[str, Any] = {
         FILE_FIELD: {"type": "string", "format": "binary", "description": "The audio file."}
     }
-    for name, description in fields:
-        properties[name] = {"type": "string", "description": description}
+    properties.update(fields)
     return {
         "requestBody": {
             "required": True,
@@ -69,6 +74,10 @@ def _upload_body(*fields: tuple[str, str]) -> dict[str, Any]:
             },
         }
     }
+
+
+def _text_field(description: str) -> dict[str, Any]:
+    return {"type": "string", "maxLength": MAX_TEXT_CHARS, "description": description}
 
 
 class RequireRole:
@@ -181,11 +190,22 @@ def _flag(value: str | None, name: str) -> bool:
     tags=["references"],
     responses=_errors(400, 401, 403, 409, 413, 415, 422, 503),
     openapi_extra=_upload_body(
-        ("id", "Reference id: 1-200 printable characters, '/' allowed."),
-        ("title", "Title."),
-        ("artist", "Artist."),
-        ("isrc", "ISRC."),
-        ("replace", "true to overwrite an existing reference with this id."),
+        (
+            "id",
+            {
+                "type": "string",
+                "pattern": REFERENCE_ID_PATTERN,
+                "description": "Reference id: 1-200 characters, no control characters; "
+                "'/' allowed (album/track).",
+            },
+        ),
+        ("title", _text_field("Title.")),
+        ("artist", _text_field("Artist.")),
+        ("isrc", _text_field("ISRC.")),
+        (
+            "replace",
+            {"type": "boolean", "description": "true: overwrite a reference with this id."},
+        ),
     ),
 )
 async def add_reference(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import threading
 from collections import OrderedDict
@@ -46,6 +47,9 @@ from tunetrace.errors import (
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: Reference ids: no C0/C1 control characters, 1-200 of anything else.
+REFERENCE_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,200}$"
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 #: Version of the on-disk layout (tables, blobs). Bump on incompatible change.
 FORMAT_VERSION = 1
@@ -110,7 +114,9 @@ class ReferenceData:
 
 
 def validate_reference_id(reference_id: str) -> str:
-    """Check the id rules: 1-200 printable characters (``/`` allowed).
+    """Check the id rules: 1-200 characters, none of them a control character (``/`` allowed).
+
+    The same rule is :data:`REFERENCE_ID_PATTERN`, for schemas.
 
     Raises
     ------
@@ -120,8 +126,8 @@ def validate_reference_id(reference_id: str) -> str:
         raise InvalidReferenceIdError(
             f"reference id must be 1-{MAX_ID_LENGTH} characters, got {len(str(reference_id))}"
         )
-    if not reference_id.isprintable():
-        raise InvalidReferenceIdError(f"reference id {reference_id!r} has unprintable characters")
+    if _CONTROL_CHARACTER.search(reference_id):
+        raise InvalidReferenceIdError(f"reference id {reference_id!r} contains control characters")
     return reference_id
 
 

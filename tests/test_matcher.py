@@ -120,3 +120,30 @@ def test_query_with_a_cut_out_section_reports_both_pieces(
     starts = sorted(round(s.reference_start_s - s.query_start_s) for s in match.segments)
     assert starts == [2, 10], f"expected pieces from 2 s and 19 s, got {match.segments}"
     assert match.coverage > 0.85
+
+
+def test_copy_looped_past_its_reference_length_is_found_in_both_repeats(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray]
+) -> None:
+    # a length-shifted upload: the whole song sped up by 1.1, then played twice in a row
+    sped = soxr.resample(songs["song3"], SAMPLE_RATE, SAMPLE_RATE / 1.1)
+    audio = np.concatenate([sped, sped])
+    report = matcher.match_path(write_audio(tmp_path / "looped.flac", audio))
+    assert report.matches and report.matches[0].reference_id.endswith("song3")
+    match = report.matches[0]
+    assert match.tempo_ratio == pytest.approx(1.1, abs=0.02)
+    repeat_s = len(sped) / SAMPLE_RATE
+    query_starts = sorted(round(s.query_start_s / repeat_s) for s in match.segments)
+    assert query_starts == [0, 1], f"expected one segment per repeat, got {match.segments}"
+    assert match.coverage > 0.85
+
+
+def test_short_reference_inside_a_longer_upload_is_found(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray]
+) -> None:
+    padded = np.concatenate([synth_song(60, 20), songs["song4"], synth_song(61, 20)])
+    report = matcher.match_path(write_audio(tmp_path / "padded.flac", padded))
+    assert report.matches and report.matches[0].reference_id.endswith("song4")
+    (segment,) = report.matches[0].segments
+    assert segment.query_start_s == pytest.approx(20, abs=1.0)
+    assert segment.query_end_s == pytest.approx(50, abs=1.0)

@@ -44,4 +44,4 @@ class ReferenceNotFoundError(CatalogueError):
 
 
 class InvalidReferenceIdError(BadInputError):
-    """A reference id breaks the id rules (1-200 printable characters)."""
+    """A reference id breaks the id rules (1-200 characters, no control characters)."""

@@ -431,7 +431,9 @@ def _chroma_roll_scores(
     """Mean chroma correlation at every circular roll, for each (rate, offset) pair.
 
     Returns an array of shape ``(n_pairs, bins_per_octave)``; pairs that put less than half of
-    the query's sounding frames inside the reference get ``-inf``.
+    the query's sounding frames inside the reference get ``-inf`` (or, for a query longer than
+    the reference at that tempo, less than half of a reference's length of them: a copy may be
+    padded or looped past its reference's length).
     """
     times = np.arange(query.n_frames)
     positions = offsets[:, None] + rates[:, None] * times[None, :]  # (pairs, frames)
@@ -444,7 +446,8 @@ def _chroma_roll_scores(
     n_bins = query.chroma.shape[0]
     per_roll = np.fft.irfft(cross, n=n_bins, axis=0).T  # (pairs, rolls)
     total = frame_weights.sum(axis=1)
-    enough = total >= 0.5 * weights.sum()
+    reference_span = weights.mean() * reference.n_frames / rates  # in query frames, weighted
+    enough = total >= 0.5 * np.minimum(weights.sum(), reference_span)
     per_roll = per_roll / np.maximum(total, 1e-9)[:, None]
     per_roll[~enough] = -np.inf
     return per_roll
