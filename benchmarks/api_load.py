@@ -200,6 +200,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     tracks = corpus.tracks()
     if not tracks:
         raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")

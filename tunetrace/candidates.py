@@ -81,6 +81,7 @@ def find_candidates(
     n_neighbours: int = 20,
     max_candidates: int = 8,
     per_reference: int = 3,
+    exclude_keys: frozenset[int] = frozenset(),
 ) -> list[Candidate]:
     """Rank (reference, tempo ratio, offset) triples by offset-consistent patch votes.
 
@@ -100,6 +101,9 @@ def find_candidates(
         material at another tempo ratio), and, when more than two, the best other offset at
         the first place's tempo ratio (a copy with a section cut out or moved holds two
         far-apart parts of its reference).
+    exclude_keys : frozenset of int
+        References whose hits are dropped before voting (a reference scanned against its own
+        catalogue must not find itself).
 
     Returns
     -------
@@ -112,6 +116,8 @@ def find_candidates(
     n_patches_per_rate = np.bincount(rate_index, minlength=len(rates)).astype(np.float64)
 
     valid = ids >= 0
+    if exclude_keys:
+        valid &= ~np.isin(split_vector_ids(ids)[0], np.fromiter(exclude_keys, dtype=np.int64))
     patch_of_hit = np.broadcast_to(np.arange(len(vectors))[:, None], ids.shape)[valid]
     sims = np.clip(similarities[valid], 0.0, None)
     ref_keys, patch_numbers = split_vector_ids(ids[valid])

@@ -1,4 +1,4 @@
-"""The ``tunetrace`` command line: add, match, info, remove, serve.
+"""The ``tunetrace`` command line: add, match, scan, info, remove, serve.
 
 Exit codes: 0 success, 2 bad usage or bad input, 1 other failures. Errors go to stderr as
 one line a person can act on.
@@ -134,7 +134,8 @@ def match(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON report per line.")] = False,
     top: Annotated[int, typer.Option(min=1, help="Most matches per query.")] = 5,
     min_score: Annotated[
-        float | None, typer.Option(min=0.0, max=1.0, help="Score threshold [default: calibrated].")
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Score threshold (default: the calibrated one)."),
     ] = None,
 ) -> None:
     """Find the catalogue references that the queries are altered copies of."""
@@ -219,6 +220,95 @@ def remove(
     typer.echo(f"removed {len(reference_ids) - len(missing)} reference(s)")
     if missing:
         raise typer.Exit(2)
+
+
+@app.command()
+def scan(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSON Lines report to append to.")],
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Audio files or folders (recursive).")
+    ] = None,
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV whose first column is a file path.")
+    ] = None,
+    self_scan: Annotated[
+        bool, typer.Option("--self", help="Find altered copies among the catalogue's references.")
+    ] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes.")] = os.cpu_count()
+    or 1,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted report; skip what it holds.")
+    ] = False,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler address (tcp://host:8786) to run on.")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, help="Most matches per file.")] = 5,
+    min_score: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Score threshold (default: the calibrated one)."),
+    ] = None,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write the whole report as CSV.")
+    ] = None,
+) -> None:
+    """Rescan many files (or the catalogue itself) and append one report line per file."""
+    from tunetrace.export import write_csv
+    from tunetrace.scan import (
+        ReportWriter,
+        ScanSummary,
+        copy_groups,
+        file_jobs,
+        read_report,
+        reference_jobs,
+    )
+    from tunetrace.scan_backends import run_dask, run_local
+
+    if self_scan == bool(paths or manifest):
+        typer.echo(
+            "error: give files, folders or --manifest to scan, or --self (not both)", err=True
+        )
+        raise typer.Exit(2)
+    store = _open_catalogue(catalogue)
+    try:
+        jobs = reference_jobs(store) if self_scan else file_jobs(paths or [], manifest)
+        writer = ReportWriter(out, resume=resume)
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    summary = ScanSummary(skipped=sum(job.query in writer.done for job in jobs))
+    todo = [job for job in jobs if job.query not in writer.done]
+    progress = _progress_bar(len(todo), "scanning")
+    started = time.perf_counter()
+    try:
+        if scheduler:
+            results = run_dask(catalogue, todo, scheduler=scheduler, top=top, min_score=min_score)
+        else:
+            results = run_local(catalogue, todo, workers=workers, top=top, min_score=min_score)
+        for job, line in results:
+            writer.write(line)
+            summary.add(line)
+            progress.update(1)
+            if "error" in line:
+                progress.write(f"error {job.query}: {line['error']['message']}", file=sys.stderr)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; run again with --resume to continue", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. an unreachable Dask scheduler
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        progress.close()
+        writer.close()
+    summary.elapsed_s = time.perf_counter() - started
+    typer.echo(summary.text())
+    if self_scan:
+        for group in copy_groups(read_report(out)):
+            typer.echo("copies: " + "  <->  ".join(group))
+    if csv_path is not None:
+        rows = write_csv(read_report(out), csv_path)
+        typer.echo(f"wrote {rows} row(s) to {csv_path}")
 
 
 @app.command()

@@ -128,8 +128,13 @@ class Matcher:
             matches=matches,
         )
 
-    def verify(self, features: Features) -> list[Verification]:
-        """All verified candidates of a query, scored, best first (nothing filtered)."""
+    def verify(
+        self, features: Features, *, exclude_keys: frozenset[int] = frozenset()
+    ) -> list[Verification]:
+        """All verified candidates of a query, scored, best first (nothing filtered).
+
+        ``exclude_keys`` are references left out of the search (a self-scan's own reference).
+        """
         self.catalogue.refresh()
         params = self.catalogue.params
         candidates = find_candidates(
@@ -138,6 +143,7 @@ class Matcher:
             params=params,
             n_neighbours=self.settings.n_neighbours,
             max_candidates=self.settings.max_candidates,
+            exclude_keys=exclude_keys,
         )
         query = prepare_query(features, self.verify_settings)
         screened = []
@@ -169,7 +175,12 @@ class Matcher:
         return verifications
 
     def match_features(
-        self, features: Features, *, top: int = 5, min_score: float | None = None
+        self,
+        features: Features,
+        *,
+        top: int = 5,
+        min_score: float | None = None,
+        exclude_keys: frozenset[int] = frozenset(),
     ) -> list[Match]:
         """Probable copies among the catalogue's references, best first.
 
@@ -180,7 +191,7 @@ class Matcher:
         """
         threshold = self.default_min_score if min_score is None else min_score
         by_reference: dict[int, list[Verification]] = {}
-        for verification in self.verify(features):  # best score first
+        for verification in self.verify(features, exclude_keys=exclude_keys):  # best first
             by_reference.setdefault(verification.reference_key, []).append(verification)
         matches = []
         for verifications in by_reference.values():

@@ -1,0 +1,268 @@
+"""Batch scans: report lines, errors, CSV, interruption and resume, self-scan, Dask cluster."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+import soxr
+from tunetrace.index.catalogue import Catalogue
+
+from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tunetrace.ingest import IngestItem, ingest
+from tunetrace.scan import ReportWriter, copy_groups, read_report
+
+CLI = [sys.executable, "-m", "tunetrace.cli"]
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _excerpt(song: np.ndarray, start_s: float, length_s: float) -> np.ndarray:
+    return song[int(start_s * SAMPLE_RATE) : int((start_s + length_s) * SAMPLE_RATE)]
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory: pytest.TempPathFactory, songs: dict) -> Path:
+    """Eight uploads: altered copies of the catalogue's songs, unknown music, a broken file."""
+    folder = tmp_path_factory.mktemp("uploads")
+    stretch = librosa.effects.time_stretch
+    write_audio(folder / "a_stretched.wav", stretch(_excerpt(songs["song1"], 5, 14), rate=1.2))
+    write_audio(
+        folder / "b_pitched.flac",
+        librosa.effects.pitch_shift(_excerpt(songs["song2"], 8, 12), sr=SAMPLE_RATE, n_steps=3),
+    )
+    write_audio(
+        folder / "nested" / "c_fast.ogg",
+        soxr.resample(_excerpt(songs["song3"], 0, 15), SAMPLE_RATE, SAMPLE_RATE / 1.3),
+    )
+    write_audio(folder / "d_clean.mp3", _excerpt(songs["song4"], 10, 12))
+    write_audio(folder / "e_slow.wav", stretch(_excerpt(songs["song5"], 3, 10), rate=0.8))
+    write_audio(folder / "f_unknown.flac", synth_song(501, duration_s=12))
+    write_audio(folder / "g_unknown.wav", synth_song(502, duration_s=12))
+    (folder / "h_broken.mp3").write_bytes(b"\xff\xfb" + os.urandom(3000))
+    return folder
+
+
+EXPECTED = {
+    "a_stretched.wav": "song1",
+    "b_pitched.flac": "song2",
+    "c_fast.ogg": "song3",
+    "d_clean.mp3": "song4",
+    "e_slow.wav": "album/song5",
+    "f_unknown.flac": None,
+    "g_unknown.wav": None,
+}
+
+
+def _top_by_file(lines: list[dict]) -> dict[str, str | None]:
+    return {
+        Path(line["query"]).name: (line["matches"][0]["reference_id"] if line["matches"] else None)
+        for line in lines
+        if "error" not in line
+    }
+
+
+@pytest.fixture(scope="module")
+def local_report(tmp_path_factory: pytest.TempPathFactory, built_catalogue: Path, uploads: Path):
+    out = tmp_path_factory.mktemp("scan") / "report.jsonl"
+    csv_path = out.with_suffix(".csv")
+    result = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out),
+        "--workers", "2", "--csv", str(csv_path),
+    )  # fmt: skip
+    return out, csv_path, result.stdout
+
+
+def test_scan_reports_every_file_once_with_errors_as_lines(local_report) -> None:
+    out, _, stdout = local_report
+    lines = read_report(out)
+    assert len(lines) == 8
+    assert len({line["query"] for line in lines}) == 8
+    assert _top_by_file(lines) == EXPECTED
+    (broken,) = [line for line in lines if "error" in line]
+    assert broken["query"].endswith("h_broken.mp3")
+    assert broken["error"]["code"] == "AudioDecodeError"
+    assert "scanned 8 file(s)" in stdout and "5 with probable copies" in stdout
+    assert "1 error(s)" in stdout
+
+
+def test_scan_writes_a_csv_for_spreadsheets(local_report) -> None:
+    _, csv_path, _ = local_report
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {Path(r["query"]).name for r in rows} == {*EXPECTED, "h_broken.mp3"}
+    stretched = next(r for r in rows if r["query"].endswith("a_stretched.wav"))
+    assert stretched["reference_id"] == "song1"
+    assert float(stretched["tempo_ratio"]) == pytest.approx(1.2, abs=0.03)
+    assert "<->" in stretched["segments"]
+    assert next(r for r in rows if r["query"].endswith("h_broken.mp3"))["error"]
+
+
+def test_existing_report_is_never_overwritten(local_report, built_catalogue: Path, uploads) -> None:
+    out, _, _ = local_report
+    before = out.read_bytes()
+    result = _cli("scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), check=False)
+    assert result.returncode == 2
+    assert "--resume" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_killed_scan_resumes_without_losing_or_doubling(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, local_report
+) -> None:
+    out = tmp_path / "interrupted.jsonl"
+    process = subprocess.Popen(
+        [*CLI, "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out),
+         "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and out.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = out.read_bytes().count(b"\n")
+    assert 2 <= finished_before < 8, "the scan should have been killed part-way"
+    with out.open("ab") as report:  # a line cut off by the crash
+        report.write(b'{"query": "half-written", "matc')
+
+    result = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
+        "--workers", "1",
+    )  # fmt: skip
+    assert f"({finished_before} already in the report)" in result.stdout
+    lines = read_report(out)
+    assert out.read_bytes().endswith(b"\n")
+    assert len(lines) == 8
+    assert sorted(line["query"] for line in lines) == sorted(
+        line["query"] for line in read_report(local_report[0])
+    )
+    assert _top_by_file(lines) == EXPECTED
+
+
+def test_report_writer_recovers_a_cut_line(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text('{"query": "a", "matches": []}\n{"query": "b", "mat')
+    writer = ReportWriter(path, resume=True)
+    assert writer.done == {"a"}
+    writer.write({"query": "b", "matches": []})
+    writer.close()
+    assert [line["query"] for line in read_report(path)] == ["a", "b"]
+
+
+def test_self_scan_groups_altered_copies_inside_one_catalogue(
+    tmp_path: Path, song_folder: Path, songs: dict
+) -> None:
+    directory = tmp_path / "catalogue"
+    fast = write_audio(
+        tmp_path / "fast.wav", soxr.resample(songs["song1"], SAMPLE_RATE, SAMPLE_RATE / 1.1)
+    )
+    higher = write_audio(
+        tmp_path / "higher.flac",
+        librosa.effects.pitch_shift(songs["song2"], sr=SAMPLE_RATE, n_steps=2),
+    )
+    items = [
+        IngestItem(song_folder / "song1.flac", "label-a/song1"),
+        IngestItem(song_folder / "song2.flac", "label-a/song2"),
+        IngestItem(song_folder / "song3.flac", "label-a/song3"),
+        IngestItem(fast, "uploader-x/totally-new-track"),
+        IngestItem(higher, "uploader-x/another-new-track"),
+    ]
+    with Catalogue(directory, create=True) as catalogue:
+        assert ingest(catalogue, items).added == 5
+    out = tmp_path / "self.jsonl"
+    result = _cli("scan", "--self", "-c", str(directory), "--out", str(out), "--workers", "2")
+    lines = {line["query"]: line for line in read_report(out)}
+    assert set(lines) == {item.reference_id for item in items}
+    for query, line in lines.items():
+        assert all(m["reference_id"] != query for m in line["matches"])  # never itself
+    assert copy_groups(lines.values()) == [
+        ["label-a/song1", "uploader-x/totally-new-track"],
+        ["label-a/song2", "uploader-x/another-new-track"],
+    ]
+    fast_match = lines["uploader-x/totally-new-track"]["matches"][0]
+    assert fast_match["reference_id"] == "label-a/song1"
+    assert fast_match["tempo_ratio"] == pytest.approx(1.1, abs=0.02)
+    assert fast_match["alteration"] == "speed_change"
+    assert lines["label-a/song3"]["matches"] == []
+    assert "copies: label-a/song1  <->  uploader-x/totally-new-track" in result.stdout
+
+
+def test_scan_on_a_dask_cluster_gives_the_local_results(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, local_report
+) -> None:
+    from distributed import Client, LocalCluster
+
+    catalogue = tmp_path / "catalogue"
+    shutil.copytree(built_catalogue, catalogue)
+    out = tmp_path / "dask.jsonl"
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip
+        result = _cli(
+            "scan", "-c", str(catalogue), str(uploads), "--out", str(out),
+            "--scheduler", cluster.scheduler_address,
+        )  # fmt: skip
+        with Client(cluster) as client:
+            opened = client.run(_opened_catalogues)
+    assert "scanned 8 file(s)" in result.stdout
+    # the work ran on the cluster's workers, each of which opened the catalogue once and kept it
+    assert len(opened) == 2
+    assert all(paths == [str(catalogue.resolve())] for paths in opened.values()), opened
+
+    def comparable(lines: list[dict]) -> dict:
+        return {
+            Path(line["query"]).name: line.get("error", {}).get("code")
+            or [
+                (m["reference_id"], m["tempo_ratio"], m["pitch_shift_semitones"], m["score"])
+                for m in line["matches"]
+            ]
+            for line in lines
+        }
+
+    assert comparable(read_report(out)) == comparable(read_report(local_report[0]))
+
+
+def _opened_catalogues() -> list[str]:
+    from tunetrace.scan_backends import _matchers
+
+    return sorted(_matchers)
+
+
+def test_scan_input_errors(tmp_path: Path, built_catalogue: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    both = _cli("scan", "--self", "-c", str(built_catalogue), str(tmp_path), "--out", str(out),
+                check=False)  # fmt: skip
+    assert both.returncode == 2
+    missing = _cli("scan", "-c", str(built_catalogue), str(tmp_path / "nope"), "--out", str(out),
+                   check=False)  # fmt: skip
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+    no_catalogue = _cli("scan", "-c", str(tmp_path / "none"), str(tmp_path), "--out", str(out),
+                        check=False)  # fmt: skip
+    assert no_catalogue.returncode == 1 and "no catalogue" in no_catalogue.stderr
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path\nmissing-file.wav\n")
+    listed = _cli("scan", "-c", str(built_catalogue), "--manifest", str(manifest), "--out",
+                  str(out), "--workers", "1")  # fmt: skip
+    (line,) = read_report(out)
+    assert line["error"]["code"] == "AudioDecodeError"
+    assert "1 error(s)" in listed.stdout
+    assert json.loads(out.read_text())["query"].endswith("missing-file.wav")

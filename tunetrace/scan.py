@@ -1,0 +1,337 @@
+"""Batch rescans: match many files (or a catalogue's own references) into a JSON Lines report.
+
+One report line per file, the same JSON as ``tunetrace match --json`` (errors as lines with an
+``error`` field). Lines are appended and flushed as results arrive, so an interrupted scan
+loses nothing it finished; :class:`ReportWriter` with ``resume=True`` skips what the output
+already holds and drops a line cut off by a crash. Work runs in local processes or on a Dask
+cluster (:mod:`tunetrace.scan_backends`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunetrace.errors import BadInputError, TunetraceError
+from tunetrace.fingerprint.features import Features
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.ingest import find_audio_files
+from tunetrace.matcher import Matcher
+from tunetrace.report import Match, MatchReport, error_to_dict, report_to_dict
+from tunetrace.types import Segment
+
+logger = logging.getLogger(__name__)
+
+#: Self-scan: excerpts taken from each reference, and their length.
+SELF_EXCERPTS = 3
+SELF_EXCERPT_S = 20.0
+#: fsync the report at least this often (seconds); every line is flushed at once.
+SYNC_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One unit of scan work: a file to match, or a catalogue reference to self-match."""
+
+    query: str
+    path: str | None = None  # None: the query is a reference id of the catalogue
+
+
+def file_jobs(paths: Iterable[Path], manifest: Path | None = None) -> list[ScanJob]:
+    """Jobs for files and folders (recursive) and a manifest's ``path,...`` rows.
+
+    The query name is the file's path as found (folder argument joined with the file's path
+    below it), which is what the report calls ``query``.
+
+    Raises
+    ------
+    BadInputError
+        If a path does not exist.
+    """
+    jobs: list[ScanJob] = []
+    for path in paths:
+        if path.is_dir():
+            jobs += [ScanJob(str(file), str(file)) for file in find_audio_files(path)]
+        elif path.is_file():
+            jobs.append(ScanJob(str(path), str(path)))
+        else:
+            raise BadInputError(f"{path}: no such file or folder")
+    if manifest is not None:
+        jobs += [ScanJob(str(path), str(path)) for path in manifest_paths(manifest)]
+    unique = {job.query: job for job in jobs}
+    return list(unique.values())
+
+
+def manifest_paths(manifest: Path) -> list[Path]:
+    """File paths from the first column of a CSV (a ``path`` header is skipped).
+
+    Relative paths are taken relative to the manifest's folder.
+
+    Raises
+    ------
+    BadInputError
+        If the manifest does not exist.
+    """
+    if not manifest.is_file():
+        raise BadInputError(f"{manifest}: no such manifest file")
+    paths = []
+    with manifest.open(newline="", encoding="utf-8") as handle:
+        for number, row in enumerate(csv.reader(handle), start=1):
+            first = row[0].strip() if row else ""
+            if not first or (number == 1 and first.lower() == "path"):
+                continue
+            path = Path(first)
+            paths.append(path if path.is_absolute() else manifest.parent / path)
+    return paths
+
+
+def reference_jobs(catalogue: Catalogue) -> list[ScanJob]:
+    """One self-scan job per reference of the catalogue."""
+    jobs, offset = [], 0
+    while page := catalogue.list(offset=offset, limit=1000):
+        jobs += [ScanJob(record.reference_id) for record in page]
+        offset += len(page)
+    return jobs
+
+
+def run_job(matcher: Matcher, job: ScanJob, *, top: int, min_score: float | None) -> dict[str, Any]:
+    """The report line of one job; failures become error lines, never exceptions."""
+    try:
+        if job.path is not None:
+            report = matcher.match_path(
+                job.path, query_name=job.query, top=top, min_score=min_score
+            )
+        else:
+            report = self_match(matcher, job.query, top=top, min_score=min_score)
+        return report_to_dict(report)
+    except TunetraceError as exc:
+        return error_to_dict(job.query, type(exc).__name__, str(exc))
+    except Exception as exc:  # one bad file must not end a scan of thousands
+        logger.exception("unexpected failure on %s", job.query)
+        return error_to_dict(job.query, "InternalError", f"{type(exc).__name__}: {exc}")
+
+
+def self_match(
+    matcher: Matcher, reference_id: str, *, top: int = 5, min_score: float | None = None
+) -> MatchReport:
+    """Match excerpts of a catalogue reference against the rest of its catalogue.
+
+    The stored features are used (no audio needed). Excerpts of :data:`SELF_EXCERPT_S` at
+    20%, 50% and 80% of the reference stand for it, like upload excerpts; a copy that kept any
+    of them is found. Matches of the excerpts are merged per reference (best score; segments
+    in the reference's own time).
+    """
+    started = time.perf_counter()
+    catalogue = matcher.catalogue
+    record = catalogue.get(reference_id)
+    features = catalogue.features(record.key)
+    frames = int(SELF_EXCERPT_S * features.frame_rate_hz)
+    starts = sorted(
+        {
+            max(0, min(features.n_frames - frames, int(f * features.n_frames) - frames // 2))
+            for f in (0.2, 0.5, 0.8)[:SELF_EXCERPTS]
+        }
+    )
+    best: dict[str, Match] = {}
+    for start in starts:
+        excerpt = Features(
+            spectrum=features.spectrum[:, start : start + frames],
+            chroma=features.chroma[:, start : start + frames],
+            frame_rate_hz=features.frame_rate_hz,
+        )
+        try:
+            found = matcher.match_features(
+                excerpt, top=top, min_score=min_score, exclude_keys=frozenset({record.key})
+            )
+        except TunetraceError as exc:  # e.g. a silent stretch too short to fingerprint
+            logger.info("%s excerpt at frame %d skipped: %s", reference_id, start, exc)
+            continue
+        shift_s = start / features.frame_rate_hz
+        for match in found:
+            moved = _shift_segments(match, shift_s)
+            kept = best.get(match.reference_id)
+            if kept is None:
+                best[match.reference_id] = moved
+            else:
+                better, other = (moved, kept) if moved.score > kept.score else (kept, moved)
+                best[match.reference_id] = _with_segments(
+                    better, sorted([*better.segments, *other.segments], key=_query_start)
+                )
+    matches = sorted(best.values(), key=lambda m: -m.score)[:top]
+    matches = [
+        _with_coverage(m, min(1.0, _covered(m.segments) / features.duration_s)) for m in matches
+    ]
+    return MatchReport(
+        query=reference_id,
+        duration_s=features.duration_s,
+        elapsed_s=time.perf_counter() - started,
+        matches=matches,
+    )
+
+
+def _query_start(segment: Segment) -> float:
+    return segment.query_start_s
+
+
+def _shift_segments(match: Match, shift_s: float) -> Match:
+    return _with_segments(
+        match,
+        [
+            Segment(
+                query_start_s=s.query_start_s + shift_s,
+                query_end_s=s.query_end_s + shift_s,
+                reference_start_s=s.reference_start_s,
+                reference_end_s=s.reference_end_s,
+            )
+            for s in match.segments
+        ],
+    )
+
+
+def _with_segments(match: Match, segments: list[Segment]) -> Match:
+    return Match(**{**match.__dict__, "segments": segments})
+
+
+def _with_coverage(match: Match, coverage: float) -> Match:
+    return Match(**{**match.__dict__, "coverage": coverage})
+
+
+def _covered(segments: list[Segment]) -> float:
+    covered, reach = 0.0, float("-inf")
+    for segment in sorted(segments, key=_query_start):
+        start = max(segment.query_start_s, reach)
+        covered += max(0.0, segment.query_end_s - start)
+        reach = max(reach, segment.query_end_s)
+    return covered
+
+
+class ReportWriter:
+    """Append-only JSON Lines report that survives interruption.
+
+    Parameters
+    ----------
+    path : Path
+    resume : bool
+        Keep the existing report and skip its queries. Without it an existing, non-empty
+        report is an error (it is never overwritten).
+
+    Raises
+    ------
+    BadInputError
+        If the report exists and ``resume`` is false.
+    """
+
+    def __init__(self, path: Path, *, resume: bool) -> None:
+        self.path = path
+        self.done: set[str] = set()
+        if path.exists() and path.stat().st_size > 0 and not resume:
+            raise BadInputError(
+                f"{path} already exists; use --resume to continue it or choose another --out"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume and path.exists():
+            self._recover()
+        self._file = path.open("a", encoding="utf-8")
+        self._last_sync = time.monotonic()
+
+    def _recover(self) -> None:
+        """Read finished queries; cut off a last line that a crash left incomplete."""
+        keep = 0
+        with self.path.open("rb") as report:
+            for line in report:
+                if not line.endswith(b"\n"):
+                    break
+                try:
+                    self.done.add(str(json.loads(line)["query"]))
+                except (ValueError, KeyError, TypeError):
+                    break
+                keep += len(line)
+        if keep < self.path.stat().st_size:
+            logger.warning("dropping an incomplete last line of %s", self.path)
+            with self.path.open("r+b") as report:
+                report.truncate(keep)
+
+    def write(self, line: dict[str, Any]) -> None:
+        """Append one report line and flush it (fsync at most every few seconds)."""
+        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._file.flush()
+        if time.monotonic() - self._last_sync > SYNC_INTERVAL_S:
+            os.fsync(self._file.fileno())
+            self._last_sync = time.monotonic()
+
+    def close(self) -> None:
+        """Flush, fsync and close."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+@dataclass
+class ScanSummary:
+    """What a scan did."""
+
+    files: int = 0
+    skipped: int = 0
+    copies: int = 0
+    errors: int = 0
+    audio_s: float = 0.0
+    elapsed_s: float = 0.0
+    groups: list[list[str]] = field(default_factory=list)
+
+    def add(self, line: dict[str, Any]) -> None:
+        """Count one report line."""
+        self.files += 1
+        if "error" in line:
+            self.errors += 1
+            return
+        self.copies += int(bool(line["matches"]))
+        self.audio_s += float(line.get("duration_s", 0.0))
+
+    def text(self) -> str:
+        """One line for people."""
+        rate = self.files / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        realtime = self.audio_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        return (
+            f"scanned {self.files} file(s) ({self.skipped} already in the report): "
+            f"{self.copies} with probable copies, {self.errors} error(s), "
+            f"{self.elapsed_s:.1f} s, {rate:.2f} files/s, {realtime:.0f}x realtime"
+        )
+
+
+def copy_groups(lines: Iterable[dict[str, Any]]) -> list[list[str]]:
+    """Groups of references connected by self-scan matches (each group sorted, >= 2 ids)."""
+    parent: dict[str, str] = {}
+
+    def root(item: str) -> str:
+        parent.setdefault(item, item)
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for line in lines:
+        for match in line.get("matches", []):
+            a, b = root(str(line["query"])), root(str(match["reference_id"]))
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[str, list[str]] = {}
+    for item in parent:
+        groups.setdefault(root(item), []).append(item)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    """All complete lines of a JSON Lines report."""
+    lines = []
+    with path.open(encoding="utf-8") as report:
+        for text in report:
+            if text.endswith("\n"):
+                lines.append(json.loads(text))
+    return lines
