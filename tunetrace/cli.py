@@ -251,6 +251,12 @@ def scan(
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Also write the whole report as CSV.")
     ] = None,
+    excerpts: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Match N 20-s excerpts per file instead of the whole file (0: whole)."
+        ),
+    ] = 0,
 ) -> None:
     """Rescan many files (or the catalogue itself) and append one report line per file."""
     from tunetrace.export import write_csv
@@ -283,9 +289,15 @@ def scan(
     started = time.perf_counter()
     try:
         if scheduler:
-            results = run_dask(catalogue, todo, scheduler=scheduler, top=top, min_score=min_score)
+            results = run_dask(
+                catalogue, todo, scheduler=scheduler, top=top, min_score=min_score,
+                excerpts=excerpts,
+            )  # fmt: skip
         else:
-            results = run_local(catalogue, todo, workers=workers, top=top, min_score=min_score)
+            results = run_local(
+                catalogue, todo, workers=workers, top=top, min_score=min_score,
+                excerpts=excerpts,
+            )  # fmt: skip
         for job, line in results:
             writer.write(line)
             summary.add(line)

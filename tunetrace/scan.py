@@ -29,9 +29,10 @@ from tunetrace.types import Segment
 
 logger = logging.getLogger(__name__)
 
-#: Self-scan: excerpts taken from each reference, and their length.
+#: Excerpt length when a scan matches excerpts instead of whole files.
+EXCERPT_S = 20.0
+#: Excerpts per reference in a self-scan.
 SELF_EXCERPTS = 3
-SELF_EXCERPT_S = 20.0
 #: fsync the report at least this often (seconds); every line is flushed at once.
 SYNC_INTERVAL_S = 2.0
 
@@ -101,15 +102,51 @@ def reference_jobs(catalogue: Catalogue) -> list[ScanJob]:
     return jobs
 
 
-def run_job(matcher: Matcher, job: ScanJob, *, top: int, min_score: float | None) -> dict[str, Any]:
-    """The report line of one job; failures become error lines, never exceptions."""
+def run_job(
+    matcher: Matcher,
+    job: ScanJob,
+    *,
+    top: int,
+    min_score: float | None,
+    excerpts: int = 0,
+) -> dict[str, Any]:
+    """The report line of one job; failures become error lines, never exceptions.
+
+    Parameters
+    ----------
+    matcher : Matcher
+    job : ScanJob
+    top : int
+    min_score : float or None
+    excerpts : int
+        0: match the whole file. N > 0: match N excerpts of :data:`EXCERPT_S` spread over the
+        file (much faster on full-length tracks; a copy of any of those parts is found).
+        Self-scan jobs always use :data:`SELF_EXCERPTS`.
+    """
+    started = time.perf_counter()
     try:
-        if job.path is not None:
-            report = matcher.match_path(
-                job.path, query_name=job.query, top=top, min_score=min_score
+        if job.path is None:
+            record = matcher.catalogue.get(job.query)
+            features = matcher.catalogue.features(record.key)
+            matches = match_excerpts(
+                matcher, features, count=SELF_EXCERPTS, top=top, min_score=min_score,
+                exclude_keys=frozenset({record.key}),
+            )  # fmt: skip
+        elif excerpts > 0:
+            features = matcher.load_query(job.path, max_duration_s=None)
+            matches = match_excerpts(
+                matcher, features, count=excerpts, top=top, min_score=min_score
             )
         else:
-            report = self_match(matcher, job.query, top=top, min_score=min_score)
+            return report_to_dict(
+                matcher.match_path(job.path, query_name=job.query, top=top, min_score=min_score)
+            )
+        report = MatchReport(
+            query=job.query,
+            duration_s=features.duration_s,
+            elapsed_s=time.perf_counter() - started,
+            matches=matches,
+        )
         return report_to_dict(report)
     except TunetraceError as exc:
         return error_to_dict(job.query, type(exc).__name__, str(exc))
@@ -118,29 +155,38 @@ def run_job(matcher: Matcher, job: ScanJob, *, top: int, min_score: float | None
         return error_to_dict(job.query, "InternalError", f"{type(exc).__name__}: {exc}")
 
 
-def self_match(
-    matcher: Matcher, reference_id: str, *, top: int = 5, min_score: float | None = None
-) -> MatchReport:
-    """Match excerpts of a catalogue reference against the rest of its catalogue.
+def excerpt_starts(n_frames: int, frames: int, count: int) -> list[int]:
+    """First frames of ``count`` excerpts of ``frames`` spread evenly over ``n_frames``.
 
-    The stored features are used (no audio needed). Excerpts of :data:`SELF_EXCERPT_S` at
-    20%, 50% and 80% of the reference stand for it, like upload excerpts; a copy that kept any
-    of them is found. Matches of the excerpts are merged per reference (best score; segments
-    in the reference's own time).
+    The excerpts are centred at (i + 1) / (count + 1) of the recording: 25/50/75% for three.
+    A recording shorter than one excerpt gives one excerpt at 0.
     """
-    started = time.perf_counter()
-    catalogue = matcher.catalogue
-    record = catalogue.get(reference_id)
-    features = catalogue.features(record.key)
-    frames = int(SELF_EXCERPT_S * features.frame_rate_hz)
-    starts = sorted(
-        {
-            max(0, min(features.n_frames - frames, int(f * features.n_frames) - frames // 2))
-            for f in (0.2, 0.5, 0.8)[:SELF_EXCERPTS]
-        }
+    if n_frames <= frames:
+        return [0]
+    centres = [(i + 1) / (count + 1) for i in range(count)]
+    return sorted(
+        {max(0, min(n_frames - frames, int(c * n_frames) - frames // 2)) for c in centres}
     )
+
+
+def match_excerpts(
+    matcher: Matcher,
+    features: Features,
+    *,
+    count: int,
+    top: int = 5,
+    min_score: float | None = None,
+    exclude_keys: frozenset[int] = frozenset(),
+) -> list[Match]:
+    """Match ``count`` excerpts of a recording and merge their matches per reference.
+
+    Each excerpt is :data:`EXCERPT_S` long. A reference's match keeps the best excerpt's score
+    and estimates and the segments of all excerpts (in the recording's own time); coverage is
+    over the whole recording.
+    """
+    frames = int(EXCERPT_S * features.frame_rate_hz)
     best: dict[str, Match] = {}
-    for start in starts:
+    for start in excerpt_starts(features.n_frames, frames, count):
         excerpt = Features(
             spectrum=features.spectrum[:, start : start + frames],
             chroma=features.chroma[:, start : start + frames],
@@ -148,10 +194,10 @@ def self_match(
         )
         try:
             found = matcher.match_features(
-                excerpt, top=top, min_score=min_score, exclude_keys=frozenset({record.key})
+                excerpt, top=top, min_score=min_score, exclude_keys=exclude_keys
             )
         except TunetraceError as exc:  # e.g. a silent stretch too short to fingerprint
-            logger.info("%s excerpt at frame %d skipped: %s", reference_id, start, exc)
+            logger.info("excerpt at frame %d skipped: %s", start, exc)
             continue
         shift_s = start / features.frame_rate_hz
         for match in found:
@@ -165,15 +211,9 @@ def self_match(
                     better, sorted([*better.segments, *other.segments], key=_query_start)
                 )
     matches = sorted(best.values(), key=lambda m: -m.score)[:top]
-    matches = [
+    return [
         _with_coverage(m, min(1.0, _covered(m.segments) / features.duration_s)) for m in matches
     ]
-    return MatchReport(
-        query=reference_id,
-        duration_s=features.duration_s,
-        elapsed_s=time.perf_counter() - started,
-        matches=matches,
-    )
 
 
 def _query_start(segment: Segment) -> float:

@@ -39,10 +39,12 @@ def _matcher_for(catalogue_dir: str) -> Matcher:
 
 
 def scan_task(
-    catalogue_dir: str, job: ScanJob, top: int, min_score: float | None
+    catalogue_dir: str, job: ScanJob, top: int, min_score: float | None, excerpts: int = 0
 ) -> dict[str, Any]:
     """Run one job in whatever process this is (local worker or Dask worker)."""
-    return run_job(_matcher_for(catalogue_dir), job, top=top, min_score=min_score)
+    return run_job(
+        _matcher_for(catalogue_dir), job, top=top, min_score=min_score, excerpts=excerpts
+    )
 
 
 def _init_local_worker(catalogue_dir: str) -> None:
@@ -51,11 +53,16 @@ def _init_local_worker(catalogue_dir: str) -> None:
 
 
 def run_in_process(
-    catalogue_dir: Path, jobs: list[ScanJob], *, top: int, min_score: float | None
+    catalogue_dir: Path,
+    jobs: list[ScanJob],
+    *,
+    top: int,
+    min_score: float | None,
+    excerpts: int = 0,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
     """Run jobs one after another in this process."""
     for job in jobs:
-        yield job, scan_task(str(catalogue_dir), job, top, min_score)
+        yield job, scan_task(str(catalogue_dir), job, top, min_score, excerpts)
 
 
 def run_local(
@@ -65,10 +72,13 @@ def run_local(
     workers: int,
     top: int,
     min_score: float | None,
+    excerpts: int = 0,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
     """Run jobs in ``workers`` local processes (one process: in this one)."""
     if workers <= 1:
-        yield from run_in_process(catalogue_dir, jobs, top=top, min_score=min_score)
+        yield from run_in_process(
+            catalogue_dir, jobs, top=top, min_score=min_score, excerpts=excerpts
+        )
         return
     with ProcessPoolExecutor(
         max_workers=workers,
@@ -81,7 +91,9 @@ def run_local(
         try:
             while True:
                 for job in pending:
-                    future = pool.submit(scan_task, str(catalogue_dir), job, top, min_score)
+                    future = pool.submit(
+                        scan_task, str(catalogue_dir), job, top, min_score, excerpts
+                    )
                     running[future] = job
                     if len(running) >= workers * IN_FLIGHT_PER_WORKER:
                         break
@@ -102,6 +114,7 @@ def run_dask(
     scheduler: str,
     top: int,
     min_score: float | None,
+    excerpts: int = 0,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
     """Run jobs on the Dask distributed cluster at ``scheduler`` (e.g. ``tcp://host:8786``)."""
     from distributed import Client, as_completed
@@ -115,7 +128,7 @@ def run_dask(
         running: dict[str, ScanJob] = {}
         completed = as_completed(loop=client.loop)
         for job in pending:
-            future = client.submit(scan_task, directory, job, top, min_score, pure=False)
+            future = client.submit(scan_task, directory, job, top, min_score, excerpts, pure=False)
             running[future.key] = job
             completed.add(future)
             if len(running) >= window:
@@ -126,7 +139,9 @@ def run_dask(
             future.release()
             next_job = next(pending, None)
             if next_job is not None:
-                follow = client.submit(scan_task, directory, next_job, top, min_score, pure=False)
+                follow = client.submit(
+                    scan_task, directory, next_job, top, min_score, excerpts, pure=False
+                )
                 running[follow.key] = next_job
                 completed.add(follow)
             yield job, result
