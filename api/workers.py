@@ -33,7 +33,7 @@ _matcher: Matcher | None = None
 def _init_worker(catalogue_dir: str) -> None:
     global _matcher
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    _matcher = Matcher(Catalogue(catalogue_dir))
+    _matcher = Matcher(Catalogue(catalogue_dir, read_only=True))
 
 
 def _ready() -> bool:

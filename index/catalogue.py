@@ -34,7 +34,7 @@ from tunetrace.index.storage import (
     vectors_from_bytes,
     vectors_to_bytes,
 )
-from tunetrace.index.vector_index import VectorIndex
+from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 from tunetrace.candidates import vector_ids
 from tunetrace.errors import (
@@ -142,6 +142,9 @@ class Catalogue:
         parameters if given (``None``: use the stored ones).
     create : bool
         Create the catalogue if it does not exist.
+    read_only : bool
+        For processes that only match (API and scan workers): the vector index is
+        memory-mapped, so all such processes share one copy of it, and writes are refused.
 
     Raises
     ------
@@ -157,6 +160,7 @@ class Catalogue:
         *,
         params: FingerprintParams | None = None,
         create: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.directory = Path(directory)
         database = self.directory / DATABASE_NAME
@@ -180,6 +184,7 @@ class Catalogue:
         self.params = self._check_or_store_params(params)
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._index: VectorIndex | None = None
+        self.read_only = read_only
         self._index_generation = -1
 
     # ----------------------------------------------------------------- metadata
@@ -298,11 +303,18 @@ class Catalogue:
             key = int(cursor.lastrowid or 0)
             generation = self._bump_generation()
             if old is not None:
-                index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
                 self._features_cache.pop(int(old[0]), None)
-            # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
-            stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
-            index.add(stored, vector_ids(key, len(stored)))
+            if old is not None and not index.supports_removal:
+                # graph indexes cannot forget the old vectors: build anew from what SQLite holds
+                self._index = VectorIndex.build(
+                    self.params.embedding_dim, index.spec, *self._all_vectors()
+                )
+            else:
+                if old is not None:
+                    index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
+                # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
+                stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
+                index.add(stored, vector_ids(key, len(stored)))
             self._index_generation = generation
             if save_index:
                 self._write_index()
@@ -324,7 +336,12 @@ class Catalogue:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
             self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
             generation = self._bump_generation()
-            index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
+            if index.supports_removal:
+                index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
+            else:  # graph indexes cannot forget vectors: build anew without them
+                self._index = VectorIndex.build(
+                    self.params.embedding_dim, index.spec, *self._all_vectors()
+                )
             self._features_cache.pop(int(row[0]), None)
             self._index_generation = generation
             self._write_index()
@@ -353,6 +370,10 @@ class Catalogue:
         if self._index is not None:
             self._index.save(self.directory / INDEX_NAME, generation=self._index_generation)
 
+    def _writable(self) -> None:
+        if self.read_only:
+            raise CatalogueError(f"catalogue {self.directory} was opened read-only")
+
     def _index_in_transaction(self) -> VectorIndex:
         """The in-memory index, brought up to the stored generation (call under the write lock).
 
@@ -360,6 +381,7 @@ class Catalogue:
         since this catalogue loaded its index; appending to a stale index would save a file
         that claims the new generation but lacks those changes.
         """
+        self._writable()
         if self._index is not None and self.generation != self._index_generation:
             self._index = None
             self._features_cache.clear()
@@ -381,20 +403,70 @@ class Catalogue:
                 return self._index
             generation = self.generation
             dim = self.params.embedding_dim
-            index = VectorIndex.load(self.directory / INDEX_NAME, dim=dim, generation=generation)
+            path = self.directory / INDEX_NAME
+            spec = self.index_spec
+            index = VectorIndex.load(path, dim=dim, generation=generation)
             if index is None:
-                index = self._rebuild_index(generation)
+                index = self._rebuild_index(generation, spec)
+            if self.read_only:  # re-open the file mapped, shared with other processes
+                index = VectorIndex.load(path, dim=dim, generation=generation, mmap=True) or index
             self._index, self._index_generation = index, generation
             return index
 
-    def _rebuild_index(self, generation: int) -> VectorIndex:
+    @property
+    def index_spec(self) -> IndexSpec:
+        """The kind of vector index this catalogue uses (set by :meth:`rebuild_index`)."""
+        stored = self._meta("index_spec")
+        return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
+
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         dim = self.params.embedding_dim
-        index = VectorIndex(dim)
+        blocks, ids = [], []
         for key, blob in self._db.execute("SELECT key, vectors FROM refs ORDER BY key"):
             vectors = vectors_from_bytes(blob, dim)
-            index.add(vectors, vector_ids(int(key), len(vectors)))
-        logger.info("rebuilt vector index: %d vectors", index.size)
+            blocks.append(vectors)
+            ids.append(vector_ids(int(key), len(vectors)))
+        if not blocks:
+            return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
+        return np.concatenate(blocks).astype(np.float32), np.concatenate(ids)
+
+    def _rebuild_index(self, generation: int, spec: IndexSpec) -> VectorIndex:
+        dim = self.params.embedding_dim
+        vectors, ids = self._all_vectors()
+        if spec.resolved(len(vectors)).needs_training and len(vectors) < 10_000:
+            logger.warning("too few vectors (%d) to train a %s index: exact search used",
+                           len(vectors), spec.kind)  # fmt: skip
+            spec = IndexSpec()
+        index = VectorIndex.build(dim, spec, vectors, ids)
+        logger.info("rebuilt %s vector index: %d vectors", index.spec.kind, index.size)
         index.save(self.directory / INDEX_NAME, generation=generation)
+        return index
+
+    def rebuild_index(self, spec: IndexSpec | None = None) -> VectorIndex:
+        """Rebuild the vector index from the stored vectors, optionally as another kind.
+
+        The new kind is recorded, so later rebuilds (and ``auto`` decisions) follow it. Other
+        processes pick the new index up by the generation counter.
+
+        Raises
+        ------
+        ValueError
+            If ``spec`` needs more vectors to train than the catalogue holds.
+        """
+        with self._transaction():
+            self._writable()
+            spec = spec or self.index_spec
+            dim = self.params.embedding_dim
+            vectors, ids = self._all_vectors()
+            index = VectorIndex.build(dim, spec, vectors, ids)
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
+                (json.dumps(spec.to_dict()),),
+            )
+            generation = self._bump_generation()
+            self._index, self._index_generation = index, generation
+            self._features_cache.clear()
+            self._write_index()
         return index
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -474,11 +546,19 @@ class Catalogue:
             "SELECT count(*), coalesce(sum(duration_s), 0) FROM refs"
         ).fetchone()
         files = [p for p in self.directory.iterdir() if p.is_file()]
+        index = self._vector_index()
+        index_path = self.directory / INDEX_NAME
+        index_bytes = index_path.stat().st_size if index_path.exists() else 0
+        hours = float(total_s) / 3600
         return {
             "catalogue": str(self.directory),
             "references": int(n_refs),
-            "audio_hours": round(float(total_s) / 3600, 3),
-            "vectors": self._vector_index().size,
+            "audio_hours": round(hours, 3),
+            "vectors": index.size,
+            "index_kind": index.spec.kind,
+            "index_spec": index.spec.to_dict(),
+            "index_bytes": index_bytes,
+            "index_mb_per_audio_hour": round(index_bytes / 1e6 / hours, 3) if hours else None,
             "size_on_disk_bytes": sum(p.stat().st_size for p in files),
             "format_version": FORMAT_VERSION,
             "feature_version": FEATURE_VERSION,

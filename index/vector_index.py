@@ -2,6 +2,12 @@
 
 The index is derived data: SQLite holds every vector, and a stale or missing index file is
 rebuilt from it. The file records the catalogue generation it reflects.
+
+Three kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dimension),
+``ivfpq`` (OPQ rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per
+vector, trained on the catalogue's own vectors, approximate) and ``hnsw`` (graph over full vectors: fast,
+approximate, no cheaper in memory). Readers can memory-map the file (``mmap=True``) so that
+several processes share one copy of the index in the page cache.
 """
 
 from __future__ import annotations
@@ -10,7 +16,9 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -21,18 +29,144 @@ logger = logging.getLogger(__name__)
 FILE_MODE = 0o644
 
 
+INDEX_KINDS = ("flat", "ivfpq", "hnsw")
+#: ``auto`` picks flat search below this many vectors (about 450 h of audio), IVF-PQ above.
+AUTO_IVF_VECTORS = 2_000_000
+#: Training sample for IVF-PQ: enough points per list, capped to keep training quick.
+TRAINING_POINTS_PER_LIST = 40
+MAX_TRAINING_POINTS = 300_000
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """What kind of FAISS index a catalogue uses, and its parameters.
+
+    Attributes
+    ----------
+    kind : str
+        ``flat``, ``ivfpq``, ``hnsw`` or ``auto`` (flat below :data:`AUTO_IVF_VECTORS`
+        vectors, else ivfpq).
+    nlist : int
+        IVF lists; 0 chooses ``4 * sqrt(n_vectors)`` (16 to 65,536).
+    pq_m : int
+        Product-quantiser sub-vectors (bytes per vector with 8-bit codes). The vectors are
+        rotated by OPQ (and padded to a multiple of ``pq_m``) before quantisation.
+    pq_bits : int
+        Bits per sub-vector code (8: 256 centroids each).
+    nprobe : int
+        IVF lists visited per search.
+    hnsw_m : int
+        HNSW graph degree.
+    ef_search : int
+        HNSW search breadth.
+    """
+
+    kind: str = "flat"
+    nlist: int = 0
+    pq_m: int = 48
+    pq_bits: int = 8
+    nprobe: int = 32
+    hnsw_m: int = 32
+    ef_search: int = 128
+
+    def __post_init__(self) -> None:
+        if self.kind not in (*INDEX_KINDS, "auto"):
+            raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)} or auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
+        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
+        return cls(**data)
+
+    def resolved(self, n_vectors: int) -> IndexSpec:
+        """This spec with ``auto`` and ``nlist=0`` decided for ``n_vectors`` vectors."""
+        kind = self.kind
+        if kind == "auto":
+            kind = "ivfpq" if n_vectors >= AUTO_IVF_VECTORS else "flat"
+        nlist = self.nlist or int(min(65_536, max(16, 4 * np.sqrt(max(n_vectors, 1)))))
+        return replace(self, kind=kind, nlist=nlist)
+
+    @property
+    def needs_training(self) -> bool:
+        """Whether vectors are needed to build the index (IVF centroids, PQ codebooks)."""
+        return self.kind == "ivfpq"
+
+
 class VectorIndex:
-    """Exact inner-product search over patch vectors with 64-bit ids.
+    """Inner-product search over patch vectors with 64-bit ids.
 
     Parameters
     ----------
     dim : int
         Vector length.
+    spec : IndexSpec, optional
+        Index kind (default exact search). Kinds that need training must be made with
+        :meth:`build`.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, spec: IndexSpec | None = None) -> None:
         self.dim = dim
-        self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.spec = (spec or IndexSpec()).resolved(0)
+        if self.spec.needs_training:
+            raise ValueError(f"a {self.spec.kind} index needs training: use VectorIndex.build")
+        self._index = _new_faiss_index(dim, self.spec)
+        self._configure()
+
+    @classmethod
+    def build(
+        cls,
+        dim: int,
+        spec: IndexSpec,
+        vectors: np.ndarray,
+        ids: np.ndarray,
+        *,
+        seed: int = 0,
+    ) -> VectorIndex:
+        """Make an index of ``spec``'s kind from ``vectors``, training it on them if needed.
+
+        Raises
+        ------
+        ValueError
+            If a trained kind gets fewer vectors than its training needs.
+        """
+        spec = spec.resolved(len(vectors))
+        index = cls.__new__(cls)
+        index.dim, index.spec = dim, spec
+        index._index = _new_faiss_index(dim, spec)
+        if spec.needs_training:
+            needed = max(spec.nlist, 256)  # OPQ trains 256-centroid codebooks whatever pq_bits
+            if len(vectors) < needed:
+                raise ValueError(
+                    f"an ivfpq index with {spec.nlist} lists needs at least {needed} vectors "
+                    f"to train; the catalogue has {len(vectors)}"
+                )
+            rng = np.random.default_rng(seed)
+            wanted = max(spec.nlist, 2**spec.pq_bits) * TRAINING_POINTS_PER_LIST
+            n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
+            sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
+            index._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        index._configure()
+        index.add(vectors, ids)
+        return index
+
+    def _configure(self) -> None:
+        """Search-time parameters (not all are kept in the FAISS file)."""
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            ivf.nprobe = self.spec.nprobe
+        if isinstance(self._index, faiss.IndexIDMap2):
+            inner = faiss.downcast_index(self._index.index)
+            if isinstance(inner, faiss.IndexHNSW):
+                inner.hnsw.efSearch = self.spec.ef_search
+
+    @property
+    def supports_removal(self) -> bool:
+        """Whether vectors can be removed in place (HNSW graphs cannot: rebuild instead)."""
+        return self.spec.kind != "hnsw"
 
     @property
     def size(self) -> int:
@@ -47,7 +181,15 @@ class VectorIndex:
             )
 
     def remove(self, ids: np.ndarray) -> None:
-        """Remove the vectors with these ids (missing ids are ignored)."""
+        """Remove the vectors with these ids (missing ids are ignored).
+
+        Raises
+        ------
+        NotImplementedError
+            For kinds that cannot remove (see :attr:`supports_removal`).
+        """
+        if not self.supports_removal:
+            raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
         if len(ids):
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
 
@@ -69,6 +211,11 @@ class VectorIndex:
 
     def save(self, path: Path, *, generation: int) -> None:
         """Write the index atomically (temporary file, fsync, rename) with its generation."""
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None and isinstance(
+            faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
+        ):
+            raise RuntimeError("a memory-mapped index is read-only and is never saved")
         path = Path(path)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".vectors-", suffix=".tmp")
         os.close(fd)
@@ -80,19 +227,42 @@ class VectorIndex:
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
-        _atomic_write_text(_stamp_path(path), json.dumps({"generation": generation}))
+        _atomic_write_text(
+            _stamp_path(path),
+            json.dumps({"generation": generation, "spec": self.spec.to_dict()}),
+        )
         _fsync_directory(path.parent)
 
     @classmethod
-    def load(cls, path: Path, *, dim: int, generation: int) -> VectorIndex | None:
-        """Load an index file if it exists and reflects ``generation``; else ``None``."""
+    def load(
+        cls,
+        path: Path,
+        *,
+        dim: int,
+        generation: int,
+        mmap: bool = False,
+    ) -> VectorIndex | None:
+        """Load an index file if it exists and reflects ``generation``; else ``None``.
+
+        Parameters
+        ----------
+        path : Path
+        dim : int
+        generation : int
+            The catalogue's generation; a file stamped with another one is stale. (Changing
+            the index kind bumps the generation too.)
+        mmap : bool
+            Memory-map the file read-only (shared between processes; no adds or removals).
+        """
         path = Path(path)
         stamp = _stamp_path(path)
         if not path.exists() or not stamp.exists():
             return None
         try:
-            saved_generation = json.loads(stamp.read_text())["generation"]
-        except (ValueError, KeyError, OSError):
+            saved = json.loads(stamp.read_text())
+            saved_generation = saved["generation"]
+            saved_spec = IndexSpec.from_dict(saved.get("spec", {}))
+        except (ValueError, KeyError, TypeError, OSError):
             return None
         if saved_generation != generation:
             logger.info(
@@ -101,15 +271,38 @@ class VectorIndex:
                 generation,
             )
             return None
-        index = cls(dim)
+        index = cls.__new__(cls)
+        index.dim, index.spec = dim, saved_spec
         try:
-            index._index = faiss.read_index(str(path))
+            index._index = faiss.read_index(str(path), _mmap_flags(saved_spec) if mmap else 0)
         except RuntimeError:
             logger.warning("vector index file %s is unreadable: rebuilding", path)
             return None
         if index._index.d != dim:
             return None
+        index._configure()
         return index
+
+
+def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
+    if spec.kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    if spec.kind == "hnsw":
+        return faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+    # OPQ rotates (and pads to a multiple of pq_m) so that each code byte carries as much of
+    # the vector as it can; plain PQ on these patch vectors loses far more neighbours.
+    rotated_dim = -(-dim // spec.pq_m) * spec.pq_m
+    return faiss.index_factory(
+        dim,
+        f"OPQ{spec.pq_m}_{rotated_dim},IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}",
+        faiss.METRIC_INNER_PRODUCT,
+    )
+
+
+def _mmap_flags(spec: IndexSpec) -> int:
+    if spec.kind == "ivfpq":
+        return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
+    return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 
 def _stamp_path(path: Path) -> Path:

@@ -60,11 +60,11 @@ def _fail(exc: TunetraceError) -> NoReturn:
     raise typer.Exit(2 if isinstance(exc, BadInputError) else 1)
 
 
-def _open_catalogue(directory: Path, *, create: bool = False):
+def _open_catalogue(directory: Path, *, create: bool = False, read_only: bool = False):
     from tunetrace.index.catalogue import Catalogue
 
     try:
-        return Catalogue(directory, create=create)
+        return Catalogue(directory, create=create, read_only=read_only)
     except TunetraceError as exc:
         _fail(exc)
 
@@ -142,7 +142,7 @@ def match(
     from tunetrace.matcher import Matcher
     from tunetrace.report import error_to_dict, report_to_dict
 
-    store = _open_catalogue(catalogue)
+    store = _open_catalogue(catalogue, read_only=True)
     matcher = Matcher(store)
     failed = False
     for query in queries:
@@ -321,6 +321,54 @@ def scan(
     if csv_path is not None:
         rows = write_csv(read_report(out), csv_path)
         typer.echo(f"wrote {rows} row(s) to {csv_path}")
+
+
+index_app = typer.Typer(help="Manage the catalogue's vector index.", no_args_is_help=True)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+def index_build(
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    kind: Annotated[
+        str,
+        typer.Option(
+            "--type", help="flat (exact), ivfpq (compressed, approximate), hnsw, or auto."
+        ),
+    ] = "auto",
+    nlist: Annotated[int, typer.Option(min=0, help="IVF lists (0: 4*sqrt(vectors)).")] = 0,
+    pq_m: Annotated[int, typer.Option(min=1, help="PQ bytes per vector.")] = 48,
+    nprobe: Annotated[int, typer.Option(min=1, help="IVF lists searched per query.")] = 32,
+    hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
+    ef_search: Annotated[int, typer.Option(min=1, help="HNSW search breadth.")] = 128,
+) -> None:
+    """Rebuild the vector index as another kind, trained on the catalogue's own vectors."""
+    from tunetrace.index.vector_index import IndexSpec
+
+    try:
+        spec = IndexSpec(
+            kind=kind, nlist=nlist, pq_m=pq_m, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    store = _open_catalogue(catalogue)
+    started = time.perf_counter()
+    try:
+        index = store.rebuild_index(spec)
+        details = store.info()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    typer.echo(
+        f"built a {index.spec.kind} index of {index.size} vectors in "
+        f"{time.perf_counter() - started:.1f} s: {details['index_bytes'] / 1e6:.1f} MB, "
+        f"{details['index_mb_per_audio_hour']} MB per hour of audio"
+    )
 
 
 @app.command()

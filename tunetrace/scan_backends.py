@@ -34,7 +34,7 @@ def _matcher_for(catalogue_dir: str) -> Matcher:
     with _matchers_lock:
         matcher = _matchers.get(catalogue_dir)
         if matcher is None:
-            matcher = _matchers[catalogue_dir] = Matcher(Catalogue(catalogue_dir))
+            matcher = _matchers[catalogue_dir] = Matcher(Catalogue(catalogue_dir, read_only=True))
         return matcher
 
 

@@ -1,0 +1,179 @@
+"""Vector index kinds (exact, IVF-PQ, HNSW), memory-mapped readers, and index rebuilds."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.vector_index import IndexSpec, VectorIndex
+
+from tests.conftest import SAMPLE_RATE, write_audio
+from tunetrace.errors import CatalogueError
+from tunetrace.matcher import Matcher
+
+DIM = 190
+
+
+def _clustered_vectors(n: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 200 centres: structured like real patch vectors, not uniform noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, DIM))
+    vectors = centres[rng.integers(0, 200, n)] + 0.5 * rng.normal(size=(n, DIM))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    return _clustered_vectors(3_000)
+
+
+#: Small codes and few lists keep training quick in tests (the default is 48 bytes per vector).
+SMALL_IVFPQ = IndexSpec(kind="ivfpq", nlist=16, pq_m=10, nprobe=8)
+
+
+@pytest.fixture(scope="module")
+def ivfpq_index(vectors: np.ndarray) -> VectorIndex:
+    return VectorIndex.build(DIM, SMALL_IVFPQ, vectors, np.arange(len(vectors), dtype=np.int64))
+
+
+def _noisy_copies(vectors: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    sources = rng.choice(len(vectors), n, replace=False)
+    return sources, vectors[sources] + 0.02 * rng.normal(size=(n, DIM)).astype(np.float32)
+
+
+def test_approximate_kinds_find_the_indexed_original_of_a_noisy_copy(
+    vectors: np.ndarray, ivfpq_index: VectorIndex
+) -> None:
+    # what candidate search needs: a query patch finds the reference patch it was copied from
+    ids = np.arange(len(vectors), dtype=np.int64) * 7  # ids are kept, not positions
+    hnsw = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors, ids)
+    sources, copies = _noisy_copies(vectors, 300)
+    _, found = hnsw.search(copies, 10)
+    assert np.mean([ids[s] in row for s, row in zip(sources, found, strict=True)]) >= 0.95
+    # the coarse codes of the small test index lose more; the benchmark measures the default
+    _, found = ivfpq_index.search(copies, 10)
+    assert np.mean([s in row for s, row in zip(sources, found, strict=True)]) >= 0.5
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivfpq", "hnsw"])
+def test_memory_mapped_index_answers_like_the_loaded_one(
+    tmp_path: Path, vectors: np.ndarray, ivfpq_index: VectorIndex, kind: str
+) -> None:
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = (
+        ivfpq_index
+        if kind == "ivfpq"
+        else VectorIndex.build(DIM, IndexSpec(kind=kind), vectors, ids)
+    )
+    index.save(tmp_path / "v.faiss", generation=3)
+    assert VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=4) is None  # stale
+    mapped = VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=3, mmap=True)
+    assert mapped is not None and mapped.spec.kind == kind
+    queries = vectors[:50]
+    np.testing.assert_array_equal(mapped.search(queries, 5)[1], index.search(queries, 5)[1])
+
+
+def test_ivfpq_is_compact_and_removes_in_place(
+    vectors: np.ndarray, ivfpq_index: VectorIndex, tmp_path: Path
+) -> None:
+    ids = np.arange(len(vectors), dtype=np.int64)
+    flat = VectorIndex.build(DIM, IndexSpec(), vectors, ids)
+    flat.save(tmp_path / "flat.faiss", generation=0)
+    ivfpq_index.save(tmp_path / "ivfpq.faiss", generation=0)
+    flat_bytes = (tmp_path / "flat.faiss").stat().st_size
+    assert flat_bytes / (tmp_path / "ivfpq.faiss").stat().st_size > 5
+    reloaded = VectorIndex.load(tmp_path / "ivfpq.faiss", dim=DIM, generation=0)
+    assert reloaded is not None
+    reloaded.remove(ids[:100])
+    assert reloaded.size == len(vectors) - 100
+    assert not set(reloaded.search(vectors[:100], 5)[1].ravel()) & set(ids[:100])
+
+
+def test_hnsw_cannot_remove_in_place(vectors: np.ndarray) -> None:
+    index = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors[:1000], np.arange(1000))
+    assert not index.supports_removal
+    with pytest.raises(NotImplementedError):
+        index.remove(np.arange(3))
+
+
+def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="needs at least"):
+        VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))
+    assert IndexSpec(kind="auto").resolved(10).kind == "flat"
+    assert IndexSpec(kind="auto").resolved(5_000_000).kind == "ivfpq"
+    with pytest.raises(ValueError):
+        IndexSpec(kind="lsh")
+
+
+@pytest.fixture()
+def catalogue_copy(tmp_path: Path, built_catalogue: Path) -> Path:
+    directory = tmp_path / "catalogue"
+    shutil.copytree(built_catalogue, directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def stretched_song4(tmp_path_factory: pytest.TempPathFactory, songs: dict) -> Path:
+    audio = librosa.effects.time_stretch(songs["song4"][: 20 * SAMPLE_RATE], rate=1.2)
+    return write_audio(tmp_path_factory.mktemp("q") / "q.wav", audio)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [IndexSpec(kind="hnsw"), IndexSpec(kind="flat")],
+)
+def test_catalogue_rebuilt_as_another_kind_still_matches_and_removes(
+    catalogue_copy: Path, stretched_song4: Path, spec: IndexSpec
+) -> None:
+    with Catalogue(catalogue_copy) as catalogue:
+        before = catalogue.generation
+        catalogue.rebuild_index(spec)
+        assert catalogue.generation == before + 1
+    with Catalogue(catalogue_copy, read_only=True) as reader:  # a new process's view
+        assert reader.info()["index_kind"] == spec.kind
+        report = Matcher(reader).match_path(stretched_song4)
+        assert report.matches[0].reference_id == "song4"
+        with Catalogue(catalogue_copy) as writer:
+            writer.remove("song4")
+        assert reader.info()["index_kind"] == spec.kind
+        report = Matcher(reader).match_path(stretched_song4)
+        assert all(m.reference_id != "song4" for m in report.matches)
+
+
+def test_read_only_catalogue_refuses_writes_and_sees_new_generations(
+    catalogue_copy: Path, stretched_song4: Path
+) -> None:
+    reader = Catalogue(catalogue_copy, read_only=True)
+    assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
+    with pytest.raises(CatalogueError, match="read-only"):
+        reader.remove("song1")
+    with Catalogue(catalogue_copy) as writer:
+        writer.remove("song4")
+    assert all(
+        m.reference_id != "song4" for m in Matcher(reader).match_path(stretched_song4).matches
+    )
+    reader.close()
+
+
+def test_index_build_command(catalogue_copy: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tunetrace.cli", "index", "build", "-c", str(catalogue_copy),
+             *args], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+
+    built = run("--type", "hnsw")
+    assert built.returncode == 0, built.stderr
+    assert "built a hnsw index" in built.stdout and "MB per hour of audio" in built.stdout
+    too_small = run("--type", "ivfpq")
+    assert too_small.returncode == 2
+    assert "needs at least" in too_small.stderr
+    unknown = run("--type", "lsh")
+    assert unknown.returncode == 2
