@@ -12,11 +12,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
@@ -34,6 +35,7 @@ from tunetrace import __version__
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("tunetrace.access")
+REVIEW_PAGE = Path(__file__).parent / "static" / "review.html"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _HTTP_CODES = {
     400: "bad_request",
@@ -104,6 +106,11 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(router)
     _install_error_handlers(app)
     app.add_middleware(AccessLogMiddleware, metrics=app.state.metrics)
+
+    @app.get("/", include_in_schema=False)
+    async def review_page() -> HTMLResponse:
+        """The review page (plain HTML and JavaScript calling the API with the user's key)."""
+        return HTMLResponse(REVIEW_PAGE.read_text(encoding="utf-8"))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

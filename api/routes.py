@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from tunetrace.api.errors import ApiError, status_for
 from tunetrace.api.models import (
@@ -17,7 +18,7 @@ from tunetrace.api.models import (
     ReferenceModel,
 )
 from tunetrace.api.upload import FILE_FIELD, Upload, receive_upload
-from tunetrace.api.workers import fingerprint_job, match_job
+from tunetrace.api.workers import explain_job, fingerprint_job, match_job
 from tunetrace.index.catalogue import (
     REFERENCE_ID_PATTERN,
     ReferenceRecord,
@@ -54,7 +55,9 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorModel, "description": described[status]} for status in statuses}
 
 
-def _upload_body(*fields: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+def _upload_body(
+    *fields: tuple[str, dict[str, Any]], required: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """OpenAPI text of a multipart body (the body is parsed by streaming, not by FastAPI)."""
     properties: dict[str, Any] = {
         FILE_FIELD: {"type": "string", "format": "binary", "description": "The audio file."}
@@ -67,7 +70,7 @@ def _upload_body(*fields: tuple[str, dict[str, Any]]) -> dict[str, Any]:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": [FILE_FIELD, *(["id"] if fields else [])],
+                        "required": [FILE_FIELD, *required],
                         "properties": properties,
                     }
                 }
@@ -174,6 +177,57 @@ async def match(
     return report_to_dict(report)
 
 
+@router.post(
+    "/explain",
+    tags=["match"],
+    responses={
+        200: {
+            "description": "The evidence image (format=png) or the data behind it (json).",
+            "content": {"image/png": {}, "application/json": {}},
+        },
+        **_errors(400, 401, 403, 404, 413, 415, 422, 503),
+    },
+    openapi_extra=_upload_body(
+        ("reference_id", _text_field("Explain against this reference [default: the best]."))
+    ),
+)
+async def explain(
+    request: Request,
+    _: ReadAccess,
+    format: Annotated[
+        Literal["png", "json"], Query(description="png: the image; json: the data behind it.")
+    ] = "png",
+    reference_id: Annotated[
+        str | None, Query(max_length=200, description="Reference to explain against.")
+    ] = None,
+) -> Response:
+    """Why the upload is, or is not, an altered copy: aligned chroma, similarity, path."""
+    state = request.app.state
+    settings = state.settings
+    state.pool.check_capacity()
+    async with receive_upload(
+        request,
+        max_bytes=settings.max_upload_bytes,
+        text_fields=("reference_id",),
+        directory=settings.upload_dir,
+    ) as upload:
+        wanted = reference_id or upload.fields.get("reference_id") or None
+        result = await _library_call(
+            state.pool.run(
+                explain_job,
+                str(upload.path),
+                upload.filename,
+                wanted,
+                format == "png",
+                settings.max_duration_s,
+            ),
+            upload,
+        )
+    if format == "png":
+        return Response(content=result, media_type="image/png")
+    return JSONResponse(result)
+
+
 def _flag(value: str | None, name: str) -> bool:
     text = (value or "").strip().lower()
     if text in _TRUE:
@@ -206,6 +260,7 @@ def _flag(value: str | None, name: str) -> bool:
             "replace",
             {"type": "boolean", "description": "true: overwrite a reference with this id."},
         ),
+        required=("id",),
     ),
 )
 async def add_reference(

@@ -23,6 +23,7 @@ from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 from tunetrace.report import MatchReport
+from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -33,6 +34,7 @@ _matcher: Matcher | None = None
 def _init_worker(catalogue_dir: str) -> None:
     global _matcher
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    use_one_thread()  # one process per core; threads inside them would only compete
     _matcher = Matcher(Catalogue(catalogue_dir, read_only=True))
 
 
@@ -48,6 +50,18 @@ def match_job(
     return _matcher.match_path(
         path, query_name=query_name, top=top, min_score=min_score, max_duration_s=max_duration_s
     )
+
+
+def explain_job(
+    path: str, query_name: str, reference_id: str | None, image: bool, max_duration_s: float
+) -> bytes | dict[str, Any]:
+    """The evidence for one uploaded file: PNG bytes, or its JSON form (in a worker process)."""
+    from tunetrace.explain import build_evidence, evidence_to_dict, render_png
+
+    assert _matcher is not None, "worker not initialised"
+    features = _matcher.load_query(path, max_duration_s=max_duration_s)
+    evidence = build_evidence(_matcher, features, query_name=query_name, reference_id=reference_id)
+    return render_png(evidence) if image else evidence_to_dict(evidence)
 
 
 def fingerprint_job(path: str, max_duration_s: float) -> ReferenceData:

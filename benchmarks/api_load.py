@@ -15,11 +15,8 @@ import itertools
 import json
 import logging
 import os
-import platform
-import subprocess
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -29,6 +26,7 @@ from benchmarks import corpus
 from benchmarks.live_server import running_server
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
+from benchmarks.run_info import run_info
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -228,14 +226,8 @@ def main() -> None:
                 log_path=CACHE / "api_load_server.log",
             )
         )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     result = {
-        "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
-        "commit": commit,
+        **run_info(),
         "references": ingest_stats.get("references"),
         "queries": len(queries),
         "runs": runs,

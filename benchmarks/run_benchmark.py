@@ -17,9 +17,7 @@ import argparse
 import json
 import logging
 import os
-import platform
 import resource
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +28,7 @@ from tunetrace.index.catalogue import Catalogue
 
 from benchmarks import corpus
 from benchmarks.queries import FAMILIES, SHARED_MATERIAL, Query, in_catalogue, make_queries
+from benchmarks.run_info import run_info
 from tunetrace.errors import TunetraceError
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
@@ -365,13 +364,8 @@ def main() -> None:
     )
     logger.info("matching %d evaluation queries", len(evaluation))
     rows = _rows(matcher, evaluation, f"evaluation-{args.size}-{args.seed}", args.reuse)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-    ).stdout.strip()
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
-        "commit": commit,
+        **run_info(),
         "size": args.size,
         "catalogue_hours": float(catalogue.info()["audio_hours"]),  # type: ignore[arg-type]
         "threshold": matcher.score_model.threshold,

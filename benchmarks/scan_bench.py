@@ -14,18 +14,17 @@ import argparse
 import json
 import logging
 import os
-import platform
-import subprocess
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import corpus
 from benchmarks.queries import in_catalogue
 from benchmarks.run_benchmark import build_catalogue
+from benchmarks.run_info import run_info
 from tunetrace.scan import ScanJob
 from tunetrace.scan_backends import run_dask, run_local
+from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -70,6 +69,7 @@ def main() -> None:
     audio_h = sum(t.duration_s for t in chosen) / 3600
     common = {"top": 5, "min_score": None, "excerpts": EXCERPTS}
 
+    use_one_thread()  # the baseline is one worker as the pool runs it: one process, one thread
     one, one_s = _timed("1 worker", run_local(catalogue, jobs, workers=1, **common))
     many, many_s = _timed(
         f"{args.workers} workers", run_local(catalogue, jobs, workers=args.workers, **common)
@@ -92,14 +92,8 @@ def main() -> None:
     outside_flagged = sorted(
         by_path[q].track_id for q in one if not in_catalogue(by_path[q]) and one[q].get("matches")
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     result = {
-        "date": datetime.now(UTC).date().isoformat(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-        f"{platform.python_version()}",
-        "commit": commit,
+        **run_info(),
         "catalogue_references": ingest_stats.get("references"),
         "files": len(jobs),
         "audio_hours": round(audio_h, 2),
@@ -127,13 +121,14 @@ def main() -> None:
     (RESULTS / "scan.json").write_text(json.dumps(result, indent=1))
     table = "\n".join(
         [
-            f"Run {result['date']} on {result['machine']} (commit {commit}): {len(jobs)} "
+            f"Run {result['date']} on {result['machine']} (commit {result['commit']}): {len(jobs)} "
             f"full-length corpus tracks ({audio_h:.1f} h), {EXCERPTS} excerpts of 20 s each, "
             f"against a catalogue of {result['catalogue_references']} tracks.",
             "",
             "| run | wall time (s) | files/s | speed-up over 1 worker | same report as 1 worker |",
             "|---|---|---|---|---|",
-            f"| 1 local worker | {one_s:.0f} | {len(jobs) / one_s:.2f} | 1.00 | - |",
+            f"| 1 worker (one process, one thread) | {one_s:.0f} | {len(jobs) / one_s:.2f} "
+            "| 1.00 | - |",
             f"| {args.workers} local workers | {many_s:.0f} | {len(jobs) / many_s:.2f} | "
             f"{one_s / many_s:.2f} | {result['local_equals_one']} |",
             f"| Dask LocalCluster, {args.workers} workers | {dask_s:.0f} | "

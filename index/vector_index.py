@@ -5,9 +5,9 @@ rebuilt from it. The file records the catalogue generation it reflects.
 
 Three kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dimension),
 ``ivfpq`` (OPQ rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per
-vector, trained on the catalogue's own vectors, approximate) and ``hnsw`` (graph over full vectors: fast,
-approximate, no cheaper in memory). Readers can memory-map the file (``mmap=True``) so that
-several processes share one copy of the index in the page cache.
+vector, trained on the catalogue's own vectors, approximate) and ``hnsw`` (graph over full
+vectors: fast, approximate, no cheaper in memory). Readers can memory-map the file
+(``mmap=True``) so that several processes share one copy of the index in the page cache.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The ``tunetrace`` command line: add, match, scan, info, remove, serve.
+"""The ``tunetrace`` command line: add, match, scan, explain, info, remove, index, serve.
 
 Exit codes: 0 success, 2 bad usage or bad input, 1 other failures. Errors go to stderr as
 one line a person can act on.
@@ -321,6 +321,46 @@ def scan(
     if csv_path is not None:
         rows = write_csv(read_report(out), csv_path)
         typer.echo(f"wrote {rows} row(s) to {csv_path}")
+
+
+@app.command()
+def explain(
+    query: Annotated[Path, typer.Argument(help="Query audio file.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Where to write: FILE.png, FILE.html or FILE.json.")
+    ],
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    reference_id: Annotated[
+        str | None,
+        typer.Option("--reference", help="Explain against this reference [default: the best]."),
+    ] = None,
+) -> None:
+    """Draw the evidence: aligned chroma, similarity over time, alignment path, report fields."""
+    from tunetrace.explain import build_evidence, evidence_to_dict, render_html, render_png
+    from tunetrace.matcher import Matcher
+
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".html", ".json"):
+        typer.echo("error: --out must end in .png, .html or .json", err=True)
+        raise typer.Exit(2)
+    store = _open_catalogue(catalogue, read_only=True)
+    try:
+        matcher = Matcher(store)
+        features = matcher.load_query(query)
+        evidence = build_evidence(
+            matcher, features, query_name=str(query), reference_id=reference_id
+        )
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    if suffix == ".png":
+        out.write_bytes(render_png(evidence))
+    elif suffix == ".html":
+        out.write_text(render_html(evidence), encoding="utf-8")
+    else:
+        out.write_text(json.dumps(evidence_to_dict(evidence)), encoding="utf-8")
+    typer.echo(f"{evidence.verdict} Evidence written to {out}")
 
 
 index_app = typer.Typer(help="Manage the catalogue's vector index.", no_args_is_help=True)

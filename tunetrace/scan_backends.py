@@ -19,6 +19,7 @@ from typing import Any
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.matcher import Matcher
 from tunetrace.scan import ScanJob, run_job
+from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,20 @@ def _matcher_for(catalogue_dir: str) -> Matcher:
 
 
 def scan_task(
-    catalogue_dir: str, job: ScanJob, top: int, min_score: float | None, excerpts: int = 0
+    catalogue_dir: str,
+    job: ScanJob,
+    top: int,
+    min_score: float | None,
+    excerpts: int = 0,
+    one_thread: bool = True,
 ) -> dict[str, Any]:
-    """Run one job in whatever process this is (local worker or Dask worker)."""
+    """Run one job in whatever process this is (local worker or Dask worker).
+
+    Worker processes (``one_thread``) are kept to one thread: parallelism comes from running
+    one of them per core.
+    """
+    if one_thread:
+        use_one_thread()
     return run_job(
         _matcher_for(catalogue_dir), job, top=top, min_score=min_score, excerpts=excerpts
     )
@@ -49,6 +61,7 @@ def scan_task(
 
 def _init_local_worker(catalogue_dir: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    use_one_thread()
     _matcher_for(catalogue_dir)
 
 
@@ -62,7 +75,7 @@ def run_in_process(
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
     """Run jobs one after another in this process."""
     for job in jobs:
-        yield job, scan_task(str(catalogue_dir), job, top, min_score, excerpts)
+        yield job, scan_task(str(catalogue_dir), job, top, min_score, excerpts, False)
 
 
 def run_local(
