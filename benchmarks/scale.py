@@ -166,6 +166,7 @@ def main() -> None:
     queries = [(q, matcher.load_query(q.path)) for q in generated if q.positive]
     real_vectors, real_ids = catalogue._all_vectors()
     real_hours = sum(r.duration_s for r in _records(catalogue)) / 3600
+    info = run_info()
     work_dir = CACHE / "scale-work"
     work_dir.mkdir(parents=True, exist_ok=True)
     runs = []
@@ -194,18 +195,30 @@ def main() -> None:
             )
             logger.info("%s", result)
             runs.append(result)
+            _write(info, len(key_of), real_hours, args.work_s, len(queries), runs)
+    print(markdown(json.loads((RESULTS / "scale.json").read_text())))
+
+
+def _write(
+    info: dict[str, str],
+    references: int,
+    hours: float,
+    work_s: float,
+    n_queries: int,
+    runs: list[dict],
+) -> None:
+    """Write the results so far (a long run that is stopped keeps what it measured)."""
     result = {
-        **run_info(),
-        "real_references": len(key_of),
-        "real_hours": round(real_hours, 2),
-        "synthetic_work_s": args.work_s,
-        "positive_queries": len(queries),
+        **info,
+        "real_references": references,
+        "real_hours": round(hours, 2),
+        "synthetic_work_s": work_s,
+        "positive_queries": n_queries,
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=1))
     (RESULTS / "scale.md").write_text(markdown(result) + "\n")
-    print(markdown(result))
 
 
 def markdown(result: dict) -> str:

@@ -43,9 +43,14 @@ def test_upload_shows_the_reference_and_the_evidence(
         page.get_by_label("Key with the read role").fill(KEY)
         page.get_by_role("button", name="Remember key").click()
         page.get_by_label("Audio file to check").set_input_files(str(upload))
-        page.get_by_label("Audio file to check").press("Enter")  # keyboard submits the form
+        page.get_by_role("button", name="Check", exact=True).press(
+            "Enter"
+        )  # keyboard, not a mouse click
         verdict = page.locator("#verdict")
-        verdict.wait_for(state="visible", timeout=60_000)
+        try:
+            verdict.wait_for(state="visible", timeout=60_000)
+        except playwright_api.TimeoutError:
+            pytest.fail(f"no verdict; the page says: {page.locator('#status').inner_text()!r}")
         assert "album/song5" in verdict.inner_text()
         row = page.locator("#matches tbody tr").first
         tempo = float(row.locator("td").nth(2).inner_text().rstrip("\u00d7"))

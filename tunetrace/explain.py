@@ -302,7 +302,7 @@ def _text_box(evidence: Evidence) -> str:
         f"title      {fields['title'] or '-'}",
         f"score      {fields['score']:.3f} (threshold {fields['threshold']:.3f})",
         f"tempo      {fields['tempo_ratio']:.3f}x",
-        f"pitch      {fields['pitch_shift_semitones']:+.2f} semitones",
+        f"pitch      {fields['pitch_shift_semitones'] + 0.0:+.2f} semitones",
         f"alteration {fields['alteration']}",
         f"coverage   {fields['coverage']:.0%}",
     ]
