@@ -33,6 +33,7 @@ from benchmarks.queries import make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
 from tunetrace.candidates import find_candidates, vector_ids
+from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,13 @@ def main() -> None:
         tracks, split="evaluation", per_family=args.queries_per_family, negatives=0,
         cache=CACHE / "scale-queries", seed=args.seed, query_s=(10.0, 10.0),
     )  # fmt: skip
-    queries = [(q, matcher.load_query(q.path)) for q in generated if q.positive]
+    queries = []
+    for query in generated:
+        try:
+            if query.positive:
+                queries.append((query, matcher.load_query(query.path)))
+        except TunetraceError as exc:  # e.g. an excerpt that fell on silence
+            logger.info("query %s skipped: %s", query.path, exc)
     real_vectors, real_ids = catalogue._all_vectors()
     real_hours = sum(r.duration_s for r in _records(catalogue)) / 3600
     info = run_info()
