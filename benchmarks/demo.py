@@ -83,6 +83,9 @@ def main() -> None:
     _tunetrace("match", "-c", str(catalogue), str(query))
     _tunetrace("match", "-c", str(catalogue), "--json", str(query))
     _say("expected: tempo ratio about 1.12, pitch shift about -2.5, time_stretch+pitch_shift")
+    evidence = OUTPUT / "evidence.png"
+    _tunetrace("explain", "-c", str(catalogue), str(query), "--out", str(evidence))
+    _say(f"the evidence a reviewer sees is in {evidence}")
 
 
 if __name__ == "__main__":
