@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -152,11 +153,8 @@ async def match(
     """Is the uploaded audio an altered copy of a reference? The match report."""
     state = request.app.state
     settings = state.settings
-    state.pool.check_capacity()  # refuse before receiving a large body
     try:
-        async with receive_upload(
-            request, max_bytes=settings.max_upload_bytes, directory=settings.upload_dir
-        ) as upload:
+        async with _admitted_upload(request) as upload:
             state.metrics.upload_bytes.inc(upload.size_bytes)
             report = await _library_call(
                 state.pool.run(
@@ -204,13 +202,7 @@ async def explain(
     """Why the upload is, or is not, an altered copy: aligned chroma, similarity, path."""
     state = request.app.state
     settings = state.settings
-    state.pool.check_capacity()
-    async with receive_upload(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        text_fields=("reference_id",),
-        directory=settings.upload_dir,
-    ) as upload:
+    async with _admitted_upload(request, ("reference_id",)) as upload:
         wanted = reference_id or upload.fields.get("reference_id") or None
         result = await _library_call(
             state.pool.run(
@@ -226,6 +218,21 @@ async def explain(
     if format == "png":
         return Response(content=result, media_type="image/png")
     return JSONResponse(result)
+
+
+def _admitted_upload(
+    request: Request, text_fields: tuple[str, ...] = ()
+) -> AbstractAsyncContextManager[Upload]:
+    """Refuse at once (503) when the workers are saturated, before the body is read; else
+    stream the upload to a temporary file under the size limit."""
+    state = request.app.state
+    state.pool.check_capacity()
+    return receive_upload(
+        request,
+        max_bytes=state.settings.max_upload_bytes,
+        text_fields=text_fields,
+        directory=state.settings.upload_dir,
+    )
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -273,13 +280,7 @@ async def add_reference(
     """Fingerprint the uploaded audio and add it as a reference (201)."""
     state = request.app.state
     settings = state.settings
-    state.pool.check_capacity()
-    async with receive_upload(
-        request,
-        max_bytes=settings.max_upload_bytes,
-        text_fields=REFERENCE_FIELDS,
-        directory=settings.upload_dir,
-    ) as upload:
+    async with _admitted_upload(request, REFERENCE_FIELDS) as upload:
         fields = upload.fields
         reference_id = fields.get("id", "")
         try:
