@@ -23,6 +23,7 @@ import resource
 import time
 from pathlib import Path
 
+import faiss
 import numpy as np
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts
 from tunetrace.index.catalogue import Catalogue
@@ -109,6 +110,38 @@ def candidate_recall(
     return found / max(1, len(queries))
 
 
+def measure_nprobe(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: list,
+    matcher: Matcher,
+    key_of: dict[str, int],
+    nprobes: list[int],
+) -> list[dict[str, object]]:
+    """One IVF-PQ index, searched with each number of probed lists."""
+    started = time.perf_counter()
+    index = VectorIndex.build(vectors.shape[1], IndexSpec(kind="ivfpq"), vectors, ids)
+    build_s = time.perf_counter() - started
+    rows = []
+    for nprobe in nprobes:
+        faiss.extract_index_ivf(index._index).nprobe = nprobe
+        searcher = _Searcher(index)
+        recall = candidate_recall(searcher, queries, matcher, key_of)
+        rows.append(
+            {
+                "kind": f"ivfpq, nprobe {nprobe}",
+                "spec": {**index.spec.to_dict(), "nprobe": nprobe},
+                "build_s": round(build_s, 1),
+                "index_mb": None,
+                "search_ms_p50": round(float(np.median(searcher.seconds)) * 1000, 1),
+                "search_ms_p95": round(float(np.percentile(searcher.seconds, 95)) * 1000, 1),
+                "candidate_recall": round(recall, 4),
+            }
+        )
+        logger.info("%s", rows[-1])
+    return rows
+
+
 def measure(
     kind_spec: IndexSpec,
     vectors: np.ndarray,
@@ -153,6 +186,11 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--queries-per-family", type=int, default=3)
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--nprobe", type=int, nargs="+", default=None,
+        help="Instead of comparing kinds: one IVF-PQ index searched with each of these "
+        "numbers of probed lists (results: scale_nprobe.*).",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     tracks = corpus.tracks()
@@ -187,6 +225,18 @@ def main() -> None:
         hours = real_hours + n_works * args.work_s / 3600
         logger.info("%d works: %d vectors (%.0f h), generated in %.0f s",
                     n_works, len(vectors), hours, generate_s)  # fmt: skip
+        if args.nprobe:
+            for result in measure_nprobe(vectors, ids, queries, matcher, key_of, args.nprobe):
+                result.update(
+                    works=len(key_of) + n_works, vectors=len(vectors),
+                    audio_hours=round(hours, 1), index_mb_per_hour=None,
+                    peak_rss_mb=round(_rss_mb()),
+                )  # fmt: skip
+                runs.append(result)
+                _write(
+                    info, len(key_of), real_hours, args.work_s, len(queries), runs, "scale_nprobe"
+                )
+            continue
         for kind in args.kinds:
             if kind == "hnsw" and n_works > args.hnsw_max_works:
                 continue
@@ -203,7 +253,8 @@ def main() -> None:
             logger.info("%s", result)
             runs.append(result)
             _write(info, len(key_of), real_hours, args.work_s, len(queries), runs)
-    print(markdown(json.loads((RESULTS / "scale.json").read_text())))
+    name = "scale_nprobe" if args.nprobe else "scale"
+    print(markdown(json.loads((RESULTS / f"{name}.json").read_text())))
 
 
 def _write(
@@ -213,6 +264,7 @@ def _write(
     work_s: float,
     n_queries: int,
     runs: list[dict],
+    name: str = "scale",
 ) -> None:
     """Write the results so far (a long run that is stopped keeps what it measured)."""
     result = {
@@ -224,8 +276,8 @@ def _write(
         "runs": runs,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.json").write_text(json.dumps(result, indent=1))
-    (RESULTS / "scale.md").write_text(markdown(result) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(result) + "\n")
 
 
 def markdown(result: dict) -> str:
@@ -247,7 +299,7 @@ def markdown(result: dict) -> str:
         loss = "-" if base is None else f"{(base - r['candidate_recall']) * 100:+.1f}"
         lines.append(
             f"| {r['works']:,} | {r['vectors']:,} | {r['audio_hours']:,.0f} | {r['kind']} | "
-            f"{r['build_s']} | {r['index_mb']} | {r['index_mb_per_hour']} | "
+            f"{r['build_s']} | {r['index_mb'] or '-'} | {r['index_mb_per_hour'] or '-'} | "
             f"{r['search_ms_p50']} / {r['search_ms_p95']} | {r['candidate_recall']:.3f} | "
             f"{loss} |"
         )
