@@ -32,7 +32,7 @@ class CatalogueService:
 
     def __init__(self, directory: Path) -> None:
         self._writer = Catalogue(directory, create=True)
-        self._reader = Catalogue(directory)
+        self._reader = Catalogue(directory, read_only=True)
         self._read_lock = threading.Lock()
         self._write_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="catalogue-writer"

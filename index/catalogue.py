@@ -281,6 +281,7 @@ class Catalogue:
                 )
             if old is not None:
                 self._db.execute("DELETE FROM refs WHERE key = ?", (old[0],))
+                index = self._forget(index, int(old[0]), int(old[1]))
             vector_blob = vectors_to_bytes(data.vectors)
             cursor = self._db.execute(
                 "INSERT INTO refs (id, title, artist, isrc, source_path, duration_s, n_frames,"
@@ -302,19 +303,9 @@ class Catalogue:
             )
             key = int(cursor.lastrowid or 0)
             generation = self._bump_generation()
-            if old is not None:
-                self._features_cache.pop(int(old[0]), None)
-            if old is not None and not index.supports_removal:
-                # graph indexes cannot forget the old vectors: build anew from what SQLite holds
-                self._index = VectorIndex.build(
-                    self.params.embedding_dim, index.spec, *self._all_vectors()
-                )
-            else:
-                if old is not None:
-                    index.remove(vector_ids(int(old[0]), self._patch_count(int(old[1]))))
-                # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
-                stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
-                index.add(stored, vector_ids(key, len(stored)))
+            # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
+            stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
+            index.add(stored, vector_ids(key, len(stored)))
             self._index_generation = generation
             if save_index:
                 self._write_index()
@@ -335,16 +326,24 @@ class Catalogue:
             if row is None:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
             self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
+            self._forget(index, int(row[0]), int(row[1]))
             generation = self._bump_generation()
-            if index.supports_removal:
-                index.remove(vector_ids(int(row[0]), self._patch_count(int(row[1]))))
-            else:  # graph indexes cannot forget vectors: build anew without them
-                self._index = VectorIndex.build(
-                    self.params.embedding_dim, index.spec, *self._all_vectors()
-                )
-            self._features_cache.pop(int(row[0]), None)
             self._index_generation = generation
             self._write_index()
+
+    def _forget(self, index: VectorIndex, key: int, vector_bytes: int) -> VectorIndex:
+        """Drop a deleted reference from the index and caches (call after its DELETE).
+
+        Graph indexes cannot remove vectors: they are built anew from what SQLite now holds.
+        Returns the index to use from here on.
+        """
+        self._features_cache.pop(key, None)
+        if index.supports_removal:
+            index.remove(vector_ids(key, self._patch_count(vector_bytes)))
+        else:
+            index = VectorIndex.build(self.params.embedding_dim, index.spec, *self._all_vectors())
+            self._index = index
+        return index
 
     def _patch_count(self, vector_bytes: int) -> int:
         return vector_bytes // (2 * self.params.embedding_dim)
@@ -404,12 +403,14 @@ class Catalogue:
             generation = self.generation
             dim = self.params.embedding_dim
             path = self.directory / INDEX_NAME
-            spec = self.index_spec
-            index = VectorIndex.load(path, dim=dim, generation=generation)
+            # Read-only users map the file, sharing one copy with other processes.
+            index = VectorIndex.load(path, dim=dim, generation=generation, mmap=self.read_only)
             if index is None:
-                index = self._rebuild_index(generation, spec)
-            if self.read_only:  # re-open the file mapped, shared with other processes
-                index = VectorIndex.load(path, dim=dim, generation=generation, mmap=True) or index
+                index = self._rebuild_index(generation, self.index_spec)
+                if self.read_only:  # the rebuilt index was just saved: map that file instead
+                    index = (
+                        VectorIndex.load(path, dim=dim, generation=generation, mmap=True) or index
+                    )
             self._index, self._index_generation = index, generation
             return index
 

@@ -23,7 +23,9 @@ from tunetrace.alteration import classify_alteration
 from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.features import Features
 from tunetrace.matcher import Matcher
+from tunetrace.report import segment_to_dict
 from tunetrace.types import Segment, Verification
+from tunetrace.verify import interpolate_frames
 
 #: Frames per second of the arrays in the JSON form (the plot uses every frame).
 JSON_FRAME_RATE_HZ = 2.0
@@ -91,15 +93,14 @@ def build_evidence(
         frame_rate_hz=features.frame_rate_hz,
         query_chroma=features.chroma,
     )
-    wanted_key = catalogue.get(reference_id).key if reference_id is not None else None
+    wanted = catalogue.get(reference_id) if reference_id is not None else None
     verifications = matcher.verify(features)
-    if wanted_key is not None:
-        verifications = [v for v in verifications if v.reference_key == wanted_key]
+    if wanted is not None:
+        verifications = [v for v in verifications if v.reference_key == wanted.key]
     if not verifications:
-        if reference_id is not None:
-            record = catalogue.get(reference_id)
-            evidence.reference_id, evidence.title = record.reference_id, record.title
-            evidence.artist = record.artist
+        if wanted is not None:
+            evidence.reference_id, evidence.title = wanted.reference_id, wanted.title
+            evidence.artist = wanted.artist
             evidence.score = 0.0
         return evidence
     best = verifications[0]
@@ -129,11 +130,7 @@ def _aligned_reference_chroma(
     """Reference chroma at the query's frames and pitch (NaN where the query is outside it)."""
     positions = verification.offset_frames + verification.tempo_ratio * np.arange(query.n_frames)
     last = reference.n_frames - 1
-    clipped = np.clip(positions, 0, last)
-    left = np.floor(clipped).astype(np.int64)
-    right = np.minimum(left + 1, last)
-    frac = (clipped - left)[None, :]
-    aligned = reference.chroma[:, left] * (1 - frac) + reference.chroma[:, right] * frac
+    aligned = interpolate_frames(reference.chroma, positions)
     bins_per_semitone = query.chroma.shape[0] / 12
     aligned = _roll_fractional(aligned, verification.pitch_shift_semitones * bins_per_semitone)
     aligned[:, (positions < 0) | (positions > last)] = np.nan
@@ -172,15 +169,7 @@ def report_fields(evidence: Evidence) -> dict[str, Any]:
         "pitch_shift_semitones": round(evidence.pitch_shift_semitones, 2),
         "alteration": evidence.alteration,
         "coverage": round(evidence.coverage, 3),
-        "segments": [
-            {
-                "query_start_s": round(s.query_start_s, 2),
-                "query_end_s": round(s.query_end_s, 2),
-                "reference_start_s": round(s.reference_start_s, 2),
-                "reference_end_s": round(s.reference_end_s, 2),
-            }
-            for s in evidence.segments
-        ],
+        "segments": [segment_to_dict(s) for s in evidence.segments],
     }
 
 

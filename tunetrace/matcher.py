@@ -199,7 +199,7 @@ class Matcher:
             if best.score < threshold:
                 continue
             segments = _merge_segments(best, verifications[1:])
-            covered = _covered_s(segments)
+            covered = covered_seconds(segments)
             record = self.catalogue.record_by_key(best.reference_key)
             matches.append(
                 Match(
@@ -226,7 +226,7 @@ SAME_PITCH_TOLERANCE_SEMITONES = 0.5
 MAX_SEGMENT_OVERLAP_S = 1.0
 
 
-def _covered_s(segments: list[Segment]) -> float:
+def covered_seconds(segments: list[Segment]) -> float:
     """Query seconds inside the union of the segments."""
     covered, reach = 0.0, float("-inf")
     for segment in sorted(segments, key=lambda s: s.query_start_s):

@@ -49,18 +49,20 @@ def report_to_dict(report: MatchReport) -> dict[str, Any]:
                 "pitch_shift_semitones": round(m.pitch_shift_semitones, 2),
                 "alteration": m.alteration,
                 "coverage": round(m.coverage, 3),
-                "segments": [
-                    {
-                        "query_start_s": round(s.query_start_s, 2),
-                        "query_end_s": round(s.query_end_s, 2),
-                        "reference_start_s": round(s.reference_start_s, 2),
-                        "reference_end_s": round(s.reference_end_s, 2),
-                    }
-                    for s in m.segments
-                ],
+                "segments": [segment_to_dict(s) for s in m.segments],
             }
             for m in report.matches
         ],
+    }
+
+
+def segment_to_dict(segment: Segment) -> dict[str, float]:
+    """The JSON form of a matched segment (times in seconds, two decimals)."""
+    return {
+        "query_start_s": round(segment.query_start_s, 2),
+        "query_end_s": round(segment.query_end_s, 2),
+        "reference_start_s": round(segment.reference_start_s, 2),
+        "reference_end_s": round(segment.reference_end_s, 2),
     }
 
 

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tunetrace.errors import BadInputError, TunetraceError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.ingest import find_audio_files
-from tunetrace.matcher import Matcher
+from tunetrace.matcher import Matcher, covered_seconds
 from tunetrace.report import Match, MatchReport, error_to_dict, report_to_dict
 from tunetrace.types import Segment
 
@@ -212,7 +212,8 @@ def match_excerpts(
                 )
     matches = sorted(best.values(), key=lambda m: -m.score)[:top]
     return [
-        _with_coverage(m, min(1.0, _covered(m.segments) / features.duration_s)) for m in matches
+        replace(m, coverage=min(1.0, covered_seconds(m.segments) / features.duration_s))
+        for m in matches
     ]
 
 
@@ -236,20 +237,7 @@ def _shift_segments(match: Match, shift_s: float) -> Match:
 
 
 def _with_segments(match: Match, segments: list[Segment]) -> Match:
-    return Match(**{**match.__dict__, "segments": segments})
-
-
-def _with_coverage(match: Match, coverage: float) -> Match:
-    return Match(**{**match.__dict__, "coverage": coverage})
-
-
-def _covered(segments: list[Segment]) -> float:
-    covered, reach = 0.0, float("-inf")
-    for segment in sorted(segments, key=_query_start):
-        start = max(segment.query_start_s, reach)
-        covered += max(0.0, segment.query_end_s - start)
-        reach = max(reach, segment.query_end_s)
-    return covered
+    return replace(match, segments=segments)
 
 
 class ReportWriter:
@@ -323,7 +311,6 @@ class ScanSummary:
     errors: int = 0
     audio_s: float = 0.0
     elapsed_s: float = 0.0
-    groups: list[list[str]] = field(default_factory=list)
 
     def add(self, line: dict[str, Any]) -> None:
         """Count one report line."""

@@ -8,6 +8,7 @@ workers at the same path (shared storage, or a copy on each machine).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
 import threading
@@ -137,24 +138,22 @@ def run_dask(
         threads = sum(client.nthreads().values()) or 1
         window = threads * IN_FLIGHT_PER_WORKER
         logger.info("Dask cluster at %s: %d worker threads", scheduler, threads)
-        pending = iter(jobs)
         running: dict[str, ScanJob] = {}
         completed = as_completed(loop=client.loop)
-        for job in pending:
+
+        def submit(job: ScanJob) -> None:
             future = client.submit(scan_task, directory, job, top, min_score, excerpts, pure=False)
             running[future.key] = job
             completed.add(future)
-            if len(running) >= window:
-                break
-        for future in completed:
+
+        pending = iter(jobs)
+        for job in itertools.islice(pending, window):
+            submit(job)
+        for future in completed:  # a new job goes in as each one finishes
             job = running.pop(future.key)
             result = future.result()
             future.release()
             next_job = next(pending, None)
             if next_job is not None:
-                follow = client.submit(
-                    scan_task, directory, next_job, top, min_score, excerpts, pure=False
-                )
-                running[follow.key] = next_job
-                completed.add(follow)
+                submit(next_job)
             yield job, result

@@ -14,7 +14,12 @@ _limits: object | None = None
 
 
 def use_one_thread() -> None:
-    """Limit FAISS and the BLAS/OpenMP libraries of this process to one thread."""
+    """Limit FAISS and the BLAS/OpenMP libraries of this process to one thread.
+
+    Cheap after the first call (scan tasks call it on every task): OpenMP's setting belongs to
+    the calling thread and is set each time; the library scan behind the BLAS limits runs once.
+    """
     global _limits
     faiss.omp_set_num_threads(1)
-    _limits = threadpool_limits(limits=1)  # kept: the limits last as long as this object
+    if _limits is None:
+        _limits = threadpool_limits(limits=1)  # kept: the limits last as long as this object

@@ -355,7 +355,7 @@ class _SpectralFit:
             return self._last
         positions = self.positions(rate, offset)
         inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-        raw = _interpolate_frames(self.reference.spectrum, positions)
+        raw = interpolate_frames(self.reference.spectrum, positions)
         self._last_key = key
         self._last = (
             positions,
@@ -368,7 +368,7 @@ class _SpectralFit:
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
         """Per-frame spectral correlation with the reference read at ``positions``."""
         white = whiten_spectrum(
-            _interpolate_frames(self.reference.spectrum, positions), self.whiten_bins
+            interpolate_frames(self.reference.spectrum, positions), self.whiten_bins
         )
         return _spectral_frame_correlation(self.query.white, white, shift)
 
@@ -439,7 +439,7 @@ def _chroma_roll_scores(
     positions = offsets[:, None] + rates[:, None] * times[None, :]  # (pairs, frames)
     inside = (positions >= 0) & (positions <= reference.n_frames - 1)
     frame_weights = inside * weights[None, :]
-    aligned = _interpolate_frames(reference.chroma, positions)  # (bins, pairs, frames)
+    aligned = interpolate_frames(reference.chroma, positions)  # (bins, pairs, frames)
     query_fft = np.fft.rfft(query.chroma, axis=0)  # (bins//2+1, frames)
     aligned_fft = np.fft.rfft(aligned, axis=0)
     cross = np.einsum("bt,bpt,pt->bp", query_fft, np.conj(aligned_fft), frame_weights)
@@ -475,7 +475,7 @@ def whiten_spectrum(spectrum: np.ndarray, width: int) -> np.ndarray:
     return (spectrum - local_mean).astype(np.float32)
 
 
-def _interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
+def interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends)."""
     last = features.shape[1] - 1
     clipped = np.clip(positions, 0, last)
