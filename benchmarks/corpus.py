@@ -55,9 +55,21 @@ class Track:
     style: str
 
 
-def install(packages: tuple[str, ...] = tuple(PACKAGES), *, tools: bool = True) -> None:
-    """``apt-get install`` the music packages (and sox, ffmpeg, rubberband for alterations)."""
+#: What the full benchmark suite needs beyond the alteration tools: FluidSynth and a General
+#: MIDI SoundFont to render music21 pieces, and fpcalc for the Chromaprint peer.
+SUITE_TOOLS = ("fluidsynth", "fluid-soundfont-gm", "libchromaprint-tools")
+
+
+def install(
+    packages: tuple[str, ...] = tuple(PACKAGES), *, tools: bool = True, suite_tools: bool = False
+) -> None:
+    """``apt-get install`` the music packages (and sox, ffmpeg, rubberband for alterations).
+
+    With ``suite_tools``, also what the benchmark suite renders and compares with.
+    """
     names = [p for p in packages if not _installed(p)]
+    if suite_tools:
+        names += [p for p in SUITE_TOOLS if not _installed(p)]
     if tools:
         names += [
             t
@@ -163,9 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("action", choices=["install", "list"])
     parser.add_argument("--packages", nargs="*", default=list(PACKAGES))
+    parser.add_argument(
+        "--suite-tools",
+        action="store_true",
+        help="also install FluidSynth, its SoundFont and fpcalc (for benchmarks.suite)",
+    )
     args = parser.parse_args()
     if args.action == "install":
-        install(tuple(args.packages))
+        install(tuple(args.packages), suite_tools=args.suite_tools)
         return
     for track in tracks(tuple(args.packages)):
         sys.stdout.write(

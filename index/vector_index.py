@@ -3,10 +3,12 @@
 The index is derived data: SQLite holds every vector, and a stale or missing index file is
 rebuilt from it. The file records the catalogue generation it reflects.
 
-Three kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dimension),
-``ivfpq`` (OPQ rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per
-vector, trained on the catalogue's own vectors, approximate) and ``hnsw`` (graph over full
-vectors: fast, approximate, no cheaper in memory). Readers can memory-map the file
+Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dimension),
+``ivfflat`` (the same full vectors in inverted lists: only the ``nprobe`` lists nearest a
+query are searched, so it is approximate and many times faster, no smaller), ``ivfpq`` (OPQ
+rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
+compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). The
+inverted-list kinds are trained on the catalogue's own vectors. Readers can memory-map the file
 (``mmap=True``) so that several processes share one copy of the index in the page cache.
 """
 
@@ -29,8 +31,11 @@ logger = logging.getLogger(__name__)
 FILE_MODE = 0o644
 
 
-INDEX_KINDS = ("flat", "ivfpq", "hnsw")
-#: ``auto`` picks flat search below this many vectors (about 450 h of audio), IVF-PQ above.
+INDEX_KINDS = ("flat", "ivfflat", "ivfpq", "hnsw")
+#: ``auto`` picks flat search below this many vectors (about 2 h of audio), where a flat search
+#: costs a query tens of milliseconds ...
+AUTO_IVF_FLAT_VECTORS = 10_000
+#: ... IVF over full vectors up to this many (about 450 h, 1.5 GB), and IVF-PQ above.
 AUTO_IVF_VECTORS = 2_000_000
 #: Training sample for IVF-PQ: enough points per list, capped to keep training quick.
 TRAINING_POINTS_PER_LIST = 40
@@ -44,8 +49,9 @@ class IndexSpec:
     Attributes
     ----------
     kind : str
-        ``flat``, ``ivfpq``, ``hnsw`` or ``auto`` (flat below :data:`AUTO_IVF_VECTORS`
-        vectors, else ivfpq).
+        ``flat``, ``ivfflat``, ``ivfpq``, ``hnsw`` or ``auto`` (flat below
+        :data:`AUTO_IVF_FLAT_VECTORS` vectors, ivfflat below :data:`AUTO_IVF_VECTORS`, else
+        ivfpq).
     nlist : int
         IVF lists; 0 chooses ``4 * sqrt(n_vectors)`` (16 to 65,536).
     pq_m : int
@@ -86,14 +92,19 @@ class IndexSpec:
         """This spec with ``auto`` and ``nlist=0`` decided for ``n_vectors`` vectors."""
         kind = self.kind
         if kind == "auto":
-            kind = "ivfpq" if n_vectors >= AUTO_IVF_VECTORS else "flat"
+            if n_vectors >= AUTO_IVF_VECTORS:
+                kind = "ivfpq"
+            elif n_vectors >= AUTO_IVF_FLAT_VECTORS:
+                kind = "ivfflat"
+            else:
+                kind = "flat"
         nlist = self.nlist or int(min(65_536, max(16, 4 * np.sqrt(max(n_vectors, 1)))))
         return replace(self, kind=kind, nlist=nlist)
 
     @property
     def needs_training(self) -> bool:
         """Whether vectors are needed to build the index (IVF centroids, PQ codebooks)."""
-        return self.kind == "ivfpq"
+        return self.kind in ("ivfflat", "ivfpq")
 
 
 class VectorIndex:
@@ -138,14 +149,16 @@ class VectorIndex:
         index.dim, index.spec = dim, spec
         index._index = _new_faiss_index(dim, spec)
         if spec.needs_training:
-            needed = max(spec.nlist, 256)  # OPQ trains 256-centroid codebooks whatever pq_bits
+            # OPQ trains 256-centroid codebooks whatever pq_bits.
+            needed = max(spec.nlist, 256) if spec.kind == "ivfpq" else spec.nlist
             if len(vectors) < needed:
                 raise ValueError(
-                    f"an ivfpq index with {spec.nlist} lists needs at least {needed} vectors "
-                    f"to train; the catalogue has {len(vectors)}"
+                    f"an {spec.kind} index with {spec.nlist} lists needs at least {needed} "
+                    f"vectors to train; the catalogue has {len(vectors)}"
                 )
             rng = np.random.default_rng(seed)
-            wanted = max(spec.nlist, 2**spec.pq_bits) * TRAINING_POINTS_PER_LIST
+            centroids = max(spec.nlist, 2**spec.pq_bits) if spec.kind == "ivfpq" else spec.nlist
+            wanted = centroids * TRAINING_POINTS_PER_LIST
             n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
             sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
             index._index.train(np.ascontiguousarray(sample, dtype=np.float32))
@@ -289,6 +302,8 @@ def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if spec.kind == "hnsw":
         return faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+    if spec.kind == "ivfflat":
+        return faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     # OPQ rotates (and pads to a multiple of pq_m) so that each code byte carries as much of
     # the vector as it can; plain PQ on these patch vectors loses far more neighbours.
     rotated_dim = -(-dim // spec.pq_m) * spec.pq_m
@@ -300,7 +315,7 @@ def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
 
 
 def _mmap_flags(spec: IndexSpec) -> int:
-    if spec.kind == "ivfpq":
+    if spec.kind in ("ivfflat", "ivfpq"):
         return faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY
     return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 

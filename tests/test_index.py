@@ -62,7 +62,7 @@ def test_approximate_kinds_find_the_indexed_original_of_a_noisy_copy(
     assert np.mean([s in row for s, row in zip(sources, found, strict=True)]) >= 0.5
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivfpq", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "ivfflat", "ivfpq", "hnsw"])
 def test_memory_mapped_index_answers_like_the_loaded_one(
     tmp_path: Path, vectors: np.ndarray, ivfpq_index: VectorIndex, kind: str
 ) -> None:
@@ -70,7 +70,7 @@ def test_memory_mapped_index_answers_like_the_loaded_one(
     index = (
         ivfpq_index
         if kind == "ivfpq"
-        else VectorIndex.build(DIM, IndexSpec(kind=kind), vectors, ids)
+        else VectorIndex.build(DIM, IndexSpec(kind=kind, nlist=32, nprobe=8), vectors, ids)
     )
     index.save(tmp_path / "v.faiss", generation=3)
     assert VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=4) is None  # stale
@@ -96,6 +96,18 @@ def test_ivfpq_is_compact_and_removes_in_place(
     assert not set(reloaded.search(vectors[:100], 5)[1].ravel()) & set(ids[:100])
 
 
+def test_ivfflat_finds_exact_copies_and_removes_in_place(vectors: np.ndarray) -> None:
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = VectorIndex.build(DIM, IndexSpec(kind="ivfflat", nlist=32, nprobe=8), vectors, ids)
+    similarities, found = index.search(vectors[:200], 1)
+    # Full vectors: a stored vector is its own nearest neighbour (its list is always probed).
+    np.testing.assert_array_equal(found[:, 0], ids[:200])
+    np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-4)
+    index.remove(ids[:100])
+    assert index.size == len(vectors) - 100
+    assert not set(index.search(vectors[:100], 5)[1].ravel()) & set(ids[:100])
+
+
 def test_hnsw_cannot_remove_in_place(vectors: np.ndarray) -> None:
     index = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors[:1000], np.arange(1000))
     assert not index.supports_removal
@@ -107,6 +119,7 @@ def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
     with pytest.raises(ValueError, match="needs at least"):
         VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))
     assert IndexSpec(kind="auto").resolved(10).kind == "flat"
+    assert IndexSpec(kind="auto").resolved(100_000).kind == "ivfflat"
     assert IndexSpec(kind="auto").resolved(5_000_000).kind == "ivfpq"
     with pytest.raises(ValueError):
         IndexSpec(kind="lsh")

@@ -373,7 +373,9 @@ def index_build(
     kind: Annotated[
         str,
         typer.Option(
-            "--type", help="flat (exact), ivfpq (compressed, approximate), hnsw, or auto."
+            "--type",
+            help="flat (exact), ivfflat (fast, approximate), ivfpq (compressed, approximate), "
+            "hnsw, or auto.",
         ),
     ] = "auto",
     nlist: Annotated[int, typer.Option(min=0, help="IVF lists (0: 4*sqrt(vectors)).")] = 0,

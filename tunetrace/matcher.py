@@ -129,12 +129,19 @@ class Matcher:
         )
 
     def verify(
-        self, features: Features, *, exclude_keys: frozenset[int] = frozenset()
+        self,
+        features: Features,
+        *,
+        exclude_keys: frozenset[int] = frozenset(),
+        timings: dict[str, float] | None = None,
     ) -> list[Verification]:
         """All verified candidates of a query, scored, best first (nothing filtered).
 
         ``exclude_keys`` are references left out of the search (a self-scan's own reference).
+        When ``timings`` is given, the seconds spent in the candidate search and in the
+        verification are stored in it under ``"search"`` and ``"verification"``.
         """
+        started = time.perf_counter()
         self.catalogue.refresh()
         params = self.catalogue.params
         candidates = find_candidates(
@@ -145,6 +152,7 @@ class Matcher:
             max_candidates=self.settings.max_candidates,
             exclude_keys=exclude_keys,
         )
+        searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
         screened = []
         for candidate in candidates:
@@ -172,6 +180,9 @@ class Matcher:
                 score = self.score_model.score(verification)
                 verifications.append(_with_score(verification, score))
         verifications.sort(key=lambda v: -v.score)
+        if timings is not None:
+            timings["search"] = searched - started
+            timings["verification"] = time.perf_counter() - searched
         return verifications
 
     def match_features(

@@ -438,11 +438,21 @@ def _chroma_roll_scores(
     times = np.arange(query.n_frames)
     positions = offsets[:, None] + rates[:, None] * times[None, :]  # (pairs, frames)
     inside = (positions >= 0) & (positions <= reference.n_frames - 1)
-    frame_weights = inside * weights[None, :]
-    aligned = interpolate_frames(reference.chroma, positions)  # (bins, pairs, frames)
-    query_fft = np.fft.rfft(query.chroma, axis=0)  # (bins//2+1, frames)
-    aligned_fft = np.fft.rfft(aligned, axis=0)
-    cross = np.einsum("bt,bpt,pt->bp", query_fft, np.conj(aligned_fft), frame_weights)
+    frame_weights = (inside * weights[None, :]).astype(np.float32)
+    # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
+    # bins. Interpolating frames is linear, so the reference's bin spectrum is taken once for
+    # the frames the pairs touch and then interpolated (frames along the first axis, so the
+    # gathers read contiguous rows).
+    last = reference.n_frames - 1
+    clipped = np.clip(positions, 0, last)
+    left = np.floor(clipped).astype(np.int64)
+    right = np.minimum(left + 1, last)
+    frac = (clipped - left).astype(np.float32)[..., None]
+    first, stop = int(left.min()), int(right.max()) + 1
+    window = np.fft.rfft(reference.chroma[:, first:stop], axis=0).T.astype(np.complex64)
+    aligned_fft = window[left - first] * (1 - frac) + window[right - first] * frac
+    query_fft = np.fft.rfft(query.chroma, axis=0).T.astype(np.complex64)  # (frames, bins//2+1)
+    cross = np.einsum("ptb,pt->bp", np.conj(aligned_fft) * query_fft[None], frame_weights)
     n_bins = query.chroma.shape[0]
     per_roll = np.fft.irfft(cross, n=n_bins, axis=0).T  # (pairs, rolls)
     total = frame_weights.sum(axis=1)

@@ -1,0 +1,166 @@
+"""The benchmark suite's own parts: alterations, query grid, metrics, peer and mosaics."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+from tunetrace.index.catalogue import Catalogue
+
+from benchmarks import grid, peer_chromaprint
+from benchmarks import suite_metrics as metrics
+from benchmarks.alter import Alteration, apply
+from benchmarks.scale_sweep import MOSAIC_S, mosaic_work
+from tests.conftest import SAMPLE_RATE, synth_song
+from tunetrace.ingest import IngestItem, ingest
+
+
+def _write(path: Path, samples: np.ndarray) -> Path:
+    soundfile.write(str(path), samples, SAMPLE_RATE)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("edit", "seconds", "expected_s"), [("insert_silence", 2.0, 8.0), ("remove_middle", 3.0, 3.0)]
+)
+def test_edits_change_length_where_they_should(
+    tmp_path: Path, edit: str, seconds: float, expected_s: float
+) -> None:
+    source = _write(tmp_path / "in.wav", synth_song(1, 6.0))
+    target = tmp_path / "out.wav"
+    apply(Alteration("edit", "copy", edit=edit, edit_s=seconds), source, target)
+    samples, rate = soundfile.read(str(target), always_2d=True)
+    assert len(samples) / rate == pytest.approx(expected_s, abs=0.01)
+    if edit == "insert_silence":
+        middle = samples[int(3.2 * rate) : int(4.8 * rate)]
+        assert np.abs(middle).max() == 0.0
+
+
+def test_pink_noise_has_the_asked_snr_and_falls_with_frequency(tmp_path: Path) -> None:
+    clean = synth_song(2, 8.0)
+    source = _write(tmp_path / "in.wav", clean)
+    target = tmp_path / "out.wav"
+    apply(Alteration("noise", "copy", noise_snr_db=5.0, noise_color="pink"), source, target)
+    noisy, _ = soundfile.read(str(target), dtype="float32")
+    noise = noisy - clean
+    snr = 10 * np.log10(np.mean(clean**2) / np.mean(noise**2))
+    assert snr == pytest.approx(5.0, abs=0.3)
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    low, high = power[10:1000].mean(), power[-20000:].mean()
+    assert low > 20 * high
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed")
+def test_effects_keep_the_length(tmp_path: Path) -> None:
+    source = _write(tmp_path / "in.wav", synth_song(3, 6.0))
+    for effect in grid.EFFECTS:
+        target = tmp_path / f"{effect}.wav"
+        apply(Alteration("effect", "copy", effect=effect), source, target)
+        info = soundfile.info(str(target))
+        assert info.duration == pytest.approx(6.0, abs=0.05 if effect != "reverb" else 1.0)
+
+
+def _sources(count: int) -> list[grid.Source]:
+    return [grid.Source(f"s{i}", Path(f"/nowhere/{i}.wav"), 200.0, "g") for i in range(count)]
+
+
+def test_the_plan_is_seeded_covers_the_grid_and_rotates_tools() -> None:
+    negatives = {"other_track": _sources(3), "render": _sources(2), "same_key_tempo": []}
+    first = grid.plan_queries(_sources(5), negatives, repeats=3, negatives_per_kind=4, seed=9)
+    second = grid.plan_queries(_sources(5), negatives, repeats=3, negatives_per_kind=4, seed=9)
+    assert first == second
+    stretch = [p for p in first if p.alteration.family == "stretch" and p.negative_kind is None]
+    assert len(stretch) == 3 * len(grid.STRETCH_FACTORS)
+    assert {p.amount for p in stretch} == {f"{f:g}" for f in grid.STRETCH_FACTORS}
+    assert len({p.alteration.tool for p in stretch}) == 3
+    kinds = [p.negative_kind for p in first if p.negative_kind]
+    assert kinds.count("other_track") == 4 and kinds.count("render") == 4
+    assert "same_key_tempo" not in kinds
+    whole = [p for p in first if p.amount == "whole"]
+    assert whole and all(p.query_s is None and p.start_s == 0 for p in whole)
+
+
+def test_a_planned_query_is_made_with_its_truth(tmp_path: Path) -> None:
+    song = _write(tmp_path / "song.wav", synth_song(4, 40.0))
+    source = grid.Source("song", song, 40.0, "g")
+    plan = grid._Plan(
+        source, Alteration("stretch", "librosa", tempo_ratio=1.25), "1.25", 5.0, 10.0, None
+    )
+    (query,) = grid.make_suite_queries([plan], tmp_path / "queries", workers=1)
+    assert query.positive and query.amount == "1.25" and query.tempo_ratio == 1.25
+    assert soundfile.info(query.path).duration == pytest.approx(10.0, abs=0.1)
+
+
+def _row(
+    source: str, positive: bool, scored: list[tuple[str, float]], kind: str | None = None
+) -> dict:
+    query = {"source_id": source, "positive": positive, "family": "stretch", "amount": "1.1"}
+    query["negative_kind"] = kind
+    return {"query": query, "verifications": [{"reference_id": r, "score": s} for r, s in scored]}
+
+
+def test_verdicts_precision_recall_and_bounds() -> None:
+    rows = [
+        _row("a", True, [("a", 0.9), ("b", 0.3)]),
+        _row("b", True, [("c", 0.6), ("b", 0.5)]),
+        _row("x", False, [("a", 0.4)], kind="render"),
+        _row("y", False, [], kind="other_track"),
+    ]
+    assert metrics.tunetrace_verdict(rows[0], 0.5) == "a"
+    assert metrics.tunetrace_verdict(rows[1], 0.55) == "c"
+    assert metrics.tunetrace_verdict(rows[1], 0.7) is None
+    curve = {
+        c["threshold"]: c
+        for c in metrics.precision_recall(rows, metrics.tunetrace_verdict, [0.35, 0.7])
+    }
+    assert curve[0.35]["recall"] == 0.5 and curve[0.35]["false_reports"] == 2
+    assert curve[0.7]["precision"] == 1.0 and curve[0.7]["recall"] == 0.5
+    fps = metrics.false_positives(rows, metrics.tunetrace_verdict, 0.35)
+    assert fps["render"]["flagged"] == 1 and fps["all"]["n"] == 2
+    assert metrics.upper_bound_95(0, 300) == pytest.approx(1 - 0.05 ** (1 / 300), rel=1e-6)
+    recall = metrics.recall_table(rows, metrics.tunetrace_verdict, 0.35, lambda q: q["family"])
+    assert recall["stretch"] == {"recall": 0.5, "n": 2}
+
+
+def test_chromaprint_agreement_finds_the_offset() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.integers(0, 2**32, size=400, dtype=np.uint64).astype(np.uint32)
+    other = rng.integers(0, 2**32, size=400, dtype=np.uint64).astype(np.uint32)
+    matcher = peer_chromaprint.ChromaprintMatcher(["ref", "other"], [reference, other])
+    assert matcher.best(reference[150:250]) == ("ref", 1.0)
+    _, unrelated = matcher.best(rng.integers(0, 2**32, size=100, dtype=np.uint64).astype(np.uint32))
+    assert unrelated < 0.7
+    assert matcher.best(reference[:5]) == (None, 0.0)
+    drone = np.repeat(reference[:10], 10)  # ten distinct items in a hundred: no answer
+    assert matcher.best(drone) == (None, 0.0)
+
+
+@pytest.mark.skipif(shutil.which("fpcalc") is None, reason="fpcalc is not installed")
+def test_chromaprint_peer_on_real_fingerprints(tmp_path: Path) -> None:
+    song = _write(tmp_path / "song.wav", synth_song(5, 40.0))
+    other = _write(tmp_path / "other.wav", synth_song(6, 40.0))
+    excerpt = _write(
+        tmp_path / "excerpt.wav", synth_song(5, 40.0)[SAMPLE_RATE * 10 : SAMPLE_RATE * 25]
+    )
+    prints = peer_chromaprint.fingerprints([song, other, excerpt])
+    matcher = peer_chromaprint.ChromaprintMatcher(["song", "other"], prints[:2])
+    reference_id, agreement = matcher.best(prints[2])
+    assert reference_id == "song" and agreement > 0.9
+
+
+def test_mosaic_works_are_stored_like_references(tmp_path: Path) -> None:
+    paths = [_write(tmp_path / f"{i}.wav", synth_song(10 + i, 30.0)) for i in range(2)]
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        ingest(catalogue, [IngestItem(p, p.stem) for p in paths])
+        spectra = [catalogue.features(r.key).spectrum for r in catalogue.list()]
+        data = mosaic_work(spectra, catalogue.params, np.random.default_rng(random.randrange(1)))
+        record = catalogue.add("mosaic/0", data)
+        assert record.duration_s == MOSAIC_S
+        stored = catalogue.features(record.key)
+        assert stored.n_frames == int(MOSAIC_S * catalogue.params.frame_rate_hz)
+        assert data.vectors.shape[1] == catalogue.params.embedding_dim
+        assert np.isfinite(data.vectors.astype(np.float32)).all()
