@@ -266,16 +266,29 @@ def markdown(result: dict, *, per_amount: bool = True) -> str:
             "",
             "**Catalogue size sweep** (same queries at each size; one thread)",
             "",
-            "| works | hours | index | index MB/h | recall | false positives | p50 / p95 ms |",
-            "|---|---|---|---|---|---|---|",
+            "| works | hours | index | index MB/h | recall | false positives | p50 / p95 ms "
+            "| search / verification p50 ms |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for row in result["scale"]:
             lines.append(
                 f"| {row['works']:,} | {row['audio_hours']} | {row['index']['kind']} | "
                 f"{row['index_mb_per_hour']} | {row['recall']:.1%} of {row['positives']} | "
                 f"{row['false_positives']} of {row['negatives']} | "
-                f"{row['latency_p50_ms']:.0f} / {row['latency_p95_ms']:.0f} |"
+                f"{row['latency_p50_ms']:.0f} / {row['latency_p95_ms']:.0f} | "
+                f"{row['search_p50_ms']:.0f} / {row['verification_p50_ms']:.0f} |"
             )
+    guess = result.get("extrapolation")
+    if guess:
+        lines += [
+            "",
+            f"**Extrapolation to {guess['works']:,} works** (from the {guess['from_works']:,}-work "
+            f"measurement; {guess['hours']:,} h, {guess['vectors']:,} vectors): an index of full "
+            f"vectors would take {guess['full_vector_index_gb']} GB, IVF-PQ "
+            f"{guess['ivfpq_index_gb']} GB; search p50 about {guess['search_p50_ms']} ms and a "
+            f"10-s query about {guess['query_p50_ms']} ms on one thread. Assumptions: "
+            f"{guess['assumptions']}",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -87,8 +87,10 @@ def _match(matcher: Matcher, query: SuiteQuery) -> dict:
         features = matcher.load_query(query.path)
     except TunetraceError as exc:
         return {**row, "error": str(exc)}
-    verifications = matcher.verify(features)
+    timings: dict[str, float] = {}
+    verifications = matcher.verify(features, timings=timings)
     row["elapsed_s"] = time.perf_counter() - started
+    row["stages"] = timings
     row["duration_s"] = features.duration_s
     row["verifications"] = [
         {
@@ -176,8 +178,41 @@ def sweep(
             "latency_p50_ms": float(np.median(latencies) * 1000),
             "latency_p95_ms": float(np.percentile(latencies, 95) * 1000),
             "latency_10s_p50_ms": float(np.median(ten_s) * 1000) if len(ten_s) else None,
+            "search_p50_ms": float(np.median([r["stages"]["search"] for r in good]) * 1000),
+            "verification_p50_ms": float(
+                np.median([r["stages"]["verification"] for r in good]) * 1000
+            ),
+            "vectors_per_hour": vectors / hours,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         logger.info("scale %s", row)
         results.append(row)
     return results
+
+
+def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str, object]:
+    """What a catalogue of ``works`` works would need, from the largest measured size.
+
+    Assumptions (stated with the result): vectors grow with hours of audio at the measured
+    rate; an index of full vectors (flat, IVF-Flat) needs the measured MB per hour, an IVF-PQ
+    index 64 bytes per vector (48-byte codes, id, list overhead), which is what the scale
+    benchmark measured at 10k and 100k works; with ``4 * sqrt(n)`` lists and a fixed number of
+    probed lists, the vectors scanned per query, and so the search time, grow as ``sqrt(n)``;
+    verification time does not depend on the catalogue's size (a fixed number of candidates).
+    """
+    last = rows[-1]
+    hours = works * hours_per_work
+    vectors = hours * last["vectors_per_hour"]
+    growth = np.sqrt(vectors / last["vectors"])
+    search_ms = last["search_p50_ms"] * growth
+    return {
+        "works": works,
+        "hours": round(hours),
+        "vectors": int(vectors),
+        "full_vector_index_gb": round(hours * last["index_mb_per_hour"] / 1000, 1),
+        "ivfpq_index_gb": round(vectors * 64 / 1e9, 1),
+        "search_p50_ms": round(search_ms),
+        "query_p50_ms": round(search_ms + last["verification_p50_ms"]),
+        "from_works": last["works"],
+        "assumptions": extrapolate.__doc__.split("\n\n")[1].replace("\n    ", " ").strip(),
+    }

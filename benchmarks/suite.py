@@ -415,6 +415,8 @@ def main() -> None:
             queries=int(size["scale_queries"]),  # type: ignore[arg-type]
             cache=CACHE,
         )
+        mean_hours = result["catalogue"]["audio_hours"] / result["catalogue"]["references"]
+        result["extrapolation"] = scale_sweep.extrapolate(result["scale"], 1_000_000, mean_hours)
     result["peak_rss_mb"] = {
         "main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

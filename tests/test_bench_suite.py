@@ -164,3 +164,22 @@ def test_mosaic_works_are_stored_like_references(tmp_path: Path) -> None:
         assert stored.n_frames == int(MOSAIC_S * catalogue.params.frame_rate_hz)
         assert data.vectors.shape[1] == catalogue.params.embedding_dim
         assert np.isfinite(data.vectors.astype(np.float32)).all()
+
+
+def test_extrapolation_grows_search_with_the_square_root_of_the_vectors() -> None:
+    from benchmarks.scale_sweep import extrapolate
+
+    measured = {
+        "works": 10_000,
+        "vectors": 1_000_000,
+        "vectors_per_hour": 4_000.0,
+        "index_mb_per_hour": 3.0,
+        "search_p50_ms": 50.0,
+        "verification_p50_ms": 200.0,
+    }
+    guess = extrapolate([measured], 100_000, 10.0)  # 1M hours: 4e9 vectors, 4,000 times more
+    assert guess["vectors"] == 4_000_000_000
+    assert guess["search_p50_ms"] == round(50.0 * np.sqrt(4000))
+    assert guess["query_p50_ms"] == guess["search_p50_ms"] + 200
+    assert guess["full_vector_index_gb"] == 3000.0
+    assert "sqrt" in guess["assumptions"]
