@@ -141,12 +141,12 @@ def draw_scale(result: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def draw_all(result: dict, folder: Path) -> None:
-    """Write every plot of a result into ``folder``."""
-    draw_recall_vs_amount(result, folder / "suite-recall-vs-amount.png")
-    draw_scores(result, folder / "suite-scores.png")
-    draw_precision_recall(result, folder / "suite-precision-recall.png")
-    draw_scale(result, folder / "suite-scale.png")
+def draw_all(result: dict, folder: Path, *, prefix: str = "suite") -> None:
+    """Write every plot of a result into ``folder`` as ``{prefix}-*.png``."""
+    draw_recall_vs_amount(result, folder / f"{prefix}-recall-vs-amount.png")
+    draw_scores(result, folder / f"{prefix}-scores.png")
+    draw_precision_recall(result, folder / f"{prefix}-precision-recall.png")
+    draw_scale(result, folder / f"{prefix}-scale.png")
 
 
 def _pct(value: float | None) -> str:

@@ -14,7 +14,8 @@
 4. Figures on the evaluation split only; precision/recall over the threshold on both splits.
 5. A catalogue-size sweep (``benchmarks.scale_sweep``) and plots (``benchmarks.plots``).
 
-Results: ``benchmarks/results/suite.json``, ``suite.md`` and ``suite-*.png``. Generated audio,
+Results: ``benchmarks/results/suite.json``, ``suite.md`` and ``suite-*.png`` (the full size
+writes ``suite-full.*`` and ``suite-full-*.png``). Generated audio,
 renders and catalogues are cached in ``$TUNETRACE_BENCH_CACHE`` (default
 ``~/.cache/tunetrace-bench``).
 """
@@ -423,9 +424,10 @@ def main() -> None:
     }
     result["timing_s"]["total"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "suite.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "suite.md").write_text(plots.markdown(result))
-    plots.draw_all(result, RESULTS)
+    name = "suite" if args.size == "quick" else f"suite-{args.size}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(plots.markdown(result))
+    plots.draw_all(result, RESULTS, prefix=name)
     if args.update_readme and not plots.update_readme(README, result):
         logger.warning("README.md has no suite-results markers: not updated")
     logger.info("done in %.0f s; results in %s", result["timing_s"]["total"], RESULTS)
