@@ -120,18 +120,32 @@ def _combos(rng: random.Random) -> list[tuple[str, Alteration]]:
 
 
 def _family_grid(family: str, rep: int, rng: random.Random) -> list[tuple[str, Alteration]]:
-    """(amount label, alteration) for every grid point of ``family``; tools rotate with rep."""
-    stretcher, speeder = STRETCHERS[rep % len(STRETCHERS)], SPEEDERS[rep % len(SPEEDERS)]
+    """(amount label, alteration) for every grid point of ``family``.
+
+    The tool of grid point ``i`` in repeat ``rep`` is tool ``(rep + i) mod n``: every tool
+    makes some amounts in every repeat, and each amount gets another tool in the next repeat.
+    """
+
+    def stretcher(i: int) -> str:
+        return STRETCHERS[(rep + i) % len(STRETCHERS)]
+
+    def speeder(i: int) -> str:
+        return SPEEDERS[(rep + i) % len(SPEEDERS)]
+
     if family == "stretch":
-        return [(f"{f:g}", Alteration(family, stretcher, tempo_ratio=f)) for f in STRETCH_FACTORS]
+        return [
+            (f"{f:g}", Alteration(family, stretcher(i), tempo_ratio=f))
+            for i, f in enumerate(STRETCH_FACTORS)
+        ]
     if family == "pitch":
         return [
-            (f"{p:+g}", Alteration(family, stretcher, pitch_semitones=p)) for p in PITCH_SEMITONES
+            (f"{p:+g}", Alteration(family, stretcher(i), pitch_semitones=p))
+            for i, p in enumerate(PITCH_SEMITONES)
         ]
     if family == "speed":
         return [
-            (f"{f:g}", Alteration(family, speeder, tempo_ratio=f, resample=True))
-            for f in STRETCH_FACTORS
+            (f"{f:g}", Alteration(family, speeder(i), tempo_ratio=f, resample=True))
+            for i, f in enumerate(STRETCH_FACTORS)
         ]
     if family == "codec":
         return [(c, Alteration(family, "copy", codec=c)) for c in CODECS]
@@ -153,9 +167,9 @@ def _family_grid(family: str, rep: int, rng: random.Random) -> list[tuple[str, A
         return [
             (
                 "whole" if d is None else f"{d:g} s",
-                Alteration(family, stretcher, tempo_ratio=1.1, pitch_semitones=1.0),
+                Alteration(family, stretcher(i), tempo_ratio=1.1, pitch_semitones=1.0),
             )
-            for d in DURATIONS
+            for i, d in enumerate(DURATIONS)
         ]
     raise ValueError(family)
 

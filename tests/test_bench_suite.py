@@ -76,7 +76,11 @@ def test_the_plan_is_seeded_covers_the_grid_and_rotates_tools() -> None:
     stretch = [p for p in first if p.alteration.family == "stretch" and p.negative_kind is None]
     assert len(stretch) == 3 * len(grid.STRETCH_FACTORS)
     assert {p.amount for p in stretch} == {f"{f:g}" for f in grid.STRETCH_FACTORS}
-    assert len({p.alteration.tool for p in stretch}) == 3
+    assert {p.alteration.tool for p in stretch} == set(grid.STRETCHERS)
+    by_amount: dict[str, set[str]] = {}
+    for plan in stretch:
+        by_amount.setdefault(plan.amount, set()).add(plan.alteration.tool)
+    assert all(len(tools) == 3 for tools in by_amount.values())  # another tool each repeat
     kinds = [p.negative_kind for p in first if p.negative_kind]
     assert kinds.count("other_track") == 4 and kinds.count("render") == 4
     assert "same_key_tempo" not in kinds
