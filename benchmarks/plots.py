@@ -231,6 +231,15 @@ def markdown(result: dict, *, per_amount: bool = True) -> str:
     for name, cell in sorted(amounts.items(), key=lambda kv: _sort_key(kv[0])):
         other = _pct(peer.get(name, {}).get("recall"))
         lines.append(f"| {name} | {_pct(cell['recall'])} | {other} | {cell['n']} |")
+    tools = {
+        name: cell
+        for name, cell in evaluation.get("recall_by_tool", {}).items()
+        if name.split(" / ")[0] in ("stretch", "pitch", "speed")
+    }
+    if tools:
+        lines += ["", "**By tool** (stretch, pitch and speed families, all amounts)", ""]
+        lines += ["| family / tool | tunetrace | queries |", "|---|---|---|"]
+        lines += [f"| {n} | {_pct(c['recall'])} | {c['n']} |" for n, c in sorted(tools.items())]
     lines += [
         "",
         "**Negatives (false positives)**",
@@ -314,3 +323,24 @@ def update_readme(readme: Path, result: dict) -> bool:
     block = markdown(result, per_amount=False)
     readme.write_text(f"{head}{README_START}\n{block}{README_END}{tail}")
     return True
+
+
+def main() -> None:
+    """Redraw the plots and Markdown (and optionally the README block) from a result file."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("result", type=Path, help="e.g. benchmarks/results/suite.json")
+    parser.add_argument("--update-readme", type=Path, default=None, metavar="README")
+    args = parser.parse_args()
+    result = json.loads(args.result.read_text())
+    name = args.result.stem
+    args.result.with_suffix(".md").write_text(markdown(result))
+    draw_all(result, args.result.parent, prefix=name)
+    if args.update_readme:
+        update_readme(args.update_readme, result)
+
+
+if __name__ == "__main__":
+    main()

@@ -190,15 +190,20 @@ def sweep(
     return results
 
 
+ASSUMPTIONS = """
+vectors grow with hours of audio at the measured rate; an index of full vectors (flat,
+IVF-Flat) needs the measured MB per hour, an IVF-PQ index 64 bytes per vector (48-byte codes,
+id, list overhead), about what the scale benchmark measured at 10k and 100k works; with
+4*sqrt(n) inverted lists and a fixed number of probed lists, the vectors scanned per query,
+and so the search time, grow as sqrt(n); verification time does not depend on the
+catalogue's size (a fixed number of candidates); one shard, one thread.
+"""
+
+
 def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str, object]:
     """What a catalogue of ``works`` works would need, from the largest measured size.
 
-    Assumptions (stated with the result): vectors grow with hours of audio at the measured
-    rate; an index of full vectors (flat, IVF-Flat) needs the measured MB per hour, an IVF-PQ
-    index 64 bytes per vector (48-byte codes, id, list overhead), which is what the scale
-    benchmark measured at 10k and 100k works; with ``4 * sqrt(n)`` lists and a fixed number of
-    probed lists, the vectors scanned per query, and so the search time, grow as ``sqrt(n)``;
-    verification time does not depend on the catalogue's size (a fixed number of candidates).
+    The assumptions are :data:`ASSUMPTIONS`, stated with the result.
     """
     last = rows[-1]
     hours = works * hours_per_work
@@ -214,5 +219,5 @@ def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str
         "search_p50_ms": round(search_ms),
         "query_p50_ms": round(search_ms + last["verification_p50_ms"]),
         "from_works": last["works"],
-        "assumptions": extrapolate.__doc__.split("\n\n")[1].replace("\n    ", " ").strip(),
+        "assumptions": " ".join(ASSUMPTIONS.split()),
     }
