@@ -191,8 +191,13 @@ def main() -> None:
         help="Instead of comparing kinds: one IVF-PQ index searched with each of these "
         "numbers of probed lists (results: scale_nprobe.*).",
     )  # fmt: skip
+    parser.add_argument(
+        "--name", default=None,
+        help="Results file name (default scale, or scale_nprobe with --nprobe).",
+    )  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    name = args.name or ("scale_nprobe" if args.nprobe else "scale")
     tracks = corpus.tracks()
     catalogue_dir, _ = build_catalogue(tracks)
     catalogue = Catalogue(catalogue_dir, read_only=True)
@@ -233,9 +238,7 @@ def main() -> None:
                     peak_rss_mb=round(_rss_mb()),
                 )  # fmt: skip
                 runs.append(result)
-                _write(
-                    info, len(key_of), real_hours, args.work_s, len(queries), runs, "scale_nprobe"
-                )
+                _write(info, len(key_of), real_hours, args.work_s, len(queries), runs, name)
             continue
         for kind in args.kinds:
             if kind == "hnsw" and n_works > args.hnsw_max_works:
@@ -252,8 +255,7 @@ def main() -> None:
             )
             logger.info("%s", result)
             runs.append(result)
-            _write(info, len(key_of), real_hours, args.work_s, len(queries), runs)
-    name = "scale_nprobe" if args.nprobe else "scale"
+            _write(info, len(key_of), real_hours, args.work_s, len(queries), runs, name)
     print(markdown(json.loads((RESULTS / f"{name}.json").read_text())))
 
 
