@@ -56,9 +56,14 @@ def in_catalogue(track: Track) -> bool:
     return _hash(track.track_id) % 4 != 0
 
 
+def split_of_id(source_id: str) -> str:
+    """``"calibration"`` or ``"evaluation"`` for any source id (corpus track, rendered piece)."""
+    return "calibration" if (_hash(source_id) >> 8) % 2 == 0 else "evaluation"
+
+
 def split_of(track: Track) -> str:
     """``"calibration"`` or ``"evaluation"``."""
-    return "calibration" if (_hash(track.track_id) >> 8) % 2 == 0 else "evaluation"
+    return split_of_id(track.track_id)
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,6 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
     meta = target.with_suffix(".json")
     if target.exists() and meta.exists():
         row = json.loads(meta.read_text())
-        if "tune" in row:
-            return RenderedWork(**{**row, "path": Path(row["path"])})
-        row["tune"] = tune_of(converter.parse(str(source)))
-        meta.write_text(json.dumps(row))
         return RenderedWork(**{**row, "path": Path(row["path"])})
     program = _program_for(work_id)
     try:

@@ -30,7 +30,7 @@ from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import suite_metrics as metrics
 from benchmarks.grid import SuiteQuery
-from tunetrace.errors import TunetraceError
+from benchmarks.match_rows import match_row
 from tunetrace.matcher import Matcher
 from tunetrace.threads import use_one_thread
 
@@ -78,28 +78,6 @@ def _grow(catalogue: Catalogue, target: int, rng: np.random.Generator) -> float:
         catalogue.add(f"mosaic/{count:06d}", data, title="mosaic", save_index=False)
         count += 1
     return time.perf_counter() - started
-
-
-def _match(matcher: Matcher, query: SuiteQuery) -> dict:
-    row: dict = {"query": query.__dict__}
-    started = time.perf_counter()
-    try:
-        features = matcher.load_query(query.path)
-    except TunetraceError as exc:
-        return {**row, "error": str(exc)}
-    timings: dict[str, float] = {}
-    verifications = matcher.verify(features, timings=timings)
-    row["elapsed_s"] = time.perf_counter() - started
-    row["stages"] = timings
-    row["duration_s"] = features.duration_s
-    row["verifications"] = [
-        {
-            "reference_id": matcher.catalogue.record_by_key(v.reference_key).reference_id,
-            "score": v.score,
-        }
-        for v in verifications
-    ]
-    return row
 
 
 def sweep(
@@ -153,7 +131,7 @@ def sweep(
             vectors = index.size
         with Catalogue(directory, read_only=True) as catalogue:
             matcher = Matcher(catalogue)
-            rows = [_match(matcher, q) for q in chosen_positive + chosen_negative]
+            rows = [match_row(matcher, q) for q in chosen_positive + chosen_negative]
         threshold = matcher.score_model.threshold
         good = [r for r in rows if "error" not in r]
         latencies = np.array([r["elapsed_s"] for r in good])

@@ -34,18 +34,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tunetrace.fingerprint.decode import load_audio
-from tunetrace.fingerprint.features import extract_features
 from tunetrace.index.catalogue import INDEX_NAME, Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import grid, musical, peer_chromaprint, plots, renders, scale_sweep
 from benchmarks import suite_metrics as metrics
 from benchmarks.corpus import Track
-from benchmarks.queries import _hash, in_catalogue, split_of
+from benchmarks.match_rows import match_row
+from benchmarks.queries import _hash, in_catalogue, split_of, split_of_id
 from benchmarks.run_benchmark import CACHE, build_catalogue, list_tracks
 from benchmarks.run_info import run_info
-from tunetrace.errors import TunetraceError
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
 from tunetrace.scoring import ScoreModel
@@ -79,10 +77,6 @@ THRESHOLDS = tuple(np.round(np.linspace(0.05, 0.99, 95), 3))
 
 def _render_in_catalogue(work: renders.RenderedWork) -> bool:
     return _hash(work.work_id) % 2 == 0
-
-
-def _render_split(work: renders.RenderedWork) -> str:
-    return "calibration" if (_hash(work.work_id) >> 8) % 2 == 0 else "evaluation"
 
 
 def _source(track: Track) -> grid.Source:
@@ -130,7 +124,7 @@ def negative_sources(
         if any(musical.twins(keys[str(t.path)], keys[str(c.path)]) for c in inside)
     ]
     rendered_outside = [
-        w for w in works if not _render_in_catalogue(w) and _render_split(w) == split
+        w for w in works if not _render_in_catalogue(w) and split_of_id(w.work_id) == split
     ]
     return {
         "other_track": [_source(t) for t in outside],
@@ -149,33 +143,8 @@ def _open_matcher(directory: str) -> None:
 
 
 def _match(query: grid.SuiteQuery) -> dict:
-    """One tunetrace row: stage times and every scored verification of the query."""
     assert _matcher is not None
-    params = _matcher.catalogue.params
-    row: dict = {"query": asdict(query)}
-    started = time.perf_counter()
-    try:
-        audio = load_audio(query.path, sample_rate_hz=params.sample_rate_hz)
-        decoded = time.perf_counter()
-        features = extract_features(audio, params=params)
-    except TunetraceError as exc:
-        return {**row, "error": str(exc)}
-    featured = time.perf_counter()
-    timings: dict[str, float] = {}
-    verifications = _matcher.verify(features, timings=timings)
-    row["elapsed_s"] = time.perf_counter() - started
-    row["duration_s"] = features.duration_s
-    row["stages"] = {"decode": decoded - started, "features": featured - decoded, **timings}
-    row["verifications"] = [
-        {
-            "reference_id": _matcher.catalogue.record_by_key(v.reference_key).reference_id,
-            "score": v.score,
-            "tempo_ratio": v.tempo_ratio,
-            "pitch_shift_semitones": v.pitch_shift_semitones,
-        }
-        for v in verifications
-    ]
-    return row
+    return match_row(_matcher, query)
 
 
 def match_all(directory: Path, queries: list[grid.SuiteQuery], workers: int) -> list[dict]:

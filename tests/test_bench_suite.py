@@ -187,3 +187,32 @@ def test_extrapolation_grows_search_with_the_square_root_of_the_vectors() -> Non
     assert guess["query_p50_ms"] == guess["search_p50_ms"] + 200
     assert guess["full_vector_index_gb"] == 3000.0
     assert "sqrt" in guess["assumptions"]
+
+
+def test_a_match_row_holds_stage_times_and_the_right_reference(tmp_path: Path) -> None:
+    from benchmarks.match_rows import match_row
+    from tunetrace.matcher import Matcher
+
+    song = _write(tmp_path / "song.wav", synth_song(21, 40.0))
+    other = _write(tmp_path / "other.wav", synth_song(22, 40.0))
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        ingest(catalogue, [IngestItem(song, "song"), IngestItem(other, "other")])
+        plan = grid._Plan(
+            grid.Source("song", song, 40.0, "g"),
+            Alteration("stretch", "librosa", tempo_ratio=1.1),
+            "1.1",
+            8.0,
+            12.0,
+            None,
+        )
+        (query,) = grid.make_suite_queries([plan], tmp_path / "queries", workers=1)
+        row = match_row(Matcher(catalogue), query)
+        assert set(row["stages"]) == {"decode", "features", "search", "verification"}
+        assert row["elapsed_s"] >= sum(row["stages"].values()) * 0.99
+        assert metrics.tunetrace_verdict(row, 0.5) == "song"
+        broken = tmp_path / "broken.wav"
+        broken.write_bytes(b"not audio")
+        failed = match_row(
+            Matcher(catalogue), grid.SuiteQuery(**{**query.__dict__, "path": str(broken)})
+        )
+        assert "error" in failed and "verifications" not in failed

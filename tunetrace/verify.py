@@ -443,11 +443,8 @@ def _chroma_roll_scores(
     # bins. Interpolating frames is linear, so the reference's bin spectrum is taken once for
     # the frames the pairs touch and then interpolated (frames along the first axis, so the
     # gathers read contiguous rows).
-    last = reference.n_frames - 1
-    clipped = np.clip(positions, 0, last)
-    left = np.floor(clipped).astype(np.int64)
-    right = np.minimum(left + 1, last)
-    frac = (clipped - left).astype(np.float32)[..., None]
+    left, right, frac = _interpolation_weights(positions, reference.n_frames)
+    frac = frac[..., None]
     first, stop = int(left.min()), int(right.max()) + 1
     window = np.fft.rfft(reference.chroma[:, first:stop], axis=0).T.astype(np.complex64)
     aligned_fft = window[left - first] * (1 - frac) + window[right - first] * frac
@@ -485,13 +482,21 @@ def whiten_spectrum(spectrum: np.ndarray, width: int) -> np.ndarray:
     return (spectrum - local_mean).astype(np.float32)
 
 
-def interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends)."""
-    last = features.shape[1] - 1
+def _interpolation_weights(
+    positions: np.ndarray, n_frames: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Left and right frames and the right frame's weight for fractional ``positions``
+    (clipped to ``[0, n_frames - 1]``)."""
+    last = n_frames - 1
     clipped = np.clip(positions, 0, last)
     left = np.floor(clipped).astype(np.int64)
     right = np.minimum(left + 1, last)
-    frac = (clipped - left).astype(np.float32)
+    return left, right, (clipped - left).astype(np.float32)
+
+
+def interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends)."""
+    left, right, frac = _interpolation_weights(positions, features.shape[1])
     return features[:, left] * (1 - frac) + features[:, right] * frac
 
 
