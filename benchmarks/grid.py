@@ -30,10 +30,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import soundfile
-
-from benchmarks.alter import Alteration, apply
-from benchmarks.queries import read_excerpt
+from benchmarks.alter import Alteration
+from benchmarks.queries import query_suffix, write_altered_excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -218,35 +216,25 @@ def plan_queries(
     return plans
 
 
-def _suffix(alteration: Alteration) -> str:
-    kind = (alteration.codec or "").split("@")[0]
-    return {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
-
-
 def _make(job: tuple[int, _Plan, Path]) -> SuiteQuery | None:
     number, plan, folder = job
     alteration = plan.alteration
     digest = hashlib.sha1(
         f"{plan.source.source_id}|{plan.start_s:.3f}|{plan.query_s}".encode()
     ).hexdigest()[:8]
-    target = folder / f"{number:05d}_{alteration.name}_{digest}{_suffix(alteration)}"
+    target = folder / f"{number:05d}_{alteration.name}_{digest}{query_suffix(alteration)}"
     if plan.query_s is None:
         span = plan.source.duration_s
     else:
         span = plan.query_s * alteration.tempo_ratio
         span += alteration.edit_s if alteration.edit == "remove_middle" else 0.0
     if not target.exists():
-        source = folder / f".src{number}.wav"
         try:
-            samples, rate = read_excerpt(plan.source.path, plan.start_s, span)
-            soundfile.write(str(source), samples, rate)
-            apply(alteration, source, target, seed=number)
+            write_altered_excerpt(plan.source.path, plan.start_s, span, alteration, target, number)
         except (subprocess.CalledProcessError, RuntimeError, ValueError) as exc:
             logger.warning("could not make %s: %s", target.name, getattr(exc, "stderr", exc))
             target.unlink(missing_ok=True)
             return None
-        finally:
-            source.unlink(missing_ok=True)
     return SuiteQuery(
         path=str(target),
         source_id=plan.source.source_id,

@@ -157,23 +157,42 @@ def read_excerpt(path: Path, start_s: float, duration_s: float) -> tuple[np.ndar
         return np.frombuffer(raw, np.float32).reshape(-1, 2), 44100
 
 
+def query_suffix(alteration: Alteration) -> str:
+    """File suffix of a query made with ``alteration`` (its codec's container, else WAV)."""
+    kind = (alteration.codec or "").split("@")[0]
+    return {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
+
+
+def write_altered_excerpt(
+    path: Path, start_s: float, span_s: float, alteration: Alteration, target: Path, seed: int
+) -> None:
+    """Cut ``[start_s, start_s + span_s)`` of ``path`` and write it altered to ``target``.
+
+    Raises
+    ------
+    subprocess.CalledProcessError
+        When a tool fails.
+    """
+    source = target.parent / f".src-{target.stem}.wav"
+    try:
+        samples, rate = read_excerpt(path, start_s, span_s)
+        soundfile.write(str(source), samples, rate)
+        apply(alteration, source, target, seed=seed)
+    finally:
+        source.unlink(missing_ok=True)
+
+
 def _make(job: tuple[Track, Alteration, float, float, Path, int, bool]) -> Query | None:
     track, alteration, start_s, query_s, target_dir, number, positive = job
-    suffix = {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(
-        (alteration.codec or "").split("@")[0], ".wav"
-    )
-    target = target_dir / f"{number:04d}_{alteration.name}{suffix}"
+    target = target_dir / f"{number:04d}_{alteration.name}{query_suffix(alteration)}"
     if not target.exists():
-        samples, rate = read_excerpt(track.path, start_s, query_s * alteration.tempo_ratio)
-        source = target_dir / f".src{number}.wav"
-        soundfile.write(str(source), samples, rate)
         try:
-            apply(alteration, source, target, seed=number)
+            write_altered_excerpt(
+                track.path, start_s, query_s * alteration.tempo_ratio, alteration, target, number
+            )
         except subprocess.CalledProcessError as exc:
             logger.warning("could not make %s: %s", target.name, exc.stderr)
             return None
-        finally:
-            source.unlink(missing_ok=True)
     return Query(
         path=str(target),
         source_id=track.track_id,
