@@ -105,6 +105,8 @@ def candidate_recall(
             params=matcher.catalogue.params,
             n_neighbours=matcher.settings.n_neighbours,
             max_candidates=matcher.settings.max_candidates,
+            per_reference=matcher.settings.places_per_reference,
+            min_vote_ratio=matcher.settings.min_vote_ratio,
         )
         found += key_of[query.source_id] in {c.reference_key for c in candidates}
     return found / max(1, len(queries))

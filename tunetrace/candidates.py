@@ -10,6 +10,7 @@ copy piles its votes on one triple; coincidental neighbours scatter theirs.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -81,6 +82,8 @@ def find_candidates(
     n_neighbours: int = 20,
     max_candidates: int = 8,
     per_reference: int = 3,
+    min_vote_ratio: float = 0.0,
+    other_rates: int = 0,
     exclude_keys: frozenset[int] = frozenset(),
 ) -> list[Candidate]:
     """Rank (reference, tempo ratio, offset) triples by offset-consistent patch votes.
@@ -97,10 +100,15 @@ def find_candidates(
     max_candidates : int
         Number of distinct references returned.
     per_reference : int
-        Distinct places returned per reference: the best, the next best (often the same
-        material at another tempo ratio), and, when more than two, the best other offset at
-        the first place's tempo ratio (a copy with a section cut out or moved holds two
-        far-apart parts of its reference).
+        Distinct offsets returned per reference: the best, the next best, and, when more
+        than two, the best other offset at the first place's tempo ratio (a copy with a
+        section cut out or moved holds two far-apart parts of its reference).
+    min_vote_ratio : float
+        Places with fewer votes than this fraction of the best place's are not returned.
+    other_rates : int
+        Other tempo ratios kept per place (see :attr:`Candidate.other_tempo_ratios`): vote
+        peaks at the same offset with a tempo ratio more than ``SAME_PLACE_RATES`` grid steps
+        from the place's known ones.
     exclude_keys : frozenset of int
         References whose hits are dropped before voting (a reference scanned against its own
         catalogue must not find itself).
@@ -141,35 +149,57 @@ def find_candidates(
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
     totals = _add_best_neighbour_bin(triples, totals)
 
-    candidates: list[Candidate] = []
-    offsets_by_reference: dict[int, list[tuple[int, int]]] = {}
+    places: list[_Place] = []
+    places_by_reference: dict[int, list[_Place]] = {}
+    min_votes = min_vote_ratio * float(totals.max())
     for position in np.argsort(-totals)[:MAX_TRIPLES_CONSIDERED]:
+        if totals[position] < min_votes:
+            break
         ref_key, rate_i, off_bin = (int(v) for v in triples[position])
-        chosen = offsets_by_reference.get(ref_key)
+        chosen = places_by_reference.get(ref_key)
         if chosen is None:
-            if len(offsets_by_reference) >= max_candidates:
+            if len(places_by_reference) >= max_candidates:
                 continue
-            chosen = offsets_by_reference[ref_key] = []
-        if len(chosen) >= per_reference or any(
-            abs(off_bin - b) <= SAME_PLACE_BINS and abs(rate_i - r) <= SAME_PLACE_RATES
-            for r, b in chosen
-        ):
+            chosen = places_by_reference[ref_key] = []
+        here = [place for place in chosen if abs(off_bin - place.offset_bin) <= SAME_PLACE_BINS]
+        if here:
+            # The same place: a new tempo ratio there becomes one more ratio to align with.
+            place = here[0]
+            known = any(abs(rate_i - r) <= SAME_PLACE_RATES for r in place.rate_indices)
+            if not known and len(place.rate_indices) <= other_rates:
+                place.rate_indices.append(rate_i)
+            continue
+        if len(chosen) >= per_reference:
             continue
         # Keep the last place for the other piece of a cut or rearranged copy: another
         # offset at the tempo ratio of the reference's best place.
         last_place = len(chosen) == per_reference - 1 and per_reference > 2
-        if last_place and abs(rate_i - chosen[0][0]) > SAME_PLACE_RATES:
+        if last_place and abs(rate_i - chosen[0].rate_indices[0]) > SAME_PLACE_RATES:
             continue
-        chosen.append((rate_i, off_bin))
-        candidates.append(
-            Candidate(
-                reference_key=ref_key,
-                tempo_ratio=float(rates[rate_i]),
-                offset_frames=float(off_bin * params.reference_patch_hop),
-                votes=float(totals[position]),
-            )
+        place = _Place(ref_key, off_bin, [rate_i], float(totals[position]))
+        chosen.append(place)
+        places.append(place)
+    return [
+        Candidate(
+            reference_key=place.reference_key,
+            tempo_ratio=float(rates[place.rate_indices[0]]),
+            offset_frames=float(place.offset_bin * params.reference_patch_hop),
+            votes=place.votes,
+            other_tempo_ratios=tuple(float(rates[i]) for i in place.rate_indices[1:]),
         )
-    return candidates
+        for place in places
+    ]
+
+
+@dataclass
+class _Place:
+    """A reference offset that won votes, with the tempo ratios (grid indices, best first)
+    that won them there."""
+
+    reference_key: int
+    offset_bin: int
+    rate_indices: list[int]
+    votes: float
 
 
 def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
-from tunetrace.types import Segment, Verification
+from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
     VerifySettings,
     align_on_chroma,
@@ -41,11 +41,29 @@ class MatchSettings:
         References whose vote peaks go on to chroma alignment and a quick spectral screening.
     verify_top : int
         Screened alignments (best first) verified in full.
+    min_vote_ratio : float
+        Vote peaks weaker than this fraction of the strongest are not aligned at all. On the
+        calibration split no true reference that was found had less than 0.24 of the best
+        peak's votes, and this cut saves about 30% of the alignments.
+    other_tempo_ratios : int
+        Other tempo ratios kept per candidate place (vote peaks at the same offset).
+    places_per_reference : int
+        Distinct offsets per reference sent to alignment.
+    retimed_candidates : int
+        The strongest candidates (by votes) whose other tempo ratios are aligned and screened
+        too, each on its own: patch votes locate a copy better than they time it, and chroma
+        alone can prefer a wrong ratio that the spectral screening rejects. On the
+        calibration split this and a fourth place per reference raised top-1 recall at the
+        threshold from 86.5% to 89.5% for about 20% more verification time.
     """
 
     n_neighbours: int = 20
     max_candidates: int = 16
     verify_top: int = 4
+    min_vote_ratio: float = 0.2
+    other_tempo_ratios: int = 3
+    places_per_reference: int = 4
+    retimed_candidates: int = 4
 
 
 class Matcher:
@@ -150,11 +168,15 @@ class Matcher:
             params=params,
             n_neighbours=self.settings.n_neighbours,
             max_candidates=self.settings.max_candidates,
+            min_vote_ratio=self.settings.min_vote_ratio,
+            other_rates=self.settings.other_tempo_ratios,
+            per_reference=self.settings.places_per_reference,
             exclude_keys=exclude_keys,
         )
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
         screened = []
+        candidates = _one_ratio_each(candidates, self.settings.retimed_candidates)
         for candidate in candidates:
             reference = self.catalogue.features(candidate.reference_key)
             alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
@@ -235,6 +257,17 @@ SAME_TEMPO_TOLERANCE = 0.03
 SAME_PITCH_TOLERANCE_SEMITONES = 0.5
 #: Segments of two alignments may share this much query time at a cut (edges are blurred).
 MAX_SEGMENT_OVERLAP_S = 1.0
+
+
+def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
+    """The candidates with the first ``retimed`` split into one candidate per tempo ratio."""
+    out = []
+    for number, candidate in enumerate(candidates):
+        ratios = (candidate.tempo_ratio, *candidate.other_tempo_ratios)
+        if number >= retimed:
+            ratios = ratios[:1]
+        out.extend(replace(candidate, tempo_ratio=r, other_tempo_ratios=()) for r in ratios)
+    return out
 
 
 def covered_seconds(segments: list[Segment]) -> float:

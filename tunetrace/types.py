@@ -19,12 +19,17 @@ class Candidate:
         Reference frame where the query's first frame lands.
     votes : float
         Vote strength: summed similarity of consistent patch hits per query patch.
+    other_tempo_ratios : tuple of float
+        Weaker vote peaks at the same place with other tempo ratios. Patch vectors pin down
+        where a copy sits better than how fast it runs, so the matcher aligns the strongest
+        candidates at these ratios too.
     """
 
     reference_key: int
     tempo_ratio: float
     offset_frames: float
     votes: float
+    other_tempo_ratios: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

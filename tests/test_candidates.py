@@ -1,0 +1,141 @@
+"""Candidate places from patch votes, and the spectral fit that verification reads them with."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from tunetrace.fingerprint.features import Features, features_from_spectrum
+from tunetrace.fingerprint.params import FingerprintParams
+
+from tunetrace.candidates import find_candidates, query_patch_vectors, vector_ids
+from tunetrace.matcher import _one_ratio_each
+from tunetrace.types import Candidate
+from tunetrace.verify import _SpectralFit, prepare_query, whiten_spectrum
+
+PARAMS = FingerprintParams()
+OFFSET = 800  # reference frame where the query's first frame lands
+
+
+def _query(seed: int = 0, n_frames: int = 100) -> Features:
+    rng = np.random.default_rng(seed)
+    spectrum = rng.random((PARAMS.n_bins, n_frames)).astype(np.float32)
+    return features_from_spectrum(spectrum, params=PARAMS)
+
+
+class _ScriptedSearcher:
+    """Answers each query patch with hits chosen per tempo-ratio index of the grid."""
+
+    def __init__(self, features: Features, hits_by_rate: dict[int, list[tuple[int, float]]]):
+        _, self.rate_index, self.starts = query_patch_vectors(features, params=PARAMS)
+        self.hits_by_rate = hits_by_rate
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = np.zeros((len(vectors), k), dtype=np.float32)
+        ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, (rate_i, start) in enumerate(zip(self.rate_index, self.starts, strict=True)):
+            for column, (key, similarity) in enumerate(self.hits_by_rate.get(int(rate_i), [])):
+                patch = round((start + OFFSET) / PARAMS.reference_patch_hop)
+                ids[row, column] = vector_ids(key, patch + 1)[patch]
+                sims[row, column] = similarity
+        return sims, ids
+
+
+def _rate_index(rate: float) -> int:
+    return int(np.argmin(np.abs(np.log(PARAMS.rate_grid() / rate))))
+
+
+def test_other_tempo_ratios_at_the_same_place_are_kept_with_it() -> None:
+    query = _query()
+    unit, slower = _rate_index(1.0), _rate_index(0.8)
+    searcher = _ScriptedSearcher(query, {unit: [(1, 0.9)], slower: [(1, 0.6)]})
+
+    with_others = find_candidates(query, searcher, params=PARAMS, other_rates=3)
+    without = find_candidates(query, searcher, params=PARAMS, other_rates=0)
+
+    assert len(with_others) == 1
+    place = with_others[0]
+    assert place.tempo_ratio == pytest.approx(1.0)
+    assert abs(place.offset_frames - OFFSET) <= PARAMS.reference_patch_hop
+    assert place.other_tempo_ratios == (pytest.approx(PARAMS.rate_grid()[slower]),)
+    assert [c.other_tempo_ratios for c in without] == [()]
+
+
+def test_weak_vote_peaks_are_dropped_below_the_ratio() -> None:
+    query = _query()
+    unit = _rate_index(1.0)
+    searcher = _ScriptedSearcher(query, {unit: [(1, 0.9), (2, 0.1)]})
+
+    everything = find_candidates(query, searcher, params=PARAMS)
+    strong = find_candidates(query, searcher, params=PARAMS, min_vote_ratio=0.5)
+
+    assert {c.reference_key for c in everything} == {1, 2}
+    assert {c.reference_key for c in strong} == {1}
+
+
+def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:
+    first = Candidate(1, 1.0, 0.0, 2.0, other_tempo_ratios=(0.8, 1.25))
+    second = Candidate(2, 1.1, 0.0, 1.0, other_tempo_ratios=(0.9,))
+
+    seeds = _one_ratio_each([first, second], retimed=1)
+
+    assert [(c.reference_key, c.tempo_ratio) for c in seeds] == [
+        (1, 1.0),
+        (1, 0.8),
+        (1, 1.25),
+        (2, 1.1),
+    ]
+    assert all(c.other_tempo_ratios == () for c in seeds)
+
+
+def _direct_frame_correlation(
+    query_white: np.ndarray, reference: np.ndarray, positions: np.ndarray, shift: float
+) -> np.ndarray:
+    """Interpolate frames, whiten, shift along frequency, correlate: the straightforward way."""
+    n_frames = reference.shape[1]
+    clipped = np.clip(positions, 0, n_frames - 1)
+    left = np.floor(clipped).astype(int)
+    right = np.minimum(left + 1, n_frames - 1)
+    frac = clipped - left
+    frames = reference[:, left] * (1 - frac) + reference[:, right] * frac
+    white = whiten_spectrum(frames, 13)
+    source = np.arange(white.shape[0]) - shift
+    valid = (source >= 0) & (source <= white.shape[0] - 1)
+    low = np.floor(source[valid]).astype(int)
+    high = np.minimum(low + 1, white.shape[0] - 1)
+    weight = (source[valid] - low)[:, None]
+    shifted = white[low] * (1 - weight) + white[high] * weight
+    q = query_white[valid] - query_white[valid].mean(axis=0)
+    r = shifted - shifted.mean(axis=0)
+    return (q * r).sum(axis=0) / (np.linalg.norm(q, axis=0) * np.linalg.norm(r, axis=0))
+
+
+@pytest.mark.parametrize(
+    ("rate", "offset", "shift"), [(1.0, 40.0, 0.0), (0.83, 12.5, 7.4), (1.37, 300.2, -41.0)]
+)
+def test_spectral_fit_equals_shifting_and_whitening_each_alignment(
+    rate: float, offset: float, shift: float
+) -> None:
+    query = prepare_query(_query(seed=1))
+    reference = _query(seed=2, n_frames=600)
+    fit = _SpectralFit(query, reference, whiten_bins=13)
+
+    measured = fit.similarity(rate, offset, shift).per_frame
+    expected = _direct_frame_correlation(
+        query.white, reference.spectrum, fit.positions(rate, offset), shift
+    )
+
+    np.testing.assert_allclose(measured, expected, atol=1e-5)
+
+
+def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
+    query = prepare_query(_query(seed=3))
+    reference = _query(seed=4, n_frames=20_000)
+    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit.similarity(1.0, 10.0, 3.0)  # a span near the start is kept
+    # Wrapped round the end: a span covering both would exceed the longest one kept.
+    positions = (fit.positions(1.0, 10.0) - 50.0) % reference.n_frames
+
+    measured = fit.spectral_at(positions, 3.0)
+    expected = _direct_frame_correlation(query.white, reference.spectrum, positions, 3.0)
+
+    np.testing.assert_allclose(measured, expected, atol=1e-5)
