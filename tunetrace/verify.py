@@ -535,17 +535,19 @@ def _chroma_roll_scores(
     frame_weights = (inside * weights[None, :]).astype(np.float32)
     # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
     # bins. Interpolating frames is linear, so the reference's bin spectrum is taken once for
-    # the frames the pairs touch and then interpolated (frames along the first axis, so the
-    # gathers read contiguous rows).
+    # the frames the pairs touch (frames along the first axis, so the gathers read contiguous
+    # rows).
+    # Each pair's sum over frames of weight x conj(interpolated reference) x query is taken as
+    # two three-operand einsums (left and right frames), with no pair-sized temporaries.
     left, right, frac = _interpolation_weights(positions, reference.n_frames)
-    frac = frac[..., None]
     first, stop = int(left.min()), int(right.max()) + 1
-    window = np.fft.rfft(reference.chroma[:, first:stop], axis=0).T.astype(np.complex64)
-    aligned_fft = window[left - first] * (1 - frac) + window[right - first] * frac
+    window = np.conj(np.fft.rfft(reference.chroma[:, first:stop], axis=0).T).astype(np.complex64)
     query_fft = np.fft.rfft(query.chroma, axis=0).T.astype(np.complex64)  # (frames, bins//2+1)
-    cross = np.einsum("ptb,pt->bp", np.conj(aligned_fft) * query_fft[None], frame_weights)
+    cross = np.einsum(
+        "ptb,tb,pt->pb", window[left - first], query_fft, frame_weights * (1 - frac)
+    ) + np.einsum("ptb,tb,pt->pb", window[right - first], query_fft, frame_weights * frac)
     n_bins = query.chroma.shape[0]
-    per_roll = np.fft.irfft(cross, n=n_bins, axis=0).T  # (pairs, rolls)
+    per_roll = np.fft.irfft(cross, n=n_bins, axis=1)  # (pairs, rolls)
     total = frame_weights.sum(axis=1)
     reference_span = weights.mean() * reference.n_frames / rates  # in query frames, weighted
     enough = total >= 0.5 * np.minimum(weights.sum(), reference_span)
