@@ -356,7 +356,7 @@ class _SpectralFit:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return _Fit(0.0, 0.0, 0.0, zeros, usable, positions)
         pair, raw, white = shifted
-        per_frame = _frame_correlation(pair.query_white, white)
+        per_frame = _frame_correlation(pair.query_centred, pair.query_norms, white)
         return _Fit(
             spectral=_weighted_mean(per_frame, usable),
             dynamics=_change_correlation(pair.query_white_changes, white, usable),
@@ -372,7 +372,7 @@ class _SpectralFit:
         if shifted is None:
             return np.zeros(len(positions), dtype=np.float32)
         pair, _, white = shifted
-        return _frame_correlation(pair.query_white, white)
+        return _frame_correlation(pair.query_centred, pair.query_norms, white)
 
     def _read(
         self, positions: np.ndarray, shift: float
@@ -427,7 +427,8 @@ class _ReferenceSpan:
 class _ShiftedPair:
     """A query's bins and a reference span's bins paired under one spectral shift."""
 
-    query_white: np.ndarray
+    query_centred: np.ndarray
+    query_norms: np.ndarray
     query_white_changes: np.ndarray
     query_raw_changes: np.ndarray
     reference_raw: np.ndarray
@@ -447,9 +448,11 @@ class _ShiftedPair:
         high = np.minimum(low + 1, n_bins - 1)
         weight = (source - low)[:, None].astype(np.float32)
         query_white = query.white[valid]
+        centred = query_white - query_white.mean(axis=0, keepdims=True)
         query_raw = query.features.spectrum[valid]
         return cls(
-            query_white=query_white,
+            query_centred=centred,
+            query_norms=np.linalg.norm(centred, axis=0),
             query_white_changes=_changes(query_white),
             query_raw_changes=_changes(query_raw),
             reference_raw=raw[low] * (1 - weight) + raw[high] * weight,
@@ -611,12 +614,14 @@ def _changes(spectrum: np.ndarray) -> np.ndarray:
     return spectrum[:, 2:] - spectrum[:, :-2]
 
 
-def _frame_correlation(query_bins: np.ndarray, reference_bins: np.ndarray) -> np.ndarray:
-    """Per-frame Pearson correlation of paired query and (shifted) reference bins."""
-    query = query_bins - query_bins.mean(axis=0, keepdims=True)
+def _frame_correlation(
+    query_centred: np.ndarray, query_norms: np.ndarray, reference_bins: np.ndarray
+) -> np.ndarray:
+    """Per-frame Pearson correlation of paired query bins (given centred per frame, with
+    their norms) and (shifted) reference bins."""
     reference = reference_bins - reference_bins.mean(axis=0, keepdims=True)
-    numerator = (query * reference).sum(axis=0)
-    denominator = np.linalg.norm(query, axis=0) * np.linalg.norm(reference, axis=0)
+    numerator = (query_centred * reference).sum(axis=0)
+    denominator = query_norms * np.linalg.norm(reference, axis=0)
     return (numerator / np.maximum(denominator, 1e-9)).astype(np.float32)
 
 
