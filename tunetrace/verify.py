@@ -19,7 +19,7 @@ reference. So verification
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -93,6 +93,35 @@ class PreparedQuery:
     features: Features
     weights: np.ndarray
     white: np.ndarray
+    _bands: dict[tuple[int, int], _QueryBand] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def band(self, first: int, stop: int) -> _QueryBand:
+        """The query's bins ``first .. stop - 1`` as spectral comparisons use them (cached:
+        every shift that leaves the same bins paired reuses them)."""
+        key = (first, stop)
+        if key not in self._bands:
+            white = self.white[first:stop]
+            centred = white - white.mean(axis=0, keepdims=True)
+            self._bands[key] = _QueryBand(
+                centred=centred,
+                norms=np.linalg.norm(centred, axis=0),
+                white_changes=_changes(white),
+                raw_changes=_changes(self.features.spectrum[first:stop]),
+            )
+        return self._bands[key]
+
+
+@dataclass(frozen=True)
+class _QueryBand:
+    """A band of a query's bins: whitened and centred per frame (with the frames' norms),
+    and the changes of its whitened and raw spectra."""
+
+    centred: np.ndarray
+    norms: np.ndarray
+    white_changes: np.ndarray
+    raw_changes: np.ndarray
 
 
 def prepare_query(features: Features, settings: VerifySettings | None = None) -> PreparedQuery:
@@ -356,11 +385,11 @@ class _SpectralFit:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return _Fit(0.0, 0.0, 0.0, zeros, usable, positions)
         pair, raw, white = shifted
-        per_frame = _frame_correlation(pair.query_centred, pair.query_norms, white)
+        per_frame = _frame_correlation(pair.query.centred, pair.query.norms, white)
         return _Fit(
             spectral=_weighted_mean(per_frame, usable),
-            dynamics=_change_correlation(pair.query_white_changes, white, usable),
-            onsets=_change_correlation(pair.query_raw_changes, raw, usable),
+            dynamics=_change_correlation(pair.query.white_changes, white, usable),
+            onsets=_change_correlation(pair.query.raw_changes, raw, usable),
             per_frame=per_frame,
             usable=usable,
             positions=positions,
@@ -372,7 +401,7 @@ class _SpectralFit:
         if shifted is None:
             return np.zeros(len(positions), dtype=np.float32)
         pair, _, white = shifted
-        return _frame_correlation(pair.query_centred, pair.query_norms, white)
+        return _frame_correlation(pair.query.centred, pair.query.norms, white)
 
     def _read(
         self, positions: np.ndarray, shift: float
@@ -427,10 +456,7 @@ class _ReferenceSpan:
 class _ShiftedPair:
     """A query's bins and a reference span's bins paired under one spectral shift."""
 
-    query_centred: np.ndarray
-    query_norms: np.ndarray
-    query_white_changes: np.ndarray
-    query_raw_changes: np.ndarray
+    query: _QueryBand
     reference_raw: np.ndarray
     reference_white: np.ndarray
 
@@ -440,21 +466,15 @@ class _ShiftedPair:
     ) -> _ShiftedPair | None:
         n_bins = raw.shape[0]
         source = np.arange(n_bins) - shift
-        valid = (source >= 0) & (source <= n_bins - 1)
-        if valid.sum() < n_bins // 4:
+        valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
+        if len(valid) < n_bins // 4:
             return None
         source = source[valid]
         low = np.floor(source).astype(np.int64)
         high = np.minimum(low + 1, n_bins - 1)
         weight = (source - low)[:, None].astype(np.float32)
-        query_white = query.white[valid]
-        centred = query_white - query_white.mean(axis=0, keepdims=True)
-        query_raw = query.features.spectrum[valid]
         return cls(
-            query_centred=centred,
-            query_norms=np.linalg.norm(centred, axis=0),
-            query_white_changes=_changes(query_white),
-            query_raw_changes=_changes(query_raw),
+            query=query.band(int(valid[0]), int(valid[-1]) + 1),
             reference_raw=raw[low] * (1 - weight) + raw[high] * weight,
             reference_white=white[low] * (1 - weight) + white[high] * weight,
         )
