@@ -21,7 +21,6 @@ Negative queries come from three kinds of sources outside the catalogue:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -31,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.alter import Alteration
-from benchmarks.queries import query_suffix, write_altered_excerpt
+from benchmarks.queries import query_file_name, write_altered_excerpt
 
 logger = logging.getLogger(__name__)
 
@@ -219,10 +218,9 @@ def plan_queries(
 def _make(job: tuple[int, _Plan, Path]) -> SuiteQuery | None:
     number, plan, folder = job
     alteration = plan.alteration
-    digest = hashlib.sha1(
-        f"{plan.source.source_id}|{plan.start_s:.3f}|{plan.query_s}".encode()
-    ).hexdigest()[:8]
-    target = folder / f"{number:05d}_{alteration.name}_{digest}{query_suffix(alteration)}"
+    target = folder / query_file_name(
+        number, alteration, plan.source.source_id, plan.start_s, plan.query_s
+    )
     if plan.query_s is None:
         span = plan.source.duration_s
     else:

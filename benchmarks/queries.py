@@ -157,10 +157,17 @@ def read_excerpt(path: Path, start_s: float, duration_s: float) -> tuple[np.ndar
         return np.frombuffer(raw, np.float32).reshape(-1, 2), 44100
 
 
-def query_suffix(alteration: Alteration) -> str:
-    """File suffix of a query made with ``alteration`` (its codec's container, else WAV)."""
+def query_file_name(
+    number: int, alteration: Alteration, source_id: str, start_s: float, span_s: float | None
+) -> str:
+    """Cache file name of a query: its number, alteration and a digest of what it was cut
+    from, so that a cached file is only reused for the very same excerpt (plans of other
+    sizes or track lists number their queries differently). The suffix is the codec's
+    container, else WAV."""
+    digest = hashlib.sha1(f"{source_id}|{start_s:.3f}|{span_s}".encode()).hexdigest()[:8]
     kind = (alteration.codec or "").split("@")[0]
-    return {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
+    suffix = {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
+    return f"{number:05d}_{alteration.name}_{digest}{suffix}"
 
 
 def write_altered_excerpt(
@@ -184,7 +191,7 @@ def write_altered_excerpt(
 
 def _make(job: tuple[Track, Alteration, float, float, Path, int, bool]) -> Query | None:
     track, alteration, start_s, query_s, target_dir, number, positive = job
-    target = target_dir / f"{number:04d}_{alteration.name}{query_suffix(alteration)}"
+    target = target_dir / query_file_name(number, alteration, track.track_id, start_s, query_s)
     if not target.exists():
         try:
             write_altered_excerpt(

@@ -322,6 +322,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", choices=sorted(SIZES), default="quick")
     parser.add_argument("--calibrate", action="store_true", help="refit tunetrace/calibration.json")
+    parser.add_argument(
+        "--calibration-size",
+        choices=sorted(SIZES),
+        default=None,
+        help="size of the calibration split (default: --size); the full one has 250 negatives",
+    )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
         "--reuse",
@@ -338,17 +344,18 @@ def main() -> None:
     catalogue = Catalogue(directory)
     matcher = Matcher(catalogue)
     if args.calibrate:
+        calibration_size = args.calibration_size or args.size
         calibration = make_queries(
             tracks,
             split="calibration",
-            per_family=size["cal_per_family"],
-            negatives=size["cal_negatives"],
+            per_family=SIZES[calibration_size]["cal_per_family"],
+            negatives=SIZES[calibration_size]["cal_negatives"],
             cache=CACHE / "queries",
             seed=args.seed,
         )
         logger.info("matching %d calibration queries", len(calibration))
         calibration_rows = _rows(
-            matcher, calibration, f"calibration-{args.size}-{args.seed}", args.reuse
+            matcher, calibration, f"calibration-{calibration_size}-{args.seed}", args.reuse
         )
         model = fit_score_model(calibration_rows)
         path = Path(__file__).parent.parent / "tunetrace" / "calibration.json"
