@@ -33,7 +33,7 @@ from benchmarks import corpus
 from benchmarks.queries import make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
-from tunetrace.candidates import find_candidates, vector_ids
+from tunetrace.candidates import vector_ids
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 
@@ -99,15 +99,7 @@ def candidate_recall(
     """Share of positive queries whose true reference is among the verified candidates."""
     found = 0
     for query, features in queries:
-        candidates = find_candidates(
-            features,
-            searcher,
-            params=matcher.catalogue.params,
-            n_neighbours=matcher.settings.n_neighbours,
-            max_candidates=matcher.settings.max_candidates,
-            per_reference=matcher.settings.places_per_reference,
-            min_vote_ratio=matcher.settings.min_vote_ratio,
-        )
+        candidates = matcher.candidates(features, searcher)
         found += key_of[query.source_id] in {c.reference_key for c in candidates}
     return found / max(1, len(queries))
 

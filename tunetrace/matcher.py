@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tunetrace.alteration import classify_alteration
-from tunetrace.candidates import find_candidates
+from tunetrace.candidates import VectorSearcher, find_candidates
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
@@ -44,7 +44,8 @@ class MatchSettings:
     min_vote_ratio : float
         Vote peaks weaker than this fraction of the strongest are not aligned at all. On the
         calibration split no true reference that was found had less than 0.24 of the best
-        peak's votes, and this cut saves about 30% of the alignments.
+        peak's votes; the cut saves about 30% of the alignments of queries that hold a copy
+        (hardly any of queries that do not, whose peaks are all weak).
     other_tempo_ratios : int
         Other tempo ratios kept per candidate place (vote peaks at the same offset).
     places_per_reference : int
@@ -146,6 +147,40 @@ class Matcher:
             matches=matches,
         )
 
+    def candidates(
+        self,
+        features: Features,
+        searcher: VectorSearcher | None = None,
+        *,
+        exclude_keys: frozenset[int] = frozenset(),
+    ) -> list[Candidate]:
+        """Candidate places of a query, searched as this matcher's settings say.
+
+        Parameters
+        ----------
+        features : Features
+        searcher : VectorSearcher, optional
+            Another vector index to search (default: the catalogue's own).
+        exclude_keys : frozenset of int
+            References left out of the search.
+
+        Returns
+        -------
+        candidates : list of Candidate
+            Best first.
+        """
+        return find_candidates(
+            features,
+            self.catalogue if searcher is None else searcher,
+            params=self.catalogue.params,
+            n_neighbours=self.settings.n_neighbours,
+            max_candidates=self.settings.max_candidates,
+            min_vote_ratio=self.settings.min_vote_ratio,
+            other_rates=self.settings.other_tempo_ratios,
+            per_reference=self.settings.places_per_reference,
+            exclude_keys=exclude_keys,
+        )
+
     def verify(
         self,
         features: Features,
@@ -162,17 +197,7 @@ class Matcher:
         started = time.perf_counter()
         self.catalogue.refresh()
         params = self.catalogue.params
-        candidates = find_candidates(
-            features,
-            self.catalogue,
-            params=params,
-            n_neighbours=self.settings.n_neighbours,
-            max_candidates=self.settings.max_candidates,
-            min_vote_ratio=self.settings.min_vote_ratio,
-            other_rates=self.settings.other_tempo_ratios,
-            per_reference=self.settings.places_per_reference,
-            exclude_keys=exclude_keys,
-        )
+        candidates = self.candidates(features, exclude_keys=exclude_keys)
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
         screened = []
