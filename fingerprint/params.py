@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 #: Bumped whenever the meaning of stored features or vectors changes.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -34,8 +34,11 @@ class FingerprintParams:
         Log-frequency (and chroma) bins per octave; 36 gives third-semitone resolution.
     log_gain : float
         Gain ``g`` of the magnitude compression ``log1p(g * |X|)``.
-    chroma_fmin_hz : float
-        Lowest frequency folded into chroma (low bins are blurred by the STFT).
+    chroma_fmin_hz, chroma_fmax_hz : float
+        Edges of the raised-cosine window (over log frequency) that weighs the bins folded
+        into chroma. A pitch shift moves partials across any band edge; a hard edge then
+        changes chroma abruptly (an octave shift swaps a whole octave of partials), a smooth
+        window only reweighs them. ``chroma_fmax_hz`` may lie above the spectrum's top bin.
     chroma_smooth_frames : int
         Length of the moving average applied to chroma along time (CENS-style smoothing).
     patch_frames : int
@@ -63,7 +66,8 @@ class FingerprintParams:
     n_octaves: int = 6
     bins_per_octave: int = 36
     log_gain: float = 100.0
-    chroma_fmin_hz: float = 110.0
+    chroma_fmin_hz: float = 78.0
+    chroma_fmax_hz: float = 4300.0
     chroma_smooth_frames: int = 3
     patch_frames: int = 32
     reference_patch_hop: int = 8

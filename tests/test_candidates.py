@@ -25,16 +25,23 @@ def _query(seed: int = 0, n_frames: int = 100) -> Features:
 class _ScriptedSearcher:
     """Answers each query patch with hits chosen per tempo-ratio index of the grid."""
 
-    def __init__(self, features: Features, hits_by_rate: dict[int, list[tuple[int, float]]]):
+    def __init__(
+        self,
+        features: Features,
+        hits_by_rate: dict[int, list[tuple[int, float]]],
+        shift_by_rate: dict[int, int] | None = None,
+    ):
         _, self.rate_index, self.starts = query_patch_vectors(features, params=PARAMS)
         self.hits_by_rate = hits_by_rate
+        self.shift_by_rate = shift_by_rate or {}
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         sims = np.zeros((len(vectors), k), dtype=np.float32)
         ids = np.full((len(vectors), k), -1, dtype=np.int64)
         for row, (rate_i, start) in enumerate(zip(self.rate_index, self.starts, strict=True)):
             for column, (key, similarity) in enumerate(self.hits_by_rate.get(int(rate_i), [])):
-                patch = round((start + OFFSET) / PARAMS.reference_patch_hop)
+                shift = self.shift_by_rate.get(int(rate_i), 0)
+                patch = round((start + OFFSET + shift) / PARAMS.reference_patch_hop)
                 ids[row, column] = vector_ids(key, patch + 1)[patch]
                 sims[row, column] = similarity
         return sims, ids
@@ -56,8 +63,25 @@ def test_other_tempo_ratios_at_the_same_place_are_kept_with_it() -> None:
     place = with_others[0]
     assert place.tempo_ratio == pytest.approx(1.0)
     assert abs(place.offset_frames - OFFSET) <= PARAMS.reference_patch_hop
-    assert place.other_tempo_ratios == (pytest.approx(PARAMS.rate_grid()[slower]),)
-    assert [c.other_tempo_ratios for c in without] == [()]
+    ((other_ratio, other_offset),) = place.other_alignments
+    assert other_ratio == pytest.approx(PARAMS.rate_grid()[slower])
+    assert abs(other_offset - OFFSET) <= PARAMS.reference_patch_hop
+    assert [c.other_alignments for c in without] == [()]
+
+
+def test_each_other_tempo_ratio_keeps_the_offset_its_own_votes_chose() -> None:
+    query = _query()
+    unit, faster = _rate_index(1.0), _rate_index(1.125)
+    moved = 3 * PARAMS.reference_patch_hop  # within one place, but three offset bins away
+    searcher = _ScriptedSearcher(
+        query, {unit: [(1, 0.9)], faster: [(1, 0.6)]}, shift_by_rate={faster: moved}
+    )
+
+    (place,) = find_candidates(query, searcher, params=PARAMS, other_rates=3)
+
+    ((_, other_offset),) = place.other_alignments
+    assert abs(place.offset_frames - OFFSET) <= PARAMS.reference_patch_hop
+    assert abs(other_offset - (OFFSET + moved)) <= PARAMS.reference_patch_hop
 
 
 def test_weak_vote_peaks_are_dropped_below_the_ratio() -> None:
@@ -73,18 +97,18 @@ def test_weak_vote_peaks_are_dropped_below_the_ratio() -> None:
 
 
 def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:
-    first = Candidate(1, 1.0, 0.0, 2.0, other_tempo_ratios=(0.8, 1.25))
-    second = Candidate(2, 1.1, 0.0, 1.0, other_tempo_ratios=(0.9,))
+    first = Candidate(1, 1.0, 0.0, 2.0, other_alignments=((0.8, 16.0), (1.25, -8.0)))
+    second = Candidate(2, 1.1, 0.0, 1.0, other_alignments=((0.9, 0.0),))
 
     seeds = _one_ratio_each([first, second], retimed=1)
 
-    assert [(c.reference_key, c.tempo_ratio) for c in seeds] == [
-        (1, 1.0),
-        (1, 0.8),
-        (1, 1.25),
-        (2, 1.1),
+    assert [(c.reference_key, c.tempo_ratio, c.offset_frames) for c in seeds] == [
+        (1, 1.0, 0.0),
+        (1, 0.8, 16.0),
+        (1, 1.25, -8.0),
+        (2, 1.1, 0.0),
     ]
-    assert all(c.other_tempo_ratios == () for c in seeds)
+    assert all(c.other_alignments == () for c in seeds)
 
 
 def _direct_frame_correlation(

@@ -10,6 +10,7 @@ from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
 from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.spectrum import chroma_weights
 
 from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
@@ -35,6 +36,20 @@ def test_chord_shift_rolls_chroma_by_three_bins_per_semitone() -> None:
         shifted = extract_features(chord(shift), params=PARAMS).chroma.mean(axis=1)
         correlations = [np.dot(np.roll(base, k), shifted) for k in range(PARAMS.bins_per_octave)]
         assert int(np.argmax(correlations)) == 3 * shift, f"expected roll {3 * shift}"
+
+
+def test_chroma_window_is_a_smooth_bump_over_log_frequency() -> None:
+    weights = chroma_weights(PARAMS)
+    octaves = np.arange(PARAMS.n_bins) / PARAMS.bins_per_octave
+    low = np.log2(PARAMS.chroma_fmin_hz / PARAMS.fmin_hz)
+    high = np.log2(PARAMS.chroma_fmax_hz / PARAMS.fmin_hz)
+
+    assert np.all(weights[octaves <= low] == 0)
+    peak = octaves[int(np.argmax(weights))]
+    assert abs(peak - (low + high) / 2) <= 1 / PARAMS.bins_per_octave
+    assert weights.max() == pytest.approx(1.0, abs=1e-3)
+    # No hard edge: neighbouring bins never differ by more than a few percent.
+    assert np.abs(np.diff(weights)).max() < 0.05
 
 
 def test_embedding_ignores_chroma_rolls() -> None:

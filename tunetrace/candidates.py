@@ -106,7 +106,7 @@ def find_candidates(
     min_vote_ratio : float
         Places with fewer votes than this fraction of the best place's are not returned.
     other_rates : int
-        Other tempo ratios kept per place (see :attr:`Candidate.other_tempo_ratios`): vote
+        Other tempo ratios kept per place (see :attr:`Candidate.other_alignments`): vote
         peaks at the same offset with a tempo ratio more than ``SAME_PLACE_RATES`` grid steps
         from the place's known ones.
     exclude_keys : frozenset of int
@@ -161,13 +161,14 @@ def find_candidates(
             if len(places_by_reference) >= max_candidates:
                 continue
             chosen = places_by_reference[ref_key] = []
-        here = [place for place in chosen if abs(off_bin - place.offset_bin) <= SAME_PLACE_BINS]
+        here = [place for place in chosen if abs(off_bin - place.offset_bins[0]) <= SAME_PLACE_BINS]
         if here:
             # The same place: a new tempo ratio there becomes one more ratio to align with.
             place = here[0]
             known = any(abs(rate_i - r) <= SAME_PLACE_RATES for r in place.rate_indices)
             if not known and len(place.rate_indices) <= other_rates:
                 place.rate_indices.append(rate_i)
+                place.offset_bins.append(off_bin)
             continue
         if len(chosen) >= per_reference:
             continue
@@ -176,16 +177,19 @@ def find_candidates(
         last_place = len(chosen) == per_reference - 1 and per_reference > 2
         if last_place and abs(rate_i - chosen[0].rate_indices[0]) > SAME_PLACE_RATES:
             continue
-        place = _Place(ref_key, off_bin, [rate_i], float(totals[position]))
+        place = _Place(ref_key, [off_bin], [rate_i], float(totals[position]))
         chosen.append(place)
         places.append(place)
     return [
         Candidate(
             reference_key=place.reference_key,
             tempo_ratio=float(rates[place.rate_indices[0]]),
-            offset_frames=float(place.offset_bin * params.reference_patch_hop),
+            offset_frames=float(place.offset_bins[0] * params.reference_patch_hop),
             votes=place.votes,
-            other_tempo_ratios=tuple(float(rates[i]) for i in place.rate_indices[1:]),
+            other_alignments=tuple(
+                (float(rates[i]), float(b * params.reference_patch_hop))
+                for i, b in zip(place.rate_indices[1:], place.offset_bins[1:], strict=True)
+            ),
         )
         for place in places
     ]
@@ -194,10 +198,10 @@ def find_candidates(
 @dataclass
 class _Place:
     """A reference offset that won votes, with the tempo ratios (grid indices, best first)
-    that won them there."""
+    that won them there and the offset bin each of them chose."""
 
     reference_key: int
-    offset_bin: int
+    offset_bins: list[int]
     rate_indices: list[int]
     votes: float
 

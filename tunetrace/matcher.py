@@ -288,10 +288,12 @@ def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate
     """The candidates with the first ``retimed`` split into one candidate per tempo ratio."""
     out = []
     for number, candidate in enumerate(candidates):
-        ratios = (candidate.tempo_ratio, *candidate.other_tempo_ratios)
-        if number >= retimed:
-            ratios = ratios[:1]
-        out.extend(replace(candidate, tempo_ratio=r, other_tempo_ratios=()) for r in ratios)
+        out.append(replace(candidate, other_alignments=()))
+        if number < retimed:
+            out.extend(
+                replace(candidate, tempo_ratio=ratio, offset_frames=offset, other_alignments=())
+                for ratio, offset in candidate.other_alignments
+            )
     return out
 
 

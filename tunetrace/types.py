@@ -19,9 +19,11 @@ class Candidate:
         Reference frame where the query's first frame lands.
     votes : float
         Vote strength: summed similarity of consistent patch hits per query patch.
-    other_tempo_ratios : tuple of float
-        Weaker vote peaks at the same place with other tempo ratios. Patch vectors pin down
-        where a copy sits better than how fast it runs, so the matcher aligns the strongest
+    other_alignments : tuple of (float, float)
+        ``(tempo_ratio, offset_frames)`` of weaker vote peaks at the same place with other
+        tempo ratios, each with the offset its own votes chose (a ratio off by a few percent
+        moves the offset its votes agree on by several frames). Patch vectors pin down where
+        a copy sits better than how fast it runs, so the matcher aligns the strongest
         candidates at these ratios too.
     """
 
@@ -29,7 +31,7 @@ class Candidate:
     tempo_ratio: float
     offset_frames: float
     votes: float
-    other_tempo_ratios: tuple[float, ...] = ()
+    other_alignments: tuple[tuple[float, float], ...] = ()
 
 
 @dataclass(frozen=True)
