@@ -123,6 +123,7 @@ def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object
                             name: getattr(v, name) for name in (*FEATURE_NAMES, "votes")
                         },
                         "tempo_ratio": v.tempo_ratio,
+                        "offset_s": v.offset_frames / matcher.catalogue.params.frame_rate_hz,
                         "pitch_shift_semitones": v.pitch_shift_semitones,
                         "spectral_shift_semitones": v.spectral_shift_semitones,
                     }
@@ -143,18 +144,82 @@ def _label(row: dict, verification: dict) -> float | None:
     return 0.0
 
 
+#: A verification of a positive query's own reference is a true example for the score model
+#: only when it found the copy's alignment (tempo ratio and the reference time of the query's
+#: first frame) within these tolerances.
+TRUE_TEMPO_TOLERANCE = 0.03
+TRUE_OFFSET_TOLERANCE_S = 1.5
+
+
+def _training_label(row: dict, verification: dict) -> float | None:
+    """:func:`_label`, but ``None`` for the own reference verified at a wrong alignment.
+
+    The matcher verifies several places and tempo ratios of a strong candidate; those that
+    miss the copy's alignment measure a coincidence of the right reference, not a copy.
+    Fitted as copies they taught the model to accept coincidence-level fits; fitted as
+    non-copies they would punish real repeats (a chorus verified at its other occurrence).
+    So they are left out.
+    """
+    label = _label(row, verification)
+    if label != 1.0:
+        return label
+    query = row["query"]
+    tempo_error = abs(verification["tempo_ratio"] / query["tempo_ratio"] - 1)
+    offset_error = abs(verification["offset_s"] - query["reference_start_s"])
+    found = tempo_error <= TRUE_TEMPO_TOLERANCE and offset_error <= TRUE_OFFSET_TOLERANCE_S
+    return 1.0 if found else None
+
+
+#: Share of queries without a copy that may be flagged: the threshold is where the fitted tail
+#: of calibration queries' best coincidence scores falls to this rate.
+TARGET_FALSE_POSITIVE_RATE = 1e-4
+#: Share of the calibration queries (highest best-coincidence scores) the tail is fitted to.
+TAIL_FRACTION = 0.1
+#: Fewer calibration queries with a coincidence than this fit no tail (the threshold then
+#: sits one unit of log-odds above the highest coincidence).
+MIN_TAIL_QUERIES = 50
+
+
+def tail_quantile(values: np.ndarray, rate: float, tail_fraction: float = TAIL_FRACTION) -> float:
+    """The value exceeded with probability ``rate``, from an exponential tail fitted to the
+    highest ``tail_fraction`` of ``values`` (peaks over a threshold).
+
+    With a few hundred calibration queries the highest one alone says little about a rate of
+    1 in 10,000; the excesses of the top tenth over their smallest value are fitted with an
+    exponential (the generalised Pareto tail with shape 0), whose mean is their mean excess.
+
+    Parameters
+    ----------
+    values : np.ndarray
+    rate : float
+        Target exceedance probability, below ``tail_fraction``.
+    tail_fraction : float
+
+    Returns
+    -------
+    quantile : float
+    """
+    ordered = np.sort(values)
+    n_tail = max(5, round(tail_fraction * len(ordered)))
+    tail = ordered[-n_tail:]
+    base = float(tail[0])
+    share = n_tail / len(ordered)
+    return base + float(np.mean(tail - base)) * float(np.log(share / rate))
+
+
 def fit_score_model(rows: list[dict]) -> ScoreModel:
     """Logistic regression (L2) on calibration verifications; threshold from its negatives."""
     from scipy.optimize import minimize
 
-    features, labels = [], []
-    for row in rows:
+    features, labels, row_of = [], [], []
+    for number, row in enumerate(rows):
         for v in row.get("verifications", []):
-            label = _label(row, v)
+            label = _training_label(row, v)
             if label is not None:
                 features.append(v["measurements"])
                 labels.append(label)
-    x, y = np.asarray(features), np.asarray(labels)
+                row_of.append(number)
+    x, y, row_index = np.asarray(features), np.asarray(labels), np.asarray(row_of)
     weights = np.where(y == 1, 0.5 / max(y.mean(), 1e-9), 0.5 / max(1 - y.mean(), 1e-9))
 
     def loss(theta: np.ndarray) -> float:
@@ -169,18 +234,26 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
     theta = minimize(
         loss, np.zeros(x.shape[1] + 1), method="L-BFGS-B", bounds=[*bounds, (None, None)]
     ).x
-    scores = 1 / (1 + np.exp(-(x @ theta[:-1] + theta[-1])))
-    negative_max = float(scores[y == 0].max()) if (y == 0).any() else 0.5
-    # The threshold sits above every calibration negative, with a margin in logit space
-    # (about one unit of odds), and never below 0.5.
-    margin_logit = np.log(negative_max / (1 - negative_max + 1e-12)) + 1.0
-    threshold = float(max(0.5, 1 / (1 + np.exp(-margin_logit))))
+    logits = x @ theta[:-1] + theta[-1]
+    scores = 1 / (1 + np.exp(-logits))
+    negative = y == 0
+    negative_max = float(scores[negative].max()) if negative.any() else 0.5
+    # Each query's best coincidence (its highest-scoring wrong reference).
+    best_coincidence = np.full(len(rows), -np.inf)
+    np.maximum.at(best_coincidence, row_index[negative], logits[negative])
+    best_coincidence = best_coincidence[np.isfinite(best_coincidence)]
+    threshold_logit = float(np.log(negative_max / (1 - negative_max + 1e-12))) + 1.0
+    if len(best_coincidence) >= MIN_TAIL_QUERIES:
+        tail = tail_quantile(best_coincidence, TARGET_FALSE_POSITIVE_RATE)
+        threshold_logit = max(threshold_logit, tail)
+    threshold = float(max(0.5, 1 / (1 + np.exp(-threshold_logit))))
     recall = float((scores[y == 1] >= threshold).mean())
     provenance = (
         f"fitted {time.strftime('%Y-%m-%d')} by benchmarks/run_benchmark.py --calibrate on "
         f"{int(y.sum())} true and {int((1 - y).sum())} false verifications of the calibration "
         f"split (tracks disjoint from the evaluation split); calibration recall at threshold "
-        f"{recall:.3f}, highest negative score {negative_max:.3f}"
+        f"{recall:.3f}, highest negative score {negative_max:.3f}; threshold where the fitted "
+        f"tail of queries' best coincidence scores falls to {TARGET_FALSE_POSITIVE_RATE:g}"
     )
     logger.info(provenance)
     return ScoreModel(tuple(float(w) for w in theta[:-1]), float(theta[-1]), threshold, provenance)

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 from tunetrace.index.catalogue import Catalogue
 
-from benchmarks import grid, peer_chromaprint
+from benchmarks import grid, peer_chromaprint, run_benchmark
 from benchmarks import suite_metrics as metrics
 from benchmarks.alter import Alteration, apply
 from benchmarks.scale_sweep import MOSAIC_S, mosaic_work
@@ -216,3 +216,29 @@ def test_a_match_row_holds_stage_times_and_the_right_reference(tmp_path: Path) -
             Matcher(catalogue), grid.SuiteQuery(**{**query.__dict__, "path": str(broken)})
         )
         assert "error" in failed and "verifications" not in failed
+
+
+def test_tail_quantile_recovers_a_rare_quantile_of_an_exponential_tail() -> None:
+    rng = np.random.default_rng(3)
+    scale, rate = 2.0, 1e-4
+    values = rng.exponential(scale, size=2000) - 7.0
+    expected = scale * np.log(1 / rate) - 7.0  # exceeded with probability 1e-4
+
+    estimate = run_benchmark.tail_quantile(values, rate)
+
+    # The sample's own maximum lies far below it: the tail fit extrapolates.
+    assert values.max() < expected - 2.0
+    assert estimate == pytest.approx(expected, abs=0.15 * scale * np.log(1 / rate))
+
+
+def test_score_model_learns_only_from_verifications_that_found_the_copy() -> None:
+    query = {"positive": True, "source_id": "a", "tempo_ratio": 1.2, "reference_start_s": 30.0}
+    row = {"query": query}
+    found = {"reference_id": "a", "tempo_ratio": 1.21, "offset_s": 30.4}
+    mistimed = {"reference_id": "a", "tempo_ratio": 0.9, "offset_s": 30.0}
+    elsewhere = {"reference_id": "a", "tempo_ratio": 1.2, "offset_s": 80.0}
+    other = {"reference_id": "b", "tempo_ratio": 1.2, "offset_s": 30.0}
+
+    labels = [run_benchmark._training_label(row, v) for v in (found, mistimed, elsewhere, other)]
+
+    assert labels == [1.0, None, None, 0.0]
