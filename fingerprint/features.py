@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from tunetrace.fingerprint.decode import Audio
@@ -43,6 +44,19 @@ class Features:
     def duration_s(self) -> float:
         """Duration covered by the frames, in seconds."""
         return self.n_frames / self.frame_rate_hz
+
+    @cached_property
+    def chroma_bin_spectrum(self) -> np.ndarray:
+        """Fourier transform of every chroma frame along its bins, frames first.
+
+        Circular cross-correlations over pitch rolls are products in this domain; a
+        reference's transform is computed once and reused by every alignment with it.
+
+        Returns
+        -------
+        spectrum : np.ndarray [shape=(n_frames, bins_per_octave // 2 + 1), dtype=complex64]
+        """
+        return np.fft.rfft(self.chroma, axis=0).T.astype(np.complex64)
 
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""

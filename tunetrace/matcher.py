@@ -56,9 +56,6 @@ class MatchSettings:
         alone can prefer a wrong ratio that the spectral screening rejects. On the
         calibration split this and a fourth place per reference raised top-1 recall at the
         threshold from 86.5% to 89.5% for about 20% more verification time.
-    screen_top : int or None
-        Chroma alignments (best pitch-corrected chroma fit first) screened on spectra; the
-        rest are dropped (``None``: all).
     """
 
     n_neighbours: int = 20
@@ -68,7 +65,6 @@ class MatchSettings:
     other_tempo_ratios: int = 3
     places_per_reference: int = 4
     retimed_candidates: int = 4
-    screen_top: int | None = None
 
 
 class Matcher:
@@ -204,16 +200,12 @@ class Matcher:
         candidates = self.candidates(features, exclude_keys=exclude_keys)
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
-        alignments = []
+        screened = []
         for candidate in _one_ratio_each(candidates, self.settings.retimed_candidates):
             reference = self.catalogue.features(candidate.reference_key)
             alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
-            if alignment is not None:
-                alignments.append(alignment)
-        alignments.sort(key=lambda a: -a.chroma_similarity)
-        screened = []
-        for alignment in alignments[: self.settings.screen_top]:
-            reference = self.catalogue.features(alignment.candidate.reference_key)
+            if alignment is None:
+                continue
             screening = screen_alignment(
                 query, reference, alignment, params=params, settings=self.verify_settings
             )

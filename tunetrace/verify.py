@@ -298,7 +298,7 @@ def verify_candidate(
         )
         scored = [(fit.similarity(r, o, shift).objective, r, o) for r, o in zip(*grid, strict=True)]
         _, rate, offset = max(scored)
-    best = fit.similarity(rate, offset, shift)
+    best = fit.similarity(rate, offset, shift, with_dynamics=True)
     positions = best.positions
     n_frames = max(reference.n_frames - 1, 1)
     fps = params.frame_rate_hz
@@ -323,7 +323,7 @@ def verify_candidate(
         null_similarity=_weighted_mean(null_curve, weights),
         local_similarity=_weighted_mean(local_curve, best.usable),
         chroma_similarity=alignment.chroma_similarity,
-        dynamics_similarity=float(best.dynamics),
+        dynamics_similarity=float(best.dynamics or 0.0),
         onset_similarity=float(best.onsets),
         coverage=float(matched.sum() / max(query.features.n_frames, 1)),
         segments=segments,
@@ -334,7 +334,7 @@ def verify_candidate(
 @dataclass(frozen=True)
 class _Fit:
     spectral: float
-    dynamics: float
+    dynamics: float | None
     onsets: float
     per_frame: np.ndarray
     usable: np.ndarray
@@ -375,20 +375,28 @@ class _SpectralFit:
         """Reference frame of every query frame."""
         return offset + rate * self.times
 
-    def similarity(self, rate: float, offset: float, shift: float) -> _Fit:
-        """Measure the fit of one alignment (tempo ratio, offset, spectral shift)."""
+    def similarity(
+        self, rate: float, offset: float, shift: float, *, with_dynamics: bool = False
+    ) -> _Fit:
+        """Measure the fit of one alignment (tempo ratio, offset, spectral shift).
+
+        The dynamics measure, which alignment search does not use, is computed only when
+        ``with_dynamics`` is set (``None`` otherwise).
+        """
         positions = self.positions(rate, offset)
         inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
         usable = self.query.weights * inside
         shifted = self._read(positions, shift)
         if shifted is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
-            return _Fit(0.0, 0.0, 0.0, zeros, usable, positions)
+            return _Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
         pair, raw, white = shifted
         per_frame = _frame_correlation(pair.query.centred, pair.query.norms, white)
         return _Fit(
             spectral=_weighted_mean(per_frame, usable),
-            dynamics=_change_correlation(pair.query.white_changes, white, usable),
+            dynamics=_change_correlation(pair.query.white_changes, white, usable)
+            if with_dynamics
+            else None,
             onsets=_change_correlation(pair.query.raw_changes, raw, usable),
             per_frame=per_frame,
             usable=usable,
@@ -557,18 +565,18 @@ def _chroma_roll_scores(
     inside = (positions >= 0) & (positions <= reference.n_frames - 1)
     frame_weights = (inside * weights[None, :]).astype(np.float32)
     # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
-    # bins. Interpolating frames is linear, so the reference's bin spectrum is taken once for
-    # the frames the pairs touch (frames along the first axis, so the gathers read contiguous
-    # rows).
-    # Each pair's sum over frames of weight x conj(interpolated reference) x query is taken as
-    # two three-operand einsums (left and right frames), with no pair-sized temporaries.
+    # bins (each recording's transform is cached on its features). Interpolating frames is
+    # linear, so the reference's transform is interpolated directly.
+    # Each pair's sum over frames of weight x interpolated reference x conj(query) is taken as
+    # two three-operand einsums (left and right frames), with no pair-sized temporaries; the
+    # conjugate of that sum is the cross-correlation's transform.
     left, right, frac = _interpolation_weights(positions, reference.n_frames)
-    first, stop = int(left.min()), int(right.max()) + 1
-    window = np.conj(np.fft.rfft(reference.chroma[:, first:stop], axis=0).T).astype(np.complex64)
-    query_fft = np.fft.rfft(query.chroma, axis=0).T.astype(np.complex64)  # (frames, bins//2+1)
-    cross = np.einsum(
-        "ptb,tb,pt->pb", window[left - first], query_fft, frame_weights * (1 - frac)
-    ) + np.einsum("ptb,tb,pt->pb", window[right - first], query_fft, frame_weights * frac)
+    window = reference.chroma_bin_spectrum
+    query_conj = np.conj(query.chroma_bin_spectrum)  # (frames, bins//2+1)
+    cross = np.conj(
+        np.einsum("ptb,tb,pt->pb", window[left], query_conj, frame_weights * (1 - frac))
+        + np.einsum("ptb,tb,pt->pb", window[right], query_conj, frame_weights * frac)
+    )
     n_bins = query.chroma.shape[0]
     per_roll = np.fft.irfft(cross, n=n_bins, axis=1)  # (pairs, rolls)
     total = frame_weights.sum(axis=1)
