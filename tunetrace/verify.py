@@ -72,8 +72,8 @@ class VerifySettings:
     max_octaves: int = 2
     whiten_bins: int = 13
     spectral_refinement: tuple[tuple[float, int, float, int], ...] = (
-        (0.02, 5, 2.0, 5),
-        (0.005, 5, 0.5, 3),
+        (0.02, 3, 2.0, 3),
+        (0.007, 3, 0.7, 3),
     )
 
 
