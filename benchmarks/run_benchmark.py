@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
 from benchmarks.queries import FAMILIES, SHARED_MATERIAL, Query, in_catalogue, make_queries
@@ -334,8 +335,8 @@ def markdown(result: dict) -> str:
     ev, ing = result["evaluation"], result["ingest"]
     lines = [
         f"Run {result['date']} on {result['machine']} (commit {result['commit']}), "
-        f"catalogue of {ing['references']} tracks ({result['catalogue_hours']:.1f} h), "
-        f"{result['size']} size.",
+        f"catalogue of {ing['references']} tracks ({result['catalogue_hours']:.1f} h, "
+        f"{result.get('index_kind', 'flat')} vector index), {result['size']} size.",
         "",
         "| family | top-1 recall | queries |",
         "|---|---|---|",
@@ -415,6 +416,9 @@ def main() -> None:
         raise SystemExit("no corpus tracks found: run `python -m benchmarks.corpus install` first")
     directory, ingest_stats = build_catalogue(tracks)
     catalogue = Catalogue(directory)
+    if catalogue.index_spec.kind != "auto":
+        # As `tunetrace index build` does: the index kind suited to the catalogue's size.
+        catalogue.rebuild_index(IndexSpec(kind="auto"))
     matcher = Matcher(catalogue)
     if args.calibrate:
         calibration_size = args.calibration_size or args.size
@@ -448,6 +452,7 @@ def main() -> None:
         **run_info(),
         "size": args.size,
         "catalogue_hours": float(catalogue.info()["audio_hours"]),  # type: ignore[arg-type]
+        "index_kind": catalogue.info()["index_kind"],
         "threshold": matcher.score_model.threshold,
         "score_features": list(FEATURE_NAMES),
         "ingest": ingest_stats,
