@@ -54,7 +54,10 @@ class FingerprintParams:
     rate_min, rate_max : float
         Range of tempo ratios searched (reference duration / query duration).
     rate_step : float
-        Geometric step of the tempo-ratio grid (1.04 means 4% apart).
+        Geometric step of the tempo-ratio grid (1.06 means 6% apart). The patch vectors
+        tolerate tempo errors of 15% and more, and verification refines the ratio, so on the
+        calibration split a 6% grid found the same copies as a 4% one with a third fewer
+        query patches to search.
     min_query_s : float
         Shortest query accepted.
     """
@@ -76,7 +79,7 @@ class FingerprintParams:
     embed_time_coeffs: int = 10
     rate_min: float = 0.5
     rate_max: float = 2.0
-    rate_step: float = 1.04
+    rate_step: float = 1.06
     min_query_s: float = 3.0
 
     @property

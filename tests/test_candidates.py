@@ -7,7 +7,12 @@ import pytest
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 
-from tunetrace.candidates import find_candidates, query_patch_vectors, vector_ids
+from tunetrace.candidates import (
+    SAME_PLACE_RATES,
+    find_candidates,
+    query_patch_vectors,
+    vector_ids,
+)
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.types import Candidate
 from tunetrace.verify import _SpectralFit, prepare_query, whiten_spectrum
@@ -71,7 +76,8 @@ def test_other_tempo_ratios_at_the_same_place_are_kept_with_it() -> None:
 
 def test_each_other_tempo_ratio_keeps_the_offset_its_own_votes_chose() -> None:
     query = _query()
-    unit, faster = _rate_index(1.0), _rate_index(1.125)
+    unit = _rate_index(1.0)
+    faster = unit + SAME_PLACE_RATES + 1  # far enough in the grid to be another ratio
     moved = 3 * PARAMS.reference_patch_hop  # within one place, but three offset bins away
     searcher = _ScriptedSearcher(
         query, {unit: [(1, 0.9)], faster: [(1, 0.6)]}, shift_by_rate={faster: moved}
