@@ -112,9 +112,12 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
     work_id = f"render/{collection}/{source.stem}"
     target = folder / f"{collection}-{source.stem}.wav"
     meta = target.with_suffix(".json")
+    failed = target.with_suffix(".failed")
     if target.exists() and meta.exists():
         row = json.loads(meta.read_text())
         return RenderedWork(**{**row, "path": Path(row["path"])})
+    if failed.exists():  # tried before: FluidSynth hung or music21 could not read it
+        return None
     program = _program_for(work_id)
     try:
         score = converter.parse(str(source))
@@ -141,6 +144,8 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
     except Exception as exc:  # a piece music21 cannot parse or FluidSynth cannot render
         logger.warning("skipping %s: %s", source.name, exc)
         target.unlink(missing_ok=True)
+        target.with_suffix(".mid").unlink(missing_ok=True)
+        failed.write_text(f"{exc}\n")
         return None
     import soundfile
 
