@@ -21,6 +21,7 @@ import json
 import logging
 import shutil
 import subprocess
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,15 +132,7 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
         tune = tune_of(score)
         midi = target.with_suffix(".mid")
         score.write("midi", fp=str(midi))
-        subprocess.run(
-            [
-                *("fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(RENDER_RATE_HZ)),
-                *("-F", str(target), str(SOUNDFONT), str(midi)),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
+        _run_fluidsynth(midi, target)
         midi.unlink(missing_ok=True)
     except Exception as exc:  # a piece music21 cannot parse or FluidSynth cannot render
         logger.warning("skipping %s: %s", source.name, exc)
@@ -153,6 +146,40 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
     work = RenderedWork(work_id, target, collection, key, duration, program, tune)
     meta.write_text(json.dumps({**asdict(work), "path": str(target)}))
     return work
+
+
+#: A render growing past this is runaway: FluidSynth keeps writing a piece whose last note
+#: never ends (seen: 12 GB in five minutes). Real renders here are under 25 MB.
+MAX_RENDER_BYTES = 200 * 1024 * 1024
+#: Longest time one render may take.
+RENDER_TIMEOUT_S = 300.0
+
+
+def _run_fluidsynth(midi: Path, target: Path) -> None:
+    """Render ``midi`` to ``target`` with FluidSynth, stopping a runaway or hung render.
+
+    Raises
+    ------
+    RuntimeError
+        If the render grows past :data:`MAX_RENDER_BYTES`, takes longer than
+        :data:`RENDER_TIMEOUT_S` or FluidSynth fails.
+    """
+    command = [
+        *("fluidsynth", "-ni", "-q", "-g", "0.7", "-r", str(RENDER_RATE_HZ)),
+        *("-F", str(target), str(SOUNDFONT), str(midi)),
+    ]
+    deadline = time.monotonic() + RENDER_TIMEOUT_S
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as process:
+        while process.poll() is None:
+            too_big = target.exists() and target.stat().st_size > MAX_RENDER_BYTES
+            if too_big or time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                reason = "grew past the size limit" if too_big else "timed out"
+                raise RuntimeError(f"FluidSynth render of {midi.name} {reason}")
+            time.sleep(0.2)
+    if process.returncode != 0:
+        raise RuntimeError(f"FluidSynth failed on {midi.name} (exit {process.returncode})")
 
 
 def render_works(count: int, cache: Path, *, workers: int = 2) -> list[RenderedWork]:

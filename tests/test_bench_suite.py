@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import soundfile
 from tunetrace.index.catalogue import Catalogue
 
-from benchmarks import grid, peer_chromaprint, run_benchmark
+from benchmarks import grid, peer_chromaprint, renders, run_benchmark
 from benchmarks import suite_metrics as metrics
 from benchmarks.alter import Alteration, apply
 from benchmarks.scale_sweep import MOSAIC_S, mosaic_work
@@ -242,3 +244,24 @@ def test_score_model_learns_only_from_verifications_that_found_the_copy() -> Non
     labels = [run_benchmark._training_label(row, v) for v in (found, mistimed, elsewhere, other)]
 
     assert labels == [1.0, None, None, 0.0]
+
+
+def test_runaway_render_is_stopped_at_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in for FluidSynth that, like it on a note that never ends, writes forever.
+    fake = tmp_path / "bin" / "fluidsynth"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\nwhile [ "$1" != "-F" ]; do shift; done\nexec yes > "$2"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(renders, "MAX_RENDER_BYTES", 1 << 20)
+    target = tmp_path / "piece.wav"
+
+    with pytest.raises(RuntimeError, match="size limit"):
+        renders._run_fluidsynth(tmp_path / "piece.mid", target)
+
+    stopped_at = target.stat().st_size
+    time.sleep(0.5)
+    assert target.stat().st_size == stopped_at  # the writer is gone
+    assert stopped_at < 1 << 30  # one polling interval past the limit, not a full disk
