@@ -21,6 +21,7 @@ from tunetrace.api.errors import ApiError
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 
 from tunetrace.ingest import fingerprint_reference
+from tunetrace.kernels import compile_kernels
 from tunetrace.matcher import Matcher
 from tunetrace.report import MatchReport
 from tunetrace.threads import use_one_thread
@@ -36,6 +37,7 @@ def _init_worker(catalogue_dir: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     use_one_thread()  # one process per core; threads inside them would only compete
     _matcher = Matcher(Catalogue(catalogue_dir, read_only=True))
+    compile_kernels()
 
 
 def _ready() -> bool:

@@ -56,7 +56,17 @@ class Features:
         -------
         spectrum : np.ndarray [shape=(n_frames, bins_per_octave // 2 + 1), dtype=complex64]
         """
-        return np.fft.rfft(self.chroma, axis=0).T.astype(np.complex64)
+        return np.ascontiguousarray(np.fft.rfft(self.chroma, axis=0).T, dtype=np.complex64)
+
+    @cached_property
+    def spectrum_frames(self) -> np.ndarray:
+        """The spectrum frames first (each frame's bins contiguous), as verification reads it.
+
+        Returns
+        -------
+        spectrum : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        """
+        return np.ascontiguousarray(self.spectrum.T, dtype=np.float32)
 
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""

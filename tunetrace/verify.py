@@ -25,6 +25,7 @@ import numpy as np
 
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.kernels import aligned_frames, chroma_cross_spectra, shifted_fit
 from tunetrace.types import Candidate, Segment, Verification
 
 
@@ -102,21 +103,23 @@ class PreparedQuery:
         every shift that leaves the same bins paired reuses them)."""
         key = (first, stop)
         if key not in self._bands:
-            white = self.white[first:stop]
-            centred = white - white.mean(axis=0, keepdims=True)
+            white = self.white[first:stop].T
+            centred = white - white.mean(axis=1, keepdims=True)
+            raw = self.features.spectrum[first:stop].T
             self._bands[key] = _QueryBand(
-                centred=centred,
-                norms=np.linalg.norm(centred, axis=0),
-                white_changes=_changes(white),
-                raw_changes=_changes(self.features.spectrum[first:stop]),
+                centred=np.ascontiguousarray(centred, dtype=np.float32),
+                norms=np.linalg.norm(centred, axis=1).astype(np.float32),
+                white_changes=np.ascontiguousarray(white[2:] - white[:-2], dtype=np.float32),
+                raw_changes=np.ascontiguousarray(raw[2:] - raw[:-2], dtype=np.float32),
             )
         return self._bands[key]
 
 
 @dataclass(frozen=True)
 class _QueryBand:
-    """A band of a query's bins: whitened and centred per frame (with the frames' norms),
-    and the changes of its whitened and raw spectra."""
+    """A band of a query's bins, frames first: whitened and centred per frame (with the
+    frames' norms), and the changes (frame ``t + 2`` minus frame ``t``) of its whitened and
+    raw spectra."""
 
     centred: np.ndarray
     norms: np.ndarray
@@ -346,19 +349,15 @@ class _Fit:
         return self.spectral + self.onsets
 
 
-#: Frames read on either side of an alignment's span, so that refinement steps near it reuse
-#: the same whitened and shifted span.
-SPAN_MARGIN_FRAMES = 8
-
-
 class _SpectralFit:
     """Spectral, dynamics and onset similarity of a query with a reference at an alignment.
 
     Whitening along frequency, the shift along frequency and interpolation between frames
-    are all linear and act on different axes, so they commute: the reference is whitened and
-    shifted once over the span of frames the alignments read (grown on demand, one copy per
-    shift), and each alignment only interpolates frames. The result equals shifting and
-    whitening the interpolated frames of every alignment afresh, at a fraction of the cost.
+    are all linear and act on different axes, so they commute: each alignment's reference
+    frames are interpolated and whitened once (:func:`~tunetrace.kernels.aligned_frames`,
+    kept for the shifts tried at that alignment) and every shift reads them
+    (:func:`~tunetrace.kernels.shifted_fit`). The result equals shifting and whitening the
+    interpolated frames of every alignment afresh.
     """
 
     def __init__(self, query: PreparedQuery, reference: Features, whiten_bins: int) -> None:
@@ -366,10 +365,8 @@ class _SpectralFit:
         self.reference = reference
         self.whiten_bins = whiten_bins
         self.times = np.arange(query.features.n_frames)
-        self._span: _ReferenceSpan | None = None
-        #: Longest span (frames) kept; reads beyond it (a null offset wrapping round a very
-        #: long reference) gather just the frames they touch.
-        self._max_span = max(4 * query.features.n_frames, 3000)
+        self._frames: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._bands: dict[float, tuple[int, _QueryBand] | None] = {}
 
     def positions(self, rate: float, offset: float) -> np.ndarray:
         """Reference frame of every query frame."""
@@ -385,117 +382,80 @@ class _SpectralFit:
         """
         positions = self.positions(rate, offset)
         inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-        usable = self.query.weights * inside
-        shifted = self._read(positions, shift)
-        if shifted is None:
+        usable = (self.query.weights * inside).astype(np.float32)
+        band = self._band(shift)
+        if band is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return _Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
-        pair, raw, white = shifted
-        per_frame = _frame_correlation(pair.query.centred, pair.query.norms, white)
+        key = (rate, offset)
+        if key not in self._frames:
+            self._frames[key] = aligned_frames(
+                self.reference.spectrum_frames, positions, self.whiten_bins
+            )
+        per_frame, onsets, dynamics = self._fit(
+            *self._frames[key], shift, band, usable, with_changes=True, with_dynamics=with_dynamics
+        )
         return _Fit(
             spectral=_weighted_mean(per_frame, usable),
-            dynamics=_change_correlation(pair.query.white_changes, white, usable)
-            if with_dynamics
-            else None,
-            onsets=_change_correlation(pair.query.raw_changes, raw, usable),
+            dynamics=dynamics if with_dynamics else None,
+            onsets=onsets,
             per_frame=per_frame,
             usable=usable,
             positions=positions,
         )
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
-        """Per-frame spectral correlation with the reference read at ``positions``."""
-        shifted = self._read(positions, shift)
-        if shifted is None:
+        """Per-frame spectral correlation with the reference read at arbitrary ``positions``."""
+        band = self._band(shift)
+        if band is None:
             return np.zeros(len(positions), dtype=np.float32)
-        pair, _, white = shifted
-        return _frame_correlation(pair.query.centred, pair.query.norms, white)
+        raw, white = aligned_frames(
+            self.reference.spectrum_frames, positions.astype(np.float64), self.whiten_bins
+        )
+        per_frame, _, _ = self._fit(
+            raw, white, shift, band, self.query.weights, with_changes=False, with_dynamics=False
+        )
+        return per_frame
 
-    def _read(
-        self, positions: np.ndarray, shift: float
-    ) -> tuple[_ShiftedPair, np.ndarray, np.ndarray] | None:
-        """The shifted query/reference bins and the reference's raw and whitened spectra
-        interpolated at ``positions`` (``None`` when too few bins overlap at this shift)."""
-        left, right, frac = _interpolation_weights(positions, self.reference.n_frames)
-        first, stop = int(left.min()), int(right.max()) + 1
-        span = self._span
-        if span is None or first < span.first or stop > span.stop:
-            if span is not None:
-                first, stop = min(first, span.first), max(stop, span.stop)
-            if stop - first > self._max_span:
-                frames, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
-                local = _ReferenceSpan(self.reference.spectrum[:, frames], 0, self.whiten_bins)
-                pair = local.shifted(self.query, shift)
-                if pair is None:
-                    return None
-                n = len(left)
-                return pair, *pair.interpolate(inverse[:n], inverse[n:], frac)
-            first = max(0, first - SPAN_MARGIN_FRAMES)
-            stop = min(self.reference.n_frames, stop + SPAN_MARGIN_FRAMES)
-            span = self._span = _ReferenceSpan(
-                self.reference.spectrum[:, first:stop], first, self.whiten_bins
-            )
-        pair = span.shifted(self.query, shift)
-        if pair is None:
-            return None
-        return pair, *pair.interpolate(left - span.first, right - span.first, frac)
-
-
-class _ReferenceSpan:
-    """Raw and whitened reference spectra over frames ``first .. first + n``, with their
-    copies shifted along frequency (one per shift asked for)."""
-
-    def __init__(self, spectrum: np.ndarray, first: int, whiten_bins: int) -> None:
-        self.first = first
-        self.stop = first + spectrum.shape[1]
-        self.raw = np.asarray(spectrum, dtype=np.float32)
-        self.white = whiten_spectrum(self.raw, whiten_bins)
-        self._pairs: dict[float, _ShiftedPair | None] = {}
-
-    def shifted(self, query: PreparedQuery, shift: float) -> _ShiftedPair | None:
-        """Query bins ``j`` and reference bins ``j - shift`` (linear interpolation), or
-        ``None`` when less than a quarter of the bins overlap."""
-        if shift not in self._pairs:
-            self._pairs[shift] = _ShiftedPair.build(query, self.raw, self.white, shift)
-        return self._pairs[shift]
-
-
-@dataclass(frozen=True)
-class _ShiftedPair:
-    """A query's bins and a reference span's bins paired under one spectral shift."""
-
-    query: _QueryBand
-    reference_raw: np.ndarray
-    reference_white: np.ndarray
-
-    @classmethod
-    def build(
-        cls, query: PreparedQuery, raw: np.ndarray, white: np.ndarray, shift: float
-    ) -> _ShiftedPair | None:
-        n_bins = raw.shape[0]
-        source = np.arange(n_bins) - shift
-        valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
-        if len(valid) < n_bins // 4:
-            return None
-        source = source[valid]
-        low = np.floor(source).astype(np.int64)
-        high = np.minimum(low + 1, n_bins - 1)
-        weight = (source - low)[:, None].astype(np.float32)
-        return cls(
-            query=query.band(int(valid[0]), int(valid[-1]) + 1),
-            reference_raw=raw[low] * (1 - weight) + raw[high] * weight,
-            reference_white=white[low] * (1 - weight) + white[high] * weight,
+    @staticmethod
+    def _fit(
+        raw: np.ndarray,
+        white: np.ndarray,
+        shift: float,
+        band: tuple[int, _QueryBand],
+        usable: np.ndarray,
+        *,
+        with_changes: bool,
+        with_dynamics: bool,
+    ) -> tuple[np.ndarray, float, float]:
+        first, query = band
+        return shifted_fit(
+            raw,
+            white,
+            float(shift),
+            first,
+            query.centred,
+            query.norms,
+            query.white_changes,
+            query.raw_changes,
+            usable,
+            with_changes,
+            with_dynamics,
         )
 
-    def interpolate(
-        self, left: np.ndarray, right: np.ndarray, frac: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The shifted reference's raw and whitened frames interpolated between columns
-        ``left`` and ``right`` with weight ``frac`` on the right."""
-        return tuple(  # type: ignore[return-value]
-            a[:, left] * (1 - frac) + a[:, right] * frac
-            for a in (self.reference_raw, self.reference_white)
-        )
+    def _band(self, shift: float) -> tuple[int, _QueryBand] | None:
+        """First query bin and the query's band paired under ``shift`` (query bin ``j`` with
+        reference bin ``j - shift``), or ``None`` when less than a quarter of the bins pair."""
+        if shift not in self._bands:
+            n_bins = self.query.white.shape[0]
+            source = np.arange(n_bins) - shift
+            valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
+            if len(valid) < n_bins // 4:
+                self._bands[shift] = None
+            else:
+                first, stop = int(valid[0]), int(valid[-1]) + 1
+                self._bands[shift] = (first, self.query.band(first, stop))
+        return self._bands[shift]
 
 
 def _centred_grid(
@@ -560,26 +520,19 @@ def _chroma_roll_scores(
     the reference at that tempo, less than half of a reference's length of them: a copy may be
     padded or looped past its reference's length).
     """
-    times = np.arange(query.n_frames)
-    positions = offsets[:, None] + rates[:, None] * times[None, :]  # (pairs, frames)
-    inside = (positions >= 0) & (positions <= reference.n_frames - 1)
-    frame_weights = (inside * weights[None, :]).astype(np.float32)
     # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
     # bins (each recording's transform is cached on its features). Interpolating frames is
-    # linear, so the reference's transform is interpolated directly.
-    # Each pair's sum over frames of weight x interpolated reference x conj(query) is taken as
-    # two three-operand einsums (left and right frames), with no pair-sized temporaries; the
-    # conjugate of that sum is the cross-correlation's transform.
-    left, right, frac = _interpolation_weights(positions, reference.n_frames)
-    window = reference.chroma_bin_spectrum
-    query_conj = np.conj(query.chroma_bin_spectrum)  # (frames, bins//2+1)
-    cross = np.conj(
-        np.einsum("ptb,tb,pt->pb", window[left], query_conj, frame_weights * (1 - frac))
-        + np.einsum("ptb,tb,pt->pb", window[right], query_conj, frame_weights * frac)
+    # linear, so the reference's transform is interpolated directly; the conjugate of the
+    # weighted sum over frames is the cross-correlation's transform.
+    sums, total = chroma_cross_spectra(
+        reference.chroma_bin_spectrum,
+        np.conj(query.chroma_bin_spectrum),
+        weights.astype(np.float32),
+        np.asarray(rates, dtype=np.float64),
+        np.asarray(offsets, dtype=np.float64),
     )
     n_bins = query.chroma.shape[0]
-    per_roll = np.fft.irfft(cross, n=n_bins, axis=1)  # (pairs, rolls)
-    total = frame_weights.sum(axis=1)
+    per_roll = np.fft.irfft(np.conj(sums), n=n_bins, axis=1)  # (pairs, rolls)
     reference_span = weights.mean() * reference.n_frames / rates  # in query frames, weighted
     enough = total >= 0.5 * np.minimum(weights.sum(), reference_span)
     per_roll = per_roll / np.maximum(total, 1e-9)[:, None]
@@ -635,50 +588,6 @@ def _parabolic_peak(values: np.ndarray, index: int) -> float:
     if denominator >= 0:
         return 0.0
     return float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
-
-
-def _changes(spectrum: np.ndarray) -> np.ndarray:
-    """Centred time differences of a spectrum (two frames apart); empty below 3 frames."""
-    return spectrum[:, 2:] - spectrum[:, :-2]
-
-
-def _frame_correlation(
-    query_centred: np.ndarray, query_norms: np.ndarray, reference_bins: np.ndarray
-) -> np.ndarray:
-    """Per-frame Pearson correlation of paired query bins (given centred per frame, with
-    their norms) and (shifted) reference bins."""
-    reference = reference_bins - reference_bins.mean(axis=0, keepdims=True)
-    numerator = (query_centred * reference).sum(axis=0)
-    denominator = query_norms * np.linalg.norm(reference, axis=0)
-    return (numerator / np.maximum(denominator, 1e-9)).astype(np.float32)
-
-
-def _change_correlation(
-    query_changes: np.ndarray, reference_bins: np.ndarray, usable: np.ndarray
-) -> float:
-    """Correlation of the spectral *changes* (centred time differences) of aligned spectra.
-
-    Two recordings that hold the same chord agree on static spectra but not on when and where
-    their spectra change; a copy agrees on both. Frames with large changes (onsets) weigh most.
-    Given whitened spectra, a broadband change (a drum hit, a crescendo) that two unrelated
-    pieces share by keeping the same beat does not count, only which partials change does;
-    given raw spectra, it does (the onset measure).
-
-    Parameters
-    ----------
-    query_changes : np.ndarray [shape=(n_paired_bins, n_frames - 2)]
-        :func:`_changes` of the query's paired bins.
-    reference_bins : np.ndarray [shape=(n_paired_bins, n_frames)]
-        The aligned, shifted reference bins.
-    usable : np.ndarray [shape=(n_frames,)]
-    """
-    if reference_bins.shape[1] < 3:
-        return 0.0
-    mask = (usable[1:-1] > 0)[None, :]
-    query_part = query_changes * mask
-    reference_part = _changes(reference_bins) * mask
-    denominator = float(np.linalg.norm(query_part) * np.linalg.norm(reference_part))
-    return float((query_part * reference_part).sum() / denominator) if denominator > 0 else 0.0
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:

@@ -1,0 +1,101 @@
+"""The compiled verification loops equal their NumPy definitions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tunetrace.kernels import aligned_frames, chroma_cross_spectra, shifted_fit
+from tunetrace.verify import interpolate_frames, whiten_spectrum
+
+
+def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
+    return offset + rate * np.arange(n_frames, dtype=np.float64)
+
+
+def test_chroma_cross_spectra_give_the_circular_cross_correlation() -> None:
+    rng = np.random.default_rng(0)
+    reference = rng.random((36, 400)).astype(np.float32)
+    query = rng.random((36, 90)).astype(np.float32)
+    weights = (rng.random(90) > 0.2).astype(np.float32)
+    rates = np.array([0.8, 1.0, 1.31])
+    offsets = np.array([-20.0, 100.5, 290.0])  # the last runs past the reference's end
+
+    sums, totals = chroma_cross_spectra(
+        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
+        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
+        weights,
+        rates,
+        offsets,
+    )
+    per_roll = np.fft.irfft(np.conj(sums), n=36, axis=1)
+
+    for p, (rate, offset) in enumerate(zip(rates, offsets, strict=True)):
+        positions = _positions(90, rate, offset)
+        inside = (positions >= 0) & (positions <= 399)
+        frame_weights = weights * inside
+        aligned = interpolate_frames(reference, positions)
+        # Roll r pairs query bin k + r with reference bin k: the query up by r bins.
+        expected = [
+            (np.roll(query, -roll, axis=0) * aligned * frame_weights).sum() for roll in range(36)
+        ]
+        assert totals[p] == pytest.approx(frame_weights.sum())
+        np.testing.assert_allclose(per_roll[p], expected, rtol=1e-4, atol=1e-3)
+
+
+def test_aligned_frames_interpolate_then_whiten() -> None:
+    rng = np.random.default_rng(1)
+    spectrum = rng.random((216, 300)).astype(np.float32)
+    positions = _positions(120, 1.17, 12.3)
+    positions[-5:] = 400.0  # past the end: clipped to the last frame
+
+    raw, white = aligned_frames(np.ascontiguousarray(spectrum.T), positions, 13)
+
+    expected_raw = interpolate_frames(spectrum, positions)
+    np.testing.assert_allclose(raw.T, expected_raw, atol=1e-5)
+    np.testing.assert_allclose(white.T, whiten_spectrum(expected_raw, 13), atol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [0.0, 5.5, -30.25])
+def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> None:
+    rng = np.random.default_rng(2)
+    n_bins, n_frames = 216, 80
+    raw = rng.random((n_frames, n_bins)).astype(np.float32)
+    white = rng.standard_normal((n_frames, n_bins)).astype(np.float32)
+    source = np.arange(n_bins) - shift
+    valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
+    first, stop = int(valid[0]), int(valid[-1]) + 1
+    band = stop - first
+    query_white = rng.standard_normal((n_frames, band)).astype(np.float32)
+    query_raw = rng.random((n_frames, band)).astype(np.float32)
+    centred = query_white - query_white.mean(axis=1, keepdims=True)
+    usable = (rng.random(n_frames) > 0.3).astype(np.float32)
+
+    per_frame, onsets, dynamics = shifted_fit(
+        raw,
+        white,
+        shift,
+        first,
+        centred,
+        np.linalg.norm(centred, axis=1).astype(np.float32),
+        np.ascontiguousarray(query_white[2:] - query_white[:-2]),
+        np.ascontiguousarray(query_raw[2:] - query_raw[:-2]),
+        usable,
+        True,
+        True,
+    )
+
+    def shifted(frames: np.ndarray) -> np.ndarray:
+        return np.stack([np.interp(source[first:stop], np.arange(n_bins), f) for f in frames])
+
+    def change_correlation(query: np.ndarray, reference: np.ndarray) -> float:
+        mask = (usable[1:-1] > 0)[:, None]
+        q = (query[2:] - query[:-2]) * mask
+        r = (reference[2:] - reference[:-2]) * mask
+        return float((q * r).sum() / (np.linalg.norm(q) * np.linalg.norm(r)))
+
+    reference_white = shifted(white)
+    expected = [np.corrcoef(q, r)[0, 1] for q, r in zip(query_white, reference_white, strict=True)]
+    np.testing.assert_allclose(per_frame, expected, atol=1e-5)
+    assert onsets == pytest.approx(change_correlation(query_raw, shifted(raw)), abs=1e-5)
+    assert dynamics == pytest.approx(change_correlation(query_white, reference_white), abs=1e-5)

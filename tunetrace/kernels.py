@@ -1,0 +1,239 @@
+"""Compiled inner loops of verification.
+
+Verification measures thousands of alignments per query, each on arrays of a few hundred
+values. Written as NumPy expressions, every measurement is a dozen small array operations and
+their per-call overhead, temporaries and gathers cost more than the arithmetic. These loops do
+the same arithmetic in one pass, compiled by Numba (which librosa already depends on); the
+compiled code is cached on disk, so only the first run on a machine pays for compiling.
+
+Each function states the NumPy expression it equals; the tests compare them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def chroma_cross_spectra(
+    reference_bins: np.ndarray,
+    query_conj: np.ndarray,
+    weights: np.ndarray,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sums over frames of a reference's chroma transform times the query's conjugate.
+
+    For alignment ``p`` the query's frame ``t`` lands on reference frame
+    ``offsets[p] + rates[p] * t``; frames that land outside the reference are left out, and
+    the reference's transform is interpolated linearly between frames.
+
+    Parameters
+    ----------
+    reference_bins : np.ndarray [shape=(n_reference_frames, n_coeffs), dtype=complex64]
+        Fourier transform of every reference chroma frame along its bins.
+    query_conj : np.ndarray [shape=(n_query_frames, n_coeffs), dtype=complex64]
+        Conjugate of the query's transform.
+    weights : np.ndarray [shape=(n_query_frames,), dtype=float32]
+    rates, offsets : np.ndarray [shape=(n_pairs,), dtype=float64]
+
+    Returns
+    -------
+    sums : np.ndarray [shape=(n_pairs, n_coeffs), dtype=complex128]
+        ``sum_t weight_t * reference(position_t) * conj(query_t)``.
+    totals : np.ndarray [shape=(n_pairs,), dtype=float64]
+        Sum of the weights of the frames inside the reference.
+    """
+    n_pairs = rates.shape[0]
+    n_frames, n_coeffs = query_conj.shape
+    last = reference_bins.shape[0] - 1
+    sums = np.zeros((n_pairs, n_coeffs), dtype=np.complex128)
+    totals = np.zeros(n_pairs, dtype=np.float64)
+    for p in range(n_pairs):
+        for t in range(n_frames):
+            weight = weights[t]
+            position = offsets[p] + rates[p] * t
+            if weight == 0.0 or position < 0.0 or position > last:
+                continue
+            left = int(np.floor(position))
+            right = min(left + 1, last)
+            right_weight = weight * (position - left)
+            left_weight = weight - right_weight
+            totals[p] += weight
+            for k in range(n_coeffs):
+                sums[p, k] += (
+                    left_weight * reference_bins[left, k] + right_weight * reference_bins[right, k]
+                ) * query_conj[t, k]
+    return sums, totals
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def aligned_frames(
+    spectrum_frames: np.ndarray, positions: np.ndarray, whiten_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference's spectrum interpolated at fractional frames, raw and whitened.
+
+    Equals ``interpolate_frames(spectrum, positions)`` and ``whiten_spectrum`` of that (the
+    local mean over ``whiten_bins`` bins, edge bins repeated, removed from every frame).
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+        The reference's spectrum, frames first.
+    positions : np.ndarray [shape=(n_frames,), dtype=float64]
+        Fractional reference frames (clipped to the reference).
+    whiten_bins : int > 0, odd
+
+    Returns
+    -------
+    raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    """
+    n_frames = positions.shape[0]
+    last = spectrum_frames.shape[0] - 1
+    n_bins = spectrum_frames.shape[1]
+    half = whiten_bins // 2
+    raw = np.empty((n_frames, n_bins), dtype=np.float32)
+    white = np.empty((n_frames, n_bins), dtype=np.float32)
+    column = np.empty(n_bins, dtype=np.float64)
+    prefix = np.empty(n_bins + 1, dtype=np.float64)
+    for t in range(n_frames):
+        position = min(max(positions[t], 0.0), float(last))
+        left = int(np.floor(position))
+        right = min(left + 1, last)
+        frac = np.float32(position - left)
+        prefix[0] = 0.0
+        for k in range(n_bins):
+            value = spectrum_frames[left, k] * (1 - frac) + spectrum_frames[right, k] * frac
+            raw[t, k] = value
+            column[k] = value
+            prefix[k + 1] = prefix[k] + column[k]
+        for k in range(n_bins):
+            low, high = k - half, k + half
+            total = prefix[min(high, n_bins - 1) + 1] - prefix[max(low, 0)]
+            if low < 0:
+                total += -low * column[0]
+            if high > n_bins - 1:
+                total += (high - n_bins + 1) * column[n_bins - 1]
+            white[t, k] = column[k] - total / whiten_bins
+    return raw, white
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def shifted_fit(
+    raw: np.ndarray,
+    white: np.ndarray,
+    shift: float,
+    first_bin: int,
+    query_centred: np.ndarray,
+    query_norms: np.ndarray,
+    query_white_changes: np.ndarray,
+    query_raw_changes: np.ndarray,
+    usable: np.ndarray,
+    with_changes: bool,
+    with_dynamics: bool,
+) -> tuple[np.ndarray, float, float]:
+    """How well aligned reference frames, shifted along frequency, fit the query.
+
+    The reference's bin ``j - shift`` (linear interpolation between bins) is paired with the
+    query's bin ``j`` for ``j`` in ``first_bin .. first_bin + n_band - 1``.
+
+    Parameters
+    ----------
+    raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        Aligned reference frames (:func:`aligned_frames`).
+    shift : float
+        Spectral shift in bins (query up by ``shift`` relative to the reference).
+    first_bin : int
+        First query bin of the band; every bin of the band has a reference bin to pair with.
+    query_centred : np.ndarray [shape=(n_frames, n_band)]
+        The query's whitened band, each frame's mean removed.
+    query_norms : np.ndarray [shape=(n_frames,)]
+        Norm of each centred frame.
+    query_white_changes, query_raw_changes : np.ndarray [shape=(n_frames - 2, n_band)]
+        Frame ``t + 2`` minus frame ``t`` of the query's whitened and raw band.
+    usable : np.ndarray [shape=(n_frames,)]
+        Frames that count (the changes centred on frame ``t`` count when ``usable[t] > 0``).
+    with_changes : bool
+        Measure the onset agreement (changes of raw spectra).
+    with_dynamics : bool
+        Measure the dynamics agreement too (changes of whitened spectra).
+
+    Returns
+    -------
+    per_frame : np.ndarray [shape=(n_frames,), dtype=float32]
+        Pearson correlation of each frame's paired bins.
+    onsets, dynamics : float
+        Correlation of the masked changes (0 when not asked for or undefined).
+    """
+    n_frames, n_band = query_centred.shape
+    n_bins = raw.shape[1]
+    low = np.empty(n_band, dtype=np.int64)
+    high = np.empty(n_band, dtype=np.int64)
+    weight = np.empty(n_band, dtype=np.float32)
+    for j in range(n_band):
+        source = first_bin + j - shift
+        low[j] = int(np.floor(source))
+        high[j] = min(low[j] + 1, n_bins - 1)
+        weight[j] = source - low[j]
+    shifted_white = np.empty((n_frames, n_band), dtype=np.float32)
+    shifted_raw = np.empty((n_frames, n_band), dtype=np.float32)
+    per_frame = np.empty(n_frames, dtype=np.float32)
+    for t in range(n_frames):
+        mean = 0.0
+        for j in range(n_band):
+            value = white[t, low[j]] * (1 - weight[j]) + white[t, high[j]] * weight[j]
+            shifted_white[t, j] = value
+            mean += value
+        mean /= n_band
+        numerator = 0.0
+        square = 0.0
+        for j in range(n_band):
+            centred = shifted_white[t, j] - mean
+            numerator += query_centred[t, j] * centred
+            square += centred * centred
+        per_frame[t] = numerator / max(query_norms[t] * np.sqrt(square), 1e-9)
+        if with_changes:
+            for j in range(n_band):
+                shifted_raw[t, j] = raw[t, low[j]] * (1 - weight[j]) + raw[t, high[j]] * weight[j]
+    onsets = 0.0
+    dynamics = 0.0
+    if with_changes and n_frames >= 3:
+        onsets = _change_correlation(query_raw_changes, shifted_raw, usable)
+        if with_dynamics:
+            dynamics = _change_correlation(query_white_changes, shifted_white, usable)
+    return per_frame, onsets, dynamics
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _change_correlation(
+    query_changes: np.ndarray, reference_frames: np.ndarray, usable: np.ndarray
+) -> float:
+    """Correlation (uncentred) of the query's changes and the reference's, over usable frames."""
+    product = 0.0
+    query_square = 0.0
+    reference_square = 0.0
+    n_changes, n_band = query_changes.shape
+    for t in range(n_changes):
+        if usable[t + 1] <= 0:
+            continue
+        for j in range(n_band):
+            change = reference_frames[t + 2, j] - reference_frames[t, j]
+            product += query_changes[t, j] * change
+            query_square += query_changes[t, j] * query_changes[t, j]
+            reference_square += change * change
+    denominator = np.sqrt(query_square) * np.sqrt(reference_square)
+    return product / denominator if denominator > 0 else 0.0
+
+
+def compile_kernels() -> None:
+    """Compile (or load from Numba's on-disk cache) every kernel for the array types
+    verification passes them, so that a service's first query does not wait for it."""
+    frames = np.zeros((4, 8), dtype=np.float32)
+    positions = np.arange(3, dtype=np.float64)
+    bins = np.zeros((4, 3), dtype=np.complex64)
+    weights = np.ones(3, dtype=np.float32)
+    chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
+    raw, white = aligned_frames(frames, positions, 3)
+    band = np.zeros((3, 8), dtype=np.float32)
+    shifted_fit(raw, white, 0.0, 0, band, weights, band[:1], band[:1], weights, True, True)
