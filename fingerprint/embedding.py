@@ -72,7 +72,7 @@ def embed_patches(
     return vectors.astype(np.float32)
 
 
-def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
+def resample_time(features: np.ndarray, rate: float, *, normalise: bool = True) -> np.ndarray:
     """Stretch a feature sequence along time by ``rate`` (linear interpolation).
 
     Parameters
@@ -81,11 +81,13 @@ def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
     rate : float > 0
         Output length is ``round(n_frames * rate)``; ``rate`` > 1 lengthens, so a query that
         plays ``rate`` times faster than its reference is brought back to reference tempo.
+    normalise : bool
+        Normalise every output frame (zero mean, unit norm).
 
     Returns
     -------
     resampled : np.ndarray [shape=(n_features, round(n_frames * rate)), dtype=float32]
-        Frame-normalised again.
+        Frame-normalised again when ``normalise`` is set.
     """
     n_frames = features.shape[1]
     n_out = max(1, round(n_frames * rate))
@@ -95,4 +97,4 @@ def resample_time(features: np.ndarray, rate: float) -> np.ndarray:
     right = np.minimum(left + 1, n_frames - 1)
     frac = (positions - left).astype(np.float32)
     out = features[:, left] * (1 - frac) + features[:, right] * frac
-    return normalise_frames(out)
+    return normalise_frames(out) if normalise else out.astype(np.float32)

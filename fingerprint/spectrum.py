@@ -125,12 +125,42 @@ def chroma_from_spectrum(spectrum: np.ndarray, *, params: FingerprintParams) -> 
         Bin ``b`` holds the pitch class ``fmin_hz * 2 ** (b / bins_per_octave)``; a pitch
         shift of ``s`` semitones rolls it by ``s * bins_per_octave / 12`` bins.
     """
+    return smooth_chroma(fold_chroma(spectrum, params=params), params.chroma_smooth_frames)
+
+
+def fold_chroma(spectrum: np.ndarray, *, params: FingerprintParams) -> np.ndarray:
+    """Weighted octave sum of a log-frequency spectrogram (chroma before smoothing).
+
+    Parameters
+    ----------
+    spectrum : np.ndarray [shape=(params.n_bins, n_frames)]
+    params : FingerprintParams
+
+    Returns
+    -------
+    folded : np.ndarray [shape=(params.bins_per_octave, n_frames)]
+        Not normalised: louder frames have larger values.
+    """
     weighted = spectrum * chroma_weights(params)[:, None]
-    folded = weighted.reshape(-1, params.bins_per_octave, spectrum.shape[1]).sum(axis=0)
-    if params.chroma_smooth_frames > 1 and folded.shape[1] > 0:
-        kernel = (
-            np.ones(params.chroma_smooth_frames, dtype=np.float32) / params.chroma_smooth_frames
-        )
+    return weighted.reshape(-1, params.bins_per_octave, spectrum.shape[1]).sum(axis=0)
+
+
+def smooth_chroma(folded: np.ndarray, smooth_frames: int) -> np.ndarray:
+    """Moving average of folded chroma over ``smooth_frames`` frames, then per-frame
+    normalisation (zero mean, unit L2 norm).
+
+    Parameters
+    ----------
+    folded : np.ndarray [shape=(bins_per_octave, n_frames)]
+        From :func:`fold_chroma`.
+    smooth_frames : int > 0
+
+    Returns
+    -------
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
+    """
+    if smooth_frames > 1 and folded.shape[1] > 0:
+        kernel = np.ones(smooth_frames, dtype=np.float32) / smooth_frames
         folded = np.apply_along_axis(np.convolve, 1, folded, kernel, mode="same")
     return normalise_frames(folded)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tunetrace.fingerprint.embedding import embed_patches
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 
@@ -169,3 +170,20 @@ def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
     expected = _direct_frame_correlation(query.white, reference.spectrum, positions, 3.0)
 
     np.testing.assert_allclose(measured, expected, atol=1e-5)
+
+
+def test_a_twice_as_fast_query_is_smoothed_like_its_reference() -> None:
+    # A chord every 6 frames; the query plays it twice as fast (every other frame).
+    rng = np.random.default_rng(0)
+    spectrum = np.repeat(rng.random((PARAMS.n_bins, 60)).astype(np.float32) ** 4, 6, axis=1)
+    reference = features_from_spectrum(spectrum, params=PARAMS)
+    query = features_from_spectrum(spectrum[:, ::2], params=PARAMS)
+    rates = PARAMS.rate_grid()
+    nearest = int(np.argmin(np.abs(rates - 2.0)))
+
+    vectors, rate_index, _ = query_patch_vectors(query, params=PARAMS)
+    reference_patches = embed_patches(reference.chroma, np.arange(0, 200), params=PARAMS)
+    best = (vectors[rate_index == nearest] @ reference_patches.T).max(axis=1)
+
+    # Smoothed at the query's own tempo (over twice as much music) the median is 0.95.
+    assert np.median(best) > 0.98

@@ -18,6 +18,7 @@ import numpy as np
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.spectrum import fold_chroma, smooth_chroma
 from tunetrace.types import Candidate
 
 logger = logging.getLogger(__name__)
@@ -62,9 +63,15 @@ def query_patch_vectors(
     starts : np.ndarray [shape=(n,)]
         First frame of each patch in the resampled (reference-tempo) query.
     """
+    # The query is brought to reference tempo before its chroma is smoothed, so that every
+    # patch is smoothed over the same stretch of music as the reference's patches are (a
+    # copy twice as fast, smoothed at its own tempo, would be smoothed over twice as much).
+    folded = fold_chroma(features.spectrum, params=params)
     all_vectors, all_rates, all_starts = [], [], []
     for index, rate in enumerate(params.rate_grid()):
-        chroma = resample_time(features.chroma, rate)
+        chroma = smooth_chroma(
+            resample_time(folded, rate, normalise=False), params.chroma_smooth_frames
+        )
         starts = patch_starts(
             chroma.shape[1], patch_frames=params.patch_frames, hop=params.query_patch_hop
         )
