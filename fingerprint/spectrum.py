@@ -129,18 +129,9 @@ def chroma_from_spectrum(spectrum: np.ndarray, *, params: FingerprintParams) -> 
 
 
 def fold_chroma(spectrum: np.ndarray, *, params: FingerprintParams) -> np.ndarray:
-    """Weighted octave sum of a log-frequency spectrogram (chroma before smoothing).
-
-    Parameters
-    ----------
-    spectrum : np.ndarray [shape=(params.n_bins, n_frames)]
-    params : FingerprintParams
-
-    Returns
-    -------
-    folded : np.ndarray [shape=(params.bins_per_octave, n_frames)]
-        Not normalised: louder frames have larger values.
-    """
+    """Weighted octave sum of a log-frequency spectrogram, shape ``(bins_per_octave,
+    n_frames)``: :func:`chroma_from_spectrum` (same parameters) before smoothing and
+    normalisation, so louder frames have larger values."""
     weighted = spectrum * chroma_weights(params)[:, None]
     return weighted.reshape(-1, params.bins_per_octave, spectrum.shape[1]).sum(axis=0)
 
