@@ -40,6 +40,8 @@ AUTO_IVF_VECTORS = 2_000_000
 #: Training sample for IVF-PQ: enough points per list, capped to keep training quick.
 TRAINING_POINTS_PER_LIST = 40
 MAX_TRAINING_POINTS = 300_000
+#: Degree of the HNSW graph that finds an IVF-PQ index's nearest lists.
+HNSW_QUANTISER_M = 32
 
 
 @dataclass(frozen=True)
@@ -305,11 +307,15 @@ def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
     if spec.kind == "ivfflat":
         return faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     # OPQ rotates (and pads to a multiple of pq_m) so that each code byte carries as much of
-    # the vector as it can; plain PQ on these patch vectors loses far more neighbours.
+    # the vector as it can; plain PQ on these patch vectors loses far more neighbours. The
+    # lists nearest a query are found through an HNSW graph over the list centroids: with
+    # 10,000 lists and more, comparing each of a query's ~400 patch vectors with every
+    # centroid costs more than scanning the probed lists.
     rotated_dim = -(-dim // spec.pq_m) * spec.pq_m
     return faiss.index_factory(
         dim,
-        f"OPQ{spec.pq_m}_{rotated_dim},IVF{spec.nlist},PQ{spec.pq_m}x{spec.pq_bits}",
+        f"OPQ{spec.pq_m}_{rotated_dim},IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},"
+        f"PQ{spec.pq_m}x{spec.pq_bits}",
         faiss.METRIC_INNER_PRODUCT,
     )
 
