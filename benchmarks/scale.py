@@ -17,6 +17,7 @@ Results: ``benchmarks/results/scale.json`` and ``scale.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import resource
@@ -311,7 +312,7 @@ def main() -> None:
         digest = "-".join(
             [catalogue.params.digest(), str(n_works), f"{args.work_s:g}", str(args.seed)]
         )
-        digest += f"-{len(queries.vectors)}"
+        digest += "-" + hashlib.sha1(queries.vectors.tobytes()).hexdigest()[:12]
         exact_similarities, exact_ids = exact_neighbours(
             vectors, ids, queries, k, work_dir / f"exact-{digest}.npz"
         )
