@@ -89,12 +89,27 @@ def resample_time(features: np.ndarray, rate: float, *, normalise: bool = True) 
     resampled : np.ndarray [shape=(n_features, round(n_frames * rate)), dtype=float32]
         Frame-normalised again when ``normalise`` is set.
     """
-    n_frames = features.shape[1]
-    n_out = max(1, round(n_frames * rate))
-    positions = np.arange(n_out) / rate
-    positions = np.clip(positions, 0, n_frames - 1)
-    left = np.floor(positions).astype(np.int64)
-    right = np.minimum(left + 1, n_frames - 1)
-    frac = (positions - left).astype(np.float32)
-    out = features[:, left] * (1 - frac) + features[:, right] * frac
+    n_out = max(1, round(features.shape[1] * rate))
+    out = interpolate_frames(features, np.arange(n_out) / rate)
     return normalise_frames(out) if normalise else out.astype(np.float32)
+
+
+def interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends).
+
+    Parameters
+    ----------
+    features : np.ndarray [shape=(n_features, n_frames)]
+    positions : np.ndarray [shape=(n,)]
+        Fractional frame numbers.
+
+    Returns
+    -------
+    interpolated : np.ndarray [shape=(n_features, n)]
+    """
+    last = features.shape[1] - 1
+    clipped = np.clip(positions, 0, last)
+    left = np.floor(clipped).astype(np.int64)
+    right = np.minimum(left + 1, last)
+    frac = (clipped - left).astype(np.float32)
+    return features[:, left] * (1 - frac) + features[:, right] * frac

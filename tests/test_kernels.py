@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tunetrace.fingerprint.embedding import interpolate_frames
 
 from tunetrace.kernels import aligned_frames, chroma_cross_spectra, shifted_fit
-from tunetrace.verify import interpolate_frames, whiten_spectrum
+from tunetrace.verify import whiten_spectrum
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:

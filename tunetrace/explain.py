@@ -21,11 +21,11 @@ import numpy as np
 
 from tunetrace.alteration import classify_alteration
 from tunetrace.errors import ReferenceNotFoundError
+from tunetrace.fingerprint.embedding import interpolate_frames
 from tunetrace.fingerprint.features import Features
 from tunetrace.matcher import Matcher
 from tunetrace.report import segment_to_dict
 from tunetrace.types import Segment, Verification
-from tunetrace.verify import interpolate_frames
 
 #: Frames per second of the arrays in the JSON form (the plot uses every frame).
 JSON_FRAME_RATE_HZ = 2.0

@@ -74,8 +74,9 @@ def aligned_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A reference's spectrum interpolated at fractional frames, raw and whitened.
 
-    Equals ``interpolate_frames(spectrum, positions)`` and ``whiten_spectrum`` of that (the
-    local mean over ``whiten_bins`` bins, edge bins repeated, removed from every frame).
+    Equals :func:`~tunetrace.fingerprint.embedding.interpolate_frames` of the spectrum at
+    ``positions`` and :func:`~tunetrace.verify.whiten_spectrum` of that (the local mean over
+    ``whiten_bins`` bins, edge bins repeated, removed from every frame).
 
     Parameters
     ----------
@@ -209,7 +210,14 @@ def shifted_fit(
 def _change_correlation(
     query_changes: np.ndarray, reference_frames: np.ndarray, usable: np.ndarray
 ) -> float:
-    """Correlation (uncentred) of the query's changes and the reference's, over usable frames."""
+    """Correlation (uncentred) of the query's changes and the reference's, over usable frames.
+
+    Two recordings that hold the same chord agree on static spectra but not on when and where
+    their spectra change; a copy agrees on both, and frames with large changes (onsets) weigh
+    most. On whitened spectra a broadband change (a drum hit, a crescendo) that two unrelated
+    pieces share by keeping the same beat does not count, only which partials change does
+    (the dynamics measure); on raw spectra it does (the onset measure).
+    """
     product = 0.0
     query_square = 0.0
     reference_square = 0.0

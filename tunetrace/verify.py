@@ -562,24 +562,6 @@ def whiten_spectrum(spectrum: np.ndarray, width: int) -> np.ndarray:
     return (spectrum - local_mean).astype(np.float32)
 
 
-def _interpolation_weights(
-    positions: np.ndarray, n_frames: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Left and right frames and the right frame's weight for fractional ``positions``
-    (clipped to ``[0, n_frames - 1]``)."""
-    last = n_frames - 1
-    clipped = np.clip(positions, 0, last)
-    left = np.floor(clipped).astype(np.int64)
-    right = np.minimum(left + 1, last)
-    return left, right, (clipped - left).astype(np.float32)
-
-
-def interpolate_frames(features: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Linear interpolation of ``features[:, t]`` at fractional frames (clipped to the ends)."""
-    left, right, frac = _interpolation_weights(positions, features.shape[1])
-    return features[:, left] * (1 - frac) + features[:, right] * frac
-
-
 def _parabolic_peak(values: np.ndarray, index: int) -> float:
     """Sub-bin offset of a circular peak from a parabola through it and its neighbours."""
     n = len(values)
