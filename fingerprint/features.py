@@ -9,7 +9,12 @@ import numpy as np
 from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.fingerprint.spectrum import chroma_from_spectrum, log_spectrogram
+from tunetrace.fingerprint.spectrum import (
+    blur_bins,
+    chroma_from_spectrum,
+    log_spectrogram,
+    normalise_frames,
+)
 
 from tunetrace.errors import AudioTooShortError
 
@@ -46,8 +51,20 @@ class Features:
         return self.n_frames / self.frame_rate_hz
 
     @cached_property
+    def verification_spectrum(self) -> np.ndarray:
+        """The spectrum as verification compares it: blurred along frequency
+        (:func:`~tunetrace.fingerprint.spectrum.blur_bins`).
+
+        Returns
+        -------
+        spectrum : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+        """
+        return blur_bins(self.spectrum, circular=False)
+
+    @cached_property
     def chroma_bin_spectrum(self) -> np.ndarray:
-        """Fourier transform of every chroma frame along its bins, frames first.
+        """Fourier transform along its bins of every frame of the chroma as verification
+        compares it (blurred around the pitch circle, then normalised again), frames first.
 
         Circular cross-correlations over pitch rolls are products in this domain; a
         reference's transform is computed once and reused by every alignment with it.
@@ -56,17 +73,19 @@ class Features:
         -------
         spectrum : np.ndarray [shape=(n_frames, bins_per_octave // 2 + 1), dtype=complex64]
         """
-        return np.ascontiguousarray(np.fft.rfft(self.chroma, axis=0).T, dtype=np.complex64)
+        chroma = normalise_frames(blur_bins(self.chroma, circular=True))
+        return np.ascontiguousarray(np.fft.rfft(chroma, axis=0).T, dtype=np.complex64)
 
     @cached_property
     def spectrum_frames(self) -> np.ndarray:
-        """The spectrum frames first (each frame's bins contiguous), as verification reads it.
+        """:attr:`verification_spectrum` frames first (each frame's bins contiguous), as
+        verification reads a reference.
 
         Returns
         -------
         spectrum : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
         """
-        return np.ascontiguousarray(self.spectrum.T, dtype=np.float32)
+        return np.ascontiguousarray(blur_bins(self.spectrum.T, circular=False, axis=1))
 
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""

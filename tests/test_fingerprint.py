@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tunetrace.fingerprint import spectrum
 from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
 from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.fingerprint.spectrum import chroma_weights
+from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
 
 from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
@@ -118,3 +123,53 @@ def test_estimated_pitch_shift_follows_a_synthetic_shift(shift: float) -> None:
         f"expected {shift:+.2f} semitones, estimated {verification.pitch_shift_semitones:+.2f}"
     )
     assert abs(verification.tempo_ratio / factor - 1) < 0.02
+
+
+def test_blur_bins_spreads_a_bin_to_its_neighbours() -> None:
+    one_hot = np.zeros((36, 1), dtype=np.float32)
+    one_hot[0] = 1.0
+    around_the_circle = blur_bins(one_hot, circular=True)[:, 0]
+    assert around_the_circle[[35, 0, 1]] == pytest.approx(FREQUENCY_BLUR)
+    assert around_the_circle.sum() == pytest.approx(1.0)
+    at_the_edge = blur_bins(one_hot, circular=False)[:, 0]
+    assert at_the_edge[35] == 0.0
+    assert at_the_edge[[0, 1]] == pytest.approx([FREQUENCY_BLUR[0] + FREQUENCY_BLUR[1], 0.25])
+
+
+def _verified_at(song: np.ndarray, query_path: Path, tempo_ratio: float) -> tuple[float, float]:
+    """Chroma and spectral similarity of a query file against a song, aligned at a known ratio."""
+    from tunetrace.fingerprint.decode import load_audio
+
+    reference = extract_features(Audio(song, PARAMS.sample_rate_hz), params=PARAMS)
+    decoded = load_audio(query_path, sample_rate_hz=PARAMS.sample_rate_hz)
+    query = prepare_query(extract_features(decoded, params=PARAMS))
+    candidate = Candidate(reference_key=0, tempo_ratio=tempo_ratio, offset_frames=0.0, votes=1.0)
+    alignment = align_on_chroma(query, reference, candidate)
+    assert alignment is not None
+    verification = verify_candidate(query, reference, alignment, params=PARAMS)
+    assert verification is not None
+    return alignment.chroma_similarity, verification.spectral_similarity
+
+
+@pytest.mark.skipif(shutil.which("sox") is None, reason="sox is not installed")
+def test_frequency_blur_helps_a_wsola_copy_more_than_an_unrelated_song(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import synth_song, write_audio
+
+    song = synth_song(3, duration_s=20.0, sample_rate=PARAMS.sample_rate_hz)
+    other = synth_song(7, duration_s=20.0, sample_rate=PARAMS.sample_rate_hz)
+    copies = {}
+    for name, source in (("copy", song), ("unrelated", other)):
+        original = write_audio(tmp_path / f"{name}.wav", source, PARAMS.sample_rate_hz)
+        copies[name] = tmp_path / f"{name}-sox.wav"
+        subprocess.run(["sox", str(original), str(copies[name]), "tempo", "-m", "1.3"], check=True)
+
+    blurred = {name: _verified_at(song, path, 1.3) for name, path in copies.items()}
+    monkeypatch.setattr(spectrum, "FREQUENCY_BLUR", (1.0,))
+    sharp = {name: _verified_at(song, path, 1.3) for name, path in copies.items()}
+
+    chroma_gain = blurred["copy"][0] - sharp["copy"][0]
+    assert chroma_gain > 0.01, (blurred, sharp)
+    assert blurred["copy"][1] - sharp["copy"][1] > 0.01, (blurred, sharp)
+    assert blurred["unrelated"][0] - sharp["unrelated"][0] < chroma_gain, (blurred, sharp)

@@ -105,7 +105,7 @@ class PreparedQuery:
         if key not in self._bands:
             white = self.white[first:stop].T
             centred = white - white.mean(axis=1, keepdims=True)
-            raw = self.features.spectrum[first:stop].T
+            raw = self.features.verification_spectrum[first:stop].T
             self._bands[key] = _QueryBand(
                 centred=np.ascontiguousarray(centred, dtype=np.float32),
                 norms=np.linalg.norm(centred, axis=1).astype(np.float32),
@@ -133,7 +133,7 @@ def prepare_query(features: Features, settings: VerifySettings | None = None) ->
     return PreparedQuery(
         features=features,
         weights=features.active_frames().astype(np.float32),
-        white=whiten_spectrum(features.spectrum, settings.whiten_bins),
+        white=whiten_spectrum(features.verification_spectrum, settings.whiten_bins),
     )
 
 
