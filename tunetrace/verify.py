@@ -88,7 +88,8 @@ class PreparedQuery:
     weights : np.ndarray [shape=(n_frames,)]
         1 for sounding frames, 0 for silent ones.
     white : np.ndarray [shape=(n_bins, n_frames)]
-        Spectrum whitened along frequency (see :func:`whiten_spectrum`).
+        The features' ``verification_spectrum`` whitened along frequency (see
+        :func:`whiten_spectrum`).
     """
 
     features: Features
