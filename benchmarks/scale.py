@@ -214,7 +214,7 @@ def measure(
     started = time.perf_counter()
     index = VectorIndex.build(vectors.shape[1], kind_spec, vectors, ids)
     build_s = time.perf_counter() - started
-    path = work_dir / f"{kind_spec.kind}.faiss"
+    path = work_dir / f"{kind_label(kind_spec)}.faiss"
     index.save(path, generation=0)
     size = path.stat().st_size
     mapped = VectorIndex.load(path, dim=vectors.shape[1], generation=0, mmap=True) or index
@@ -226,7 +226,8 @@ def measure(
             ivf.nprobe = nprobe
         similarities, found_ids, seconds = search_each(mapped, queries, k)
         found = candidates_found(similarities, found_ids, queries, matcher, key_of)
-        name = mapped.spec.kind if nprobe is None else f"{mapped.spec.kind}, nprobe {nprobe}"
+        label = kind_label(mapped.spec)
+        name = label if nprobe is None else f"{label}, nprobe {nprobe}"
         row = compare(name, found, exact_found, found_ids, exact_ids, seconds)
         row.update(
             spec={**mapped.spec.to_dict(), **({"nprobe": nprobe} if nprobe else {})},
@@ -237,6 +238,17 @@ def measure(
         rows.append(row)
     path.unlink()
     return rows
+
+
+def kind_label(spec: IndexSpec) -> str:
+    """``ivfpq+sq4`` for an IVF-PQ index re-ranking with 4-bit copies, else the kind."""
+    return f"{spec.kind}+sq{spec.refine_bits}" if spec.refine_bits else spec.kind
+
+
+def spec_of_label(label: str) -> IndexSpec:
+    """Inverse of :func:`kind_label` (``--kinds ivfpq ivfpq+sq4 hnsw``)."""
+    kind, _, refine = label.partition("+sq")
+    return IndexSpec(kind=kind, refine_bits=int(refine) if refine else 0)
 
 
 def time_exact(
@@ -257,7 +269,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--works", type=int, nargs="+", default=[10_000])
     parser.add_argument("--work-s", type=float, default=60.0)
-    parser.add_argument("--kinds", nargs="+", default=["ivfpq", "hnsw"])
+    parser.add_argument(
+        "--kinds", nargs="+", default=["ivfpq", "hnsw"],
+        help="Index kinds; ivfpq+sq4 (or +sq6, +sq8) re-ranks with scalar-quantised copies.",
+    )  # fmt: skip
     parser.add_argument(
         "--hnsw-max-works", type=int, default=10_000,
         help="Skip HNSW above this size (its build takes hours on 2 cores at 100k works).",
@@ -332,7 +347,7 @@ def main() -> None:
             if kind == "hnsw" and n_works > args.hnsw_max_works:
                 continue
             for result in measure(
-                IndexSpec(kind=kind), vectors, ids, queries,
+                spec_of_label(kind), vectors, ids, queries,
                 (exact_similarities, exact_ids, exact_found), matcher, key_of, work_dir,
                 args.nprobe,
             ):  # fmt: skip

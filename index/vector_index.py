@@ -7,8 +7,11 @@ Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dime
 ``ivfflat`` (the same full vectors in inverted lists: only the ``nprobe`` lists nearest a
 query are searched, so it is approximate and many times faster, no smaller), ``ivfpq`` (OPQ
 rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
-compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). The
-inverted-list kinds are trained on the catalogue's own vectors. Readers can memory-map the file
+compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). An
+``ivfpq`` index can also keep scalar-quantised copies of the vectors (``refine_bits``) to
+re-rank ``refine_factor`` times more neighbours than asked for: recall close to exact search
+for about ``refine_bits * dim / 8`` more bytes per vector. The inverted-list kinds are trained
+on the catalogue's own vectors. Readers can memory-map the file
 (``mmap=True``) so that several processes share one copy of the index in the page cache.
 """
 
@@ -42,6 +45,8 @@ TRAINING_POINTS_PER_LIST = 40
 MAX_TRAINING_POINTS = 300_000
 #: Degree of the HNSW graph that finds an IVF-PQ index's nearest lists.
 HNSW_QUANTISER_M = 32
+#: Bits per dimension of the re-ranking copies an IVF-PQ index may keep (0: none).
+REFINE_BITS = (0, 4, 6, 8)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,11 @@ class IndexSpec:
         HNSW graph degree.
     ef_search : int
         HNSW search breadth.
+    refine_bits : int
+        ``ivfpq`` only: 0 (no re-ranking) or 4, 6, 8: bits per dimension of the scalar-quantised
+        vector copies that re-rank the neighbours the codes find.
+    refine_factor : float
+        Neighbours fetched by the codes per neighbour returned, before re-ranking.
     """
 
     kind: str = "flat"
@@ -76,10 +86,18 @@ class IndexSpec:
     nprobe: int = 32
     hnsw_m: int = 32
     ef_search: int = 128
+    refine_bits: int = 0
+    refine_factor: float = 3.2
 
     def __post_init__(self) -> None:
         if self.kind not in (*INDEX_KINDS, "auto"):
             raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)} or auto")
+        if self.refine_bits not in REFINE_BITS:
+            raise ValueError(f"re-ranking bits must be one of {', '.join(map(str, REFINE_BITS))}")
+        if self.refine_bits and self.kind not in ("ivfpq", "auto"):
+            raise ValueError("only an ivfpq index re-ranks (the other kinds hold full vectors)")
+        if self.refine_factor < 1:
+            raise ValueError("the re-ranking factor must be at least 1")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -101,7 +119,8 @@ class IndexSpec:
             else:
                 kind = "flat"
         nlist = self.nlist or int(min(65_536, max(16, 4 * np.sqrt(max(n_vectors, 1)))))
-        return replace(self, kind=kind, nlist=nlist)
+        refine_bits = self.refine_bits if kind == "ivfpq" else 0
+        return replace(self, kind=kind, nlist=nlist, refine_bits=refine_bits)
 
     @property
     def needs_training(self) -> bool:
@@ -177,11 +196,14 @@ class VectorIndex:
             inner = faiss.downcast_index(self._index.index)
             if isinstance(inner, faiss.IndexHNSW):
                 inner.hnsw.efSearch = self.spec.ef_search
+            if isinstance(inner, faiss.IndexRefine):
+                inner.k_factor = self.spec.refine_factor
 
     @property
     def supports_removal(self) -> bool:
-        """Whether vectors can be removed in place (HNSW graphs cannot: rebuild instead)."""
-        return self.spec.kind != "hnsw"
+        """Whether vectors can be removed in place (HNSW graphs and re-ranking copies cannot:
+        rebuild instead)."""
+        return self.spec.kind != "hnsw" and not self.spec.refine_bits
 
     @property
     def size(self) -> int:
@@ -311,13 +333,16 @@ def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
     # lists nearest a query are found through an HNSW graph over the list centroids: with
     # 10,000 lists and more, comparing each of a query's ~400 patch vectors with every
     # centroid costs more than scanning the probed lists.
+    # Re-ranking copies live in a FAISS IndexRefine, which takes no ids of its own: an id map
+    # goes around it.
     rotated_dim = -(-dim // spec.pq_m) * spec.pq_m
-    return faiss.index_factory(
-        dim,
+    description = (
         f"OPQ{spec.pq_m}_{rotated_dim},IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},"
-        f"PQ{spec.pq_m}x{spec.pq_bits}",
-        faiss.METRIC_INNER_PRODUCT,
+        f"PQ{spec.pq_m}x{spec.pq_bits}"
     )
+    if spec.refine_bits:
+        description = f"IDMap2,{description},Refine(SQ{spec.refine_bits})"
+    return faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
 
 
 def _mmap_flags(spec: IndexSpec) -> int:

@@ -115,6 +115,47 @@ def test_hnsw_cannot_remove_in_place(vectors: np.ndarray) -> None:
         index.remove(np.arange(3))
 
 
+def test_ivfpq_re_ranking_with_quantised_copies_finds_more_originals(
+    vectors: np.ndarray, ivfpq_index: VectorIndex, tmp_path: Path
+) -> None:
+    ids = np.arange(len(vectors), dtype=np.int64) * 7 + (3 << 24)
+    spec = IndexSpec(kind="ivfpq", nlist=16, pq_m=10, nprobe=8, refine_bits=8, refine_factor=4)
+    refined = VectorIndex.build(DIM, spec, vectors, ids)
+    sources, copies = _noisy_copies(vectors, 300)
+    plain_hits = np.mean(
+        [s in row for s, row in zip(sources, ivfpq_index.search(copies, 10)[1], strict=True)]
+    )
+    _, found = refined.search(copies, 10)
+    refined_hits = np.mean([ids[s] in row for s, row in zip(sources, found, strict=True)])
+    assert refined_hits >= 0.9 and refined_hits > plain_hits
+    assert not refined.supports_removal  # the copies cannot drop vectors: rebuild instead
+    with pytest.raises(NotImplementedError):
+        refined.remove(ids[:3])
+    refined.save(tmp_path / "v.faiss", generation=1)
+    mapped = VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=1, mmap=True)
+    assert mapped is not None and mapped.spec == refined.spec
+    np.testing.assert_array_equal(mapped.search(copies[:50], 10)[1], found[:50])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"kind": "hnsw", "refine_bits": 4}, "only an ivfpq index"),
+        ({"kind": "ivfpq", "refine_bits": 3}, "bits must be one of"),
+        ({"kind": "ivfpq", "refine_bits": 4, "refine_factor": 0.5}, "at least 1"),
+    ],
+)
+def test_re_ranking_settings_are_checked(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IndexSpec(**settings)
+
+
+def test_auto_kind_keeps_re_ranking_only_for_ivfpq() -> None:
+    spec = IndexSpec(kind="auto", refine_bits=4)
+    assert spec.resolved(5_000_000).refine_bits == 4
+    assert spec.resolved(50_000).refine_bits == 0  # ivfflat holds full vectors already
+
+
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
     with pytest.raises(ValueError, match="needs at least"):
         VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))
@@ -190,3 +231,6 @@ def test_index_build_command(catalogue_copy: Path) -> None:
     assert "needs at least" in too_small.stderr
     unknown = run("--type", "lsh")
     assert unknown.returncode == 2
+    bad_refine = run("--type", "hnsw", "--refine-bits", "4")
+    assert bad_refine.returncode == 2
+    assert "only an ivfpq index" in bad_refine.stderr

@@ -383,13 +383,30 @@ def index_build(
     nprobe: Annotated[int, typer.Option(min=1, help="IVF lists searched per query.")] = 32,
     hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
     ef_search: Annotated[int, typer.Option(min=1, help="HNSW search breadth.")] = 128,
+    refine_bits: Annotated[
+        int,
+        typer.Option(
+            help="ivfpq: keep 4, 6 or 8-bit copies of the vectors to re-rank what the codes "
+            "find (0: none). Closer to exact search, for dim * bits / 8 more bytes per vector."
+        ),
+    ] = 0,
+    refine_factor: Annotated[
+        float, typer.Option(min=1.0, help="Neighbours re-ranked per neighbour kept.")
+    ] = 3.2,
 ) -> None:
     """Rebuild the vector index as another kind, trained on the catalogue's own vectors."""
     from tunetrace.index.vector_index import IndexSpec
 
     try:
         spec = IndexSpec(
-            kind=kind, nlist=nlist, pq_m=pq_m, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search
+            kind=kind,
+            nlist=nlist,
+            pq_m=pq_m,
+            nprobe=nprobe,
+            hnsw_m=hnsw_m,
+            ef_search=ef_search,
+            refine_bits=refine_bits,
+            refine_factor=refine_factor,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
