@@ -265,3 +265,12 @@ def test_runaway_render_is_stopped_at_the_size_limit(
     time.sleep(0.5)
     assert target.stat().st_size == stopped_at  # the writer is gone
     assert stopped_at < 1 << 30  # one polling interval past the limit, not a full disk
+
+
+@pytest.mark.parametrize("label", ["ivfpq", "ivfpq+sq4", "ivfpq+sq8", "hnsw"])
+def test_scale_benchmark_kind_labels_round_trip(label: str) -> None:
+    from benchmarks.scale import kind_label, spec_of_label
+
+    spec = spec_of_label(label)
+    assert kind_label(spec) == label
+    assert spec.refine_bits == (int(label[-1]) if "+sq" in label else 0)
