@@ -9,10 +9,11 @@ query are searched, so it is approximate and many times faster, no smaller), ``i
 rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
 compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). An
 ``ivfpq`` index can also keep scalar-quantised copies of the vectors (``refine_bits``) to
-re-rank ``refine_factor`` times more neighbours than asked for: recall close to exact search
-for about ``refine_bits * dim / 8`` more bytes per vector. The inverted-list kinds are trained
-on the catalogue's own vectors. Readers can memory-map the file
-(``mmap=True``) so that several processes share one copy of the index in the page cache.
+re-rank ``refine_factor`` times more neighbours than asked for: fewer neighbours lost to the
+codes, for about ``refine_bits * dim / 8`` more bytes per vector (the README has the measured
+effect). The inverted-list kinds are trained on the catalogue's own vectors. Readers can
+memory-map the file (``mmap=True``) so that several processes share one copy of the index in
+the page cache.
 """
 
 from __future__ import annotations
