@@ -33,10 +33,16 @@ logger = logging.getLogger(__name__)
 #:   windows of the original By-Product taken at 15 s and at 120 s both match Inevitable at
 #:   the same tempo ratio (1.43) and pitch shift (+2.6 semitones), with strong onset
 #:   agreement; By-Product reuses Inevitable's material re-timed and re-pitched.
+#: - drascula track2 / track16 (found as evaluation "false positives" at the full size): 15-s
+#:   windows of the original track2 starting at 55, 60, 64 and 68 s all match track16 at
+#:   tempo ratio 1.07 and no pitch shift (scores 0.99-1.00, 89-97% coverage), each at the
+#:   place the ratio predicts (track16 50.8-79 s); windows elsewhere in track2 match nothing.
+#:   About 30 s of track2 is track16's passage played 7% faster.
 SHARED_MATERIAL = frozenset(
     {
         frozenset({"colobot-common-sounds/music007", "colobot-common-sounds/music009"}),
         frozenset({"singularity-music/By-Product", "singularity-music/Inevitable"}),
+        frozenset({"drascula-music/track2", "drascula-music/track16"}),
     }
 )
 

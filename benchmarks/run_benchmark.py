@@ -8,7 +8,8 @@
 2. generates seeded altered queries (calibration and evaluation splits, disjoint tracks);
 3. with ``--calibrate``, fits the score model and threshold on the calibration split only
    and writes ``tunetrace/calibration.json``;
-4. matches the evaluation split and writes ``benchmarks/results/core.json`` and ``core.md``.
+4. matches the evaluation split and writes ``benchmarks/results/core.json`` and ``core.md``
+   (``core-full.*`` for the full size).
 """
 
 from __future__ import annotations
@@ -460,8 +461,10 @@ def main() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "core.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / "core.md").write_text(markdown(result))
+    # The quick run is the reference one (core.*); other sizes are kept beside it.
+    name = "core" if args.size == "quick" else f"core-{args.size}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
 
 
