@@ -58,7 +58,9 @@ def embed_patches(
         chroma = np.pad(chroma, ((0, 0), (0, width - n_frames)))
     index = starts[:, None] + np.arange(width)[None, :]
     patches = chroma[:, index].transpose(1, 0, 2)  # (n_patches, n_bins, width)
-    spectrum = np.abs(np.fft.fft2(patches, axes=(1, 2)))
+    # Real input: the chroma axis needs only its non-negative frequencies (rfft along it),
+    # the time axis all of them.
+    spectrum = np.abs(np.fft.rfftn(patches, axes=(2, 1)))
     k_chroma = params.embed_chroma_coeffs
     k_time = params.embed_time_coeffs
     # |F(k, l)| = |F(-k, -l)| for real patches: chroma frequencies 1..K and time frequencies

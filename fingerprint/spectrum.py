@@ -152,8 +152,10 @@ def smooth_chroma(folded: np.ndarray, smooth_frames: int) -> np.ndarray:
     chroma : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
     """
     if smooth_frames > 1 and folded.shape[1] > 0:
-        kernel = np.ones(smooth_frames, dtype=np.float32) / smooth_frames
-        folded = np.apply_along_axis(np.convolve, 1, folded, kernel, mode="same")
+        # Zero-padded at both ends, centred as ``np.convolve(..., mode="same")`` is.
+        folded = scipy.ndimage.uniform_filter1d(
+            folded, smooth_frames, axis=1, mode="constant", cval=0.0
+        )
     return normalise_frames(folded)
 
 

@@ -68,6 +68,32 @@ def test_embedding_ignores_chroma_rolls() -> None:
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("smooth_frames", [2, 3, 4, 7])
+def test_chroma_smoothing_is_a_centred_zero_padded_moving_average(smooth_frames: int) -> None:
+    rng = np.random.default_rng(3)
+    folded = rng.random((PARAMS.bins_per_octave, 50)).astype(np.float32)
+    kernel = np.ones(smooth_frames) / smooth_frames
+    expected = np.stack([np.convolve(row, kernel, mode="same") for row in folded])
+    np.testing.assert_allclose(
+        spectrum.smooth_chroma(folded, smooth_frames),
+        spectrum.normalise_frames(expected),
+        atol=1e-6,
+    )
+
+
+def test_embedding_keeps_the_low_2d_fourier_magnitudes_of_each_patch() -> None:
+    rng = np.random.default_rng(4)
+    chroma = rng.standard_normal((PARAMS.bins_per_octave, 60)).astype(np.float32)
+    starts = np.array([0, 11, 28])
+    k_chroma, k_time = PARAMS.embed_chroma_coeffs, PARAMS.embed_time_coeffs
+    for row, start in zip(embed_patches(chroma, starts, params=PARAMS), starts, strict=True):
+        full = np.abs(np.fft.fft2(chroma[:, start : start + PARAMS.patch_frames]))
+        kept = full[1 : k_chroma + 1][:, np.r_[0:k_time, -k_time + 1 : 0]]
+        expected = np.sqrt(kept.reshape(-1))
+        expected -= expected.mean()
+        np.testing.assert_allclose(row, expected / np.linalg.norm(expected), atol=1e-5)
+
+
 def test_embedding_separates_different_patches() -> None:
     rng = np.random.default_rng(1)
     a = rng.standard_normal((PARAMS.bins_per_octave, 40)).astype(np.float32)

@@ -151,7 +151,7 @@ def find_candidates(
     first[1:] = np.any(keys[1:] != keys[:-1], axis=1)
     keys, sims = keys[first], sims[first]
 
-    triples, inverse = np.unique(keys[:, :3], axis=0, return_inverse=True)
+    triples, inverse = _unique_rows(keys[:, :3])
     totals = np.bincount(inverse.reshape(-1), weights=sims, minlength=len(triples))
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
     totals = _add_best_neighbour_bin(triples, totals)
@@ -229,3 +229,33 @@ def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarr
         hit = codes[found] == target
         best = np.maximum(best, np.where(hit, totals[found], 0.0))
     return totals + best
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` for integer rows, sorting one packed
+    int64 key per row when the columns' ranges fit in it (several times faster than sorting
+    the rows themselves).
+
+    Parameters
+    ----------
+    rows : np.ndarray [shape=(n, m), dtype=int64]
+
+    Returns
+    -------
+    unique : np.ndarray [shape=(k, m)]
+        Distinct rows in lexicographic order.
+    inverse : np.ndarray [shape=(n,)]
+        Row ``i`` equals ``unique[inverse[i]]``.
+    """
+    if len(rows) == 0:
+        return rows[:0], np.zeros(0, dtype=np.int64)
+    low = rows.min(axis=0)
+    spans = rows.max(axis=0) - low + 1
+    if float(np.prod(spans.astype(np.float64))) >= 2.0**62:
+        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return unique, inverse.reshape(-1)
+    packed = np.zeros(len(rows), dtype=np.int64)
+    for column, span in enumerate(spans):
+        packed = packed * span + (rows[:, column] - low[column])
+    _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    return rows[first], inverse.reshape(-1)
