@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench bench-core clean
+.PHONY: install demo test lint browser bench bench-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,21 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
+
+# The review page is tested in a real headless Chromium: install Debian's when we can (root with
+# apt-get); without it that one test is skipped, and this says so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the review-page test"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+	      || echo "could not install chromium: the review-page browser test will be skipped"; \
+	  else \
+	    echo "no chromium (Debian: apt-get install chromium): the review-page test will be skipped"; \
+	  fi; }
 
 # The benchmark suite: SIZE=quick (under 20 minutes here) or SIZE=full.
 SIZE ?= quick
