@@ -147,12 +147,14 @@ def find_candidates(
     keys = np.stack([ref_keys, hit_rate, offset_bin, patch_of_hit], axis=1)
     order = np.lexsort((-sims, *keys.T[::-1]))
     keys, sims = keys[order], sims[order]
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = np.any(keys[1:] != keys[:-1], axis=1)
+    first = _run_starts(keys)
     keys, sims = keys[first], sims[first]
 
-    triples, inverse = _unique_rows(keys[:, :3])
-    totals = np.bincount(inverse.reshape(-1), weights=sims, minlength=len(triples))
+    # The rows stay sorted, so each distinct place begins a run.
+    place_starts = _run_starts(keys[:, :3])
+    triples = keys[place_starts, :3]
+    inverse = np.cumsum(place_starts) - 1
+    totals = np.bincount(inverse, weights=sims, minlength=len(triples))
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
     totals = _add_best_neighbour_bin(triples, totals)
 
@@ -216,7 +218,7 @@ class _Place:
 def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """Add to each triple's votes the larger of its two offset neighbours' (bin edges).
 
-    ``triples`` must be sorted lexicographically (as ``np.unique`` returns them).
+    ``triples`` must be sorted lexicographically.
     """
     offset_span = 1 << 32
     codes = (triples[:, 0] * 4096 + triples[:, 1]) * offset_span + (
@@ -231,31 +233,19 @@ def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarr
     return totals + best
 
 
-def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(rows, axis=0, return_inverse=True)`` for integer rows, sorting one packed
-    int64 key per row when the columns' ranges fit in it (several times faster than sorting
-    the rows themselves).
+def _run_starts(rows: np.ndarray) -> np.ndarray:
+    """Mask of the rows of a sorted array that differ from the row before (the first row of
+    each run of equal rows).
 
     Parameters
     ----------
-    rows : np.ndarray [shape=(n, m), dtype=int64]
+    rows : np.ndarray [shape=(n, m)]
+        Sorted so that equal rows are adjacent.
 
     Returns
     -------
-    unique : np.ndarray [shape=(k, m)]
-        Distinct rows in lexicographic order.
-    inverse : np.ndarray [shape=(n,)]
-        Row ``i`` equals ``unique[inverse[i]]``.
+    starts : np.ndarray [shape=(n,), dtype=bool]
     """
-    if len(rows) == 0:
-        return rows[:0], np.zeros(0, dtype=np.int64)
-    low = rows.min(axis=0)
-    spans = rows.max(axis=0) - low + 1
-    if float(np.prod(spans.astype(np.float64))) >= 2.0**62:
-        unique, inverse = np.unique(rows, axis=0, return_inverse=True)
-        return unique, inverse.reshape(-1)
-    packed = np.zeros(len(rows), dtype=np.int64)
-    for column, span in enumerate(spans):
-        packed = packed * span + (rows[:, column] - low[column])
-    _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
-    return rows[first], inverse.reshape(-1)
+    starts = np.ones(len(rows), dtype=bool)
+    starts[1:] = np.any(rows[1:] != rows[:-1], axis=1)
+    return starts
