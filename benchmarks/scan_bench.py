@@ -1,12 +1,13 @@
 """Batch-scan benchmark: the dev corpus scanned against the benchmark catalogue.
 
 ``python -m benchmarks.scan_bench`` scans every corpus track (full-length files, matched by
-three 20-s excerpts each) against the catalogue of the in-catalogue tracks three times: one
-local worker, all local workers, and a Dask ``LocalCluster`` on loopback with as many
-single-threaded worker processes. It reports throughput of each, the speed-up of the local
-workers over one, whether the three reports agree, and how many in-catalogue tracks found
-themselves. Results: ``benchmarks/results/scan.json`` and ``scan.md``.
-"""
+three 20-s excerpts each) against the catalogue of the in-catalogue tracks: with one local
+worker and with all local workers, alternately, for several rounds (this machine's speed drifts
+by 10% and more between minutes, so the speed-up is the median of each round's ratio of two
+runs made back to back), then once on a Dask ``LocalCluster`` on loopback with as many
+single-threaded worker processes. It reports throughput of each, the speed-ups, whether the
+reports agree, and how many in-catalogue tracks found themselves. Results:
+``benchmarks/results/scan.json`` and ``scan.md``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit", type=int, default=0, help="Scan only the first N tracks.")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Rounds of one-worker and all-worker runs."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "tornado", "asyncio"):
@@ -70,10 +75,25 @@ def main() -> None:
     common = {"top": 5, "min_score": None, "excerpts": EXCERPTS}
 
     use_one_thread()  # the baseline is one worker as the pool runs it: one process, one thread
-    one, one_s = _timed("1 worker", run_local(catalogue, jobs, workers=1, **common))
-    many, many_s = _timed(
-        f"{args.workers} workers", run_local(catalogue, jobs, workers=args.workers, **common)
-    )
+    one_runs: list[float] = []
+    many_runs: list[float] = []
+    one: dict[str, dict[str, Any]] = {}
+    many: dict[str, dict[str, Any]] = {}
+    for round_number in range(args.rounds):
+        order = (1, args.workers) if round_number % 2 == 0 else (args.workers, 1)
+        for workers in order:
+            lines, seconds = _timed(
+                f"round {round_number + 1}, {workers} worker(s)",
+                run_local(catalogue, jobs, workers=workers, **common),
+            )
+            if workers == 1:
+                one_runs.append(seconds)
+                one = one or lines
+            else:
+                many_runs.append(seconds)
+                many = many or lines
+    ratios = [a / b for a, b in zip(one_runs, many_runs, strict=True)]
+    one_s, many_s = statistics.median(one_runs), statistics.median(many_runs)
     from distributed import LocalCluster
 
     with LocalCluster(
@@ -98,12 +118,16 @@ def main() -> None:
         "files": len(jobs),
         "audio_hours": round(audio_h, 2),
         "excerpts_per_file": EXCERPTS,
+        "rounds": args.rounds,
+        "one_worker_s_runs": [round(t, 1) for t in one_runs],
+        "local_workers_s_runs": [round(t, 1) for t in many_runs],
+        "speedup_local_rounds": [round(r, 2) for r in ratios],
         "one_worker_s": round(one_s, 1),
         "local_workers": args.workers,
         "local_workers_s": round(many_s, 1),
         "dask_workers": args.workers,
         "dask_s": round(dask_s, 1),
-        "speedup_local": round(one_s / many_s, 2),
+        "speedup_local": round(statistics.median(ratios), 2),
         "speedup_dask": round(one_s / dask_s, 2),
         "files_per_s": {
             "one": round(len(jobs) / one_s, 3),
@@ -125,15 +149,21 @@ def main() -> None:
             f"full-length corpus tracks ({audio_h:.1f} h), {EXCERPTS} excerpts of 20 s each, "
             f"against a catalogue of {result['catalogue_references']} tracks.",
             "",
-            "| run | wall time (s) | files/s | speed-up over 1 worker | same report as 1 worker |",
+            "| run | wall time (s), median | files/s | speed-up over 1 worker "
+            "| same report as 1 worker |",
             "|---|---|---|---|---|",
             f"| 1 worker (one process, one thread) | {one_s:.0f} | {len(jobs) / one_s:.2f} "
             "| 1.00 | - |",
             f"| {args.workers} local workers | {many_s:.0f} | {len(jobs) / many_s:.2f} | "
-            f"{one_s / many_s:.2f} | {result['local_equals_one']} |",
-            f"| Dask LocalCluster, {args.workers} workers | {dask_s:.0f} | "
+            f"{result['speedup_local']:.2f} (median of rounds: "
+            f"{', '.join(f'{r:.2f}' for r in ratios)}) | {result['local_equals_one']} |",
+            f"| Dask LocalCluster, {args.workers} workers (one run) | {dask_s:.0f} | "
             f"{len(jobs) / dask_s:.2f} | {one_s / dask_s:.2f} | "
             f"{result['dask_equals_local']} (vs local workers) |",
+            "",
+            f"{args.rounds} rounds of one run with 1 worker and one with {args.workers}, back to "
+            f"back (order alternating); 1 worker: {', '.join(f'{t:.0f}' for t in one_runs)} s, "
+            f"{args.workers} workers: {', '.join(f'{t:.0f}' for t in many_runs)} s.",
             "",
             f"In-catalogue tracks that found themselves: {result['in_catalogue_found_themselves']}"
             f"; tracks outside the catalogue flagged: {len(outside_flagged)}"

@@ -20,7 +20,8 @@ from tunetrace.index.catalogue import Catalogue
 
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.ingest import IngestItem, ingest
-from tunetrace.scan import ReportWriter, copy_groups, read_report
+from tunetrace.matcher import Matcher
+from tunetrace.scan import ReportWriter, ScanJob, copy_groups, read_report, run_job
 
 CLI = [sys.executable, "-m", "tunetrace.cli"]
 
@@ -266,3 +267,34 @@ def test_scan_input_errors(tmp_path: Path, built_catalogue: Path) -> None:
     assert line["error"]["code"] == "AudioDecodeError"
     assert "1 error(s)" in listed.stdout
     assert json.loads(out.read_text())["query"].endswith("missing-file.wav")
+
+
+def test_excerpt_scan_decodes_only_the_excerpts_and_places_the_copy(
+    tmp_path: Path, built_catalogue: Path, songs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = soxr.resample(_excerpt(songs["song1"], 0, 25), SAMPLE_RATE, SAMPLE_RATE / 1.1)
+    upload = np.concatenate([synth_song(601, duration_s=24), copy, synth_song(602, duration_s=24)])
+    path = write_audio(tmp_path / "upload.ogg", upload)
+    duration_s = len(upload) / SAMPLE_RATE
+    matcher = Matcher(Catalogue(built_catalogue, read_only=True))
+    job = ScanJob(str(path), str(path))
+
+    def whole_file_decode(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a seekable file was decoded whole")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(matcher, "load_query", whole_file_decode)
+        line = run_job(matcher, job, top=5, min_score=None, excerpts=3)
+    assert line["duration_s"] == pytest.approx(duration_s, abs=0.05)
+    [match] = line["matches"]
+    assert match["reference_id"] == "song1"
+    assert match["tempo_ratio"] == pytest.approx(1.1, abs=0.02)
+    copy_end_s = 24 + len(copy) / SAMPLE_RATE
+    for segment in match["segments"]:  # in the upload's own time, inside the copied part
+        assert 24 - 1 <= segment["query_start_s"] < segment["query_end_s"] <= copy_end_s + 1
+
+    monkeypatch.setattr("tunetrace.scan.seekable_length", lambda path: None)
+    whole = run_job(matcher, job, top=5, min_score=None, excerpts=3)  # decoded whole, then cut
+    assert [m["reference_id"] for m in whole["matches"]] == ["song1"]
+    assert whole["matches"][0]["tempo_ratio"] == pytest.approx(match["tempo_ratio"], abs=0.01)
+    assert whole["duration_s"] == pytest.approx(duration_s, abs=0.15)  # whole feature frames

@@ -14,13 +14,15 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tunetrace.errors import BadInputError, TunetraceError
-from tunetrace.fingerprint.features import Features
+from tunetrace.errors import AudioDecodeError, BadInputError, TunetraceError
+from tunetrace.fingerprint.decode import load_audio_span, seekable_length
+from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.ingest import find_audio_files
 from tunetrace.matcher import Matcher, covered_seconds
@@ -128,14 +130,14 @@ def run_job(
         if job.path is None:
             record = matcher.catalogue.get(job.query)
             features = matcher.catalogue.features(record.key)
+            duration_s = features.duration_s
             matches = match_excerpts(
                 matcher, features, count=SELF_EXCERPTS, top=top, min_score=min_score,
                 exclude_keys=frozenset({record.key}),
             )  # fmt: skip
         elif excerpts > 0:
-            features = matcher.load_query(job.path, max_duration_s=None)
-            matches = match_excerpts(
-                matcher, features, count=excerpts, top=top, min_score=min_score
+            duration_s, matches = match_file_excerpts(
+                matcher, job.path, count=excerpts, top=top, min_score=min_score
             )
         else:
             return report_to_dict(
@@ -143,7 +145,7 @@ def run_job(
             )
         report = MatchReport(
             query=job.query,
-            duration_s=features.duration_s,
+            duration_s=duration_s,
             elapsed_s=time.perf_counter() - started,
             matches=matches,
         )
@@ -178,28 +180,103 @@ def match_excerpts(
     min_score: float | None = None,
     exclude_keys: frozenset[int] = frozenset(),
 ) -> list[Match]:
-    """Match ``count`` excerpts of a recording and merge their matches per reference.
+    """Match ``count`` excerpts of a recording's features and merge their matches per reference.
 
     Each excerpt is :data:`EXCERPT_S` long. A reference's match keeps the best excerpt's score
     and estimates and the segments of all excerpts (in the recording's own time); coverage is
     over the whole recording.
     """
     frames = int(EXCERPT_S * features.frame_rate_hz)
-    best: dict[str, Match] = {}
-    for start in excerpt_starts(features.n_frames, frames, count):
-        excerpt = Features(
+
+    def excerpt_at(start: int) -> Features:
+        return Features(
             spectrum=features.spectrum[:, start : start + frames],
             chroma=features.chroma[:, start : start + frames],
             frame_rate_hz=features.frame_rate_hz,
         )
+
+    starts = excerpt_starts(features.n_frames, frames, count)
+    return _merged_excerpt_matches(
+        matcher,
+        [(start / features.frame_rate_hz, partial(excerpt_at, start)) for start in starts],
+        duration_s=features.duration_s,
+        top=top,
+        min_score=min_score,
+        exclude_keys=exclude_keys,
+    )
+
+
+def match_file_excerpts(
+    matcher: Matcher,
+    path: str | Path,
+    *,
+    count: int,
+    top: int = 5,
+    min_score: float | None = None,
+) -> tuple[float, list[Match]]:
+    """Match ``count`` excerpts of an audio file, decoding only those excerpts when it can.
+
+    Files libsndfile can seek in (WAV, FLAC, OGG/Vorbis, MP3) have only their excerpts
+    decoded and fingerprinted, which on full-length tracks is most of a scan's decoding
+    saved; other files are decoded whole and cut (:func:`match_excerpts`). Excerpts sit at
+    the same places either way.
+
+    Returns
+    -------
+    duration_s : float
+        The file's duration.
+    matches : list of Match
+        As :func:`match_excerpts`.
+
+    Raises
+    ------
+    AudioDecodeError
+        If the file cannot be decoded.
+    """
+    length = seekable_length(path)
+    if length is None:
+        features = matcher.load_query(path, max_duration_s=None)
+        found = match_excerpts(matcher, features, count=count, top=top, min_score=min_score)
+        return features.duration_s, found
+    n_samples, native_rate = length
+    params = matcher.catalogue.params
+
+    def excerpt_at(start_s: float) -> Features:
+        audio = load_audio_span(
+            path, sample_rate_hz=params.sample_rate_hz, start_s=start_s, duration_s=EXCERPT_S
+        )
+        return extract_features(audio, params=params)
+
+    starts = excerpt_starts(n_samples, int(EXCERPT_S * native_rate), count)
+    duration_s = n_samples / native_rate
+    excerpts = [(start / native_rate, partial(excerpt_at, start / native_rate)) for start in starts]
+    found = _merged_excerpt_matches(
+        matcher, excerpts, duration_s=duration_s, top=top, min_score=min_score
+    )
+    return duration_s, found
+
+
+def _merged_excerpt_matches(
+    matcher: Matcher,
+    excerpts: list[tuple[float, Callable[[], Features]]],
+    *,
+    duration_s: float,
+    top: int,
+    min_score: float | None,
+    exclude_keys: frozenset[int] = frozenset(),
+) -> list[Match]:
+    """Match excerpts (start in seconds, features made on demand) and merge per reference."""
+    best: dict[str, Match] = {}
+    for shift_s, make_features in excerpts:
         try:
             found = matcher.match_features(
-                excerpt, top=top, min_score=min_score, exclude_keys=exclude_keys
+                make_features(), top=top, min_score=min_score, exclude_keys=exclude_keys
             )
+        except AudioDecodeError:
+            raise  # a file that cannot be read fails as a whole
         except TunetraceError as exc:  # e.g. a silent stretch too short to fingerprint
-            logger.info("excerpt at frame %d skipped: %s", start, exc)
+            logger.info("excerpt at %.1f s skipped: %s", shift_s, exc)
             continue
-        shift_s = start / features.frame_rate_hz
         for match in found:
             moved = _shift_segments(match, shift_s)
             kept = best.get(match.reference_id)
@@ -212,8 +289,7 @@ def match_excerpts(
                 )
     matches = sorted(best.values(), key=lambda m: -m.score)[:top]
     return [
-        replace(m, coverage=min(1.0, covered_seconds(m.segments) / features.duration_s))
-        for m in matches
+        replace(m, coverage=min(1.0, covered_seconds(m.segments) / duration_s)) for m in matches
     ]
 
 
