@@ -416,10 +416,11 @@ def main() -> None:
     if not tracks:
         raise SystemExit("no corpus tracks found: run `python -m benchmarks.corpus install` first")
     directory, ingest_stats = build_catalogue(tracks)
-    catalogue = Catalogue(directory)
-    if catalogue.index_spec.kind != "auto":
-        # As `tunetrace index build` does: the index kind suited to the catalogue's size.
-        catalogue.rebuild_index(IndexSpec(kind="auto"))
+    with Catalogue(directory) as writer:
+        if writer.index_spec.kind != "auto":
+            # As `tunetrace index build` does: the index kind suited to the catalogue's size.
+            writer.rebuild_index(IndexSpec(kind="auto"))
+    catalogue = Catalogue(directory, read_only=True)  # as `match`, the API and scans open it
     matcher = Matcher(catalogue)
     if args.calibrate:
         calibration_size = args.calibration_size or args.size

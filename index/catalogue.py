@@ -56,6 +56,9 @@ FORMAT_VERSION = 1
 DATABASE_NAME = "catalogue.sqlite"
 INDEX_NAME = "vectors.faiss"
 MAX_ID_LENGTH = 200
+#: Read-only catalogues memory-map index files at least this big (one copy shared by all
+#: worker processes) and read smaller ones into memory, where they search faster.
+SHARED_INDEX_MIN_BYTES = 256 * 2**20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -403,16 +406,24 @@ class Catalogue:
             generation = self.generation
             dim = self.params.embedding_dim
             path = self.directory / INDEX_NAME
-            # Read-only users map the file, sharing one copy with other processes.
-            index = VectorIndex.load(path, dim=dim, generation=generation, mmap=self.read_only)
+            # Read-only users map a big file, sharing one copy with other processes.
+            index = VectorIndex.load(path, dim=dim, generation=generation, mmap=self._maps(path))
             if index is None:
                 index = self._rebuild_index(generation, self.index_spec)
-                if self.read_only:  # the rebuilt index was just saved: map that file instead
+                if self._maps(path):  # the rebuilt index was just saved: map that file instead
                     index = (
                         VectorIndex.load(path, dim=dim, generation=generation, mmap=True) or index
                     )
             self._index, self._index_generation = index, generation
             return index
+
+    def _maps(self, path: Path) -> bool:
+        """Whether this catalogue memory-maps the index file at ``path`` (see
+        :data:`SHARED_INDEX_MIN_BYTES`)."""
+        try:
+            return self.read_only and path.stat().st_size >= SHARED_INDEX_MIN_BYTES
+        except OSError:
+            return False
 
     @property
     def index_spec(self) -> IndexSpec:

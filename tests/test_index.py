@@ -234,3 +234,17 @@ def test_index_build_command(catalogue_copy: Path) -> None:
     bad_refine = run("--type", "hnsw", "--refine-bits", "4")
     assert bad_refine.returncode == 2
     assert "only an ivfpq index" in bad_refine.stderr
+
+
+def test_read_only_catalogues_map_only_index_files_big_enough_to_share(
+    catalogue_copy: Path, stretched_song4: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Catalogue(catalogue_copy, read_only=True) as reader:  # a small file: read in
+        assert not reader._vector_index().memory_mapped
+        assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
+    monkeypatch.setattr("tunetrace.index.catalogue.SHARED_INDEX_MIN_BYTES", 0)
+    with Catalogue(catalogue_copy, read_only=True) as reader:  # as a big one would be: mapped
+        assert reader._vector_index().memory_mapped
+        assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
+    with Catalogue(catalogue_copy) as writer:  # writers never map
+        assert not writer._vector_index().memory_mapped
