@@ -298,3 +298,18 @@ def test_excerpt_scan_decodes_only_the_excerpts_and_places_the_copy(
     assert [m["reference_id"] for m in whole["matches"]] == ["song1"]
     assert whole["matches"][0]["tempo_ratio"] == pytest.approx(match["tempo_ratio"], abs=0.01)
     assert whole["duration_s"] == pytest.approx(duration_s, abs=0.15)  # whole feature frames
+
+
+def test_excerpt_scan_decodes_the_whole_file_when_its_header_overstates_the_length(
+    tmp_path: Path, built_catalogue: Path, songs: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = np.concatenate([synth_song(603, duration_s=20), _excerpt(songs["song2"], 0, 25)])
+    path = write_audio(tmp_path / "upload.mp3", upload)
+    monkeypatch.setattr(  # as a VBR MP3 without a length header can be misread
+        "tunetrace.scan.seekable_length", lambda path: (10 * len(upload), SAMPLE_RATE)
+    )
+    matcher = Matcher(Catalogue(built_catalogue, read_only=True))
+    line = run_job(matcher, ScanJob(str(path), str(path)), top=5, min_score=None, excerpts=3)
+    assert "error" not in line
+    assert line["duration_s"] == pytest.approx(len(upload) / SAMPLE_RATE, abs=0.15)
+    assert [m["reference_id"] for m in line["matches"]] == ["song2"]

@@ -219,7 +219,8 @@ def match_file_excerpts(
     Files libsndfile can seek in (WAV, FLAC, OGG/Vorbis, MP3) have only their excerpts
     decoded and fingerprinted, which on full-length tracks is most of a scan's decoding
     saved; other files are decoded whole and cut (:func:`match_excerpts`). Excerpts sit at
-    the same places either way.
+    the same places either way. When a span cannot be read (a header that overstates the
+    length, a damaged stretch) the whole file is decoded instead.
 
     Returns
     -------
@@ -235,9 +236,7 @@ def match_file_excerpts(
     """
     length = seekable_length(path)
     if length is None:
-        features = matcher.load_query(path, max_duration_s=None)
-        found = match_excerpts(matcher, features, count=count, top=top, min_score=min_score)
-        return features.duration_s, found
+        return _match_whole_file_excerpts(matcher, path, count=count, top=top, min_score=min_score)
     n_samples, native_rate = length
     params = matcher.catalogue.params
 
@@ -250,10 +249,22 @@ def match_file_excerpts(
     starts = excerpt_starts(n_samples, int(EXCERPT_S * native_rate), count)
     duration_s = n_samples / native_rate
     excerpts = [(start / native_rate, partial(excerpt_at, start / native_rate)) for start in starts]
-    found = _merged_excerpt_matches(
-        matcher, excerpts, duration_s=duration_s, top=top, min_score=min_score
-    )
+    try:
+        found = _merged_excerpt_matches(
+            matcher, excerpts, duration_s=duration_s, top=top, min_score=min_score
+        )
+    except AudioDecodeError as exc:  # e.g. a header that overstates the length: decode it all
+        logger.info("%s: %s; decoding the whole file instead", path, exc)
+        return _match_whole_file_excerpts(matcher, path, count=count, top=top, min_score=min_score)
     return duration_s, found
+
+
+def _match_whole_file_excerpts(
+    matcher: Matcher, path: str | Path, *, count: int, top: int, min_score: float | None
+) -> tuple[float, list[Match]]:
+    features = matcher.load_query(path, max_duration_s=None)
+    found = match_excerpts(matcher, features, count=count, top=top, min_score=min_score)
+    return features.duration_s, found
 
 
 def _merged_excerpt_matches(
