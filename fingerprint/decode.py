@@ -128,7 +128,7 @@ def load_audio_span(
     """Decode only ``duration_s`` seconds from ``start_s`` of a seekable file.
 
     Seeking skips the rest of the file: matching three 20-s excerpts of a 5-minute track
-    decodes about a third of it. Only for files :func:`seekable_length` accepts. libsndfile's
+    decodes about a fifth of it. Only for files :func:`seekable_length` accepts. libsndfile's
     Ogg/Vorbis seeks are not always sample-exact (the first block decoded after a seek can be
     wrong, and seeks into the last page of some files land wrongly), so decoding starts
     :data:`SEEK_PREROLL_S` before the span and never closer than :data:`SEEK_END_MARGIN_S` to
@@ -156,11 +156,13 @@ def load_audio_span(
         with soundfile.SoundFile(str(path)) as handle:
             native_rate = int(handle.samplerate)
             start = max(0, round(start_s * native_rate))
-            landing = min(
-                start - round(SEEK_PREROLL_S * native_rate),
-                handle.frames - round(SEEK_END_MARGIN_S * native_rate),
+            landing = max(
+                0,
+                min(
+                    start - round(SEEK_PREROLL_S * native_rate),
+                    handle.frames - round(SEEK_END_MARGIN_S * native_rate),
+                ),
             )
-            landing = max(0, landing)
             handle.seek(landing)
             wanted = start - landing + round(duration_s * native_rate)
             data = handle.read(wanted, dtype="float32", always_2d=True)[start - landing :]
