@@ -87,6 +87,11 @@ class Features:
         """
         return np.ascontiguousarray(blur_bins(self.spectrum.T, circular=False, axis=1))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the feature arrays, the derived ones computed so far included."""
+        return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
+
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""
         return self.spectrum.max(axis=0) > SILENCE_LEVEL

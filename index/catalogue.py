@@ -59,6 +59,8 @@ MAX_ID_LENGTH = 200
 #: Read-only catalogues memory-map index files at least this big (one copy shared by all
 #: worker processes) and read smaller ones into memory, where they search faster.
 SHARED_INDEX_MIN_BYTES = 256 * 2**20
+#: Default budget of a catalogue's cache of reference features.
+FEATURES_CACHE_BYTES = 2**30
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -146,8 +148,15 @@ class Catalogue:
     create : bool
         Create the catalogue if it does not exist.
     read_only : bool
-        For processes that only match (API and scan workers): the vector index is
-        memory-mapped, so all such processes share one copy of it, and writes are refused.
+        For processes that only match (API and scan workers): writes are refused, and a
+        vector index file of at least ``SHARED_INDEX_MIN_BYTES`` is memory-mapped, so all
+        such processes share one copy of it (smaller ones are read into memory, where FAISS
+        searches them faster).
+    features_cache_bytes : int
+        Most bytes of reference features kept decoded between matches (least recently used
+        dropped first). Rebuilding a reference's features from its stored spectrum costs a
+        few milliseconds; a reference takes about 73 MB per hour of audio, so the default
+        1 GiB holds about 14 hours.
 
     Raises
     ------
@@ -164,6 +173,7 @@ class Catalogue:
         params: FingerprintParams | None = None,
         create: bool = False,
         read_only: bool = False,
+        features_cache_bytes: int = FEATURES_CACHE_BYTES,
     ) -> None:
         self.directory = Path(directory)
         database = self.directory / DATABASE_NAME
@@ -186,6 +196,8 @@ class Catalogue:
             raise CatalogueError(f"{database} is not a readable catalogue: {exc}") from exc
         self.params = self._check_or_store_params(params)
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
+        self._features_cache_bytes = 0
+        self.features_cache_bytes = features_cache_bytes
         self._index: VectorIndex | None = None
         self.read_only = read_only
         self._index_generation = -1
@@ -340,7 +352,7 @@ class Catalogue:
         Graph indexes cannot remove vectors: they are built anew from what SQLite now holds.
         Returns the index to use from here on.
         """
-        self._features_cache.pop(key, None)
+        self._forget_features(key)
         if index.supports_removal:
             index.remove(vector_ids(key, self._patch_count(vector_bytes)))
         else:
@@ -386,7 +398,7 @@ class Catalogue:
         self._writable()
         if self._index is not None and self.generation != self._index_generation:
             self._index = None
-            self._features_cache.clear()
+            self._forget_features()
         return self._vector_index()
 
     # ----------------------------------------------------------------- reads
@@ -395,7 +407,7 @@ class Catalogue:
         with self._lock:
             if self._index is not None and self.generation != self._index_generation:
                 self._index = None
-                self._features_cache.clear()
+                self._forget_features()
                 return True
             return False
 
@@ -477,7 +489,7 @@ class Catalogue:
             )
             generation = self._bump_generation()
             self._index, self._index_generation = index, generation
-            self._features_cache.clear()
+            self._forget_features()
             self._write_index()
         return index
 
@@ -499,10 +511,26 @@ class Catalogue:
                 raise ReferenceNotFoundError(f"no reference with key {key}")
             spectrum = dequantise_spectrum(row[0], row[1], self.params.n_bins)
             features = features_from_spectrum(spectrum, params=self.params)
-            self._features_cache[key] = features
-            while len(self._features_cache) > 64:
-                self._features_cache.popitem(last=False)
+            # what verification reads of a reference, derived now so the cache counts it
+            _ = features.spectrum_frames, features.chroma_bin_spectrum
+            self._cache_features(key, features)
             return features
+
+    def _forget_features(self, key: int | None = None) -> None:
+        """Drop one reference's cached features, or all of them when ``key`` is ``None``."""
+        if key is None:
+            self._features_cache.clear()
+            self._features_cache_bytes = 0
+        elif (dropped := self._features_cache.pop(key, None)) is not None:
+            self._features_cache_bytes -= dropped.nbytes
+
+    def _cache_features(self, key: int, features: Features) -> None:
+        """Keep ``features`` and drop the least recently used beyond the byte budget."""
+        self._features_cache[key] = features
+        self._features_cache_bytes += features.nbytes
+        while self._features_cache_bytes > self.features_cache_bytes and self._features_cache:
+            _, dropped = self._features_cache.popitem(last=False)
+            self._features_cache_bytes -= dropped.nbytes
 
     def record_by_key(self, key: int) -> ReferenceRecord:
         """Metadata of the reference with internal ``key``."""

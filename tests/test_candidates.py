@@ -17,7 +17,13 @@ from tunetrace.candidates import (
 )
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.types import Candidate
-from tunetrace.verify import _SpectralFit, prepare_query, whiten_spectrum
+from tunetrace.verify import (
+    _inverse_transform,
+    _paired_bins,
+    _SpectralFit,
+    prepare_query,
+    whiten_spectrum,
+)
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands
@@ -157,6 +163,34 @@ def test_spectral_fit_equals_shifting_and_whitening_each_alignment(
     )
 
     np.testing.assert_allclose(measured, expected, atol=1e-5)
+
+
+def test_paired_bins_are_the_bins_whose_partner_lies_in_the_spectrum() -> None:
+    n_bins = PARAMS.n_bins
+    rng = np.random.default_rng(6)
+    shifts = [0.0, 1.0, -1.0, 35.5, n_bins - 1.0, -(n_bins - 1.0), n_bins + 0.5]
+    for shift in [*shifts, *rng.uniform(-1.2 * n_bins, 1.2 * n_bins, 2000)]:
+        source = np.arange(n_bins) - shift
+        valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
+        first, stop = _paired_bins(n_bins, float(shift))
+        if len(valid) == 0:
+            assert stop <= first
+        else:
+            assert (first, stop) == (valid[0], valid[-1] + 1)
+
+
+@pytest.mark.parametrize("n_bins", [36, 35, 12])
+def test_inverse_transform_matrices_equal_the_inverse_fft(n_bins: int) -> None:
+    rng = np.random.default_rng(n_bins)
+    half = rng.standard_normal((9, n_bins // 2 + 1)) + 1j * rng.standard_normal(
+        (9, n_bins // 2 + 1)
+    )
+    cosines, sines = _inverse_transform(n_bins)
+    np.testing.assert_allclose(
+        half.real @ cosines + half.imag @ sines,
+        np.fft.irfft(np.conj(half), n=n_bins, axis=1),
+        atol=1e-12,
+    )
 
 
 def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:

@@ -53,6 +53,28 @@ def test_add_get_list_remove(tmp_path: Path, reference_data) -> None:
         assert catalogue.count() == 1
 
 
+def test_reference_features_cache_keeps_to_its_byte_budget(tmp_path: Path, reference_data) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as writer:
+        keys = [writer.add(name, reference_data).key for name in ("a", "b", "c")]
+    one_reference = Catalogue(tmp_path / "cat", read_only=True).features(keys[0]).nbytes
+    catalogue = Catalogue(tmp_path / "cat", read_only=True, features_cache_bytes=2 * one_reference)
+
+    first = catalogue.features(keys[0])
+    assert catalogue.features(keys[0]) is first  # kept
+    for key in keys[1:]:
+        catalogue.features(key)
+
+    assert catalogue._features_cache_bytes <= 2 * one_reference
+    assert list(catalogue._features_cache) == keys[1:]  # the least recently used went first
+    again = catalogue.features(keys[0])  # rebuilt from the stored spectrum, equal
+    assert again is not first
+    np.testing.assert_array_equal(again.spectrum_frames, first.spectrum_frames)
+    np.testing.assert_array_equal(again.chroma_bin_spectrum, first.chroma_bin_spectrum)
+    assert catalogue._features_cache_bytes == sum(
+        f.nbytes for f in catalogue._features_cache.values()
+    )
+
+
 def test_invalid_ids_are_refused(tmp_path: Path, reference_data) -> None:
     with Catalogue(tmp_path / "cat", create=True) as catalogue:
         for bad in ("", "x" * 201, "tab\there", "new\nline"):

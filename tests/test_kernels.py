@@ -66,10 +66,9 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
     source = np.arange(n_bins) - shift
     valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
     first, stop = int(valid[0]), int(valid[-1]) + 1
-    band = stop - first
-    query_white = rng.standard_normal((n_frames, band)).astype(np.float32)
-    query_raw = rng.random((n_frames, band)).astype(np.float32)
-    centred = query_white - query_white.mean(axis=1, keepdims=True)
+    # the query's whole spectrum, offset so that centring it over the band matters
+    query_white = (rng.standard_normal((n_frames, n_bins)) + 3.0).astype(np.float32)
+    query_raw = rng.random((n_frames, n_bins)).astype(np.float32)
     usable = (rng.random(n_frames) > 0.3).astype(np.float32)
 
     per_frame, onsets, dynamics = shifted_fit(
@@ -77,8 +76,8 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
         white,
         shift,
         first,
-        centred,
-        np.linalg.norm(centred, axis=1).astype(np.float32),
+        stop - first,
+        query_white,
         np.ascontiguousarray(query_white[2:] - query_white[:-2]),
         np.ascontiguousarray(query_raw[2:] - query_raw[:-2]),
         usable,
@@ -95,8 +94,15 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
         r = (reference[2:] - reference[:-2]) * mask
         return float((q * r).sum() / (np.linalg.norm(q) * np.linalg.norm(r)))
 
+    query_band_white = query_white[:, first:stop]
     reference_white = shifted(white)
-    expected = [np.corrcoef(q, r)[0, 1] for q, r in zip(query_white, reference_white, strict=True)]
+    expected = [
+        np.corrcoef(q, r)[0, 1] for q, r in zip(query_band_white, reference_white, strict=True)
+    ]
     np.testing.assert_allclose(per_frame, expected, atol=1e-5)
-    assert onsets == pytest.approx(change_correlation(query_raw, shifted(raw)), abs=1e-5)
-    assert dynamics == pytest.approx(change_correlation(query_white, reference_white), abs=1e-5)
+    assert onsets == pytest.approx(
+        change_correlation(query_raw[:, first:stop], shifted(raw)), abs=1e-5
+    )
+    assert dynamics == pytest.approx(
+        change_correlation(query_band_white, reference_white), abs=1e-5
+    )

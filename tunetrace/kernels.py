@@ -126,8 +126,8 @@ def shifted_fit(
     white: np.ndarray,
     shift: float,
     first_bin: int,
-    query_centred: np.ndarray,
-    query_norms: np.ndarray,
+    n_band: int,
+    query_white: np.ndarray,
     query_white_changes: np.ndarray,
     query_raw_changes: np.ndarray,
     usable: np.ndarray,
@@ -137,7 +137,7 @@ def shifted_fit(
     """How well aligned reference frames, shifted along frequency, fit the query.
 
     The reference's bin ``j - shift`` (linear interpolation between bins) is paired with the
-    query's bin ``j`` for ``j`` in ``first_bin .. first_bin + n_band - 1``.
+    query's bin ``j`` for ``j`` in ``first_bin .. first_bin + n_band - 1`` (the band).
 
     Parameters
     ----------
@@ -145,14 +145,13 @@ def shifted_fit(
         Aligned reference frames (:func:`aligned_frames`).
     shift : float
         Spectral shift in bins (query up by ``shift`` relative to the reference).
-    first_bin : int
-        First query bin of the band; every bin of the band has a reference bin to pair with.
-    query_centred : np.ndarray [shape=(n_frames, n_band)]
-        The query's whitened band, each frame's mean removed.
-    query_norms : np.ndarray [shape=(n_frames,)]
-        Norm of each centred frame.
-    query_white_changes, query_raw_changes : np.ndarray [shape=(n_frames - 2, n_band)]
-        Frame ``t + 2`` minus frame ``t`` of the query's whitened and raw band.
+    first_bin, n_band : int
+        First query bin of the band and its width; every bin of the band has a reference bin
+        to pair with.
+    query_white : np.ndarray [shape=(n_frames, n_bins)]
+        The query's whitened spectrum, frames first.
+    query_white_changes, query_raw_changes : np.ndarray [shape=(n_frames - 2, n_bins)]
+        Frame ``t + 2`` minus frame ``t`` of the query's whitened and raw spectra.
     usable : np.ndarray [shape=(n_frames,)]
         Frames that count (the changes centred on frame ``t`` count when ``usable[t] > 0``).
     with_changes : bool
@@ -165,9 +164,9 @@ def shifted_fit(
     per_frame : np.ndarray [shape=(n_frames,), dtype=float32]
         Pearson correlation of each frame's paired bins.
     onsets, dynamics : float
-        Correlation of the masked changes (0 when not asked for or undefined).
+        Correlation of the masked changes over the band (0 when not asked for or undefined).
     """
-    n_frames, n_band = query_centred.shape
+    n_frames = query_white.shape[0]
     n_bins = raw.shape[1]
     low = np.empty(n_band, dtype=np.int64)
     high = np.empty(n_band, dtype=np.int64)
@@ -187,30 +186,38 @@ def shifted_fit(
             shifted_white[t, j] = value
             mean += value
         mean /= n_band
+        # the reference side is centred, so the query's mean drops out of the product
         numerator = 0.0
         square = 0.0
+        query_sum = 0.0
+        query_square = 0.0
         for j in range(n_band):
             centred = shifted_white[t, j] - mean
-            numerator += query_centred[t, j] * centred
+            query_value = query_white[t, first_bin + j]
+            numerator += query_value * centred
             square += centred * centred
-        per_frame[t] = numerator / max(query_norms[t] * np.sqrt(square), 1e-9)
+            query_sum += query_value
+            query_square += query_value * query_value
+        query_square = max(query_square - query_sum * query_sum / n_band, 0.0)
+        per_frame[t] = numerator / max(np.sqrt(query_square) * np.sqrt(square), 1e-9)
         if with_changes:
             for j in range(n_band):
                 shifted_raw[t, j] = raw[t, low[j]] * (1 - weight[j]) + raw[t, high[j]] * weight[j]
     onsets = 0.0
     dynamics = 0.0
     if with_changes and n_frames >= 3:
-        onsets = _change_correlation(query_raw_changes, shifted_raw, usable)
+        onsets = _change_correlation(query_raw_changes, first_bin, shifted_raw, usable)
         if with_dynamics:
-            dynamics = _change_correlation(query_white_changes, shifted_white, usable)
+            dynamics = _change_correlation(query_white_changes, first_bin, shifted_white, usable)
     return per_frame, onsets, dynamics
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _change_correlation(
-    query_changes: np.ndarray, reference_frames: np.ndarray, usable: np.ndarray
+    query_changes: np.ndarray, first_bin: int, reference_frames: np.ndarray, usable: np.ndarray
 ) -> float:
-    """Correlation (uncentred) of the query's changes and the reference's, over usable frames.
+    """Correlation (uncentred) of the query's changes and the reference's, over usable frames
+    and the band of query bins starting at ``first_bin`` that ``reference_frames`` covers.
 
     Two recordings that hold the same chord agree on static spectra but not on when and where
     their spectra change; a copy agrees on both, and frames with large changes (onsets) weigh
@@ -221,14 +228,16 @@ def _change_correlation(
     product = 0.0
     query_square = 0.0
     reference_square = 0.0
-    n_changes, n_band = query_changes.shape
+    n_changes = query_changes.shape[0]
+    n_band = reference_frames.shape[1]
     for t in range(n_changes):
         if usable[t + 1] <= 0:
             continue
         for j in range(n_band):
+            query_change = query_changes[t, first_bin + j]
             change = reference_frames[t + 2, j] - reference_frames[t, j]
-            product += query_changes[t, j] * change
-            query_square += query_changes[t, j] * query_changes[t, j]
+            product += query_change * change
+            query_square += query_change * query_change
             reference_square += change * change
     denominator = np.sqrt(query_square) * np.sqrt(reference_square)
     return product / denominator if denominator > 0 else 0.0
@@ -243,5 +252,5 @@ def compile_kernels() -> None:
     weights = np.ones(3, dtype=np.float32)
     chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
     raw, white = aligned_frames(frames, positions, 3)
-    band = np.zeros((3, 8), dtype=np.float32)
-    shifted_fit(raw, white, 0.0, 0, band, weights, band[:1], band[:1], weights, True, True)
+    query = np.zeros((3, 8), dtype=np.float32)
+    shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)

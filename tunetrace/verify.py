@@ -18,8 +18,10 @@ reference. So verification
 
 from __future__ import annotations
 
+import functools
 import itertools
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -85,45 +87,22 @@ class PreparedQuery:
     Attributes
     ----------
     features : Features
-    weights : np.ndarray [shape=(n_frames,)]
+    weights : np.ndarray [shape=(n_frames,), dtype=float32]
         1 for sounding frames, 0 for silent ones.
     white : np.ndarray [shape=(n_bins, n_frames)]
         The features' ``verification_spectrum`` whitened along frequency (see
         :func:`whiten_spectrum`).
+    white_frames : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        ``white``, frames first.
+    white_changes, raw_changes : np.ndarray [shape=(n_frames - 2, n_bins), dtype=float32]
+        Frame ``t + 2`` minus frame ``t`` of the whitened and of the raw verification
+        spectrum, frames first.
     """
 
     features: Features
     weights: np.ndarray
     white: np.ndarray
-    _bands: dict[tuple[int, int], _QueryBand] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    def band(self, first: int, stop: int) -> _QueryBand:
-        """The query's bins ``first .. stop - 1`` as spectral comparisons use them (cached:
-        every shift that leaves the same bins paired reuses them)."""
-        key = (first, stop)
-        if key not in self._bands:
-            white = self.white[first:stop].T
-            centred = white - white.mean(axis=1, keepdims=True)
-            raw = self.features.verification_spectrum[first:stop].T
-            self._bands[key] = _QueryBand(
-                centred=np.ascontiguousarray(centred, dtype=np.float32),
-                norms=np.linalg.norm(centred, axis=1).astype(np.float32),
-                white_changes=np.ascontiguousarray(white[2:] - white[:-2], dtype=np.float32),
-                raw_changes=np.ascontiguousarray(raw[2:] - raw[:-2], dtype=np.float32),
-            )
-        return self._bands[key]
-
-
-@dataclass(frozen=True)
-class _QueryBand:
-    """A band of a query's bins, frames first: whitened and centred per frame (with the
-    frames' norms), and the changes (frame ``t + 2`` minus frame ``t``) of its whitened and
-    raw spectra."""
-
-    centred: np.ndarray
-    norms: np.ndarray
+    white_frames: np.ndarray
     white_changes: np.ndarray
     raw_changes: np.ndarray
 
@@ -131,10 +110,16 @@ class _QueryBand:
 def prepare_query(features: Features, settings: VerifySettings | None = None) -> PreparedQuery:
     """Compute the per-query arrays that verification of every candidate reuses."""
     settings = settings or VerifySettings()
+    white = whiten_spectrum(features.verification_spectrum, settings.whiten_bins)
+    white_frames = np.ascontiguousarray(white.T)
+    raw_frames = features.verification_spectrum.T
     return PreparedQuery(
         features=features,
         weights=features.active_frames().astype(np.float32),
-        white=whiten_spectrum(features.verification_spectrum, settings.whiten_bins),
+        white=white,
+        white_frames=white_frames,
+        white_changes=np.ascontiguousarray(white_frames[2:] - white_frames[:-2]),
+        raw_changes=np.ascontiguousarray(raw_frames[2:] - raw_frames[:-2], dtype=np.float32),
     )
 
 
@@ -367,7 +352,7 @@ class _SpectralFit:
         self.whiten_bins = whiten_bins
         self.times = np.arange(query.features.n_frames)
         self._frames: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
-        self._bands: dict[float, tuple[int, _QueryBand] | None] = {}
+        self._bands: dict[float, tuple[int, int] | None] = {}
 
     def positions(self, rate: float, offset: float) -> np.ndarray:
         """Reference frame of every query frame."""
@@ -418,25 +403,26 @@ class _SpectralFit:
         )
         return per_frame
 
-    @staticmethod
     def _fit(
+        self,
         raw: np.ndarray,
         white: np.ndarray,
         shift: float,
-        band: tuple[int, _QueryBand],
+        band: tuple[int, int],
         usable: np.ndarray,
         *,
         with_changes: bool,
         with_dynamics: bool,
     ) -> tuple[np.ndarray, float, float]:
-        first, query = band
+        first, stop = band
+        query = self.query
         return shifted_fit(
             raw,
             white,
             float(shift),
             first,
-            query.centred,
-            query.norms,
+            stop - first,
+            query.white_frames,
             query.white_changes,
             query.raw_changes,
             usable,
@@ -444,19 +430,34 @@ class _SpectralFit:
             with_dynamics,
         )
 
-    def _band(self, shift: float) -> tuple[int, _QueryBand] | None:
-        """First query bin and the query's band paired under ``shift`` (query bin ``j`` with
+    def _band(self, shift: float) -> tuple[int, int] | None:
+        """Half-open range of query bins paired under ``shift`` (query bin ``j`` with
         reference bin ``j - shift``), or ``None`` when less than a quarter of the bins pair."""
         if shift not in self._bands:
             n_bins = self.query.white.shape[0]
-            source = np.arange(n_bins) - shift
-            valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
-            if len(valid) < n_bins // 4:
-                self._bands[shift] = None
-            else:
-                first, stop = int(valid[0]), int(valid[-1]) + 1
-                self._bands[shift] = (first, self.query.band(first, stop))
+            first, stop = _paired_bins(n_bins, shift)
+            self._bands[shift] = None if stop - first < n_bins // 4 else (first, stop)
         return self._bands[shift]
+
+
+def _paired_bins(n_bins: int, shift: float) -> tuple[int, int]:
+    """Half-open range of bins ``j`` of ``0 .. n_bins - 1`` whose partner ``j - shift`` lies in
+    ``[0, n_bins - 1]`` (empty ranges have ``stop <= first``)."""
+
+    def pairs(j: int) -> bool:
+        return 0 <= j - shift <= n_bins - 1
+
+    first = min(max(math.ceil(shift), 0), n_bins)
+    while first > 0 and pairs(first - 1):
+        first -= 1
+    while first < n_bins and not pairs(first):
+        first += 1
+    last = max(min(math.floor(n_bins - 1 + shift), n_bins - 1), first - 1)
+    while last + 1 < n_bins and pairs(last + 1):
+        last += 1
+    while last >= first and not pairs(last):
+        last -= 1
+    return first, last + 1
 
 
 def _centred_grid(
@@ -474,10 +475,23 @@ def _centred_grid(
     alignment and the fit has a diagonal ridge that a coarse grid straddles; pivoting on the
     centre makes ratio and offset nearly independent.
     """
-    rates = rate * np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
+    factors, deltas = _grid_pattern(rate_half_width, n_rates, offset_half_width, n_offsets)
+    grid_rates = rate * factors
+    return grid_rates, offset + (rate - grid_rates) * centre_frame + deltas
+
+
+@functools.lru_cache(maxsize=16)
+def _grid_pattern(
+    rate_half_width: float, n_rates: int, offset_half_width: float, n_offsets: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rate factors and offset steps of every grid point (ratio fastest), shared by all
+    grids of one shape: verification lays thousands of them."""
+    factors = np.exp(np.linspace(-rate_half_width, rate_half_width, n_rates))
     deltas = np.linspace(-offset_half_width, offset_half_width, n_offsets)
-    grid_rates, grid_deltas = (a.reshape(-1) for a in np.meshgrid(rates, deltas))
-    return grid_rates, offset + (rate - grid_rates) * centre_frame + grid_deltas
+    grid_factors, grid_deltas = (a.reshape(-1) for a in np.meshgrid(factors, deltas))
+    grid_factors.flags.writeable = False
+    grid_deltas.flags.writeable = False
+    return grid_factors, grid_deltas
 
 
 def _refine_alignment(
@@ -528,17 +542,38 @@ def _chroma_roll_scores(
     sums, total = chroma_cross_spectra(
         reference.chroma_bin_spectrum,
         np.conj(query.chroma_bin_spectrum),
-        weights.astype(np.float32),
+        np.asarray(weights, dtype=np.float32),
         np.asarray(rates, dtype=np.float64),
         np.asarray(offsets, dtype=np.float64),
     )
-    n_bins = query.chroma.shape[0]
-    per_roll = np.fft.irfft(np.conj(sums), n=n_bins, axis=1)  # (pairs, rolls)
+    cosines, sines = _inverse_transform(query.chroma.shape[0])
+    per_roll = sums.real @ cosines + sums.imag @ sines  # (pairs, rolls)
     reference_span = weights.mean() * reference.n_frames / rates  # in query frames, weighted
     enough = total >= 0.5 * np.minimum(weights.sum(), reference_span)
     per_roll = per_roll / np.maximum(total, 1e-9)[:, None]
     per_roll[~enough] = -np.inf
     return per_roll
+
+
+@functools.lru_cache(maxsize=4)
+def _inverse_transform(n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Matrices ``C, S`` with ``X.real @ C + X.imag @ S == np.fft.irfft(np.conj(X), n_bins)``
+    for half spectra ``X`` of length ``n_bins // 2 + 1`` (cheaper than an FFT call for the
+    few dozen short rows an alignment grid has)."""
+    n_coeffs = n_bins // 2 + 1
+    angles = 2 * np.pi * np.outer(np.arange(n_coeffs), np.arange(n_bins)) / n_bins
+    weights = np.full(n_coeffs, 2.0 / n_bins)
+    weights[0] = 1.0 / n_bins
+    if n_bins % 2 == 0:
+        weights[-1] = 1.0 / n_bins
+    cosines = weights[:, None] * np.cos(angles)
+    sines = weights[:, None] * np.sin(angles)
+    sines[0] = 0.0  # irfft ignores the imaginary part of the first coefficient ...
+    if n_bins % 2 == 0:
+        sines[-1] = 0.0  # ... and of the last one when n_bins is even
+    cosines.flags.writeable = False
+    sines.flags.writeable = False
+    return cosines, sines
 
 
 def whiten_spectrum(spectrum: np.ndarray, width: int) -> np.ndarray:
