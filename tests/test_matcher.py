@@ -147,3 +147,16 @@ def test_short_reference_inside_a_longer_upload_is_found(
     (segment,) = report.matches[0].segments
     assert segment.query_start_s == pytest.approx(20, abs=1.0)
     assert segment.query_end_s == pytest.approx(50, abs=1.0)
+
+
+def test_verification_in_threads_equals_one_thread(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audio = librosa.effects.time_stretch(excerpt(songs["song3"], 3.0, 14.0), rate=1.1)
+    features = matcher.load_query(write_audio(tmp_path / "query.wav", audio))
+    by_threads = {}
+    for threads in (1, 2):
+        monkeypatch.setattr("tunetrace.threads.thread_count", lambda threads=threads: threads)
+        by_threads[threads] = matcher.verify(features)
+    assert len(by_threads[1]) > 1  # more than one candidate was verified
+    assert by_threads[1] == by_threads[2]

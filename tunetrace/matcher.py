@@ -17,8 +17,11 @@ from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
+from tunetrace.threads import map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
+    ChromaAlignment,
+    Screening,
     VerifySettings,
     align_on_chroma,
     prepare_query,
@@ -201,21 +204,23 @@ class Matcher:
         candidates = self.candidates(features, exclude_keys=exclude_keys)
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
-        screened = []
-        for candidate in _one_ratio_each(candidates, self.settings.retimed_candidates):
+
+        def align_and_screen(
+            candidate: Candidate,
+        ) -> tuple[float, ChromaAlignment, Screening] | None:
             reference = self.catalogue.features(candidate.reference_key)
             alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
             if alignment is None:
-                continue
+                return None
             screening = screen_alignment(
                 query, reference, alignment, params=params, settings=self.verify_settings
             )
-            screened.append((screening.value, alignment, screening))
-        screened.sort(key=lambda item: -item[0])
-        verifications = []
-        for _, alignment, screening in screened[: self.settings.verify_top]:
+            return screening.value, alignment, screening
+
+        def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
+            _, alignment, screening = item
             reference = self.catalogue.features(alignment.candidate.reference_key)
-            verification = verify_candidate(
+            return verify_candidate(
                 query,
                 reference,
                 alignment,
@@ -223,9 +228,18 @@ class Matcher:
                 settings=self.verify_settings,
                 screening=screening,
             )
-            if verification is not None:
-                score = self.score_model.score(verification)
-                verifications.append(_with_score(verification, score))
+
+        retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
+        # in candidate order whatever the threads, so that ties resolve as in one thread
+        screened = [item for item in map_in_threads(align_and_screen, retimed) if item]
+        screened.sort(key=lambda item: -item[0])
+        verifications = [
+            _with_score(verification, self.score_model.score(verification))
+            for verification in map_in_threads(
+                verify_screened, screened[: self.settings.verify_top]
+            )
+            if verification is not None
+        ]
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started

@@ -1,20 +1,33 @@
-"""Keep worker processes to one thread each.
+"""How many threads one process uses.
 
-FAISS (OpenMP) and BLAS start a thread per core in every process. A pool of one worker process
+A process that matches one query at a time (``tunetrace match``, a single API worker)
+answers soonest with every core on that query: FAISS (OpenMP) and BLAS start a thread per
+core, and verification spreads a query's candidates over a thread per core
+(:func:`map_in_threads`; its compiled kernels release the GIL). A pool of one worker process
 per core, each also running a thread per core, oversubscribes the machine: the workers then
 slow each other down instead of adding up. Worker processes call :func:`use_one_thread`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import faiss
 from threadpoolctl import threadpool_limits
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 _limits: object | None = None
+_executor: ThreadPoolExecutor | None = None
+_executor_threads = 0
 
 
 def use_one_thread() -> None:
-    """Limit FAISS and the BLAS/OpenMP libraries of this process to one thread.
+    """Limit FAISS, the BLAS/OpenMP libraries and verification of this process to one thread.
 
     Cheap after the first call (scan tasks call it on every task): OpenMP's setting belongs to
     the calling thread and is set each time; the library scan behind the BLAS limits runs once.
@@ -23,3 +36,30 @@ def use_one_thread() -> None:
     faiss.omp_set_num_threads(1)
     if _limits is None:
         _limits = threadpool_limits(limits=1)  # kept: the limits last as long as this object
+
+
+def thread_count() -> int:
+    """Threads this process may use for one query: 1 after :func:`use_one_thread`, else the
+    cores it may run on."""
+    if _limits is not None:
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def map_in_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[function(item) for item in items]``, spread over :func:`thread_count` threads.
+
+    Results come back in the order of ``items``. Exceptions propagate as from the list
+    comprehension (the first failing item's, once every item has run).
+    """
+    items = list(items)
+    threads = min(thread_count(), len(items))
+    if threads <= 1:
+        return [function(item) for item in items]
+    global _executor, _executor_threads
+    if _executor is None or _executor_threads < threads:
+        if _executor is not None:
+            _executor.shutdown(wait=False)
+        _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tunetrace")
+        _executor_threads = threads
+    return list(_executor.map(function, items))

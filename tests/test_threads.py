@@ -1,0 +1,48 @@
+"""Spreading a query's work over threads: order, errors, and one thread after use_one_thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tunetrace import threads
+
+
+def test_map_in_threads_keeps_the_order_of_the_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "thread_count", lambda: 3)
+    seen: set[str] = set()
+
+    def slow_square(value: int) -> int:
+        seen.add(threading.current_thread().name)
+        time.sleep(0.01 * (5 - value))  # the first items finish last
+        return value * value
+
+    assert threads.map_in_threads(slow_square, range(5)) == [0, 1, 4, 9, 16]
+    assert len(seen) > 1  # the work was spread
+
+
+def test_map_in_threads_passes_an_error_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "thread_count", lambda: 2)
+
+    def fails_on_two(value: int) -> int:
+        if value == 2:
+            raise ValueError("two")
+        return value
+
+    with pytest.raises(ValueError, match="two"):
+        threads.map_in_threads(fails_on_two, range(4))
+
+
+def test_map_in_threads_runs_in_the_caller_with_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threads, "thread_count", lambda: 1)
+    names = threads.map_in_threads(lambda _: threading.current_thread().name, range(3))
+    assert names == [threading.current_thread().name] * 3
+
+
+def test_thread_count_is_one_once_a_worker_limits_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(threads, "_limits", object())  # as use_one_thread leaves it
+    assert threads.thread_count() == 1
