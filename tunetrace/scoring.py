@@ -3,9 +3,10 @@
 The score is a logistic model over the measurements a copy has and a coincidence lacks
 (aligned spectral fit, agreement of spectral changes, the pair's own coincidence level,
 pitch-corrected chroma fit, coverage). Its weights and the verdict threshold are fitted by
-``benchmarks/calibrate.py`` on a calibration split of real music: altered copies against
-hard negatives (other tracks by the same composers, same styles). They ship with the package
-in ``calibration.json``; the queries reported in benchmarks are never part of that split.
+``python -m benchmarks.run_benchmark --calibrate`` on a calibration split of real music:
+altered copies against hard negatives (other tracks by the same composers, same styles).
+They ship with the package in ``calibration.json``; the queries reported in benchmarks are
+never part of that split.
 """
 
 from __future__ import annotations
