@@ -10,9 +10,10 @@ import pytest
 import soxr
 from tunetrace.index.catalogue import Catalogue
 
+import tunetrace.matcher as matcher_module
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.alteration import classify_alteration
-from tunetrace.matcher import Matcher
+from tunetrace.matcher import Matcher, MatchSettings
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +161,29 @@ def test_verification_in_threads_equals_one_thread(
         by_threads[threads] = matcher.verify(features)
     assert len(by_threads[1]) > 1  # more than one candidate was verified
     assert by_threads[1] == by_threads[2]
+
+
+def test_only_the_best_chroma_alignments_are_screened(
+    tmp_path: Path, matcher: Matcher, songs: dict[str, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    screened: list[float] = []
+    screen = matcher_module.screen_alignment
+
+    def counting_screen(query, reference, alignment, **kwargs):  # type: ignore[no-untyped-def]
+        screened.append(alignment.chroma_similarity)
+        return screen(query, reference, alignment, **kwargs)
+
+    monkeypatch.setattr(matcher_module, "screen_alignment", counting_screen)
+    audio = librosa.effects.time_stretch(excerpt(songs["song2"], 5.0, 13.0), rate=0.9)
+    features = matcher.load_query(write_audio(tmp_path / "query.wav", audio))
+    everything = Matcher(matcher.catalogue, settings=MatchSettings(screen_top=None))
+    everything.verify(features)
+    all_similarities = sorted(screened, reverse=True)
+    screened.clear()
+
+    best_two = Matcher(matcher.catalogue, settings=MatchSettings(screen_top=2))
+    verifications = best_two.verify(features)
+
+    assert len(all_similarities) > 2
+    assert sorted(screened, reverse=True) == all_similarities[:2]
+    assert verifications[0].reference_key == everything.verify(features)[0].reference_key

@@ -60,6 +60,13 @@ class MatchSettings:
         alone can prefer a wrong ratio that the spectral screening rejects. On the
         calibration split this and a fourth place per reference raised top-1 recall at the
         threshold from 86.5% to 89.5% for about 20% more verification time.
+    screen_top : int or None
+        Chroma alignments (best pitch-corrected chroma fit first) that go on to spectral
+        screening; ``None`` screens all of them. A query has about 45 alignments. On the
+        quick calibration split the true reference's verified alignment ranked first or
+        second by chroma fit for all 99 copies found; on the full split, screening the best
+        8, 12 or 16 found the same 205 of 208 copies as screening all, with the same negative
+        scores (highest 0.228, 99th percentile 0.096), in 30-45% less verification time.
     """
 
     n_neighbours: int = 20
@@ -69,6 +76,7 @@ class MatchSettings:
     other_tempo_ratios: int = 3
     places_per_reference: int = 4
     retimed_candidates: int = 4
+    screen_top: int | None = 12
 
 
 class Matcher:
@@ -205,13 +213,12 @@ class Matcher:
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
-        def align_and_screen(
-            candidate: Candidate,
-        ) -> tuple[float, ChromaAlignment, Screening] | None:
+        def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = self.catalogue.features(candidate.reference_key)
-            alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
-            if alignment is None:
-                return None
+            return align_on_chroma(query, reference, candidate, settings=self.verify_settings)
+
+        def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening]:
+            reference = self.catalogue.features(alignment.candidate.reference_key)
             screening = screen_alignment(
                 query, reference, alignment, params=params, settings=self.verify_settings
             )
@@ -231,7 +238,11 @@ class Matcher:
 
         retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
         # in candidate order whatever the threads, so that ties resolve as in one thread
-        screened = [item for item in map_in_threads(align_and_screen, retimed) if item]
+        alignments = [a for a in map_in_threads(align, retimed) if a is not None]
+        if self.settings.screen_top is not None:
+            alignments.sort(key=lambda a: -a.chroma_similarity)  # stable: ties keep their order
+            alignments = alignments[: self.settings.screen_top]
+        screened = map_in_threads(screen, alignments)
         screened.sort(key=lambda item: -item[0])
         verifications = [
             _with_score(verification, self.score_model.score(verification))
