@@ -44,17 +44,21 @@ def test_chroma_cross_spectra_give_the_circular_cross_correlation() -> None:
         np.testing.assert_allclose(per_roll[p], expected, rtol=1e-4, atol=1e-3)
 
 
-def test_aligned_frames_interpolate_then_whiten() -> None:
+@pytest.mark.parametrize(
+    ("n_bins", "whiten_bins"), [(216, 13), (20, 13), (13, 13), (8, 13), (4, 13), (30, 1)]
+)
+def test_aligned_frames_interpolate_then_whiten(n_bins: int, whiten_bins: int) -> None:
+    # narrow spectra too, where the whitening window reaches past both ends at once
     rng = np.random.default_rng(1)
-    spectrum = rng.random((216, 300)).astype(np.float32)
+    spectrum = rng.random((n_bins, 300)).astype(np.float32)
     positions = _positions(120, 1.17, 12.3)
     positions[-5:] = 400.0  # past the end: clipped to the last frame
 
-    raw, white = aligned_frames(np.ascontiguousarray(spectrum.T), positions, 13)
+    raw, white = aligned_frames(np.ascontiguousarray(spectrum.T), positions, whiten_bins)
 
     expected_raw = interpolate_frames(spectrum, positions)
     np.testing.assert_allclose(raw.T, expected_raw, atol=1e-5)
-    np.testing.assert_allclose(white.T, whiten_spectrum(expected_raw, 13), atol=1e-5)
+    np.testing.assert_allclose(white.T, whiten_spectrum(expected_raw, whiten_bins), atol=1e-5)
 
 
 @pytest.mark.parametrize("shift", [0.0, 5.5, -30.25])

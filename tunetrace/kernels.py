@@ -96,27 +96,37 @@ def aligned_frames(
     half = whiten_bins // 2
     raw = np.empty((n_frames, n_bins), dtype=np.float32)
     white = np.empty((n_frames, n_bins), dtype=np.float32)
-    column = np.empty(n_bins, dtype=np.float64)
     prefix = np.empty(n_bins + 1, dtype=np.float64)
     for t in range(n_frames):
         position = min(max(positions[t], 0.0), float(last))
         left = int(np.floor(position))
         right = min(left + 1, last)
-        frac = np.float32(position - left)
+        right_weight = np.float32(position - left)
+        left_weight = np.float32(1.0) - right_weight
+        row = raw[t]
+        left_row = spectrum_frames[left]
+        right_row = spectrum_frames[right]
+        for k in range(n_bins):
+            row[k] = left_row[k] * left_weight + right_row[k] * right_weight
         prefix[0] = 0.0
         for k in range(n_bins):
-            value = spectrum_frames[left, k] * (1 - frac) + spectrum_frames[right, k] * frac
-            raw[t, k] = value
-            column[k] = value
-            prefix[k + 1] = prefix[k] + column[k]
-        for k in range(n_bins):
-            low, high = k - half, k + half
-            total = prefix[min(high, n_bins - 1) + 1] - prefix[max(low, 0)]
-            if low < 0:
-                total += -low * column[0]
+            prefix[k + 1] = prefix[k] + row[k]
+        # The window of bin k is k - half .. k + half, edge bins repeated past the ends; the
+        # interior loop has no edges to handle (and vectorises).
+        whitened = white[t]
+        first_value = row[0]
+        last_value = row[n_bins - 1]
+        for k in range(min(half, n_bins)):
+            high = k + half
+            total = prefix[min(high, n_bins - 1) + 1] + (half - k) * first_value
             if high > n_bins - 1:
-                total += (high - n_bins + 1) * column[n_bins - 1]
-            white[t, k] = column[k] - total / whiten_bins
+                total += (high - n_bins + 1) * last_value
+            whitened[k] = row[k] - total / whiten_bins
+        for k in range(half, n_bins - half):
+            whitened[k] = row[k] - (prefix[k + half + 1] - prefix[k - half]) / whiten_bins
+        for k in range(max(n_bins - half, half), n_bins):
+            total = prefix[n_bins] - prefix[k - half] + (k + half - n_bins + 1) * last_value
+            whitened[k] = row[k] - total / whiten_bins
     return raw, white
 
 
@@ -168,32 +178,40 @@ def shifted_fit(
     """
     n_frames = query_white.shape[0]
     n_bins = raw.shape[1]
-    low = np.empty(n_band, dtype=np.int64)
-    high = np.empty(n_band, dtype=np.int64)
-    weight = np.empty(n_band, dtype=np.float32)
-    for j in range(n_band):
-        source = first_bin + j - shift
-        low[j] = int(np.floor(source))
-        high[j] = min(low[j] + 1, n_bins - 1)
-        weight[j] = source - low[j]
+    # The shift is the same for every bin: query bin first_bin + j reads reference bins
+    # base + j and base + j + 1 with the same weights (the top one clipped to the last bin).
+    source = first_bin - shift
+    base = int(np.floor(source))
+    upper_weight = np.float32(source - base)
+    lower_weight = np.float32(1.0) - upper_weight
+    last = n_band - 1
+    last_upper = min(base + n_band, n_bins - 1)
     shifted_white = np.empty((n_frames, n_band), dtype=np.float32)
     shifted_raw = np.empty((n_frames, n_band), dtype=np.float32)
     per_frame = np.empty(n_frames, dtype=np.float32)
     for t in range(n_frames):
+        reference_row = white[t]
+        shifted = shifted_white[t]
+        for j in range(last):
+            shifted[j] = (
+                reference_row[base + j] * lower_weight + reference_row[base + j + 1] * upper_weight
+            )
+        shifted[last] = (
+            reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
+        )
         mean = 0.0
         for j in range(n_band):
-            value = white[t, low[j]] * (1 - weight[j]) + white[t, high[j]] * weight[j]
-            shifted_white[t, j] = value
-            mean += value
+            mean += shifted[j]
         mean /= n_band
         # the reference side is centred, so the query's mean drops out of the product
+        query_row = query_white[t]
         numerator = 0.0
         square = 0.0
         query_sum = 0.0
         query_square = 0.0
         for j in range(n_band):
-            centred = shifted_white[t, j] - mean
-            query_value = query_white[t, first_bin + j]
+            centred = shifted[j] - mean
+            query_value = query_row[first_bin + j]
             numerator += query_value * centred
             square += centred * centred
             query_sum += query_value
@@ -201,8 +219,16 @@ def shifted_fit(
         query_square = max(query_square - query_sum * query_sum / n_band, 0.0)
         per_frame[t] = numerator / max(np.sqrt(query_square) * np.sqrt(square), 1e-9)
         if with_changes:
-            for j in range(n_band):
-                shifted_raw[t, j] = raw[t, low[j]] * (1 - weight[j]) + raw[t, high[j]] * weight[j]
+            reference_row = raw[t]
+            shifted = shifted_raw[t]
+            for j in range(last):
+                shifted[j] = (
+                    reference_row[base + j] * lower_weight
+                    + reference_row[base + j + 1] * upper_weight
+                )
+            shifted[last] = (
+                reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
+            )
     onsets = 0.0
     dynamics = 0.0
     if with_changes and n_frames >= 3:
