@@ -19,7 +19,7 @@ from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_wei
 
 from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
-from tunetrace.verify import align_on_chroma, prepare_query, verify_candidate
+from tunetrace.verify import align_on_chroma, harmonic_change, prepare_query, verify_candidate
 
 PARAMS = FingerprintParams()
 
@@ -199,3 +199,19 @@ def test_frequency_blur_helps_a_wsola_copy_more_than_an_unrelated_song(
     assert chroma_gain > 0.01, (blurred, sharp)
     assert blurred["copy"][1] - sharp["copy"][1] > 0.01, (blurred, sharp)
     assert blurred["unrelated"][0] - sharp["unrelated"][0] < chroma_gain, (blurred, sharp)
+
+
+def test_harmonic_change_is_zero_for_a_held_chord_and_high_for_chord_changes() -> None:
+    rng = np.random.default_rng(9)
+    chords = spectrum.normalise_frames(rng.standard_normal((PARAMS.bins_per_octave, 2)))
+    held = np.repeat(chords[:, :1], 100, axis=1)
+    changing = np.tile(np.repeat(chords, 10, axis=1), 5)  # 10 frames of each, alternating
+    matched = np.ones(100, dtype=bool)
+
+    assert harmonic_change(held, matched, 10) == pytest.approx(0.0, abs=1e-6)
+    # frames 10 apart always hold the other chord
+    expected = 1.0 - float(chords[:, 0] @ chords[:, 1])
+    assert harmonic_change(changing, matched, 10) == pytest.approx(expected, abs=1e-5)
+    # only pairs of matched frames count; none left: 0
+    assert harmonic_change(changing, np.r_[np.ones(5), np.zeros(95)].astype(bool), 10) == 0.0
+    assert harmonic_change(changing, matched, 200) == 0.0

@@ -2,7 +2,8 @@
 
 The score is a logistic model over the measurements a copy has and a coincidence lacks
 (aligned spectral fit, agreement of spectral changes, the pair's own coincidence level,
-pitch-corrected chroma fit, coverage). Its weights and the verdict threshold are fitted by
+pitch-corrected chroma fit, coverage, how much the harmony moves inside the match). Its
+weights and the verdict threshold are fitted by
 ``python -m benchmarks.run_benchmark --calibrate`` on a calibration split of real music:
 altered copies against hard negatives (other tracks by the same composers, same styles).
 They ship with the package in ``calibration.json``; the queries reported in benchmarks are
@@ -28,6 +29,7 @@ FEATURE_NAMES = (
     "local_similarity",
     "chroma_similarity",
     "coverage",
+    "harmonic_change",
 )
 #: Measurements whose rise must never raise the score (coincidence levels).
 DECREASING = frozenset({"null_similarity", "local_similarity"})

@@ -76,6 +76,9 @@ class Verification:
         The same on the unwhitened spectra: broadband changes (onsets, loudness) count too.
     coverage : float
         Fraction of the query's duration inside matched segments.
+    harmonic_change : float
+        How much the query's harmony moves inside its matched frames: the mean of one minus
+        the correlation of chroma frames ``HARMONIC_LAG_S`` apart (0: one held chord).
     segments : list of Segment
     votes : float
         Candidate-stage vote strength.
@@ -95,6 +98,7 @@ class Verification:
     dynamics_similarity: float
     onset_similarity: float
     coverage: float
+    harmonic_change: float = 0.0
     segments: list[Segment] = field(default_factory=list)
     votes: float = 0.0
     score: float = 0.0

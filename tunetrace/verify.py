@@ -315,6 +315,9 @@ def verify_candidate(
         dynamics_similarity=float(best.dynamics or 0.0),
         onset_similarity=float(best.onsets),
         coverage=float(matched.sum() / max(query.features.n_frames, 1)),
+        harmonic_change=harmonic_change(
+            query.features.chroma, matched, round(HARMONIC_LAG_S * params.frame_rate_hz)
+        ),
         segments=segments,
         votes=alignment.candidate.votes,
     )
@@ -656,6 +659,36 @@ def _matched_segments(
             )
         )
     return segments, matched
+
+
+#: Lag between the chroma frames compared by :func:`harmonic_change`.
+HARMONIC_LAG_S = 2.0
+
+
+def harmonic_change(chroma: np.ndarray, matched: np.ndarray, lag: int) -> float:
+    """Mean of one minus the correlation of matched chroma frames ``lag`` apart.
+
+    A copy of music matches its reference through chord changes; a coincidence that a slowed,
+    re-pitched or noisy query finds in a fade-out or a drone matches one held chord, where
+    this is near 0.
+
+    Parameters
+    ----------
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames)]
+        Frame-normalised chroma (zero mean, unit norm per frame).
+    matched : np.ndarray [shape=(n_frames,), dtype=bool]
+    lag : int > 0
+
+    Returns
+    -------
+    change : float
+        0 when no two matched frames lie ``lag`` apart.
+    """
+    pairs = np.flatnonzero(matched[:-lag] & matched[lag:]) if 0 < lag < len(matched) else []
+    if len(pairs) == 0:
+        return 0.0
+    correlations = np.einsum("ij,ij->j", chroma[:, pairs], chroma[:, pairs + lag])
+    return float(np.mean(1.0 - correlations))
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
