@@ -43,14 +43,17 @@ def thread_count() -> int:
     cores it may run on."""
     if _limits is not None:
         return 1
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def map_in_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
     """``[function(item) for item in items]``, spread over :func:`thread_count` threads.
 
-    Results come back in the order of ``items``. Exceptions propagate as from the list
-    comprehension (the first failing item's, once every item has run).
+    Results come back in the order of ``items``. An exception propagates as from the list
+    comprehension: the first failing item's, in the order of ``items`` (items not yet started
+    by then are cancelled).
     """
     items = list(items)
     threads = min(thread_count(), len(items))

@@ -89,11 +89,9 @@ class PreparedQuery:
     features : Features
     weights : np.ndarray [shape=(n_frames,), dtype=float32]
         1 for sounding frames, 0 for silent ones.
-    white : np.ndarray [shape=(n_bins, n_frames)]
-        The features' ``verification_spectrum`` whitened along frequency (see
-        :func:`whiten_spectrum`).
     white_frames : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
-        ``white``, frames first.
+        The features' ``verification_spectrum`` whitened along frequency (see
+        :func:`whiten_spectrum`), frames first.
     white_changes, raw_changes : np.ndarray [shape=(n_frames - 2, n_bins), dtype=float32]
         Frame ``t + 2`` minus frame ``t`` of the whitened and of the raw verification
         spectrum, frames first.
@@ -101,10 +99,14 @@ class PreparedQuery:
 
     features: Features
     weights: np.ndarray
-    white: np.ndarray
     white_frames: np.ndarray
     white_changes: np.ndarray
     raw_changes: np.ndarray
+
+    @property
+    def white(self) -> np.ndarray:
+        """:attr:`white_frames` bins first, shape ``(n_bins, n_frames)`` (a view)."""
+        return self.white_frames.T
 
 
 def prepare_query(features: Features, settings: VerifySettings | None = None) -> PreparedQuery:
@@ -116,7 +118,6 @@ def prepare_query(features: Features, settings: VerifySettings | None = None) ->
     return PreparedQuery(
         features=features,
         weights=features.active_frames().astype(np.float32),
-        white=white,
         white_frames=white_frames,
         white_changes=np.ascontiguousarray(white_frames[2:] - white_frames[:-2]),
         raw_changes=np.ascontiguousarray(raw_frames[2:] - raw_frames[:-2], dtype=np.float32),
