@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.tonality import LOW_TONALITY, tonality
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
@@ -109,12 +110,14 @@ def run_queries(matcher: Matcher, queries: list[Query]) -> list[dict[str, object
             rows.append({"query": asdict(query), "error": str(exc)})
             continue
         verifications = matcher.verify(features)
+        query_tonality = tonality(features, params=matcher.catalogue.params)
         elapsed = time.perf_counter() - started
         rows.append(
             {
                 "query": asdict(query),
                 "duration_s": features.duration_s,
                 "elapsed_s": elapsed,
+                "tonality": query_tonality,
                 "verifications": [
                     {
                         "reference_id": matcher.catalogue.record_by_key(
@@ -268,6 +271,7 @@ def _wrap(semitones: float) -> float:
 def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
     """Recall per family, false positives, estimate errors and latency on scored rows."""
     per_family: dict[str, list[int]] = {f: [] for f in FAMILIES}
+    by_tonality: dict[str, list[int]] = {"low": [], "tonal": []}
     tempo_errors, pitch_errors, negatives_flagged, wrong_top = [], [], 0, 0
     n_negatives = 0
     failures = []
@@ -290,6 +294,8 @@ def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
         hit = top is not None and top["reference_id"] == query["source_id"]
         wrong_top += top is not None and not hit
         per_family[query["family"]].append(int(hit))
+        if row.get("tonality") is not None:
+            by_tonality["low" if row["tonality"] < LOW_TONALITY else "tonal"].append(int(hit))
         if hit:
             tempo_errors.append(abs(top["tempo_ratio"] / query["tempo_ratio"] - 1))
             pitch_errors.append(abs(_wrap(top["pitch_shift_semitones"] - query["pitch_semitones"])))
@@ -304,6 +310,10 @@ def evaluate(rows: list[dict], model: ScoreModel) -> dict[str, object]:
     return {
         "recall_top1": {
             f: (float(np.mean(v)) if v else None, len(v)) for f, v in per_family.items()
+        },
+        "recall_by_tonality": {
+            "threshold": LOW_TONALITY,
+            **{k: (float(np.mean(v)) if v else None, len(v)) for k, v in by_tonality.items()},
         },
         "negatives": n_negatives,
         "unusable_queries": unusable,
@@ -378,15 +388,32 @@ def markdown(result: dict) -> str:
         ),
         ("score threshold (fitted on the calibration split)", f"{result['threshold']:.3f}"),
     ]
+    tonal = ev.get("recall_by_tonality")
+    if tonal and tonal["low"][1] and tonal["tonal"][1]:
+        table.append(
+            (
+                f"top-1 recall, queries of tonality below {tonal['threshold']:.1f} / the rest",
+                f"{tonal['low'][0]:.1%} of {tonal['low'][1]} / "
+                f"{tonal['tonal'][0]:.1%} of {tonal['tonal'][1]}",
+            )
+        )
     lines += [f"| {name} | {value} |" for name, value in table]
     return "\n".join(lines) + "\n"
 
 
 def _rows(matcher: Matcher, queries: list[Query], name: str, reuse: bool) -> list[dict]:
-    """Run the queries, or with ``reuse`` read the rows an earlier run cached."""
+    """Run the queries, or with ``reuse`` read the rows an earlier run cached (rows cached
+    before queries' tonality was recorded get it measured now)."""
     cached = CACHE / f"{name}-rows.json"
     if reuse and cached.exists():
-        return json.loads(cached.read_text())
+        rows = json.loads(cached.read_text())
+        missing = [row for row in rows if "error" not in row and "tonality" not in row]
+        for row in missing:
+            features = matcher.load_query(row["query"]["path"])
+            row["tonality"] = tonality(features, params=matcher.catalogue.params)
+        if missing:
+            cached.write_text(json.dumps(rows))
+        return rows
     rows = run_queries(matcher, queries)
     cached.write_text(json.dumps(rows))
     return rows

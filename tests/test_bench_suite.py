@@ -246,6 +246,33 @@ def test_score_model_learns_only_from_verifications_that_found_the_copy() -> Non
     assert labels == [1.0, None, None, 0.0]
 
 
+def test_core_evaluation_splits_recall_by_query_tonality() -> None:
+    from tunetrace.fingerprint.tonality import LOW_TONALITY
+
+    from tunetrace.scoring import FEATURE_NAMES, ScoreModel
+
+    model = ScoreModel(weights=(1.0,) * len(FEATURE_NAMES), bias=-2.0, threshold=0.5)
+    strong, weak = [1.0] * len(FEATURE_NAMES), [0.0] * len(FEATURE_NAMES)
+
+    def row(tonality: float, found: bool) -> dict:
+        query = {
+            "path": f"q{tonality}-{found}.wav", "source_id": "a", "positive": True,
+            "family": "stretch", "tool": "sox", "tempo_ratio": 1.2, "pitch_semitones": 0.0,
+        }  # fmt: skip
+        verification = {
+            "reference_id": "a", "measurements": strong if found else weak,
+            "tempo_ratio": 1.2, "pitch_shift_semitones": 0.0,
+        }  # fmt: skip
+        return {"query": query, "duration_s": 10.0, "elapsed_s": 0.1, "tonality": tonality,
+                "verifications": [verification]}  # fmt: skip
+
+    rows = [row(1.5, False), row(1.6, True), row(5.0, True), row(8.0, True), row(9.0, True)]
+    result = run_benchmark.evaluate(rows, model)["recall_by_tonality"]
+
+    assert result["threshold"] == LOW_TONALITY
+    assert result["low"] == (0.5, 2) and result["tonal"] == (1.0, 3)
+
+
 def test_runaway_render_is_stopped_at_the_size_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -118,3 +118,21 @@ def test_catalogue_from_environment(tmp_path: Path, built_catalogue: Path, env_n
 
     done = tunetrace("info", env={**os.environ, env_name: str(built_catalogue)})
     assert done.returncode == 0 and "references: 5" in done.stdout
+
+
+def test_a_non_tonal_query_without_matches_carries_a_caution(
+    tmp_path: Path, built_catalogue: Path
+) -> None:
+    rng = np.random.default_rng(7)
+    noise = write_audio(
+        tmp_path / "noise.wav", (0.2 * rng.standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
+    )
+    tonal = write_audio(tmp_path / "unknown.wav", synth_song(99, duration_s=12.0))
+    done = tunetrace("match", "-c", str(built_catalogue), str(noise), str(tonal))
+    assert done.returncode == 0, done.stderr
+    noise_part, tonal_part = done.stdout.split(str(tonal))
+    assert "no probable copy found" in noise_part and "caution:" in noise_part
+    assert "non-tonal" in noise_part
+    assert "no probable copy found" in tonal_part and "caution" not in tonal_part
+    as_json = tunetrace("match", "-c", str(built_catalogue), "--json", str(noise))
+    assert set(json.loads(as_json.stdout)) == {"query", "duration_s", "elapsed_s", "matches"}

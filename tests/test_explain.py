@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import librosa
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from tunetrace.api.app import create_app
@@ -83,7 +84,21 @@ def test_a_non_match_is_explained_against_the_closest_reference(
     evidence = json.loads(out.read_text())
     assert not evidence["is_copy"]
     assert evidence["verdict"].startswith(("Not a copy", "No reference came close"))
+    assert evidence["query_tonality"] > 2.0 and "Caution" not in evidence["verdict"]
     assert _explain(built_catalogue, unknown, tmp_path / "e.png").returncode == 0
+
+
+def test_a_non_tonal_non_match_is_explained_with_a_caution(
+    built_catalogue: Path, tmp_path: Path
+) -> None:
+    noise = (0.2 * np.random.default_rng(5).standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
+    query = write_audio(tmp_path / "noise.wav", noise)
+    out = tmp_path / "e.json"
+    assert _explain(built_catalogue, query, out).returncode == 0
+    evidence = json.loads(out.read_text())
+    assert not evidence["is_copy"] and evidence["query_tonality"] < 2.0
+    assert "Caution: the query is mostly non-tonal" in evidence["verdict"]
+    assert _explain(built_catalogue, query, tmp_path / "e.png").returncode == 0
 
 
 def test_explain_against_a_named_reference(

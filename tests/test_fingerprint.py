@@ -16,6 +16,7 @@ from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resampl
 from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
+from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, tonality
 
 from tunetrace.errors import AudioTooShortError
 from tunetrace.types import Candidate
@@ -215,3 +216,25 @@ def test_harmonic_change_is_zero_for_a_held_chord_and_high_for_chord_changes() -
     # only pairs of matched frames count; none left: 0
     assert harmonic_change(changing, np.r_[np.ones(5), np.zeros(95)].astype(bool), 10) == 0.0
     assert harmonic_change(changing, matched, 200) == 0.0
+
+
+def test_tonality_is_high_for_chords_and_low_for_noise() -> None:
+    sr = PARAMS.sample_rate_hz
+    noise = Audio((0.1 * np.random.default_rng(3).standard_normal(6 * sr)).astype(np.float32), sr)
+    chord_tonality = tonality(extract_features(chord(2), params=PARAMS), params=PARAMS)
+    noise_tonality = tonality(extract_features(noise, params=PARAMS), params=PARAMS)
+    assert chord_tonality > 3 * LOW_TONALITY
+    assert 1.0 <= noise_tonality < LOW_TONALITY
+    assert low_tonality_caution(noise_tonality) is not None
+    assert "non-tonal" in low_tonality_caution(noise_tonality)
+    assert low_tonality_caution(chord_tonality) is None
+    assert low_tonality_caution(None) is None
+
+
+def test_tonality_ignores_silent_frames() -> None:
+    sr = PARAMS.sample_rate_hz
+    held = chord(0, duration_s=4.0).samples
+    padded = Audio(np.concatenate([np.zeros(8 * sr, np.float32), held]), sr)
+    alone = tonality(extract_features(chord(0, duration_s=4.0), params=PARAMS), params=PARAMS)
+    with_silence = tonality(extract_features(padded, params=PARAMS), params=PARAMS)
+    assert with_silence == pytest.approx(alone, rel=0.05)

@@ -14,6 +14,7 @@ import base64
 import html
 import io
 import json
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from tunetrace.alteration import classify_alteration
 from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.embedding import interpolate_frames
 from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.tonality import low_tonality_caution, tonality
 from tunetrace.matcher import Matcher
 from tunetrace.report import segment_to_dict
 from tunetrace.types import Segment, Verification
@@ -52,6 +54,7 @@ class Evidence:
     query_chroma: np.ndarray | None = None
     aligned_reference_chroma: np.ndarray | None = None
     similarity: np.ndarray | None = None
+    query_tonality: float | None = None
 
     @property
     def is_copy(self) -> bool:
@@ -60,15 +63,20 @@ class Evidence:
 
     @property
     def verdict(self) -> str:
-        """One sentence for the reviewer."""
-        if self.reference_id is None:
-            return "No reference came close: nothing in the catalogue aligns with this audio."
+        """One or two sentences for the reviewer."""
         if self.is_copy:
             return f"Probable altered copy of {self.reference_id}."
-        return (
-            f"Not a copy: the closest reference, {self.reference_id}, scores {self.score:.3f}, "
-            f"below the threshold {self.threshold:.3f}."
-        )
+        if self.reference_id is None:
+            verdict = "No reference came close: nothing in the catalogue aligns with this audio."
+        else:
+            verdict = (
+                f"Not a copy: the closest reference, {self.reference_id}, scores "
+                f"{self.score:.3f}, below the threshold {self.threshold:.3f}."
+            )
+        caution = low_tonality_caution(self.query_tonality)
+        if caution is not None:
+            verdict += f" Caution: {caution}."
+        return verdict
 
 
 def build_evidence(
@@ -92,6 +100,7 @@ def build_evidence(
         threshold=matcher.default_min_score,
         frame_rate_hz=features.frame_rate_hz,
         query_chroma=features.chroma,
+        query_tonality=tonality(features, params=catalogue.params),
     )
     wanted = catalogue.get(reference_id) if reference_id is not None else None
     verifications = matcher.verify(features)
@@ -170,6 +179,9 @@ def report_fields(evidence: Evidence) -> dict[str, Any]:
         "alteration": evidence.alteration,
         "coverage": round(evidence.coverage, 3),
         "segments": [segment_to_dict(s) for s in evidence.segments],
+        "query_tonality": None
+        if evidence.query_tonality is None
+        else round(evidence.query_tonality, 2),
     }
 
 
@@ -276,7 +288,7 @@ def render_png(evidence: Evidence, *, dpi: int = 110) -> bytes:
     text_axes.axis("off")
     text_axes.text(0, 1, _text_box(evidence), va="top", family="monospace", fontsize=8.5,
                    wrap=True)  # fmt: skip
-    figure.suptitle(evidence.verdict, fontsize=12, x=0.01, ha="left",
+    figure.suptitle(textwrap.fill(evidence.verdict, width=120), fontsize=12, x=0.01, ha="left",
                     color="#b22222" if evidence.is_copy else "#333333")  # fmt: skip
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -14,6 +14,7 @@ from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
+from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
@@ -154,11 +155,13 @@ class Matcher:
         started = time.perf_counter()
         features = self.load_query(path, max_duration_s=max_duration_s)
         matches = self.match_features(features, top=top, min_score=min_score)
+        query_tonality = tonality(features, params=self.catalogue.params)
         return MatchReport(
             query=str(path) if query_name is None else query_name,
             duration_s=features.duration_s,
             elapsed_s=time.perf_counter() - started,
             matches=matches,
+            query_tonality=query_tonality,
         )
 
     def candidates(

@@ -25,12 +25,17 @@ class Match:
 
 @dataclass(frozen=True)
 class MatchReport:
-    """Everything tunetrace says about one query."""
+    """Everything tunetrace says about one query.
+
+    ``query_tonality`` (see :func:`tunetrace.fingerprint.tonality.tonality`) serves the
+    human-readable output only; the JSON form does not carry it.
+    """
 
     query: str
     duration_s: float
     elapsed_s: float
     matches: list[Match]
+    query_tonality: float | None = None
 
 
 def report_to_dict(report: MatchReport) -> dict[str, Any]:
