@@ -273,6 +273,31 @@ def test_core_evaluation_splits_recall_by_query_tonality() -> None:
     assert result["low"] == (0.5, 2) and result["tonal"] == (1.0, 3)
 
 
+def test_whole_corpus_latency_times_long_queries_on_a_catalogue_of_every_track(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from benchmarks.corpus import Track
+    from benchmarks.queries import Query
+
+    monkeypatch.setattr(run_benchmark, "CACHE", tmp_path / "cache")
+    tracks = []
+    for seed in (1, 2, 3):
+        path = _write(tmp_path / f"song{seed}.flac", synth_song(seed, 20.0))
+        tracks.append(Track(f"pkg/song{seed}", path, 20.0, "pkg", "test"))
+    long_query = _write(tmp_path / "long.wav", synth_song(2, 20.0)[: 15 * SAMPLE_RATE])
+    short_query = _write(tmp_path / "short.wav", synth_song(3, 20.0)[: 10 * SAMPLE_RATE])
+    queries = [
+        Query(str(path), "pkg/song2", True, "clean", "copy", 1.0, 0.0, 0.0)
+        for path in (long_query, short_query)
+    ]
+
+    result = run_benchmark.whole_corpus_latency(tracks, queries)
+
+    assert result["references"] == 3 and result["queries"] == 1
+    assert result["audio_hours"] == pytest.approx(60 / 3600, rel=0.05)
+    assert 0 < result["latency_median_s"] <= result["latency_p95_s"] < 30
+
+
 def test_runaway_render_is_stopped_at_the_size_limit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
