@@ -20,6 +20,7 @@ from tunetrace.api.models import (
 )
 from tunetrace.api.upload import FILE_FIELD, Upload, receive_upload
 from tunetrace.api.workers import explain_job, fingerprint_job, match_job
+from tunetrace.fingerprint.tonality import low_tonality_caution
 from tunetrace.index.catalogue import (
     REFERENCE_ID_PATTERN,
     ReferenceRecord,
@@ -29,6 +30,10 @@ from tunetrace.index.catalogue import (
 from tunetrace import __version__
 from tunetrace.errors import TunetraceError
 from tunetrace.report import report_to_dict
+
+#: Response headers of ``POST /v1/match`` beside the contract's JSON report.
+TONALITY_HEADER = "X-Tunetrace-Query-Tonality"
+CAUTION_HEADER = "X-Tunetrace-Caution"
 
 T = TypeVar("T")
 router = APIRouter(prefix="/v1")
@@ -143,6 +148,7 @@ async def health(request: Request) -> HealthModel:
 )
 async def match(
     request: Request,
+    response: Response,
     _: ReadAccess,
     top: Annotated[int, Query(ge=1, le=100, description="Most matches reported.")] = 5,
     min_score: Annotated[
@@ -150,7 +156,12 @@ async def match(
         Query(ge=0.0, le=1.0, description="Score threshold [default: the calibrated one]."),
     ] = None,
 ) -> dict[str, Any]:
-    """Is the uploaded audio an altered copy of a reference? The match report."""
+    """Is the uploaded audio an altered copy of a reference? The match report.
+
+    The report's JSON follows the contract; the query's tonality travels in the
+    ``X-Tunetrace-Query-Tonality`` header, with ``X-Tunetrace-Caution`` when a mostly
+    non-tonal query matched nothing (a weaker "no copy").
+    """
     state = request.app.state
     settings = state.settings
     try:
@@ -172,6 +183,11 @@ async def match(
             state.metrics.match_outcomes.labels("rejected").inc()
         raise
     state.metrics.match_outcomes.labels("copy_found" if report.matches else "no_copy").inc()
+    if report.query_tonality is not None:
+        response.headers[TONALITY_HEADER] = f"{report.query_tonality:.2f}"
+        caution = None if report.matches else low_tonality_caution(report.query_tonality)
+        if caution is not None:
+            response.headers[CAUTION_HEADER] = caution
     return report_to_dict(report)
 
 

@@ -75,6 +75,8 @@ def test_match_reports_the_altered_copy(client: TestClient, stretched_query: Pat
     assert best["alteration"] == "time_stretch+pitch_shift"
     assert best["segments"] and best["coverage"] > 0.5
     assert response.headers["x-request-id"]
+    assert float(response.headers["X-Tunetrace-Query-Tonality"]) >= 1.0
+    assert "X-Tunetrace-Caution" not in response.headers
 
 
 def test_match_query_parameters(client: TestClient, stretched_query: Path) -> None:
@@ -92,6 +94,21 @@ def test_unknown_music_gives_an_empty_report(client: TestClient, tmp_path: Path)
     response = client.post("/v1/match", headers=READ, files=_file(query))
     assert response.status_code == 200
     assert response.json()["matches"] == []
+    assert float(response.headers["X-Tunetrace-Query-Tonality"]) > 2.0
+    assert "X-Tunetrace-Caution" not in response.headers
+
+
+def test_a_non_tonal_query_without_matches_gets_a_caution_header(
+    client: TestClient, tmp_path: Path
+) -> None:
+    noise = (0.2 * np.random.default_rng(11).standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
+    query = write_audio(tmp_path / "noise.flac", noise)
+    response = client.post("/v1/match", headers=READ, files=_file(query))
+    assert response.status_code == 200
+    assert set(response.json()) == {"query", "duration_s", "elapsed_s", "matches"}
+    assert response.json()["matches"] == []
+    assert float(response.headers["X-Tunetrace-Query-Tonality"]) < 2.0
+    assert "non-tonal" in response.headers["X-Tunetrace-Caution"]
 
 
 @pytest.mark.parametrize(
