@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import librosa
+import numpy as np
 import pytest
 
 from benchmarks.live_server import running_server
@@ -33,6 +34,10 @@ def test_upload_shows_the_reference_and_the_evidence(
     shutil.copytree(built_catalogue, catalogue)
     audio = librosa.effects.time_stretch(songs["song5"][: 18 * SAMPLE_RATE], rate=0.9)
     upload = write_audio(tmp_path / "suspicious.flac", audio)
+    rng = np.random.default_rng(2)
+    noise = write_audio(
+        tmp_path / "noise.flac", (0.2 * rng.standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
+    )
     with (
         running_server(catalogue, api_keys=f"{KEY}:read", workers=1) as base_url,
         playwright_api.sync_playwright() as playwright,
@@ -59,8 +64,16 @@ def test_upload_shows_the_reference_and_the_evidence(
         image.wait_for(state="visible", timeout=60_000)
         assert page.evaluate("document.getElementById('evidence').naturalWidth") > 500
         assert "album/song5" in image.get_attribute("alt")
+        assert page.locator("#caution").is_hidden()
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "review-page.png"), full_page=True)
+        # a noise upload matches nothing, and the page says how little that proves
+        page.get_by_label("Audio file to check").set_input_files(str(noise))
+        page.get_by_role("button", name="Check", exact=True).press("Enter")
+        page.get_by_text("No probable copy found").wait_for(state="visible", timeout=60_000)
+        caution = page.locator("#caution")
+        caution.wait_for(state="visible", timeout=10_000)
+        assert "non-tonal" in caution.inner_text()
         # the key survives a reload: it is entered once
         page.reload()
         assert page.get_by_label("Key with the read role").input_value() == KEY
