@@ -7,8 +7,9 @@ passage correlates with its original's chroma at 0.5-0.6 frame by frame, against
 for tonal passages, and its patch vectors fall below the nearest unrelated ones.
 
 The measure is the median, over sounding frames, of a frame's largest chroma bin over its
-mean bin (before normalisation): about 1.4-1.7 for noise-like audio, 3-20 for chords and
-melodies.
+mean bin (before normalisation): 1.3 for white noise, 1.4-2 for passages of mostly drums and
+effects, 2.8 for the median query of the core benchmark and 8 or more for plainly tonal music
+(its 99th percentile).
 """
 
 from __future__ import annotations
