@@ -147,3 +147,13 @@ def test_review_page_is_served(client: TestClient) -> None:
     assert page.status_code == 200
     assert '<label for="file">' in page.text and '<label for="key">' in page.text
     assert 'id="key"' in page.text and "v1/match" in page.text
+
+
+def test_text_box_and_verdict_print_the_same_threshold() -> None:
+    from tunetrace.explain import Evidence, _text_box
+
+    evidence = Evidence(
+        query="q.wav", duration_s=10.0, threshold=0.8704845, reference_id="a", score=0.80049
+    )
+    assert "threshold 0.870" in evidence.verdict
+    assert "0.800 (threshold 0.870)" in _text_box(evidence)

@@ -301,7 +301,8 @@ def _text_box(evidence: Evidence) -> str:
     lines = [
         f"reference  {fields['reference_id']}",
         f"title      {fields['title'] or '-'}",
-        f"score      {fields['score']:.3f} (threshold {fields['threshold']:.3f})",
+        # from the unrounded values: the fields' 4 decimals rounded again can move the 3rd
+        f"score      {evidence.score:.3f} (threshold {evidence.threshold:.3f})",
         f"tempo      {fields['tempo_ratio']:.3f}x",
         f"pitch      {fields['pitch_shift_semitones'] + 0.0:+.2f} semitones",
         f"alteration {fields['alteration']}",
