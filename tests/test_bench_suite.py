@@ -276,6 +276,8 @@ def test_core_evaluation_splits_recall_by_query_tonality() -> None:
 def test_whole_corpus_latency_times_long_queries_on_a_catalogue_of_every_track(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dataclasses import asdict
+
     from benchmarks.corpus import Track
     from benchmarks.queries import Query
 
@@ -290,8 +292,13 @@ def test_whole_corpus_latency_times_long_queries_on_a_catalogue_of_every_track(
         Query(str(path), "pkg/song2", True, "clean", "copy", 1.0, 0.0, 0.0)
         for path in (long_query, short_query)
     ]
+    durations = (15.0, 10.0)
+    evaluation_rows = [
+        {"query": asdict(q), "duration_s": d} for q, d in zip(queries, durations, strict=True)
+    ]
+    evaluation_rows.append({"query": asdict(queries[0]), "error": "unreadable"})
 
-    result = run_benchmark.whole_corpus_latency(tracks, queries)
+    result = run_benchmark.whole_corpus_latency(tracks, evaluation_rows)
 
     assert result["references"] == 3 and result["queries"] == 1
     assert result["audio_hours"] == pytest.approx(60 / 3600, rel=0.05)
