@@ -20,7 +20,6 @@ from tunetrace.api.models import (
 )
 from tunetrace.api.upload import FILE_FIELD, Upload, receive_upload
 from tunetrace.api.workers import explain_job, fingerprint_job, match_job
-from tunetrace.fingerprint.tonality import low_tonality_caution
 from tunetrace.index.catalogue import (
     REFERENCE_ID_PATTERN,
     ReferenceRecord,
@@ -185,9 +184,8 @@ async def match(
     state.metrics.match_outcomes.labels("copy_found" if report.matches else "no_copy").inc()
     if report.query_tonality is not None:
         response.headers[TONALITY_HEADER] = f"{report.query_tonality:.2f}"
-        caution = None if report.matches else low_tonality_caution(report.query_tonality)
-        if caution is not None:
-            response.headers[CAUTION_HEADER] = caution
+        if report.caution is not None:
+            response.headers[CAUTION_HEADER] = report.caution
     return report_to_dict(report)
 
 

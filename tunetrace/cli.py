@@ -164,14 +164,11 @@ def match(
 
 
 def _format_report(report) -> str:
-    from tunetrace.fingerprint.tonality import low_tonality_caution
-
     lines = [f"{report.query}  ({report.duration_s:.1f} s, matched in {report.elapsed_s:.2f} s)"]
     if not report.matches:
         lines.append("  no probable copy found")
-        caution = low_tonality_caution(report.query_tonality)
-        if caution is not None:
-            lines.append(f"  caution: {caution}")
+        if report.caution is not None:
+            lines.append(f"  caution: {report.caution}")
         return "\n".join(lines)
     lines.append(
         f"  {'score':>5}  {'tempo':>6}  {'pitch':>6}  {'coverage':>8}  "

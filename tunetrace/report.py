@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunetrace.fingerprint.tonality import low_tonality_caution
 from tunetrace.types import Segment
 
 
@@ -36,6 +37,12 @@ class MatchReport:
     elapsed_s: float
     matches: list[Match]
     query_tonality: float | None = None
+
+    @property
+    def caution(self) -> str | None:
+        """What a reviewer should know about an empty report of a mostly non-tonal query
+        (:func:`~tunetrace.fingerprint.tonality.low_tonality_caution`); ``None`` otherwise."""
+        return None if self.matches else low_tonality_caution(self.query_tonality)
 
 
 def report_to_dict(report: MatchReport) -> dict[str, Any]:
