@@ -50,6 +50,12 @@ def synth_song(seed: int, duration_s: float = 30.0, sample_rate: int = SAMPLE_RA
     return (0.8 * out).astype(np.float32)
 
 
+def white_noise(seed: int, duration_s: float = 10.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Deterministic white noise (no pitch at all: the least tonal query there is)."""
+    rng = np.random.default_rng(seed)
+    return (0.2 * rng.standard_normal(int(duration_s * sample_rate))).astype(np.float32)
+
+
 def write_audio(path: Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     """Write samples in the format the suffix names (through libsndfile)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from tunetrace.api.app import create_app
 from tunetrace.api.settings import ApiSettings, parse_api_keys
 
-from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.conftest import SAMPLE_RATE, synth_song, white_noise, write_audio
 
 READ_KEY = "read-key-0123456789"
 WRITE_KEY = "write-key-0123456789"
@@ -101,8 +101,7 @@ def test_unknown_music_gives_an_empty_report(client: TestClient, tmp_path: Path)
 def test_a_non_tonal_query_without_matches_gets_a_caution_header(
     client: TestClient, tmp_path: Path
 ) -> None:
-    noise = (0.2 * np.random.default_rng(11).standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
-    query = write_audio(tmp_path / "noise.flac", noise)
+    query = write_audio(tmp_path / "noise.flac", white_noise(11))
     response = client.post("/v1/match", headers=READ, files=_file(query))
     assert response.status_code == 200
     assert set(response.json()) == {"query", "duration_s", "elapsed_s", "matches"}

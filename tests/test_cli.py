@@ -12,7 +12,7 @@ import pytest
 import soundfile
 import soxr
 
-from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.conftest import SAMPLE_RATE, synth_song, white_noise, write_audio
 
 
 def tunetrace(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -123,10 +123,7 @@ def test_catalogue_from_environment(tmp_path: Path, built_catalogue: Path, env_n
 def test_a_non_tonal_query_without_matches_carries_a_caution(
     tmp_path: Path, built_catalogue: Path
 ) -> None:
-    rng = np.random.default_rng(7)
-    noise = write_audio(
-        tmp_path / "noise.wav", (0.2 * rng.standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
-    )
+    noise = write_audio(tmp_path / "noise.wav", white_noise(7))
     tonal = write_audio(tmp_path / "unknown.wav", synth_song(99, duration_s=12.0))
     done = tunetrace("match", "-c", str(built_catalogue), str(noise), str(tonal))
     assert done.returncode == 0, done.stderr

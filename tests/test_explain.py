@@ -10,13 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import librosa
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from tunetrace.api.app import create_app
 from tunetrace.api.settings import ApiSettings
 
-from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.conftest import SAMPLE_RATE, synth_song, white_noise, write_audio
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -91,8 +90,7 @@ def test_a_non_match_is_explained_against_the_closest_reference(
 def test_a_non_tonal_non_match_is_explained_with_a_caution(
     built_catalogue: Path, tmp_path: Path
 ) -> None:
-    noise = (0.2 * np.random.default_rng(5).standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
-    query = write_audio(tmp_path / "noise.wav", noise)
+    query = write_audio(tmp_path / "noise.wav", white_noise(5))
     out = tmp_path / "e.json"
     assert _explain(built_catalogue, query, out).returncode == 0
     evidence = json.loads(out.read_text())

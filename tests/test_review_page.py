@@ -7,11 +7,10 @@ import shutil
 from pathlib import Path
 
 import librosa
-import numpy as np
 import pytest
 
 from benchmarks.live_server import running_server
-from tests.conftest import SAMPLE_RATE, write_audio
+from tests.conftest import SAMPLE_RATE, white_noise, write_audio
 
 KEY = "review-page-key"
 ARTIFACTS = Path(os.environ.get("TUNETRACE_TEST_ARTIFACTS", "test-artifacts"))
@@ -34,10 +33,7 @@ def test_upload_shows_the_reference_and_the_evidence(
     shutil.copytree(built_catalogue, catalogue)
     audio = librosa.effects.time_stretch(songs["song5"][: 18 * SAMPLE_RATE], rate=0.9)
     upload = write_audio(tmp_path / "suspicious.flac", audio)
-    rng = np.random.default_rng(2)
-    noise = write_audio(
-        tmp_path / "noise.flac", (0.2 * rng.standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
-    )
+    noise = write_audio(tmp_path / "noise.flac", white_noise(2))
     with (
         running_server(catalogue, api_keys=f"{KEY}:read", workers=1) as base_url,
         playwright_api.sync_playwright() as playwright,
