@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -29,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
+from tunetrace.index.projection import AlterationNoise
 from tunetrace.index.storage import (
     dequantise_spectrum,
     vectors_from_bytes,
@@ -461,10 +462,18 @@ class Catalogue:
             logger.warning("too few vectors (%d) to train a %s index: exact search used",
                            len(vectors), spec.kind)  # fmt: skip
             spec = IndexSpec()
+        if spec.resolved(len(vectors)).projection_dims and not self._noise_model_fits():
+            logger.warning("the packaged alteration-noise model was measured with other "
+                           "fingerprint parameters: IVF-PQ without projection used")  # fmt: skip
+            spec = replace(spec, projection_dims=0)
         index = VectorIndex.build(dim, spec, vectors, ids)
         logger.info("rebuilt %s vector index: %d vectors", index.spec.kind, index.size)
         index.save(self.directory / INDEX_NAME, generation=generation)
         return index
+
+    def _noise_model_fits(self) -> bool:
+        """Whether the packaged alteration-noise model is for this catalogue's parameters."""
+        return AlterationNoise.load().params_digest == self.params.digest()
 
     def rebuild_index(self, spec: IndexSpec | None = None) -> VectorIndex:
         """Rebuild the vector index from the stored vectors, optionally as another kind.
@@ -475,13 +484,19 @@ class Catalogue:
         Raises
         ------
         ValueError
-            If ``spec`` needs more vectors to train than the catalogue holds.
+            If ``spec`` needs more vectors to train than the catalogue holds, or a projection
+            the packaged alteration-noise model does not fit.
         """
         with self._transaction():
             self._writable()
             spec = spec or self.index_spec
             dim = self.params.embedding_dim
             vectors, ids = self._all_vectors()
+            if spec.resolved(len(vectors)).projection_dims and not self._noise_model_fits():
+                raise ValueError(
+                    "the packaged alteration-noise model was measured with other fingerprint "
+                    "parameters than this catalogue's: use projection dimensions 0"
+                )
             index = VectorIndex.build(dim, spec, vectors, ids)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",

@@ -31,6 +31,11 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tunetrace.index.projection import (
+    AlterationNoise,
+    discriminant_projection,
+    projection_transforms,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ MAX_TRAINING_POINTS = 300_000
 HNSW_QUANTISER_M = 32
 #: Bits per dimension of the re-ranking copies an IVF-PQ index may keep (0: none).
 REFINE_BITS = (0, 4, 6, 8)
+#: Dimensions an IVF-PQ index projects the patch vectors onto before quantising them (see
+#: :mod:`tunetrace.index.projection`; the README has the measured effect).
+DEFAULT_PROJECTION_DIMS = 64
 
 
 @dataclass(frozen=True)
@@ -66,8 +74,9 @@ class IndexSpec:
     nlist : int
         IVF lists; 0 chooses ``4 * sqrt(n_vectors)`` (16 to 65,536).
     pq_m : int
-        Product-quantiser sub-vectors (bytes per vector with 8-bit codes). The vectors are
-        rotated by OPQ (and padded to a multiple of ``pq_m``) before quantisation.
+        Product-quantiser sub-vectors (bytes per vector with 8-bit codes). Without a projection
+        the vectors are rotated by OPQ (and padded to a multiple of ``pq_m``) before
+        quantisation; with one, ``pq_m`` must divide ``projection_dims``.
     pq_bits : int
         Bits per sub-vector code (8: 256 centroids each).
     nprobe : int
@@ -81,17 +90,23 @@ class IndexSpec:
         vector copies that re-rank the neighbours the codes find.
     refine_factor : float
         Neighbours fetched by the codes per neighbour returned, before re-ranking.
+    projection_dims : int
+        ``ivfpq`` only: project the vectors onto this many alteration-discriminant directions
+        (trained on the catalogue's own vectors and the packaged alteration-noise model, see
+        :mod:`tunetrace.index.projection`) before the lists and codes; 0 keeps all dimensions
+        and rotates them by OPQ instead.
     """
 
     kind: str = "flat"
     nlist: int = 0
-    pq_m: int = 48
+    pq_m: int = 32
     pq_bits: int = 8
     nprobe: int = 32
     hnsw_m: int = 32
     ef_search: int = 128
     refine_bits: int = 0
     refine_factor: float = 3.2
+    projection_dims: int = DEFAULT_PROJECTION_DIMS
 
     def __post_init__(self) -> None:
         if self.kind not in (*INDEX_KINDS, "auto"):
@@ -102,6 +117,18 @@ class IndexSpec:
             raise ValueError("only an ivfpq index re-ranks (the other kinds hold full vectors)")
         if self.refine_factor < 1:
             raise ValueError("the re-ranking factor must be at least 1")
+        if self.projection_dims < 0:
+            raise ValueError("projection dimensions must be 0 (none) or more")
+        if self.projection_dims and self.kind in ("ivfpq", "auto"):
+            if self.projection_dims % self.pq_m:
+                raise ValueError(
+                    f"PQ bytes per vector ({self.pq_m}) must divide the projection "
+                    f"dimensions ({self.projection_dims})"
+                )
+            if self.refine_bits:
+                raise ValueError(
+                    "re-ranking copies work only without a projection (projection dimensions 0)"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -109,8 +136,11 @@ class IndexSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
-        """Inverse of :meth:`to_dict` (unknown keys are an error)."""
-        return cls(**data)
+        """Inverse of :meth:`to_dict` (unknown keys are an error).
+
+        Specs written before projections existed have none.
+        """
+        return cls(**{"projection_dims": 0, **data})
 
     def resolved(self, n_vectors: int) -> IndexSpec:
         """This spec with ``auto`` and ``nlist=0`` decided for ``n_vectors`` vectors."""
@@ -124,7 +154,10 @@ class IndexSpec:
                 kind = "flat"
         nlist = self.nlist or int(min(65_536, max(16, 4 * np.sqrt(max(n_vectors, 1)))))
         refine_bits = self.refine_bits if kind == "ivfpq" else 0
-        return replace(self, kind=kind, nlist=nlist, refine_bits=refine_bits)
+        projection_dims = self.projection_dims if kind == "ivfpq" else 0
+        return replace(
+            self, kind=kind, nlist=nlist, refine_bits=refine_bits, projection_dims=projection_dims
+        )
 
     @property
     def needs_training(self) -> bool:
@@ -175,10 +208,13 @@ class VectorIndex:
         spec = spec.resolved(len(vectors))
         index = cls.__new__(cls)
         index.dim, index.spec = dim, spec
-        index._index = _new_faiss_index(dim, spec)
-        if spec.needs_training:
+        if not spec.needs_training:
+            index._index = _new_faiss_index(dim, spec)
+        else:
             # OPQ trains 256-centroid codebooks whatever pq_bits.
-            needed = max(spec.nlist, 256) if spec.kind == "ivfpq" else spec.nlist
+            needed = spec.nlist
+            if spec.kind == "ivfpq":
+                needed = max(needed, 2**spec.pq_bits if spec.projection_dims else 256)
             if len(vectors) < needed:
                 raise ValueError(
                     f"an {spec.kind} index with {spec.nlist} lists needs at least {needed} "
@@ -188,8 +224,12 @@ class VectorIndex:
             centroids = max(spec.nlist, 2**spec.pq_bits) if spec.kind == "ivfpq" else spec.nlist
             wanted = centroids * TRAINING_POINTS_PER_LIST
             n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
-            sample = vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))]
-            index._index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            sample = np.ascontiguousarray(
+                vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))],
+                dtype=np.float32,
+            )
+            index._index = _new_faiss_index(dim, spec, sample)
+            index._index.train(sample)
         index._configure()
         index.add(vectors, ids)
         return index
@@ -329,25 +369,36 @@ class VectorIndex:
         return index
 
 
-def _new_faiss_index(dim: int, spec: IndexSpec) -> faiss.Index:
+def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None) -> faiss.Index:
+    """An empty FAISS index of ``spec``'s kind (``sample``: training vectors, for kinds that
+    derive their structure from the catalogue before FAISS trains them)."""
     if spec.kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     if spec.kind == "hnsw":
         return faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, spec.hnsw_m, faiss.METRIC_INNER_PRODUCT))
     if spec.kind == "ivfflat":
         return faiss.index_factory(dim, f"IVF{spec.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-    # OPQ rotates (and pads to a multiple of pq_m) so that each code byte carries as much of
-    # the vector as it can; plain PQ on these patch vectors loses far more neighbours. The
-    # lists nearest a query are found through an HNSW graph over the list centroids: with
+    # The lists nearest a query are found through an HNSW graph over the list centroids: with
     # 10,000 lists and more, comparing each of a query's ~400 patch vectors with every
     # centroid costs more than scanning the probed lists.
-    # Re-ranking copies live in a FAISS IndexRefine, which takes no ids of its own: an id map
-    # goes around it.
+    lists_and_codes = f"IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},PQ{spec.pq_m}x{spec.pq_bits}"
+    if spec.projection_dims:
+        if sample is None:
+            raise ValueError("a projected ivfpq index needs training vectors")
+        matrix, bias = discriminant_projection(sample, AlterationNoise.load(), spec.projection_dims)
+        inner = faiss.index_factory(
+            spec.projection_dims, lists_and_codes, faiss.METRIC_INNER_PRODUCT
+        )
+        index = faiss.IndexPreTransform(inner)
+        for transform in reversed(projection_transforms(matrix, bias)):
+            index.prepend_transform(transform)
+        return index
+    # Without a projection, OPQ rotates (and pads to a multiple of pq_m) so that each code
+    # byte carries as much of the vector as it can; plain PQ on these patch vectors loses far
+    # more neighbours. Re-ranking copies live in a FAISS IndexRefine, which takes no ids of
+    # its own: an id map goes around it.
     rotated_dim = -(-dim // spec.pq_m) * spec.pq_m
-    description = (
-        f"OPQ{spec.pq_m}_{rotated_dim},IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},"
-        f"PQ{spec.pq_m}x{spec.pq_bits}"
-    )
+    description = f"OPQ{spec.pq_m}_{rotated_dim},{lists_and_codes}"
     if spec.refine_bits:
         description = f"IDMap2,{description},Refine(SQ{spec.refine_bits})"
     return faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)

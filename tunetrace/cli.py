@@ -381,7 +381,7 @@ def index_build(
         ),
     ] = "auto",
     nlist: Annotated[int, typer.Option(min=0, help="IVF lists (0: 4*sqrt(vectors)).")] = 0,
-    pq_m: Annotated[int, typer.Option(min=1, help="PQ bytes per vector.")] = 48,
+    pq_m: Annotated[int, typer.Option(min=1, help="PQ bytes per vector.")] = 32,
     nprobe: Annotated[int, typer.Option(min=1, help="IVF lists searched per query.")] = 32,
     hnsw_m: Annotated[int, typer.Option(min=4, help="HNSW graph degree.")] = 32,
     ef_search: Annotated[int, typer.Option(min=1, help="HNSW search breadth.")] = 128,
@@ -395,6 +395,14 @@ def index_build(
     refine_factor: Annotated[
         float, typer.Option(min=1.0, help="Neighbours re-ranked per neighbour kept.")
     ] = 3.2,
+    projection_dims: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="ivfpq: project the vectors onto this many alteration-discriminant directions "
+            "before quantising (0: all dimensions, OPQ-rotated; needed for --refine-bits).",
+        ),
+    ] = 64,
 ) -> None:
     """Rebuild the vector index as another kind, trained on the catalogue's own vectors."""
     from tunetrace.index.vector_index import IndexSpec
@@ -409,6 +417,7 @@ def index_build(
             ef_search=ef_search,
             refine_bits=refine_bits,
             refine_factor=refine_factor,
+            projection_dims=projection_dims,
         )
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
