@@ -23,7 +23,7 @@ import logging
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache, partial
 from pathlib import Path
 
@@ -246,6 +246,7 @@ def measure(
             spec={**mapped.spec.to_dict(), **({"nprobe": nprobe} if nprobe else {})},
             build_s=round(build_s, 1),
             index_mb=round(size / 1e6, 1),
+            memory_mapped=mapped.memory_mapped,
         )
         logger.info("%s", row)
         rows.append(row)
@@ -253,15 +254,28 @@ def measure(
     return rows
 
 
+#: The IVF-PQ recipe before alteration-discriminant projections: OPQ rotation of all
+#: dimensions, 48 codes of 8 bits.
+OPQ_SPEC = IndexSpec(kind="ivfpq", pq_m=48, pq_bits=8, projection_dims=0)
+
+
 def kind_label(spec: IndexSpec) -> str:
-    """``ivfpq+sq4`` for an IVF-PQ index re-ranking with 4-bit copies, else the kind."""
-    return f"{spec.kind}+sq{spec.refine_bits}" if spec.refine_bits else spec.kind
+    """The kind, ``ivfpq-opq`` for IVF-PQ without projection, ``+sqN`` for re-ranking copies."""
+    label = spec.kind
+    if spec.kind == "ivfpq" and not spec.projection_dims:
+        label += "-opq"
+    return f"{label}+sq{spec.refine_bits}" if spec.refine_bits else label
 
 
 def spec_of_label(label: str) -> IndexSpec:
-    """Inverse of :func:`kind_label` (``--kinds ivfpq ivfpq+sq4 hnsw``)."""
+    """Inverse of :func:`kind_label` (``--kinds ivfpq ivfpq-opq ivfpq-opq+sq4 hnsw``): ``ivfpq``
+    is the default recipe, ``ivfpq-opq`` the unprojected one (:data:`OPQ_SPEC`)."""
     kind, _, refine = label.partition("+sq")
-    return IndexSpec(kind=kind, refine_bits=int(refine) if refine else 0)
+    if kind == "ivfpq-opq":
+        return replace(OPQ_SPEC, refine_bits=int(refine) if refine else 0)
+    if refine:
+        raise ValueError("re-ranking copies go with the unprojected recipe: ivfpq-opq+sqN")
+    return IndexSpec(kind=kind)
 
 
 def time_exact(
@@ -284,7 +298,8 @@ def main() -> None:
     parser.add_argument("--work-s", type=float, default=60.0)
     parser.add_argument(
         "--kinds", nargs="+", default=["ivfpq", "hnsw"],
-        help="Index kinds; ivfpq+sq4 (or +sq6, +sq8) re-ranks with scalar-quantised copies.",
+        help="Index kinds: ivfpq (default recipe), ivfpq-opq (OPQ, 48 8-bit codes, no "
+        "projection), ivfpq-opq+sq4 (or +sq6, +sq8: re-ranking copies), hnsw, ivfflat.",
     )  # fmt: skip
     parser.add_argument(
         "--hnsw-max-works", type=int, default=10_000,

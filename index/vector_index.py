@@ -54,6 +54,8 @@ TRAINING_POINTS_PER_LIST = 40
 MAX_TRAINING_POINTS = 300_000
 #: Degree of the HNSW graph that finds an IVF-PQ index's nearest lists.
 HNSW_QUANTISER_M = 32
+#: Bits per PQ code: 4 is searched with FAISS's fast-scan kernels.
+PQ_BITS = (4, 8)
 #: Bits per dimension of the re-ranking copies an IVF-PQ index may keep (0: none).
 REFINE_BITS = (0, 4, 6, 8)
 #: Dimensions an IVF-PQ index projects the patch vectors onto before quantising them (see
@@ -78,7 +80,8 @@ class IndexSpec:
         the vectors are rotated by OPQ (and padded to a multiple of ``pq_m``) before
         quantisation; with one, ``pq_m`` must divide ``projection_dims``.
     pq_bits : int
-        Bits per sub-vector code (8: 256 centroids each).
+        Bits per sub-vector code: 4 (16 centroids each, searched by FAISS's SIMD fast-scan
+        kernels) or 8 (256 centroids, scanned code by code).
     nprobe : int
         IVF lists visited per search.
     hnsw_m : int
@@ -99,8 +102,8 @@ class IndexSpec:
 
     kind: str = "flat"
     nlist: int = 0
-    pq_m: int = 32
-    pq_bits: int = 8
+    pq_m: int = 64
+    pq_bits: int = 4
     nprobe: int = 32
     hnsw_m: int = 32
     ef_search: int = 128
@@ -117,6 +120,8 @@ class IndexSpec:
             raise ValueError("only an ivfpq index re-ranks (the other kinds hold full vectors)")
         if self.refine_factor < 1:
             raise ValueError("the re-ranking factor must be at least 1")
+        if self.pq_bits not in PQ_BITS:
+            raise ValueError(f"PQ bits must be one of {', '.join(map(str, PQ_BITS))}")
         if self.projection_dims < 0:
             raise ValueError("projection dimensions must be 0 (none) or more")
         if self.projection_dims and self.kind in ("ivfpq", "auto"):
@@ -276,6 +281,15 @@ class VectorIndex:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
         if len(ids):
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
+            ivf = faiss.try_extract_index_ivf(self._index)
+            if ivf is not None and isinstance(
+                faiss.downcast_InvertedLists(ivf.invlists), faiss.BlockInvertedLists
+            ):
+                # FAISS's fast-scan lists drop the vectors but leave the index's count as it
+                # was (faiss 1.13): count what the lists hold.
+                lists = ivf.invlists
+                remaining = sum(lists.list_size(n) for n in range(lists.nlist))
+                ivf.ntotal = self._index.ntotal = remaining
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar vectors of each query vector.
@@ -364,7 +378,12 @@ class VectorIndex:
             return None
         if index._index.d != dim:
             return None
-        index.memory_mapped = mmap
+        ivf = faiss.try_extract_index_ivf(index._index)
+        # FAISS maps array inverted lists; fast-scan block lists it reads into memory.
+        index.memory_mapped = mmap and (
+            ivf is None
+            or isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+        )
         index._configure()
         return index
 
@@ -381,7 +400,8 @@ def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None
     # The lists nearest a query are found through an HNSW graph over the list centroids: with
     # 10,000 lists and more, comparing each of a query's ~400 patch vectors with every
     # centroid costs more than scanning the probed lists.
-    lists_and_codes = f"IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},PQ{spec.pq_m}x{spec.pq_bits}"
+    codes = f"PQ{spec.pq_m}x4fs" if spec.pq_bits == 4 else f"PQ{spec.pq_m}x{spec.pq_bits}"
+    lists_and_codes = f"IVF{spec.nlist}_HNSW{HNSW_QUANTISER_M},{codes}"
     if spec.projection_dims:
         if sample is None:
             raise ValueError("a projected ivfpq index needs training vectors")

@@ -326,10 +326,18 @@ def test_runaway_render_is_stopped_at_the_size_limit(
     assert stopped_at < 1 << 30  # one polling interval past the limit, not a full disk
 
 
-@pytest.mark.parametrize("label", ["ivfpq", "ivfpq+sq4", "ivfpq+sq8", "hnsw"])
+@pytest.mark.parametrize("label", ["ivfpq", "ivfpq-opq", "ivfpq-opq+sq4", "ivfpq-opq+sq8", "hnsw"])
 def test_scale_benchmark_kind_labels_round_trip(label: str) -> None:
     from benchmarks.scale import kind_label, spec_of_label
 
     spec = spec_of_label(label)
     assert kind_label(spec) == label
     assert spec.refine_bits == (int(label[-1]) if "+sq" in label else 0)
+    assert bool(spec.resolved(5_000_000).projection_dims) == (label == "ivfpq")
+
+
+def test_scale_benchmark_refuses_re_ranking_with_projection() -> None:
+    from benchmarks.scale import spec_of_label
+
+    with pytest.raises(ValueError, match="ivfpq-opq"):
+        spec_of_label("ivfpq+sq4")

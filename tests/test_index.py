@@ -37,7 +37,7 @@ def vectors() -> np.ndarray:
 #: Small codes and few lists keep training quick in tests. These clustered random vectors are
 #: not patch vectors, so the alteration-discriminant projection (measured on real ones) is left
 #: out here and tested on fixture audio below.
-SMALL_IVFPQ = IndexSpec(kind="ivfpq", nlist=16, pq_m=10, nprobe=8, projection_dims=0)
+SMALL_IVFPQ = IndexSpec(kind="ivfpq", nlist=16, pq_m=10, pq_bits=8, nprobe=8, projection_dims=0)
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +148,7 @@ def test_ivfpq_re_ranking_with_quantised_copies_finds_more_originals(
         ({"kind": "ivfpq", "refine_bits": 4, "refine_factor": 0.5}, "at least 1"),
         ({"kind": "ivfpq", "refine_bits": 4}, "only without a projection"),
         ({"kind": "ivfpq", "pq_m": 48}, "must divide the projection"),
+        ({"kind": "ivfpq", "pq_bits": 6}, "PQ bits must be one of"),
         ({"kind": "ivfpq", "projection_dims": -1}, "0 \\(none\\) or more"),
     ],
 )
@@ -242,7 +243,7 @@ def test_index_build_command(catalogue_copy: Path) -> None:
     built = run("--type", "hnsw")
     assert built.returncode == 0, built.stderr
     assert "built a hnsw index" in built.stdout and "MB per hour of audio" in built.stdout
-    too_small = run("--type", "ivfpq")
+    too_small = run("--type", "ivfpq", "--pq-bits", "8")  # 256 codes need 256 vectors
     assert too_small.returncode == 2
     assert "needs at least" in too_small.stderr
     unknown = run("--type", "lsh")
@@ -270,8 +271,9 @@ def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
     built_catalogue: Path, stretched_song4: Path, tmp_path: Path
 ) -> None:
     # The default IVF-PQ recipe: patch vectors projected onto alteration-discriminant
-    # directions (catalogue statistics + the packaged noise model), then lists and codes.
-    # Four-bit codes and four lists: the five fixture songs give only ~170 vectors to train on.
+    # directions (catalogue statistics + the packaged noise model), then lists and 4-bit
+    # fast-scan codes. Fewer dimensions, codes and lists than the default: the five fixture
+    # songs give only ~170 vectors to train on.
     with Catalogue(built_catalogue, read_only=True) as catalogue:
         vectors, ids = catalogue._all_vectors()
         spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, pq_bits=4, nprobe=4, projection_dims=32)
@@ -288,6 +290,16 @@ def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
             candidates = matcher.candidates(query, searcher)
             assert candidates[0].reference_key == song4
             assert abs(candidates[0].tempo_ratio - 1.2) < 0.05
+        # FAISS reads fast-scan (4-bit) lists into memory even when asked to map them
+        assert not mapped.memory_mapped
         # the stored vectors pass through the projection: each finds itself first
         _, found = projected.search(vectors[:40], 1)
         assert np.mean(found[:, 0] == ids[:40]) >= 0.9
+        # removal in place, with the index's count kept true
+        song4_ids = ids[(ids >> 24) == song4]
+        before = projected.size
+        projected.remove(song4_ids)
+        assert projected.size == before - len(song4_ids) > 0
+        _, found = projected.search(vectors, 5)
+        assert not np.isin(found, song4_ids).any()
+        assert all(c.reference_key != song4 for c in matcher.candidates(query, projected))
