@@ -168,10 +168,13 @@ def sweep(
     return results
 
 
+#: Bytes per vector of the default IVF-PQ index (measured at 100k works by the scale benchmark).
+IVFPQ_BYTES_PER_VECTOR = 42
+
 ASSUMPTIONS = """
 vectors grow with hours of audio at the measured rate; an index of full vectors (flat,
-IVF-Flat) needs the measured MB per hour, an IVF-PQ index 64 bytes per vector (48-byte codes,
-id, list overhead), about what the scale benchmark measured at 10k and 100k works; with
+IVF-Flat) needs the measured MB per hour, an IVF-PQ index 42 bytes per vector (64 4-bit codes,
+id, list overhead), what the scale benchmark measured at 100k works; with
 4*sqrt(n) inverted lists and a fixed number of probed lists, the vectors scanned per query,
 and so the search time, grow as sqrt(n); verification time does not depend on the
 catalogue's size (a fixed number of candidates); one shard, one thread.
@@ -193,7 +196,7 @@ def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str
         "hours": round(hours),
         "vectors": int(vectors),
         "full_vector_index_gb": round(hours * last["index_mb_per_hour"] / 1000, 1),
-        "ivfpq_index_gb": round(vectors * 64 / 1e9, 1),
+        "ivfpq_index_gb": round(vectors * IVFPQ_BYTES_PER_VECTOR / 1e9, 1),
         "search_p50_ms": round(search_ms),
         "query_p50_ms": round(search_ms + last["verification_p50_ms"]),
         "from_works": last["works"],

@@ -178,7 +178,7 @@ def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
         VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))
     assert IndexSpec(kind="auto").resolved(10).kind == "flat"
     assert IndexSpec(kind="auto").resolved(100_000).kind == "ivfflat"
-    assert IndexSpec(kind="auto").resolved(5_000_000).kind == "ivfpq"
+    assert IndexSpec(kind="auto").resolved(600_000).kind == "ivfpq"
     with pytest.raises(ValueError):
         IndexSpec(kind="lsh")
 
