@@ -303,3 +303,21 @@ def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
         _, found = projected.search(vectors, 5)
         assert not np.isin(found, song4_ids).any()
         assert all(c.reference_key != song4 for c in matcher.candidates(query, projected))
+
+
+def test_projection_needs_a_noise_model_of_the_catalogues_fingerprint(
+    catalogue_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tunetrace.index import catalogue as catalogue_module
+    from tunetrace.index.projection import AlterationNoise
+
+    packaged = AlterationNoise.load()
+    other = AlterationNoise(packaged.covariance, "another-digest", 10, 1)
+    monkeypatch.setattr(catalogue_module.AlterationNoise, "load", classmethod(lambda cls: other))
+    spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, nprobe=4, projection_dims=32)
+    with Catalogue(catalogue_copy) as catalogue:
+        with pytest.raises(ValueError, match="other fingerprint parameters"):
+            catalogue.rebuild_index(spec)
+        assert catalogue.info()["index_kind"] == "flat"  # nothing changed
+        # kinds without a projection do not need the model
+        assert catalogue.rebuild_index(IndexSpec(kind="hnsw")).spec.kind == "hnsw"
