@@ -168,6 +168,8 @@ def sweep(
     return results
 
 
+#: Index kinds that hold every vector in full.
+FULL_VECTOR_KINDS = ("flat", "ivfflat", "hnsw")
 #: Bytes per vector of the default IVF-PQ index (measured at 100k works by the scale benchmark).
 IVFPQ_BYTES_PER_VECTOR = 42
 
@@ -187,6 +189,11 @@ def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str
     The assumptions are :data:`ASSUMPTIONS`, stated with the result.
     """
     last = rows[-1]
+    # Full vectors take the MB per hour measured where the index held them (the largest
+    # sizes may use IVF-PQ codes instead).
+    full = next(
+        (r for r in reversed(rows) if r.get("index", {}).get("kind") in FULL_VECTOR_KINDS), last
+    )
     hours = works * hours_per_work
     vectors = hours * last["vectors_per_hour"]
     growth = np.sqrt(vectors / last["vectors"])
@@ -195,7 +202,7 @@ def extrapolate(rows: list[dict], works: int, hours_per_work: float) -> dict[str
         "works": works,
         "hours": round(hours),
         "vectors": int(vectors),
-        "full_vector_index_gb": round(hours * last["index_mb_per_hour"] / 1000, 1),
+        "full_vector_index_gb": round(hours * full["index_mb_per_hour"] / 1000, 1),
         "ivfpq_index_gb": round(vectors * IVFPQ_BYTES_PER_VECTOR / 1e9, 1),
         "search_p50_ms": round(search_ms),
         "query_p50_ms": round(search_ms + last["verification_p50_ms"]),

@@ -189,6 +189,10 @@ def test_extrapolation_grows_search_with_the_square_root_of_the_vectors() -> Non
     assert guess["query_p50_ms"] == guess["search_p50_ms"] + 200
     assert guess["full_vector_index_gb"] == 3000.0
     assert "sqrt" in guess["assumptions"]
+    # a largest size on IVF-PQ codes does not make full vectors look small
+    small = {"works": 1_000, "index": {"kind": "ivfflat"}, "index_mb_per_hour": 3.0}
+    coded = {**measured, "index": {"kind": "ivfpq"}, "index_mb_per_hour": 0.2}
+    assert extrapolate([small, coded], 100_000, 10.0)["full_vector_index_gb"] == 3000.0
 
 
 def test_a_match_row_holds_stage_times_and_the_right_reference(tmp_path: Path) -> None:
