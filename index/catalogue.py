@@ -29,7 +29,7 @@ from typing import TypeVar
 import numpy as np
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
-from tunetrace.index.projection import AlterationNoise
+from tunetrace.index.projection import packaged_noise
 from tunetrace.index.storage import (
     dequantise_spectrum,
     vectors_from_bytes,
@@ -462,7 +462,7 @@ class Catalogue:
             logger.warning("too few vectors (%d) to train a %s index: exact search used",
                            len(vectors), spec.kind)  # fmt: skip
             spec = IndexSpec()
-        if spec.resolved(len(vectors)).projection_dims and not self._noise_model_fits():
+        if self._projection_unfit(spec, len(vectors)):
             logger.warning("the packaged alteration-noise model was measured with other "
                            "fingerprint parameters: IVF-PQ without projection used")  # fmt: skip
             spec = replace(spec, projection_dims=0)
@@ -471,9 +471,12 @@ class Catalogue:
         index.save(self.directory / INDEX_NAME, generation=generation)
         return index
 
-    def _noise_model_fits(self) -> bool:
-        """Whether the packaged alteration-noise model is for this catalogue's parameters."""
-        return AlterationNoise.load().params_digest == self.params.digest()
+    def _projection_unfit(self, spec: IndexSpec, n_vectors: int) -> bool:
+        """Whether ``spec`` projects with the packaged alteration-noise model although that
+        model was measured with other fingerprint parameters than this catalogue's."""
+        return bool(spec.resolved(n_vectors).projection_dims) and (
+            packaged_noise().params_digest != self.params.digest()
+        )
 
     def rebuild_index(self, spec: IndexSpec | None = None) -> VectorIndex:
         """Rebuild the vector index from the stored vectors, optionally as another kind.
@@ -492,7 +495,7 @@ class Catalogue:
             spec = spec or self.index_spec
             dim = self.params.embedding_dim
             vectors, ids = self._all_vectors()
-            if spec.resolved(len(vectors)).projection_dims and not self._noise_model_fits():
+            if self._projection_unfit(spec, len(vectors)):
                 raise ValueError(
                     "the packaged alteration-noise model was measured with other fingerprint "
                     "parameters than this catalogue's: use projection dimensions 0"

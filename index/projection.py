@@ -19,6 +19,7 @@ quantiser's error then lands where alterations already blur the vectors.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -104,6 +105,12 @@ class AlterationNoise:
             np.savez_compressed(
                 handle, covariance=self.covariance.astype(np.float32), meta=json.dumps(meta)
             )
+
+
+@functools.cache
+def packaged_noise() -> AlterationNoise:
+    """The noise model shipped with the package (:data:`NOISE_FILE`), read once per process."""
+    return AlterationNoise.load(NOISE_FILE)
 
 
 def discriminant_projection(

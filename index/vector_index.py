@@ -32,8 +32,8 @@ from typing import Any
 import faiss
 import numpy as np
 from tunetrace.index.projection import (
-    AlterationNoise,
     discriminant_projection,
+    packaged_noise,
     projection_transforms,
 )
 
@@ -284,15 +284,12 @@ class VectorIndex:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
         if len(ids):
             self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-            ivf = faiss.try_extract_index_ivf(self._index)
-            if ivf is not None and isinstance(
-                faiss.downcast_InvertedLists(ivf.invlists), faiss.BlockInvertedLists
-            ):
+            lists = _inverted_lists(self._index)
+            if isinstance(lists, faiss.BlockInvertedLists):
                 # FAISS's fast-scan lists drop the vectors but leave the index's count as it
                 # was (faiss 1.13): count what the lists hold.
-                lists = ivf.invlists
                 remaining = sum(lists.list_size(n) for n in range(lists.nlist))
-                ivf.ntotal = self._index.ntotal = remaining
+                faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar vectors of each query vector.
@@ -312,10 +309,7 @@ class VectorIndex:
 
     def save(self, path: Path, *, generation: int) -> None:
         """Write the index atomically (temporary file, fsync, rename) with its generation."""
-        ivf = faiss.try_extract_index_ivf(self._index)
-        if ivf is not None and isinstance(
-            faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists
-        ):
+        if isinstance(_inverted_lists(self._index), faiss.OnDiskInvertedLists):
             raise RuntimeError("a memory-mapped index is read-only and is never saved")
         path = Path(path)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".vectors-", suffix=".tmp")
@@ -381,11 +375,10 @@ class VectorIndex:
             return None
         if index._index.d != dim:
             return None
-        ivf = faiss.try_extract_index_ivf(index._index)
+        lists = _inverted_lists(index._index)
         # FAISS maps array inverted lists; fast-scan block lists it reads into memory.
         index.memory_mapped = mmap and (
-            ivf is None
-            or isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
+            lists is None or isinstance(lists, faiss.OnDiskInvertedLists)
         )
         index._configure()
         return index
@@ -408,7 +401,7 @@ def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None
     if spec.projection_dims:
         if sample is None:
             raise ValueError("a projected ivfpq index needs training vectors")
-        matrix, bias = discriminant_projection(sample, AlterationNoise.load(), spec.projection_dims)
+        matrix, bias = discriminant_projection(sample, packaged_noise(), spec.projection_dims)
         inner = faiss.index_factory(
             spec.projection_dims, lists_and_codes, faiss.METRIC_INNER_PRODUCT
         )
@@ -425,6 +418,12 @@ def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None
     if spec.refine_bits:
         description = f"IDMap2,{description},Refine(SQ{spec.refine_bits})"
     return faiss.index_factory(dim, description, faiss.METRIC_INNER_PRODUCT)
+
+
+def _inverted_lists(index: faiss.Index) -> faiss.InvertedLists | None:
+    """The inverted lists of an IVF index (as their concrete class), ``None`` for other kinds."""
+    ivf = faiss.try_extract_index_ivf(index)
+    return None if ivf is None else faiss.downcast_InvertedLists(ivf.invlists)
 
 
 def _mmap_flags(spec: IndexSpec) -> int:

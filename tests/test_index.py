@@ -309,11 +309,10 @@ def test_projection_needs_a_noise_model_of_the_catalogues_fingerprint(
     catalogue_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from tunetrace.index import catalogue as catalogue_module
-    from tunetrace.index.projection import AlterationNoise
+    from tunetrace.index.projection import AlterationNoise, packaged_noise
 
-    packaged = AlterationNoise.load()
-    other = AlterationNoise(packaged.covariance, "another-digest", 10, 1)
-    monkeypatch.setattr(catalogue_module.AlterationNoise, "load", classmethod(lambda cls: other))
+    other = AlterationNoise(packaged_noise().covariance, "another-digest", 10, 1)
+    monkeypatch.setattr(catalogue_module, "packaged_noise", lambda: other)
     spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, nprobe=4, projection_dims=32)
     with Catalogue(catalogue_copy) as catalogue:
         with pytest.raises(ValueError, match="other fingerprint parameters"):
