@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 from tunetrace.fingerprint.embedding import interpolate_frames
 
-from tunetrace.kernels import aligned_frames, chroma_cross_spectra, shifted_fit
-from tunetrace.verify import whiten_spectrum
+from tunetrace.kernels import (
+    aligned_frames,
+    chroma_cross_spectra,
+    chroma_grid_search,
+    shifted_fit,
+)
+from tunetrace.verify import _grid_pattern, _inverse_transform, whiten_spectrum
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
@@ -42,6 +47,99 @@ def test_chroma_cross_spectra_give_the_circular_cross_correlation() -> None:
         ]
         assert totals[p] == pytest.approx(frame_weights.sum())
         np.testing.assert_allclose(per_roll[p], expected, rtol=1e-4, atol=1e-3)
+
+
+def _roll_scores(
+    reference: np.ndarray,
+    query: np.ndarray,
+    weights: np.ndarray,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+) -> np.ndarray:
+    """Mean chroma correlation at every roll for each (rate, offset), by definition: ``-inf``
+    where less than half the query's weight (or of a reference's length) lies inside."""
+    n_reference = reference.shape[1]
+    rows = []
+    for rate, offset in zip(rates, offsets, strict=True):
+        positions = _positions(query.shape[1], rate, offset)
+        frame_weights = weights * ((positions >= 0) & (positions <= n_reference - 1))
+        total = frame_weights.sum()
+        span = weights.mean() * n_reference / rate
+        if total < 0.5 * min(weights.sum(), span):
+            rows.append(np.full(query.shape[0], -np.inf))
+            continue
+        aligned = interpolate_frames(reference, positions)
+        rows.append(
+            [
+                (np.roll(query, -roll, axis=0) * aligned * frame_weights).sum() / total
+                for roll in range(query.shape[0])
+            ]
+        )
+    return np.array(rows)
+
+
+def _grid_search(
+    reference: np.ndarray,
+    query: np.ndarray,
+    weights: np.ndarray,
+    rate: float,
+    offset: float,
+    stages: list[tuple[float, int, float, int]],
+) -> tuple[float, float, np.ndarray | None]:
+    for stage in stages:
+        factors, deltas = _grid_pattern(*stage)
+        rates = rate * factors
+        offsets = offset + (rate - rates) * query.shape[1] / 2 + deltas
+        scores = _roll_scores(reference, query, weights, rates, offsets)
+        best = int(np.argmax(scores.max(axis=1)))
+        if not np.isfinite(scores[best]).all():
+            return rate, offset, None
+        rate, offset = float(rates[best]), float(offsets[best])
+        found = scores[best]
+    return rate, offset, found
+
+
+@pytest.mark.parametrize(("start_rate", "start_offset"), [(1.0, 60.0), (1.08, 47.0), (1.0, 900.0)])
+def test_chroma_grid_search_finds_the_best_grid_point_stage_by_stage(
+    start_rate: float, start_offset: float
+) -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.standard_normal((36, 500)).astype(np.float32)
+    # a copy of reference frames 52.4 .. at tempo 1.04, rolled by 5 bins, with noise
+    query = np.roll(interpolate_frames(reference, _positions(90, 1.04, 52.4)), 5, axis=0)
+    query = (query + 0.5 * rng.standard_normal(query.shape)).astype(np.float32)
+    weights = (rng.random(90) > 0.2).astype(np.float32)
+    stages = [(0.06, 9, 10.0, 11), (0.06 / 8, 5, 2.0, 5), (0.06 / 32, 5, 0.5, 5)]
+    patterns = [_grid_pattern(*stage) for stage in stages]
+    cosines, sines = _inverse_transform(36)
+
+    rate, offset, scores, found = chroma_grid_search(
+        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
+        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
+        weights,
+        start_rate,
+        start_offset,
+        45.0,
+        np.concatenate([f for f, _ in patterns]),
+        np.concatenate([d for _, d in patterns]),
+        np.cumsum([len(f) for f, _ in patterns]),
+        cosines,
+        sines,
+    )
+
+    expected_rate, expected_offset, expected_scores = _grid_search(
+        reference, query, weights, start_rate, start_offset, stages
+    )
+    assert found == (expected_scores is not None)
+    if expected_scores is None:  # the start lies past the reference's end: nothing to score
+        return
+    assert rate == pytest.approx(expected_rate, rel=1e-9)
+    assert offset == pytest.approx(expected_offset, abs=1e-6)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-4)
+    if start_offset < 100:  # started near the copy: found it, at its roll
+        assert rate == pytest.approx(1.04, abs=0.005)
+        assert offset == pytest.approx(52.4, abs=0.7)
+        assert int(np.argmax(scores)) == 5
 
 
 @pytest.mark.parametrize(

@@ -40,17 +40,22 @@ def chroma_cross_spectra(
 
     Returns
     -------
-    sums : np.ndarray [shape=(n_pairs, n_coeffs), dtype=complex128]
+    sums : np.ndarray [shape=(n_pairs, n_coeffs), dtype=complex64]
         ``sum_t weight_t * reference(position_t) * conj(query_t)``.
     totals : np.ndarray [shape=(n_pairs,), dtype=float64]
         Sum of the weights of the frames inside the reference.
     """
+    # Single precision throughout (sums of at most a few hundred products of unit-sized
+    # values): twice as fast as accumulating in double, the same to about 1e-6.
     n_pairs = rates.shape[0]
     n_frames, n_coeffs = query_conj.shape
     last = reference_bins.shape[0] - 1
-    sums = np.zeros((n_pairs, n_coeffs), dtype=np.complex128)
+    sums = np.zeros((n_pairs, n_coeffs), dtype=np.complex64)
     totals = np.zeros(n_pairs, dtype=np.float64)
+    accumulated = np.empty(n_coeffs, dtype=np.complex64)
     for p in range(n_pairs):
+        accumulated[:] = 0
+        total = 0.0
         for t in range(n_frames):
             weight = weights[t]
             position = offsets[p] + rates[p] * t
@@ -58,14 +63,108 @@ def chroma_cross_spectra(
                 continue
             left = int(np.floor(position))
             right = min(left + 1, last)
-            right_weight = weight * (position - left)
-            left_weight = weight - right_weight
-            totals[p] += weight
+            right_weight = np.float32(weight * (position - left))
+            left_weight = np.float32(weight) - right_weight
+            total += weight
+            left_row = reference_bins[left]
+            right_row = reference_bins[right]
+            query_row = query_conj[t]
             for k in range(n_coeffs):
-                sums[p, k] += (
-                    left_weight * reference_bins[left, k] + right_weight * reference_bins[right, k]
-                ) * query_conj[t, k]
+                accumulated[k] += (
+                    left_weight * left_row[k] + right_weight * right_row[k]
+                ) * query_row[k]
+        sums[p] = accumulated
+        totals[p] = total
     return sums, totals
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def chroma_grid_search(
+    reference_bins: np.ndarray,
+    query_conj: np.ndarray,
+    weights: np.ndarray,
+    rate: float,
+    offset: float,
+    centre: float,
+    factors: np.ndarray,
+    deltas: np.ndarray,
+    stage_ends: np.ndarray,
+    cosines: np.ndarray,
+    sines: np.ndarray,
+) -> tuple[float, float, np.ndarray, bool]:
+    """Coarse-to-fine search of the (tempo ratio, offset) with the best pitch-corrected chroma fit.
+
+    Stage ``s`` tries the grid points ``stage_ends[s - 1] .. stage_ends[s] - 1`` (0 for the
+    first stage's start) around the best point so far: ratio ``rate * factors[i]`` and offset
+    ``offset + (rate - rate * factors[i]) * centre + deltas[i]`` (the query's frame ``centre``
+    stays in place as the ratio moves). A point is scored by the mean chroma correlation at
+    its best circular roll: the inverse transform (``cosines``, ``sines``) of the
+    :func:`chroma_cross_spectra` sums divided by their weight. Points that put less than half
+    of the query's weight inside the reference (or, for a query longer than the reference at
+    that tempo, less than half of a reference's length of it) are not scored. Ties go to the
+    first point.
+
+    Parameters
+    ----------
+    reference_bins, query_conj, weights
+        As for :func:`chroma_cross_spectra`.
+    rate, offset : float
+        Where the search starts.
+    centre : float
+        Query frame kept in place as the ratio moves.
+    factors, deltas : np.ndarray [shape=(n_points,), dtype=float64]
+        Every stage's grid, stage after stage.
+    stage_ends : np.ndarray [shape=(n_stages,), dtype=int64]
+    cosines, sines : np.ndarray [shape=(n_coeffs, n_rolls), dtype=float64]
+        ``X.real @ cosines + X.imag @ sines`` is the circular cross-correlation of sums ``X``.
+
+    Returns
+    -------
+    rate, offset : float
+        The best point of the last stage (or of the last stage that scored any).
+    roll_scores : np.ndarray [shape=(n_rolls,), dtype=float64]
+        Its mean correlation at every roll.
+    found : bool
+        False when a stage had no point to score (the other values are then meaningless).
+    """
+    n_coeffs, n_rolls = cosines.shape
+    weight_sum = 0.0
+    for t in range(weights.shape[0]):
+        weight_sum += weights[t]
+    weight_mean = weight_sum / max(weights.shape[0], 1)
+    n_reference = reference_bins.shape[0]
+    best_scores = np.full(n_rolls, -np.inf)
+    scores = np.empty(n_rolls)
+    start = 0
+    for stage in range(stage_ends.shape[0]):
+        end = stage_ends[stage]
+        rates = rate * factors[start:end]
+        offsets = offset + (rate - rates) * centre + deltas[start:end]
+        sums, totals = chroma_cross_spectra(reference_bins, query_conj, weights, rates, offsets)
+        best_value = -np.inf
+        best_point = -1
+        for p in range(end - start):
+            reference_span = weight_mean * n_reference / rates[p]
+            if totals[p] < 0.5 * min(weight_sum, reference_span):
+                continue
+            scale = 1.0 / max(totals[p], 1e-9)
+            top = -np.inf
+            for r in range(n_rolls):
+                value = 0.0
+                for k in range(n_coeffs):
+                    value += sums[p, k].real * cosines[k, r] + sums[p, k].imag * sines[k, r]
+                scores[r] = value * scale
+                top = max(top, scores[r])
+            if top > best_value:
+                best_value = top
+                best_point = p
+                best_scores[:] = scores
+        if best_point < 0:
+            return rate, offset, best_scores, False
+        rate = rates[best_point]
+        offset = offsets[best_point]
+        start = end
+    return rate, offset, best_scores, True
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
@@ -199,16 +298,17 @@ def shifted_fit(
         shifted[last] = (
             reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
         )
-        mean = 0.0
+        # single-precision sums of a few hundred values (vectorised; the same to ~1e-6)
+        mean = np.float32(0.0)
         for j in range(n_band):
             mean += shifted[j]
         mean /= n_band
         # the reference side is centred, so the query's mean drops out of the product
         query_row = query_white[t]
-        numerator = 0.0
-        square = 0.0
-        query_sum = 0.0
-        query_square = 0.0
+        numerator = np.float32(0.0)
+        square = np.float32(0.0)
+        query_sum = np.float32(0.0)
+        query_square = np.float32(0.0)
         for j in range(n_band):
             centred = shifted[j] - mean
             query_value = query_row[first_bin + j]
@@ -251,6 +351,7 @@ def _change_correlation(
     pieces share by keeping the same beat does not count, only which partials change does
     (the dynamics measure); on raw spectra it does (the onset measure).
     """
+    # Single-precision sums, per frame, added up in double: vectorised, and the same to ~1e-6.
     product = 0.0
     query_square = 0.0
     reference_square = 0.0
@@ -259,12 +360,18 @@ def _change_correlation(
     for t in range(n_changes):
         if usable[t + 1] <= 0:
             continue
+        frame_product = np.float32(0.0)
+        frame_query = np.float32(0.0)
+        frame_reference = np.float32(0.0)
         for j in range(n_band):
             query_change = query_changes[t, first_bin + j]
             change = reference_frames[t + 2, j] - reference_frames[t, j]
-            product += query_change * change
-            query_square += query_change * query_change
-            reference_square += change * change
+            frame_product += query_change * change
+            frame_query += query_change * query_change
+            frame_reference += change * change
+        product += frame_product
+        query_square += frame_query
+        reference_square += frame_reference
     denominator = np.sqrt(query_square) * np.sqrt(reference_square)
     return product / denominator if denominator > 0 else 0.0
 
@@ -277,6 +384,12 @@ def compile_kernels() -> None:
     bins = np.zeros((4, 3), dtype=np.complex64)
     weights = np.ones(3, dtype=np.float32)
     chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
+    grid = np.ones(2, dtype=np.float64)
+    transform = np.zeros((3, 4), dtype=np.float64)
+    ends = np.array([1, 2], dtype=np.int64)
+    chroma_grid_search(
+        bins, bins[:3], weights, 1.0, 0.0, 1.0, grid, grid, ends, transform, transform
+    )
     raw, white = aligned_frames(frames, positions, 3)
     query = np.zeros((3, 8), dtype=np.float32)
     shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)

@@ -27,7 +27,11 @@ import numpy as np
 
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.kernels import aligned_frames, chroma_cross_spectra, shifted_fit
+from tunetrace.kernels import (
+    aligned_frames,
+    chroma_grid_search,
+    shifted_fit,
+)
 from tunetrace.types import Candidate, Segment, Verification
 
 
@@ -505,58 +509,54 @@ def _refine_alignment(
     weights: np.ndarray,
     settings: VerifySettings,
 ) -> tuple[float, float, np.ndarray | None]:
-    """Coarse-to-fine grid over (tempo ratio, offset) maximising pitch-corrected chroma fit."""
-    rate, offset = candidate.tempo_ratio, candidate.offset_frames
-    scores: np.ndarray | None = None
-    steps = (
-        (settings.rate_search, 9, float(settings.offset_search_frames), 11),
-        (settings.rate_search / 8, 5, 2.0, 5),
-        (settings.rate_search / 32, 5, 0.5, 5),
-    )
-    for rate_half_width, n_rates, offset_half_width, n_offsets in steps:
-        grid_rates, grid_offsets = _centred_grid(
-            rate, offset, query.n_frames / 2, rate_half_width, n_rates, offset_half_width, n_offsets
-        )
-        roll_scores = _chroma_roll_scores(query, reference, grid_rates, grid_offsets, weights)
-        best = int(np.argmax(roll_scores.max(axis=1)))
-        if not np.isfinite(roll_scores[best]).all():
-            return rate, offset, None
-        rate, offset, scores = float(grid_rates[best]), float(grid_offsets[best]), roll_scores[best]
-    return rate, offset, scores
+    """Coarse-to-fine grid over (tempo ratio, offset) maximising pitch-corrected chroma fit.
 
-
-def _chroma_roll_scores(
-    query: Features,
-    reference: Features,
-    rates: np.ndarray,
-    offsets: np.ndarray,
-    weights: np.ndarray,
-) -> np.ndarray:
-    """Mean chroma correlation at every circular roll, for each (rate, offset) pair.
-
-    Returns an array of shape ``(n_pairs, bins_per_octave)``; pairs that put less than half of
-    the query's sounding frames inside the reference get ``-inf`` (or, for a query longer than
-    the reference at that tempo, less than half of a reference's length of them: a copy may be
-    padded or looped past its reference's length).
+    Each stage's grid is centred on the best point of the stage before (see
+    :func:`_centred_grid` and :func:`~tunetrace.kernels.chroma_grid_search`).
     """
+    factors, deltas, stage_ends = _alignment_grids(
+        settings.rate_search, float(settings.offset_search_frames)
+    )
+    cosines, sines = _inverse_transform(query.chroma.shape[0])
     # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
     # bins (each recording's transform is cached on its features). Interpolating frames is
     # linear, so the reference's transform is interpolated directly; the conjugate of the
     # weighted sum over frames is the cross-correlation's transform.
-    sums, total = chroma_cross_spectra(
+    rate, offset, scores, found = chroma_grid_search(
         reference.chroma_bin_spectrum,
         np.conj(query.chroma_bin_spectrum),
         np.asarray(weights, dtype=np.float32),
-        np.asarray(rates, dtype=np.float64),
-        np.asarray(offsets, dtype=np.float64),
+        float(candidate.tempo_ratio),
+        float(candidate.offset_frames),
+        query.n_frames / 2,
+        factors,
+        deltas,
+        stage_ends,
+        cosines,
+        sines,
     )
-    cosines, sines = _inverse_transform(query.chroma.shape[0])
-    per_roll = sums.real @ cosines + sums.imag @ sines  # (pairs, rolls)
-    reference_span = weights.mean() * reference.n_frames / rates  # in query frames, weighted
-    enough = total >= 0.5 * np.minimum(weights.sum(), reference_span)
-    per_roll = per_roll / np.maximum(total, 1e-9)[:, None]
-    per_roll[~enough] = -np.inf
-    return per_roll
+    return (float(rate), float(offset), scores) if found else (rate, offset, None)
+
+
+@functools.lru_cache(maxsize=4)
+def _alignment_grids(
+    rate_search: float, offset_search_frames: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rate factors, offset steps and stage ends of the three alignment stages: +-``rate_search``
+    in 9 ratios by +-``offset_search_frames`` in 11 offsets, then an eighth of the ratio
+    range by +-2 frames, then a 32nd by +-0.5 frames (5 by 5 each)."""
+    steps = (
+        (rate_search, 9, offset_search_frames, 11),
+        (rate_search / 8, 5, 2.0, 5),
+        (rate_search / 32, 5, 0.5, 5),
+    )
+    patterns = [_grid_pattern(*step) for step in steps]
+    factors = np.concatenate([f for f, _ in patterns])
+    deltas = np.concatenate([d for _, d in patterns])
+    stage_ends = np.cumsum([len(f) for f, _ in patterns]).astype(np.int64)
+    for array in (factors, deltas, stage_ends):
+        array.flags.writeable = False
+    return factors, deltas, stage_ends
 
 
 @functools.lru_cache(maxsize=4)
