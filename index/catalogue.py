@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from tunetrace.fingerprint.features import Features, features_from_spectrum
+from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
 from tunetrace.index.projection import packaged_noise
 from tunetrace.index.storage import (
-    dequantise_spectrum,
+    features_from_codes,
     vectors_from_bytes,
     vectors_to_bytes,
 )
@@ -527,12 +527,15 @@ class Catalogue:
             ).fetchone()
             if row is None:
                 raise ReferenceNotFoundError(f"no reference with key {key}")
-            spectrum = dequantise_spectrum(row[0], row[1], self.params.n_bins)
-            features = features_from_spectrum(spectrum, params=self.params)
-            # what verification reads of a reference, derived now so the cache counts it
-            _ = features.spectrum_frames, features.chroma_bin_spectrum
+            # with what verification reads of a reference, so the cache counts it
+            features = features_from_codes(row[0], row[1], self.params)
             self._cache_features(key, features)
             return features
+
+    def clear_features_cache(self) -> None:
+        """Drop every cached reference's features (the next reads derive them afresh)."""
+        with self._lock:
+            self._forget_features()
 
     def _forget_features(self, key: int | None = None) -> None:
         """Drop one reference's cached features, or all of them when ``key`` is ``None``."""

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tunetrace.fingerprint.features import features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import INDEX_NAME, Catalogue
+from tunetrace.index.storage import dequantise_spectrum, features_from_codes, quantise_spectrum
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.errors import (
@@ -173,3 +175,20 @@ def test_kill_during_batch_add_never_corrupts_the_catalogue(tmp_path: Path) -> N
     assert f"added {40 - n_refs} reference(s)" in done.stdout, done.stdout + done.stderr
     with Catalogue(catalogue_dir) as catalogue:
         assert catalogue.count() == 40
+
+
+def test_stored_features_are_derived_as_from_the_dequantised_spectrum() -> None:
+    params = FingerprintParams()
+    rng = np.random.default_rng(4)
+    spectrum = rng.random((params.n_bins, 700)).astype(np.float32) ** 3  # mostly quiet
+    codes, scale = quantise_spectrum(spectrum)
+
+    stored = features_from_codes(codes, scale, params)
+
+    expected = features_from_spectrum(
+        dequantise_spectrum(codes, scale, params.n_bins), params=params
+    )
+    for name in ("spectrum", "chroma", "spectrum_frames", "chroma_bin_spectrum"):
+        got, want = getattr(stored, name), getattr(expected, name)
+        assert got.dtype == want.dtype, name
+        np.testing.assert_allclose(got, want, atol=2e-6, err_msg=name)

@@ -376,6 +376,64 @@ def _change_correlation(
     return product / denominator if denominator > 0 else 0.0
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def stored_spectrum_arrays(
+    codes: np.ndarray, scale: np.float32, bin_weights: np.ndarray, bins_per_octave: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stored reference's spectrum, its weighted octave sum and its blurred frames, in one pass.
+
+    Equals (to float rounding) ``spectrum = codes * scale``, the
+    :func:`~tunetrace.fingerprint.spectrum.fold_chroma` of it (``bin_weights`` are the
+    :func:`~tunetrace.fingerprint.spectrum.chroma_weights`) and the
+    :attr:`~tunetrace.fingerprint.features.Features.spectrum_frames` of it (a [1, 2, 1] / 4
+    blur along bins, edge bins repeated, frames first). A reference read for verification
+    needs all three; computed apart they take four times as long, most of it in the transpose.
+
+    Parameters
+    ----------
+    codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
+    scale : np.float32
+        Value of code 1.
+    bin_weights : np.ndarray [shape=(n_bins,), dtype=float32]
+    bins_per_octave : int
+        ``n_bins`` is a whole number of octaves.
+
+    Returns
+    -------
+    spectrum : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    folded : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
+    frames : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    """
+    n_bins, n_frames = codes.shape
+    spectrum = np.empty((n_bins, n_frames), dtype=np.float32)
+    folded = np.zeros((bins_per_octave, n_frames), dtype=np.float32)
+    frames = np.empty((n_frames, n_bins), dtype=np.float32)
+    for b in range(n_bins):
+        weight = bin_weights[b]
+        row = spectrum[b]
+        fold_row = folded[b % bins_per_octave]
+        for t in range(n_frames):
+            value = np.float32(codes[b, t]) * scale
+            row[t] = value
+            fold_row[t] += value * weight
+    # Blocks of frames keep the transposed writes in cache.
+    block = 64
+    last = n_bins - 1
+    for first in range(0, n_frames, block):
+        stop = min(first + block, n_frames)
+        for b in range(n_bins):
+            below = spectrum[max(b - 1, 0)]
+            here = spectrum[b]
+            above = spectrum[min(b + 1, last)]
+            for t in range(first, stop):
+                frames[t, b] = (
+                    np.float32(0.25) * below[t]
+                    + np.float32(0.5) * here[t]
+                    + (np.float32(0.25) * above[t])
+                )
+    return spectrum, folded, frames
+
+
 def compile_kernels() -> None:
     """Compile (or load from Numba's on-disk cache) every kernel for the array types
     verification passes them, so that a service's first query does not wait for it."""
@@ -391,5 +449,8 @@ def compile_kernels() -> None:
         bins, bins[:3], weights, 1.0, 0.0, 1.0, grid, grid, ends, transform, transform
     )
     raw, white = aligned_frames(frames, positions, 3)
+    stored_spectrum_arrays(
+        np.zeros((6, 3), dtype=np.uint8), np.float32(1.0), weights[:1].repeat(6), 3
+    )
     query = np.zeros((3, 8), dtype=np.float32)
     shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)
