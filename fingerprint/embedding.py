@@ -9,6 +9,8 @@ before its patches are embedded (multi-rate matching, as in Müller's audio matc
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import normalise_frames
@@ -52,26 +54,44 @@ def embed_patches(
     vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
         Zero-mean, unit-norm vectors: their dot product is a correlation.
     """
-    _n_bins, n_frames = chroma.shape
+    n_bins, n_frames = chroma.shape
     width = params.patch_frames
     if n_frames < width:
         chroma = np.pad(chroma, ((0, 0), (0, width - n_frames)))
-    index = starts[:, None] + np.arange(width)[None, :]
-    patches = chroma[:, index].transpose(1, 0, 2)  # (n_patches, n_bins, width)
-    # Real input: the chroma axis needs only its non-negative frequencies (rfft along it),
-    # the time axis all of them.
-    spectrum = np.abs(np.fft.rfftn(patches, axes=(2, 1)))
-    k_chroma = params.embed_chroma_coeffs
-    k_time = params.embed_time_coeffs
+    chroma_dft, time_dft = _dft_matrices(
+        n_bins, width, params.embed_chroma_coeffs, params.embed_time_coeffs
+    )
     # |F(k, l)| = |F(-k, -l)| for real patches: chroma frequencies 1..K and time frequencies
     # -(L-1)..(L-1) cover every distinct low-frequency coefficient (k = 0 is zero because
-    # every chroma frame has zero mean).
-    time_index = np.r_[0:k_time, -k_time + 1 : 0]
-    kept = spectrum[:, 1 : k_chroma + 1][:, :, time_index]
-    vectors = np.sqrt(kept.reshape(len(starts), -1))
+    # every chroma frame has zero mean). Only those are computed: the chroma transform of
+    # every frame once (patches overlap), then the time transform of each patch's window of
+    # it, both as matrix products (a fraction of the cost of a full 2-D FFT per patch).
+    coefficients = chroma_dft @ chroma  # (K, n_frames)
+    windows = coefficients[:, starts[:, None] + np.arange(width)[None, :]]  # (K, patches, width)
+    n_chroma, n_patches = windows.shape[:2]
+    products = windows.reshape(n_chroma * n_patches, width) @ time_dft  # one matrix product
+    magnitudes = np.abs(products).reshape(n_chroma, n_patches, -1).transpose(1, 0, 2)
+    vectors = np.sqrt(magnitudes.reshape(len(starts), -1))
     vectors -= vectors.mean(axis=1, keepdims=True)
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
     return vectors.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def _dft_matrices(
+    n_bins: int, width: int, chroma_coeffs: int, time_coeffs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept rows of the DFT along chroma bins (frequencies ``1 .. chroma_coeffs``) and the
+    kept columns of the DFT along a patch's frames (``0 .. L - 1`` then ``-(L - 1) .. -1``)."""
+    chroma_frequencies = np.arange(1, chroma_coeffs + 1)
+    time_frequencies = np.r_[0:time_coeffs, -time_coeffs + 1 : 0]
+    chroma_dft = np.exp(-2j * np.pi * np.outer(chroma_frequencies, np.arange(n_bins)) / n_bins)
+    time_dft = np.exp(-2j * np.pi * np.outer(np.arange(width), time_frequencies) / width)
+    chroma_dft = chroma_dft.astype(np.complex64)
+    time_dft = time_dft.astype(np.complex64)
+    chroma_dft.flags.writeable = False
+    time_dft.flags.writeable = False
+    return chroma_dft, time_dft
 
 
 def resample_time(features: np.ndarray, rate: float, *, normalise: bool = True) -> np.ndarray:
