@@ -359,7 +359,9 @@ class _SpectralFit:
         self.reference = reference
         self.whiten_bins = whiten_bins
         self.times = np.arange(query.features.n_frames)
-        self._frames: dict[tuple[float, float], tuple[np.ndarray, np.ndarray]] = {}
+        self._frames: dict[
+            tuple[float, float], tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]
+        ] = {}
         self._bands: dict[float, tuple[int, int] | None] = {}
 
     def positions(self, rate: float, offset: float) -> np.ndarray:
@@ -374,29 +376,36 @@ class _SpectralFit:
         The dynamics measure, which alignment search does not use, is computed only when
         ``with_dynamics`` is set (``None`` otherwise).
         """
-        positions = self.positions(rate, offset)
-        inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-        usable = (self.query.weights * inside).astype(np.float32)
+        positions, usable, usable_total, raw, white = self._aligned(rate, offset)
         band = self._band(shift)
         if band is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return _Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
-        key = (rate, offset)
-        if key not in self._frames:
-            self._frames[key] = aligned_frames(
-                self.reference.spectrum_frames, positions, self.whiten_bins
-            )
         per_frame, onsets, dynamics = self._fit(
-            *self._frames[key], shift, band, usable, with_changes=True, with_dynamics=with_dynamics
+            raw, white, shift, band, usable, with_changes=True, with_dynamics=with_dynamics
         )
         return _Fit(
-            spectral=_weighted_mean(per_frame, usable),
+            spectral=float(per_frame @ usable) / usable_total if usable_total > 0 else 0.0,
             dynamics=dynamics if with_dynamics else None,
             onsets=onsets,
             per_frame=per_frame,
             usable=usable,
             positions=positions,
         )
+
+    def _aligned(
+        self, rate: float, offset: float
+    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
+        """Positions, usable frames (and their total weight) and the aligned reference frames
+        (raw, whitened) of one alignment, computed once for all the shifts tried at it."""
+        key = (rate, offset)
+        if key not in self._frames:
+            positions = self.positions(rate, offset)
+            inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
+            usable = (self.query.weights * inside).astype(np.float32)
+            raw, white = aligned_frames(self.reference.spectrum_frames, positions, self.whiten_bins)
+            self._frames[key] = (positions, usable, float(usable.sum()), raw, white)
+        return self._frames[key]
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
         """Per-frame spectral correlation with the reference read at arbitrary ``positions``."""
