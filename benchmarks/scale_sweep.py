@@ -65,7 +65,7 @@ def mosaic_work(
     return ReferenceData(codes, scale, frames, MOSAIC_S, vectors)
 
 
-def _grow(catalogue: Catalogue, target: int, rng: np.random.Generator) -> float:
+def grow_with_mosaics(catalogue: Catalogue, target: int, rng: np.random.Generator) -> float:
     """Add mosaic works until the catalogue holds ``target`` references; seconds taken."""
     started = time.perf_counter()
     params = catalogue.params
@@ -77,6 +77,8 @@ def _grow(catalogue: Catalogue, target: int, rng: np.random.Generator) -> float:
         data = mosaic_work(spectra, params, rng)
         catalogue.add(f"mosaic/{count:06d}", data, title="mosaic", save_index=False)
         count += 1
+        if count % 10_000 == 0:
+            logger.info("%d works, %.0f s", count, time.perf_counter() - started)
     return time.perf_counter() - started
 
 
@@ -122,7 +124,7 @@ def sweep(
         with Catalogue(directory) as catalogue:
             if size < catalogue.count():
                 continue
-            grow_s = _grow(catalogue, size, rng)
+            grow_s = grow_with_mosaics(catalogue, size, rng)
             started = time.perf_counter()
             index = catalogue.rebuild_index(IndexSpec(kind="auto"))
             build_s = time.perf_counter() - started
