@@ -8,6 +8,7 @@ is about ten times faster than a constant-Q transform at the resolution needed h
 
 from __future__ import annotations
 
+import functools
 from functools import lru_cache
 
 import numpy as np
@@ -151,12 +152,26 @@ def smooth_chroma(folded: np.ndarray, smooth_frames: int) -> np.ndarray:
     -------
     chroma : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
     """
-    if smooth_frames > 1 and folded.shape[1] > 0:
-        # Zero-padded at both ends, centred as ``np.convolve(..., mode="same")`` is.
-        folded = scipy.ndimage.uniform_filter1d(
-            folded, smooth_frames, axis=1, mode="constant", cval=0.0
-        )
-    return normalise_frames(folded)
+    return normalise_frames(moving_average_frames(folded, smooth_frames))
+
+
+def moving_average_frames(features: np.ndarray, width: int) -> np.ndarray:
+    """Moving average along time over ``width`` frames, zero-padded at both ends and centred
+    as ``np.convolve(..., mode="same")`` is (the smoothing of :func:`smooth_chroma`).
+
+    Parameters
+    ----------
+    features : np.ndarray [shape=(n_features, n_frames)]
+    width : int > 0
+
+    Returns
+    -------
+    averaged : np.ndarray [shape=(n_features, n_frames)]
+        ``features`` itself when ``width`` is 1 or there are no frames.
+    """
+    if width <= 1 or features.shape[1] == 0:
+        return features
+    return scipy.ndimage.uniform_filter1d(features, width, axis=1, mode="constant", cval=0.0)
 
 
 #: Blur along frequency of what verification compares, [1, 2, 1] / 4 over neighbouring bins.
@@ -189,6 +204,7 @@ def blur_bins(features: np.ndarray, *, circular: bool, axis: int = 0) -> np.ndar
     return scipy.ndimage.convolve1d(features, kernel, axis=axis, mode=mode)
 
 
+@functools.lru_cache(maxsize=8)
 def chroma_weights(params: FingerprintParams) -> np.ndarray:
     """Weight of each log-frequency bin in chroma: a raised-cosine window over log frequency.
 
@@ -215,7 +231,9 @@ def chroma_weights(params: FingerprintParams) -> np.ndarray:
     high = np.log2(params.chroma_fmax_hz / params.fmin_hz)
     position = (octaves - low) / (high - low)
     inside = (position > 0) & (position < 1)
-    return np.where(inside, np.sin(np.pi * position) ** 2, 0.0).astype(np.float32)
+    weights = np.where(inside, np.sin(np.pi * position) ** 2, 0.0).astype(np.float32)
+    weights.flags.writeable = False  # shared by every call with these parameters
+    return weights
 
 
 def normalise_frames(features: np.ndarray) -> np.ndarray:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.fingerprint.spectrum import chroma_weights, smooth_chroma
+from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights, moving_average_frames
 
-from tunetrace.kernels import stored_spectrum_arrays
+from tunetrace.kernels import chroma_and_blurred_frames, stored_spectrum_arrays
 
 
 def quantise_spectrum(spectrum: np.ndarray) -> tuple[bytes, float]:
@@ -67,9 +69,27 @@ def features_from_codes(codes: bytes, scale: float, params: FingerprintParams) -
     spectrum, folded, frames = stored_spectrum_arrays(
         array, np.float32(scale / 255.0), chroma_weights(params), params.bins_per_octave
     )
-    chroma = smooth_chroma(folded, params.chroma_smooth_frames)
+    chroma, blurred = chroma_and_blurred_frames(
+        moving_average_frames(folded, params.chroma_smooth_frames),
+        np.asarray(FREQUENCY_BLUR, dtype=np.float32),
+    )
+    # the real FFT along bins as one matrix product, real and imaginary parts interleaved
+    bin_spectrum = (blurred @ _bin_transform(params.bins_per_octave)).view(np.complex64)
     features = Features(spectrum=spectrum, chroma=chroma, frame_rate_hz=params.frame_rate_hz)
-    # a cached property keeps its value in the instance's dict: this is what it would compute
+    # a cached property keeps its value in the instance's dict: these are what they compute
     vars(features)["spectrum_frames"] = frames
-    _ = features.chroma_bin_spectrum
+    vars(features)["chroma_bin_spectrum"] = bin_spectrum
     return features
+
+
+@functools.lru_cache(maxsize=4)
+def _bin_transform(n_bins: int) -> np.ndarray:
+    """Columns ``cos``, ``-sin`` of ``2 pi b k / n_bins`` for bins ``b`` (rows) and each
+    frequency ``k = 0 .. n_bins // 2`` in turn: frames times this matrix, viewed as complex
+    numbers, are their real FFT along bins."""
+    angles = 2 * np.pi * np.outer(np.arange(n_bins), np.arange(n_bins // 2 + 1)) / n_bins
+    table = np.empty((n_bins, 2 * angles.shape[1]), dtype=np.float32)
+    table[:, 0::2] = np.cos(angles)
+    table[:, 1::2] = -np.sin(angles)
+    table.flags.writeable = False
+    return table

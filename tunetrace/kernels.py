@@ -434,6 +434,70 @@ def stored_spectrum_arrays(
     return spectrum, folded, frames
 
 
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def chroma_and_blurred_frames(
+    smoothed: np.ndarray, blur: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-normalised chroma and its circularly blurred, normalised frames, in one pass.
+
+    Equals (to float rounding) ``chroma = normalise_frames(smoothed)`` and
+    ``normalise_frames(blur_bins(chroma, circular=True)).T`` (see
+    :mod:`tunetrace.fingerprint.spectrum`).
+
+    Parameters
+    ----------
+    smoothed : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+        Folded chroma smoothed along time.
+    blur : np.ndarray [shape=(3,), dtype=float32]
+        Weights of the previous, same and next bin (circularly).
+
+    Returns
+    -------
+    chroma : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    blurred : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        Frames first.
+    """
+    n_bins, n_frames = smoothed.shape
+    chroma = np.empty((n_bins, n_frames), dtype=np.float32)
+    blurred = np.empty((n_frames, n_bins), dtype=np.float32)
+    column = np.empty(n_bins, dtype=np.float64)
+    row = np.empty(n_bins, dtype=np.float64)
+    for t in range(n_frames):
+        for b in range(n_bins):
+            column[b] = smoothed[b, t]
+        _normalise(column)
+        for b in range(n_bins):
+            chroma[b, t] = np.float32(column[b])
+        for b in range(n_bins):
+            row[b] = (
+                blur[0] * column[b - 1 if b > 0 else n_bins - 1]
+                + blur[1] * column[b]
+                + blur[2] * column[b + 1 if b < n_bins - 1 else 0]
+            )
+        _normalise(row)
+        for b in range(n_bins):
+            blurred[t, b] = np.float32(row[b])
+    return chroma, blurred
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _normalise(values: np.ndarray) -> None:
+    """Zero mean and unit L2 norm in place (norms below 1e-6 divide by 1e-6), as
+    :func:`~tunetrace.fingerprint.spectrum.normalise_frames` does to a frame."""
+    n = values.shape[0]
+    mean = 0.0
+    for i in range(n):
+        mean += values[i]
+    mean /= n
+    square = 0.0
+    for i in range(n):
+        values[i] -= mean
+        square += values[i] * values[i]
+    scale = 1.0 / max(np.sqrt(square), 1e-6)
+    for i in range(n):
+        values[i] *= scale
+
+
 def compile_kernels() -> None:
     """Compile (or load from Numba's on-disk cache) every kernel for the array types
     verification passes them, so that a service's first query does not wait for it."""
@@ -449,6 +513,7 @@ def compile_kernels() -> None:
         bins, bins[:3], weights, 1.0, 0.0, 1.0, grid, grid, ends, transform, transform
     )
     raw, white = aligned_frames(frames, positions, 3)
+    chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
     stored_spectrum_arrays(
         np.zeros((6, 3), dtype=np.uint8), np.float32(1.0), weights[:1].repeat(6), 3
     )
