@@ -525,12 +525,18 @@ class Catalogue:
             row = self._db.execute(
                 "SELECT spectrum, spectrum_scale FROM refs WHERE key = ?", (key,)
             ).fetchone()
-            if row is None:
-                raise ReferenceNotFoundError(f"no reference with key {key}")
-            # with what verification reads of a reference, so the cache counts it
-            features = features_from_codes(row[0], row[1], self.params)
+        if row is None:
+            raise ReferenceNotFoundError(f"no reference with key {key}")
+        # Derived outside the lock, so that a query's threads derive their references side by
+        # side (two threads that miss the same reference both derive it; the first is kept).
+        # With what verification reads of a reference, so the cache counts it.
+        features = features_from_codes(row[0], row[1], self.params)
+        with self._lock:
+            cached = self._features_cache.get(key)
+            if cached is not None:
+                return cached
             self._cache_features(key, features)
-            return features
+        return features
 
     def clear_features_cache(self) -> None:
         """Drop every cached reference's features (the next reads derive them afresh)."""

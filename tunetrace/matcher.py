@@ -18,7 +18,7 @@ from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
-from tunetrace.threads import map_in_threads
+from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
     ChromaAlignment,
@@ -106,6 +106,7 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
+        limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
 
     @property
     def default_min_score(self) -> float:
