@@ -223,13 +223,25 @@ def main() -> None:
     print(markdown(result))
 
 
+def _describe(spec: dict) -> str:
+    """An index spec in a few words."""
+    if spec["kind"] != "ivfpq":
+        return str(spec["kind"])
+    projection = f"{spec['projection_dims']} projected dimensions, " * bool(spec["projection_dims"])
+    return (
+        f"ivfpq ({projection}{spec['pq_m']} {spec['pq_bits']}-bit codes, "
+        f"{spec['nlist']:,} lists, {spec['nprobe']} probed)"
+    )
+
+
 def markdown(result: dict) -> str:
     """The results as a short Markdown table."""
     grown = result["grown"]
     lines = [
         f"End-to-end 10-s queries, {result['date']}, {result['machine']}, commit "
         f"{result['commit']}. Grown catalogue: {grown['works']:,} works, "
-        f"{grown['audio_hours']:,.0f} h, index {grown['index']} ({grown['index_mb']} MB); "
+        f"{grown['audio_hours']:,.0f} h, index {_describe(grown['index'])} "
+        f"({grown['index_mb']} MB); "
         f"base: {result['base']['works']} works. Feature cache emptied before every query.",
         "",
         "| catalogue, threads | queries | p50 ms | p95 ms | decode | features | search "
