@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +51,26 @@ def test_map_in_threads_runs_in_the_caller_with_one_thread(
 def test_thread_count_is_one_once_a_worker_limits_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(threads, "_limits", object())  # as use_one_thread leaves it
     assert threads.thread_count() == 1
+
+
+def test_a_matcher_keeps_blas_on_one_thread(tmp_path: Path) -> None:
+    # in a fresh process: other tests limit this one's threads
+    script = f"""
+import json
+from threadpoolctl import threadpool_info
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.matcher import Matcher
+def blas():
+    return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+before = blas()
+with Catalogue({str(tmp_path / "cat")!r}, create=True) as catalogue:
+    Matcher(catalogue)
+print(json.dumps([before, blas()]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    before, after = json.loads(result.stdout.strip().splitlines()[-1])
+    assert after and all(threads == 1 for threads in after)
+    if (os.cpu_count() or 1) > 1:
+        assert max(before) > 1  # the limit came from the matcher, not from the start
