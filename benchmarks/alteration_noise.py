@@ -83,9 +83,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026, help="the core benchmark's seed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    tracks = corpus.tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks found: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(corpus.tracks())
     directory, _ = build_catalogue(tracks)
     catalogue = Catalogue(directory, read_only=True)
     matcher = Matcher(catalogue)

@@ -199,9 +199,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    tracks = corpus.tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(corpus.tracks())
     catalogue, ingest_stats = build_catalogue(tracks)
     queries = make_queries(
         tracks,

@@ -145,6 +145,13 @@ def _content_hash(path: Path) -> str:
     return hashlib.sha1(np.round(excerpt * 64).astype("int8").tobytes()).hexdigest()
 
 
+def installed_or_exit(found: list[Track]) -> list[Track]:
+    """``found`` itself, or exit with how to install the corpus when it is empty (benchmarks)."""
+    if not found:
+        raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")
+    return found
+
+
 def tracks(packages: tuple[str, ...] = tuple(PACKAGES)) -> list[Track]:
     """Full tracks of the installed packages, in a stable order (missing packages are skipped)."""
     found: list[Track] = []

@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tunetrace.fingerprint.decode import load_audio
-from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import INDEX_NAME, Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
+from benchmarks.match_rows import timed_features
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
@@ -86,18 +85,13 @@ def grown_catalogue(base: Path, works: int, seed: int) -> Path:
 
 def timed_match(matcher: Matcher, query: Query) -> dict:
     """One query through the pipeline with an empty feature cache: stage times and verdict."""
-    params = matcher.catalogue.params
     matcher.catalogue.clear_features_cache()
     started = time.perf_counter()
     try:
-        audio = load_audio(query.path, sample_rate_hz=params.sample_rate_hz)
-        decoded = time.perf_counter()
-        features = extract_features(audio, params=params)
+        features, stages = timed_features(matcher, query.path)
     except TunetraceError as exc:
         return {"path": query.path, "error": str(exc)}
-    featured = time.perf_counter()
-    timings: dict[str, float] = {}
-    verifications = matcher.verify(features, timings=timings)
+    verifications = matcher.verify(features, timings=stages)
     elapsed = time.perf_counter() - started
     best = verifications[0] if verifications else None
     flagged = best is not None and best.score >= matcher.default_min_score
@@ -112,7 +106,7 @@ def timed_match(matcher: Matcher, query: Query) -> dict:
         "truth": query.source_id if query.positive else None,
         "flagged": found,
         "elapsed_s": elapsed,
-        "stages": {"decode": decoded - started, "features": featured - decoded, **timings},
+        "stages": stages,
     }
 
 
@@ -159,9 +153,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    tracks = corpus.tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(corpus.tracks())
     base, _ = build_catalogue(tracks)
     grown = grown_catalogue(base, args.works, args.seed)
     if args.grow_only:

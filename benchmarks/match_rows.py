@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict
 
 from tunetrace.fingerprint.decode import load_audio
-from tunetrace.fingerprint.features import extract_features
+from tunetrace.fingerprint.features import Features, extract_features
 
 from benchmarks.grid import SuiteQuery
 from tunetrace.errors import TunetraceError
@@ -28,21 +28,16 @@ def match_row(matcher: Matcher, query: SuiteQuery) -> dict:
         search, verification seconds) and ``verifications`` (best first), or ``query`` and
         ``error`` for a file that cannot be fingerprinted.
     """
-    params = matcher.catalogue.params
     row: dict = {"query": asdict(query)}
     started = time.perf_counter()
     try:
-        audio = load_audio(query.path, sample_rate_hz=params.sample_rate_hz)
-        decoded = time.perf_counter()
-        features = extract_features(audio, params=params)
+        features, stages = timed_features(matcher, query.path)
     except TunetraceError as exc:
         return {**row, "error": str(exc)}
-    featured = time.perf_counter()
-    timings: dict[str, float] = {}
-    verifications = matcher.verify(features, timings=timings)
+    verifications = matcher.verify(features, timings=stages)
     row["elapsed_s"] = time.perf_counter() - started
     row["duration_s"] = features.duration_s
-    row["stages"] = {"decode": decoded - started, "features": featured - decoded, **timings}
+    row["stages"] = stages
     row["verifications"] = [
         {
             "reference_id": matcher.catalogue.record_by_key(v.reference_key).reference_id,
@@ -53,3 +48,25 @@ def match_row(matcher: Matcher, query: SuiteQuery) -> dict:
         for v in verifications
     ]
     return row
+
+
+def timed_features(matcher: Matcher, path: str) -> tuple[Features, dict[str, float]]:
+    """Decode and fingerprint one file as the matcher's catalogue asks.
+
+    Returns
+    -------
+    features : Features
+    stages : dict
+        Seconds spent decoding (``"decode"``) and computing features (``"features"``).
+
+    Raises
+    ------
+    TunetraceError
+        For a file that cannot be decoded or holds too little sound.
+    """
+    params = matcher.catalogue.params
+    started = time.perf_counter()
+    audio = load_audio(path, sample_rate_hz=params.sample_rate_hz)
+    decoded = time.perf_counter()
+    features = extract_features(audio, params=params)
+    return features, {"decode": decoded - started, "features": time.perf_counter() - decoded}

@@ -492,9 +492,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     size = SIZES[args.size]
-    tracks = list_tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks found: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(list_tracks())
     directory, ingest_stats = build_catalogue(tracks)
     with Catalogue(directory) as writer:
         if writer.index_spec.kind != "auto":

@@ -64,9 +64,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "tornado", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    tracks = corpus.tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(corpus.tracks())
     catalogue, ingest_stats = build_catalogue(tracks)
     chosen = tracks[: args.limit] if args.limit else tracks
     by_path = {str(t.path): t for t in chosen}

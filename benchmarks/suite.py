@@ -37,7 +37,7 @@ import numpy as np
 from tunetrace.index.catalogue import INDEX_NAME, Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
-from benchmarks import grid, musical, peer_chromaprint, plots, renders, scale_sweep
+from benchmarks import corpus, grid, musical, peer_chromaprint, plots, renders, scale_sweep
 from benchmarks import suite_metrics as metrics
 from benchmarks.corpus import Track
 from benchmarks.match_rows import match_row
@@ -308,9 +308,7 @@ def main() -> None:
                 f"{reason}; run `python -m benchmarks.corpus install --suite-tools` first"
             )
     started = time.perf_counter()
-    tracks = list_tracks()
-    if not tracks:
-        raise SystemExit("no corpus tracks: run `python -m benchmarks.corpus install` first")
+    tracks = corpus.installed_or_exit(list_tracks())
     works = renders.render_works(int(size["renders"]), CACHE, workers=args.workers)  # type: ignore[arg-type]
     shared = renders.shared_tunes(works)
     metrics.KNOWN_SHARED.update(shared)
