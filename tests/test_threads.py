@@ -67,8 +67,19 @@ with Catalogue({str(tmp_path / "cat")!r}, create=True) as catalogue:
     Matcher(catalogue)
 print(json.dumps([before, blas()]))
 """
+    # two BLAS threads to start with, whatever this process's environment says (a Dask
+    # cluster started by another test sets these variables to 1)
+    environment = {
+        **os.environ,
+        **{name: "2" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env=environment,
     )
     before, after = json.loads(result.stdout.strip().splitlines()[-1])
     assert after and all(threads == 1 for threads in after)
