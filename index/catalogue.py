@@ -155,9 +155,9 @@ class Catalogue:
         searches them faster).
     features_cache_bytes : int
         Most bytes of reference features kept decoded between matches (least recently used
-        dropped first). Rebuilding a reference's features from its stored spectrum costs a
-        few milliseconds; a reference takes about 73 MB per hour of audio, so the default
-        1 GiB holds about 14 hours.
+        dropped first). Rebuilding a reference's features from its stored spectrum costs
+        about a millisecond for a 3-min track; a reference takes about 73 MB per hour of
+        audio, so the default 1 GiB holds about 14 hours.
 
     Raises
     ------
