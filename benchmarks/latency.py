@@ -181,7 +181,7 @@ def main() -> None:
         query_s=(10.0, 10.0),
     )
     queries = positives + negatives
-    passes, rows = {}, {}
+    rows: dict[str, list[dict]] = {}
     with Catalogue(grown, read_only=True) as catalogue:
         info = catalogue.info()
         # the default threads first: a process cannot go back from one thread
@@ -201,7 +201,6 @@ def main() -> None:
         "grown": {
             "works": info["references"],
             "audio_hours": info["audio_hours"],
-            "index": info["index_kind"],
             "index_mb": round((grown / INDEX_NAME).stat().st_size / 1e6, 1),
             **json.loads((grown / "complete.json").read_text()),
         },
@@ -219,7 +218,8 @@ def _describe(spec: dict) -> str:
     """An index spec in a few words."""
     if spec["kind"] != "ivfpq":
         return str(spec["kind"])
-    projection = f"{spec['projection_dims']} projected dimensions, " * bool(spec["projection_dims"])
+    dims = spec["projection_dims"]
+    projection = f"{dims} projected dimensions, " if dims else ""
     return (
         f"ivfpq ({projection}{spec['pq_m']} {spec['pq_bits']}-bit codes, "
         f"{spec['nlist']:,} lists, {spec['nprobe']} probed)"

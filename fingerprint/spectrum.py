@@ -8,7 +8,6 @@ is about ten times faster than a constant-Q transform at the resolution needed h
 
 from __future__ import annotations
 
-import functools
 from functools import lru_cache
 
 import numpy as np
@@ -204,7 +203,7 @@ def blur_bins(features: np.ndarray, *, circular: bool, axis: int = 0) -> np.ndar
     return scipy.ndimage.convolve1d(features, kernel, axis=axis, mode=mode)
 
 
-@functools.lru_cache(maxsize=8)
+@lru_cache(maxsize=8)
 def chroma_weights(params: FingerprintParams) -> np.ndarray:
     """Weight of each log-frequency bin in chroma: a raised-cosine window over log frequency.
 
