@@ -219,12 +219,19 @@ class Matcher:
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
+        retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
+        # Each reference is read once, all of them side by side, before any is aligned: a
+        # reference's places and tempo ratios follow each other in ``retimed``, and threads
+        # aligning them together would each derive it.
+        keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
+        references = dict(zip(keys, map_in_threads(self.catalogue.features, keys), strict=True))
+
         def align(candidate: Candidate) -> ChromaAlignment | None:
-            reference = self.catalogue.features(candidate.reference_key)
+            reference = references[candidate.reference_key]
             return align_on_chroma(query, reference, candidate, settings=self.verify_settings)
 
         def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening]:
-            reference = self.catalogue.features(alignment.candidate.reference_key)
+            reference = references[alignment.candidate.reference_key]
             screening = screen_alignment(
                 query, reference, alignment, params=params, settings=self.verify_settings
             )
@@ -232,17 +239,15 @@ class Matcher:
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
             _, alignment, screening = item
-            reference = self.catalogue.features(alignment.candidate.reference_key)
             return verify_candidate(
                 query,
-                reference,
+                references[alignment.candidate.reference_key],
                 alignment,
                 params=params,
                 settings=self.verify_settings,
                 screening=screening,
             )
 
-        retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
         # in candidate order whatever the threads, so that ties resolve as in one thread
         alignments = [a for a in map_in_threads(align, retimed) if a is not None]
         if self.settings.screen_top is not None:
