@@ -15,11 +15,11 @@ from tunetrace.candidates import (
     query_patch_vectors,
     vector_ids,
 )
+from tunetrace.kernels import alignment_objectives, paired_bins
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.types import Candidate
 from tunetrace.verify import (
     _inverse_transform,
-    _paired_bins,
     _SpectralFit,
     prepare_query,
     whiten_spectrum,
@@ -165,6 +165,35 @@ def test_spectral_fit_equals_shifting_and_whitening_each_alignment(
     np.testing.assert_allclose(measured, expected, atol=1e-5)
 
 
+def test_fit_objectives_of_many_alignments_and_shifts_equal_the_spectral_fit_of_each() -> None:
+    # the last alignment runs past the reference's end; +-190 bins pair too few bins to count
+    query = prepare_query(_query(seed=3))
+    reference = _query(seed=4, n_frames=600)
+    fit = _SpectralFit(query, reference, whiten_bins=13)
+    rates = np.array([1.0, 0.83, 1.37])
+    offsets = np.array([40.0, 12.5, 540.2])
+    shifts = np.array([-190.0, -36.4, 0.0, 7.25, 35.6, 190.0])
+
+    objectives = alignment_objectives(
+        reference.spectrum_frames,
+        rates,
+        offsets,
+        shifts,
+        query.weights,
+        13,
+        query.white_frames,
+        query.raw_changes,
+    )
+
+    expected = [
+        [fit.similarity(rate, offset, shift).objective for shift in shifts]
+        for rate, offset in zip(rates, offsets, strict=True)
+    ]
+    assert objectives.shape == (3, 6)
+    assert all(row[0] == row[-1] == 0.0 and min(row[1:-1]) != 0.0 for row in expected)
+    np.testing.assert_allclose(objectives, expected, atol=1e-5)
+
+
 def test_paired_bins_are_the_bins_whose_partner_lies_in_the_spectrum() -> None:
     n_bins = PARAMS.n_bins
     rng = np.random.default_rng(6)
@@ -172,7 +201,7 @@ def test_paired_bins_are_the_bins_whose_partner_lies_in_the_spectrum() -> None:
     for shift in [*shifts, *rng.uniform(-1.2 * n_bins, 1.2 * n_bins, 2000)]:
         source = np.arange(n_bins) - shift
         valid = np.flatnonzero((source >= 0) & (source <= n_bins - 1))
-        first, stop = _paired_bins(n_bins, float(shift))
+        first, stop = paired_bins(n_bins, float(shift))
         if len(valid) == 0:
             assert stop <= first
         else:

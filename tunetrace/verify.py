@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +28,9 @@ from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.kernels import (
     aligned_frames,
+    alignment_objectives,
     chroma_grid_search,
+    paired_bins,
     shifted_fit,
 )
 from tunetrace.types import Candidate, Segment, Verification
@@ -233,16 +234,47 @@ def screen_alignment(
     roll = (roll + bins / 2) % bins - bins / 2
     if roll <= -bins / 2:
         roll += bins
-    fit = _SpectralFit(query, reference, settings.whiten_bins)
-    best_value, best_shift = -np.inf, roll
-    for octave in range(-settings.max_octaves, settings.max_octaves + 1):
-        shift = roll + octave * bins
-        if abs(shift) > params.n_bins / 2:
-            continue
-        value = fit.similarity(alignment.tempo_ratio, alignment.offset_frames, shift).objective
-        if value > best_value:
-            best_value, best_shift = value, shift
+    shifts = np.array(
+        [
+            roll + octave * bins
+            for octave in range(-settings.max_octaves, settings.max_octaves + 1)
+            if abs(roll + octave * bins) <= params.n_bins / 2
+        ],
+        dtype=np.float64,
+    )
+    values = _objectives(
+        query,
+        reference,
+        np.array([alignment.tempo_ratio]),
+        np.array([alignment.offset_frames]),
+        shifts,
+        settings,
+    )[0]
+    best = int(np.argmax(values))  # the first of equal values, as a loop keeping the best
+    best_value, best_shift = values[best], shifts[best]
     return Screening(float(best_value), float(roll), float(best_shift))
+
+
+def _objectives(
+    query: PreparedQuery,
+    reference: Features,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+    shifts: np.ndarray,
+    settings: VerifySettings,
+) -> np.ndarray:
+    """Fit objective (:meth:`_SpectralFit.similarity`'s) of every alignment at every shift,
+    shape ``(len(rates), len(shifts))``, in one compiled call."""
+    return alignment_objectives(
+        reference.spectrum_frames,
+        np.asarray(rates, dtype=np.float64),
+        np.asarray(offsets, dtype=np.float64),
+        np.asarray(shifts, dtype=np.float64),
+        query.weights,
+        settings.whiten_bins,
+        query.white_frames,
+        query.raw_changes,
+    )
 
 
 def verify_candidate(
@@ -290,8 +322,9 @@ def verify_candidate(
             offset_half_width,
             n_offsets,
         )
-        scored = [(fit.similarity(r, o, shift).objective, r, o) for r, o in zip(*grid, strict=True)]
-        _, rate, offset = max(scored)
+        rates, offsets = grid
+        values = _objectives(query, reference, rates, offsets, np.array([shift]), settings)[:, 0]
+        _, rate, offset = max(zip(values.tolist(), rates.tolist(), offsets.tolist(), strict=True))
     best = fit.similarity(rate, offset, shift, with_dynamics=True)
     positions = best.positions
     n_frames = max(reference.n_frames - 1, 1)
@@ -452,29 +485,9 @@ class _SpectralFit:
         reference bin ``j - shift``), or ``None`` when less than a quarter of the bins pair."""
         if shift not in self._bands:
             n_bins = self.query.white.shape[0]
-            first, stop = _paired_bins(n_bins, shift)
+            first, stop = paired_bins(n_bins, float(shift))
             self._bands[shift] = None if stop - first < n_bins // 4 else (first, stop)
         return self._bands[shift]
-
-
-def _paired_bins(n_bins: int, shift: float) -> tuple[int, int]:
-    """Half-open range of bins ``j`` of ``0 .. n_bins - 1`` whose partner ``j - shift`` lies in
-    ``[0, n_bins - 1]`` (empty ranges have ``stop <= first``)."""
-
-    def pairs(j: int) -> bool:
-        return 0 <= j - shift <= n_bins - 1
-
-    first = min(max(math.ceil(shift), 0), n_bins)
-    while first > 0 and pairs(first - 1):
-        first -= 1
-    while first < n_bins and not pairs(first):
-        first += 1
-    last = max(min(math.floor(n_bins - 1 + shift), n_bins - 1), first - 1)
-    while last + 1 < n_bins and pairs(last + 1):
-        last += 1
-    while last >= first and not pairs(last):
-        last -= 1
-    return first, last + 1
 
 
 def _centred_grid(
