@@ -231,11 +231,20 @@ def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
     positions = (fit.positions(1.0, 10.0) - 50.0) % reference.n_frames
 
     measured = fit.spectral_at(positions, 3.0)
+    several = fit.spectral_at(np.stack([positions, positions + 7.5]), 3.0)  # a curve per row
+
     expected = _direct_frame_correlation(
         query.white, reference.verification_spectrum, positions, 3.0
     )
-
     np.testing.assert_allclose(measured, expected, atol=1e-5)
+    np.testing.assert_allclose(several[0], expected, atol=1e-5)
+    np.testing.assert_allclose(
+        several[1],
+        _direct_frame_correlation(
+            query.white, reference.verification_spectrum, positions + 7.5, 3.0
+        ),
+        atol=1e-5,
+    )
 
 
 def test_a_twice_as_fast_query_is_smoothed_like_its_reference() -> None:

@@ -622,3 +622,56 @@ def alignment_objectives(
                 spectral /= total
             objectives[a, i] = spectral + onsets
     return objectives
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def spectral_curves(
+    spectrum_frames: np.ndarray,
+    positions: np.ndarray,
+    whiten_bins: int,
+    shift: float,
+    first_bin: int,
+    n_band: int,
+    query_white: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """Per-frame spectral correlation of the query with a reference read at several rows of
+    positions, one compiled call for all of them.
+
+    Row ``r`` equals ``shifted_fit(*aligned_frames(spectrum_frames, positions[r],
+    whiten_bins), shift, first_bin, n_band, query_white, ..., weights, False, False)[0]``.
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+    positions : np.ndarray [shape=(n_rows, n_frames), dtype=float64]
+        Fractional reference frames (clipped to the reference).
+    whiten_bins : int > 0, odd
+    shift : float
+    first_bin, n_band : int
+        The band of query bins paired under ``shift`` (see :func:`shifted_fit`).
+    query_white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    weights : np.ndarray [shape=(n_frames,), dtype=float32]
+
+    Returns
+    -------
+    curves : np.ndarray [shape=(n_rows, n_frames), dtype=float32]
+    """
+    curves = np.empty(positions.shape, dtype=np.float32)
+    for r in range(positions.shape[0]):
+        raw, white = aligned_frames(spectrum_frames, positions[r], whiten_bins)
+        per_frame, _, _ = shifted_fit(
+            raw,
+            white,
+            shift,
+            first_bin,
+            n_band,
+            query_white,
+            query_white,  # the change arguments are not read without changes measured
+            query_white,
+            weights,
+            False,
+            False,
+        )
+        curves[r] = per_frame
+    return curves

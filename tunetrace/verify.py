@@ -32,6 +32,7 @@ from tunetrace.kernels import (
     chroma_grid_search,
     paired_bins,
     shifted_fit,
+    spectral_curves,
 )
 from tunetrace.types import Candidate, Segment, Verification
 
@@ -329,13 +330,10 @@ def verify_candidate(
     positions = best.positions
     n_frames = max(reference.n_frames - 1, 1)
     fps = params.frame_rate_hz
-    null_curve = np.median(
-        [fit.spectral_at((positions + d * fps) % n_frames, shift) for d in settings.null_offsets_s],
-        axis=0,
-    )
-    local_curve = np.median(
-        [fit.spectral_at(positions + d * fps, shift) for d in settings.local_offsets_s], axis=0
-    )
+    null_offsets = np.array(settings.null_offsets_s)[:, None] * fps
+    local_offsets = np.array(settings.local_offsets_s)[:, None] * fps
+    null_curve = np.median(fit.spectral_at((positions + null_offsets) % n_frames, shift), axis=0)
+    local_curve = np.median(fit.spectral_at(positions + local_offsets, shift), axis=0)
     segments, matched = _matched_segments(
         best.per_frame, null_curve, best.usable, positions, params=params, settings=settings
     )
@@ -441,17 +439,25 @@ class _SpectralFit:
         return self._frames[key]
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
-        """Per-frame spectral correlation with the reference read at arbitrary ``positions``."""
+        """Per-frame spectral correlation with the reference read at arbitrary ``positions``
+        (one row of frames, or several rows: one curve per row)."""
+        rows = np.atleast_2d(np.asarray(positions, dtype=np.float64))
         band = self._band(shift)
         if band is None:
-            return np.zeros(len(positions), dtype=np.float32)
-        raw, white = aligned_frames(
-            self.reference.spectrum_frames, positions.astype(np.float64), self.whiten_bins
-        )
-        per_frame, _, _ = self._fit(
-            raw, white, shift, band, self.query.weights, with_changes=False, with_dynamics=False
-        )
-        return per_frame
+            curves = np.zeros(rows.shape, dtype=np.float32)
+        else:
+            first, stop = band
+            curves = spectral_curves(
+                self.reference.spectrum_frames,
+                np.ascontiguousarray(rows),
+                self.whiten_bins,
+                float(shift),
+                first,
+                stop - first,
+                self.query.white_frames,
+                self.query.weights,
+            )
+        return curves if np.ndim(positions) == 2 else curves[0]
 
     def _fit(
         self,
