@@ -98,6 +98,22 @@ def test_each_other_tempo_ratio_keeps_the_offset_its_own_votes_chose() -> None:
     assert abs(other_offset - (OFFSET + moved)) <= PARAMS.reference_patch_hop
 
 
+def test_only_the_best_voted_references_become_candidates() -> None:
+    query = _query()
+    unit, slower = _rate_index(1.0), _rate_index(0.8)
+    # reference 3 also wins a second place (another tempo ratio) of its own
+    searcher = _ScriptedSearcher(
+        query, {unit: [(1, 0.9), (2, 0.5), (3, 0.7)], slower: [(3, 0.6)]}
+    )
+
+    two = find_candidates(query, searcher, params=PARAMS, max_candidates=2, other_rates=3)
+    three = find_candidates(query, searcher, params=PARAMS, max_candidates=3, other_rates=3)
+
+    assert [c.reference_key for c in two] == [1, 3]
+    assert [c.reference_key for c in three] == [1, 3, 2]
+    assert two[1].other_alignments == three[1].other_alignments != ()
+
+
 def test_weak_vote_peaks_are_dropped_below_the_ratio() -> None:
     query = _query()
     unit = _rate_index(1.0)

@@ -161,15 +161,12 @@ def find_candidates(
     places: list[_Place] = []
     places_by_reference: dict[int, list[_Place]] = {}
     min_votes = min_vote_ratio * float(totals.max())
-    for position in np.argsort(-totals)[:MAX_TRIPLES_CONSIDERED]:
-        if totals[position] < min_votes:
-            break
+    walked = np.argsort(-totals)[:MAX_TRIPLES_CONSIDERED]
+    walked = walked[totals[walked] >= min_votes]  # the walk stops at the first weaker triple
+    walked = walked[_among_first_references(triples[walked, 0], max_candidates)]
+    for position in walked:
         ref_key, rate_i, off_bin = (int(v) for v in triples[position])
-        chosen = places_by_reference.get(ref_key)
-        if chosen is None:
-            if len(places_by_reference) >= max_candidates:
-                continue
-            chosen = places_by_reference[ref_key] = []
+        chosen = places_by_reference.setdefault(ref_key, [])
         here = [place for place in chosen if abs(off_bin - place.offset_bins[0]) <= SAME_PLACE_BINS]
         if here:
             # The same place: a new tempo ratio there becomes one more ratio to align with.
@@ -213,6 +210,14 @@ class _Place:
     offset_bins: list[int]
     rate_indices: list[int]
     votes: float
+
+
+def _among_first_references(reference_keys: np.ndarray, count: int) -> np.ndarray:
+    """Mask of the entries whose reference is one of the first ``count`` distinct references
+    to appear in ``reference_keys`` (the only ones the candidate walk takes places from)."""
+    distinct, first_seen = np.unique(reference_keys, return_index=True)
+    admitted = distinct[np.argsort(first_seen)[:count]]
+    return np.isin(reference_keys, admitted)
 
 
 def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
