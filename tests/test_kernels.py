@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from tunetrace.fingerprint.embedding import interpolate_frames
 
+from tests.conftest import SAMPLE_RATE, write_audio
 from tunetrace.kernels import (
     aligned_frames,
     chroma_cross_spectra,
@@ -208,3 +214,48 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
     assert dynamics == pytest.approx(
         change_correlation(query_band_white, reference_white), abs=1e-5
     )
+
+
+_FIRST_QUERY = """
+import json, sys
+import numba
+import tunetrace.kernels as kernels
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.matcher import Matcher
+
+kernels.compile_kernels()
+dispatchers = {
+    name: value
+    for name, value in vars(kernels).items()
+    if isinstance(value, numba.core.registry.CPUDispatcher)
+}
+compiled = {name: set(d.signatures) for name, d in dispatchers.items()}
+report = Matcher(Catalogue(sys.argv[1], read_only=True)).match_path(sys.argv[2])
+print(json.dumps({
+    "kernels": len(dispatchers),
+    "matches": len(report.matches),
+    "compiled_later": {
+        name: [str(s) for s in set(d.signatures) - compiled[name]]
+        for name, d in dispatchers.items()
+        if set(d.signatures) - compiled[name]
+    },
+}))
+"""
+
+
+def test_compile_kernels_leaves_nothing_for_the_first_query_to_compile(
+    built_catalogue: Path, songs: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    # in a fresh process: kernels compiled by other tests here would hide a missing type
+    query = write_audio(tmp_path / "query.wav", songs["song2"][5 * SAMPLE_RATE : 17 * SAMPLE_RATE])
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_QUERY, str(built_catalogue), str(query)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+
+    assert result["kernels"] >= 10
+    assert result["matches"] >= 1  # the query went through verification
+    assert result["compiled_later"] == {}

@@ -656,24 +656,49 @@ def spectral_curves(
 
 def compile_kernels() -> None:
     """Compile (or load from Numba's on-disk cache) every kernel for the array types
-    verification passes them, so that a service's first query does not wait for it."""
+    verification passes them, so that a service's first query does not wait for it.
+
+    Numba compiles a kernel once per argument type, and a read-only array is a type of its
+    own: the cached alignment grids and transforms, the bin weights and the codes read from
+    the catalogue are read-only, so they are passed read-only here too.
+    """
     frames = np.zeros((4, 8), dtype=np.float32)
     positions = np.arange(3, dtype=np.float64)
     bins = np.zeros((4, 3), dtype=np.complex64)
     weights = np.ones(3, dtype=np.float32)
     chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
     grid = np.ones(2, dtype=np.float64)
-    transform = np.zeros((3, 4), dtype=np.float64)
-    ends = np.array([1, 2], dtype=np.int64)
+    transform = _read_only(np.zeros((3, 4), dtype=np.float64))
+    ends = _read_only(np.array([1, 2], dtype=np.int64))
     chroma_grid_search(
-        bins, bins[:3], weights, 1.0, 0.0, 1.0, grid, grid, ends, transform, transform
+        bins,
+        bins[:3],
+        weights,
+        1.0,
+        0.0,
+        1.0,
+        _read_only(grid),
+        _read_only(grid),
+        ends,
+        transform,
+        transform,
     )
     raw, white = aligned_frames(frames, positions, 3)
     chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
     stored_spectrum_arrays(
-        np.zeros((6, 3), dtype=np.uint8), np.float32(1.0), weights[:1].repeat(6), 3
+        _read_only(np.zeros((6, 3), dtype=np.uint8)),
+        np.float32(1.0),
+        _read_only(weights[:1].repeat(6)),
+        3,
     )
     query = np.zeros((3, 8), dtype=np.float32)
     shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)
     alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
     spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A read-only copy of ``array`` (a Numba argument type of its own)."""
+    copy = array.copy()
+    copy.flags.writeable = False
+    return copy
