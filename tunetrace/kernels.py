@@ -695,6 +695,7 @@ def compile_kernels() -> None:
     shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)
     alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
     spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
+    paired_bins(8, 0.0)  # also called on its own, by the spectral fit
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
