@@ -242,8 +242,7 @@ def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
     query = prepare_query(_query(seed=3))
     reference = _query(seed=4, n_frames=20_000)
     fit = _SpectralFit(query, reference, whiten_bins=13)
-    fit.similarity(1.0, 10.0, 3.0)  # a span near the start is kept
-    # Wrapped round the end: a span covering both would exceed the longest one kept.
+    # wrapped round the end: frames from both ends of a long reference in one reading
     positions = (fit.positions(1.0, 10.0) - 50.0) % reference.n_frames
 
     measured = fit.spectral_at(positions, 3.0)

@@ -378,11 +378,12 @@ class _SpectralFit:
     """Spectral, dynamics and onset similarity of a query with a reference at an alignment.
 
     Whitening along frequency, the shift along frequency and interpolation between frames
-    are all linear and act on different axes, so they commute: each alignment's reference
-    frames are interpolated and whitened once (:func:`~tunetrace.kernels.aligned_frames`,
-    kept for the shifts tried at that alignment) and every shift reads them
-    (:func:`~tunetrace.kernels.shifted_fit`). The result equals shifting and whitening the
-    interpolated frames of every alignment afresh.
+    are all linear and act on different axes, so they commute: an alignment's reference
+    frames are interpolated and whitened (:func:`~tunetrace.kernels.aligned_frames`), then
+    shifted and compared (:func:`~tunetrace.kernels.shifted_fit`). The result equals
+    shifting and whitening the interpolated frames. Screening and refinement, which measure
+    many alignments and shifts, do the same in one call
+    (:func:`~tunetrace.kernels.alignment_objectives`).
     """
 
     def __init__(self, query: PreparedQuery, reference: Features, whiten_bins: int) -> None:
@@ -390,10 +391,6 @@ class _SpectralFit:
         self.reference = reference
         self.whiten_bins = whiten_bins
         self.times = np.arange(query.features.n_frames)
-        self._frames: dict[
-            tuple[float, float], tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]
-        ] = {}
-        self._bands: dict[float, tuple[int, int] | None] = {}
 
     def positions(self, rate: float, offset: float) -> np.ndarray:
         """Reference frame of every query frame."""
@@ -407,14 +404,30 @@ class _SpectralFit:
         The dynamics measure, which alignment search does not use, is computed only when
         ``with_dynamics`` is set (``None`` otherwise).
         """
-        positions, usable, usable_total, raw, white = self._aligned(rate, offset)
+        positions = self.positions(rate, offset)
+        inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
+        usable = (self.query.weights * inside).astype(np.float32)
         band = self._band(shift)
         if band is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return _Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
-        per_frame, onsets, dynamics = self._fit(
-            raw, white, shift, band, usable, with_changes=True, with_dynamics=with_dynamics
+        raw, white = aligned_frames(self.reference.spectrum_frames, positions, self.whiten_bins)
+        first, stop = band
+        query = self.query
+        per_frame, onsets, dynamics = shifted_fit(
+            raw,
+            white,
+            float(shift),
+            first,
+            stop - first,
+            query.white_frames,
+            query.white_changes,
+            query.raw_changes,
+            usable,
+            True,
+            with_dynamics,
         )
+        usable_total = float(usable.sum())
         return _Fit(
             spectral=float(per_frame @ usable) / usable_total if usable_total > 0 else 0.0,
             dynamics=dynamics if with_dynamics else None,
@@ -423,20 +436,6 @@ class _SpectralFit:
             usable=usable,
             positions=positions,
         )
-
-    def _aligned(
-        self, rate: float, offset: float
-    ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray]:
-        """Positions, usable frames (and their total weight) and the aligned reference frames
-        (raw, whitened) of one alignment, computed once for all the shifts tried at it."""
-        key = (rate, offset)
-        if key not in self._frames:
-            positions = self.positions(rate, offset)
-            inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
-            usable = (self.query.weights * inside).astype(np.float32)
-            raw, white = aligned_frames(self.reference.spectrum_frames, positions, self.whiten_bins)
-            self._frames[key] = (positions, usable, float(usable.sum()), raw, white)
-        return self._frames[key]
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
         """Per-frame spectral correlation with the reference read at arbitrary ``positions``
@@ -459,41 +458,12 @@ class _SpectralFit:
             )
         return curves if np.ndim(positions) == 2 else curves[0]
 
-    def _fit(
-        self,
-        raw: np.ndarray,
-        white: np.ndarray,
-        shift: float,
-        band: tuple[int, int],
-        usable: np.ndarray,
-        *,
-        with_changes: bool,
-        with_dynamics: bool,
-    ) -> tuple[np.ndarray, float, float]:
-        first, stop = band
-        query = self.query
-        return shifted_fit(
-            raw,
-            white,
-            float(shift),
-            first,
-            stop - first,
-            query.white_frames,
-            query.white_changes,
-            query.raw_changes,
-            usable,
-            with_changes,
-            with_dynamics,
-        )
-
     def _band(self, shift: float) -> tuple[int, int] | None:
         """Half-open range of query bins paired under ``shift`` (query bin ``j`` with
         reference bin ``j - shift``), or ``None`` when less than a quarter of the bins pair."""
-        if shift not in self._bands:
-            n_bins = self.query.white.shape[0]
-            first, stop = paired_bins(n_bins, float(shift))
-            self._bands[shift] = None if stop - first < n_bins // 4 else (first, stop)
-        return self._bands[shift]
+        n_bins = self.query.white.shape[0]
+        first, stop = paired_bins(n_bins, float(shift))
+        return None if stop - first < n_bins // 4 else (first, stop)
 
 
 def _centred_grid(
