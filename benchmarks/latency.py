@@ -33,14 +33,14 @@ from pathlib import Path
 
 import numpy as np
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.index.catalogue import INDEX_NAME, Catalogue
+from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
 from benchmarks.match_rows import timed_features
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
-from benchmarks.run_info import run_info
+from benchmarks.run_info import index_file_bytes, run_info
 from benchmarks.scale_sweep import grow_with_mosaics
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
@@ -206,7 +206,7 @@ def main() -> None:
         "grown": {
             "works": info["references"],
             "audio_hours": info["audio_hours"],
-            "index_mb": round((grown / INDEX_NAME).stat().st_size / 1e6, 1),
+            "index_mb": round(index_file_bytes(grown) / 1e6, 1),
             **json.loads((grown / "complete.json").read_text()),
         },
         "passes": passes,

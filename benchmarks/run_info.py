@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 
 def run_info() -> dict[str, str]:
@@ -19,3 +20,12 @@ def run_info() -> dict[str, str]:
         f"{platform.python_version()}",
         "commit": commit,
     }
+
+
+def index_file_bytes(directory: Path) -> int:
+    """Size of a catalogue's published vector index file (0 if none is published yet)."""
+    from tunetrace.index.catalogue import Catalogue
+
+    with Catalogue(directory, read_only=True) as catalogue:
+        path = catalogue.index_path
+    return path.stat().st_size if path is not None and path.exists() else 0

@@ -228,9 +228,9 @@ def measure(
     index = VectorIndex.build(vectors.shape[1], kind_spec, vectors, ids)
     build_s = time.perf_counter() - started
     path = work_dir / f"{kind_label(kind_spec)}.faiss"
-    index.save(path, generation=0)
+    index.save(path)
     size = path.stat().st_size
-    mapped = VectorIndex.load(path, dim=vectors.shape[1], generation=0, mmap=True) or index
+    mapped = VectorIndex.read(path, dim=vectors.shape[1], spec=index.spec, mmap=True)
     del index
     ivf = faiss.try_extract_index_ivf(mapped._index)
     label = kind_label(mapped.spec)

@@ -24,13 +24,14 @@ from pathlib import Path
 import numpy as np
 from tunetrace.fingerprint.features import features_from_spectrum, reference_vectors
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.index.catalogue import INDEX_NAME, Catalogue, ReferenceData
+from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import suite_metrics as metrics
 from benchmarks.grid import SuiteQuery
 from benchmarks.match_rows import match_row
+from benchmarks.run_info import index_file_bytes
 from tunetrace.matcher import Matcher
 from tunetrace.threads import use_one_thread
 
@@ -140,7 +141,7 @@ def sweep(
         ten_s = np.array([r["elapsed_s"] for r in good if abs(r["duration_s"] - 10) <= 1])
         recall = metrics.recall_table(rows, metrics.tunetrace_verdict, threshold, lambda q: "all")
         fps = metrics.false_positives(rows, metrics.tunetrace_verdict, threshold)["all"]
-        index_mb = (directory / INDEX_NAME).stat().st_size / 1e6
+        index_mb = index_file_bytes(directory) / 1e6
         row = {
             "works": size,
             "audio_hours": round(hours, 1),

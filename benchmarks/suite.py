@@ -34,7 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tunetrace.index.catalogue import INDEX_NAME, Catalogue
+from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus, grid, musical, peer_chromaprint, plots, renders, scale_sweep
@@ -43,7 +43,7 @@ from benchmarks.corpus import Track
 from benchmarks.match_rows import match_row
 from benchmarks.queries import _hash, in_catalogue, split_of, split_of_id
 from benchmarks.run_benchmark import CACHE, build_catalogue, list_tracks
-from benchmarks.run_info import run_info
+from benchmarks.run_info import index_file_bytes, run_info
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
 from tunetrace.scoring import ScoreModel
@@ -249,7 +249,7 @@ def catalogue_footprint(directory: Path) -> dict[str, float]:
         hours = float(catalogue.info()["audio_hours"])  # type: ignore[arg-type]
         references = catalogue.count()
     total = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-    index = (directory / INDEX_NAME).stat().st_size
+    index = index_file_bytes(directory)
     return {
         "references": references,
         "audio_hours": hours,

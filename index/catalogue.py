@@ -2,25 +2,31 @@
 
 Layout of ``DIR``::
 
-    catalogue.sqlite        references, their metadata, stored spectra and patch vectors
-    vectors.faiss           FAISS index of all patch vectors (rebuilt from SQLite if stale)
-    vectors.faiss.json      the catalogue generation the index file reflects
+    catalogue.sqlite          references, their metadata, stored spectra and patch vectors
+    vectors-G-TOKEN.faiss     FAISS index of all patch vectors, as of generation G
+    catalogue.lock            held by the one process writing at a time
 
-Every change is one SQLite transaction (WAL mode) that also bumps the catalogue
-*generation*; the FAISS file is written atomically afterwards. A crash between the two leaves
-a stale index file, which the next open detects by its generation and rebuilds. A crash
-during a transaction loses only that transaction.
+Every change is one SQLite transaction (WAL mode, synchronous) that bumps the catalogue
+*generation* and, in the same transaction, names the index file that reflects it (see
+:mod:`tunetrace.index.publication`): the file is written and renamed into place first, so the
+commit publishes rows and index together. A write that fails or is killed anywhere leaves the
+previous state whole; files it left unnamed are swept by the next writer. A write that fails
+in this process also drops everything it changed in memory.
+
+Readers (API and scan workers) never build or write an index: they search the published file
+and, while a batch add is under way, an in-memory exact index of the references added since.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,14 +36,23 @@ import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
 from tunetrace.index.projection import packaged_noise
+from tunetrace.index.publication import (
+    LEGACY_INDEX_NAME,
+    Publication,
+    new_index_file_name,
+    read_publication,
+    sweep_stale_files,
+    write_publication,
+)
 from tunetrace.index.storage import (
     features_from_codes,
     vectors_from_bytes,
     vectors_to_bytes,
 )
-from tunetrace.index.vector_index import IndexSpec, VectorIndex
+from tunetrace.index.vector_index import IndexSpec, LayeredIndex, VectorIndex
+from tunetrace.index.writer_lock import WriterLock
 
-from tunetrace.candidates import vector_ids
+from tunetrace.candidates import PATCH_BITS, vector_ids
 from tunetrace.errors import (
     CatalogueError,
     DuplicateReferenceError,
@@ -55,7 +70,6 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 #: Version of the on-disk layout (tables, blobs). Bump on incompatible change.
 FORMAT_VERSION = 1
 DATABASE_NAME = "catalogue.sqlite"
-INDEX_NAME = "vectors.faiss"
 MAX_ID_LENGTH = 200
 #: Read-only catalogues memory-map index files at least this big (one copy shared by all
 #: worker processes) and read smaller ones into memory, where they search faster.
@@ -199,9 +213,16 @@ class Catalogue:
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
-        self._index: VectorIndex | None = None
         self.read_only = read_only
+        self._writer_lock = WriterLock(self.directory)
+        # A writer's exact index of what SQLite holds at ``_index_generation``.
+        self._index: VectorIndex | None = None
         self._index_generation = -1
+        # What searches use, as of ``_searcher_generation``, and the published file under it.
+        self._searcher: LayeredIndex | None = None
+        self._searcher_generation = -1
+        self._searcher_file: str | None = None
+        self._searcher_delta_key = 0
 
     # ----------------------------------------------------------------- metadata
     def _meta(self, key: str) -> str | None:
@@ -255,6 +276,45 @@ class Catalogue:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write: the writer lock, ``BEGIN IMMEDIATE`` ... ``COMMIT``, then a sweep.
+
+        On any failure (the write's own, or its COMMIT) the transaction is rolled back and
+        everything the write changed in memory is dropped, to be re-read from SQLite.
+        """
+        self._writable()
+        with self._lock, self._writer_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._abandon_write()
+                raise
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._abandon_write()
+                raise CatalogueError(
+                    f"could not commit the change to {self.directory}: {exc}"
+                ) from exc
+            publication = read_publication(self._db)
+            try:
+                sweep_stale_files(self.directory, publication.file if publication else None)
+            except OSError as exc:  # the change is committed; leftovers go next time
+                logger.warning("could not sweep old index files in %s: %s", self.directory, exc)
+
+    def _abandon_write(self) -> None:
+        """Roll back the open transaction and forget the in-memory state it touched."""
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                logger.error("rollback failed in %s: %s", self.directory, exc)
+        self._index, self._index_generation = None, -1
+        self._searcher, self._searcher_generation, self._searcher_file = None, -1, None
+        self._forget_features()
+
     # ----------------------------------------------------------------- writes
     def add(
         self,
@@ -278,7 +338,9 @@ class Catalogue:
         replace : bool
             Replace an existing reference with this id instead of failing.
         save_index : bool
-            Write the FAISS file now (batch adds write it once at the end).
+            Publish the index with this change. Batch adds publish once at the end
+            (:meth:`save_index`); until then readers search the last published index plus
+            the references added since.
 
         Raises
         ------
@@ -286,8 +348,8 @@ class Catalogue:
             If the id exists and ``replace`` is false.
         """
         validate_reference_id(reference_id)
-        with self._transaction():
-            index = self._index_in_transaction()
+        with self._write():
+            index = self._index_for_write()
             old = self._db.execute(
                 "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
@@ -318,13 +380,10 @@ class Catalogue:
                 ),
             )
             key = int(cursor.lastrowid or 0)
-            generation = self._bump_generation()
             # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
             stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
             index.add(stored, vector_ids(key, len(stored)))
-            self._index_generation = generation
-            if save_index:
-                self._write_index()
+            self._changed(index, publish=save_index)
         return self.get(reference_id)
 
     def remove(self, reference_id: str) -> None:
@@ -334,18 +393,16 @@ class Catalogue:
         ------
         ReferenceNotFoundError
         """
-        with self._transaction():
-            index = self._index_in_transaction()
+        with self._write():
+            index = self._index_for_write()
             row = self._db.execute(
                 "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
             if row is None:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
             self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
-            self._forget(index, int(row[0]), int(row[1]))
-            generation = self._bump_generation()
-            self._index_generation = generation
-            self._write_index()
+            index = self._forget(index, int(row[0]), int(row[1]))
+            self._changed(index, publish=True)
 
     def _forget(self, index: VectorIndex, key: int, vector_bytes: int) -> VectorIndex:
         """Drop a deleted reference from the index and caches (call after its DELETE).
@@ -356,13 +413,33 @@ class Catalogue:
         self._forget_features(key)
         if index.supports_removal:
             index.remove(vector_ids(key, self._patch_count(vector_bytes)))
-        else:
-            index = VectorIndex.build(self.params.embedding_dim, index.spec, *self._all_vectors())
-            self._index = index
-        return index
+            return index
+        return VectorIndex.build(self.params.embedding_dim, index.spec, *self._all_vectors())
 
     def _patch_count(self, vector_bytes: int) -> int:
         return vector_bytes // (2 * self.params.embedding_dim)
+
+    def _changed(self, index: VectorIndex, *, publish: bool) -> None:
+        """Bump the generation for a change made in this transaction to ``index``'s state,
+        and publish ``index`` with it if asked."""
+        generation = self._bump_generation()
+        self._index, self._index_generation = index, generation
+        if publish:
+            self._publish(index, generation)
+
+    def _publish(self, index: VectorIndex, generation: int) -> None:
+        """Save ``index`` under a fresh name and record it (inside the write transaction)."""
+        name = new_index_file_name(generation)
+        index.save(self.directory / name)
+        row = self._db.execute("SELECT coalesce(max(key), 0) FROM refs").fetchone()
+        sequence = self._db.execute(
+            "SELECT seq FROM sqlite_sequence WHERE name = 'refs'"
+        ).fetchone()
+        max_key = max(int(row[0]), int(sequence[0]) if sequence else 0)
+        write_publication(self._db, Publication(name, generation, max_key, index.spec))
+        self._searcher = LayeredIndex(index)
+        self._searcher_generation, self._searcher_file = generation, name
+        self._searcher_delta_key = max_key
 
     def _bump_generation(self) -> int:
         generation = self.generation + 1
@@ -372,63 +449,142 @@ class Catalogue:
         return generation
 
     def save_index(self) -> None:
-        """Write the FAISS file for the current generation (atomic).
+        """Publish the index of the current generation (after batch adds).
 
-        Nothing is written if another process changed the catalogue since this one's index was
-        last brought up to date: its file would be stale the moment it landed.
+        Nothing is written if the published index already reflects it, or if another process
+        changed the catalogue since this one's index was brought up to date (its next write
+        publishes).
         """
-        with self._transaction():
-            if self._index is not None and self.generation == self._index_generation:
-                self._write_index()
-
-    def _write_index(self) -> None:
-        if self._index is not None:
-            self._index.save(self.directory / INDEX_NAME, generation=self._index_generation)
+        with self._write():
+            publication = read_publication(self._db)
+            generation = self.generation
+            if publication is not None and publication.generation == generation:
+                return
+            if self._index is not None and self._index_generation == generation:
+                self._publish(self._index, generation)
 
     def _writable(self) -> None:
         if self.read_only:
             raise CatalogueError(f"catalogue {self.directory} was opened read-only")
 
-    def _index_in_transaction(self) -> VectorIndex:
-        """The in-memory index, brought up to the stored generation (call under the write lock).
+    def _index_for_write(self) -> VectorIndex:
+        """An exact in-memory index of what SQLite holds now (call inside :meth:`_write`).
 
         Another process (the CLI next to a running server, say) may have committed changes
-        since this catalogue loaded its index; appending to a stale index would save a file
-        that claims the new generation but lacks those changes.
+        since this catalogue's index was made: then the published file is read if it is
+        current, else the index is rebuilt from SQLite.
         """
-        self._writable()
-        if self._index is not None and self.generation != self._index_generation:
-            self._index = None
-            self._forget_features()
-        return self._vector_index()
+        generation = self.generation
+        if self._index is not None and self._index_generation == generation:
+            return self._index
+        self._index = None
+        publication = read_publication(self._db)
+        index = None
+        if publication is not None and publication.generation == generation:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                index = VectorIndex.read(
+                    self.directory / publication.file,
+                    dim=self.params.embedding_dim,
+                    spec=publication.spec,
+                )
+        if index is None:
+            index = self._build_index(self.index_spec)
+        self._index, self._index_generation = index, generation
+        return index
 
     # ----------------------------------------------------------------- reads
     def refresh(self) -> bool:
         """Pick up changes made by another process; returns True if anything changed."""
         with self._lock:
-            if self._index is not None and self.generation != self._index_generation:
-                self._index = None
-                self._forget_features()
-                return True
-            return False
+            changed = self._searcher is not None and self.generation != self._searcher_generation
+            self._layered_index()
+            return changed
 
-    def _vector_index(self) -> VectorIndex:
+    def _layered_index(self) -> LayeredIndex:
+        """What searches use: the published index plus references newer than it."""
         with self._lock:
-            if self._index is not None:
-                return self._index
             generation = self.generation
-            dim = self.params.embedding_dim
-            path = self.directory / INDEX_NAME
-            # Read-only users map a big file, sharing one copy with other processes.
-            index = VectorIndex.load(path, dim=dim, generation=generation, mmap=self._maps(path))
-            if index is None:
-                index = self._rebuild_index(generation, self.index_spec)
-                if self._maps(path):  # the rebuilt index was just saved: map that file instead
-                    index = (
-                        VectorIndex.load(path, dim=dim, generation=generation, mmap=True) or index
-                    )
-            self._index, self._index_generation = index, generation
-            return index
+            if self._searcher is not None and self._searcher_generation == generation:
+                return self._searcher
+            if self._index is not None and self._index_generation == generation:
+                self._searcher = LayeredIndex(self._index)  # this process's own exact index
+                self._searcher_file, self._searcher_delta_key = None, 0
+                self._searcher_generation = generation
+                return self._searcher
+            for _ in range(3):  # a writer may replace the file between reading its name and it
+                try:
+                    self._searcher = self._load_layers(generation)
+                    break
+                except FileNotFoundError:
+                    generation = self.generation
+            else:
+                raise CatalogueError(f"the index files of {self.directory} keep disappearing")
+            self._searcher_generation = generation
+            return self._searcher
+
+    def _load_layers(self, generation: int) -> LayeredIndex:
+        publication = read_publication(self._db)
+        previous = self._searcher
+        if publication is None:
+            legacy = self._legacy_index(generation)
+            if legacy is not None:
+                self._searcher_file, self._searcher_delta_key = None, 0
+                return LayeredIndex(legacy)
+            if previous is not None and previous.base is not None:
+                previous = None  # it searched a legacy file that is now stale
+            base, covered = None, 0
+            self._searcher_file = None
+        elif previous is not None and self._searcher_file == publication.file:
+            base = previous.base
+            covered = publication.max_key if base is not None else 0
+        else:
+            path = self.directory / publication.file
+            try:
+                base = VectorIndex.read(
+                    path,
+                    dim=self.params.embedding_dim,
+                    spec=publication.spec,
+                    mmap=self._maps(path),
+                )
+            except FileNotFoundError:
+                if read_publication(self._db) != publication:
+                    raise  # a writer replaced it meanwhile: read the new one
+                logger.warning(
+                    "index file %s is missing: searching the stored vectors exactly "
+                    "(a write or 'tunetrace index build' makes it anew)",
+                    path,
+                )
+                base = None
+            except ValueError as exc:
+                logger.warning("%s: searching the stored vectors exactly instead", exc)
+                base = None
+            covered = publication.max_key if base is not None else 0
+            self._searcher_file = publication.file
+            previous = None
+        if base is not None and publication is not None and publication.generation == generation:
+            self._searcher_delta_key = covered
+            return LayeredIndex(base)
+        # References newer than the published file, added to what an earlier call found.
+        delta = previous.delta if previous is not None else None
+        since = max(covered, self._searcher_delta_key if previous is not None else 0)
+        vectors, ids = self._all_vectors(after_key=since)
+        if delta is None and len(vectors):
+            delta = VectorIndex(self.params.embedding_dim)
+        if len(vectors):
+            delta.add(vectors, ids)
+            since = int(ids.max() >> PATCH_BITS)
+        self._searcher_delta_key = since
+        if base is None and publication is None and delta is not None and delta.size > 1_000_000:
+            logger.warning("catalogue %s has no published index: searching %d vectors exactly "
+                           "(run 'tunetrace index build')", self.directory, delta.size)  # fmt: skip
+        return LayeredIndex(base, delta)
+
+    def _legacy_index(self, generation: int) -> VectorIndex | None:
+        """The index file of the earlier layout, if it is stamped with this generation."""
+        path = self.directory / LEGACY_INDEX_NAME
+        return VectorIndex.load_stamped(
+            path, dim=self.params.embedding_dim, generation=generation, mmap=self._maps(path)
+        )
 
     def _maps(self, path: Path) -> bool:
         """Whether this catalogue memory-maps the index file at ``path`` (see
@@ -439,15 +595,24 @@ class Catalogue:
             return False
 
     @property
+    def index_path(self) -> Path | None:
+        """The published index file (``None`` before the first write publishes one)."""
+        publication = read_publication(self._db)
+        return None if publication is None else self.directory / publication.file
+
+    @property
     def index_spec(self) -> IndexSpec:
         """The kind of vector index this catalogue uses (set by :meth:`rebuild_index`)."""
         stored = self._meta("index_spec")
         return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
 
-    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+    def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
         dim = self.params.embedding_dim
         blocks, ids = [], []
-        for key, blob in self._db.execute("SELECT key, vectors FROM refs ORDER BY key"):
+        rows = self._db.execute(
+            "SELECT key, vectors FROM refs WHERE key > ? ORDER BY key", (after_key,)
+        )
+        for key, blob in rows:
             vectors = vectors_from_bytes(blob, dim)
             blocks.append(vectors)
             ids.append(vector_ids(int(key), len(vectors)))
@@ -455,7 +620,9 @@ class Catalogue:
             return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
         return np.concatenate(blocks).astype(np.float32), np.concatenate(ids)
 
-    def _rebuild_index(self, generation: int, spec: IndexSpec) -> VectorIndex:
+    def _build_index(self, spec: IndexSpec) -> VectorIndex:
+        """An index of ``spec``'s kind over every stored vector (exact search when the
+        catalogue is too small to train it)."""
         dim = self.params.embedding_dim
         vectors, ids = self._all_vectors()
         if spec.resolved(len(vectors)).needs_training and len(vectors) < 10_000:
@@ -467,8 +634,7 @@ class Catalogue:
                            "fingerprint parameters: IVF-PQ without projection used")  # fmt: skip
             spec = replace(spec, projection_dims=0)
         index = VectorIndex.build(dim, spec, vectors, ids)
-        logger.info("rebuilt %s vector index: %d vectors", index.spec.kind, index.size)
-        index.save(self.directory / INDEX_NAME, generation=generation)
+        logger.info("built %s vector index: %d vectors", index.spec.kind, index.size)
         return index
 
     def _projection_unfit(self, spec: IndexSpec, n_vectors: int) -> bool:
@@ -490,8 +656,7 @@ class Catalogue:
             If ``spec`` needs more vectors to train than the catalogue holds, or a projection
             the packaged alteration-noise model does not fit.
         """
-        with self._transaction():
-            self._writable()
+        with self._write():
             spec = spec or self.index_spec
             dim = self.params.embedding_dim
             vectors, ids = self._all_vectors()
@@ -505,15 +670,16 @@ class Catalogue:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
                 (json.dumps(spec.to_dict()),),
             )
-            generation = self._bump_generation()
-            self._index, self._index_generation = index, generation
-            self._forget_features()
-            self._write_index()
+            self._changed(index, publish=True)
         return index
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest indexed patch vectors (see :class:`VectorIndex.search`)."""
-        return self._vector_index().search(vectors, k)
+        """Nearest indexed patch vectors (see :class:`VectorIndex.search`).
+
+        While a batch add is under way the ids may include references removed since the
+        published index was written: callers skip keys :meth:`features` no longer finds.
+        """
+        return self._layered_index().search(vectors, k)
 
     def features(self, key: int) -> Features:
         """Stored feature sequences of the reference with internal ``key`` (cached)."""
@@ -613,9 +779,9 @@ class Catalogue:
             "SELECT count(*), coalesce(sum(duration_s), 0) FROM refs"
         ).fetchone()
         files = [p for p in self.directory.iterdir() if p.is_file()]
-        index = self._vector_index()
-        index_path = self.directory / INDEX_NAME
-        index_bytes = index_path.stat().st_size if index_path.exists() else 0
+        index = self._layered_index()
+        index_path = self.index_path
+        index_bytes = index_path.stat().st_size if index_path and index_path.exists() else 0
         hours = float(total_s) / 3600
         return {
             "catalogue": str(self.directory),

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Index files are readable by other processes (API workers) like the SQLite file beside them.
 FILE_MODE = 0o644
+#: Name prefix of the temporary files index writes go through (swept after a crash).
+TEMPORARY_PREFIX = ".vectors-"
 
 
 INDEX_KINDS = ("flat", "ivfflat", "ivfpq", "hnsw")
@@ -307,12 +309,14 @@ class VectorIndex:
             )
         return self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
 
-    def save(self, path: Path, *, generation: int) -> None:
-        """Write the index atomically (temporary file, fsync, rename) with its generation."""
+    def save(self, path: Path) -> None:
+        """Write the index to ``path`` atomically: a temporary file beside it, fsync, rename,
+        fsync of the directory. A crash at any point leaves either no file at ``path`` or the
+        whole one (and at most a temporary file, which catalogue writers sweep)."""
         if isinstance(_inverted_lists(self._index), faiss.OnDiskInvertedLists):
             raise RuntimeError("a memory-mapped index is read-only and is never saved")
         path = Path(path)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".vectors-", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
         os.close(fd)
         os.chmod(temporary, FILE_MODE)
         try:
@@ -322,59 +326,40 @@ class VectorIndex:
         finally:
             if os.path.exists(temporary):
                 os.unlink(temporary)
-        _atomic_write_text(
-            _stamp_path(path),
-            json.dumps({"generation": generation, "spec": self.spec.to_dict()}),
-        )
         _fsync_directory(path.parent)
 
     @classmethod
-    def load(
-        cls,
-        path: Path,
-        *,
-        dim: int,
-        generation: int,
-        mmap: bool = False,
-    ) -> VectorIndex | None:
-        """Load an index file if it exists and reflects ``generation``; else ``None``.
+    def read(cls, path: Path, *, dim: int, spec: IndexSpec, mmap: bool = False) -> VectorIndex:
+        """Read an index file written by :meth:`save`.
 
         Parameters
         ----------
         path : Path
         dim : int
-        generation : int
-            The catalogue's generation; a file stamped with another one is stale. (Changing
-            the index kind bumps the generation too.)
+            Vector length the file must have.
+        spec : IndexSpec
+            The kind the file was built as (resolved).
         mmap : bool
             Memory-map the file read-only (shared between processes; no adds or removals).
+
+        Raises
+        ------
+        FileNotFoundError
+            If there is no such file.
+        ValueError
+            If the file is not a FAISS index of ``dim`` dimensions.
         """
         path = Path(path)
-        stamp = _stamp_path(path)
-        if not path.exists() or not stamp.exists():
-            return None
-        try:
-            saved = json.loads(stamp.read_text())
-            saved_generation = saved["generation"]
-            saved_spec = IndexSpec.from_dict(saved.get("spec", {}))
-        except (ValueError, KeyError, TypeError, OSError):
-            return None
-        if saved_generation != generation:
-            logger.info(
-                "vector index is at generation %s, catalogue at %s: rebuilding",
-                saved_generation,
-                generation,
-            )
-            return None
+        if not path.exists():
+            raise FileNotFoundError(path)
         index = cls.__new__(cls)
-        index.dim, index.spec = dim, saved_spec
+        index.dim, index.spec = dim, spec
         try:
-            index._index = faiss.read_index(str(path), _mmap_flags(saved_spec) if mmap else 0)
-        except RuntimeError:
-            logger.warning("vector index file %s is unreadable: rebuilding", path)
-            return None
+            index._index = faiss.read_index(str(path), _mmap_flags(spec) if mmap else 0)
+        except RuntimeError as exc:
+            raise ValueError(f"vector index file {path} is unreadable: {exc}") from exc
         if index._index.d != dim:
-            return None
+            raise ValueError(f"vector index file {path} holds {index._index.d}-d vectors")
         lists = _inverted_lists(index._index)
         # FAISS maps array inverted lists; fast-scan block lists it reads into memory.
         index.memory_mapped = mmap and (
@@ -382,6 +367,74 @@ class VectorIndex:
         )
         index._configure()
         return index
+
+    @classmethod
+    def load_stamped(
+        cls, path: Path, *, dim: int, generation: int, mmap: bool = False
+    ) -> VectorIndex | None:
+        """Read an index file of the earlier layout, whose generation sat in a JSON stamp
+        beside it; ``None`` if it is missing, unreadable or stamped with another generation."""
+        path = Path(path)
+        stamp = path.with_suffix(path.suffix + ".json")
+        try:
+            saved = json.loads(stamp.read_text())
+            if saved["generation"] != generation:
+                return None
+            return cls.read(path, dim=dim, spec=IndexSpec.from_dict(saved.get("spec", {})),
+                            mmap=mmap)  # fmt: skip
+        except (ValueError, KeyError, TypeError, OSError):
+            return None
+
+
+class LayeredIndex:
+    """A published index plus, in memory, the references added since it was written.
+
+    Readers never rebuild or write an index file: while a writer is part-way through a batch
+    (or was killed in one), they search the last published file and an exact index of the
+    newer references, and merge the two answers. Hits on references removed since the file
+    was written are left for the matcher to skip.
+
+    Parameters
+    ----------
+    base : VectorIndex or None
+        The published index (``None``: none yet).
+    delta : VectorIndex or None
+        Exact index of the vectors of references newer than ``base``.
+    """
+
+    def __init__(self, base: VectorIndex | None, delta: VectorIndex | None = None) -> None:
+        self.base = base
+        self.delta = delta
+
+    @property
+    def spec(self) -> IndexSpec:
+        """The kind of the published index (exact search when there is none)."""
+        return self.base.spec if self.base is not None else IndexSpec()
+
+    @property
+    def size(self) -> int:
+        """Vectors searched."""
+        return sum(part.size for part in (self.base, self.delta) if part is not None)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar vectors over both layers (see :meth:`VectorIndex.search`)."""
+        parts = [p.search(vectors, k) for p in (self.base, self.delta) if p is not None and p.size]
+        if not parts:
+            return (
+                np.zeros((len(vectors), k), dtype=np.float32),
+                np.full((len(vectors), k), -1, dtype=np.int64),
+            )
+        if len(parts) == 1:
+            return parts[0]
+        similarities = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        similarities = np.where(ids >= 0, similarities, -np.inf)
+        best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+        chosen = np.take_along_axis(similarities, best, axis=1)
+        return (
+            np.where(np.isfinite(chosen), chosen, 0.0).astype(np.float32),
+            np.take_along_axis(ids, best, axis=1),
+        )
 
 
 def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None) -> faiss.Index:
@@ -432,10 +485,6 @@ def _mmap_flags(spec: IndexSpec) -> int:
     return faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
 
 
-def _stamp_path(path: Path) -> Path:
-    return path.with_suffix(path.suffix + ".json")
-
-
 def _fsync_file(path: str | Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -447,13 +496,3 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".stamp-", suffix=".tmp")
-    os.chmod(temporary, FILE_MODE)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tunetrace.fingerprint.features import features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.index.catalogue import INDEX_NAME, Catalogue
+from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.storage import dequantise_spectrum, features_from_codes, quantise_spectrum
 
 from tests.conftest import synth_song, write_audio
@@ -108,7 +108,8 @@ def test_stale_or_missing_index_is_rebuilt_from_sqlite(tmp_path: Path, reference
         catalogue.add("a", reference_data)
         query = reference_data.vectors[:3]
         expected = catalogue.search(query, 5)
-    (tmp_path / "cat" / INDEX_NAME).unlink()
+    with Catalogue(tmp_path / "cat") as catalogue:
+        catalogue.index_path.unlink()
     with Catalogue(tmp_path / "cat") as catalogue:
         rebuilt = catalogue.search(query, 5)
     np.testing.assert_array_equal(expected[1], rebuilt[1])

@@ -75,10 +75,9 @@ def test_memory_mapped_index_answers_like_the_loaded_one(
         if kind == "ivfpq"
         else VectorIndex.build(DIM, IndexSpec(kind=kind, nlist=32, nprobe=8), vectors, ids)
     )
-    index.save(tmp_path / "v.faiss", generation=3)
-    assert VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=4) is None  # stale
-    mapped = VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=3, mmap=True)
-    assert mapped is not None and mapped.spec.kind == kind
+    index.save(tmp_path / "v.faiss")
+    mapped = VectorIndex.read(tmp_path / "v.faiss", dim=DIM, spec=index.spec, mmap=True)
+    assert mapped.spec.kind == kind
     queries = vectors[:50]
     np.testing.assert_array_equal(mapped.search(queries, 5)[1], index.search(queries, 5)[1])
 
@@ -88,12 +87,11 @@ def test_ivfpq_is_compact_and_removes_in_place(
 ) -> None:
     ids = np.arange(len(vectors), dtype=np.int64)
     flat = VectorIndex.build(DIM, IndexSpec(), vectors, ids)
-    flat.save(tmp_path / "flat.faiss", generation=0)
-    ivfpq_index.save(tmp_path / "ivfpq.faiss", generation=0)
+    flat.save(tmp_path / "flat.faiss")
+    ivfpq_index.save(tmp_path / "ivfpq.faiss")
     flat_bytes = (tmp_path / "flat.faiss").stat().st_size
     assert flat_bytes / (tmp_path / "ivfpq.faiss").stat().st_size > 5
-    reloaded = VectorIndex.load(tmp_path / "ivfpq.faiss", dim=DIM, generation=0)
-    assert reloaded is not None
+    reloaded = VectorIndex.read(tmp_path / "ivfpq.faiss", dim=DIM, spec=ivfpq_index.spec)
     reloaded.remove(ids[:100])
     assert reloaded.size == len(vectors) - 100
     assert not set(reloaded.search(vectors[:100], 5)[1].ravel()) & set(ids[:100])
@@ -134,9 +132,9 @@ def test_ivfpq_re_ranking_with_quantised_copies_finds_more_originals(
     assert not refined.supports_removal  # the copies cannot drop vectors: rebuild instead
     with pytest.raises(NotImplementedError):
         refined.remove(ids[:3])
-    refined.save(tmp_path / "v.faiss", generation=1)
-    mapped = VectorIndex.load(tmp_path / "v.faiss", dim=DIM, generation=1, mmap=True)
-    assert mapped is not None and mapped.spec == refined.spec
+    refined.save(tmp_path / "v.faiss")
+    mapped = VectorIndex.read(tmp_path / "v.faiss", dim=DIM, spec=refined.spec, mmap=True)
+    assert mapped.spec == refined.spec
     np.testing.assert_array_equal(mapped.search(copies[:50], 10)[1], found[:50])
 
 
@@ -257,14 +255,14 @@ def test_read_only_catalogues_map_only_index_files_big_enough_to_share(
     catalogue_copy: Path, stretched_song4: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with Catalogue(catalogue_copy, read_only=True) as reader:  # a small file: read in
-        assert not reader._vector_index().memory_mapped
+        assert not reader._layered_index().base.memory_mapped
         assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
     monkeypatch.setattr("tunetrace.index.catalogue.SHARED_INDEX_MIN_BYTES", 0)
     with Catalogue(catalogue_copy, read_only=True) as reader:  # as a big one would be: mapped
-        assert reader._vector_index().memory_mapped
+        assert reader._layered_index().base.memory_mapped
         assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
     with Catalogue(catalogue_copy) as writer:  # writers never map
-        assert not writer._vector_index().memory_mapped
+        assert not writer._layered_index().base.memory_mapped
 
 
 def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
@@ -278,11 +276,12 @@ def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
         vectors, ids = catalogue._all_vectors()
         spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, pq_bits=4, nprobe=4, projection_dims=32)
         projected = VectorIndex.build(catalogue.params.embedding_dim, spec, vectors, ids)
-        projected.save(tmp_path / "p.faiss", generation=5)
-        mapped = VectorIndex.load(
-            tmp_path / "p.faiss", dim=catalogue.params.embedding_dim, generation=5, mmap=True
+        projected.save(tmp_path / "p.faiss")
+        mapped = VectorIndex.read(
+            tmp_path / "p.faiss", dim=catalogue.params.embedding_dim, spec=spec.resolved(0),
+            mmap=True,
         )
-        assert mapped is not None and mapped.spec.projection_dims == 32
+        assert mapped.spec.projection_dims == 32
         matcher = Matcher(catalogue)
         query = matcher.load_query(stretched_song4)
         song4 = catalogue.get("song4").key

@@ -223,18 +223,17 @@ def _among_first_references(reference_keys: np.ndarray, count: int) -> np.ndarra
 def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """Add to each triple's votes the larger of its two offset neighbours' (bin edges).
 
-    ``triples`` must be sorted lexicographically.
+    ``triples`` must be sorted lexicographically and distinct, so a triple's neighbour one
+    offset bin away, if it exists, is the row just before or after it.
     """
-    offset_span = 1 << 32
-    codes = (triples[:, 0] * 4096 + triples[:, 1]) * offset_span + (
-        triples[:, 2] + offset_span // 2
-    )
     best = np.zeros_like(totals)
-    for step in (-1, 1):
-        target = codes + step
-        found = np.clip(np.searchsorted(codes, target), 0, len(codes) - 1)
-        hit = codes[found] == target
-        best = np.maximum(best, np.where(hit, totals[found], 0.0))
+    if len(triples) < 2:
+        return totals
+    same_place = np.all(triples[1:, :2] == triples[:-1, :2], axis=1)
+    adjacent = same_place & (triples[1:, 2] == triples[:-1, 2] + 1)
+    # row i gains from row i + 1 and row i + 1 from row i where they are adjacent bins
+    best[:-1] = np.where(adjacent, totals[1:], 0.0)
+    best[1:] = np.maximum(best[1:], np.where(adjacent, totals[:-1], 0.0))
     return totals + best
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates
+from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.tonality import tonality
@@ -224,7 +225,10 @@ class Matcher:
         # reference's places and tempo ratios follow each other in ``retimed``, and threads
         # aligning them together would each derive it.
         keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
-        references = dict(zip(keys, map_in_threads(self.catalogue.features, keys), strict=True))
+        read = dict(zip(keys, map_in_threads(self._reference_features, keys), strict=True))
+        # a reference removed (or replaced) since the index was searched is no candidate
+        references = {key: features for key, features in read.items() if features is not None}
+        retimed = [c for c in retimed if c.reference_key in references]
 
         def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = references[candidate.reference_key]
@@ -268,6 +272,13 @@ class Matcher:
             timings["verification"] = time.perf_counter() - searched
         return verifications
 
+    def _reference_features(self, key: int) -> Features | None:
+        """A candidate reference's stored features, ``None`` if it has been removed."""
+        try:
+            return self.catalogue.features(key)
+        except ReferenceNotFoundError:
+            return None
+
     def match_features(
         self,
         features: Features,
@@ -294,7 +305,10 @@ class Matcher:
                 continue
             segments = _merge_segments(best, verifications[1:])
             covered = covered_seconds(segments)
-            record = self.catalogue.record_by_key(best.reference_key)
+            try:
+                record = self.catalogue.record_by_key(best.reference_key)
+            except ReferenceNotFoundError:
+                continue  # removed while this query was verified
             matches.append(
                 Match(
                     reference_id=record.reference_id,
