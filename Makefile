@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint browser bench bench-core clean
+.PHONY: install demo test lint browser strace bench bench-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-test: $(STAMP) lint browser
+test: $(STAMP) lint browser strace
 	$(BIN)/python -m pytest -q
 
 # The review page is tested in a real headless Chromium: install Debian's when we can (root with
@@ -35,6 +35,19 @@ browser:
 	      || echo "could not install chromium: the review-page browser test will be skipped"; \
 	  else \
 	    echo "no chromium (Debian: apt-get install chromium): the review-page test will be skipped"; \
+	  fi; }
+
+# Crash tests kill writes at each durability point through strace's syscall injection:
+# install Debian's when we can; without it those tests are skipped, and this says so.
+strace:
+	@command -v strace >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's strace for the crash tests"; \
+	    apt-get install -y -q strace >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q strace >/dev/null 2>&1; } \
+	      || echo "could not install strace: the crash tests will be skipped"; \
+	  else \
+	    echo "no strace (Debian: apt-get install strace): the crash tests will be skipped"; \
 	  fi; }
 
 # The benchmark suite: SIZE=quick (under 20 minutes here) or SIZE=full.

@@ -1,0 +1,330 @@
+"""Writes killed at each of their durability points leave a whole, usable catalogue.
+
+The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build;
+HTTP add, replace, delete) runs under ``strace``, which kills the process with SIGKILL at the
+N-th call of one durability syscall (fsync, fdatasync, rename); every N of every such syscall
+the write makes is tried. After each kill the catalogue must hold the state from before the
+write or the one after it, every reference in it must be found by an excerpt of its own
+audio and by nothing else, and the next write must work and keep all of that true.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.vector_index import IndexSpec
+
+from tests.conftest import synth_song, write_audio
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (Debian: strace)"),
+]
+
+DURABILITY_SYSCALLS = ("fsync", "fdatasync", "rename", "renameat", "renameat2")
+WRITE_KEY = "crash-write-key-7"
+SONG_IDS = ("a", "b", "c")
+#: Kill runs in flight at once (each mostly waits on its traced process).
+PARALLEL_RUNS = 2
+
+
+@dataclass(frozen=True)
+class CrashAudio:
+    """Three songs as files named after their ids, their excerpts, their fingerprints."""
+
+    songs: dict[str, Path]
+    excerpts: dict[str, Path]
+    data: dict[str, ReferenceData]
+
+
+@pytest.fixture(scope="module")
+def crash_audio(tmp_path_factory: pytest.TempPathFactory) -> CrashAudio:
+    folder = tmp_path_factory.mktemp("crash-audio")
+    songs, excerpts, data = {}, {}, {}
+    for seed, reference_id in enumerate(SONG_IDS, start=21):
+        samples = synth_song(seed, duration_s=20)
+        songs[reference_id] = write_audio(folder / f"{reference_id}.wav", samples)
+        excerpts[reference_id] = write_audio(
+            folder / "excerpts" / f"{reference_id}.wav", samples[4 * 22050 : 13 * 22050]
+        )
+        data[reference_id] = fingerprint_reference(songs[reference_id], params=FingerprintParams())
+    return CrashAudio(songs, excerpts, data)
+
+
+@pytest.fixture(scope="module")
+def base_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
+    """A catalogue holding ``a`` and ``b``."""
+    directory = tmp_path_factory.mktemp("crash-base") / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for reference_id in ("a", "b"):
+            catalogue.add(reference_id, crash_audio.data[reference_id])
+    return directory
+
+
+def tunetrace_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "tunetrace.cli", *args]
+
+
+def durability_calls(trace: str) -> dict[str, int]:
+    """Most calls of each durability syscall made by one thread, from ``strace -f`` output
+    (strace counts injections per syscall and per thread)."""
+    counts: collections.Counter[tuple[str, str]] = collections.Counter()
+    for line in trace.splitlines():
+        found = re.match(r"^(\d+)\s+(\w+)\(", line)
+        if found and found.group(2) in DURABILITY_SYSCALLS:
+            counts[(found.group(1), found.group(2))] += 1
+    most: dict[str, int] = {}
+    for (_, syscall), count in counts.items():
+        most[syscall] = max(most.get(syscall, 0), count)
+    return most
+
+
+def kill_points(counts: dict[str, int]) -> list[tuple[str, int]]:
+    return [(syscall, n) for syscall, count in sorted(counts.items()) for n in range(1, count + 1)]
+
+
+def strace_injecting(syscall: str, n: int) -> list[str]:
+    return ["strace", "-f", "-qq", "-o", os.devnull,
+            "-e", f"trace={syscall}", "-e", f"inject={syscall}:signal=KILL:when={n}"]  # fmt: skip
+
+
+def assert_whole(
+    directory: Path, allowed: list[set[str]], audio: CrashAudio, context: str
+) -> set[str]:
+    """The catalogue opens, holds one of the ``allowed`` id sets, and every excerpt finds
+    exactly its own reference if that is in the catalogue, else nothing."""
+    with Catalogue(directory, read_only=True) as catalogue:
+        ids = {record.reference_id for record in catalogue.list(limit=100)}
+        assert ids in allowed, (
+            f"{context}: catalogue holds {sorted(ids)}, expected one of {allowed}"
+        )
+        matcher = Matcher(catalogue)
+        for reference_id, excerpt in audio.excerpts.items():
+            found = [m.reference_id for m in matcher.match_path(excerpt).matches]
+            expected = [reference_id] if reference_id in ids else []
+            assert found == expected, f"{context}: excerpt of {reference_id} matched {found}"
+    return ids
+
+
+@dataclass(frozen=True)
+class WritePath:
+    """A write, the id sets before and after it, and how to finish it on a crashed copy."""
+
+    name: str
+    args: Callable[[Path, CrashAudio], list[str]]
+    before: set[str]
+    after: set[str]
+    finish: Callable[[Catalogue, CrashAudio], None]
+
+
+def _finish_add(catalogue: Catalogue, audio: CrashAudio) -> None:
+    if not catalogue.contains("c"):
+        catalogue.add("c", audio.data["c"])
+
+
+def _finish_remove(catalogue: Catalogue, audio: CrashAudio) -> None:
+    if catalogue.contains("b"):
+        catalogue.remove("b")
+
+
+CLI_WRITES = [
+    WritePath("add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
+              {"a", "b"}, {"a", "b", "c"}, _finish_add),
+    WritePath("add --replace", lambda d, a: ["add", "-c", str(d), "--replace", str(a.songs["b"])],
+              {"a", "b"}, {"a", "b"}, lambda c, a: c.add("b", a.data["b"], replace=True)),
+    WritePath("remove", lambda d, a: ["remove", "-c", str(d), "b"],
+              {"a", "b"}, {"a"}, _finish_remove),
+    WritePath("index build", lambda d, a: ["index", "build", "-c", str(d), "--type", "hnsw"],
+              {"a", "b"}, {"a", "b"}, lambda c, a: c.rebuild_index(IndexSpec(kind="hnsw"))),
+]  # fmt: skip
+
+
+def check_recovery(directory: Path, write: WritePath, audio: CrashAudio, context: str) -> None:
+    """After a kill: a whole catalogue, then the write finished by a new process's writer."""
+    assert_whole(directory, [write.before, write.after], audio, context)
+    with Catalogue(directory) as catalogue:
+        write.finish(catalogue, audio)
+        catalogue.add("probe", audio.data["c"], replace=True)  # one more write on top
+        catalogue.remove("probe")
+    assert_whole(directory, [write.after], audio, f"{context}, then finished")
+
+
+@pytest.mark.parametrize("write", CLI_WRITES, ids=lambda w: w.name)
+def test_cli_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
+    write: WritePath, base_catalogue: Path, crash_audio: CrashAudio, tmp_path: Path
+) -> None:
+    dry = tmp_path / "dry"
+    shutil.copytree(base_catalogue, dry)
+    command = tunetrace_command(*write.args(dry, crash_audio))
+    traced = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(tmp_path / "trace.txt"),
+         "-e", "trace=" + ",".join(DURABILITY_SYSCALLS), *command],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert traced.returncode == 0, traced.stderr
+    points = kill_points(durability_calls((tmp_path / "trace.txt").read_text()))
+    assert len(points) >= 3, f"{write.name}: only {points} durability points seen"
+
+    def kill_at(point: tuple[str, int]) -> tuple[tuple[str, int], Path, int]:
+        syscall, n = point
+        work = tmp_path / f"{syscall}-{n}"
+        shutil.copytree(base_catalogue, work)
+        command = strace_injecting(syscall, n) + tunetrace_command(*write.args(work, crash_audio))
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        return point, work, result.returncode
+
+    killed = 0
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        for (syscall, n), work, returncode in pool.map(kill_at, points):
+            killed += returncode == -signal.SIGKILL
+            check_recovery(work, write, crash_audio, f"{write.name} killed at {syscall} #{n}")
+    # a point the first run reached and a later one did not would be a thread-timing quirk
+    assert killed >= len(points) - 1, f"{write.name}: {killed} of {len(points)} runs were killed"
+
+
+@pytest.fixture(scope="module")
+def server_environment() -> dict[str, str]:
+    return {
+        **os.environ,
+        "TUNETRACE_API_KEYS": f"{WRITE_KEY}:write",
+        "TUNETRACE_WORKERS": "1",
+        "TUNETRACE_MAX_QUEUE": "2",
+    }
+
+
+@pytest.fixture
+def serve(
+    server_environment: dict[str, str],
+) -> Iterator[Callable[[Path], tuple[subprocess.Popen, str]]]:
+    """Start ``tunetrace serve`` on a catalogue; stopped (if still alive) at the end."""
+    started: list[subprocess.Popen] = []
+
+    def start(directory: Path) -> tuple[subprocess.Popen, str]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        process = subprocess.Popen(
+            tunetrace_command("serve", "-c", str(directory), "--port", str(port)),
+            env=server_environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        started.append(process)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert process.poll() is None, "tunetrace serve exited during startup"
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    return process, url
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("tunetrace serve did not start")
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _http_write(name: str, url: str, audio: CrashAudio) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {WRITE_KEY}"}
+    if name == "delete":
+        return httpx.delete(f"{url}/v1/references/b", headers=headers, timeout=120)
+    reference_id = "c" if name == "add" else "b"
+    with audio.songs[reference_id].open("rb") as handle:
+        return httpx.post(
+            f"{url}/v1/references",
+            params={"replace": "true"} if name == "replace" else None,
+            files={"file": (f"{reference_id}.wav", handle, "audio/wav")},
+            data={"id": reference_id},
+            headers=headers,
+            timeout=120,
+        )
+
+
+HTTP_WRITES = {
+    "add": CLI_WRITES[0],
+    "replace": CLI_WRITES[1],
+    "delete": CLI_WRITES[2],
+}
+
+
+def _attach(pid: int, strace_args: list[str]) -> subprocess.Popen:
+    """Attach strace to every thread of a running process; returns once it is attached."""
+    tracer = subprocess.Popen([*strace_args, "-p", str(pid)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        try:
+            attached = all(
+                int(re.search(r"TracerPid:\s+(\d+)", (t / "status").read_text()).group(1)) != 0
+                for t in tasks.iterdir()
+            )
+        except (OSError, AttributeError):
+            attached = False
+        if attached:
+            return tracer
+        time.sleep(0.05)
+    tracer.kill()
+    raise AssertionError("strace did not attach")
+
+
+@pytest.mark.parametrize("name", list(HTTP_WRITES))
+def test_http_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
+    name: str, base_catalogue: Path, crash_audio: CrashAudio, tmp_path: Path, serve
+) -> None:
+    write = HTTP_WRITES[name]
+    dry = tmp_path / "dry"
+    shutil.copytree(base_catalogue, dry)
+    process, url = serve(dry)
+    trace = tmp_path / "trace.txt"
+    tracer = _attach(process.pid, ["strace", "-f", "-qq", "-o", str(trace),
+                                   "-e", "trace=" + ",".join(DURABILITY_SYSCALLS)])  # fmt: skip
+    response = _http_write(name, url, crash_audio)
+    assert response.status_code in (201, 204), response.text
+    tracer.send_signal(signal.SIGINT)  # detach
+    tracer.wait(timeout=30)
+    points = kill_points(durability_calls(trace.read_text()))
+    assert len(points) >= 3, f"HTTP {name}: only {points} durability points seen"
+
+    def kill_at(point: tuple[str, int]) -> tuple[tuple[str, int], Path, int | None]:
+        syscall, n = point
+        work = tmp_path / f"{syscall}-{n}"
+        shutil.copytree(base_catalogue, work)
+        server, server_url = serve(work)
+        tracer = _attach(server.pid, strace_injecting(syscall, n))
+        try:
+            answer: int | None = _http_write(name, server_url, crash_audio).status_code
+        except httpx.HTTPError:
+            answer = None  # killed mid-request
+        if answer is not None:
+            server.kill()
+        server.wait(timeout=30)
+        tracer.kill()
+        tracer.wait()
+        return point, work, answer
+
+    killed = 0
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        for (syscall, n), work, answer in pool.map(kill_at, points):
+            killed += answer is None
+            check_recovery(work, write, crash_audio, f"HTTP {name} killed at {syscall} #{n}")
+    assert killed >= len(points) - 1, f"HTTP {name}: {killed} of {len(points)} runs were killed"
