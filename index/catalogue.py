@@ -288,6 +288,9 @@ class Catalogue:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
+            except OSError as exc:  # the index file could not be written: disk full, I/O
+                self._abandon_write()
+                raise CatalogueError(f"could not write to {self.directory}: {exc}") from exc
             except BaseException:
                 self._abandon_write()
                 raise

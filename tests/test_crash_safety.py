@@ -41,6 +41,7 @@ pytestmark = [
 
 DURABILITY_SYSCALLS = ("fsync", "fdatasync", "rename", "renameat", "renameat2")
 WRITE_KEY = "crash-write-key-7"
+Completed = subprocess.CompletedProcess
 SONG_IDS = ("a", "b", "c")
 #: Kill runs in flight at once (each mostly waits on its traced process).
 PARALLEL_RUNS = 2
@@ -198,6 +199,24 @@ def test_cli_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
             check_recovery(work, write, crash_audio, f"{write.name} killed at {syscall} #{n}")
     # a point the first run reached and a later one did not would be a thread-timing quirk
     assert killed >= len(points) - 1, f"{write.name}: {killed} of {len(points)} runs were killed"
+
+    def fail_at(point: tuple[str, int]) -> tuple[tuple[str, int], Path, Completed]:
+        syscall, n = point
+        work = tmp_path / f"failed-{syscall}-{n}"
+        shutil.copytree(base_catalogue, work)
+        failing = ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={syscall}",
+                   "-e", f"inject={syscall}:error=EIO:when={n}"]  # fmt: skip
+        command = failing + tunetrace_command(*write.args(work, crash_audio))
+        return point, work, subprocess.run(command, capture_output=True, text=True, timeout=300)
+
+    # The same points failing with an I/O error (a disk full or failing) instead of a kill:
+    # a clear error or success, never a traceback, and a whole catalogue either way.
+    with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
+        for (syscall, n), work, result in pool.map(fail_at, points):
+            context = f"{write.name} with {syscall} #{n} failing"
+            assert "Traceback" not in result.stderr, f"{context}: {result.stderr}"
+            assert result.returncode in (0, 1, 2), f"{context}: exit {result.returncode}"
+            check_recovery(work, write, crash_audio, context)
 
 
 @pytest.fixture(scope="module")
