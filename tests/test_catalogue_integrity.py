@@ -1,0 +1,200 @@
+"""The catalogue's write protocol: failed writes, readers, leftovers, writers side by side."""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue, ReferenceData
+
+from tests.conftest import synth_song, write_audio
+from tunetrace.candidates import PATCH_BITS, _add_best_neighbour_bin
+from tunetrace.errors import CatalogueError
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ReferenceData, Path]]:
+    """Three fingerprinted songs and a 9-s excerpt of each."""
+    folder = tmp_path_factory.mktemp("integrity")
+    out = {}
+    for seed, name in enumerate("xyz", start=31):
+        samples = synth_song(seed, duration_s=20)
+        data = fingerprint_reference(write_audio(folder / f"{name}.wav", samples),
+                                     params=FingerprintParams())  # fmt: skip
+        excerpt = write_audio(folder / f"{name}-excerpt.wav", samples[3 * 22050 : 12 * 22050])
+        out[name] = (data, excerpt)
+    return out
+
+
+def _found(catalogue: Catalogue, excerpt: Path) -> list[str]:
+    return [m.reference_id for m in Matcher(catalogue).match_path(excerpt).matches]
+
+
+def test_a_write_failing_inside_its_transaction_leaves_memory_as_sqlite(
+    tmp_path: Path, three: dict
+) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+        catalogue.add("y", three["y"][0])
+        broken = replace(three["y"][0], spectrum_codes=None)  # NOT NULL: the INSERT fails
+        # ... after the replaced reference's vectors were dropped from the in-memory index
+        with pytest.raises(Exception, match="NOT NULL"):
+            catalogue.add("y", broken, replace=True)
+        catalogue.add("z", three["z"][0])  # the next write publishes what memory holds
+        assert catalogue.count() == 3
+        for name in "xyz":
+            assert _found(catalogue, three[name][1]) == [name]
+    with Catalogue(tmp_path / "cat", read_only=True) as reader:
+        for name in "xyz":
+            assert _found(reader, three[name][1]) == [name]
+
+
+def test_readers_never_write_and_see_a_batch_before_it_is_published(
+    tmp_path: Path, three: dict
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+        published = sorted(p.name for p in directory.iterdir())
+        writer.add("y", three["y"][0], save_index=False)  # a batch add, not yet published
+        writer.remove("x")  # ... then a removal, which publishes
+        writer.add("z", three["z"][0], save_index=False)
+        before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+        with Catalogue(directory, read_only=True) as reader:
+            assert _found(reader, three["y"][1]) == ["y"]
+            assert _found(reader, three["z"][1]) == ["z"]  # from the in-memory layer
+            assert _found(reader, three["x"][1]) == []
+            with pytest.raises(CatalogueError, match="read-only"):
+                reader.save_index()
+        after = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()
+                 if not p.name.startswith("catalogue.sqlite")}  # fmt: skip
+        assert after == {k: v for k, v in before.items() if k in after}, "a reader wrote a file"
+        assert set(after) <= set(before)
+    assert published  # the first write published an index file
+
+
+def test_a_writer_sweeps_files_a_killed_write_left(tmp_path: Path, three: dict) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+        current = writer.index_path
+        leftovers = [
+            directory / ".vectors-abc123.tmp",
+            directory / "vectors-9-0123456789abcdef.faiss",
+        ]
+        for leftover in leftovers:
+            leftover.write_bytes(b"half a file")
+        writer.add("y", three["y"][0])
+        assert not any(p.exists() for p in leftovers)
+        assert not current.exists() and writer.index_path.exists()  # the old one went too
+        assert _found(writer, three["x"][1]) == ["x"]
+
+
+def test_two_writers_in_two_threads_keep_every_reference(tmp_path: Path, three: dict) -> None:
+    directory = tmp_path / "cat"
+    Catalogue(directory, create=True).close()
+    errors: list[BaseException] = []
+
+    def write(name: str) -> None:
+        try:
+            with Catalogue(directory) as writer:  # a connection and a lock file of its own
+                for round_number in range(5):
+                    writer.add(f"{name}{round_number}", three[name][0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in "xy"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    with Catalogue(directory, read_only=True) as reader:
+        assert reader.count() == 10
+        _, ids = reader.search(three["x"][0].vectors, 10)
+        keys = {int(k) for k in np.unique(ids[ids >= 0] >> PATCH_BITS)}
+        assert keys == {record.key for record in reader.list(limit=20)}
+
+
+def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
+    tmp_path: Path, three: dict
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+        writer.add("y", three["y"][0])
+    stop = threading.Event()
+    cycles = 0
+
+    def churn() -> None:
+        nonlocal cycles
+        with Catalogue(directory) as writer:
+            while not stop.is_set() and cycles < 150:
+                writer.remove("x")
+                writer.add("x", three["x"][0])
+                cycles += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    failures, results = [], []
+    try:
+        with Catalogue(directory, read_only=True) as reader:
+            matcher = Matcher(reader)
+            while thread.is_alive():
+                for name in "xy":
+                    try:
+                        found = [m.reference_id for m in matcher.match_path(three[name][1]).matches]
+                        results.append((name, found))
+                    except Exception as exc:
+                        failures.append(repr(exc))
+    finally:
+        stop.set()
+        thread.join()
+    assert cycles >= 50 and len(results) >= 20
+    assert failures == []
+    assert all(found == ["y"] for name, found in results if name == "y")
+    assert all(found in ([], ["x"]) for name, found in results if name == "x")
+
+
+def test_neighbour_votes_do_not_overflow_with_large_reference_keys() -> None:
+    rng = np.random.default_rng(0)
+    triples = np.unique(
+        np.stack([rng.integers(1, 4, 400), rng.integers(0, 3, 400), rng.integers(-5, 5, 400)], 1),
+        axis=0,
+    )
+    totals = rng.random(len(triples))
+    small = _add_best_neighbour_bin(triples, totals)
+    # the same places under keys far past 2**19 (where packing into one int64 overflowed)
+    shifted = triples.copy()
+    shifted[:, 0] += 2**38
+    np.testing.assert_array_equal(_add_best_neighbour_bin(shifted, totals), small)
+    # and by definition: each triple gains its best neighbour one offset bin away
+    for row, value in zip(triples[:50], small[:50], strict=True):
+        neighbours = [
+            totals[j] for j, other in enumerate(triples)
+            if other[0] == row[0] and other[1] == row[1] and abs(other[2] - row[2]) == 1
+        ]  # fmt: skip
+        own = totals[np.flatnonzero((triples == row).all(axis=1))[0]]
+        assert value == pytest.approx(own + max(neighbours, default=0.0))
+
+
+def test_lock_file_is_released_when_a_writer_closes(tmp_path: Path, three: dict) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+    lock = directory / "catalogue.lock"
+    assert lock.exists()
+    import fcntl
+
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: nobody holds it
+    finally:
+        os.close(fd)
