@@ -306,8 +306,8 @@ def test_upload_over_the_limit_is_refused_while_streaming(
 
 def test_audio_over_the_duration_limit_is_refused(client: TestClient, tmp_path: Path) -> None:
     # 130 s of quiet noise compresses to well under the 2 MB upload limit as low-rate FLAC
-    long_audio = np.random.default_rng(0).normal(0, 0.01, 130 * 4000).astype(np.float32)
-    path = write_audio(tmp_path / "long.flac", long_audio, sample_rate=4000)
+    long_audio = np.random.default_rng(0).normal(0, 0.01, 130 * 8000).astype(np.float32)
+    path = write_audio(tmp_path / "long.flac", long_audio, sample_rate=8000)
     assert path.stat().st_size < MAX_UPLOAD_MB * 1_000_000
     response = client.post("/v1/match", headers=READ, files=_file(path))
     assert response.status_code == 413
