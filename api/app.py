@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -37,6 +38,11 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("tunetrace.access")
 REVIEW_PAGE = Path(__file__).parent / "static" / "review.html"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: Methods recorded by name in logs and metrics; any other is recorded as "other", so that
+#: made-up methods cannot add metric series.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+#: Status of a request whose client went away before the answer (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -44,6 +50,7 @@ _HTTP_CODES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "upload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -79,6 +86,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             references=app.state.catalogue.count,
             queue_depth=lambda: app.state.pool.queue_depth,
             busy=lambda: app.state.pool.busy,
+            admitted=lambda: app.state.pool.admitted,
         )
         await app.state.pool.warm_up()
         logger.info(
@@ -137,6 +145,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return _error_response(ApiError(422, "invalid_request", problems or "invalid request"))
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+        # nobody is left to read an answer: no error body, no traceback; the access log
+        # records 499 (client closed request), not a server error
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
@@ -157,7 +171,8 @@ class AccessLogMiddleware:
     """One structured log line and metrics per request; a request id on every response.
 
     The line has the request id, method, route template, status and duration; never the
-    query string, headers or body (no keys, no audio).
+    query string, headers or body (no keys, no audio). Labels come from fixed sets: a method
+    outside :data:`KNOWN_METHODS` is "other", a path no route matches is "unmatched".
     """
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
@@ -186,7 +201,7 @@ class AccessLogMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = _route_template(scope)
-            method = scope.get("method", "")
+            method = _method_label(scope)
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
             access_logger.info(
@@ -219,6 +234,11 @@ def _request_id(scope: Scope) -> str:
             if _REQUEST_ID.match(text):
                 return text
     return uuid.uuid4().hex
+
+
+def _method_label(scope: Scope) -> str:
+    method = str(scope.get("method", ""))
+    return method if method in KNOWN_METHODS else "other"
 
 
 def _route_template(scope: Scope) -> str:

@@ -46,6 +46,11 @@ class ServiceMetrics:
             "Requests waiting for a worker process.",
             registry=self.registry,
         )
+        self.admitted = Gauge(
+            "tunetrace_admitted_requests",
+            "Requests holding an admission slot (receiving an upload, queued or processed).",
+            registry=self.registry,
+        )
         self.busy = Gauge(
             "tunetrace_busy_requests",
             "Requests being processed by, or waiting for, a worker process.",
@@ -58,8 +63,10 @@ class ServiceMetrics:
         references: Callable[[], float],
         queue_depth: Callable[[], float],
         busy: Callable[[], float],
+        admitted: Callable[[], float] = lambda: 0,
     ) -> None:
         """Read the gauges from callables at scrape time."""
         self.catalogue_references.set_function(references)
         self.queue_depth.set_function(queue_depth)
         self.busy.set_function(busy)
+        self.admitted.set_function(admitted)

@@ -123,6 +123,10 @@ class HealthModel(BaseModel):
     version: str
     uptime_s: float
     workers: int
+    admitted: int = Field(
+        description="Requests holding an admission slot: receiving their upload, waiting for a "
+        "worker or being processed (at most workers + max_queue)."
+    )
     busy: int = Field(description="Requests being processed or waiting for a worker.")
     queue_depth: int = Field(description="Requests waiting for a worker.")
 

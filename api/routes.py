@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Awaitable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -47,13 +47,15 @@ _FALSE = {"", "0", "false", "no", "off"}
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     described = {
-        400: "Malformed request body.",
+        400: "Malformed request body (also: one that ends before its closing boundary).",
+        408: "The upload stalled (sent nothing for the idle timeout).",
         401: "No API key, or not a valid one.",
         403: "The API key's role does not allow this.",
         404: "No such reference.",
         409: "A reference with this id exists (send replace=true to overwrite it).",
         413: "Upload over the size limit, or audio over the duration limit.",
-        415: "Not multipart/form-data, or audio that cannot be decoded.",
+        415: "Not multipart/form-data, or audio that cannot be decoded (or that has more "
+        "channels or another sample rate than accepted).",
         422: "Audio too short, or invalid fields.",
         503: "All workers busy and the queue full (see Retry-After).",
     }
@@ -133,6 +135,7 @@ async def health(request: Request) -> HealthModel:
         version=__version__,
         uptime_s=round(time.monotonic() - state.started, 3),
         workers=state.pool.workers,
+        admitted=state.pool.admitted,
         busy=state.pool.busy,
         queue_depth=state.pool.queue_depth,
     )
@@ -142,7 +145,7 @@ async def health(request: Request) -> HealthModel:
     "/match",
     response_model=MatchReportModel,
     tags=["match"],
-    responses=_errors(400, 401, 403, 413, 415, 422, 503),
+    responses=_errors(400, 401, 403, 408, 413, 415, 422, 503),
     openapi_extra=_upload_body(),
 )
 async def match(
@@ -197,7 +200,7 @@ async def match(
             "description": "The evidence image (format=png) or the data behind it (json).",
             "content": {"image/png": {}, "application/json": {}},
         },
-        **_errors(400, 401, 403, 404, 413, 415, 422, 503),
+        **_errors(400, 401, 403, 404, 408, 413, 415, 422, 503),
     },
     openapi_extra=_upload_body(
         ("reference_id", _text_field("Explain against this reference [default: the best]."))
@@ -234,19 +237,24 @@ async def explain(
     return JSONResponse(result)
 
 
-def _admitted_upload(
+@contextlib.asynccontextmanager
+async def _admitted_upload(
     request: Request, text_fields: tuple[str, ...] = ()
-) -> AbstractAsyncContextManager[Upload]:
-    """Refuse at once (503) when the workers are saturated, before the body is read; else
-    stream the upload to a temporary file under the size limit."""
+) -> AsyncIterator[Upload]:
+    """Take an admission slot before the body is read (503 at once when none is free), then
+    stream the upload to a temporary file under the size limit; the slot is held until the
+    block ends."""
     state = request.app.state
-    state.pool.check_capacity()
-    return receive_upload(
-        request,
-        max_bytes=state.settings.max_upload_bytes,
-        text_fields=text_fields,
-        directory=state.settings.upload_dir,
-    )
+    settings = state.settings
+    with state.pool.admit():
+        async with receive_upload(
+            request,
+            max_bytes=settings.max_upload_bytes,
+            text_fields=text_fields,
+            directory=settings.upload_dir,
+            idle_timeout_s=settings.upload_idle_timeout_s,
+        ) as upload:
+            yield upload
 
 
 def _flag(value: str | None, name: str) -> bool:
@@ -263,7 +271,7 @@ def _flag(value: str | None, name: str) -> bool:
     response_model=ReferenceModel,
     status_code=201,
     tags=["references"],
-    responses=_errors(400, 401, 403, 409, 413, 415, 422, 503),
+    responses=_errors(400, 401, 403, 408, 409, 413, 415, 422, 503),
     openapi_extra=_upload_body(
         (
             "id",

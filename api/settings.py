@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Role = Literal["read", "write"]
 ROLES: tuple[Role, ...] = ("read", "write")
+#: A key is printable ASCII without spaces: what an ``Authorization`` header carries unchanged.
+_KEY_CHARACTERS = re.compile(r"[!-~]+")
 
 
 def parse_api_keys(value: str) -> dict[str, Role]:
@@ -30,8 +33,10 @@ def parse_api_keys(value: str) -> dict[str, Role]:
     Raises
     ------
     ValueError
-        On an item without a role, an unknown role, an empty key or a repeated key. The message
-        never contains a key.
+        On an item without a role, an unknown role, an empty key, a key with whitespace or
+        characters outside printable ASCII (it could never be sent in a header as it is) or a
+        repeated key. Items are named by their position: the message never contains any part
+        of an item, since a misplaced separator can put a secret anywhere in it.
     """
     keys: dict[str, Role] = {}
     for position, item in enumerate(filter(None, (part.strip() for part in value.split(","))), 1):
@@ -39,7 +44,16 @@ def parse_api_keys(value: str) -> dict[str, Role]:
         if not separator or not key:
             raise ValueError(f"API key #{position} is not written as key:role")
         if role not in ROLES:
-            raise ValueError(f"API key #{position} has role {role!r}; roles are read and write")
+            hint = " (it starts with a role: the key comes first)" if key in ROLES else ""
+            raise ValueError(
+                f"API key #{position} does not end in ':read' or ':write'{hint}; "
+                "write each item as key:role"
+            )
+        if not _KEY_CHARACTERS.fullmatch(key):
+            raise ValueError(
+                f"API key #{position} contains whitespace or characters outside printable ASCII; "
+                "keys may use letters, digits and punctuation only"
+            )
         if key in keys:
             raise ValueError(f"API key #{position} is given twice")
         keys[key] = role  # type: ignore[assignment]
@@ -53,7 +67,10 @@ class ApiSettings(BaseSettings):
     (``TUNETRACE_API_KEYS``, ``TUNETRACE_MAX_UPLOAD_MB`` ...).
     """
 
-    model_config = SettingsConfigDict(env_prefix="TUNETRACE_", extra="ignore")
+    # validation errors never repeat the input: it may hold API keys
+    model_config = SettingsConfigDict(
+        env_prefix="TUNETRACE_", extra="ignore", hide_input_in_errors=True
+    )
 
     catalogue: Path = Field(Path("catalogue"), description="Catalogue directory.")
     api_keys: SecretStr = Field(
@@ -73,6 +90,12 @@ class ApiSettings(BaseSettings):
         None, description="Where uploads are spooled while they are processed [system temp]."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 responses.")
+    upload_idle_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="An upload that sends nothing for this many seconds is refused (408) and "
+        "frees its admission slot.",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -1,12 +1,17 @@
 """Multipart uploads streamed to a temporary file under a hard size limit.
 
 The request body is parsed as it arrives (python-multipart's streaming parser): the audio part
-goes straight to disk, the upload is cut off with 413 as soon as it passes the limit, and the
-temporary file is removed when the request is done, whatever happened.
+goes straight to disk, and the upload is cut off with 413 as soon as the file passes the limit
+or the whole body (every part, ignored ones too, and the framing) passes the limit plus
+:data:`FRAMING_SLACK_BYTES`. A body that stops sending for ``idle_timeout_s`` gets 408, one
+that ends before its closing boundary 400, and a client that goes away is logged, not
+treated as a server error. The temporary file is removed when the request is done, whatever
+happened.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -17,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 from tunetrace.api.errors import ApiError
 
@@ -27,8 +32,11 @@ FILE_FIELD = "file"
 #: Form fields other than the file are short texts.
 MAX_FIELD_BYTES = 4096
 MAX_PARTS = 16
-#: Multipart framing allowed on top of the upload limit before Content-Length is refused.
+#: Multipart framing and text fields allowed on top of the upload limit: a body longer than
+#: the limit plus this is refused (from Content-Length, or while it streams).
 FRAMING_SLACK_BYTES = 64 * 1024
+#: Default seconds an upload may send nothing before it is refused.
+DEFAULT_IDLE_TIMEOUT_S = 30.0
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
 
 
@@ -129,6 +137,41 @@ def _too_large(max_bytes: int) -> ApiError:
     )
 
 
+async def _body_chunks(
+    request: Request, *, max_bytes: int, idle_timeout_s: float
+) -> AsyncIterator[bytes]:
+    """The request body's chunks as they arrive, refused past ``max_bytes`` plus framing.
+
+    Raises
+    ------
+    ApiError
+        413 past the limit, 408 when nothing arrives for ``idle_timeout_s``.
+    ClientDisconnect
+        When the client goes away before the body ends.
+    """
+    max_body_bytes = max_bytes + FRAMING_SLACK_BYTES
+    received = 0
+    while True:
+        try:
+            message = await asyncio.wait_for(request.receive(), idle_timeout_s)
+        except TimeoutError as exc:
+            raise ApiError(
+                408,
+                "upload_timeout",
+                f"the upload sent nothing for {idle_timeout_s:g} s; send the body without pauses",
+            ) from exc
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        received += len(chunk)
+        if received > max_body_bytes:
+            raise _too_large(max_bytes)
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
+
+
 @contextlib.asynccontextmanager
 async def receive_upload(
     request: Request,
@@ -136,6 +179,7 @@ async def receive_upload(
     max_bytes: int,
     text_fields: tuple[str, ...] = (),
     directory: Path | None = None,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
 ) -> AsyncIterator[Upload]:
     """Stream a ``multipart/form-data`` request with one ``file`` part to a temporary file.
 
@@ -143,11 +187,14 @@ async def receive_upload(
     ----------
     request : Request
     max_bytes : int
-        Largest accepted file; the upload is refused as soon as it passes this.
+        Largest accepted file; the upload is refused as soon as it passes this, or as soon as
+        the whole body passes it plus :data:`FRAMING_SLACK_BYTES`.
     text_fields : tuple of str
-        Names of the text fields to keep (others are ignored).
+        Names of the text fields to keep (others are ignored, though their bytes count).
     directory : Path, optional
         Where the temporary file goes (default: the system's temporary folder).
+    idle_timeout_s : float
+        Longest pause, in seconds, between two pieces of the body.
 
     Yields
     ------
@@ -158,7 +205,10 @@ async def receive_upload(
     ------
     ApiError
         415 if the body is not multipart, 413 over the limit, 422 without a file or with bad
-        fields, 400 for a malformed body.
+        fields, 400 for a malformed body or one that ends before its closing boundary, 408
+        for a body that stalls.
+    ClientDisconnect
+        When the client goes away mid-upload (logged at info level).
     """
     content_type, options = parse_options_header(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or not options.get(b"boundary"):
@@ -176,8 +226,9 @@ async def receive_upload(
         with os.fdopen(handle, "wb") as sink:
             collector = _PartCollector(sink, max_bytes, frozenset(text_fields))
             parser = MultipartParser(options[b"boundary"], collector.callbacks())
+            chunks = _body_chunks(request, max_bytes=max_bytes, idle_timeout_s=idle_timeout_s)
             try:
-                async for chunk in request.stream():
+                async for chunk in chunks:
                     parser.write(chunk)
                 parser.finalize()
             except MultipartParseError as exc:
@@ -187,6 +238,12 @@ async def receive_upload(
             except ClientDisconnect:
                 logger.info("client disconnected during upload")
                 raise
+            if parser.state != MultipartState.END:
+                raise ApiError(
+                    400,
+                    "malformed_request",
+                    "the multipart body ends before its closing boundary (--BOUNDARY--)",
+                )
         if not collector.seen_file:
             raise ApiError(422, "missing_file", "the form has no 'file' field with the audio")
         filename = collector.filename or "upload"

@@ -2,16 +2,19 @@
 
 CPU-bound work never runs on the event loop. Each worker process opens the catalogue once
 (index and reference features stay loaded) and picks up changes by its generation counter.
-Admission is bounded: ``workers`` requests run, ``max_queue`` more wait, and beyond that the
-service answers 503 with ``Retry-After`` instead of piling work up.
+Admission is bounded: a request takes a slot when its headers arrive, before its body is read,
+and gives it back when it ends, whatever happened; ``workers + max_queue`` slots exist, and
+beyond that the service answers 503 with ``Retry-After`` instead of piling work (or spooled
+uploads) up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -95,6 +98,7 @@ class WorkerPool:
         self.workers = workers
         self.capacity = workers + max_queue
         self.retry_after_s = retry_after_s
+        self.admitted = 0
         self.busy = 0
         self._executor = self._start()
 
@@ -112,14 +116,19 @@ class WorkerPool:
         """Requests admitted but waiting for a free worker."""
         return max(0, self.busy - self.workers)
 
-    def check_capacity(self) -> None:
-        """Raise 503 now if a new request could not be admitted.
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the ``workers + max_queue`` admission slots for the ``with`` block.
+
+        Take it when a request's headers have arrived, before its body is read; the slot is
+        given back when the block ends, however it ends.
 
         Raises
         ------
         ApiError
+            503 ``busy`` with ``Retry-After`` when every slot is taken.
         """
-        if self.busy >= self.capacity:
+        if self.admitted >= self.capacity:
             raise ApiError(
                 503,
                 "busy",
@@ -127,16 +136,22 @@ class WorkerPool:
                 "requests are waiting; retry later",
                 headers={"Retry-After": str(self.retry_after_s)},
             )
+        self.admitted += 1
+        try:
+            yield
+        finally:
+            self.admitted -= 1
 
     async def run(self, function: Callable[..., T], *args: Any) -> T:
         """Run ``function(*args)`` in a worker process and await its result.
 
+        Callers hold an admission slot (:meth:`admit`), which bounds how many jobs wait.
+
         Raises
         ------
         ApiError
-            503 if the pool is full, or if a worker process died (the pool is restarted).
+            503 if a worker process died (the pool is restarted).
         """
-        self.check_capacity()
         self.busy += 1
         try:
             return await asyncio.wrap_future(self._executor.submit(function, *args))

@@ -4,11 +4,22 @@ Decoders are tried in order: libsndfile (through ``soundfile``: WAV, FLAC, OGG/V
 and then FFmpeg's libraries (through ``av``: Opus, AAC/M4A and anything libsndfile rejects).
 Some real Vorbis files are read by one and rejected by the other, so both are always tried.
 Resampling uses ``soxr`` (high quality); nothing shells out.
+
+Decoding is bounded whatever a file's header claims: files with more than
+:data:`MAX_CHANNELS` channels or a sample rate outside :data:`MIN_SAMPLE_RATE_HZ` ..
+:data:`MAX_SAMPLE_RATE_HZ` are refused from their header, and samples are read, mixed down and
+resampled :data:`BLOCK_FRAMES` frames at a time, so memory follows the mono output at the
+analysis rate, never frames x channels of the whole file. Decoding stops as soon as the audio
+passes the duration limit. Blocks give the same samples as decoding the file in one piece,
+except with libsndfile's MPEG decoder (MP3), which gives different samples around some block
+boundaries: MPEG audio is read in one piece, which the format bounds (at most 2 channels at
+48 kHz) and which never holds more frames than the duration limit allows.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +27,7 @@ import numpy as np
 import soundfile
 import soxr
 
-from tunetrace.errors import AudioDecodeError, AudioTooLongError
+from tunetrace.errors import AudioDecodeError, AudioTooLongError, UnsupportedAudioError
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +37,15 @@ DEFAULT_MAX_DURATION_S = 1200.0
 SEEK_PREROLL_S = 1.0
 #: ... and at least this long before the end of the file.
 SEEK_END_MARGIN_S = 30.0
+#: Most channels accepted (7.1 surround); a header declaring more is refused.
+MAX_CHANNELS = 8
+#: Sample rates accepted, in Hz (telephone audio to high-resolution masters).
+MIN_SAMPLE_RATE_HZ = 8_000
+MAX_SAMPLE_RATE_HZ = 192_000
+#: Frames read, mixed down and resampled at a time (at most 2 MB of float32 at 8 channels).
+BLOCK_FRAMES = 65_536
+#: Lowest MPEG audio bit rate: bounds how much audio an MP3 of a given size can hold.
+MPEG_MIN_BITRATE_BPS = 8_000
 
 
 @dataclass(frozen=True)
@@ -75,8 +95,12 @@ def load_audio(
     ------
     AudioDecodeError
         If the file is missing, empty, or no decoder can read it.
+    UnsupportedAudioError
+        If the file declares more than :data:`MAX_CHANNELS` channels or a sample rate outside
+        :data:`MIN_SAMPLE_RATE_HZ` .. :data:`MAX_SAMPLE_RATE_HZ` (a subclass of
+        :class:`AudioDecodeError`).
     AudioTooLongError
-        If the audio is longer than ``max_duration_s``.
+        If the audio is longer than ``max_duration_s`` (decoding stops there).
     """
     path = Path(path)
     if not path.is_file():
@@ -86,16 +110,16 @@ def load_audio(
     errors: list[str] = []
     for decoder in (_decode_soundfile, _decode_av):
         try:
-            samples, native_rate = decoder(path, max_duration_s)
-        except AudioTooLongError:
-            raise
+            samples = decoder(path, max_duration_s, sample_rate_hz)
+        except (AudioTooLongError, UnsupportedAudioError):
+            raise  # the file says so itself: another decoder would only spend more on it
         except Exception as exc:  # decoders raise many unrelated types on bad data
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {exc}")
             continue
         if samples.size == 0:
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: no audio samples")
             continue
-        return Audio(_resample(samples, native_rate, sample_rate_hz), sample_rate_hz)
+        return Audio(samples, sample_rate_hz)
     logger.debug("could not decode %s: %s", path, "; ".join(errors))
     raise AudioDecodeError(f"{path.name}: not a readable audio file ({'; '.join(errors)})")
 
@@ -110,12 +134,14 @@ def seekable_length(path: str | Path) -> tuple[int, int] | None:
     Returns
     -------
     length : tuple of (n_samples, native_rate_hz) or None
-        ``None`` when libsndfile cannot open the file, cannot seek in it or does not know its
-        length in advance (callers then decode the whole file with :func:`load_audio`).
+        ``None`` when libsndfile cannot open the file, cannot seek in it, does not know its
+        length in advance or the format is outside the accepted limits (callers then decode
+        the whole file with :func:`load_audio`, which says what is wrong).
     """
     try:
         with soundfile.SoundFile(str(path)) as handle:
-            if handle.seekable() and handle.frames > 0 and handle.samplerate > 0:
+            _check_format(Path(path), int(handle.channels), int(handle.samplerate))
+            if handle.seekable() and handle.frames > 0:
                 return int(handle.frames), int(handle.samplerate)
     except Exception as exc:  # any failure here means "decode the whole file"
         logger.debug("%s: no seekable length (%s)", path, exc)
@@ -151,10 +177,13 @@ def load_audio_span(
     ------
     AudioDecodeError
         If libsndfile cannot read the span.
+    UnsupportedAudioError
+        If the file's channels or sample rate are outside the accepted limits.
     """
     try:
         with soundfile.SoundFile(str(path)) as handle:
             native_rate = int(handle.samplerate)
+            _check_format(Path(path), int(handle.channels), native_rate)
             start = max(0, round(start_s * native_rate))
             landing = max(
                 0,
@@ -164,14 +193,19 @@ def load_audio_span(
                 ),
             )
             handle.seek(landing)
-            wanted = start - landing + round(duration_s * native_rate)
-            data = handle.read(wanted, dtype="float32", always_2d=True)[start - landing :]
+            sink = _MonoSink(native_rate, sample_rate_hz)
+            skip = start - landing
+            for mono in _mono_blocks(handle, skip + round(duration_s * native_rate)):
+                sink.add(mono[skip:])
+                skip = max(0, skip - len(mono))
+    except UnsupportedAudioError:
+        raise
     except Exception as exc:  # libsndfile raises several types on bad data
         message = f"{Path(path).name}: cannot read {start_s:.1f} s onwards ({exc})"
         raise AudioDecodeError(message) from exc
-    if len(data) == 0:
+    if sink.n_input == 0:
         raise AudioDecodeError(f"{Path(path).name}: no audio samples from {start_s:.1f} s onwards")
-    return Audio(_resample(_mix_down(data), native_rate, sample_rate_hz), sample_rate_hz)
+    return Audio(sink.finish(), sample_rate_hz)
 
 
 def _too_long(path: Path, duration_s: float, max_duration_s: float | None) -> None:
@@ -182,17 +216,100 @@ def _too_long(path: Path, duration_s: float, max_duration_s: float | None) -> No
         )
 
 
-def _decode_soundfile(path: Path, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+def _check_format(path: Path, channels: int, sample_rate_hz: int) -> None:
+    """Refuse channel counts and sample rates outside the accepted limits."""
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise UnsupportedAudioError(
+            f"{path.name}: {channels} audio channels are not accepted (at most {MAX_CHANNELS})"
+        )
+    if not MIN_SAMPLE_RATE_HZ <= sample_rate_hz <= MAX_SAMPLE_RATE_HZ:
+        raise UnsupportedAudioError(
+            f"{path.name}: a sample rate of {sample_rate_hz} Hz is not accepted "
+            f"({MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz)"
+        )
+
+
+class _MonoSink:
+    """Collects mono blocks at ``from_hz`` as float32 at ``to_hz``, resampling as they come.
+
+    soxr's streaming resampler gives the same samples as resampling the whole signal at once.
+    """
+
+    def __init__(self, from_hz: int, to_hz: int) -> None:
+        self.n_input = 0
+        self._chunks: list[np.ndarray] = []
+        self._stream = (
+            None
+            if from_hz == to_hz
+            else soxr.ResampleStream(from_hz, to_hz, 1, dtype="float32", quality="HQ")
+        )
+
+    def add(self, mono: np.ndarray) -> None:
+        """Append mono samples (float32, shape ``(n,)``)."""
+        if mono.size == 0:
+            return
+        self.n_input += mono.size
+        if self._stream is None:
+            self._chunks.append(np.array(mono, dtype=np.float32))
+        else:
+            self._chunks.append(self._stream.resample_chunk(np.ascontiguousarray(mono)))
+
+    def finish(self) -> np.ndarray:
+        """All samples at the output rate (empty if nothing was added)."""
+        if self._stream is not None and self.n_input:
+            self._chunks.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        if not self._chunks:
+            return np.zeros(0, np.float32)
+        samples = np.concatenate(self._chunks).astype(np.float32, copy=False)
+        self._chunks = []
+        return samples
+
+
+def _decode_soundfile(path: Path, max_duration_s: float | None, sample_rate_hz: int) -> np.ndarray:
     with soundfile.SoundFile(str(path)) as handle:
         native_rate = int(handle.samplerate)
+        _check_format(path, int(handle.channels), native_rate)
         if handle.frames > 0:
             _too_long(path, handle.frames / native_rate, max_duration_s)
-        data = handle.read(dtype="float32", always_2d=True)
-    _too_long(path, len(data) / native_rate, max_duration_s)
-    return _mix_down(data), native_rate
+        if max_duration_s is not None:
+            most_frames = int(max_duration_s * native_rate) + 1  # one more: "too long" shows
+        else:
+            most_frames = int(path.stat().st_size * 8 / MPEG_MIN_BITRATE_BPS + 1) * native_rate
+        sink = _MonoSink(native_rate, sample_rate_hz)
+        for mono in _mono_blocks(handle, most_frames if _is_mpeg(handle) else None):
+            sink.add(mono)
+            _too_long(path, sink.n_input / native_rate, max_duration_s)
+    return sink.finish()
 
 
-def _decode_av(path: Path, max_duration_s: float | None) -> tuple[np.ndarray, int]:
+def _is_mpeg(handle: soundfile.SoundFile) -> bool:
+    return str(handle.subtype).startswith("MPEG_LAYER")
+
+
+def _mono_blocks(handle: soundfile.SoundFile, n_frames: int | None) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of the next ``n_frames`` frames (``None``: to the end).
+
+    MPEG audio comes in one block of at most ``n_frames`` (see the module's docstring); for
+    MPEG, ``n_frames`` must be given.
+    """
+    if _is_mpeg(handle):
+        assert n_frames is not None, "MPEG audio is read in one piece of a bounded length"
+        data = handle.read(n_frames, dtype="float32", always_2d=True)
+        if len(data):
+            yield _mix_down(data)
+        return
+    remaining = n_frames
+    while remaining is None or remaining > 0:
+        count = BLOCK_FRAMES if remaining is None else min(BLOCK_FRAMES, remaining)
+        block = handle.read(count, dtype="float32", always_2d=True)
+        if len(block) == 0:
+            return
+        if remaining is not None:
+            remaining -= len(block)
+        yield _mix_down(block)
+
+
+def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) -> np.ndarray:
     import av  # imported lazily: only needed for formats libsndfile cannot read
 
     with av.open(str(path), metadata_errors="ignore") as container:
@@ -202,21 +319,25 @@ def _decode_av(path: Path, max_duration_s: float | None) -> tuple[np.ndarray, in
         native_rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         if native_rate <= 0:
             raise AudioDecodeError("unknown sample rate")
+        _check_format(path, _av_channels(stream.codec_context), native_rate)
         if container.duration is not None:
             _too_long(path, container.duration / 1_000_000, max_duration_s)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=native_rate)
-        chunks: list[np.ndarray] = []
-        n_samples = 0
+        sink = _MonoSink(native_rate, sample_rate_hz)
         for frame in container.decode(stream):
+            _check_format(path, _av_channels(frame), int(frame.sample_rate or native_rate))
             for out in resampler.resample(frame):
-                chunk = out.to_ndarray().reshape(-1)
-                chunks.append(chunk)
-                n_samples += chunk.size
-            _too_long(path, n_samples / native_rate, max_duration_s)
+                sink.add(out.to_ndarray().reshape(-1))
+            _too_long(path, sink.n_input / native_rate, max_duration_s)
         for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
-    return samples, native_rate
+            sink.add(out.to_ndarray().reshape(-1))
+    return sink.finish()
+
+
+def _av_channels(item: object) -> int:
+    """Channels of a PyAV codec context or frame (1 when the layout is unknown)."""
+    layout = getattr(item, "layout", None)
+    return int(getattr(layout, "nb_channels", 0) or getattr(item, "channels", 0) or 1)
 
 
 def _mix_down(data: np.ndarray) -> np.ndarray:
@@ -225,9 +346,3 @@ def _mix_down(data: np.ndarray) -> np.ndarray:
     if channels == 1:
         return data[:, 0]
     return data @ np.full(channels, 1.0 / channels, dtype=np.float32)
-
-
-def _resample(samples: np.ndarray, from_hz: int, to_hz: int) -> np.ndarray:
-    if from_hz == to_hz:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    return soxr.resample(samples, from_hz, to_hz, quality="HQ").astype(np.float32, copy=False)

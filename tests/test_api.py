@@ -14,6 +14,7 @@ import librosa
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 from tunetrace.api.app import create_app
 from tunetrace.api.settings import ApiSettings, parse_api_keys
 
@@ -264,8 +265,8 @@ def test_request_shape_errors(client: TestClient, upload_dir: Path) -> None:
         headers={**READ, "Content-Type": "multipart/form-data; boundary=XyZ"},
         content=b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRI',
     )
-    assert truncated_body.status_code in (400, 415, 422)
-    assert "error" in truncated_body.json()
+    assert truncated_body.status_code == 400
+    assert truncated_body.json()["error"]["code"] == "malformed_request"
     assert list(upload_dir.iterdir()) == []
 
 
@@ -306,8 +307,8 @@ def test_upload_over_the_limit_is_refused_while_streaming(
 
 def test_audio_over_the_duration_limit_is_refused(client: TestClient, tmp_path: Path) -> None:
     # 130 s of quiet noise compresses to well under the 2 MB upload limit as low-rate FLAC
-    long_audio = np.random.default_rng(0).normal(0, 0.01, 130 * 4000).astype(np.float32)
-    path = write_audio(tmp_path / "long.flac", long_audio, sample_rate=4000)
+    long_audio = np.random.default_rng(0).normal(0, 0.01, 130 * 8000).astype(np.float32)
+    path = write_audio(tmp_path / "long.flac", long_audio, sample_rate=8000)
     assert path.stat().st_size < MAX_UPLOAD_MB * 1_000_000
     response = client.post("/v1/match", headers=READ, files=_file(path))
     assert response.status_code == 413
@@ -349,3 +350,23 @@ def test_api_key_parsing() -> None:
         with pytest.raises(ValueError) as info:
             parse_api_keys(bad)
         assert "secretkey" not in str(info.value)  # messages never show a key
+
+
+def test_api_key_messages_never_show_any_part_of_an_item() -> None:
+    cases = {
+        "read:Secret-Token-77": "does not end in ':read' or ':write' (it starts with a role",
+        "Secret Token 77:read": "whitespace or characters outside printable ASCII",
+        "Secret\tToken:write": "whitespace or characters outside printable ASCII",
+        "Secret-Tökën-77:read": "whitespace or characters outside printable ASCII",
+        "ok-key:read,Secret-Token-77:owner": "API key #2 does not end in ':read' or ':write'",
+    }
+    for value, expected in cases.items():
+        with pytest.raises(ValueError) as info:
+            parse_api_keys(value)
+        assert expected in str(info.value)
+        for part in ("Secret", "Token", "Tökën", "owner", "ok-key"):
+            assert part not in str(info.value), str(info.value)
+    with pytest.raises(ValidationError) as settings_error:
+        ApiSettings(api_keys="read:Secret-Token-77")
+    assert "Secret-Token-77" not in str(settings_error.value)
+    assert parse_api_keys("a-Z_0~!@#$%^&*():write") == {"a-Z_0~!@#$%^&*()": "write"}

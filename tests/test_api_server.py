@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -13,8 +15,22 @@ from pathlib import Path
 
 import httpx
 import librosa
+import numpy as np
 import pytest
+import soundfile
 
+from benchmarks.hostile_audio import (
+    BOUNDARY,
+    endless_part,
+    memory_mb,
+    multipart,
+    patch_wav_header,
+    post_raw,
+    reset_peak,
+    server_processes,
+    stalled_uploads,
+    write_silence_flac,
+)
 from benchmarks.live_server import running_server
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 
@@ -193,3 +209,242 @@ def test_contract_fuzzing_finds_no_server_errors(base_url: str) -> None:
     assert result.returncode == 0, output[-4000:]
     generated = re.search(r"(\d+) generated", output)
     assert generated is not None and int(generated.group(1)) >= 100, output[-2000:]
+
+
+# --- hostile clients and hostile audio ------------------------------------------------------
+
+GUARDED_LIMIT_MB = 1.0
+IDLE_TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def spool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture(scope="module")
+def guarded_url(
+    tmp_path_factory: pytest.TempPathFactory, server_catalogue: Path, spool_dir: Path
+) -> Iterator[str]:
+    """One worker and a queue of two (3 admission slots), 1-MB uploads, 3-s idle timeout."""
+    with running_server(
+        server_catalogue,
+        api_keys=KEYS,
+        workers=1,
+        max_queue=2,
+        extra_env={
+            "TUNETRACE_UPLOAD_DIR": str(spool_dir),
+            "TUNETRACE_MAX_UPLOAD_MB": str(GUARDED_LIMIT_MB),
+            "TUNETRACE_UPLOAD_IDLE_TIMEOUT_S": str(IDLE_TIMEOUT_S),
+        },
+        log_path=tmp_path_factory.mktemp("guarded-logs") / "server.log",
+    ) as url:
+        yield url
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _wait_for(predicate, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_stalled_uploads_beyond_capacity_are_refused_before_their_body(
+    guarded_url: str, spool_dir: Path
+) -> None:
+    result = stalled_uploads(
+        _port(guarded_url), spool_dir, connections=20, wait_s=2.0, key=READ_KEY
+    )
+    assert result["spooled"] == 3, result  # workers + max_queue
+    assert result["refused_503"] == 17, result
+    assert result["other_answers"] == 0, result
+    # the stalled clients went away: their slots and spooled files are released
+    assert _wait_for(lambda: httpx.get(f"{guarded_url}/v1/health").json()["admitted"] == 0)
+    assert _wait_for(lambda: not any(spool_dir.iterdir()))
+
+
+def test_an_upload_that_stalls_is_refused_after_the_idle_timeout(
+    guarded_url: str, spool_dir: Path
+) -> None:
+    port = _port(guarded_url)
+    with socket.create_connection(("127.0.0.1", port), timeout=IDLE_TIMEOUT_S + 10) as sock:
+        sock.sendall(
+            f"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {READ_KEY}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Content-Length: 500000\r\n\r\n".encode()
+            + multipart("slow.wav", b"RIFF")[:120]
+        )
+        started = time.monotonic()
+        answer = sock.recv(65536)
+        waited = time.monotonic() - started
+        while chunk := sock.recv(65536):  # the server closes after answering
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert b'"upload_timeout"' in answer
+    assert IDLE_TIMEOUT_S - 0.5 < waited < IDLE_TIMEOUT_S + 5
+    assert _wait_for(lambda: httpx.get(f"{guarded_url}/v1/health").json()["admitted"] == 0)
+    assert not any(spool_dir.iterdir())
+
+
+def test_bytes_of_ignored_parts_count_against_the_upload_limit(
+    guarded_url: str, spool_dir: Path
+) -> None:
+    junk = b"x" * int(1.2 * GUARDED_LIMIT_MB * 1_000_000)  # over 1 MB + 64 KB of framing
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="junk"\r\n\r\n'.encode()
+        + junk
+        + b"\r\n"
+        + multipart("tiny.wav", b"RIFF0000WAVE")
+    )
+    # chunked, so that only counting the streamed bytes can refuse it
+    status, answer, _ = post_raw(
+        _port(guarded_url),
+        (body[i : i + 65536] for i in range(0, len(body), 65536)),
+        key=READ_KEY,
+    )
+    assert status == 413, answer
+    assert answer["error"]["code"] == "upload_too_large"
+    status, answer, _ = post_raw(_port(guarded_url), endless_part("junk"), key=READ_KEY)
+    assert status == 413 and answer["error"]["code"] == "upload_too_large"
+    assert _wait_for(lambda: not any(spool_dir.iterdir()))
+
+
+def test_a_body_without_its_closing_boundary_is_refused_and_not_stored(
+    base_url: str, tmp_path: Path
+) -> None:
+    source = write_audio(tmp_path / "unclosed.flac", synth_song(93, duration_s=35))
+    body = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="id"\r\n\r\nunclosed/ref\r\n'
+    ).encode() + multipart(source.name, source.read_bytes(), close=False)
+    response = httpx.post(
+        f"{base_url}/v1/references",
+        headers={**WRITE, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        content=body,
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "malformed_request"
+    assert httpx.get(f"{base_url}/v1/references/unclosed/ref", headers=READ).status_code == 404
+    closed = httpx.post(
+        f"{base_url}/v1/references",
+        headers={**WRITE, "Content-Type": f"multipart/form-data; boundary={BOUNDARY}"},
+        content=body + f"\r\n--{BOUNDARY}--\r\n".encode(),
+        timeout=60,
+    )
+    assert closed.status_code == 201, closed.text  # the same body, closed, is stored
+
+
+def test_channel_and_rate_bombs_are_refused_fast_with_bounded_worker_memory(
+    base_url: str, tmp_path: Path
+) -> None:
+    # 30 s of 8 channels at 655,350 Hz: 630 MB of float32 if decoded whole, 170 KB of FLAC
+    rate_bomb = write_silence_flac(tmp_path / "bomb.flac", seconds=30, rate=655350, channels=8)
+    wide = tmp_path / "wide.wav"
+    soundfile.write(str(wide), np.zeros(8000, np.int16), 8000, subtype="PCM_16")
+    patch_wav_header(wide, channels=4096, rate=8000)
+    lying = tmp_path / "lying.wav"
+    soundfile.write(str(lying), np.zeros((48000, 8), np.int16), 192000, subtype="PCM_16")
+    patch_wav_header(lying, channels=8, rate=192000, data_bytes=0xFFFFFFF0)
+    _, workers = server_processes(_port(base_url))
+    assert len(workers) == 1
+    for path, codes in (
+        (rate_bomb, {"unsupported_audio"}),
+        (wide, {"unsupported_audio"}),
+        (lying, {"audio_too_short", "audio_too_long"}),
+    ):
+        resident_before, _ = memory_mb(workers[0])
+        reset_peak(workers[0])
+        started = time.perf_counter()
+        response = httpx.post(
+            f"{base_url}/v1/match", headers=READ, files=_upload(path), timeout=120
+        )
+        elapsed = time.perf_counter() - started
+        _, peak_after = memory_mb(workers[0])
+        assert 400 <= response.status_code < 500, response.text
+        assert response.json()["error"]["code"] in codes, response.text
+        assert elapsed < 2.0, f"{path.name}: answered after {elapsed:.2f} s"
+        growth = peak_after - resident_before
+        assert growth < 200, f"{path.name}: the worker's peak memory rose {growth:.0f} MB"
+    message = httpx.post(f"{base_url}/v1/match", headers=READ, files=_upload(rate_bomb)).json()
+    assert "655350 Hz is not accepted" in message["error"]["message"]
+
+
+def test_a_client_that_disconnects_mid_upload_is_no_server_error(
+    base_url: str, server_log: Path
+) -> None:
+    with socket.create_connection(("127.0.0.1", _port(base_url)), timeout=10) as sock:
+        sock.sendall(
+            f"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {READ_KEY}\r\n"
+            f"X-Request-ID: gone-mid-upload\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+            "Content-Length: 1000000\r\n\r\n".encode()
+            + multipart("partial.wav", b"\0" * 100_000)[:100_000]
+        )
+        time.sleep(0.3)
+    line = None
+    deadline = time.monotonic() + 5
+    while line is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        line = next(
+            (x for x in server_log.read_text().splitlines() if "gone-mid-upload" in x), None
+        )
+    assert line is not None, "no access-log line for the request"
+    assert '"status": 499' in line, line
+    log = server_log.read_text()
+    assert "client disconnected during upload" in log
+    assert "Traceback" not in log
+    assert 'status="500"' not in httpx.get(f"{base_url}/metrics").text
+    assert httpx.get(f"{base_url}/v1/health").json()["admitted"] == 0
+
+
+def test_made_up_methods_do_not_add_metric_series(base_url: str) -> None:
+    def series() -> list[str]:
+        text = httpx.get(f"{base_url}/metrics").text
+        return [x.rsplit(" ", 1)[0] for x in text.splitlines() if not x.startswith("#")]
+
+    with httpx.Client() as client:
+        for index in range(3):
+            client.request(f"MADEUP{index}", f"{base_url}/v1/health")
+            client.request(f"MADEUP{index}", f"{base_url}/nowhere/{index}")
+        before = series()
+        for index in range(3, 40):
+            client.request(f"MADEUP{index}", f"{base_url}/v1/health")
+            client.request(f"MADEUP{index}", f"{base_url}/nowhere/{index}")
+    after = series()
+    assert after == before, sorted(set(after) - set(before))[:10]
+    methods = {m for x in after for m in re.findall(r'method="([^"]*)"', x)}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other"}
+    assert "other" in methods
+    routes = {r for x in after for r in re.findall(r'route="([^"]*)"', x)}
+    assert not any("nowhere" in route for route in routes)
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"),
+    [
+        ("read:s3cr3t-Qz-991", "does not end in ':read' or ':write'"),
+        ("s3cr3t Qz 991:read", "whitespace or characters outside printable ASCII"),
+        ("s3cr3t-Qü-991:write", "whitespace or characters outside printable ASCII"),
+        ("s3cr3t-Qz-991:admin", "does not end in ':read' or ':write'"),
+    ],
+)
+def test_bad_api_keys_stop_serve_without_showing_them(
+    tmp_path: Path, keys: str, expected: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tunetrace.cli", "serve", "-c", str(tmp_path / "c"),
+         "--port", "9"],
+        env={**os.environ, "TUNETRACE_API_KEYS": keys},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "API key #1" in output and expected in output, output
+    for part in ("s3cr3t", "Qz", "991", "Qü", "admin"):
+        assert part not in output, output

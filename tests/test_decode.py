@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
+import soxr
+from tunetrace.fingerprint import decode
 from tunetrace.fingerprint.decode import load_audio, load_audio_span, seekable_length
 
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
-from tunetrace.errors import AudioDecodeError, AudioTooLongError
+from tunetrace.errors import AudioDecodeError, AudioTooLongError, UnsupportedAudioError
 
 
 @pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg", ".mp3"])
@@ -103,3 +108,146 @@ def test_spans_refuse_what_cannot_be_read(tmp_path: Path) -> None:
     assert seekable_length(tmp_path / "absent.ogg") is None
     with pytest.raises(AudioDecodeError, match="cannot read"):
         load_audio_span(noise, sample_rate_hz=8000, start_s=0.0, duration_s=1.0)
+
+
+def _whole_file_reference(path: Path, sample_rate_hz: int) -> np.ndarray:
+    """The file decoded in one piece: all frames, channels averaged, resampled at once."""
+    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    mono = data @ np.full(data.shape[1], 1.0 / data.shape[1], dtype=np.float32)
+    if rate == sample_rate_hz:
+        return mono
+    return soxr.resample(mono, rate, sample_rate_hz, quality="HQ")
+
+
+@pytest.mark.parametrize(
+    ("suffix", "channels", "rate"),
+    [(".wav", 2, 44100), (".flac", 2, 44100), (".ogg", 2, 44100), (".mp3", 2, 44100),
+     (".wav", 6, 48000), (".flac", 1, SAMPLE_RATE)],
+)  # fmt: skip
+def test_block_decoding_gives_the_samples_of_a_whole_file_decode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, channels: int, rate: int
+) -> None:
+    monkeypatch.setattr(decode, "BLOCK_FRAMES", 4099)  # many blocks, none aligned to anything
+    song = synth_song(7, duration_s=12.0, sample_rate=rate)
+    samples = np.stack([song * (1 - 0.1 * c) for c in range(channels)], axis=1)
+    path = write_audio(tmp_path / f"song{suffix}", samples, sample_rate=rate)
+    for sample_rate_hz in (SAMPLE_RATE, 8000):
+        expected = _whole_file_reference(path, sample_rate_hz)
+        decoded = load_audio(path, sample_rate_hz=sample_rate_hz).samples
+        assert decoded.dtype == np.float32 and len(decoded) == len(expected)
+        assert np.array_equal(decoded, expected), f"{suffix} at {sample_rate_hz} Hz"
+
+
+def test_ffmpeg_decoding_streams_the_same_samples_as_resampling_at_once(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    samples = synth_song(8, duration_s=6.0, sample_rate=48000)
+    path = tmp_path / "song.m4a"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format="flt", layout="mono")
+        frame.sample_rate = 48000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        native = np.concatenate(
+            [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
+        ).astype(np.float32)
+    expected = soxr.resample(native, 48000, SAMPLE_RATE, quality="HQ")
+    decoded = load_audio(path, sample_rate_hz=SAMPLE_RATE).samples
+    assert np.array_equal(decoded, expected)
+
+
+def _patch_wav_header(
+    path: Path, *, channels: int, rate: int, data_bytes: int | None = None
+) -> None:
+    """Rewrite a PCM WAV's fmt chunk (and optionally its data length) to claim other things."""
+    raw = bytearray(path.read_bytes())
+    fmt = raw.index(b"fmt ") + 8
+    bits = struct.unpack_from("<H", raw, fmt + 14)[0]
+    struct.pack_into("<HI", raw, fmt + 2, channels, rate)
+    struct.pack_into("<IH", raw, fmt + 8, rate * channels * bits // 8, channels * bits // 8)
+    if data_bytes is not None:
+        struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
+    path.write_bytes(bytes(raw))
+
+
+def test_channel_and_sample_rate_limits_refuse_the_file_from_its_header(tmp_path: Path) -> None:
+    path = tmp_path / "fast.flac"
+    silence = np.zeros((655350 * 2, 8), dtype=np.int16)
+    soundfile.write(str(path), silence, 655350, format="FLAC", subtype="PCM_16")
+    with pytest.raises(UnsupportedAudioError, match="655350 Hz is not accepted"):
+        load_audio(path, sample_rate_hz=SAMPLE_RATE)
+    assert seekable_length(path) is None  # scans decode it whole, and are refused there
+    with pytest.raises(UnsupportedAudioError, match="655350 Hz"):
+        load_audio_span(path, sample_rate_hz=SAMPLE_RATE, start_s=0.0, duration_s=1.0)
+    wide = write_audio(tmp_path / "wide.wav", np.zeros(8000, dtype=np.float32), sample_rate=8000)
+    _patch_wav_header(wide, channels=200, rate=8000)
+    with pytest.raises(UnsupportedAudioError, match="200 audio channels are not accepted"):
+        load_audio(wide, sample_rate_hz=SAMPLE_RATE)
+    slow = write_audio(tmp_path / "slow.wav", np.zeros(4000, dtype=np.float32), sample_rate=4000)
+    with pytest.raises(UnsupportedAudioError, match="4000 Hz is not accepted"):
+        load_audio(slow, sample_rate_hz=SAMPLE_RATE)
+    # the limits themselves are accepted
+    edge = write_audio(
+        tmp_path / "edge.wav", np.zeros((192000 * 4, 8), dtype=np.float32), sample_rate=192000
+    )
+    assert load_audio(edge, sample_rate_hz=8000).duration_s == pytest.approx(4.0)
+
+
+_PEAK_MEMORY = """
+import resource, sys
+from tunetrace.fingerprint.decode import load_audio
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    load_audio(sys.argv[1], sample_rate_hz=22050, max_duration_s=float(sys.argv[2]))
+    outcome = "decoded"
+except Exception as exc:
+    outcome = type(exc).__name__
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(outcome, (after - before) // 1024)
+"""
+
+
+def _peak_growth_mb(path: Path, max_duration_s: float) -> tuple[str, int]:
+    """Decode in a fresh process: the outcome and how far its peak memory rose (MB)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PEAK_MEMORY, str(path), str(max_duration_s)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    outcome, growth = result.stdout.split()
+    return outcome, int(growth)
+
+
+def test_decoding_memory_follows_the_output_not_the_declared_channels_and_rate(
+    tmp_path: Path,
+) -> None:
+    # 8 channels at 192 kHz for 100 s: 614 MB as float32 if read whole, 9 MB at 22,050 Hz mono
+    path = tmp_path / "wide.flac"
+    block = np.zeros((192000 * 10, 8), dtype=np.int16)
+    with soundfile.SoundFile(
+        str(path), "w", samplerate=192000, channels=8, format="FLAC", subtype="PCM_16"
+    ) as handle:
+        for _ in range(10):
+            handle.write(block)
+    outcome, growth_mb = _peak_growth_mb(path, 1200)
+    assert outcome == "decoded"
+    assert growth_mb < 100, f"peak memory rose {growth_mb} MB decoding 100 s of 8 x 192 kHz"
+    # over the duration limit: stops there (no second decoder tried, nothing more read)
+    outcome, growth_mb = _peak_growth_mb(path, 30)
+    assert outcome == "AudioTooLongError" and growth_mb < 100
+    # a lying header: 8 kHz mono that says 100 channels at 192 kHz
+    lying = write_audio(tmp_path / "lying.wav", np.zeros(80000, np.float32), sample_rate=8000)
+    _patch_wav_header(lying, channels=100, rate=192000, data_bytes=0xFFFFFFF0)
+    outcome, growth_mb = _peak_growth_mb(lying, 1200)
+    assert outcome == "UnsupportedAudioError" and growth_mb < 50
+
+
+def test_a_wav_whose_header_overstates_its_data_decodes_what_is_there(tmp_path: Path) -> None:
+    path = write_audio(tmp_path / "short.wav", synth_song(9, duration_s=5.0))
+    _patch_wav_header(path, channels=1, rate=SAMPLE_RATE, data_bytes=0xFFFFFFF0)
+    try:
+        audio = load_audio(path, sample_rate_hz=SAMPLE_RATE, max_duration_s=1200)
+    except AudioTooLongError:
+        return  # refusing from the header is as good; never reading 4 GB is what matters
+    assert audio.duration_s == pytest.approx(5.0, abs=0.01)

@@ -45,3 +45,7 @@ class ReferenceNotFoundError(CatalogueError):
 
 class InvalidReferenceIdError(BadInputError):
     """A reference id breaks the id rules (1-200 characters, no control characters)."""
+
+
+class UnsupportedAudioError(AudioDecodeError):
+    """The file declares a format outside the accepted limits (channels, sample rate)."""

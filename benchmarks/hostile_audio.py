@@ -1,0 +1,535 @@
+"""Hostile clients and hostile audio against a live ``tunetrace serve`` on loopback.
+
+``python -m benchmarks.hostile_audio`` builds a corpus of hostile uploads (channel and
+sample-rate bombs, truncated and lying headers, random bytes, an empty file, bodies that never
+end or never close), starts ``tunetrace serve`` on 127.0.0.1 with an empty catalogue and sends
+each one, recording the status, the seconds to the answer and how far the worker processes'
+memory rose (peak resident set, read from ``/proc``, with each worker's peak reset before
+every upload). Then it opens 20 uploads that send their headers and stall, and counts how many
+were spooled (a temporary file in the server's upload folder) and how many were answered 503
+before sending any body. Results: ``benchmarks/results/hostile_audio.json`` and
+``hostile_audio.md``.
+
+Goals: every hostile upload answered 4xx within 2 s with worker memory growth within 200 MB;
+under 20 stalled uploads at most ``workers + max_queue`` spooled, the rest answered 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import re
+import select
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import soundfile
+
+from benchmarks.live_server import running_server
+from benchmarks.run_info import run_info
+
+logger = logging.getLogger(__name__)
+RESULTS = Path(__file__).parent / "results"
+KEY = "hostile-audio-key"
+BOUNDARY = "hostileboundary"
+ANSWER_GOAL_S = 2.0
+MEMORY_GOAL_MB = 200.0
+
+
+@dataclass(frozen=True)
+class HostileUpload:
+    """One hostile request body for ``POST /v1/match``.
+
+    Attributes
+    ----------
+    name : str
+    description : str
+        What it claims or does, for the results table.
+    body : callable
+        Returns the request body: bytes, or an iterator of chunks (sent chunked).
+    """
+
+    name: str
+    description: str
+    body: Callable[[], bytes | Iterator[bytes]]
+
+
+def multipart(filename: str, payload: bytes, *, close: bool = True) -> bytes:
+    """A ``multipart/form-data`` body (boundary :data:`BOUNDARY`) with one ``file`` part.
+
+    Parameters
+    ----------
+    filename : str
+    payload : bytes
+    close : bool
+        False leaves out the closing boundary.
+    """
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+        "\r\nContent-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{BOUNDARY}--\r\n".encode() if close else b""
+    return head + payload + tail
+
+
+def endless_part(name: str, filename: str | None = None) -> Iterator[bytes]:
+    """A multipart body whose one part never ends (64-KB chunks until the server stops it)."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    yield f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
+    chunk = b"\x55" * 65536
+    while True:
+        yield chunk
+
+
+def patch_wav_header(
+    path: Path, *, channels: int, rate: int, data_bytes: int | None = None
+) -> None:
+    """Rewrite a PCM WAV's ``fmt`` chunk (and optionally its data length) to claim other things.
+
+    Parameters
+    ----------
+    path : Path
+        A WAV file written by libsndfile (PCM).
+    channels, rate : int
+        Channel count and sample rate (Hz) the header will declare.
+    data_bytes : int, optional
+        Length the ``data`` chunk will declare.
+    """
+    raw = bytearray(path.read_bytes())
+    fmt = raw.index(b"fmt ") + 8
+    bits = struct.unpack_from("<H", raw, fmt + 14)[0]
+    struct.pack_into("<HI", raw, fmt + 2, channels, rate)
+    struct.pack_into("<IH", raw, fmt + 8, rate * channels * bits // 8, channels * bits // 8)
+    if data_bytes is not None:
+        struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
+    path.write_bytes(bytes(raw))
+
+
+def write_silence_flac(path: Path, *, seconds: int, rate: int, channels: int) -> Path:
+    """A FLAC of digital silence: tiny on disk whatever its rate, channels and length."""
+    block = np.zeros((rate, channels), dtype=np.int16)
+    with soundfile.SoundFile(
+        str(path), "w", samplerate=rate, channels=channels, format="FLAC", subtype="PCM_16"
+    ) as handle:
+        for _ in range(seconds):
+            handle.write(block)
+    return path
+
+
+def _song(seconds: float, rate: int = 22050) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    tones = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6))
+    return (0.25 * tones * (0.6 + 0.4 * np.sin(2 * np.pi * 0.5 * t))).astype(np.float32)
+
+
+def build_corpus(directory: Path) -> list[HostileUpload]:
+    """Write the hostile files under ``directory`` and describe every hostile upload.
+
+    Parameters
+    ----------
+    directory : Path
+
+    Returns
+    -------
+    uploads : list of HostileUpload
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    files: list[tuple[str, str, Path, bool]] = []
+
+    def add(name: str, description: str, path: Path, close: bool = True) -> None:
+        files.append((name, description, path, close))
+
+    rate_bomb = write_silence_flac(
+        directory / "rate_bomb.flac", seconds=64, rate=655350, channels=8
+    )
+    add("flac_rate_bomb", "FLAC, 8 channels at 655,350 Hz, 64 s of silence", rate_bomb)
+    wide = directory / "channel_bomb.wav"
+    soundfile.write(str(wide), np.zeros(8000, np.int16), 8000, subtype="PCM_16")
+    patch_wav_header(wide, channels=4096, rate=8000)
+    add("wav_channel_bomb", "WAV header: 4,096 channels", wide)
+    lying = directory / "lying_length.wav"
+    soundfile.write(str(lying), np.zeros((48000, 8), np.int16), 192000, subtype="PCM_16")
+    patch_wav_header(lying, channels=8, rate=192000, data_bytes=0xFFFFFFF0)
+    add("wav_lying_length", "WAV header: 8 x 192 kHz, 4 GB of data; 0.25 s present", lying)
+    long_flac = write_silence_flac(directory / "long.flac", seconds=3 * 3600, rate=8000, channels=1)
+    add("flac_three_hours", "FLAC, 3 h of 8 kHz silence (over the duration limit)", long_flac)
+    legal = write_silence_flac(directory / "wide_legal.flac", seconds=60, rate=192000, channels=8)
+    add("flac_8ch_192k_60s", "FLAC, 8 x 192 kHz, 60 s of silence (within the limits)", legal)
+    song = directory / "song.flac"
+    soundfile.write(str(song), _song(20.0), 22050, format="FLAC")
+    head = directory / "truncated_header.flac"
+    head.write_bytes(song.read_bytes()[:60])
+    add("flac_truncated_header", "FLAC cut inside its header (60 bytes)", head)
+    cut = directory / "truncated.flac"
+    cut.write_bytes(song.read_bytes()[: song.stat().st_size // 20])
+    add("flac_truncated", "FLAC cut to its first 5% (1 s of 20 s)", cut)
+    mp3 = directory / "song.mp3"
+    soundfile.write(str(mp3), _song(20.0), 22050, format="MP3")
+    mp3_cut = directory / "truncated.mp3"
+    mp3_cut.write_bytes(mp3.read_bytes()[:2000])
+    add("mp3_truncated", "MP3 cut to 2 KB", mp3_cut)
+    noise = directory / "random.wav"
+    noise.write_bytes(np.random.default_rng(0).bytes(1_000_000))
+    add("random_bytes", "1 MB of random bytes named .wav", noise)
+    empty = directory / "empty.flac"
+    empty.write_bytes(b"")
+    add("zero_length", "an empty file", empty)
+    uploads = [
+        HostileUpload(
+            name, description, lambda p=path, c=close: multipart(p.name, p.read_bytes(), close=c)
+        )
+        for name, description, path, close in files
+    ]
+    uploads.append(
+        HostileUpload(
+            "no_closing_boundary",
+            "a readable 20-s song, body ends without its closing boundary",
+            lambda: multipart(song.name, song.read_bytes(), close=False),
+        )
+    )
+    uploads.append(
+        HostileUpload(
+            "endless_ignored_part",
+            "chunked body: a form part the API ignores, never ending",
+            lambda: endless_part("junk"),
+        )
+    )
+    uploads.append(
+        HostileUpload(
+            "endless_file_part",
+            "chunked body: the file part, never ending",
+            lambda: endless_part("file", "endless.wav"),
+        )
+    )
+    return uploads
+
+
+# --- the server's processes, from /proc ---------------------------------------------------
+
+
+def server_processes(port: int) -> tuple[int, list[int]]:
+    """The ``tunetrace serve`` process listening on ``port`` and its worker processes.
+
+    Returns
+    -------
+    server_pid : int
+    worker_pids : list of int
+        Its children started by multiprocessing's spawn (not the resource tracker).
+    """
+    server_pid = None
+    commands: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parent = int(_status_fields(int(entry.name))["PPid"])
+        except (OSError, KeyError, ValueError):
+            continue
+        commands[int(entry.name)] = (parent, command)
+        if "tunetrace.cli serve" in command and f"--port {port}" in command:
+            server_pid = int(entry.name)
+    if server_pid is None:
+        raise RuntimeError(f"no tunetrace serve process on port {port}")
+    workers = [
+        pid
+        for pid, (parent, command) in commands.items()
+        if parent == server_pid and "spawn_main" in command
+    ]
+    return server_pid, sorted(workers)
+
+
+def _status_fields(pid: int) -> dict[str, str]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields[key] = value.strip()
+    return fields
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """``(resident, peak resident)`` of a process in MB (VmRSS and VmHWM)."""
+    fields = _status_fields(pid)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def reset_peak(pid: int) -> None:
+    """Reset a process's peak resident set (VmHWM) to its current one (Linux, own processes)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# --- sending -------------------------------------------------------------------------------
+
+
+def post_raw(
+    port: int, body: bytes | Iterator[bytes], *, key: str = KEY, limit_bytes: int = 2**30
+) -> tuple[int, dict, float]:
+    """``POST /v1/match`` over a plain socket, watching for the answer while the body goes out.
+
+    Parameters
+    ----------
+    port : int
+        The server's port on 127.0.0.1.
+    body : bytes or iterator of bytes
+        Bytes go with a Content-Length; an iterator goes chunked, until the server answers,
+        stops reading, or ``limit_bytes`` were sent.
+    key : str
+        API key with the read role.
+
+    Returns
+    -------
+    status : int
+        0 if the connection closed without an answer.
+    answer : dict
+        The JSON body (empty if none).
+    seconds : float
+        From the first byte sent to the answer's status line.
+    """
+    chunked = not isinstance(body, bytes)
+    head = (
+        f"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n"
+        f"Authorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        + ("Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(body)}\r\n")
+        + "\r\n"
+    ).encode()
+    pieces: Iterator[bytes] = (
+        (b"%x\r\n%s\r\n" % (len(c), c) for c in body)
+        if chunked
+        else (body[i : i + 65536] for i in range(0, len(body), 65536))
+    )
+    received = b""
+    started = time.perf_counter()
+    answered_at = None
+    with socket.create_connection(("127.0.0.1", port), timeout=120) as sock:
+        sock.sendall(head)
+        sent = 0
+        for piece in pieces:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable or sent > limit_bytes:
+                break
+            try:
+                sock.sendall(piece)
+            except OSError:  # the server answered and closed
+                break
+            sent += len(piece)
+        else:
+            if chunked:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"0\r\n\r\n")
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if answered_at is None:
+                answered_at = time.perf_counter()
+            received += data
+            header, _, rest = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)content-length: *(\d+)", header)
+            if length and len(rest) >= int(length.group(1)):
+                break
+    seconds = (answered_at or time.perf_counter()) - started
+    if not received:
+        return 0, {}, seconds
+    header, _, rest = received.partition(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    try:
+        answer = json.loads(rest) if rest else {}
+    except ValueError:
+        answer = {}
+    return status, answer, seconds
+
+
+def send(port: int, upload: HostileUpload, workers: list[int]) -> dict[str, object]:
+    """Send one hostile upload; its status, seconds to the answer and worker memory growth."""
+    before = {pid: memory_mb(pid)[0] for pid in workers}
+    for pid in workers:
+        reset_peak(pid)
+    status, answer, seconds = post_raw(port, upload.body())
+    growth = max(memory_mb(pid)[1] - before[pid] for pid in workers)
+    return {
+        "name": upload.name,
+        "description": upload.description,
+        "status": status,
+        "code": answer.get("error", {}).get("code"),
+        "seconds": round(seconds, 3),
+        "worker_peak_growth_mb": round(growth, 1),
+    }
+
+
+def _request_head(port: int, content_length: int, key: str) -> bytes:
+    return (
+        f"POST /v1/match HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {content_length}\r\n\r\n"
+    ).encode()
+
+
+def stalled_uploads(
+    port: int, upload_dir: Path, *, connections: int = 20, wait_s: float = 2.0, key: str = KEY
+) -> dict[str, object]:
+    """Open uploads that send their headers and stall; count spooled and refused ones.
+
+    Parameters
+    ----------
+    port : int
+        The server's port on 127.0.0.1.
+    upload_dir : Path
+        The server's ``TUNETRACE_UPLOAD_DIR`` (a spooled upload is a file there).
+    connections : int
+    wait_s : float
+        How long to wait for answers while no body is sent.
+    key : str
+        API key with the read role.
+
+    Returns
+    -------
+    result : dict
+        ``connections``, ``spooled`` (files in the upload folder while they stall),
+        ``refused_503`` (answered 503 before any body byte), ``other_answers`` and
+        ``seconds_to_refusals`` (from the first connection to the last answer).
+    """
+    sockets: list[socket.socket] = []
+    answers: dict[int, bytes] = {}
+    answered_after: list[float] = []
+    try:
+        started = time.perf_counter()
+        for _ in range(connections):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(_request_head(port, 500_000, key))
+            sockets.append(sock)
+        deadline = time.monotonic() + wait_s
+        waiting = set(range(connections))
+        while waiting and time.monotonic() < deadline:
+            readable, _, _ = select.select(
+                [sockets[i] for i in waiting], [], [], max(0.0, deadline - time.monotonic())
+            )
+            for sock in readable:
+                index = sockets.index(sock)
+                answers[index] = sock.recv(65536)
+                answered_after.append(time.perf_counter() - started)
+                waiting.discard(index)
+        spooled = len(list(upload_dir.glob("tunetrace-upload-*")))
+    finally:
+        for sock in sockets:
+            sock.close()
+    statuses = [data.split(b" ", 2)[1].decode() if data else "closed" for data in answers.values()]
+    return {
+        "connections": connections,
+        "spooled": spooled,
+        "refused_503": statuses.count("503"),
+        "other_answers": len(statuses) - statuses.count("503"),
+        "seconds_to_refusals": round(max(answered_after, default=0.0), 3),
+    }
+
+
+def run(directory: Path, *, workers: int, max_queue: int) -> dict[str, object]:
+    """Build the corpus, start a server on an empty catalogue and measure everything."""
+    uploads = build_corpus(directory / "corpus")
+    upload_dir = directory / "spool"
+    upload_dir.mkdir(exist_ok=True)
+    with running_server(
+        directory / "catalogue",
+        api_keys=f"{KEY}:read",
+        workers=workers,
+        max_queue=max_queue,
+        extra_env={"TUNETRACE_UPLOAD_DIR": str(upload_dir)},
+        log_path=directory / "server.log",
+    ) as base_url:
+        port = int(base_url.rsplit(":", 1)[1])
+        _, worker_pids = server_processes(port)
+        rows = []
+        for upload in uploads:
+            row = send(port, upload, worker_pids)
+            logger.info("%s: %s in %.2f s", upload.name, row["status"], row["seconds"])
+            rows.append(row)
+        stalled = stalled_uploads(port, upload_dir)
+        time.sleep(0.5)
+        health = httpx.get(f"{base_url}/v1/health", timeout=10).json()
+        log = (directory / "server.log").read_text(errors="replace")
+    capacity = workers + max_queue
+    return {
+        **run_info(),
+        "workers": workers,
+        "max_queue": max_queue,
+        "uploads": rows,
+        "stalled": {**stalled, "capacity": capacity},
+        "after": {
+            "admitted": health.get("admitted"),
+            "spool_files_left": len(list(upload_dir.iterdir())),
+            "tracebacks_in_log": log.count("Traceback"),
+            "status_500_in_log": log.count('"status": 500'),
+        },
+        "goals": {
+            "all_4xx": all(400 <= int(r["status"]) < 500 for r in rows),
+            "all_within_2s": all(float(r["seconds"]) <= ANSWER_GOAL_S for r in rows),
+            "memory_within_200mb": all(
+                float(r["worker_peak_growth_mb"]) <= MEMORY_GOAL_MB for r in rows
+            ),
+            "stalled_bounded": int(stalled["spooled"]) <= capacity
+            and int(stalled["refused_503"]) == int(stalled["connections"]) - capacity,
+        },
+    }
+
+
+def markdown(result: dict) -> str:
+    """The short table for the README."""
+    rows = [
+        f"| {r['name']} | {r['description']} | {r['status']} {r['code'] or ''} | "
+        f"{r['seconds']:.2f} | {r['worker_peak_growth_mb']:.1f} |"
+        for r in result["uploads"]
+    ]
+    stalled = result["stalled"]
+    return "\n".join(
+        [
+            f"Run {result['date']} on {result['machine']} (commit {result['commit']}): "
+            f"`tunetrace serve` with {result['workers']} workers and a queue of "
+            f"{result['max_queue']}, default limits, empty catalogue, loopback HTTP.",
+            "",
+            "| upload | what it is | answer | seconds | worker peak memory growth (MB) |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+            f"{stalled['connections']} uploads that send their headers and stall: "
+            f"{stalled['spooled']} spooled (capacity {stalled['capacity']}), "
+            f"{stalled['refused_503']} answered 503 before any body "
+            f"(the last after {stalled['seconds_to_refusals']:.2f} s), "
+            f"{stalled['other_answers']} other answers.",
+            "",
+            "Goals: " + ", ".join(f"{name} {ok}" for name, ok in result["goals"].items()) + ".",
+        ]
+    )
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--max-queue", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="tunetrace-hostile-") as directory:
+        result = run(Path(directory), workers=args.workers, max_queue=args.max_queue)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "hostile_audio.json").write_text(json.dumps(result, indent=1))
+    (RESULTS / "hostile_audio.md").write_text(markdown(result) + "\n")
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
