@@ -357,6 +357,8 @@ class VectorIndex:
         try:
             index._index = faiss.read_index(str(path), _mmap_flags(spec) if mmap else 0)
         except RuntimeError as exc:
+            if not path.exists():  # a writer replaced it since it was named
+                raise FileNotFoundError(path) from exc
             raise ValueError(f"vector index file {path} is unreadable: {exc}") from exc
         if index._index.d != dim:
             raise ValueError(f"vector index file {path} holds {index._index.d}-d vectors")
