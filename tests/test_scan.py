@@ -21,13 +21,26 @@ from tunetrace.index.catalogue import Catalogue
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
-from tunetrace.scan import ReportWriter, ScanJob, copy_groups, read_report, run_job
+from tunetrace.scan import (
+    ReportWriter,
+    ScanJob,
+    copy_groups,
+    file_jobs,
+    read_report,
+    run_job,
+)
+from tunetrace.scan_backends import _KILL_ON_ENV, _KILL_ONCE_ENV, run_local
 
 CLI = [sys.executable, "-m", "tunetrace.cli"]
 
 
-def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
+def _cli(
+    *args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, check=False, cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -313,3 +326,120 @@ def test_excerpt_scan_decodes_the_whole_file_when_its_header_overstates_the_leng
     assert "error" not in line
     assert line["duration_s"] == pytest.approx(len(upload) / SAMPLE_RATE, abs=0.15)
     assert [m["reference_id"] for m in line["matches"]] == ["song2"]
+
+
+# --- workers that die ---------------------------------
+
+KILLER = "g_unknown.wav"  # the upload whose job kills its worker (test hook, SIGKILL)
+
+
+def _assert_survived_a_killer(lines: list[dict], result: subprocess.CompletedProcess) -> None:
+    assert len(lines) == 8, [line["query"] for line in lines]
+    assert len({line["query"] for line in lines}) == 8
+    errors = {Path(line["query"]).name: line["error"] for line in lines if "error" in line}
+    assert set(errors) == {"h_broken.mp3", KILLER}
+    assert errors[KILLER]["code"] == "worker_died"
+    assert errors["h_broken.mp3"]["code"] == "AudioDecodeError"
+    # every other file, including those in flight when the worker died, got its real result
+    assert _top_by_file(lines) == {k: v for k, v in EXPECTED.items() if k != KILLER}
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "scanned 8 file(s)" in result.stdout and "2 error(s)" in result.stdout
+
+
+def test_local_scan_survives_a_file_that_kills_its_worker(
+    tmp_path: Path, built_catalogue: Path, uploads: Path
+) -> None:
+    out = tmp_path / "killed.jsonl"
+    result = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--workers", "2",
+        env={_KILL_ON_ENV: KILLER}, check=False,
+    )  # fmt: skip
+    lines = read_report(out)
+    _assert_survived_a_killer(lines, result)
+    (killed,) = [line for line in lines if line["query"].endswith(KILLER)]
+    # run twice (the first death might have been another process's doing), killed both times
+    assert "killed by SIGKILL each of the 2 times" in killed["error"]["message"]
+    assert f"error {killed['query']}: " in result.stderr
+
+    # resuming does not run the killer again: it has its line
+    again = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
+        "--workers", "2", env={_KILL_ON_ENV: KILLER},
+    )  # fmt: skip
+    assert "scanned 0 file(s) (8 already in the report)" in again.stdout
+    assert read_report(out) == lines
+
+
+def test_local_pool_runs_again_a_job_whose_worker_died_once(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(_KILL_ON_ENV, KILLER)
+    monkeypatch.setenv(_KILL_ONCE_ENV, str(marker))
+    jobs = file_jobs([uploads])
+    results = list(run_local(built_catalogue, jobs, workers=2, top=5, min_score=None))
+    assert marker.exists(), "the worker running the job should have been killed once"
+    assert sorted(job.query for job, _ in results) == sorted(job.query for job in jobs)
+    lines = [line for _, line in results]
+    assert [Path(line["query"]).name for line in lines if "error" in line] == ["h_broken.mp3"]
+    assert _top_by_file(lines) == EXPECTED
+
+
+def test_dask_scan_survives_a_file_that_kills_its_workers(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+    from distributed import LocalCluster
+
+    monkeypatch.setenv(_KILL_ON_ENV, KILLER)  # the cluster's worker processes inherit it
+    out = tmp_path / "dask-killed.jsonl"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip  (give up on a task after the second death)
+        started = time.monotonic()
+        result = _cli(
+            "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out),
+            "--scheduler", cluster.scheduler_address, check=False,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    lines = read_report(out)
+    _assert_survived_a_killer(lines, result)
+    (killed,) = [line for line in lines if line["query"].endswith(KILLER)]
+    assert "died each of the 2 times it ran" in killed["error"]["message"]
+    assert elapsed < 120
+
+
+class _FinishedFuture:
+    """What :func:`_dask_line` reads of a Dask future."""
+
+    def __init__(self, status: str, result: object = None, error: BaseException | None = None):
+        self.status, self._result, self._error = status, result, error
+
+    def result(self) -> object:
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+
+def test_failed_dask_tasks_become_error_lines() -> None:
+    from distributed.scheduler import KilledWorker
+
+    from tunetrace.errors import ScanWorkerError
+    from tunetrace.scan_backends import _dask_line
+
+    job = ScanJob("x.wav", "x.wav")
+    line = {"query": "x.wav", "duration_s": 1.0, "elapsed_s": 0.1, "matches": []}
+    assert _dask_line(job, _FinishedFuture("finished", line)) == line
+    died = KilledWorker("scan_task-1", None, 3)  # type: ignore[arg-type]
+    killed = _dask_line(job, _FinishedFuture("error", error=died))
+    assert killed["query"] == "x.wav" and killed["error"]["code"] == "worker_died"
+    assert "each of the 4 times it ran" in killed["error"]["message"]
+    raised = _dask_line(job, _FinishedFuture("error", error=ValueError("bad value")))
+    assert raised == {
+        "query": "x.wav", "error": {"code": "InternalError", "message": "ValueError: bad value"}
+    }  # fmt: skip
+    with pytest.raises(ScanWorkerError, match="cancelled"):
+        _dask_line(job, _FinishedFuture("cancelled"))

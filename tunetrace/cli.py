@@ -309,8 +309,8 @@ def scan(
     except KeyboardInterrupt:
         typer.echo("interrupted; run again with --resume to continue", err=True)
         raise typer.Exit(1) from None
-    except OSError as exc:  # e.g. an unreachable Dask scheduler
-        typer.echo(f"error: {exc}", err=True)
+    except (OSError, TunetraceError) as exc:  # e.g. an unreachable Dask scheduler
+        typer.echo(f"error: {exc}; run again with --resume to continue", err=True)
         raise typer.Exit(1) from None
     finally:
         progress.close()

@@ -45,3 +45,7 @@ class ReferenceNotFoundError(CatalogueError):
 
 class InvalidReferenceIdError(BadInputError):
     """A reference id breaks the id rules (1-200 characters, no control characters)."""
+
+
+class ScanWorkerError(TunetraceError):
+    """A scan's worker processes or cluster cannot run its jobs at all."""
