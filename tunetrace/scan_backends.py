@@ -120,13 +120,13 @@ def _local_worker_main(
 ) -> None:
     """A local worker process: open the catalogue, say so, then run the jobs sent over
     ``connection`` one at a time until it sends ``None`` or the scan goes away."""
-    _init_local_worker(catalogue_dir)
     try:
+        _init_local_worker(catalogue_dir)
         connection.send(_READY)
         while (job := connection.recv()) is not None:
             connection.send(scan_task(catalogue_dir, job, top, min_score, excerpts))
-    except (EOFError, BrokenPipeError, ConnectionResetError, KeyboardInterrupt):
-        pass  # the scan ended or was interrupted: there is no one left to report to
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the scan ended or was killed: there is no one left to report to
 
 
 def run_in_process(
@@ -191,11 +191,20 @@ class _LocalWorker:
 
 
 def _start_local_worker(context: BaseContext, args: tuple[Any, ...]) -> _LocalWorker:
+    """Start a worker process that ignores Ctrl-C: the scan stops its workers itself."""
     ours, theirs = context.Pipe()
     process = context.Process(
         target=_local_worker_main, args=(theirs, *args), name="tunetrace-scan", daemon=True
     )
-    process.start()
+    # A process that starts with SIGINT ignored keeps it ignored (Python installs its
+    # KeyboardInterrupt handler only over the default), even while it is still importing.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        process.start()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     theirs.close()
     return _LocalWorker(process, ours)
 
