@@ -536,3 +536,12 @@ def test_failed_dask_tasks_become_error_lines() -> None:
     }  # fmt: skip
     with pytest.raises(ScanWorkerError, match="cancelled"):
         _dask_line(job, _FinishedFuture("cancelled"))
+
+
+def test_local_scan_stops_when_its_workers_cannot_start(tmp_path: Path, uploads: Path) -> None:
+    from tunetrace.errors import ScanWorkerError
+
+    # workers that die before they are ready are not blamed on a file: the scan stops
+    jobs = file_jobs([uploads])
+    with pytest.raises(ScanWorkerError, match="exited with code 1 before they were ready"):
+        list(run_local(tmp_path / "no-catalogue", jobs, workers=2, top=5, min_score=None))
