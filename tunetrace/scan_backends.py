@@ -4,6 +4,10 @@ Every backend yields ``(job, report_line)`` pairs as jobs finish. Each worker (p
 worker) opens the catalogue once and keeps it: the index and the reference features are loaded
 once per worker, not per task. With Dask the catalogue directory must be readable by the
 workers at the same path (shared storage, or a copy on each machine).
+
+A worker process that dies (the OOM killer's SIGKILL, a crash in a decoder) does not end a
+scan: the job it was running is run once more, and if that kills a worker too the file gets
+a ``worker_died`` error line; every other job gets its line as usual.
 """
 
 from __future__ import annotations
