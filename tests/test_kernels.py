@@ -7,10 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
+from numba.core.cpu_options import FastMathOptions
 from tunetrace.fingerprint.embedding import interpolate_frames
 
+import tunetrace.kernels as kernels
 from tests.conftest import SAMPLE_RATE, write_audio
 from tunetrace.kernels import (
     aligned_frames,
@@ -259,3 +262,56 @@ def test_compile_kernels_leaves_nothing_for_the_first_query_to_compile(
     assert result["kernels"] >= 10
     assert result["matches"] >= 1  # the query went through verification
     assert result["compiled_later"] == {}
+
+
+def _kernel_dispatchers() -> dict[str, numba.core.registry.CPUDispatcher]:
+    return {
+        name: value
+        for name, value in vars(kernels).items()
+        if isinstance(value, numba.core.registry.CPUDispatcher)
+    }
+
+
+def test_no_kernel_may_assume_finite_or_non_nan_values() -> None:
+    # ``fast`` (fastmath=True) includes ninf and nnan: LLVM may then drop the comparisons with
+    # the -inf sentinels that the searches start from.
+    dispatchers = _kernel_dispatchers()
+    assert len(dispatchers) >= 10
+    unsafe = {
+        name: sorted(flags)
+        for name, dispatcher in dispatchers.items()
+        if (flags := FastMathOptions(dispatcher.targetoptions.get("fastmath", False)).flags)
+        & {"fast", "ninf", "nnan"}
+    }
+    assert unsafe == {}, f"kernels compiled with ninf/nnan: {unsafe}"
+    assert FastMathOptions(kernels.FASTMATH).flags == {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def test_chroma_grid_search_with_no_point_to_score_returns_the_sentinels() -> None:
+    # Every grid point puts the query past the reference's end: no candidate is scored, so
+    # the search must report that, with its start and its -inf roll scores untouched.
+    rng = np.random.default_rng(4)
+    reference = rng.standard_normal((36, 60)).astype(np.float32)
+    query = rng.standard_normal((36, 40)).astype(np.float32)
+    weights = np.ones(40, dtype=np.float32)
+    factors, deltas = _grid_pattern(0.06, 9, 10.0, 11)
+    cosines, sines = _inverse_transform(36)
+    reference_bins = np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64)
+    query_conj = np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64)
+
+    def search(offset: float) -> tuple[float, float, np.ndarray, bool]:
+        return chroma_grid_search(
+            reference_bins, query_conj, weights, 1.0, offset, 20.0,
+            factors, deltas, np.array([len(factors)]), cosines, sines,
+        )  # fmt: skip
+
+    rate, offset, scores, found = search(500.0)
+    assert found is False
+    assert (rate, offset) == (1.0, 500.0)
+    assert scores.shape == (36,)
+    assert np.isneginf(scores).all(), scores
+
+    # the same search from inside the reference scores points: finite scores, found
+    _, _, inside_scores, inside_found = search(10.0)
+    assert inside_found is True
+    assert np.isfinite(inside_scores).all()

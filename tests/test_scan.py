@@ -19,15 +19,30 @@ import soxr
 from tunetrace.index.catalogue import Catalogue
 
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tunetrace.errors import BadInputError
 from tunetrace.ingest import IngestItem, ingest
 from tunetrace.matcher import Matcher
-from tunetrace.scan import ReportWriter, ScanJob, copy_groups, read_report, run_job
+from tunetrace.scan import (
+    ReportWriter,
+    ScanJob,
+    copy_groups,
+    file_jobs,
+    file_key,
+    read_report,
+    run_job,
+)
+from tunetrace.scan_backends import _KILL_ON_ENV, _KILL_ONCE_ENV, run_local
 
 CLI = [sys.executable, "-m", "tunetrace.cli"]
 
 
-def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
+def _cli(
+    *args: str, check: bool = True, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, check=False, cwd=cwd,
+        env=None if env is None else {**os.environ, **env},
+    )  # fmt: skip
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -162,7 +177,7 @@ def test_report_writer_recovers_a_cut_line(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text('{"query": "a", "matches": []}\n{"query": "b", "mat')
     writer = ReportWriter(path, resume=True)
-    assert writer.done == {"a"}
+    assert writer.has("a") and not writer.has("b")
     writer.write({"query": "b", "matches": []})
     writer.close()
     assert [line["query"] for line in read_report(path)] == ["a", "b"]
@@ -313,3 +328,220 @@ def test_excerpt_scan_decodes_the_whole_file_when_its_header_overstates_the_leng
     assert "error" not in line
     assert line["duration_s"] == pytest.approx(len(upload) / SAMPLE_RATE, abs=0.15)
     assert [m["reference_id"] for m in line["matches"]] == ["song2"]
+
+
+# --- workers that die, damaged reports, concurrent scans ---------------------------------
+
+KILLER = "g_unknown.wav"  # the upload whose job kills its worker (test hook, SIGKILL)
+
+
+def _assert_survived_a_killer(lines: list[dict], result: subprocess.CompletedProcess) -> None:
+    assert len(lines) == 8, [line["query"] for line in lines]
+    assert len({file_key(line["query"]) for line in lines}) == 8
+    errors = {Path(line["query"]).name: line["error"] for line in lines if "error" in line}
+    assert set(errors) == {"h_broken.mp3", KILLER}
+    assert errors[KILLER]["code"] == "worker_died"
+    assert errors["h_broken.mp3"]["code"] == "AudioDecodeError"
+    # every other file, including those in flight when the worker died, got its real result
+    assert _top_by_file(lines) == {k: v for k, v in EXPECTED.items() if k != KILLER}
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "scanned 8 file(s)" in result.stdout and "2 error(s)" in result.stdout
+
+
+def test_local_scan_survives_a_file_that_kills_its_worker(
+    tmp_path: Path, built_catalogue: Path, uploads: Path
+) -> None:
+    out = tmp_path / "killed.jsonl"
+    result = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--workers", "2",
+        env={_KILL_ON_ENV: KILLER}, check=False,
+    )  # fmt: skip
+    lines = read_report(out)
+    _assert_survived_a_killer(lines, result)
+    (killed,) = [line for line in lines if line["query"].endswith(KILLER)]
+    # run twice (the first death might have been another process's doing), killed both times
+    assert "killed by SIGKILL each of the 2 times" in killed["error"]["message"]
+    assert f"error {killed['query']}: " in result.stderr
+
+    # resuming does not run the killer again: it has its line
+    again = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
+        "--workers", "2", env={_KILL_ON_ENV: KILLER},
+    )  # fmt: skip
+    assert "scanned 0 file(s) (8 already in the report)" in again.stdout
+    assert read_report(out) == lines
+
+
+def test_local_pool_runs_again_a_job_whose_worker_died_once(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "killed-once"
+    monkeypatch.setenv(_KILL_ON_ENV, KILLER)
+    monkeypatch.setenv(_KILL_ONCE_ENV, str(marker))
+    jobs = file_jobs([uploads])
+    results = list(run_local(built_catalogue, jobs, workers=2, top=5, min_score=None))
+    assert marker.exists(), "the worker running the job should have been killed once"
+    assert sorted(job.query for job, _ in results) == sorted(job.query for job in jobs)
+    lines = [line for _, line in results]
+    assert [Path(line["query"]).name for line in lines if "error" in line] == ["h_broken.mp3"]
+    assert _top_by_file(lines) == EXPECTED
+
+
+def test_dask_scan_survives_a_file_that_kills_its_workers(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+    from distributed import LocalCluster
+
+    monkeypatch.setenv(_KILL_ON_ENV, KILLER)  # the cluster's worker processes inherit it
+    out = tmp_path / "dask-killed.jsonl"
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster:  # fmt: skip  (give up on a task after the second death)
+        started = time.monotonic()
+        result = _cli(
+            "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out),
+            "--scheduler", cluster.scheduler_address, check=False,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    lines = read_report(out)
+    _assert_survived_a_killer(lines, result)
+    (killed,) = [line for line in lines if line["query"].endswith(KILLER)]
+    assert "died each of the 2 times it ran" in killed["error"]["message"]
+    assert elapsed < 120
+
+
+def test_resume_keeps_every_good_line_around_damaged_ones(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, local_report
+) -> None:
+    good = local_report[0].read_bytes().splitlines(keepends=True)
+    out = tmp_path / "damaged.jsonl"
+    damage = [b'{"query": "cut-off", "matc\n', b"\x00\x00 not json\n", b'["a list"]\n']
+    out.write_bytes(b"".join(good[:2] + damage + good[2:6]))  # the last two files not scanned
+    result = _cli(
+        "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
+        "--workers", "1",
+    )  # fmt: skip
+    assert "scanned 2 file(s) (6 already in the report)" in result.stdout
+    assert "dropping 3 line(s) that cannot be read (line 3, 4, 5)" in result.stderr
+    after = out.read_bytes().splitlines(keepends=True)
+    assert after[:6] == good[:6]  # the lines after the damage kept, byte for byte, in order
+    assert len(after) == 8 and not any(line in after for line in damage)
+    assert sorted(line["query"] for line in read_report(out)) == sorted(
+        line["query"] for line in read_report(local_report[0])
+    )
+
+
+def test_resume_knows_files_by_path_whatever_the_spelling(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, local_report
+) -> None:
+    lines = read_report(local_report[0])
+    first = lines[0]
+    relative = os.path.relpath(first["query"], uploads.parent)
+    out = tmp_path / "spellings.jsonl"
+    error_first = {"query": lines[1]["query"], "error": {"code": "InternalError", "message": "x"}}
+    written = [
+        error_first,  # an error line, then a good one for the same file: the good one stays
+        *lines,
+        {**first, "query": "./" + relative},  # the same file, another spelling
+        {**first, "query": "{}/.//{}".format(*first["query"].rsplit("/", 1))},
+        lines[3],  # an exact repeat
+    ]
+    out.write_text("".join(json.dumps(line) + "\n" for line in written))
+    for spelling in ("./" + uploads.name + "/", uploads.name, str(uploads)):
+        result = _cli(
+            "scan", "-c", str(built_catalogue), spelling, "--out", str(out), "--resume",
+            "--workers", "1", cwd=uploads.parent,
+        )  # fmt: skip
+        assert "scanned 0 file(s) (8 already in the report)" in result.stdout, spelling
+    assert read_report(out) == lines  # one line per file, the first good one, in order
+    # one folder named twice in one scan gives each file once
+    other_spelling = uploads.parent / ".." / uploads.parent.name / uploads.name
+    assert len(file_jobs([uploads, other_spelling])) == 8
+
+
+def test_a_second_scan_on_a_report_in_use_is_refused(
+    tmp_path: Path, built_catalogue: Path, uploads: Path
+) -> None:
+    out = tmp_path / "busy.jsonl"
+    with ReportWriter(out, resume=False) as first:
+        first.write({"query": str(uploads / "a_stretched.wav"), "matches": []})
+        first._file.flush()
+        before = out.read_bytes()
+        with pytest.raises(BadInputError, match=f"process {os.getpid()}"):
+            ReportWriter(out, resume=True)
+        second = _cli(
+            "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
+            check=False,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert "is being written by another scan" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert out.read_bytes() == before
+    with ReportWriter(out, resume=True) as later:  # free again once the first is closed
+        assert later.has(str(uploads / "a_stretched.wav"))
+
+
+def test_report_rewrite_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "r.jsonl"
+    original = b'{"query": "a", "matches": []}\ngarbage\n{"query": "b", "matches": []}\n'
+    path.write_bytes(original)
+
+    def crash(*args: object) -> None:
+        raise OSError("killed before the rename")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(os, "replace", crash)
+        with pytest.raises(OSError, match="before the rename"):
+            ReportWriter(path, resume=True)
+    assert path.read_bytes() == original  # nothing lost
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.lock"]
+
+    with ReportWriter(path, resume=True) as writer:  # and without the crash: cleaned
+        assert writer.has("a") and writer.has("b")
+    assert path.read_bytes() == b'{"query": "a", "matches": []}\n{"query": "b", "matches": []}\n'
+
+
+class _FinishedFuture:
+    """What :func:`_dask_line` reads of a Dask future."""
+
+    def __init__(self, status: str, result: object = None, error: BaseException | None = None):
+        self.status, self._result, self._error = status, result, error
+
+    def result(self) -> object:
+        return self._result
+
+    def exception(self) -> BaseException | None:
+        return self._error
+
+
+def test_failed_dask_tasks_become_error_lines() -> None:
+    from distributed.scheduler import KilledWorker
+
+    from tunetrace.errors import ScanWorkerError
+    from tunetrace.scan_backends import _dask_line
+
+    job = ScanJob("x.wav", "x.wav")
+    line = {"query": "x.wav", "duration_s": 1.0, "elapsed_s": 0.1, "matches": []}
+    assert _dask_line(job, _FinishedFuture("finished", line)) == line
+    died = KilledWorker("scan_task-1", None, 3)  # type: ignore[arg-type]
+    killed = _dask_line(job, _FinishedFuture("error", error=died))
+    assert killed["query"] == "x.wav" and killed["error"]["code"] == "worker_died"
+    assert "each of the 4 times it ran" in killed["error"]["message"]
+    raised = _dask_line(job, _FinishedFuture("error", error=ValueError("bad value")))
+    assert raised == {
+        "query": "x.wav", "error": {"code": "InternalError", "message": "ValueError: bad value"}
+    }  # fmt: skip
+    with pytest.raises(ScanWorkerError, match="cancelled"):
+        _dask_line(job, _FinishedFuture("cancelled"))
+
+
+def test_local_scan_stops_when_its_workers_cannot_start(tmp_path: Path, uploads: Path) -> None:
+    from tunetrace.errors import ScanWorkerError
+
+    # workers that die before they are ready are not blamed on a file: the scan stops
+    jobs = file_jobs([uploads])
+    with pytest.raises(ScanWorkerError, match="exited with code 1 before they were ready"):
+        list(run_local(tmp_path / "no-catalogue", jobs, workers=2, top=5, min_score=None))

@@ -267,6 +267,7 @@ def scan(
         ScanSummary,
         copy_groups,
         file_jobs,
+        file_key,
         read_report,
         reference_jobs,
     )
@@ -280,13 +281,13 @@ def scan(
     store = _open_catalogue(catalogue)
     try:
         jobs = reference_jobs(store) if self_scan else file_jobs(paths or [], manifest)
-        writer = ReportWriter(out, resume=resume)
+        writer = ReportWriter(out, resume=resume, key=str if self_scan else file_key)
     except TunetraceError as exc:
         _fail(exc)
     finally:
         store.close()
-    summary = ScanSummary(skipped=sum(job.query in writer.done for job in jobs))
-    todo = [job for job in jobs if job.query not in writer.done]
+    summary = ScanSummary(skipped=sum(writer.has(job.query) for job in jobs))
+    todo = [job for job in jobs if not writer.has(job.query)]
     progress = _progress_bar(len(todo), "scanning")
     started = time.perf_counter()
     try:
@@ -309,8 +310,8 @@ def scan(
     except KeyboardInterrupt:
         typer.echo("interrupted; run again with --resume to continue", err=True)
         raise typer.Exit(1) from None
-    except OSError as exc:  # e.g. an unreachable Dask scheduler
-        typer.echo(f"error: {exc}", err=True)
+    except (OSError, TunetraceError) as exc:  # e.g. an unreachable Dask scheduler
+        typer.echo(f"error: {exc}; run again with --resume to continue", err=True)
         raise typer.Exit(1) from None
     finally:
         progress.close()

@@ -27,6 +27,10 @@ class AudioTooLongError(BadInputError):
     """The audio is longer than the configured maximum duration."""
 
 
+class ScanWorkerError(TunetraceError):
+    """A scan's worker processes or cluster cannot run its jobs at all."""
+
+
 class CatalogueError(TunetraceError):
     """The catalogue cannot be opened or changed."""
 

@@ -16,8 +16,13 @@ import math
 import numba
 import numpy as np
 
+#: LLVM fast-math flags of every kernel: reassociation, contraction, reciprocals, approximate
+#: functions, no signed zeros; never ``ninf`` or ``nnan``, which let LLVM assume that no value is
+#: infinite or NaN and drop the comparisons with the ``-inf`` sentinels the searches start from.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def chroma_cross_spectra(
     reference_bins: np.ndarray,
     query_conj: np.ndarray,
@@ -80,7 +85,7 @@ def chroma_cross_spectra(
     return sums, totals
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def chroma_grid_search(
     reference_bins: np.ndarray,
     query_conj: np.ndarray,
@@ -169,7 +174,7 @@ def chroma_grid_search(
     return rate, offset, best_scores, True
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def aligned_frames(
     spectrum_frames: np.ndarray, positions: np.ndarray, whiten_bins: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +236,7 @@ def aligned_frames(
     return raw, white
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def shifted_fit(
     raw: np.ndarray,
     white: np.ndarray,
@@ -340,7 +345,7 @@ def shifted_fit(
     return per_frame, onsets, dynamics
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _change_correlation(
     query_changes: np.ndarray, first_bin: int, reference_frames: np.ndarray, usable: np.ndarray
 ) -> float:
@@ -378,7 +383,7 @@ def _change_correlation(
     return product / denominator if denominator > 0 else 0.0
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def stored_spectrum_arrays(
     codes: np.ndarray, scale: np.float32, bin_weights: np.ndarray, bins_per_octave: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -436,7 +441,7 @@ def stored_spectrum_arrays(
     return spectrum, folded, frames
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def chroma_and_blurred_frames(
     smoothed: np.ndarray, blur: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -482,7 +487,7 @@ def chroma_and_blurred_frames(
     return chroma, blurred
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _normalise(values: np.ndarray) -> None:
     """Zero mean and unit L2 norm in place (norms below 1e-6 divide by 1e-6), as
     :func:`~tunetrace.fingerprint.spectrum.normalise_frames` does to a frame."""
@@ -521,7 +526,7 @@ def paired_bins(n_bins: int, shift: float) -> tuple[int, int]:
     return first, last + 1
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def alignment_objectives(
     spectrum_frames: np.ndarray,
     rates: np.ndarray,
@@ -601,7 +606,7 @@ def alignment_objectives(
     return objectives
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def spectral_curves(
     spectrum_frames: np.ndarray,
     positions: np.ndarray,

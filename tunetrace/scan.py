@@ -2,23 +2,26 @@
 
 One report line per file, the same JSON as ``tunetrace match --json`` (errors as lines with an
 ``error`` field). Lines are appended and flushed as results arrive, so an interrupted scan
-loses nothing it finished; :class:`ReportWriter` with ``resume=True`` skips what the output
-already holds and drops a line cut off by a crash. Work runs in local processes or on a Dask
-cluster (:mod:`tunetrace.scan_backends`).
+loses nothing it finished; :class:`ReportWriter` locks the report and, with ``resume=True``,
+skips the files it already holds (by resolved path) and drops lines a crash left unreadable.
+Work runs in local processes or on a Dask cluster (:mod:`tunetrace.scan_backends`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from tunetrace.errors import AudioDecodeError, BadInputError, TunetraceError
 from tunetrace.fingerprint.decode import load_audio_span, seekable_length
@@ -51,7 +54,8 @@ def file_jobs(paths: Iterable[Path], manifest: Path | None = None) -> list[ScanJ
     """Jobs for files and folders (recursive) and a manifest's ``path,...`` rows.
 
     The query name is the file's path as found (folder argument joined with the file's path
-    below it), which is what the report calls ``query``.
+    below it), which is what the report calls ``query``. A file named twice (another spelling
+    of a folder, a symbolic link) gives one job, under the first name (see :func:`file_key`).
 
     Raises
     ------
@@ -68,7 +72,9 @@ def file_jobs(paths: Iterable[Path], manifest: Path | None = None) -> list[ScanJ
             raise BadInputError(f"{path}: no such file or folder")
     if manifest is not None:
         jobs += [ScanJob(str(path), str(path)) for path in manifest_paths(manifest)]
-    unique = {job.query: job for job in jobs}
+    unique: dict[str, ScanJob] = {}
+    for job in jobs:
+        unique.setdefault(file_key(job.query), job)
     return list(unique.values())
 
 
@@ -327,65 +333,193 @@ def _with_segments(match: Match, segments: list[Segment]) -> Match:
     return replace(match, segments=segments)
 
 
+def file_key(query: str) -> str:
+    """The identity of a scanned file: its resolved absolute path (symbolic links followed).
+
+    ``./music/a.mp3``, ``music//a.mp3`` and ``/home/me/music/a.mp3`` are the same file; a
+    relative path is taken relative to the current directory.
+    """
+    return os.path.realpath(query)
+
+
+def _is_report_line(value: object) -> bool:
+    """A report line: an object with a ``query`` and either ``matches`` or an ``error``."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("query"), str)
+        and (isinstance(value.get("matches"), list) or isinstance(value.get("error"), dict))
+    )
+
+
 class ReportWriter:
-    """Append-only JSON Lines report that survives interruption.
+    """Append-only JSON Lines report that survives interruption, one line per file.
+
+    The report is locked while the writer is open (``flock`` on ``FILE.lock`` beside it, which
+    outlives the atomic rewrite below): a second scan on the same report is refused instead
+    of interleaving its lines.
 
     Parameters
     ----------
     path : Path
     resume : bool
-        Keep the existing report and skip its queries. Without it an existing, non-empty
-        report is an error (it is never overwritten).
+        Keep the existing report and skip its queries. Lines that cannot be read (cut off
+        by a crash, damaged) are dropped wherever they are, every good line is kept, and
+        lines for the same file (by ``key``) are reduced to one: the first without an error,
+        else the first. If anything was dropped, the report is rewritten atomically (temporary
+        file, fsync, rename). Without ``resume`` an existing, non-empty report is an error (it
+        is never overwritten).
+    key : callable, optional
+        What identifies a line's query: :func:`file_key` (default) for files, the query itself
+        for reference ids.
 
     Raises
     ------
     BadInputError
-        If the report exists and ``resume`` is false.
+        If the report exists and ``resume`` is false, or another scan is writing it.
     """
 
-    def __init__(self, path: Path, *, resume: bool) -> None:
+    def __init__(
+        self, path: Path, *, resume: bool, key: Callable[[str], str] = file_key
+    ) -> None:
         self.path = path
+        self.key = key
         self.done: set[str] = set()
-        if path.exists() and path.stat().st_size > 0 and not resume:
-            raise BadInputError(
-                f"{path} already exists; use --resume to continue it or choose another --out"
-            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        if resume and path.exists():
-            self._recover()
-        self._file = path.open("a", encoding="utf-8")
+        self._lock = _lock_report(path)
+        try:
+            if path.exists() and path.stat().st_size > 0 and not resume:
+                raise BadInputError(
+                    f"{path} already exists; use --resume to continue it or choose another --out"
+                )
+            if resume and path.exists():
+                self._recover()
+            self._file = path.open("a", encoding="utf-8")
+        except BaseException:
+            self._lock.close()
+            raise
         self._last_sync = time.monotonic()
 
+    def __enter__(self) -> ReportWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def has(self, query: str) -> bool:
+        """Whether the report already holds a line for ``query`` (compared by ``key``)."""
+        return self.key(query) in self.done
+
     def _recover(self) -> None:
-        """Read finished queries; cut off a last line that a crash left incomplete."""
-        keep = 0
+        """Read the finished queries; keep every good line once, rewrite if anything went."""
+        kept: dict[str, tuple[int, int, bool]] = {}  # key -> (offset, length, is an error)
+        bad: list[int] = []
+        duplicates = 0
+        unterminated = False
+        offset = 0
         with self.path.open("rb") as report:
-            for line in report:
-                if not line.endswith(b"\n"):
-                    break
+            for number, raw in enumerate(report, start=1):
+                start, offset = offset, offset + len(raw)
                 try:
-                    self.done.add(str(json.loads(line)["query"]))
-                except (ValueError, KeyError, TypeError):
-                    break
-                keep += len(line)
-        if keep < self.path.stat().st_size:
-            logger.warning("dropping an incomplete last line of %s", self.path)
-            with self.path.open("r+b") as report:
-                report.truncate(keep)
+                    line = json.loads(raw)
+                except ValueError:
+                    line = None
+                if not _is_report_line(line):
+                    if raw.strip():
+                        bad.append(number)
+                    continue
+                unterminated = not raw.endswith(b"\n")
+                is_error = "error" in line
+                key = self.key(line["query"])
+                if key in kept:
+                    duplicates += 1
+                    if not kept[key][2] or is_error:
+                        continue  # the first good line (or the first error) stays
+                kept[key] = (start, len(raw), is_error)
+        self.done = set(kept)
+        if not bad and not duplicates and not unterminated:
+            return
+        if bad:
+            shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+            logger.warning(
+                "%s: dropping %d line(s) that cannot be read (line %s)", self.path, len(bad), shown
+            )
+        if duplicates:
+            logger.warning("%s: dropping %d repeated line(s) of a file", self.path, duplicates)
+        _rewrite_atomically(self.path, sorted((start, n) for start, n, _ in kept.values()))
 
     def write(self, line: dict[str, Any]) -> None:
         """Append one report line and flush it (fsync at most every few seconds)."""
         self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._file.flush()
+        self.done.add(self.key(str(line["query"])))
         if time.monotonic() - self._last_sync > SYNC_INTERVAL_S:
             os.fsync(self._file.fileno())
             self._last_sync = time.monotonic()
 
     def close(self) -> None:
-        """Flush, fsync and close."""
+        """Flush, fsync and close; release the lock."""
+        if self._file.closed:
+            return
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        self._lock.close()
+
+
+def _lock_report(path: Path) -> IO[str]:
+    """Hold an exclusive lock for writing ``path`` (released when the returned file closes).
+
+    Raises
+    ------
+    BadInputError
+        If another process holds it.
+    """
+    lock_path = path.with_name(path.name + ".lock")
+    handle = lock_path.open("a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip()
+        handle.close()
+        by = f" (process {holder})" if holder.isdigit() else ""
+        raise BadInputError(
+            f"{path} is being written by another scan{by}; wait for it to finish "
+            "or choose another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _rewrite_atomically(path: Path, spans: list[tuple[int, int]]) -> None:
+    """Replace ``path`` with its lines at ``spans`` (offset, length), each ending in a newline.
+
+    The new report is written beside the old one, fsynced and renamed over it: a crash at any
+    moment leaves the old report or the new one, complete.
+    """
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as new, path.open("rb") as old:
+            for offset, length in spans:
+                old.seek(offset)
+                line = old.read(length)
+                new.write(line if line.endswith(b"\n") else line + b"\n")
+            new.flush()
+            os.fsync(new.fileno())
+        os.chmod(temporary, path.stat().st_mode & 0o7777)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 @dataclass
@@ -442,10 +576,16 @@ def copy_groups(lines: Iterable[dict[str, Any]]) -> list[list[str]]:
 
 
 def read_report(path: Path) -> list[dict[str, Any]]:
-    """All complete lines of a JSON Lines report."""
+    """All complete, readable lines of a JSON Lines report (others are skipped)."""
     lines = []
-    with path.open(encoding="utf-8") as report:
+    with path.open(encoding="utf-8", errors="replace") as report:
         for text in report:
-            if text.endswith("\n"):
-                lines.append(json.loads(text))
+            try:
+                line = json.loads(text) if text.endswith("\n") else None
+            except ValueError:
+                line = None
+            if _is_report_line(line):
+                lines.append(line)
+            elif text.strip():
+                logger.warning("%s: skipping a line that cannot be read", path)
     return lines

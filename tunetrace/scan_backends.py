@@ -4,28 +4,61 @@ Every backend yields ``(job, report_line)`` pairs as jobs finish. Each worker (p
 worker) opens the catalogue once and keeps it: the index and the reference features are loaded
 once per worker, not per task. With Dask the catalogue directory must be readable by the
 workers at the same path (shared storage, or a copy on each machine).
+
+A worker process that dies (the OOM killer's SIGKILL, a crash in a decoder) does not end a
+scan: the job it was running is run once more, and if that kills a worker too the file gets
+a ``worker_died`` error line; every other job gets its line as usual.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
+import signal
 import threading
+from collections import Counter, deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
+from tunetrace.errors import ScanWorkerError
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.matcher import Matcher
+from tunetrace.report import error_to_dict
 from tunetrace.scan import ScanJob, run_job
 from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
 
-#: Jobs in flight per worker: enough to keep workers busy, few enough to stop quickly.
-IN_FLIGHT_PER_WORKER = 2
+#: Dask tasks in flight per worker thread. One: a worker then holds only the task it is
+#: running, so when it dies Dask blames that task alone (every task a dead worker holds counts
+#: one failure towards ``KilledWorker``), never an innocent one waiting behind it.
+DASK_TASKS_PER_THREAD = 1
+#: Times a local job may have its worker die under it before it is reported as failed.
+LOCAL_ATTEMPTS = 2
+#: Dask retries of a task that raised. Worker deaths are counted by the scheduler instead,
+#: up to its ``distributed.scheduler.allowed-failures`` (3 by default), then ``KilledWorker``.
+DASK_RETRIES = 1
+#: Local workers that may die before they are ready, in a row, before a scan gives up.
+MAX_START_FAILURES = 3
+#: Error code of a file whose worker process died running it.
+WORKER_DIED = "worker_died"
+
+#: Test hooks (see :func:`_fault_hook`): a worker running a job whose query ends with this
+#: variable's value kills itself; with the second naming a file, only once.
+_KILL_ON_ENV = "TUNETRACE_TEST_KILL_WORKER_ON"
+_KILL_ONCE_ENV = "TUNETRACE_TEST_KILL_WORKER_ONCE"
+_READY = "ready"
+_NOTHING = object()
+_DIED = object()
 
 _matchers: dict[str, Matcher] = {}
 _matchers_lock = threading.Lock()
@@ -55,6 +88,7 @@ def scan_task(
     """
     if one_thread:
         use_one_thread()
+    _fault_hook(job)
     return run_job(
         _matcher_for(catalogue_dir), job, top=top, min_score=min_score, excerpts=excerpts
     )
@@ -66,6 +100,39 @@ def _init_local_worker(catalogue_dir: str) -> None:
     _matcher_for(catalogue_dir)
 
 
+def _fault_hook(job: ScanJob) -> None:
+    """Kill this worker process as the kernel's OOM killer would, when a test asks for it.
+
+    Active only in a worker process (never in a scan's own process) whose environment sets
+    :data:`_KILL_ON_ENV` to a suffix of the job's query. With :data:`_KILL_ONCE_ENV` naming a
+    file, only the first job to create that file dies.
+    """
+    suffix = os.environ.get(_KILL_ON_ENV)
+    if not suffix or not job.query.endswith(suffix) or multiprocessing.parent_process() is None:
+        return
+    marker = os.environ.get(_KILL_ONCE_ENV)
+    if marker:
+        try:
+            Path(marker).touch(exist_ok=False)
+        except FileExistsError:
+            return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _local_worker_main(
+    connection: Connection, catalogue_dir: str, top: int, min_score: float | None, excerpts: int
+) -> None:
+    """A local worker process: open the catalogue, say so, then run the jobs sent over
+    ``connection`` one at a time until it sends ``None`` or the scan goes away."""
+    try:
+        _init_local_worker(catalogue_dir)
+        connection.send(_READY)
+        while (job := connection.recv()) is not None:
+            connection.send(scan_task(catalogue_dir, job, top, min_score, excerpts))
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        pass  # the scan ended or was killed: there is no one left to report to
+
+
 def run_in_process(
     catalogue_dir: Path,
     jobs: list[ScanJob],
@@ -74,9 +141,85 @@ def run_in_process(
     min_score: float | None,
     excerpts: int = 0,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
-    """Run jobs one after another in this process."""
+    """Run jobs one after another in this process (a job that kills it ends the scan)."""
     for job in jobs:
         yield job, scan_task(str(catalogue_dir), job, top, min_score, excerpts, False)
+
+
+@dataclass
+class _LocalWorker:
+    """A local worker process, the parent's end of its pipe and the job it is running."""
+
+    process: BaseProcess
+    connection: Connection
+    ready: bool = False
+    job: ScanJob | None = None
+
+    def receive(self) -> object:
+        """What the worker sent (:data:`_NOTHING` if nothing yet), or :data:`_DIED`."""
+        try:
+            if self.connection.poll():
+                return self.connection.recv()
+            if self.process.is_alive():
+                return _NOTHING
+            # dead: whatever it sent before dying is in the pipe by now
+            return self.connection.recv() if self.connection.poll() else _DIED
+        except (EOFError, OSError):
+            return _DIED
+
+    def how_it_ended(self) -> str:
+        """``killed by SIGKILL`` or ``exited with code N``."""
+        self.process.join(timeout=5)
+        code = self.process.exitcode
+        if code is not None and code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exited with code {code}"
+
+    def stop(self) -> None:
+        """Ask an idle worker to finish; kill a busy one (the scan is being abandoned)."""
+        if self.job is None:
+            with contextlib.suppress(OSError):
+                self.connection.send(None)
+        elif self.process.is_alive():
+            self.process.kill()
+
+    def close(self) -> None:
+        self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.connection.close()
+
+
+def _start_local_worker(context: BaseContext, args: tuple[Any, ...]) -> _LocalWorker:
+    """Start a worker process that ignores Ctrl-C: the scan stops its workers itself."""
+    ours, theirs = context.Pipe()
+    process = context.Process(
+        target=_local_worker_main, args=(theirs, *args), name="tunetrace-scan", daemon=True
+    )
+    # A process that starts with SIGINT ignored keeps it ignored (Python installs its
+    # KeyboardInterrupt handler only over the default), even while it is still importing.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        process.start()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    theirs.close()
+    return _LocalWorker(process, ours)
+
+
+def _worker_died_line(job: ScanJob, how: str, times: int) -> dict[str, Any]:
+    runs = "the only time it ran" if times == 1 else f"each of the {times} times it ran"
+    return error_to_dict(
+        job.query,
+        WORKER_DIED,
+        f"the worker process running it was {how} {runs} (out of memory?); file skipped",
+    )
 
 
 def run_local(
@@ -87,38 +230,86 @@ def run_local(
     top: int,
     min_score: float | None,
     excerpts: int = 0,
+    attempts: int = LOCAL_ATTEMPTS,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
-    """Run jobs in ``workers`` local processes (one process: in this one)."""
-    if workers <= 1:
-        yield from run_in_process(
-            catalogue_dir, jobs, top=top, min_score=min_score, excerpts=excerpts
-        )
-        return
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_local_worker,
-        initargs=(str(catalogue_dir),),
-    ) as pool:
-        pending = iter(jobs)
-        running: dict[Future[dict[str, Any]], ScanJob] = {}
-        try:
-            while True:
-                for job in pending:
-                    future = pool.submit(
-                        scan_task, str(catalogue_dir), job, top, min_score, excerpts
-                    )
-                    running[future] = job
-                    if len(running) >= workers * IN_FLIGHT_PER_WORKER:
-                        break
-                if not running:
-                    return
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield running.pop(future), future.result()
-        finally:
-            for future in running:
-                future.cancel()
+    """Run jobs in ``workers`` local worker processes, surviving their deaths.
+
+    Each worker runs one job at a time, so when one dies (killed by the OOM killer, a crash in
+    a decoder) the job it was running is known and no other job is touched. That job is run
+    again (the first death may have been another process's doing: the OOM killer picks the
+    largest process, not the one that asked for memory) and, when its worker dies
+    ``attempts`` times, it gets a ``worker_died`` error line. Each dead worker is replaced.
+
+    Raises
+    ------
+    ScanWorkerError
+        If worker processes die before they are ready :data:`MAX_START_FAILURES` times in a
+        row (they cannot open the catalogue, say).
+    """
+    context = multiprocessing.get_context("spawn")
+    args = (str(catalogue_dir), top, min_score, excerpts)
+    pending = deque(jobs)
+    deaths: Counter[ScanJob] = Counter()
+    pool: list[_LocalWorker] = []
+    start_failures = 0
+    try:
+        while True:
+            busy = sum(worker.job is not None for worker in pool)
+            if not pending and not busy:
+                break
+            while len(pool) < min(workers, busy + len(pending)):
+                pool.append(_start_local_worker(context, args))
+            for worker in pool:
+                if worker.job is None and pending:
+                    job = pending.popleft()
+                    try:
+                        worker.connection.send(job)
+                        worker.job = job
+                    except OSError:  # it died idle: found below, not the job's doing
+                        pending.appendleft(job)
+            multiprocessing.connection.wait(
+                [w.connection for w in pool] + [w.process.sentinel for w in pool]
+            )
+            finished: list[tuple[ScanJob, dict[str, Any]]] = []
+            for worker in list(pool):
+                message = worker.receive()
+                if message is _NOTHING:
+                    continue
+                if message == _READY:
+                    worker.ready, start_failures = True, 0
+                elif message is not _DIED:
+                    assert worker.job is not None
+                    finished.append((worker.job, message))  # type: ignore[arg-type]
+                    worker.job = None
+                    continue
+                else:
+                    pool.remove(worker)
+                    how = worker.how_it_ended()
+                    worker.close()
+                    job, worker.job = worker.job, None
+                    if not worker.ready:
+                        start_failures += 1
+                        if start_failures >= MAX_START_FAILURES:
+                            raise ScanWorkerError(
+                                f"scan worker processes {how} before they were ready, "
+                                f"{start_failures} times in a row"
+                            )
+                        if job is not None:
+                            pending.appendleft(job)
+                    elif job is not None:
+                        deaths[job] += 1
+                        if deaths[job] >= attempts:
+                            logger.warning("%s: worker %s again; skipped", job.query, how)
+                            finished.append((job, _worker_died_line(job, how, deaths[job])))
+                        else:
+                            logger.warning("%s: worker %s; running it again", job.query, how)
+                            pending.appendleft(job)
+            yield from finished
+    finally:
+        for worker in pool:
+            worker.stop()
+        for worker in pool:
+            worker.close()
 
 
 def run_dask(
@@ -130,19 +321,33 @@ def run_dask(
     min_score: float | None,
     excerpts: int = 0,
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
-    """Run jobs on the Dask distributed cluster at ``scheduler`` (e.g. ``tcp://host:8786``)."""
+    """Run jobs on the Dask distributed cluster at ``scheduler`` (e.g. ``tcp://host:8786``).
+
+    A task that raises is retried :data:`DASK_RETRIES` time(s). A task whose worker dies is
+    rescheduled by Dask on another worker, until the workers running it have died more than
+    the scheduler's ``distributed.scheduler.allowed-failures`` times; it then gets a
+    ``worker_died`` error line (and a task that keeps raising an ``InternalError`` line).
+
+    Raises
+    ------
+    ScanWorkerError
+        If Dask cancels a task (the scheduler restarted or was lost): run again with resume.
+    """
     from distributed import Client, as_completed
 
     directory = str(Path(catalogue_dir).resolve())
     with Client(scheduler, set_as_default=False) as client:
         threads = sum(client.nthreads().values()) or 1
-        window = threads * IN_FLIGHT_PER_WORKER
+        window = threads * DASK_TASKS_PER_THREAD
         logger.info("Dask cluster at %s: %d worker threads", scheduler, threads)
         running: dict[str, ScanJob] = {}
         completed = as_completed(loop=client.loop)
 
         def submit(job: ScanJob) -> None:
-            future = client.submit(scan_task, directory, job, top, min_score, excerpts, pure=False)
+            future = client.submit(
+                scan_task, directory, job, top, min_score, excerpts,
+                pure=False, retries=DASK_RETRIES,
+            )  # fmt: skip
             running[future.key] = job
             completed.add(future)
 
@@ -151,9 +356,33 @@ def run_dask(
             submit(job)
         for future in completed:  # a new job goes in as each one finishes
             job = running.pop(future.key)
-            result = future.result()
+            result = _dask_line(job, future)
             future.release()
             next_job = next(pending, None)
             if next_job is not None:
                 submit(next_job)
             yield job, result
+
+
+def _dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
+    """The report line of a finished Dask future: its result, or an error line."""
+    from distributed.scheduler import KilledWorker
+
+    if future.status == "finished":
+        return future.result()
+    if future.status == "cancelled":
+        raise ScanWorkerError(
+            f"the Dask cluster cancelled the task of {job.query} (scheduler restarted or lost?)"
+        )
+    exc = future.exception()
+    if isinstance(exc, KilledWorker):
+        times = exc.allowed_failures + 1
+        logger.warning("%s: the Dask workers running it died %d times; skipped", job.query, times)
+        return error_to_dict(
+            job.query,
+            WORKER_DIED,
+            f"the Dask worker process running it died each of the {times} times it ran "
+            "(out of memory?; see distributed.scheduler.allowed-failures); file skipped",
+        )
+    logger.error("%s: the Dask task failed: %s: %s", job.query, type(exc).__name__, exc)
+    return error_to_dict(job.query, "InternalError", f"{type(exc).__name__}: {exc}")
