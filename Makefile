@@ -1,16 +1,16 @@
 # Two entry points: `make demo` (install, fetch real music, build a catalogue, find an
-# altered copy) and `make test` (install, lint, run the test suite).
+# altered copy) and `make test` (install, lint, run the test suite, build the docs).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint browser strace bench bench-core clean
+.PHONY: install demo test lint docs browser strace bench bench-core clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,docs]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -23,6 +23,11 @@ lint: $(STAMP)
 
 test: $(STAMP) lint browser strace
 	$(BIN)/python -m pytest -q
+	$(MAKE) docs
+
+# The docs site (MkDocs): pages in docs/, API reference from the docstrings, into site/.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The review page is tested in a real headless Chromium: install Debian's when we can (root with
 # apt-get); without it that one test is skipped, and this says so.
@@ -64,4 +69,4 @@ bench-core: $(STAMP)
 	$(BIN)/python -m benchmarks.run_benchmark --size quick
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .ruff_cache site build/docs-python

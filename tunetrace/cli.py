@@ -204,6 +204,91 @@ def info(
             typer.echo(f"{key:>20}: {value}")
 
 
+#: Largest --offset/--limit: SQLite's integers are 64-bit.
+_MAX_COUNT = 2**62
+#: References read from the catalogue at a time by ``tunetrace list``.
+_LIST_PAGE = 1000
+
+
+@app.command("list")
+def list_references(
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    offset: Annotated[
+        str, typer.Option(metavar="N", help="Skip the first N references (by id).")
+    ] = "0",
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            metavar="N", help="List at most N references [default: all].", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """List the references (id, title, artist, ISRC, duration), ordered by id."""
+    first = _count_option("--offset", offset, minimum=0)
+    most = None if limit is None else _count_option("--limit", limit, minimum=1)
+    store = _open_catalogue(catalogue, read_only=True)
+    records, listed = [], 0  # a table needs every row for its widths; JSON lines stream
+    try:
+        while most is None or listed < most:
+            want = _LIST_PAGE if most is None else min(_LIST_PAGE, most - listed)
+            page = store.list(offset=first + listed, limit=want)
+            listed += len(page)
+            if as_json:
+                for record in page:
+                    typer.echo(json.dumps(record.to_dict()))
+            else:
+                records += page
+            if len(page) < want:
+                break
+    finally:
+        store.close()
+    if not as_json:
+        typer.echo(_format_references(records))
+
+
+def _count_option(name: str, value: str, *, minimum: int) -> int:
+    """Parse a whole-number option, or exit 2 with one line saying what was wrong."""
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or not minimum <= number <= _MAX_COUNT:
+        typer.echo(f"error: {name} must be a whole number of at least {minimum}, "
+                   f"got {value!r}", err=True)  # fmt: skip
+        raise typer.Exit(2)
+    return number
+
+
+def _format_references(records) -> str:
+    if not records:
+        return "no references"
+    header = ("id", "title", "artist", "isrc", "duration")
+    rows = [
+        (
+            r.reference_id,
+            r.title or "",
+            r.artist or "",
+            r.isrc or "",
+            _clock(r.duration_s),
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        lines.append("  ".join([*cells, row[-1].rjust(widths[-1])]).rstrip())
+    return "\n".join(lines)
+
+
+def _clock(seconds: float) -> str:
+    """``m:ss`` (``h:mm:ss`` from an hour on)."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 @app.command()
 def remove(
     reference_ids: Annotated[list[str], typer.Argument(help="Ids of references to delete.")],

@@ -24,6 +24,7 @@ from tunetrace.fingerprint.features import (
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData, validate_reference_id
 from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
+from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,9 @@ def items_from_manifest(manifest: Path) -> list[IngestItem]:
     if not manifest.is_file():
         raise BadInputError(f"{manifest}: no such manifest file")
     items = []
-    with manifest.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheet programs save CSV with a byte-order mark, which would otherwise
+    # stick to the first field and hide the header row.
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
         for number, row in enumerate(csv.reader(handle), start=1):
             if not row or not "".join(row).strip():
                 continue
@@ -276,6 +279,15 @@ def _precheck(
     return True
 
 
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` fingerprinting processes, each limited to one thread.
+
+    As in the API's workers (:func:`tunetrace.threads.use_one_thread`): one process per core
+    that also started a BLAS or OpenMP thread per core would oversubscribe the machine.
+    """
+    return ProcessPoolExecutor(max_workers=workers, initializer=use_one_thread)
+
+
 def _fingerprint_all(
     items: list[IngestItem],
     params: FingerprintParams,
@@ -290,7 +302,7 @@ def _fingerprint_all(
             except Exception as exc:  # reported per file, never aborts the batch
                 yield item, exc
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with worker_pool(workers) as pool:
         queue = iter(items)
         running: dict[Future[ReferenceData], IngestItem] = {}
         for item in queue:

@@ -11,7 +11,29 @@ from tunetrace.types import Segment
 
 @dataclass(frozen=True)
 class Match:
-    """One probable copy, as reported."""
+    """One probable copy, as reported.
+
+    Attributes
+    ----------
+    reference_id : str
+        Id of the reference the query copies.
+    title, artist : str or None
+        The reference's metadata.
+    score : float
+        Calibrated score in [0, 1]; matches are reported at or above the threshold.
+    tempo_ratio : float
+        Reference duration / query duration of the matched material (1.10: the query plays
+        10% faster).
+    pitch_shift_semitones : float
+        Query pitch minus reference pitch, in (-6, 6].
+    alteration : str
+        ``none``, ``time_stretch``, ``pitch_shift``, ``speed_change`` or
+        ``time_stretch+pitch_shift``.
+    coverage : float
+        Fraction of the query's duration inside matched segments.
+    segments : list of Segment
+        Every section of the query copied from the reference, in query order.
+    """
 
     reference_id: str
     title: str | None
@@ -28,6 +50,19 @@ class Match:
 class MatchReport:
     """Everything tunetrace says about one query.
 
+    Attributes
+    ----------
+    query : str
+        The query's name: the path as given, or an upload's file name.
+    duration_s : float
+        Duration of the query audio, in seconds.
+    elapsed_s : float
+        Seconds spent decoding, fingerprinting and matching it.
+    matches : list of Match
+        Probable copies, best first; empty when nothing passes the threshold.
+    query_tonality : float or None
+        How tonal the query is (see below).
+
     ``query_tonality`` (see :func:`tunetrace.fingerprint.tonality.tonality`) serves the
     human-readable output only; the JSON form does not carry it.
     """
@@ -43,6 +78,11 @@ class MatchReport:
         """What a reviewer should know about an empty report of a mostly non-tonal query
         (:func:`~tunetrace.fingerprint.tonality.low_tonality_caution`); ``None`` otherwise."""
         return None if self.matches else low_tonality_caution(self.query_tonality)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form of this report, as ``tunetrace match --json`` and ``POST /v1/match``
+        give it (see :func:`report_to_dict`)."""
+        return report_to_dict(self)
 
 
 def report_to_dict(report: MatchReport) -> dict[str, Any]:

@@ -36,7 +36,15 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Segment:
-    """One matched stretch, in seconds on both time lines."""
+    """One matched stretch, in seconds on both time lines.
+
+    Attributes
+    ----------
+    query_start_s, query_end_s : float
+        Where the stretch lies in the query.
+    reference_start_s, reference_end_s : float
+        Where the same material lies in the reference.
+    """
 
     query_start_s: float
     query_end_s: float

@@ -1,0 +1,59 @@
+"""Adding references: manifests and the fingerprinting worker pool."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import faiss
+import pytest
+from threadpoolctl import threadpool_info
+
+from tunetrace.ingest import items_from_manifest, worker_pool
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte-order-mark"])
+def test_manifest_header_is_skipped_with_or_without_a_byte_order_mark(
+    tmp_path: Path, bom: bytes
+) -> None:
+    manifest = tmp_path / "manifest.csv"
+    text = "path,id,title,artist,isrc\r\nmusic/a.flac,album1/a,Tïtle,Ärtist,XXA012500001\r\n"
+    manifest.write_bytes(bom + text.encode("utf-8"))
+    items = items_from_manifest(manifest)
+    assert len(items) == 1, [item.reference_id for item in items]
+    item = items[0]
+    assert item.path == tmp_path / "music" / "a.flac"
+    assert (item.reference_id, item.title, item.artist, item.isrc) == (
+        "album1/a",
+        "Tïtle",
+        "Ärtist",
+        "XXA012500001",
+    )
+
+
+def test_manifest_without_header_keeps_its_first_row_despite_a_byte_order_mark(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfa.wav,first\nb.wav,second\n")
+    items = items_from_manifest(manifest)
+    assert [(item.path.name, item.reference_id) for item in items] == [
+        ("a.wav", "first"),
+        ("b.wav", "second"),
+    ]
+
+
+def _thread_limits() -> tuple[int, list[int]]:
+    """FAISS's OpenMP threads and each BLAS library's threads, in the calling process."""
+    blas = [entry["num_threads"] for entry in threadpool_info() if entry["user_api"] == "blas"]
+    return faiss.omp_get_max_threads(), blas
+
+
+def test_worker_pool_limits_each_worker_to_one_thread() -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: every library already uses one thread")
+    with worker_pool(2) as pool:
+        omp_threads, blas_threads = pool.submit(_thread_limits).result(timeout=120)
+    assert omp_threads == 1, f"FAISS uses {omp_threads} OpenMP threads in a worker"
+    assert blas_threads, "no BLAS library found in the worker"
+    assert all(n == 1 for n in blas_threads), f"BLAS threads in a worker: {blas_threads}"
