@@ -92,6 +92,22 @@ class Features:
         """Bytes held by the feature arrays, the derived ones computed so far included."""
         return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
 
+    def frames(self, first: int, stop: int) -> Features:
+        """The features of frames ``first`` to ``stop - 1`` (a part of the recording).
+
+        Parameters
+        ----------
+        first, stop : int
+            Frame range, half-open, ``0 <= first < stop <= n_frames``.
+        """
+        if not 0 <= first < stop <= self.n_frames:
+            raise ValueError(f"frames {first}:{stop} are not inside 0:{self.n_frames}")
+        return Features(
+            spectrum=self.spectrum[:, first:stop],
+            chroma=self.chroma[:, first:stop],
+            frame_rate_hz=self.frame_rate_hz,
+        )
+
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""
         return self.spectrum.max(axis=0) > SILENCE_LEVEL

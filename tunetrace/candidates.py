@@ -30,6 +30,9 @@ MAX_TRIPLES_CONSIDERED = 5000
 #: Two triples of one reference this close (offset bins, rate steps) are the same place.
 SAME_PLACE_BINS = 4
 SAME_PLACE_RATES = 2
+#: Voters of one place further apart than this (seconds of query) belong to different runs;
+#: a place's query span is its run with the most votes.
+VOTER_GAP_S = 8.0
 
 
 def vector_ids(reference_key: int, n_patches: int) -> np.ndarray:
@@ -153,6 +156,8 @@ def find_candidates(
     # The rows stay sorted, so each distinct place begins a run.
     place_starts = _run_starts(keys[:, :3])
     triples = keys[place_starts, :3]
+    run_begin = np.flatnonzero(place_starts)
+    run_end = np.append(run_begin[1:], len(keys))
     inverse = np.cumsum(place_starts) - 1
     totals = np.bincount(inverse, weights=sims, minlength=len(triples))
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
@@ -186,6 +191,23 @@ def find_candidates(
         place = _Place(ref_key, [off_bin], [rate_i], float(totals[position]))
         chosen.append(place)
         places.append(place)
+    def span(place: _Place) -> tuple[float, float]:
+        """Query frames covered by the place's voters (its triple and the offset bins
+        either side, at its first tempo ratio)."""
+        rate_i, off_bin = place.rate_indices[0], place.offset_bins[0]
+        rows = []
+        for bin_ in (off_bin - 1, off_bin, off_bin + 1):
+            found = _triple_position(triples, (place.reference_key, rate_i, bin_))
+            if found is not None:
+                rows.append(np.arange(run_begin[found], run_end[found]))
+        voters = starts[keys[np.concatenate(rows), 3]]
+        rate = float(rates[rate_i])
+        return _densest_run(
+            voters / rate,
+            gap=VOTER_GAP_S * params.frame_rate_hz,
+            length=params.patch_frames / rate,
+        )
+
     return [
         Candidate(
             reference_key=place.reference_key,
@@ -196,9 +218,44 @@ def find_candidates(
                 (float(rates[i]), float(b * params.reference_patch_hop))
                 for i, b in zip(place.rate_indices[1:], place.offset_bins[1:], strict=True)
             ),
+            query_span_frames=span(place),
         )
         for place in places
     ]
+
+
+def _triple_position(triples: np.ndarray, triple: tuple[int, int, int]) -> int | None:
+    """Row of ``triple`` in the lexicographically sorted, distinct ``triples``, if there."""
+    low, high = 0, len(triples)
+    while low < high:  # binary search on rows compared as tuples
+        middle = (low + high) // 2
+        if tuple(int(v) for v in triples[middle]) < triple:
+            low = middle + 1
+        else:
+            high = middle
+    if low < len(triples) and tuple(int(v) for v in triples[low]) == triple:
+        return low
+    return None
+
+
+def _densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[float, float]:
+    """Start of the first and end of the last patch of the run of ``positions`` with the
+    most members, runs being split where consecutive positions are more than ``gap`` apart.
+
+    Parameters
+    ----------
+    positions : np.ndarray [shape=(n,)]
+        Patch starts, query frames (any order, n >= 1).
+    gap : float
+        Frames.
+    length : float
+        Frames one patch covers.
+    """
+    ordered = np.sort(np.asarray(positions, dtype=np.float64))
+    breaks = np.flatnonzero(np.diff(ordered) > gap) + 1
+    runs = np.split(ordered, breaks)
+    best = max(runs, key=len)  # the earliest of equally long runs
+    return float(best[0]), float(best[-1] + length)
 
 
 @dataclass

@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates
@@ -23,6 +26,7 @@ from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
     ChromaAlignment,
+    PreparedQuery,
     Screening,
     VerifySettings,
     align_on_chroma,
@@ -71,6 +75,30 @@ class MatchSettings:
         alignment ranked 17th by chroma fit (0.67 against 0.82 for the best wrong one) and
         first, by far, in screening (1.81 against 0.46). Recall comes first, so everything is
         screened unless this is set.
+    section_margin_s : float
+        A candidate whose voters cover only part of the query is aligned, screened and
+        verified on that part alone, widened by this much on each side: unrelated material
+        around a copied section must not dilute its evidence.
+    min_section_s : float
+        A window's verification counts only if its matched segments cover this much: the
+        best-fitting part of a long query, judged alone, can look like a copy for a few
+        seconds by coincidence.
+    section_pad_s : float
+        The longest matched section of such a window is judged again alone, with this much
+        around it, when the window held much else.
+    section_gap_s : float
+        Matched segments this close are one section.
+    other_work_screening : float
+        After the first ``verify_top``, the best alignment of every other reference whose
+        screening reaches this (and this fraction of the best screening) is verified too (a
+        medley's other works), as are other places of references found to be copied (a
+        looped or moved section).
+    max_extra_verifications : int
+        At most this many such verifications.
+    min_section_window_s : float
+        Such a window is widened to at least this length.
+    whole_query_fraction : float
+        A window covering at least this fraction of the query is the whole query.
     """
 
     n_neighbours: int = 20
@@ -81,6 +109,14 @@ class MatchSettings:
     places_per_reference: int = 4
     retimed_candidates: int = 4
     screen_top: int | None = None
+    section_margin_s: float = 3.0
+    min_section_s: float = 6.0
+    section_pad_s: float = 1.0
+    section_gap_s: float = 2.0
+    other_work_screening: float = 0.5
+    max_extra_verifications: int = 6
+    min_section_window_s: float = 12.0
+    whole_query_fraction: float = 0.8
 
 
 class Matcher:
@@ -221,6 +257,13 @@ class Matcher:
         query = prepare_query(features, self.verify_settings)
 
         retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
+        # A candidate whose voters sit in one part of the query is judged on that part alone.
+        windowed = [self._in_window(candidate, features) for candidate in retimed]
+        prepared = {window: query if window is None else
+                    prepare_query(features.frames(*window), self.verify_settings)
+                    for window in {window for window, _ in windowed}}  # fmt: skip
+        window_of = {id(candidate): window for window, candidate in windowed}
+        retimed = [candidate for _, candidate in windowed]
         # Each reference is read once, all of them side by side, before any is aligned: a
         # reference's places and tempo ratios follow each other in ``retimed``, and threads
         # aligning them together would each derive it.
@@ -230,27 +273,47 @@ class Matcher:
         references = {key: features for key, features in read.items() if features is not None}
         retimed = [c for c in retimed if c.reference_key in references]
 
+        def query_of(candidate: Candidate) -> PreparedQuery:
+            return prepared[window_of[id(candidate)]]
+
         def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = references[candidate.reference_key]
-            return align_on_chroma(query, reference, candidate, settings=self.verify_settings)
+            return align_on_chroma(
+                query_of(candidate), reference, candidate, settings=self.verify_settings
+            )
 
         def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening]:
             reference = references[alignment.candidate.reference_key]
             screening = screen_alignment(
-                query, reference, alignment, params=params, settings=self.verify_settings
+                query_of(alignment.candidate),
+                reference,
+                alignment,
+                params=params,
+                settings=self.verify_settings,
             )
             return screening.value, alignment, screening
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
             _, alignment, screening = item
-            return verify_candidate(
-                query,
-                references[alignment.candidate.reference_key],
+            candidate = alignment.candidate
+            verification = verify_candidate(
+                query_of(candidate),
+                references[candidate.reference_key],
                 alignment,
                 params=params,
                 settings=self.verify_settings,
                 screening=screening,
             )
+            window = window_of[id(candidate)]
+            if verification is None or window is None:
+                return _scored(verification)
+            verification = _from_window(verification, window[0], params.frame_rate_hz)
+            return self._judged_alone(features, verification, references, window, _scored)
+
+        def _scored(verification: Verification | None) -> Verification | None:
+            if verification is None:
+                return None
+            return _with_score(verification, self.score_model.score(verification))
 
         # in candidate order whatever the threads, so that ties resolve as in one thread
         alignments = [a for a in map_in_threads(align, retimed) if a is not None]
@@ -259,18 +322,132 @@ class Matcher:
             alignments = alignments[: self.settings.screen_top]
         screened = map_in_threads(screen, alignments)
         screened.sort(key=lambda item: -item[0])
-        verifications = [
-            _with_score(verification, self.score_model.score(verification))
-            for verification in map_in_threads(
-                verify_screened, screened[: self.settings.verify_top]
-            )
-            if verification is not None
-        ]
+        chosen = screened[: self.settings.verify_top]
+        verifications = [v for v in map_in_threads(verify_screened, chosen) if v is not None]
+        # More works (a medley) and more sections of a work found (a loop, a section cut and
+        # moved): the best place of every other clearly screened reference, and the other
+        # places of the references already found.
+        extra = self._more_places(screened, chosen, verifications, window_of)
+        verifications += [v for v in map_in_threads(verify_screened, extra) if v is not None]
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
             timings["verification"] = time.perf_counter() - searched
         return verifications
+
+    def _more_places(
+        self,
+        screened: list[tuple[float, ChromaAlignment, Screening]],
+        chosen: list[tuple[float, ChromaAlignment, Screening]],
+        verified: list[Verification],
+        window_of: dict[int, tuple[int, int] | None],
+    ) -> list[tuple[float, ChromaAlignment, Screening]]:
+        """Screened alignments to verify after the first ``verify_top``: the best of each
+        other reference screened at least ``other_work_screening`` (and that fraction of the
+        best screening), and other windows of references verified as copies."""
+        if not screened:
+            return []
+        done = {id(item[1]) for item in chosen}
+        found = {v.reference_key for v in verified if v.score >= self.default_min_score}
+        tried = {item[1].candidate.reference_key for item in chosen}
+        floor = max(self.settings.other_work_screening,
+                    self.settings.other_work_screening * screened[0][0])  # fmt: skip
+        windows_seen: dict[int, list[tuple[int, int] | None]] = {}
+        for item in chosen:
+            key = item[1].candidate.reference_key
+            windows_seen.setdefault(key, []).append(window_of[id(item[1].candidate)])
+        extra = []
+        for item in screened:
+            value, alignment, _ = item
+            key = alignment.candidate.reference_key
+            if id(alignment) in done:
+                continue
+            window = window_of[id(alignment.candidate)]
+            if key in found:
+                seen = windows_seen.setdefault(key, [])
+                if window is None or any(_overlap(window, w) > 0.5 for w in seen):
+                    continue
+                if len(seen) >= self.settings.places_per_reference:
+                    continue
+                seen.append(window)
+                extra.append(item)
+            elif key not in tried and value >= floor:
+                tried.add(key)
+                extra.append(item)
+            if len(extra) >= self.settings.max_extra_verifications:
+                break
+        return extra
+
+    def _judged_alone(
+        self,
+        features: Features,
+        verification: Verification,
+        references: dict[int, Features],
+        window: tuple[int, int],
+        scored: Callable[[Verification | None], Verification | None],
+    ) -> Verification | None:
+        """A window's verification, judged again on its longest matched section alone (with
+        ``section_pad_s`` around it) when the window held much else; ``None`` when it matched
+        less than ``min_section_s``."""
+        fps = features.frame_rate_hz
+        runs = _section_runs(verification.segments, gap_s=self.settings.section_gap_s)
+        if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
+            return None
+        start_s, end_s = runs[0]
+        pad = self.settings.section_pad_s
+        first = max(0, int((start_s - pad) * fps))
+        stop = min(features.n_frames, int(np.ceil((end_s + pad) * fps)))
+        if stop - first >= self.settings.whole_query_fraction * (window[1] - window[0]):
+            return scored(verification)
+        candidate = Candidate(
+            reference_key=verification.reference_key,
+            tempo_ratio=verification.tempo_ratio,
+            offset_frames=verification.offset_frames + verification.tempo_ratio * first,
+            votes=verification.votes,
+        )
+        query = prepare_query(features.frames(first, stop), self.verify_settings)
+        reference = references[verification.reference_key]
+        params = self.catalogue.params
+        alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
+        section = None if alignment is None else verify_candidate(
+            query, reference, alignment, params=params, settings=self.verify_settings
+        )  # fmt: skip
+        if section is None or covered_seconds(section.segments) < self.settings.min_section_s:
+            return scored(verification)
+        section = _from_window(section, first, fps)
+        # where the section lies: what either look matched of it
+        in_run = [seg for seg in verification.segments
+                  if seg.query_end_s > start_s and seg.query_start_s < end_s]  # fmt: skip
+        joined = _union(section.segments + in_run, section.tempo_ratio)
+        section = scored(replace(section, segments=joined))
+        widest = scored(verification)
+        return section if section.score >= widest.score else widest
+
+    def _in_window(
+        self, candidate: Candidate, features: Features
+    ) -> tuple[tuple[int, int] | None, Candidate]:
+        """The query frames ``(first, stop)`` to judge ``candidate`` on (``None``: all of
+        them), and the candidate with its offsets as seen from the window's first frame."""
+        span = candidate.query_span_frames
+        n_frames = features.n_frames
+        if span is None:
+            return None, candidate
+        fps = features.frame_rate_hz
+        margin = self.settings.section_margin_s * fps
+        first, stop = span[0] - margin, span[1] + margin
+        shortfall = self.settings.min_section_window_s * fps - (stop - first)
+        if shortfall > 0:
+            first, stop = first - shortfall / 2, stop + shortfall / 2
+        first, stop = max(0, int(np.floor(first))), min(n_frames, int(np.ceil(stop)))
+        if stop - first >= self.settings.whole_query_fraction * n_frames:
+            return None, candidate
+        return (first, stop), replace(
+            candidate,
+            offset_frames=candidate.offset_frames + candidate.tempo_ratio * first,
+            other_alignments=tuple(
+                (ratio, offset + ratio * first) for ratio, offset in candidate.other_alignments
+            ),
+        )
 
     def _reference_features(self, key: int) -> Features | None:
         """A candidate reference's stored features, ``None`` if it has been removed."""
@@ -303,7 +480,7 @@ class Matcher:
             best = verifications[0]
             if best.score < threshold:
                 continue
-            segments = _merge_segments(best, verifications[1:])
+            segments = _without_fragments(_merge_segments(best, verifications[1:]))
             covered = covered_seconds(segments)
             try:
                 record = self.catalogue.record_by_key(best.reference_key)
@@ -332,6 +509,11 @@ SAME_TEMPO_TOLERANCE = 0.03
 SAME_PITCH_TOLERANCE_SEMITONES = 0.5
 #: Segments of two alignments may share this much query time at a cut (edges are blurred).
 MAX_SEGMENT_OVERLAP_S = 1.0
+#: Segments shorter than this are not reported beside longer ones.
+MIN_REPORTED_SEGMENT_S = 3.0
+#: Overlapping segments whose alignments put the query's start this close on the reference
+#: are the same stretch seen twice: they are joined.
+SAME_PLACE_OFFSET_S = 2.0
 
 
 def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
@@ -370,15 +552,89 @@ def _merge_segments(best: Verification, others: list[Verification]) -> list[Segm
         if not consistent:
             continue
         for segment in other.segments:
-            overlaps = any(
-                min(segment.query_end_s, kept.query_end_s)
-                - max(segment.query_start_s, kept.query_start_s)
-                > MAX_SEGMENT_OVERLAP_S
-                for kept in segments
-            )
-            if not overlaps:
+            # the same stretch of both recordings, seen by another alignment: extend it
+            same_place = [
+                number for number, kept in enumerate(segments)
+                if _shared_s(segment, kept) > 0
+                and abs(_offset_s(segment, best.tempo_ratio) - _offset_s(kept, best.tempo_ratio))
+                <= SAME_PLACE_OFFSET_S
+            ]  # fmt: skip
+            if same_place:
+                number = same_place[0]
+                segments[number] = _union([segments[number], segment], best.tempo_ratio)[0]
+            elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
                 segments.append(segment)
-    return sorted(segments, key=lambda s: s.query_start_s)
+    return _union(segments, best.tempo_ratio)
+
+
+def _without_fragments(segments: list[Segment]) -> list[Segment]:
+    """The segments less those under :data:`MIN_REPORTED_SEGMENT_S` beside a longer one (a
+    second or two of chance agreement next to the copied section says nothing)."""
+    kept = [s for s in segments if s.query_end_s - s.query_start_s >= MIN_REPORTED_SEGMENT_S]
+    return kept or segments
+
+
+def _shared_s(a: Segment, b: Segment) -> float:
+    """Query seconds two segments share (negative: the gap between them)."""
+    return min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
+
+
+def _offset_s(segment: Segment, tempo_ratio: float) -> float:
+    """Reference time where the query's start would land, by this segment's alignment."""
+    return segment.reference_start_s - segment.query_start_s * tempo_ratio
+
+
+def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:
+    """Shared length of two frame ranges over the shorter one's (``None``: everything)."""
+    if a is None or b is None:
+        return 1.0
+    shared = min(a[1], b[1]) - max(a[0], b[0])
+    return max(0.0, shared) / max(1, min(a[1] - a[0], b[1] - b[0]))
+
+
+def _union(segments: list[Segment], tempo_ratio: float) -> list[Segment]:
+    """Overlapping segments of the same place joined into one (their alignments put the
+    query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the reference); the
+    joined reference times follow the query's first and last segments."""
+    joined: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        last = joined[-1] if joined else None
+        if (
+            last is not None
+            and segment.query_start_s <= last.query_end_s
+            and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
+            <= SAME_PLACE_OFFSET_S
+        ):
+            if segment.query_end_s > last.query_end_s:
+                joined[-1] = replace(last, query_end_s=segment.query_end_s,
+                                     reference_end_s=segment.reference_end_s)  # fmt: skip
+        else:
+            joined.append(segment)
+    return joined
+
+
+def _section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
+    """Query time ranges of the segments, joined across gaps up to ``gap_s``, longest first."""
+    runs: list[list[float]] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        if runs and segment.query_start_s - runs[-1][1] <= gap_s:
+            runs[-1][1] = max(runs[-1][1], segment.query_end_s)
+        else:
+            runs.append([segment.query_start_s, segment.query_end_s])
+    return sorted(((a, b) for a, b in runs), key=lambda run: run[0] - run[1])
+
+
+def _from_window(verification: Verification, first_frame: int, fps: float) -> Verification:
+    """A verification of a query window as seen from the whole query (offsets, segments)."""
+    shift_s = first_frame / fps
+    return replace(
+        verification,
+        offset_frames=verification.offset_frames - verification.tempo_ratio * first_frame,
+        segments=[
+            replace(s, query_start_s=s.query_start_s + shift_s, query_end_s=s.query_end_s + shift_s)
+            for s in verification.segments
+        ],
+    )
 
 
 def _with_score(verification: Verification, score: float) -> Verification:

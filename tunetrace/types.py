@@ -25,6 +25,10 @@ class Candidate:
         moves the offset its votes agree on by several frames). Patch vectors pin down where
         a copy sits better than how fast it runs, so the matcher aligns the strongest
         candidates at these ratios too.
+    query_span_frames : tuple of (float, float) or None
+        First and last query frame (at the query's own tempo) of the patches that voted for
+        this place, their densest run when stray votes lie far apart: where in the query the
+        copied material sits. ``None`` when unknown.
     """
 
     reference_key: int
@@ -32,6 +36,7 @@ class Candidate:
     offset_frames: float
     votes: float
     other_alignments: tuple[tuple[float, float], ...] = ()
+    query_span_frames: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,123 @@
+"""Copied sections inside longer uploads: padded sections, medleys, loops, long honest music."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pytest
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue
+
+from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tunetrace.candidates import _densest_run
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+from tunetrace.report import Match
+
+SR = SAMPLE_RATE
+WORKS = {f"work{seed}": synth_song(seed, duration_s=80) for seed in range(60, 66)}
+#: Edges of a located section may be this far from the truth (seconds).
+EDGE_TOLERANCE_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def partial_matcher(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("partial")
+    with Catalogue(folder / "catalogue", create=True) as catalogue:
+        for name, samples in WORKS.items():
+            path = write_audio(folder / f"{name}.wav", samples)
+            catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
+    catalogue = Catalogue(folder / "catalogue", read_only=True)
+    yield Matcher(catalogue), folder
+    catalogue.close()
+
+
+def altered(
+    work: str, start_s: float, length_s: float, rate: float, semitones: float
+) -> np.ndarray:
+    """``length_s`` of a work from ``start_s``, played ``rate`` times faster and shifted."""
+    samples = WORKS[work][int(start_s * SR) : int((start_s + length_s) * SR)]
+    samples = librosa.effects.time_stretch(samples, rate=rate)
+    if semitones:
+        samples = librosa.effects.pitch_shift(samples, sr=SR, n_steps=semitones)
+    return samples.astype(np.float32)
+
+
+def filler(seed: int, seconds: float) -> np.ndarray:
+    """Music the catalogue does not hold."""
+    return synth_song(seed, duration_s=seconds)
+
+
+def match(matcher: Matcher, folder: Path, name: str, parts: list[np.ndarray]) -> list[Match]:
+    path = write_audio(folder / f"{name}.wav", np.concatenate(parts))
+    return matcher.match_path(path).matches
+
+
+def located(match: Match, start_s: float, end_s: float) -> bool:
+    return any(
+        abs(s.query_start_s - start_s) <= EDGE_TOLERANCE_S
+        and abs(s.query_end_s - end_s) <= EDGE_TOLERANCE_S
+        for s in match.segments
+    )
+
+
+def test_densest_run_ignores_stray_voters() -> None:
+    positions = np.array([5.0, 300, 310, 320, 330, 340, 900])
+    assert _densest_run(positions, gap=80, length=40) == (300.0, 380.0)
+    assert _densest_run(np.array([12.0]), gap=80, length=40) == (12.0, 52.0)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "before_s", "after_s", "rate", "semitones"),
+    [(10, 25, 25, 1.2, -1), (20, 20, 20, 1.08, 0), (30, 60, 60, 0.9, 2)],
+)
+def test_a_section_inside_other_music_is_found_and_located(
+    partial_matcher, seconds: float, before_s: float, after_s: float, rate: float, semitones: float
+) -> None:
+    matcher, folder = partial_matcher
+    section = altered("work61", 30, seconds, rate, semitones)
+    end_s = before_s + len(section) / SR
+    matches = match(matcher, folder, f"section{seconds}",
+                    [filler(90, before_s), section, filler(91, after_s)])  # fmt: skip
+    assert [m.reference_id for m in matches] == ["work61"], matches
+    found = matches[0]
+    assert located(found, before_s, end_s), (found.segments, before_s, end_s)
+    assert len(found.segments) == 1, "fragments or duplicates beside the section"
+    assert found.score >= matcher.default_min_score
+    assert abs(found.tempo_ratio - rate) < 0.02
+    assert abs(found.pitch_shift_semitones - semitones) < 0.3
+    assert found.coverage == pytest.approx((end_s - before_s) / (end_s + after_s), abs=0.06)
+
+
+def test_every_work_of_a_medley_is_found_with_its_section(partial_matcher) -> None:
+    matcher, folder = partial_matcher
+    parts = [altered("work62", 10, 25, 1.1, 0), altered("work63", 30, 25, 0.9, 2),
+             altered("work64", 20, 25, 1.0, -1)]  # fmt: skip
+    edges = np.cumsum([0] + [len(p) / SR for p in parts])
+    matches = {m.reference_id: m for m in match(matcher, folder, "medley3", parts)}
+    assert set(matches) == {"work62", "work63", "work64"}
+    for number, work in enumerate(("work62", "work63", "work64")):
+        assert located(matches[work], edges[number], edges[number + 1]), matches[work].segments
+
+
+def test_a_looped_section_gives_one_segment_per_repeat(partial_matcher) -> None:
+    matcher, folder = partial_matcher
+    hook = altered("work65", 30, 12, 1.1, 1)
+    parts, starts = [], []
+    for number in range(3):
+        parts.append(filler(92 + number, 10))
+        starts.append(sum(len(p) for p in parts) / SR)
+        parts.append(hook)
+    parts.append(filler(96, 10))
+    matches = match(matcher, folder, "loop", parts)
+    assert [m.reference_id for m in matches] == ["work65"]
+    assert len(matches[0].segments) == 3, matches[0].segments
+    for start in starts:
+        assert located(matches[0], start, start + len(hook) / SR)
+
+
+def test_long_honest_music_is_not_flagged(partial_matcher) -> None:
+    matcher, folder = partial_matcher
+    assert match(matcher, folder, "honest", [filler(97, 240)]) == []
