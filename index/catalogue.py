@@ -676,6 +676,22 @@ class Catalogue:
             self._changed(index, publish=True)
         return index
 
+    def reference_index(self, key: int) -> VectorIndex:
+        """An exact index of one reference's stored patch vectors (to align a query with that
+        reference alone).
+
+        Raises
+        ------
+        ReferenceNotFoundError
+        """
+        row = self._db.execute("SELECT vectors FROM refs WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            raise ReferenceNotFoundError(f"no reference with key {key}")
+        vectors = vectors_from_bytes(row[0], self.params.embedding_dim)
+        index = VectorIndex(self.params.embedding_dim)
+        index.add(vectors, vector_ids(key, len(vectors)))
+        return index
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest indexed patch vectors (see :class:`VectorIndex.search`).
 

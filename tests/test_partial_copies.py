@@ -121,3 +121,23 @@ def test_a_looped_section_gives_one_segment_per_repeat(partial_matcher) -> None:
 def test_long_honest_music_is_not_flagged(partial_matcher) -> None:
     matcher, folder = partial_matcher
     assert match(matcher, folder, "honest", [filler(97, 240)]) == []
+
+
+def test_evidence_draws_the_whole_upload_with_every_work(partial_matcher) -> None:
+    from tunetrace.explain import build_evidence, evidence_to_dict, render_png
+
+    matcher, folder = partial_matcher
+    parts = [altered("work62", 10, 20, 1.1, 0), filler(98, 15), altered("work63", 30, 20, 0.9, 2)]
+    path = write_audio(folder / "medley-evidence.wav", np.concatenate(parts))
+    features = matcher.load_query(path)
+    evidence = build_evidence(matcher, features, query_name=path.name)
+    timeline = evidence_to_dict(evidence)["timeline"]
+    assert {entry["reference_id"] for entry in timeline} == {"work62", "work63"}
+    assert all(entry["segments"] for entry in timeline)
+    assert "2 works" in evidence.verdict
+    assert render_png(evidence)[:8] == b"\x89PNG\r\n\x1a\n"
+    # a named reference that the best verifications leave out is still aligned with
+    named = build_evidence(matcher, features, query_name=path.name, reference_id="work60")
+    assert named.reference_id == "work60" and not named.is_copy
+    assert named.aligned_reference_chroma is not None, "no alignment behind the named reference"
+    assert named.score < matcher.default_min_score

@@ -341,7 +341,10 @@ def scan(
     excerpts: Annotated[
         int,
         typer.Option(
-            min=0, help="Match N 20-s excerpts per file instead of the whole file (0: whole)."
+            min=0,
+            help="Match N 20-s excerpts per file instead of the whole file (0: whole). Faster, "
+            "but a copied section that lies between excerpts is missed: scan whole files "
+            "to find every section.",
         ),
     ] = 0,
 ) -> None:

@@ -3,7 +3,8 @@
 :func:`build_evidence` aligns the query with its best-scoring reference (or a named one) and
 collects what the plot shows: the two chroma sequences after the estimated tempo ratio and pitch
 shift are undone, their frame-by-frame similarity with the matched segments, and the alignment
-path (query time against reference time, whose slope is the tempo ratio). :func:`render_png`
+path (query time against reference time, whose slope is the tempo ratio), and a timeline of
+the whole upload with every matched section and its work. :func:`render_png`
 draws it; :func:`evidence_to_dict` is the same data as JSON; :func:`render_html` wraps both in
 one self-contained page.
 """
@@ -26,7 +27,7 @@ from tunetrace.fingerprint.embedding import interpolate_frames
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.tonality import low_tonality_caution, tonality
 from tunetrace.matcher import Matcher
-from tunetrace.report import segment_to_dict
+from tunetrace.report import Match, segment_to_dict
 from tunetrace.types import Segment, Verification
 
 #: Frames per second of the arrays in the JSON form (the plot uses every frame).
@@ -55,6 +56,7 @@ class Evidence:
     aligned_reference_chroma: np.ndarray | None = None
     similarity: np.ndarray | None = None
     query_tonality: float | None = None
+    timeline: list[Match] = field(default_factory=list)
 
     @property
     def is_copy(self) -> bool:
@@ -65,6 +67,12 @@ class Evidence:
     def verdict(self) -> str:
         """One or two sentences for the reviewer."""
         if self.is_copy:
+            works = [match.reference_id for match in self.timeline]
+            if len(works) > 1:
+                return (
+                    f"Copied sections of {len(works)} works: {', '.join(works)}. "
+                    f"Shown in detail: {self.reference_id}."
+                )
             return f"Probable altered copy of {self.reference_id}."
         if self.reference_id is None:
             verdict = "No reference came close: nothing in the catalogue aligns with this audio."
@@ -104,8 +112,11 @@ def build_evidence(
     )
     wanted = catalogue.get(reference_id) if reference_id is not None else None
     verifications = matcher.verify(features)
+    evidence.timeline = matcher.matches_from(features, verifications, top=20)
     if wanted is not None:
         verifications = [v for v in verifications if v.reference_key == wanted.key]
+        if not verifications:  # not among the best: align with that reference alone
+            verifications = matcher.verify(features, reference_key=wanted.key)
     if not verifications:
         if wanted is not None:
             evidence.reference_id, evidence.title = wanted.reference_id, wanted.title
@@ -124,7 +135,9 @@ def build_evidence(
     evidence.tempo_ratio = best.tempo_ratio
     evidence.pitch_shift_semitones = best.pitch_shift_semitones
     evidence.alteration = classify_alteration(best.tempo_ratio, best.spectral_shift_semitones)
-    evidence.coverage = best.coverage
+    # the share of the whole upload, as the report gives it (a section's own is its window's)
+    reported = [m for m in evidence.timeline if m.reference_id == record.reference_id]
+    evidence.coverage = reported[0].coverage if reported else best.coverage
     evidence.offset_s = best.offset_frames / features.frame_rate_hz
     evidence.segments = list(best.segments)
     aligned = _aligned_reference_chroma(features, reference, best)
@@ -182,6 +195,15 @@ def report_fields(evidence: Evidence) -> dict[str, Any]:
         "query_tonality": None
         if evidence.query_tonality is None
         else round(evidence.query_tonality, 2),
+        "timeline": [
+            {
+                "reference_id": match.reference_id,
+                "title": match.title,
+                "score": round(match.score, 4),
+                "segments": [segment_to_dict(s) for s in match.segments],
+            }
+            for match in evidence.timeline
+        ],
     }
 
 
@@ -228,8 +250,10 @@ def render_png(evidence: Evidence, *, dpi: int = 110) -> bytes:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    figure = plt.figure(figsize=(12, 8.2), dpi=dpi, layout="constrained")
-    grid = figure.add_gridspec(3, 2, width_ratios=(2.2, 1), height_ratios=(1, 1, 0.8))
+    figure = plt.figure(figsize=(12, 9.4), dpi=dpi, layout="constrained")
+    outer = figure.add_gridspec(2, 1, height_ratios=(0.45, 2.8))
+    _draw_timeline(figure.add_subplot(outer[0]), evidence)
+    grid = outer[1].subgridspec(3, 2, width_ratios=(2.2, 1), height_ratios=(1, 1, 0.8))
     times = np.arange(evidence.query_chroma.shape[1]) / evidence.frame_rate_hz
     extent = (0, times[-1] if len(times) else 1, 0, 12)
     title_ref = evidence.reference_id or "no reference"
@@ -294,6 +318,34 @@ def render_png(evidence: Evidence, *, dpi: int = 110) -> bytes:
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+#: Colours of the works on the timeline, in the order of their scores.
+TIMELINE_COLOURS = ("#2ca02c", "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _draw_timeline(axes: Any, evidence: Evidence) -> None:
+    """The whole upload as one bar, each matched section drawn in its work's colour."""
+    axes.set_xlim(0, max(evidence.duration_s, 1e-3))
+    axes.set_ylim(0, 1)
+    axes.set_yticks([])
+    axes.barh(0.5, evidence.duration_s, height=0.6, left=0, color="#eeeeee")
+    for number, match in enumerate(evidence.timeline):
+        colour = TIMELINE_COLOURS[number % len(TIMELINE_COLOURS)]
+        for position, segment in enumerate(match.segments):
+            axes.barh(
+                0.5, segment.query_end_s - segment.query_start_s, height=0.6,
+                left=segment.query_start_s, color=colour,
+                label=f"{match.reference_id} ({match.score:.2f})" if position == 0 else None,
+            )  # fmt: skip
+    if evidence.timeline:
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.45), ncol=3, fontsize=8,
+                    frameon=False)  # fmt: skip
+        title = f"Whole upload ({evidence.duration_s:.0f} s): copied sections by work"
+    else:
+        title = f"Whole upload ({evidence.duration_s:.0f} s): no copied section found"
+    axes.set_title(title, loc="left", fontsize=10)
+    axes.set_xlabel("query time (s)", fontsize=8)
 
 
 def _text_box(evidence: Evidence) -> str:

@@ -242,6 +242,7 @@ class Matcher:
         *,
         exclude_keys: frozenset[int] = frozenset(),
         timings: dict[str, float] | None = None,
+        reference_key: int | None = None,
     ) -> list[Verification]:
         """All verified candidates of a query, scored, best first (nothing filtered).
 
@@ -252,7 +253,10 @@ class Matcher:
         started = time.perf_counter()
         self.catalogue.refresh()
         params = self.catalogue.params
-        candidates = self.candidates(features, exclude_keys=exclude_keys)
+        searcher = None
+        if reference_key is not None:  # that reference alone, however the others compare
+            searcher = self.catalogue.reference_index(reference_key)
+        candidates = self.candidates(features, searcher, exclude_keys=exclude_keys)
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
@@ -471,9 +475,32 @@ class Matcher:
         add their matched segments: a copy with a section cut out, repeated or moved matches
         its reference in several pieces.
         """
+        verifications = self.verify(features, exclude_keys=exclude_keys)
+        return self.matches_from(features, verifications, top=top, min_score=min_score)
+
+    def matches_from(
+        self,
+        features: Features,
+        verifications: list[Verification],
+        *,
+        top: int = 5,
+        min_score: float | None = None,
+    ) -> list[Match]:
+        """The matches :meth:`match_features` reports, from verifications already made.
+
+        Parameters
+        ----------
+        features : Features
+            The query they verified.
+        verifications : list of Verification
+            From :meth:`verify`, best first.
+        top : int
+        min_score : float, optional
+            Default: the calibrated threshold.
+        """
         threshold = self.default_min_score if min_score is None else min_score
         by_reference: dict[int, list[Verification]] = {}
-        for verification in self.verify(features, exclude_keys=exclude_keys):  # best first
+        for verification in verifications:  # best first
             by_reference.setdefault(verification.reference_key, []).append(verification)
         matches = []
         for verifications in by_reference.values():
