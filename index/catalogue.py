@@ -514,7 +514,7 @@ class Catalogue:
                 self._searcher_file, self._searcher_delta_key = None, 0
                 self._searcher_generation = generation
                 return self._searcher
-            for _ in range(3):  # a writer may replace the file between reading its name and it
+            for _ in range(20):  # a writer may replace the file between naming and opening it
                 try:
                     self._searcher = self._load_layers(generation)
                     break

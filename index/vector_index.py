@@ -350,16 +350,19 @@ class VectorIndex:
             If the file is not a FAISS index of ``dim`` dimensions.
         """
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(path)
         index = cls.__new__(cls)
         index.dim, index.spec = dim, spec
+        # Opened first and read through the descriptor: a writer may replace and delete the
+        # file at any moment, and what is open stays readable.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            index._index = faiss.read_index(str(path), _mmap_flags(spec) if mmap else 0)
+            pinned = f"/proc/self/fd/{fd}"
+            source = pinned if os.path.exists(pinned) else str(path)
+            index._index = faiss.read_index(source, _mmap_flags(spec) if mmap else 0)
         except RuntimeError as exc:
-            if not path.exists():  # a writer replaced it since it was named
-                raise FileNotFoundError(path) from exc
             raise ValueError(f"vector index file {path} is unreadable: {exc}") from exc
+        finally:
+            os.close(fd)
         if index._index.d != dim:
             raise ValueError(f"vector index file {path} holds {index._index.d}-d vectors")
         lists = _inverted_lists(index._index)
