@@ -250,10 +250,16 @@ def tail_quantile(values: np.ndarray, rate: float, tail_fraction: float = TAIL_F
     """
     ordered = np.sort(values)
     n_tail = max(5, round(tail_fraction * len(ordered)))
-    tail = ordered[-n_tail:]
-    base = float(tail[0])
     share = n_tail / len(ordered)
-    return base + float(np.mean(tail - base)) * float(np.log(share / rate))
+    return float(ordered[-n_tail]) + tail_scale(values, tail_fraction) * float(np.log(share / rate))
+
+
+def tail_scale(values: np.ndarray, tail_fraction: float = TAIL_FRACTION) -> float:
+    """Mean excess of the highest ``tail_fraction`` of ``values`` over their smallest: the
+    scale of the exponential tail :func:`tail_quantile` fits."""
+    ordered = np.sort(values)
+    tail = ordered[-max(5, round(tail_fraction * len(ordered))) :]
+    return float(np.mean(tail - tail[0]))
 
 
 def fit_score_model(rows: list[dict]) -> ScoreModel:
@@ -292,9 +298,11 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
     np.maximum.at(best_coincidence, row_index[negative], logits[negative])
     best_coincidence = best_coincidence[np.isfinite(best_coincidence)]
     threshold_logit = float(np.log(negative_max / (1 - negative_max + 1e-12))) + 1.0
+    scale = None
     if len(best_coincidence) >= MIN_TAIL_QUERIES:
         tail = tail_quantile(best_coincidence, TARGET_FALSE_POSITIVE_RATE)
         threshold_logit = max(threshold_logit, tail)
+        scale = tail_scale(best_coincidence)
     threshold = float(max(0.5, 1 / (1 + np.exp(-threshold_logit))))
     recall = float((scores[y == 1] >= threshold).mean())
     provenance = (
@@ -305,7 +313,9 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
         f"tail of queries' best coincidence scores falls to {TARGET_FALSE_POSITIVE_RATE:g}"
     )
     logger.info(provenance)
-    return ScoreModel(tuple(float(w) for w in theta[:-1]), float(theta[-1]), threshold, provenance)
+    return ScoreModel(
+        tuple(float(w) for w in theta[:-1]), float(theta[-1]), threshold, provenance, scale
+    )
 
 
 def _wrap(semitones: float) -> float:

@@ -314,10 +314,11 @@ class Matcher:
             verification = _from_window(verification, window[0], params.frame_rate_hz)
             return self._judged_alone(features, verification, references, window, _scored)
 
-        def _scored(verification: Verification | None) -> Verification | None:
+        def _scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
             if verification is None:
                 return None
-            return _with_score(verification, self.score_model.score(verification))
+            score = self.score_model.score_section(verification, windows=windows)
+            return _with_score(verification, score)
 
         # in candidate order whatever the threads, so that ties resolve as in one thread
         alignments = [a for a in map_in_threads(align, retimed) if a is not None]
@@ -388,12 +389,14 @@ class Matcher:
         verification: Verification,
         references: dict[int, Features],
         window: tuple[int, int],
-        scored: Callable[[Verification | None], Verification | None],
+        scored: Callable[..., Verification | None],
     ) -> Verification | None:
         """A window's verification, judged again on its longest matched section alone (with
         ``section_pad_s`` around it) when the window held much else; ``None`` when it matched
-        less than ``min_section_s``."""
+        less than ``min_section_s``. Each is scored as one of the query's many windows
+        (:meth:`ScoreModel.score_section`)."""
         fps = features.frame_rate_hz
+        n_frames = features.n_frames
         runs = _section_runs(verification.segments, gap_s=self.settings.section_gap_s)
         if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
             return None
@@ -401,8 +404,9 @@ class Matcher:
         pad = self.settings.section_pad_s
         first = max(0, int((start_s - pad) * fps))
         stop = min(features.n_frames, int(np.ceil((end_s + pad) * fps)))
+        wide_windows = n_frames / (window[1] - window[0])
         if stop - first >= self.settings.whole_query_fraction * (window[1] - window[0]):
-            return scored(verification)
+            return scored(verification, wide_windows)
         candidate = Candidate(
             reference_key=verification.reference_key,
             tempo_ratio=verification.tempo_ratio,
@@ -417,14 +421,14 @@ class Matcher:
             query, reference, alignment, params=params, settings=self.verify_settings
         )  # fmt: skip
         if section is None or covered_seconds(section.segments) < self.settings.min_section_s:
-            return scored(verification)
+            return scored(verification, wide_windows)
         section = _from_window(section, first, fps)
         # where the section lies: what either look matched of it
         in_run = [seg for seg in verification.segments
                   if seg.query_end_s > start_s and seg.query_start_s < end_s]  # fmt: skip
         joined = _union(section.segments + in_run, section.tempo_ratio)
-        section = scored(replace(section, segments=joined))
-        widest = scored(verification)
+        section = scored(replace(section, segments=joined), n_frames / (stop - first))
+        widest = scored(verification, wide_windows)
         return section if section.score >= widest.score else widest
 
     def _in_window(
