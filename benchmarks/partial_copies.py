@@ -106,6 +106,14 @@ FADE_S = 0.01
 FILLER_LIGHT = Alteration("filler", "copy", codec="mp3@128k")
 EFFECTS = ("eq_bass", "eq_treble", "reverb")
 NOISE_SNR_DB = (5.0, 10.0, 20.0)
+#: Version of the generation code: cached uploads of another version are made again.
+GENERATOR = 2
+#: A copied section must have sound (100-ms frames above :data:`SILENCE_DBFS`) in at least
+#: this fraction of its frames; a silent stretch of a work is not a copy anyone could find.
+MIN_ACTIVE_FRACTION = 0.8
+SILENCE_DBFS = -50.0
+#: Other places tried for a copied section that falls on silence.
+PLACE_TRIES = 20
 #: Matches kept per report in the rows (the figures keep those above the threshold).
 ROW_TOP = 10
 
@@ -116,7 +124,8 @@ class Piece:
 
     ``role`` is ``"copy"`` (a section of a catalogue work: part of the truth), ``"filler"``
     or ``"negative"`` (material the catalogue does not hold). ``start_s`` and ``span_s`` are
-    seconds of the source; ``repeat_of`` names an earlier piece whose audio this one repeats.
+    seconds of the source, ``source_s`` its whole length; ``repeat_of`` names an earlier piece
+    whose audio this one repeats.
     """
 
     source_id: str
@@ -128,6 +137,7 @@ class Piece:
     gain_db: float = 0.0
     length_label: str = ""
     repeat_of: int | None = None
+    source_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,7 +155,8 @@ class PartialPlan:
     @property
     def digest(self) -> str:
         """Short digest of everything that decides the upload's audio."""
-        return hashlib.sha1(repr(dataclasses.replace(self, number=0)).encode()).hexdigest()[:10]
+        text = f"{GENERATOR}|{dataclasses.replace(self, number=0)!r}"
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 def _log_uniform(rng: random.Random, low: float, high: float) -> float:
@@ -257,6 +268,7 @@ class _Planner:
             alteration,
             self.rng.uniform(-3.0, 3.0),
             label,
+            source_s=track.duration_s,
         )
 
     def work(self, query_s: float, tempo: float = 2.0, exclude: tuple[str, ...] = ()) -> Track:
@@ -414,9 +426,44 @@ def _decode(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.float32).copy()
 
 
-def _render_piece(piece: Piece, seed: int, folder: Path) -> tuple[np.ndarray, float]:
-    """The piece's samples (mono, upload rate, levelled) and the source seconds it took."""
+def active_fraction(samples: np.ndarray, rate: int) -> float:
+    """Fraction of 100-ms frames of ``samples`` (shape (n, channels)) louder than silence."""
+    frame = max(1, rate // 10)
+    count = len(samples) // frame
+    if count == 0:
+        return 0.0
+    frames = samples[: count * frame].reshape(count, frame, -1).astype(np.float64)
+    rms = np.sqrt(np.mean(frames**2, axis=(1, 2)))
+    return float(np.mean(rms > 10 ** (SILENCE_DBFS / 20)))
+
+
+def _sounding_excerpt(piece: Piece, seed: int) -> tuple[np.ndarray, int, float]:
+    """The piece's source excerpt, moved (seeded) off silence if it is a copied section.
+
+    Returns
+    -------
+    samples : np.ndarray [shape=(n, channels)]
+    rate : int
+    start_s : float
+        Where the excerpt starts in the source (the planned start unless it was moved).
+    """
     samples, rate = read_excerpt(Path(piece.path), piece.start_s, piece.span_s)
+    if piece.role != "copy" or piece.start_s == 0.0:  # whole tracks keep their silences
+        return samples, rate, piece.start_s
+    rng = random.Random(seed)
+    start = piece.start_s
+    for _ in range(PLACE_TRIES):
+        if active_fraction(samples, rate) >= MIN_ACTIVE_FRACTION:
+            break
+        start = rng.uniform(3.0, max(3.0, piece.source_s - piece.span_s - 3.0))
+        samples, rate = read_excerpt(Path(piece.path), start, piece.span_s)
+    return samples, rate, start
+
+
+def _render_piece(piece: Piece, seed: int, folder: Path) -> tuple[np.ndarray, float, float]:
+    """The piece's samples (mono, upload rate, levelled), the source seconds it took and
+    where they start in the source."""
+    samples, rate, start_s = _sounding_excerpt(piece, seed)
     taken_s = len(samples) / rate
     mono = samples.mean(axis=1).astype(np.float32)
     if rate != UPLOAD_RATE_HZ:
@@ -425,9 +472,8 @@ def _render_piece(piece: Piece, seed: int, folder: Path) -> tuple[np.ndarray, fl
         source = folder / "piece.wav"
         soundfile.write(str(source), mono, UPLOAD_RATE_HZ)
         kind = (piece.alteration.codec or "").split("@")[0]
-        target = folder / (
-            "altered" + {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
-        )
+        suffix = {"mp3": ".mp3", "aac": ".m4a", "opus": ".opus"}.get(kind, ".wav")
+        target = folder / f"altered{suffix}"
         apply(piece.alteration, source, target, seed=seed)
         mono = _decode(target)
     rms = float(np.sqrt(np.mean(mono.astype(np.float64) ** 2))) if len(mono) else 0.0
@@ -438,7 +484,7 @@ def _render_piece(piece: Piece, seed: int, folder: Path) -> tuple[np.ndarray, fl
         ramp = np.linspace(0.0, 1.0, fade, dtype=np.float32)
         mono[:fade] *= ramp
         mono[-fade:] *= ramp[::-1]
-    return mono.astype(np.float32), taken_s
+    return mono.astype(np.float32), taken_s, start_s
 
 
 def _make(job: tuple[PartialPlan, Path]) -> dict | None:
@@ -448,7 +494,7 @@ def _make(job: tuple[PartialPlan, Path]) -> dict | None:
     audio_path, truth_path = folder / f"{stem}.flac", folder / f"{stem}.json"
     if audio_path.exists() and truth_path.exists():
         return json.loads(truth_path.read_text())
-    rendered: list[tuple[np.ndarray, float]] = []
+    rendered: list[tuple[np.ndarray, float, float]] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for number, piece in enumerate(plan.pieces):
@@ -462,7 +508,7 @@ def _make(job: tuple[PartialPlan, Path]) -> dict | None:
         return None
     sections, fillers = [], []
     position = 0
-    for piece, (samples, taken_s) in zip(plan.pieces, rendered, strict=True):
+    for piece, (samples, taken_s, source_start_s) in zip(plan.pieces, rendered, strict=True):
         start_s, end_s = position / UPLOAD_RATE_HZ, (position + len(samples)) / UPLOAD_RATE_HZ
         position += len(samples)
         if piece.role != "copy":
@@ -483,8 +529,8 @@ def _make(job: tuple[PartialPlan, Path]) -> dict | None:
                 "work_id": piece.source_id,
                 "query_start_s": round(start_s, 4),
                 "query_end_s": round(end_s, 4),
-                "reference_start_s": round(piece.start_s, 4),
-                "reference_end_s": round(piece.start_s + taken_s, 4),
+                "reference_start_s": round(source_start_s, 4),
+                "reference_end_s": round(source_start_s + taken_s, 4),
                 "tempo_ratio": alteration.tempo_ratio,
                 "pitch_semitones": round(alteration.true_pitch_semitones, 4),
                 "tool": alteration.tool,
@@ -493,7 +539,7 @@ def _make(job: tuple[PartialPlan, Path]) -> dict | None:
                 "repeat": piece.repeat_of is not None,
             }
         )
-    upload = np.concatenate([samples for samples, _ in rendered])
+    upload = np.concatenate([samples for samples, _, _ in rendered])
     peak = float(np.abs(upload).max()) if len(upload) else 0.0
     if peak > 0.99:
         upload *= 0.99 / peak

@@ -183,7 +183,9 @@ def test_truth_times_come_from_the_generated_pieces(tmp_path: Path) -> None:
     stretch = Alteration("stretch", "sox", tempo_ratio=1.25)
     pieces = (
         partial_copies.Piece(filler.track_id, str(filler.path), 5.0, 7.5, "filler"),
-        partial_copies.Piece(work.track_id, str(work.path), 20.0, 12.5, "copy", stretch),
+        partial_copies.Piece(
+            work.track_id, str(work.path), 20.0, 12.5, "copy", stretch, source_s=45.0
+        ),
         partial_copies.Piece(filler.track_id, str(filler.path), 30.0, 4.0, "filler"),
     )
     plan = partial_copies.PartialPlan(0, "evaluation", "section", "10 s", False, pieces, 21.5)
@@ -197,3 +199,15 @@ def test_truth_times_come_from_the_generated_pieces(tmp_path: Path) -> None:
     assert len(samples) / rate == pytest.approx(truth["duration_s"], abs=1e-3)
     assert truth["duration_s"] == pytest.approx(section["query_end_s"] + 4.0, abs=1e-3)
     assert np.abs(samples).max() <= 1.0
+
+
+def test_a_copied_section_is_moved_off_silence(tmp_path: Path) -> None:
+    path = tmp_path / "quiet-start.wav"
+    song = np.concatenate([np.zeros(20 * SAMPLE_RATE), synth_song(5, 40.0)])
+    soundfile.write(str(path), song, SAMPLE_RATE)
+    piece = partial_copies.Piece("w/quiet", str(path), 5.0, 8.0, "copy", source_s=60.0)
+    samples, rate, start = partial_copies._sounding_excerpt(piece, seed=1)
+    assert start != 5.0
+    assert partial_copies.active_fraction(samples, rate) >= partial_copies.MIN_ACTIVE_FRACTION
+    silent, _ = soundfile.read(str(path), frames=8 * SAMPLE_RATE, always_2d=True)
+    assert partial_copies.active_fraction(silent, SAMPLE_RATE) == 0.0
