@@ -48,6 +48,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import subprocess
 import tempfile
@@ -107,7 +108,7 @@ FILLER_LIGHT = Alteration("filler", "copy", codec="mp3@128k")
 EFFECTS = ("eq_bass", "eq_treble", "reverb")
 NOISE_SNR_DB = (5.0, 10.0, 20.0)
 #: Version of the generation code: cached uploads of another version are made again.
-GENERATOR = 2
+GENERATOR = 3
 #: A copied section must have sound (100-ms frames above :data:`SILENCE_DBFS`) in at least
 #: this fraction of its frames; a silent stretch of a work is not a copy anyone could find.
 MIN_ACTIVE_FRACTION = 0.8
@@ -561,6 +562,12 @@ def _make(job: tuple[PartialPlan, Path]) -> dict | None:
     return truth
 
 
+def _repeatable_tools() -> None:
+    """Make sox seed its dither with a fixed number, so that an upload can be made again
+    bit for bit (sox dithers whenever it writes 16-bit samples)."""
+    os.environ["SOX_OPTS"] = "-R"
+
+
 def make_uploads(plans: list[PartialPlan], folder: Path, *, workers: int = 2) -> list[dict]:
     """Generate (or reuse from ``folder``) every planned upload.
 
@@ -578,7 +585,7 @@ def make_uploads(plans: list[PartialPlan], folder: Path, *, workers: int = 2) ->
         One per upload that could be made (a tool failing on one piece drops that upload).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=_repeatable_tools) as pool:
         made = list(pool.map(_make, [(plan, folder) for plan in plans], chunksize=1))
     return [truth for truth in made if truth is not None]
 

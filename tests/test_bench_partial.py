@@ -189,8 +189,7 @@ def test_truth_times_come_from_the_generated_pieces(tmp_path: Path) -> None:
         partial_copies.Piece(filler.track_id, str(filler.path), 30.0, 4.0, "filler"),
     )
     plan = partial_copies.PartialPlan(0, "evaluation", "section", "10 s", False, pieces, 21.5)
-    truth = partial_copies._make((plan, tmp_path))
-    assert truth is not None
+    (truth,) = partial_copies.make_uploads([plan], tmp_path / "first", workers=1)
     (section,) = truth["sections"]
     assert section["query_start_s"] == pytest.approx(7.5, abs=1e-3)
     assert section["query_end_s"] - section["query_start_s"] == pytest.approx(10.0, abs=0.05)
@@ -199,6 +198,8 @@ def test_truth_times_come_from_the_generated_pieces(tmp_path: Path) -> None:
     assert len(samples) / rate == pytest.approx(truth["duration_s"], abs=1e-3)
     assert truth["duration_s"] == pytest.approx(section["query_end_s"] + 4.0, abs=1e-3)
     assert np.abs(samples).max() <= 1.0
+    (again,) = partial_copies.make_uploads([plan], tmp_path / "again", workers=1)
+    assert Path(again["path"]).read_bytes() == Path(truth["path"]).read_bytes()
 
 
 def test_a_copied_section_is_moved_off_silence(tmp_path: Path) -> None:
