@@ -29,6 +29,7 @@ Matches for references known to share recorded material with any source of the u
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -50,6 +51,11 @@ LENGTH_BUCKETS = (
 )
 #: "4-minute uploads" of the latency figure.
 FOUR_MINUTES_S = (210.0, 270.0)
+
+
+def _natural(key: str) -> list[object]:
+    """Sort key that puts "8 s" before "10 s"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
 
 
 def length_bucket(duration_s: float) -> str:
@@ -197,7 +203,7 @@ def section_table(rows: Iterable[dict], threshold: float) -> dict[str, dict[str,
                 located[key].append(int(was_located))
     return {
         key: {"located": _rate(located[key]), "found": _rate(found[key]), "n": len(found[key])}
-        for key in sorted(found)
+        for key in sorted(found, key=_natural)
     }
 
 
