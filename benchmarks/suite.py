@@ -13,6 +13,9 @@
    fitted on the calibration split, tunetrace uses its shipped calibrated threshold.
 4. Figures on the evaluation split only; precision/recall over the threshold on both splits.
 5. A catalogue-size sweep (``benchmarks.scale_sweep``) and plots (``benchmarks.plots``).
+6. Partial copies (``benchmarks.partial_copies``): sections of catalogue works inside other
+   music, medleys, loops and padded tracks, and long negatives, matched against the same
+   catalogue; its own results go to ``partial.json`` and ``partial.md`` as well.
 
 Results: ``benchmarks/results/suite.json``, ``suite.md`` and ``suite-*.png`` (the full size
 writes ``suite-full.*`` and ``suite-full-*.png``). Generated audio,
@@ -37,7 +40,16 @@ import numpy as np
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
-from benchmarks import corpus, grid, musical, peer_chromaprint, plots, renders, scale_sweep
+from benchmarks import (
+    corpus,
+    grid,
+    musical,
+    partial_copies,
+    peer_chromaprint,
+    plots,
+    renders,
+    scale_sweep,
+)
 from benchmarks import suite_metrics as metrics
 from benchmarks.corpus import Track
 from benchmarks.match_rows import match_row
@@ -290,6 +302,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-scale", action="store_true", help="leave out the size sweep")
     parser.add_argument(
+        "--skip-partial", action="store_true", help="leave out the partial-copy families"
+    )
+    parser.add_argument(
         "--update-readme",
         action="store_true",
         help="write the summary into README.md between its suite-results markers",
@@ -390,10 +405,23 @@ def main() -> None:
         "largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     result["timing_s"]["total"] = time.perf_counter() - started
+    page = plots.markdown(result)
+    if not args.skip_partial:
+        # Timed and reported on its own: the figures above keep their meaning.
+        partial = partial_copies.run(
+            directory,
+            tracks,
+            size=args.size,
+            seed=args.seed,
+            workers=args.workers,
+            catalogue="the suite's catalogue (corpus tracks and rendered pieces)",
+        )
+        result["partial_copies"] = partial_copies.summary(partial)
+        page += "\n" + partial_copies.suite_section(partial)
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "suite" if args.size == "quick" else f"suite-{args.size}"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(plots.markdown(result))
+    (RESULTS / f"{name}.md").write_text(page)
     plots.draw_all(result, RESULTS, prefix=name)
     if args.update_readme and not plots.update_readme(README, result):
         logger.warning("README.md has no suite-results markers: not updated")
