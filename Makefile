@@ -60,7 +60,7 @@ SIZE ?= quick
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m benchmarks.corpus install --suite-tools
-	$(BIN)/python -m benchmarks.suite --size $(SIZE) --update-readme
+	$(BIN)/python -m benchmarks.suite --size $(SIZE)
 
 # The core engine benchmark alone (its calibration split refits the shipped score model
 # with --calibrate).

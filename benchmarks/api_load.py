@@ -162,7 +162,7 @@ def run_load(
 
 
 def markdown(result: dict) -> str:
-    """The short table for the README."""
+    """The short table for the benchmarks page of the docs."""
     rows = []
     for run in result["runs"]:
         latency, health = run["latency_ms"], run["health_ms"]

@@ -487,7 +487,7 @@ def run(directory: Path, *, workers: int, max_queue: int) -> dict[str, object]:
 
 
 def markdown(result: dict) -> str:
-    """The short table for the README."""
+    """The short table for the benchmarks page of the docs."""
     rows = [
         f"| {r['name']} | {r['description']} | {r['status']} {r['code'] or ''} | "
         f"{r['seconds']:.2f} | {r['worker_peak_growth_mb']:.1f} |"

@@ -190,7 +190,8 @@ def targets(result: dict) -> list[tuple[str, str, bool | None]]:
 
 
 def markdown(result: dict, *, per_amount: bool = True) -> str:
-    """The Markdown summary of a suite result (the README's leaves out the per-amount table)."""
+    """The Markdown summary of a suite result (the summary block leaves out the per-amount
+    table)."""
     evaluation = result["evaluation"]
     catalogue = result["catalogue"]
     lines = [
@@ -309,37 +310,49 @@ def _sort_key(name: str) -> tuple[str, float, str]:
         return family, 0.0, amount
 
 
-README_START = "<!-- suite results: written by python -m benchmarks.suite -->"
-README_END = "<!-- end of suite results -->"
+SUMMARY_START = "<!-- suite summary: written by python -m benchmarks.plots -->"
+SUMMARY_END = "<!-- end of suite summary -->"
 
 
-def update_readme(readme: Path, result: dict) -> bool:
-    """Replace the suite block of the README (between its markers); False if it has none."""
-    text = readme.read_text()
-    if README_START not in text or README_END not in text:
+def update_summary_block(page: Path, result: dict) -> bool:
+    """Replace the suite summary block of a Markdown page (between its markers); False if it
+    has none.
+
+    The docs include the whole ``suite.md`` already; this is for a page that wants the
+    shorter summary (no per-amount table) written into its own text.
+    """
+    text = page.read_text()
+    if SUMMARY_START not in text or SUMMARY_END not in text:
         return False
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
+    head, rest = text.split(SUMMARY_START, 1)
+    _, tail = rest.split(SUMMARY_END, 1)
     block = markdown(result, per_amount=False)
-    readme.write_text(f"{head}{README_START}\n{block}{README_END}{tail}")
+    page.write_text(f"{head}{SUMMARY_START}\n{block}{SUMMARY_END}{tail}")
     return True
 
 
 def main() -> None:
-    """Redraw the plots and Markdown (and optionally the README block) from a result file."""
+    """Redraw the plots and Markdown (and optionally a page's summary block) from a result
+    file."""
     import argparse
     import json
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("result", type=Path, help="e.g. benchmarks/results/suite.json")
-    parser.add_argument("--update-readme", type=Path, default=None, metavar="README")
+    parser.add_argument(
+        "--update-page",
+        type=Path,
+        default=None,
+        metavar="PAGE",
+        help="also write the summary between the suite-summary markers of this Markdown page",
+    )
     args = parser.parse_args()
     result = json.loads(args.result.read_text())
     name = args.result.stem
     args.result.with_suffix(".md").write_text(markdown(result))
     draw_all(result, args.result.parent, prefix=name)
-    if args.update_readme:
-        update_readme(args.update_readme, result)
+    if args.update_page and not update_summary_block(args.update_page, result):
+        raise SystemExit(f"{args.update_page} has no suite-summary markers: not updated")
 
 
 if __name__ == "__main__":

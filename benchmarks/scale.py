@@ -416,7 +416,7 @@ def _write(
 
 
 def markdown(result: dict) -> str:
-    """The table for the README."""
+    """The table for the benchmarks page of the docs."""
     lines = [
         f"Run {result['date']} on {result['machine']} (commit {result['commit']}): the "
         f"{result['real_references']} dev-corpus references ({result['real_hours']:.1f} h) plus "

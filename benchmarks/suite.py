@@ -63,7 +63,6 @@ from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger("benchmarks.suite")
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).parent.parent / "README.md"
 SIZES: dict[str, dict[str, object]] = {
     "quick": {
         "renders": 120,
@@ -305,11 +304,6 @@ def main() -> None:
         "--skip-partial", action="store_true", help="leave out the partial-copy families"
     )
     parser.add_argument(
-        "--update-readme",
-        action="store_true",
-        help="write the summary into README.md between its suite-results markers",
-    )
-    parser.add_argument(
         "--reuse",
         action="store_true",
         help="reuse the rows of an earlier run with this size and seed (figures and plots only)",
@@ -423,8 +417,6 @@ def main() -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / f"{name}.md").write_text(page)
     plots.draw_all(result, RESULTS, prefix=name)
-    if args.update_readme and not plots.update_readme(README, result):
-        logger.warning("README.md has no suite-results markers: not updated")
     logger.info("done in %.0f s; results in %s", result["timing_s"]["total"], RESULTS)
 
 

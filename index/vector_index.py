@@ -10,8 +10,8 @@ rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector,
 compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). An
 ``ivfpq`` index can also keep scalar-quantised copies of the vectors (``refine_bits``) to
 re-rank ``refine_factor`` times more neighbours than asked for: fewer neighbours lost to the
-codes, for about ``refine_bits * dim / 8`` more bytes per vector (the README has the measured
-effect). The inverted-list kinds are trained on the catalogue's own vectors. Readers can
+codes, for about ``refine_bits * dim / 8`` more bytes per vector (docs/scaling.md has the
+measured effect). The inverted-list kinds are trained on the catalogue's own vectors. Readers can
 memory-map the file (``mmap=True``) so that several processes share one copy of the index in
 the page cache. FAISS searches a mapped inverted-list index through ``OnDiskInvertedLists``,
 measured 1.6-1.9 times slower than the same lists in memory (IVF-Flat, 44,915 vectors, nprobe
@@ -64,7 +64,7 @@ PQ_BITS = (4, 8)
 #: Bits per dimension of the re-ranking copies an IVF-PQ index may keep (0: none).
 REFINE_BITS = (0, 4, 6, 8)
 #: Dimensions an IVF-PQ index projects the patch vectors onto before quantising them (see
-#: :mod:`tunetrace.index.projection`; the README has the measured effect).
+#: :mod:`tunetrace.index.projection`; docs/scaling.md has the measured effect).
 DEFAULT_PROJECTION_DIMS = 64
 
 

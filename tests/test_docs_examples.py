@@ -1,4 +1,4 @@
-"""The Python examples in docs/ marked ``<!-- test: run -->`` run as written.
+"""The Python examples in docs/ and the README marked ``<!-- test: run -->`` run as written.
 
 Each marked block runs in a fresh folder holding ``track03.flac`` (a synthetic recording) and
 ``upload.mp3`` (the same recording sped up 10%, as MP3), the files the examples name.
@@ -16,14 +16,15 @@ import soxr
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
+README = DOCS.parent / "README.md"
 MARKER = "<!-- test: run -->"
 _BLOCK = re.compile(re.escape(MARKER) + r"\s*```python\n(.*?)\n```", re.S)
 
 
 def runnable_blocks() -> list[tuple[str, str]]:
-    """``(page:line, code)`` of every marked Python block in the docs."""
+    """``(page:line, code)`` of every marked Python block in the docs and the README."""
     blocks = []
-    for page in sorted(DOCS.glob("*.md")):
+    for page in [*sorted(DOCS.glob("*.md")), README]:
         text = page.read_text(encoding="utf-8")
         for found in _BLOCK.finditer(text):
             line = text.count("\n", 0, found.start(1)) + 1

@@ -65,8 +65,9 @@ ALTERATIONS = [
     Alteration("wide", "ffmpeg", tempo_ratio=1.7, resample=True),
 ]
 #: A regression bar, not the goal: the benchmark measures 64-100% top-1 recall per family on
-#: the dev corpus (about 84% over these families, see the README), short of the 95% goal, and
-#: this fixed set of ten queries is found 7 times. Falling below that means a regression.
+#: the dev corpus (about 84% over these families, see docs/benchmarks.md), short of the 95%
+#: goal, and this fixed set of ten queries is found 7 times. Falling below that means a
+#: regression.
 MIN_FOUND = 7
 
 

@@ -86,7 +86,7 @@ class MatchReport:
 
 
 def report_to_dict(report: MatchReport) -> dict[str, Any]:
-    """The JSON form of a report (see the README's report section)."""
+    """The JSON form of a report (see the report section of the user guide, docs/guide.md)."""
     return {
         "query": report.query,
         "duration_s": round(report.duration_s, 2),
