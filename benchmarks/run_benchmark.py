@@ -318,6 +318,29 @@ def fit_score_model(rows: list[dict]) -> ScoreModel:
     )
 
 
+def with_measured_tail(model: ScoreModel, rows: list[dict]) -> ScoreModel:
+    """``model`` with the tail scale of its own calibration queries' best coincidence log-odds
+    (what :meth:`ScoreModel.score_section` needs), weights and threshold unchanged."""
+    best = []
+    for row in rows:
+        logits = [
+            float(np.dot(model.weights, v["measurements"]) + model.bias)
+            for v in row.get("verifications", [])
+            if _training_label(row, v) == 0.0
+        ]
+        if logits:
+            best.append(max(logits))
+    if len(best) < MIN_TAIL_QUERIES:
+        raise ValueError(f"only {len(best)} calibration queries with a coincidence")
+    scale = tail_scale(np.asarray(best))
+    provenance = (
+        f"{model.provenance}; tail scale {scale:.3f} (log-odds) measured "
+        f"{time.strftime('%Y-%m-%d')} by benchmarks/run_benchmark.py --measure-tail on the best "
+        f"coincidences of {len(best)} calibration queries under these weights"
+    )
+    return ScoreModel(model.weights, model.bias, model.threshold, provenance, scale)
+
+
 def _wrap(semitones: float) -> float:
     return (semitones + 6) % 12 - 6
 
@@ -495,6 +518,12 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument(
+        "--measure-tail",
+        action="store_true",
+        help="measure only the coincidence tail scale of the shipped weights on the calibration "
+        "split and record it in tunetrace/calibration.json (weights and threshold kept)",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="reuse cached verification rows (only the score model and figures are redone)",
@@ -510,7 +539,7 @@ def main() -> None:
             writer.rebuild_index(IndexSpec(kind="auto"))
     catalogue = Catalogue(directory, read_only=True)  # as `match`, the API and scans open it
     matcher = Matcher(catalogue)
-    if args.calibrate:
+    if args.calibrate or args.measure_tail:
         calibration_size = args.calibration_size or args.size
         calibration = make_queries(
             tracks,
@@ -524,8 +553,13 @@ def main() -> None:
         calibration_rows = _rows(
             matcher, calibration, f"calibration-{calibration_size}-{args.seed}", args.reuse
         )
-        model = fit_score_model(calibration_rows)
         path = Path(__file__).parent.parent / "tunetrace" / "calibration.json"
+        if args.measure_tail:
+            model = with_measured_tail(matcher.score_model, calibration_rows)
+            path.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
+            logger.info("tail scale %.3f recorded in %s", model.tail_scale_logit, path)
+            return
+        model = fit_score_model(calibration_rows)
         path.write_text(json.dumps(model.to_dict(), indent=1) + "\n")
         matcher = Matcher(catalogue, score_model=model)
     evaluation = make_queries(
