@@ -23,6 +23,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File, Files
 
 logger = logging.getLogger("mkdocs.hooks.tunetrace")
@@ -48,6 +49,7 @@ def openapi_schema() -> dict[str, Any]:
     return create_app(settings).openapi()
 
 
+@event_priority(100)  # before mkdocstrings reads its search paths
 def on_config(config: Any) -> Any:
     """Lay out the sources by import name for mkdocstrings, before any page is rendered."""
     lay_out_sources(SOURCE_VIEW)
