@@ -61,6 +61,15 @@ class VerifySettings:
         Length of the moving average applied to per-frame correlations.
     min_segment_s : float
         Matched runs shorter than this are dropped; gaps shorter than this are bridged.
+    edge_margin, edge_floor : float
+        Reported segments reach out from the matched runs over neighbouring frames that beat
+        the null level by this lower margin and reach this lower floor (a copy's edges, noisy
+        passages and quiet bars fit less clearly than its core; the measurements keep the
+        strict rule) ...
+    edge_gap_s : float
+        ... and join across gaps up to this long ...
+    edge_join_min_s : float
+        ... between runs at least this long each.
     whiten_bins : int
         Width (log bins) of the local mean removed along frequency before spectra are compared.
     spectral_refinement : tuple of (rate half-width, rate steps, offset half-width, offset steps)
@@ -78,6 +87,10 @@ class VerifySettings:
     segment_floor: float = 0.4
     smooth_s: float = 1.0
     min_segment_s: float = 1.0
+    edge_margin: float = 0.15
+    edge_floor: float = 0.3
+    edge_join_min_s: float = 3.0
+    edge_gap_s: float = 2.0
     max_octaves: int = 2
     whiten_bins: int = 13
     spectral_refinement: tuple[tuple[float, int, float, int], ...] = (
@@ -631,7 +644,10 @@ def _matched_segments(
     params: FingerprintParams,
     settings: VerifySettings,
 ) -> tuple[list[Segment], np.ndarray]:
-    """Runs of frames whose aligned fit beats the null level by the margin."""
+    """Runs of frames whose aligned fit beats the null level by the margin (``matched``, what
+    the measurements read), and the segments reported for them: each run grown over the
+    frames around it that beat the null level by ``edge_margin`` and reach ``edge_floor``,
+    runs less than ``edge_gap_s`` apart joined."""
     fps = params.frame_rate_hz
     width = max(1, round(settings.smooth_s * fps))
     level = _moving_average(per_frame * (usable > 0), width)
@@ -639,10 +655,22 @@ def _matched_segments(
     matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
     min_run = max(1, round(settings.min_segment_s * fps))
     matched = _bridge_gaps(matched, min_run)
-    segments: list[Segment] = []
     for start, stop in _runs(matched):
         if stop - start < min_run:
             matched[start:stop] = False
+    weak = (excess >= settings.edge_margin) & (level >= settings.edge_floor) & (usable > 0)
+    reported = matched.copy()
+    for start, stop in _runs(weak):  # hysteresis: weak runs that hold a matched frame
+        if matched[start:stop].any():
+            reported[start:stop] = True
+    reported = _join_long_runs(
+        reported,
+        max_gap=round(settings.edge_gap_s * fps),
+        min_length=round(settings.edge_join_min_s * fps),
+    )
+    segments: list[Segment] = []
+    for start, stop in _runs(reported):
+        if not matched[start:stop].any():
             continue
         segments.append(
             Segment(
@@ -695,6 +723,17 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     padded = np.concatenate([[False], mask, [False]])
     edges = np.flatnonzero(padded[1:] != padded[:-1])
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _join_long_runs(mask: np.ndarray, *, max_gap: int, min_length: int) -> np.ndarray:
+    """``mask`` with gaps of at most ``max_gap`` filled between runs that are both at least
+    ``min_length`` long (a fragment beside a section is not drawn into it)."""
+    out = mask.copy()
+    runs = [run for run in _runs(mask) if run[1] - run[0] >= min_length]
+    for (_, stop), (start, _) in itertools.pairwise(runs):
+        if start - stop <= max_gap:
+            out[stop:start] = True
+    return out
 
 
 def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
