@@ -95,6 +95,9 @@ class MatchSettings:
         looped or moved section).
     max_extra_verifications : int
         At most this many such verifications.
+    max_repeats : int
+        Places searched for in the query of each work found to be copied (its vote peaks in
+        that reference alone): other repeats of a looped section are verified there.
     min_section_window_s : float
         Such a window is widened to at least this length.
     whole_query_fraction : float
@@ -115,6 +118,7 @@ class MatchSettings:
     section_gap_s: float = 2.0
     other_work_screening: float = 0.5
     max_extra_verifications: int = 6
+    max_repeats: int = 8
     min_section_window_s: float = 12.0
     whole_query_fraction: float = 0.8
 
@@ -334,6 +338,24 @@ class Matcher:
         # places of the references already found.
         extra = self._more_places(screened, chosen, verifications, window_of)
         verifications += [v for v in map_in_threads(verify_screened, extra) if v is not None]
+        # Every other occurrence of a found work's material (a looped section): candidate
+        # places searched in that reference alone, verified where nothing was found yet.
+        repeats = []
+        for key in {v.reference_key for v in verifications if v.score >= self.default_min_score}:
+            found = [v for v in verifications if v.reference_key == key]
+            for candidate in self._repeat_places(features, key, found):
+                window, moved = self._in_window(candidate, features)
+                if window is None:
+                    continue
+                window_of[id(moved)] = window
+                prepared.setdefault(
+                    window, prepare_query(features.frames(*window), self.verify_settings)
+                )
+                repeats.append(moved)
+        aligned = [a for a in map_in_threads(align, repeats) if a is not None]
+        again = [v for v in map_in_threads(verify_screened, map_in_threads(screen, aligned))
+                 if v is not None]  # fmt: skip
+        verifications += again
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
@@ -382,6 +404,38 @@ class Matcher:
             if len(extra) >= self.settings.max_extra_verifications:
                 break
         return extra
+
+    def _repeat_places(
+        self, features: Features, key: int, found: list[Verification]
+    ) -> list[Candidate]:
+        """Places of reference ``key`` in the query, at the tempo ratio of its best
+        verification, away from every segment already found for it."""
+        best = max(found, key=lambda v: v.score)
+        places = find_candidates(
+            features,
+            self.catalogue.reference_index(key),
+            params=self.catalogue.params,
+            n_neighbours=self.settings.n_neighbours,
+            max_candidates=1,
+            # a reference that repeats itself puts many places on one part of the query
+            per_reference=REPEAT_PLACES_SEARCHED,
+            min_vote_ratio=self.settings.min_vote_ratio,
+        )
+        fps = features.frame_rate_hz
+        taken = [(s.query_start_s, s.query_end_s) for v in found for s in v.segments]
+        out = []
+        for place in places:
+            span = place.query_span_frames
+            if span is None or abs(place.tempo_ratio / best.tempo_ratio - 1) > 0.06:
+                continue
+            start_s, end_s = span[0] / fps, span[1] / fps
+            overlap = sum(max(0.0, min(end_s, b) - max(start_s, a)) for a, b in taken)
+            if overlap < 0.5 * (end_s - start_s):
+                out.append(place)
+                taken.append((start_s, end_s))
+            if len(out) == self.settings.max_repeats:
+                break
+        return out
 
     def _judged_alone(
         self,
@@ -540,6 +594,9 @@ SAME_TEMPO_TOLERANCE = 0.03
 SAME_PITCH_TOLERANCE_SEMITONES = 0.5
 #: Segments of two alignments may share this much query time at a cut (edges are blurred).
 MAX_SEGMENT_OVERLAP_S = 1.0
+#: Places searched for in a found reference alone, before those on one part of the query are
+#: set aside (see :meth:`Matcher._repeat_places`).
+REPEAT_PLACES_SEARCHED = 48
 #: Segments shorter than this are not reported beside longer ones.
 MIN_REPORTED_SEGMENT_S = 3.0
 #: Overlapping segments whose alignments put the query's start this close on the reference
