@@ -23,7 +23,6 @@ import logging
 import re
 import select
 import socket
-import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ import soundfile
 
 from benchmarks.live_server import running_server
 from benchmarks.run_info import run_info
+from tests.conftest import patch_wav_header
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -88,30 +88,6 @@ def endless_part(name: str, filename: str | None = None) -> Iterator[bytes]:
     chunk = b"\x55" * 65536
     while True:
         yield chunk
-
-
-def patch_wav_header(
-    path: Path, *, channels: int, rate: int, data_bytes: int | None = None
-) -> None:
-    """Rewrite a PCM WAV's ``fmt`` chunk (and optionally its data length) to claim other things.
-
-    Parameters
-    ----------
-    path : Path
-        A WAV file written by libsndfile (PCM).
-    channels, rate : int
-        Channel count and sample rate (Hz) the header will declare.
-    data_bytes : int, optional
-        Length the ``data`` chunk will declare.
-    """
-    raw = bytearray(path.read_bytes())
-    fmt = raw.index(b"fmt ") + 8
-    bits = struct.unpack_from("<H", raw, fmt + 14)[0]
-    struct.pack_into("<HI", raw, fmt + 2, channels, rate)
-    struct.pack_into("<IH", raw, fmt + 8, rate * channels * bits // 8, channels * bits // 8)
-    if data_bytes is not None:
-        struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
-    path.write_bytes(bytes(raw))
 
 
 def write_silence_flac(path: Path, *, seconds: int, rate: int, channels: int) -> Path:

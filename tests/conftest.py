@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,27 @@ def built_catalogue(tmp_path_factory: pytest.TempPathFactory, song_folder: Path)
         summary = ingest(catalogue, items_from_paths([song_folder]))
     assert summary.added == 5, summary.failed
     return directory
+
+
+def patch_wav_header(
+    path: Path, *, channels: int, rate: int, data_bytes: int | None = None
+) -> None:
+    """Rewrite a PCM WAV's ``fmt`` chunk (and optionally its data length) to claim other things.
+
+    Parameters
+    ----------
+    path : Path
+        A WAV file written by libsndfile (PCM).
+    channels, rate : int
+        Channel count and sample rate (Hz) the header will declare.
+    data_bytes : int, optional
+        Length the ``data`` chunk will declare.
+    """
+    raw = bytearray(path.read_bytes())
+    fmt = raw.index(b"fmt ") + 8
+    bits = struct.unpack_from("<H", raw, fmt + 14)[0]
+    struct.pack_into("<HI", raw, fmt + 2, channels, rate)
+    struct.pack_into("<IH", raw, fmt + 8, rate * channels * bits // 8, channels * bits // 8)
+    if data_bytes is not None:
+        struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
+    path.write_bytes(bytes(raw))

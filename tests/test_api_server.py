@@ -24,7 +24,6 @@ from benchmarks.hostile_audio import (
     endless_part,
     memory_mb,
     multipart,
-    patch_wav_header,
     post_raw,
     reset_peak,
     server_processes,
@@ -32,7 +31,7 @@ from benchmarks.hostile_audio import (
     write_silence_flac,
 )
 from benchmarks.live_server import running_server
-from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.conftest import SAMPLE_RATE, patch_wav_header, synth_song, write_audio
 
 READ_KEY = "server-read-key-42"
 WRITE_KEY = "server-write-key-42"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import soxr
 from tunetrace.fingerprint import decode
 from tunetrace.fingerprint.decode import load_audio, load_audio_span, seekable_length
 
-from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.conftest import SAMPLE_RATE, patch_wav_header, synth_song, write_audio
 from tunetrace.errors import AudioDecodeError, AudioTooLongError, UnsupportedAudioError
 
 
@@ -158,20 +157,6 @@ def test_ffmpeg_decoding_streams_the_same_samples_as_resampling_at_once(tmp_path
     assert np.array_equal(decoded, expected)
 
 
-def _patch_wav_header(
-    path: Path, *, channels: int, rate: int, data_bytes: int | None = None
-) -> None:
-    """Rewrite a PCM WAV's fmt chunk (and optionally its data length) to claim other things."""
-    raw = bytearray(path.read_bytes())
-    fmt = raw.index(b"fmt ") + 8
-    bits = struct.unpack_from("<H", raw, fmt + 14)[0]
-    struct.pack_into("<HI", raw, fmt + 2, channels, rate)
-    struct.pack_into("<IH", raw, fmt + 8, rate * channels * bits // 8, channels * bits // 8)
-    if data_bytes is not None:
-        struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
-    path.write_bytes(bytes(raw))
-
-
 def test_channel_and_sample_rate_limits_refuse_the_file_from_its_header(tmp_path: Path) -> None:
     path = tmp_path / "fast.flac"
     silence = np.zeros((655350 * 2, 8), dtype=np.int16)
@@ -182,7 +167,7 @@ def test_channel_and_sample_rate_limits_refuse_the_file_from_its_header(tmp_path
     with pytest.raises(UnsupportedAudioError, match="655350 Hz"):
         load_audio_span(path, sample_rate_hz=SAMPLE_RATE, start_s=0.0, duration_s=1.0)
     wide = write_audio(tmp_path / "wide.wav", np.zeros(8000, dtype=np.float32), sample_rate=8000)
-    _patch_wav_header(wide, channels=200, rate=8000)
+    patch_wav_header(wide, channels=200, rate=8000)
     with pytest.raises(UnsupportedAudioError, match="200 audio channels are not accepted"):
         load_audio(wide, sample_rate_hz=SAMPLE_RATE)
     slow = write_audio(tmp_path / "slow.wav", np.zeros(4000, dtype=np.float32), sample_rate=4000)
@@ -238,14 +223,14 @@ def test_decoding_memory_follows_the_output_not_the_declared_channels_and_rate(
     assert outcome == "AudioTooLongError" and growth_mb < 100
     # a lying header: 8 kHz mono that says 100 channels at 192 kHz
     lying = write_audio(tmp_path / "lying.wav", np.zeros(80000, np.float32), sample_rate=8000)
-    _patch_wav_header(lying, channels=100, rate=192000, data_bytes=0xFFFFFFF0)
+    patch_wav_header(lying, channels=100, rate=192000, data_bytes=0xFFFFFFF0)
     outcome, growth_mb = _peak_growth_mb(lying, 1200)
     assert outcome == "UnsupportedAudioError" and growth_mb < 50
 
 
 def test_a_wav_whose_header_overstates_its_data_decodes_what_is_there(tmp_path: Path) -> None:
     path = write_audio(tmp_path / "short.wav", synth_song(9, duration_s=5.0))
-    _patch_wav_header(path, channels=1, rate=SAMPLE_RATE, data_bytes=0xFFFFFFF0)
+    patch_wav_header(path, channels=1, rate=SAMPLE_RATE, data_bytes=0xFFFFFFF0)
     try:
         audio = load_audio(path, sample_rate_hz=SAMPLE_RATE, max_duration_s=1200)
     except AudioTooLongError:
