@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -797,10 +798,9 @@ class Catalogue:
         n_refs, total_s = self._db.execute(
             "SELECT count(*), coalesce(sum(duration_s), 0) FROM refs"
         ).fetchone()
-        files = [p for p in self.directory.iterdir() if p.is_file()]
         index = self._layered_index()
         index_path = self.index_path
-        index_bytes = index_path.stat().st_size if index_path and index_path.exists() else 0
+        index_bytes = _file_size(index_path) if index_path is not None else 0
         hours = float(total_s) / 3600
         return {
             "catalogue": str(self.directory),
@@ -811,7 +811,7 @@ class Catalogue:
             "index_spec": index.spec.to_dict(),
             "index_bytes": index_bytes,
             "index_mb_per_audio_hour": round(index_bytes / 1e6 / hours, 3) if hours else None,
-            "size_on_disk_bytes": sum(p.stat().st_size for p in files),
+            "size_on_disk_bytes": sum(map(_file_size, self.directory.iterdir())),
             "format_version": FORMAT_VERSION,
             "feature_version": FEATURE_VERSION,
             "generation": self.generation,
@@ -853,6 +853,16 @@ class _Transaction:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
+
+
+def _file_size(path: Path) -> int:
+    """Bytes of a regular file; 0 for anything else, or for a file a writer's sweep (in
+    another process) removed since it was listed."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _now() -> str:

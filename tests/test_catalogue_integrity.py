@@ -97,6 +97,29 @@ def test_a_writer_sweeps_files_a_killed_write_left(tmp_path: Path, three: dict) 
         assert _found(writer, three["x"][1]) == ["x"]
 
 
+def test_info_while_another_process_sweeps_the_index_file(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+    with Catalogue(directory, read_only=True) as reader:
+        swept = reader.index_path
+        listed = list(directory.iterdir())
+        layered = Catalogue._layered_index
+
+        def sweep_then_search(self: Catalogue):
+            swept.unlink(missing_ok=True)  # another writer publishes and sweeps meanwhile
+            return layered(self)
+
+        monkeypatch.setattr(Path, "iterdir", lambda self: iter(listed))
+        monkeypatch.setattr(Catalogue, "_layered_index", sweep_then_search)
+        details = reader.info()
+    assert details["references"] == 1
+    assert details["index_bytes"] == 0, "the swept file has no size"
+    assert details["size_on_disk_bytes"] > 0
+
+
 def test_two_writers_in_two_threads_keep_every_reference(tmp_path: Path, three: dict) -> None:
     directory = tmp_path / "cat"
     Catalogue(directory, create=True).close()
