@@ -14,7 +14,7 @@ from tunetrace.index.catalogue import Catalogue, ReferenceData
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.candidates import PATCH_BITS, _add_best_neighbour_bin
-from tunetrace.errors import CatalogueError
+from tunetrace.errors import CatalogueError, ReferenceNotFoundError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 
@@ -184,6 +184,21 @@ def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
     assert failures == []
     assert all(found == ["y"] for name, found in results if name == "y")
     assert all(found in ([], ["x"]) for name, found in results if name == "x")
+
+
+def test_a_reference_removed_after_its_verification_ends_the_search_for_repeats(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+
+        def removed_meanwhile(key: int):
+            raise ReferenceNotFoundError(f"no reference with key {key}")
+
+        # a writer in another process deletes "x" between its verification and the search
+        # for its repeats in that reference alone
+        monkeypatch.setattr(catalogue, "reference_index", removed_meanwhile)
+        assert _found(catalogue, three["x"][1]) == ["x"]
 
 
 def test_neighbour_votes_do_not_overflow_with_large_reference_keys() -> None:
