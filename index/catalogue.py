@@ -235,17 +235,21 @@ class Catalogue:
         if stored_version is None:
             chosen = params or FingerprintParams()
             with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("format_version", str(FORMAT_VERSION)),
-                        ("feature_version", str(FEATURE_VERSION)),
-                        ("params", json.dumps(chosen.to_dict(), sort_keys=True)),
-                        ("generation", "0"),
-                        ("created_at", _now()),
-                    ],
-                )
-            return chosen
+                # Another process may have created the catalogue (and written to it) since.
+                stored_version = self._meta("format_version")
+                if stored_version is None:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        [
+                            ("format_version", str(FORMAT_VERSION)),
+                            ("feature_version", str(FEATURE_VERSION)),
+                            ("params", json.dumps(chosen.to_dict(), sort_keys=True)),
+                            ("generation", "0"),
+                            ("created_at", _now()),
+                        ],
+                    )
+            if stored_version is None:
+                return chosen
         if (
             int(stored_version) != FORMAT_VERSION
             or int(self._meta("feature_version") or -1) != FEATURE_VERSION

@@ -120,6 +120,28 @@ def test_info_while_another_process_sweeps_the_index_file(
     assert details["size_on_disk_bytes"] > 0
 
 
+def test_creating_a_catalogue_another_process_just_created_keeps_its_state(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as first:
+        first.add("x", three["x"][0])
+        generation = first.generation
+    looked = Catalogue._meta
+    seen = []
+
+    def not_yet_created(self: Catalogue, key: str):
+        if key == "format_version" and not seen:  # looked before the other process committed
+            seen.append(key)
+            return None
+        return looked(self, key)
+
+    monkeypatch.setattr(Catalogue, "_meta", not_yet_created)
+    with Catalogue(directory, create=True) as late:
+        assert late.generation == generation, "the generation went back"
+        assert late.count() == 1
+
+
 def test_two_writers_in_two_threads_keep_every_reference(tmp_path: Path, three: dict) -> None:
     directory = tmp_path / "cat"
     Catalogue(directory, create=True).close()
