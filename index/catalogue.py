@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import sqlite3
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -234,17 +235,21 @@ class Catalogue:
         if stored_version is None:
             chosen = params or FingerprintParams()
             with self._transaction():
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                    [
-                        ("format_version", str(FORMAT_VERSION)),
-                        ("feature_version", str(FEATURE_VERSION)),
-                        ("params", json.dumps(chosen.to_dict(), sort_keys=True)),
-                        ("generation", "0"),
-                        ("created_at", _now()),
-                    ],
-                )
-            return chosen
+                # Another process may have created the catalogue (and written to it) since.
+                stored_version = self._meta("format_version")
+                if stored_version is None:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        [
+                            ("format_version", str(FORMAT_VERSION)),
+                            ("feature_version", str(FEATURE_VERSION)),
+                            ("params", json.dumps(chosen.to_dict(), sort_keys=True)),
+                            ("generation", "0"),
+                            ("created_at", _now()),
+                        ],
+                    )
+            if stored_version is None:
+                return chosen
         if (
             int(stored_version) != FORMAT_VERSION
             or int(self._meta("feature_version") or -1) != FEATURE_VERSION
@@ -797,10 +802,9 @@ class Catalogue:
         n_refs, total_s = self._db.execute(
             "SELECT count(*), coalesce(sum(duration_s), 0) FROM refs"
         ).fetchone()
-        files = [p for p in self.directory.iterdir() if p.is_file()]
         index = self._layered_index()
         index_path = self.index_path
-        index_bytes = index_path.stat().st_size if index_path and index_path.exists() else 0
+        index_bytes = _file_size(index_path) if index_path is not None else 0
         hours = float(total_s) / 3600
         return {
             "catalogue": str(self.directory),
@@ -811,7 +815,7 @@ class Catalogue:
             "index_spec": index.spec.to_dict(),
             "index_bytes": index_bytes,
             "index_mb_per_audio_hour": round(index_bytes / 1e6 / hours, 3) if hours else None,
-            "size_on_disk_bytes": sum(p.stat().st_size for p in files),
+            "size_on_disk_bytes": sum(map(_file_size, self.directory.iterdir())),
             "format_version": FORMAT_VERSION,
             "feature_version": FEATURE_VERSION,
             "generation": self.generation,
@@ -853,6 +857,16 @@ class _Transaction:
             self._db.execute("ROLLBACK" if exc_type else "COMMIT")
         finally:
             self._lock.release()
+
+
+def _file_size(path: Path) -> int:
+    """Bytes of a regular file; 0 for anything else, or for a file a writer's sweep (in
+    another process) removed since it was listed."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return 0
+    return status.st_size if stat.S_ISREG(status.st_mode) else 0
 
 
 def _now() -> str:

@@ -14,7 +14,7 @@ from tunetrace.index.catalogue import Catalogue, ReferenceData
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.candidates import PATCH_BITS, _add_best_neighbour_bin
-from tunetrace.errors import CatalogueError
+from tunetrace.errors import CatalogueError, ReferenceNotFoundError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 
@@ -97,6 +97,51 @@ def test_a_writer_sweeps_files_a_killed_write_left(tmp_path: Path, three: dict) 
         assert _found(writer, three["x"][1]) == ["x"]
 
 
+def test_info_while_another_process_sweeps_the_index_file(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as writer:
+        writer.add("x", three["x"][0])
+    with Catalogue(directory, read_only=True) as reader:
+        swept = reader.index_path
+        listed = list(directory.iterdir())
+        layered = Catalogue._layered_index
+
+        def sweep_then_search(self: Catalogue):
+            swept.unlink(missing_ok=True)  # another writer publishes and sweeps meanwhile
+            return layered(self)
+
+        monkeypatch.setattr(Path, "iterdir", lambda self: iter(listed))
+        monkeypatch.setattr(Catalogue, "_layered_index", sweep_then_search)
+        details = reader.info()
+    assert details["references"] == 1
+    assert details["index_bytes"] == 0, "the swept file has no size"
+    assert details["size_on_disk_bytes"] > 0
+
+
+def test_creating_a_catalogue_another_process_just_created_keeps_its_state(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as first:
+        first.add("x", three["x"][0])
+        generation = first.generation
+    looked = Catalogue._meta
+    seen = []
+
+    def not_yet_created(self: Catalogue, key: str):
+        if key == "format_version" and not seen:  # looked before the other process committed
+            seen.append(key)
+            return None
+        return looked(self, key)
+
+    monkeypatch.setattr(Catalogue, "_meta", not_yet_created)
+    with Catalogue(directory, create=True) as late:
+        assert late.generation == generation, "the generation went back"
+        assert late.count() == 1
+
+
 def test_two_writers_in_two_threads_keep_every_reference(tmp_path: Path, three: dict) -> None:
     directory = tmp_path / "cat"
     Catalogue(directory, create=True).close()
@@ -161,6 +206,21 @@ def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
     assert failures == []
     assert all(found == ["y"] for name, found in results if name == "y")
     assert all(found in ([], ["x"]) for name, found in results if name == "x")
+
+
+def test_a_reference_removed_after_its_verification_ends_the_search_for_repeats(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+
+        def removed_meanwhile(key: int):
+            raise ReferenceNotFoundError(f"no reference with key {key}")
+
+        # a writer in another process deletes "x" between its verification and the search
+        # for its repeats in that reference alone
+        monkeypatch.setattr(catalogue, "reference_index", removed_meanwhile)
+        assert _found(catalogue, three["x"][1]) == ["x"]
 
 
 def test_neighbour_votes_do_not_overflow_with_large_reference_keys() -> None:

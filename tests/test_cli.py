@@ -77,6 +77,22 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
+def test_an_output_path_that_cannot_be_written_is_an_error_line(
+    tmp_path: Path, built_catalogue: Path, song_folder: Path
+) -> None:
+    query = str(next(song_folder.glob("*.flac")))
+    catalogue = str(built_catalogue)
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "no").write_text("a file where a folder is needed")
+    for out, resume in ((tmp_path / "a_folder", ["--resume"]), (tmp_path / "no" / "r.jsonl", [])):
+        done = tunetrace("scan", "-c", catalogue, query, "--out", str(out), *resume)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr and "cannot write the report" in done.stderr
+    done = tunetrace("explain", "-c", catalogue, query, "--out", str(tmp_path / "x" / "e.json"))
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "cannot write" in done.stderr
+
+
 def test_add_match_json_and_remove(tmp_path: Path, songs: dict[str, np.ndarray]) -> None:
     catalogue = str(tmp_path / "cat")
     manifest = tmp_path / "manifest.csv"

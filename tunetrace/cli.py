@@ -372,6 +372,9 @@ def scan(
         writer = ReportWriter(out, resume=resume, key=str if self_scan else file_key)
     except TunetraceError as exc:
         _fail(exc)
+    except OSError as exc:
+        typer.echo(f"error: cannot write the report {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
     finally:
         store.close()
     summary = ScanSummary(skipped=sum(writer.has(job.query) for job in jobs))
@@ -445,12 +448,16 @@ def explain(
         _fail(exc)
     finally:
         store.close()
-    if suffix == ".png":
-        out.write_bytes(render_png(evidence))
-    elif suffix == ".html":
-        out.write_text(render_html(evidence), encoding="utf-8")
-    else:
-        out.write_text(json.dumps(evidence_to_dict(evidence)), encoding="utf-8")
+    try:
+        if suffix == ".png":
+            out.write_bytes(render_png(evidence))
+        elif suffix == ".html":
+            out.write_text(render_html(evidence), encoding="utf-8")
+        else:
+            out.write_text(json.dumps(evidence_to_dict(evidence)), encoding="utf-8")
+    except OSError as exc:
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"{evidence.verdict} Evidence written to {out}")
 
 

@@ -411,9 +411,13 @@ class Matcher:
         """Places of reference ``key`` in the query, at the tempo ratio of its best
         verification, away from every segment already found for it."""
         best = max(found, key=lambda v: v.score)
+        try:
+            searcher = self.catalogue.reference_index(key)
+        except ReferenceNotFoundError:  # removed since it was verified
+            return []
         places = find_candidates(
             features,
-            self.catalogue.reference_index(key),
+            searcher,
             params=self.catalogue.params,
             n_neighbours=self.settings.n_neighbours,
             max_candidates=1,
