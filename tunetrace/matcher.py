@@ -371,7 +371,9 @@ class Matcher:
     ) -> list[tuple[float, ChromaAlignment, Screening]]:
         """Screened alignments to verify after the first ``verify_top``: the best of each
         other reference screened at least ``other_work_screening`` (and that fraction of the
-        best screening), and other windows of references verified as copies."""
+        best screening) in a part of the query, and other windows of references verified as
+        copies. A query short enough to be judged whole gets no more verifications than
+        before: each one more is one more chance of a coincidence."""
         if not screened:
             return []
         done = {id(item[1]) for item in chosen}
@@ -398,7 +400,7 @@ class Matcher:
                     continue
                 seen.append(window)
                 extra.append(item)
-            elif key not in tried and value >= floor:
+            elif key not in tried and value >= floor and window is not None:
                 tried.add(key)
                 extra.append(item)
             if len(extra) >= self.settings.max_extra_verifications:

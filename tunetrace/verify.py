@@ -61,15 +61,12 @@ class VerifySettings:
         Length of the moving average applied to per-frame correlations.
     min_segment_s : float
         Matched runs shorter than this are dropped; gaps shorter than this are bridged.
-    edge_margin, edge_floor : float
-        Reported segments reach out from the matched runs over neighbouring frames that beat
-        the null level by this lower margin and reach this lower floor (a copy's edges, noisy
-        passages and quiet bars fit less clearly than its core; the measurements keep the
-        strict rule) ...
     edge_gap_s : float
-        ... and join across gaps up to this long ...
+        Reported segments join matched runs across gaps up to this long (a noisy passage or a
+        quiet bar inside a copy fits less clearly than the rest) ...
     edge_join_min_s : float
-        ... between runs at least this long each.
+        ... when both runs are at least this long (a fragment beside a section is not drawn
+        into it).
     whiten_bins : int
         Width (log bins) of the local mean removed along frequency before spectra are compared.
     spectral_refinement : tuple of (rate half-width, rate steps, offset half-width, offset steps)
@@ -87,8 +84,6 @@ class VerifySettings:
     segment_floor: float = 0.4
     smooth_s: float = 1.0
     min_segment_s: float = 1.0
-    edge_margin: float = 0.15
-    edge_floor: float = 0.3
     edge_join_min_s: float = 3.0
     edge_gap_s: float = 2.0
     max_octaves: int = 2
@@ -645,9 +640,8 @@ def _matched_segments(
     settings: VerifySettings,
 ) -> tuple[list[Segment], np.ndarray]:
     """Runs of frames whose aligned fit beats the null level by the margin (``matched``, what
-    the measurements read), and the segments reported for them: each run grown over the
-    frames around it that beat the null level by ``edge_margin`` and reach ``edge_floor``,
-    runs less than ``edge_gap_s`` apart joined."""
+    the measurements read), and the segments reported for them: runs of ``edge_join_min_s``
+    or more less than ``edge_gap_s`` apart joined."""
     fps = params.frame_rate_hz
     width = max(1, round(settings.smooth_s * fps))
     level = _moving_average(per_frame * (usable > 0), width)
@@ -658,13 +652,8 @@ def _matched_segments(
     for start, stop in _runs(matched):
         if stop - start < min_run:
             matched[start:stop] = False
-    weak = (excess >= settings.edge_margin) & (level >= settings.edge_floor) & (usable > 0)
-    reported = matched.copy()
-    for start, stop in _runs(weak):  # hysteresis: weak runs that hold a matched frame
-        if matched[start:stop].any():
-            reported[start:stop] = True
     reported = _join_long_runs(
-        reported,
+        matched,
         max_gap=round(settings.edge_gap_s * fps),
         min_length=round(settings.edge_join_min_s * fps),
     )
