@@ -16,6 +16,7 @@ import html
 import io
 import json
 import textwrap
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,7 +169,9 @@ def _roll_fractional(chroma: np.ndarray, bins: float) -> np.ndarray:
 def _frame_similarity(query: np.ndarray, aligned: np.ndarray) -> np.ndarray:
     """Pearson correlation of each query frame with the aligned reference frame."""
     q = query - query.mean(axis=0, keepdims=True)
-    r = aligned - np.nanmean(aligned, axis=0, keepdims=True) if aligned.size else aligned
+    with warnings.catch_warnings():  # frames outside the reference are all NaN: NaN is right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        r = aligned - np.nanmean(aligned, axis=0, keepdims=True) if aligned.size else aligned
     numerator = np.sum(q * r, axis=0)
     denominator = np.sqrt(np.sum(q * q, axis=0) * np.sum(r * r, axis=0))
     with np.errstate(invalid="ignore", divide="ignore"):
