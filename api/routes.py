@@ -309,7 +309,13 @@ async def add_reference(
             validate_reference_id(reference_id)
         except TunetraceError as exc:
             raise status_for(exc) from exc
-        replace = replace or _flag(fields.get("replace"), "replace")
+        for name in ("title", "artist", "isrc"):
+            if len(fields.get(name) or "") > MAX_TEXT_CHARS:
+                raise ApiError(
+                    422, "invalid_field", f"{name} is longer than {MAX_TEXT_CHARS} characters"
+                )
+        form_replace = _flag(fields.get("replace"), "replace")  # checked even when the query says
+        replace = replace or form_replace
         if not replace and await state.catalogue.contains(reference_id):
             raise ApiError(
                 409,

@@ -193,6 +193,8 @@ def test_reference_lifecycle(client: TestClient, tmp_path: Path) -> None:
         ({"id": "a" * 201}, "invalid_reference_id"),
         ({"id": "bad\x07id"}, "invalid_reference_id"),
         ({"id": "ok", "replace": "maybe"}, "invalid_field"),
+        ({"id": "ok", "title": "t" * 1001}, "invalid_field"),
+        ({"id": "ok", "artist": "a" * 1001}, "invalid_field"),
     ],
 )
 def test_reference_fields_are_checked(
@@ -370,3 +372,17 @@ def test_api_key_messages_never_show_any_part_of_an_item() -> None:
         ApiSettings(api_keys="read:Secret-Token-77")
     assert "Secret-Token-77" not in str(settings_error.value)
     assert parse_api_keys("a-Z_0~!@#$%^&*():write") == {"a-Z_0~!@#$%^&*()": "write"}
+
+
+def test_a_bad_replace_field_is_refused_even_when_the_query_asks_to_replace(
+    client: TestClient, songs: dict, tmp_path: Path
+) -> None:
+    path = write_audio(tmp_path / "x.flac", songs["song1"][: 10 * SAMPLE_RATE])
+    response = client.post(
+        "/v1/references?replace=true",
+        headers=WRITE,
+        files=_file(path),
+        data={"id": "ok", "replace": "maybe"},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_field"
