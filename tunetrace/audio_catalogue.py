@@ -13,13 +13,11 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tunetrace.errors import DuplicateReferenceError
-from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue as StorageCatalogue
 from tunetrace.index.catalogue import (
-    FEATURES_CACHE_BYTES,
     ReferenceRecord,
     validate_reference_id,
 )
-from tunetrace.index.catalogue import Catalogue as StorageCatalogue
 from tunetrace.ingest import (
     MAX_REFERENCE_S,
     IngestItem,
@@ -71,23 +69,6 @@ class Catalogue(StorageCatalogue):
     ...     cat.add_file("track03.flac", "album1/track03", title="Track three")
     ...     report = tunetrace.Matcher(cat).match_path("upload.mp3")
     """
-
-    def __init__(
-        self,
-        directory: str | Path,
-        *,
-        params: FingerprintParams | None = None,
-        create: bool = False,
-        read_only: bool = False,
-        features_cache_bytes: int = FEATURES_CACHE_BYTES,
-    ) -> None:
-        super().__init__(
-            directory,
-            params=params,
-            create=create,
-            read_only=read_only,
-            features_cache_bytes=features_cache_bytes,
-        )
 
     def __enter__(self) -> Catalogue:
         return self
