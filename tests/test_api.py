@@ -81,10 +81,20 @@ def test_match_reports_the_altered_copy(client: TestClient, stretched_query: Pat
 
 
 def test_match_query_parameters(client: TestClient, stretched_query: Path) -> None:
+    loose = client.post(
+        "/v1/match?min_score=0&top=3", headers=READ, files=_file(stretched_query)
+    ).json()["matches"]
+    assert 1 <= len(loose) <= 3, loose
+    scores = [m["score"] for m in loose]
+    assert scores == sorted(scores, reverse=True)
+    # a bar just under the best score keeps the best match and nothing well below it
+    bar = round(scores[0] - 0.001, 4)
     strict = client.post(
-        "/v1/match?min_score=1.0&top=1", headers=READ, files=_file(stretched_query)
-    ).json()
-    assert all(m["score"] >= 1.0 for m in strict["matches"])
+        f"/v1/match?min_score={bar}&top=3", headers=READ, files=_file(stretched_query)
+    ).json()["matches"]
+    assert strict and strict[0]["reference_id"] == loose[0]["reference_id"]
+    assert all(m["score"] >= bar for m in strict)
+    assert len(strict) == sum(score >= bar for score in scores)
     bad = client.post("/v1/match?top=0", headers=READ, files=_file(stretched_query))
     assert bad.status_code == 422
     assert "top" in bad.json()["error"]["message"]
