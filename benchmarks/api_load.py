@@ -23,10 +23,10 @@ import httpx
 import numpy as np
 
 from benchmarks import corpus
-from benchmarks.live_server import running_server
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
+from tests.live_server import running_server
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from benchmarks.hostile_audio import (
+from tests.conftest import SAMPLE_RATE, patch_wav_header, synth_song, write_audio
+from tests.hostile_client import (
     BOUNDARY,
     endless_part,
     memory_mb,
@@ -30,8 +31,7 @@ from benchmarks.hostile_audio import (
     stalled_uploads,
     write_silence_flac,
 )
-from benchmarks.live_server import running_server
-from tests.conftest import SAMPLE_RATE, patch_wav_header, synth_song, write_audio
+from tests.live_server import running_server
 
 READ_KEY = "server-read-key-42"
 WRITE_KEY = "server-write-key-42"

@@ -9,8 +9,8 @@ from pathlib import Path
 import librosa
 import pytest
 
-from benchmarks.live_server import running_server
 from tests.conftest import SAMPLE_RATE, white_noise, write_audio
+from tests.live_server import running_server
 
 KEY = "review-page-key"
 ARTIFACTS = Path(os.environ.get("TUNETRACE_TEST_ARTIFACTS", "test-artifacts"))
