@@ -22,13 +22,14 @@ import logging
 import numpy as np
 from tunetrace.fingerprint.features import reference_vectors
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.ids import vector_ids
 from tunetrace.index.projection import NOISE_FILE, AlterationNoise
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 from benchmarks import corpus
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, SIZES, build_catalogue
-from tunetrace.candidates import find_candidates, query_patch_vectors, vector_ids
+from tunetrace.candidates import find_candidates, query_patch_vectors
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 

@@ -32,13 +32,14 @@ import numpy as np
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.ids import vector_ids
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 from benchmarks import corpus
 from benchmarks.queries import make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
-from tunetrace.candidates import query_patch_vectors, vector_ids
+from tunetrace.candidates import query_patch_vectors
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 

@@ -36,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
+from tunetrace.index.ids import PATCH_BITS, vector_ids
 from tunetrace.index.projection import packaged_noise
 from tunetrace.index.publication import (
     LEGACY_INDEX_NAME,
@@ -53,7 +54,6 @@ from tunetrace.index.storage import (
 from tunetrace.index.vector_index import IndexSpec, LayeredIndex, VectorIndex
 from tunetrace.index.writer_lock import WriterLock
 
-from tunetrace.candidates import PATCH_BITS, vector_ids
 from tunetrace.errors import (
     CatalogueError,
     DuplicateReferenceError,

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.ids import PATCH_BITS
 
 from tests.conftest import synth_song, write_audio
-from tunetrace.candidates import PATCH_BITS, _add_best_neighbour_bin
+from tunetrace.candidates import _add_best_neighbour_bin
 from tunetrace.errors import CatalogueError, ReferenceNotFoundError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher

@@ -19,12 +19,11 @@ from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resampl
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import fold_chroma, smooth_chroma
+from tunetrace.index.ids import split_vector_ids
 from tunetrace.types import Candidate
 
 logger = logging.getLogger(__name__)
 
-#: Bits of a vector id that hold the patch number; the rest hold the reference key.
-PATCH_BITS = 24
 #: Only the strongest vote triples are walked when picking candidates.
 MAX_TRIPLES_CONSIDERED = 5000
 #: Two triples of one reference this close (offset bins, rate steps) are the same place.
@@ -33,16 +32,6 @@ SAME_PLACE_RATES = 2
 #: Voters of one place further apart than this (seconds of query) belong to different runs;
 #: a place's query span is its run with the most votes.
 VOTER_GAP_S = 8.0
-
-
-def vector_ids(reference_key: int, n_patches: int) -> np.ndarray:
-    """FAISS ids of a reference's patches: ``reference_key << PATCH_BITS | patch_number``."""
-    return (np.int64(reference_key) << PATCH_BITS) | np.arange(n_patches, dtype=np.int64)
-
-
-def split_vector_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`vector_ids`: ``(reference_keys, patch_numbers)``."""
-    return ids >> PATCH_BITS, ids & ((1 << PATCH_BITS) - 1)
 
 
 class VectorSearcher(Protocol):
