@@ -7,13 +7,13 @@ import pytest
 from tunetrace.fingerprint.embedding import embed_patches
 from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.ids import vector_ids
 
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
     _run_starts,
     find_candidates,
     query_patch_vectors,
-    vector_ids,
 )
 from tunetrace.kernels import alignment_objectives, paired_bins
 from tunetrace.matcher import _one_ratio_each
