@@ -55,9 +55,8 @@ class FingerprintParams:
         Range of tempo ratios searched (reference duration / query duration).
     rate_step : float
         Geometric step of the tempo-ratio grid (1.06 means 6% apart). The patch vectors
-        tolerate tempo errors of 15% and more, and verification refines the ratio, so on the
-        calibration split a 6% grid found the same copies as a 4% one with a third fewer
-        query patches to search.
+        tolerate tempo errors of more than one step and verification refines the ratio, so a
+        coarser grid costs no copies and leaves fewer query patches to search.
     min_query_s : float
         Shortest query accepted.
     """

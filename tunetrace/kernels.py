@@ -53,7 +53,7 @@ def chroma_cross_spectra(
         Sum of the weights of the frames inside the reference.
     """
     # Single precision throughout (sums of at most a few hundred products of unit-sized
-    # values): twice as fast as accumulating in double, the same to about 1e-6.
+    # values): faster than accumulating in double, and the same to about 1e-6.
     n_pairs = rates.shape[0]
     n_frames, n_coeffs = query_conj.shape
     last = reference_bins.shape[0] - 1

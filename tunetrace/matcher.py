@@ -49,13 +49,12 @@ class MatchSettings:
     max_candidates : int
         References whose vote peaks go on to chroma alignment and a quick spectral screening.
     verify_top : int
-        Screened alignments (best first) verified in full. On the calibration split 2, 3 and
-        4 found the same copies; 3 leaves room for the second piece of a cut copy.
+        Screened alignments (best first) verified in full; more than one leaves room for the
+        second piece of a cut copy.
     min_vote_ratio : float
-        Vote peaks weaker than this fraction of the strongest are not aligned at all. On the
-        calibration split no true reference that was found had less than 0.24 of the best
-        peak's votes; the cut saves about 30% of the alignments of queries that hold a copy
-        (hardly any of queries that do not, whose peaks are all weak).
+        Vote peaks weaker than this fraction of the strongest are not aligned at all: a found
+        copy's reference peaks well above it, so the cut saves alignments of queries that hold
+        a copy without losing it (queries that do not have only weak peaks).
     other_tempo_ratios : int
         Other tempo ratios kept per candidate place (vote peaks at the same offset).
     places_per_reference : int
@@ -63,18 +62,13 @@ class MatchSettings:
     retimed_candidates : int
         The strongest candidates (by votes) whose other tempo ratios are aligned and screened
         too, each on its own: patch votes locate a copy better than they time it, and chroma
-        alone can prefer a wrong ratio that the spectral screening rejects. On the
-        calibration split this and a fourth place per reference raised top-1 recall at the
-        threshold from 86.5% to 89.5% for about 20% more verification time.
+        alone can prefer a wrong ratio that the spectral screening rejects.
     screen_top : int or None
         At most this many chroma alignments (best pitch-corrected chroma fit first) go on to
         spectral screening; ``None`` (the default) screens all of them, about 45 per query.
-        Screening only the best 12 takes 30-45% off verification and, on the full
-        calibration split, found the same 205 of 208 copies with the same negative scores;
-        but on the quick evaluation split it lost a copy sped up 1.69 times (sox) whose right
-        alignment ranked 17th by chroma fit (0.67 against 0.82 for the best wrong one) and
-        first, by far, in screening (1.81 against 0.46). Recall comes first, so everything is
-        screened unless this is set.
+        Fewer saves verification time, but a copy's right alignment can rank low by chroma
+        fit and first in screening; recall comes first, so everything is screened unless this
+        is set.
     section_margin_s : float
         A candidate whose voters cover only part of the query is aligned, screened and
         verified on that part alone, widened by this much on each side: unrelated material

@@ -9,10 +9,8 @@ slow each other down instead of adding up. Worker processes call :func:`use_one_
 
 BLAS is the exception: the matrix products of fingerprinting and matching are small, and an
 idle OpenBLAS thread spins on a core for a while after each one, where FAISS's and
-verification's threads need it. A matcher limits BLAS to one thread
-(:func:`limit_blas_threads`); on 2 cores that took a 10-s query against 100,000 works from
-122-129 ms to 72-83 ms, search and verification alike (with BLAS on two threads the second
-core bought nothing).
+verification's threads need it. A matcher therefore limits BLAS to one thread
+(:func:`limit_blas_threads`), which leaves the cores to search and verification.
 """
 
 from __future__ import annotations
