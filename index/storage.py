@@ -8,8 +8,7 @@ import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights, moving_average_frames
-
-from tunetrace.kernels import chroma_and_blurred_frames, stored_spectrum_arrays
+from tunetrace.index._kernels import chroma_and_blurred_frames, stored_spectrum_arrays
 
 
 def quantise_spectrum(spectrum: np.ndarray) -> tuple[bytes, float]:
@@ -52,7 +51,7 @@ def features_from_codes(codes: bytes, scale: float, params: FingerprintParams) -
 
     Equals ``features_from_spectrum(dequantise_spectrum(codes, scale, params.n_bins))``
     with its ``spectrum_frames`` and ``chroma_bin_spectrum`` computed, to float rounding,
-    in a fraction of the time (:func:`~tunetrace.kernels.stored_spectrum_arrays`).
+    in a fraction of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`).
 
     Parameters
     ----------

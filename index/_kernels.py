@@ -1,0 +1,139 @@
+"""Compiled inner loops of the catalogue: a stored reference's arrays derived in one pass.
+
+Reading a reference back for verification turns its 8-bit codes into the spectrum, its
+octave fold and its blurred frames; these loops do that arithmetic in one pass, compiled by
+Numba and cached on disk. Each function states the NumPy expression it equals; the tests
+compare them.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+#: LLVM fast-math flags of every kernel: reassociation, contraction, reciprocals, approximate
+#: functions, no signed zeros; never ``ninf`` or ``nnan``, which let LLVM assume that no value is
+#: infinite or NaN and drop the comparisons with the ``-inf`` sentinels the searches start from.
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def stored_spectrum_arrays(
+    codes: np.ndarray, scale: np.float32, bin_weights: np.ndarray, bins_per_octave: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A stored reference's spectrum, its weighted octave sum and its blurred frames, in one pass.
+
+    Equals (to float rounding) ``spectrum = codes * scale``, the
+    :func:`~tunetrace.fingerprint.spectrum.fold_chroma` of it (``bin_weights`` are the
+    :func:`~tunetrace.fingerprint.spectrum.chroma_weights`) and the
+    :attr:`~tunetrace.fingerprint.features.Features.spectrum_frames` of it (a [1, 2, 1] / 4
+    blur along bins, edge bins repeated, frames first). A reference read for verification
+    needs all three; computed apart they take four times as long, most of it in the transpose.
+
+    Parameters
+    ----------
+    codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
+    scale : np.float32
+        Value of code 1.
+    bin_weights : np.ndarray [shape=(n_bins,), dtype=float32]
+    bins_per_octave : int
+        ``n_bins`` is a whole number of octaves.
+
+    Returns
+    -------
+    spectrum : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    folded : np.ndarray [shape=(bins_per_octave, n_frames), dtype=float32]
+    frames : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    """
+    n_bins, n_frames = codes.shape
+    spectrum = np.empty((n_bins, n_frames), dtype=np.float32)
+    folded = np.zeros((bins_per_octave, n_frames), dtype=np.float32)
+    frames = np.empty((n_frames, n_bins), dtype=np.float32)
+    for b in range(n_bins):
+        weight = bin_weights[b]
+        row = spectrum[b]
+        fold_row = folded[b % bins_per_octave]
+        for t in range(n_frames):
+            value = np.float32(codes[b, t]) * scale
+            row[t] = value
+            fold_row[t] += value * weight
+    # Blocks of frames keep the transposed writes in cache.
+    block = 64
+    last = n_bins - 1
+    for first in range(0, n_frames, block):
+        stop = min(first + block, n_frames)
+        for b in range(n_bins):
+            below = spectrum[max(b - 1, 0)]
+            here = spectrum[b]
+            above = spectrum[min(b + 1, last)]
+            for t in range(first, stop):
+                frames[t, b] = (
+                    np.float32(0.25) * below[t]
+                    + np.float32(0.5) * here[t]
+                    + (np.float32(0.25) * above[t])
+                )
+    return spectrum, folded, frames
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def chroma_and_blurred_frames(
+    smoothed: np.ndarray, blur: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame-normalised chroma and its circularly blurred, normalised frames, in one pass.
+
+    Equals (to float rounding) ``chroma = normalise_frames(smoothed)`` and
+    ``normalise_frames(blur_bins(chroma, circular=True)).T`` (see
+    :mod:`tunetrace.fingerprint.spectrum`).
+
+    Parameters
+    ----------
+    smoothed : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+        Folded chroma smoothed along time.
+    blur : np.ndarray [shape=(3,), dtype=float32]
+        Weights of the previous, same and next bin (circularly).
+
+    Returns
+    -------
+    chroma : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    blurred : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        Frames first.
+    """
+    n_bins, n_frames = smoothed.shape
+    chroma = np.empty((n_bins, n_frames), dtype=np.float32)
+    blurred = np.empty((n_frames, n_bins), dtype=np.float32)
+    column = np.empty(n_bins, dtype=np.float64)
+    row = np.empty(n_bins, dtype=np.float64)
+    for t in range(n_frames):
+        for b in range(n_bins):
+            column[b] = smoothed[b, t]
+        _normalise(column)
+        for b in range(n_bins):
+            chroma[b, t] = np.float32(column[b])
+        for b in range(n_bins):
+            row[b] = (
+                blur[0] * column[b - 1 if b > 0 else n_bins - 1]
+                + blur[1] * column[b]
+                + blur[2] * column[b + 1 if b < n_bins - 1 else 0]
+            )
+        _normalise(row)
+        for b in range(n_bins):
+            blurred[t, b] = np.float32(row[b])
+    return chroma, blurred
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _normalise(values: np.ndarray) -> None:
+    """Zero mean and unit L2 norm in place (norms below 1e-6 divide by 1e-6), as
+    :func:`~tunetrace.fingerprint.spectrum.normalise_frames` does to a frame."""
+    n = values.shape[0]
+    mean = 0.0
+    for i in range(n):
+        mean += values[i]
+    mean /= n
+    square = 0.0
+    for i in range(n):
+        values[i] -= mean
+        square += values[i] * values[i]
+    scale = 1.0 / max(np.sqrt(square), 1e-6)
+    for i in range(n):
+        values[i] *= scale
