@@ -84,6 +84,7 @@ def find_candidates(
     min_vote_ratio: float = 0.0,
     other_rates: int = 0,
     exclude_keys: frozenset[int] = frozenset(),
+    patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> list[Candidate]:
     """Rank (reference, tempo ratio, offset) triples by offset-consistent patch votes.
 
@@ -111,13 +112,16 @@ def find_candidates(
     exclude_keys : frozenset of int
         References whose hits are dropped before voting (a reference scanned against its own
         catalogue must not find itself).
+    patches : tuple of np.ndarray, optional
+        The query's :func:`query_patch_vectors`, when already computed (a query searched in
+        several indexes is embedded once).
 
     Returns
     -------
     candidates : list of Candidate
         Best first.
     """
-    vectors, rate_index, starts = query_patch_vectors(features, params=params)
+    vectors, rate_index, starts = patches or query_patch_vectors(features, params=params)
     similarities, ids = searcher.search(vectors, n_neighbours)
     rates = params.rate_grid()
     n_patches_per_rate = np.bincount(rate_index, minlength=len(rates)).astype(np.float64)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tunetrace.alteration import classify_alteration
-from tunetrace.candidates import VectorSearcher, find_candidates
+from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_vectors
 from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
@@ -206,6 +206,7 @@ class Matcher:
         searcher: VectorSearcher | None = None,
         *,
         exclude_keys: frozenset[int] = frozenset(),
+        patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> list[Candidate]:
         """Candidate places of a query, searched as this matcher's settings say.
 
@@ -216,6 +217,8 @@ class Matcher:
             Another vector index to search (default: the catalogue's own).
         exclude_keys : frozenset of int
             References left out of the search.
+        patches : tuple of np.ndarray, optional
+            The query's :func:`~tunetrace.candidates.query_patch_vectors`, if already made.
 
         Returns
         -------
@@ -232,6 +235,7 @@ class Matcher:
             other_rates=self.settings.other_tempo_ratios,
             per_reference=self.settings.places_per_reference,
             exclude_keys=exclude_keys,
+            patches=patches,
         )
 
     def verify(
@@ -254,7 +258,11 @@ class Matcher:
         searcher = None
         if reference_key is not None:  # that reference alone, however the others compare
             searcher = self.catalogue.reference_index(reference_key)
-        candidates = self.candidates(features, searcher, exclude_keys=exclude_keys)
+        # embedded once: searched here and, for works found, again in their own vectors
+        patches = query_patch_vectors(features, params=params)
+        candidates = self.candidates(
+            features, searcher, exclude_keys=exclude_keys, patches=patches
+        )
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
@@ -337,7 +345,7 @@ class Matcher:
         repeats = []
         for key in {v.reference_key for v in verifications if v.score >= self.default_min_score}:
             found = [v for v in verifications if v.reference_key == key]
-            for candidate in self._repeat_places(features, key, found):
+            for candidate in self._repeat_places(features, key, found, patches):
                 window, moved = self._in_window(candidate, features)
                 if window is None:
                     continue
@@ -402,7 +410,11 @@ class Matcher:
         return extra
 
     def _repeat_places(
-        self, features: Features, key: int, found: list[Verification]
+        self,
+        features: Features,
+        key: int,
+        found: list[Verification],
+        patches: tuple[np.ndarray, np.ndarray, np.ndarray],
     ) -> list[Candidate]:
         """Places of reference ``key`` in the query, at the tempo ratio of its best
         verification, away from every segment already found for it."""
@@ -420,6 +432,7 @@ class Matcher:
             # a reference that repeats itself puts many places on one part of the query
             per_reference=REPEAT_PLACES_SEARCHED,
             min_vote_ratio=self.settings.min_vote_ratio,
+            patches=patches,
         )
         fps = features.frame_rate_hz
         taken = [(s.query_start_s, s.query_end_s) for v in found for s in v.segments]
@@ -457,7 +470,7 @@ class Matcher:
         start_s, end_s = runs[0]
         pad = self.settings.section_pad_s
         first = max(0, int((start_s - pad) * fps))
-        stop = min(features.n_frames, int(np.ceil((end_s + pad) * fps)))
+        stop = min(n_frames, int(np.ceil((end_s + pad) * fps)))
         wide_windows = n_frames / (window[1] - window[0])
         if stop - first >= self.settings.whole_query_fraction * (window[1] - window[0]):
             return scored(verification, wide_windows)
