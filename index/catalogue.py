@@ -439,11 +439,11 @@ class Catalogue:
         """Save ``index`` under a fresh name and record it (inside the write transaction)."""
         name = new_index_file_name(generation)
         index.save(self.directory / name)
-        row = self._db.execute("SELECT coalesce(max(key), 0) FROM refs").fetchone()
+        # AUTOINCREMENT's counter: at least every key ever given, so later keys are larger
         sequence = self._db.execute(
             "SELECT seq FROM sqlite_sequence WHERE name = 'refs'"
         ).fetchone()
-        max_key = max(int(row[0]), int(sequence[0]) if sequence else 0)
+        max_key = int(sequence[0]) if sequence else 0
         write_publication(self._db, Publication(name, generation, max_key, index.spec))
         self._searcher = LayeredIndex(index)
         self._searcher_generation, self._searcher_file = generation, name
