@@ -181,18 +181,22 @@ def find_candidates(
         last_place = len(chosen) == per_reference - 1 and per_reference > 2
         if last_place and abs(rate_i - chosen[0].rate_indices[0]) > SAME_PLACE_RATES:
             continue
-        place = _Place(ref_key, [off_bin], [rate_i], float(totals[position]))
+        place = _Place(ref_key, [off_bin], [rate_i], float(totals[position]), int(position))
         chosen.append(place)
         places.append(place)
     def span(place: _Place) -> tuple[float, float]:
         """Query frames covered by the place's voters (its triple and the offset bins
         either side, at its first tempo ratio)."""
-        rate_i, off_bin = place.rate_indices[0], place.offset_bins[0]
-        rows = []
-        for bin_ in (off_bin - 1, off_bin, off_bin + 1):
-            found = _triple_position(triples, (place.reference_key, rate_i, bin_))
-            if found is not None:
-                rows.append(np.arange(run_begin[found], run_end[found]))
+        rate_i, here = place.rate_indices[0], place.triple
+        # triples are sorted and distinct: the bins either side, if voted, are the next rows
+        rows = [
+            np.arange(run_begin[row], run_end[row])
+            for row in (here - 1, here, here + 1)
+            if 0 <= row < len(triples)
+            and triples[row, 0] == place.reference_key
+            and triples[row, 1] == rate_i
+            and abs(triples[row, 2] - triples[here, 2]) <= 1
+        ]
         voters = starts[keys[np.concatenate(rows), 3]]
         rate = float(rates[rate_i])
         return _densest_run(
@@ -215,20 +219,6 @@ def find_candidates(
         )
         for place in places
     ]
-
-
-def _triple_position(triples: np.ndarray, triple: tuple[int, int, int]) -> int | None:
-    """Row of ``triple`` in the lexicographically sorted, distinct ``triples``, if there."""
-    low, high = 0, len(triples)
-    while low < high:  # binary search on rows compared as tuples
-        middle = (low + high) // 2
-        if tuple(int(v) for v in triples[middle]) < triple:
-            low = middle + 1
-        else:
-            high = middle
-    if low < len(triples) and tuple(int(v) for v in triples[low]) == triple:
-        return low
-    return None
 
 
 def _densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[float, float]:
@@ -254,12 +244,14 @@ def _densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[f
 @dataclass
 class _Place:
     """A reference offset that won votes, with the tempo ratios (grid indices, best first)
-    that won them there and the offset bin each of them chose."""
+    that won them there and the offset bin each of them chose; ``triple`` is the row of its
+    first (reference, rate, offset bin) among the vote triples."""
 
     reference_key: int
     offset_bins: list[int]
     rate_indices: list[int]
     votes: float
+    triple: int
 
 
 def _among_first_references(reference_keys: np.ndarray, count: int) -> np.ndarray:
