@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -187,20 +187,28 @@ def _rate(values: list[int]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def section_table(rows: Iterable[dict], threshold: float) -> dict[str, dict[str, float | None]]:
-    """Sections found and located, per ``"family / section length"`` and per family."""
-    found: dict[str, list[int]] = defaultdict(list)
-    located: dict[str, list[int]] = defaultdict(list)
+def _copied_sections(
+    rows: Iterable[dict], threshold: float
+) -> Iterator[tuple[dict, dict, list[dict]]]:
+    """``(truth, section, reported matches)`` for every copied section of the positive rows."""
     for row in rows:
         truth = row["truth"]
         if truth["negative"]:
             continue
         matches = reported(row, threshold)
         for section in truth["sections"]:
-            was_found, was_located = section_outcome(section, matches)
-            for key in (truth["family"], f"{truth['family']} / {section['length_label']}"):
-                found[key].append(int(was_found))
-                located[key].append(int(was_located))
+            yield truth, section, matches
+
+
+def section_table(rows: Iterable[dict], threshold: float) -> dict[str, dict[str, float | None]]:
+    """Sections found and located, per ``"family / section length"`` and per family."""
+    found: dict[str, list[int]] = defaultdict(list)
+    located: dict[str, list[int]] = defaultdict(list)
+    for truth, section, matches in _copied_sections(rows, threshold):
+        was_found, was_located = section_outcome(section, matches)
+        for key in (truth["family"], f"{truth['family']} / {section['length_label']}"):
+            found[key].append(int(was_found))
+            located[key].append(int(was_located))
     return {
         key: {"located": _rate(located[key]), "found": _rate(found[key]), "n": len(found[key])}
         for key in sorted(found, key=_natural)
@@ -342,21 +350,16 @@ def estimate_errors(rows: Iterable[dict], threshold: float) -> dict[str, dict[st
     tempo: dict[str, list[float]] = defaultdict(list)
     relative: dict[str, list[float]] = defaultdict(list)
     pitch: dict[str, list[float]] = defaultdict(list)
-    for row in rows:
-        truth = row["truth"]
-        if truth["negative"]:
+    for truth, section, matches in _copied_sections(rows, threshold):
+        if not section_outcome(section, matches)[1]:
             continue
-        matches = reported(row, threshold)
-        for section in truth["sections"]:
-            if not section_outcome(section, matches)[1]:
-                continue
-            match = next(m for m in matches if m["reference_id"] == section["work_id"])
-            for key in (truth["family"], "all"):
-                tempo[key].append(abs(match["tempo_ratio"] - section["tempo_ratio"]))
-                relative[key].append(abs(match["tempo_ratio"] / section["tempo_ratio"] - 1))
-                pitch[key].append(
-                    abs(_wrap(match["pitch_shift_semitones"] - section["pitch_semitones"]))
-                )
+        match = next(m for m in matches if m["reference_id"] == section["work_id"])
+        for key in (truth["family"], "all"):
+            tempo[key].append(abs(match["tempo_ratio"] - section["tempo_ratio"]))
+            relative[key].append(abs(match["tempo_ratio"] / section["tempo_ratio"] - 1))
+            pitch[key].append(
+                abs(_wrap(match["pitch_shift_semitones"] - section["pitch_semitones"]))
+            )
     return {
         key: {
             "tempo_ratio_abs_error_median": float(np.median(tempo[key])),
