@@ -27,6 +27,7 @@ import numpy as np
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.tonality import LOW_TONALITY, tonality
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, LEGACY_CODEC, SpectrumCodec
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
@@ -60,10 +61,14 @@ def list_tracks() -> list[corpus.Track]:
     return tracks
 
 
-def build_catalogue(tracks: list[corpus.Track]) -> tuple[Path, dict[str, float]]:
+def build_catalogue(
+    tracks: list[corpus.Track], codec: SpectrumCodec = COMPACT_CODEC
+) -> tuple[Path, dict[str, float]]:
     """Catalogue of the in-catalogue tracks, with ingest speed (1 worker vs all)."""
-    # One cached catalogue per parameter set: changed parameters get a fresh build.
+    # One cached catalogue per parameter set and codec: changed ones get a fresh build.
     digest = FingerprintParams().digest()
+    if codec != LEGACY_CODEC:
+        digest = f"{digest}-{codec.name}"
     directory = CACHE / f"catalogue-{digest}"
     stats_path = CACHE / f"ingest-{digest}.json"
     if (directory / "catalogue.sqlite").exists() and stats_path.exists():
@@ -77,11 +82,11 @@ def build_catalogue(tracks: list[corpus.Track]) -> tuple[Path, dict[str, float]]
     subset = items[:16]
     with Catalogue(single, create=True) as cat:
         started, cpu = time.perf_counter(), time.process_time()
-        summary_one = ingest(cat, subset, workers=1, replace=True)
+        summary_one = ingest(cat, subset, workers=1, replace=True, codec=codec)
         one_wall, one_cpu = time.perf_counter() - started, time.process_time() - cpu
     with Catalogue(directory, create=True) as cat:
         started = time.perf_counter()
-        summary_all = ingest(cat, items, workers=os.cpu_count() or 1, replace=True)
+        summary_all = ingest(cat, items, workers=os.cpu_count() or 1, replace=True, codec=codec)
         all_wall = time.perf_counter() - started
     stats = {
         "single_worker_audio_s": summary_one.audio_s,
@@ -112,7 +117,7 @@ def whole_corpus_latency(tracks: list[corpus.Track], rows: list[dict]) -> dict[s
     ``rows`` are the evaluation's (:func:`run_queries`): their decoded durations pick the
     queries, as :func:`evaluate` picks them for its own latency figure.
     """
-    digest = FingerprintParams().digest()
+    digest = f"{FingerprintParams().digest()}-{COMPACT_CODEC.name}"
     directory = CACHE / f"catalogue-all-{digest}"
     if not (directory / "catalogue.sqlite").exists():
         items = [

@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tunetrace.fingerprint.features import features_from_spectrum, reference_vectors
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
-from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
+from tunetrace.index.spectrum_codec import COMPACT_CODEC
+from tunetrace.index.storage import stored_reference_vectors
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import suite_metrics as metrics
@@ -60,10 +60,9 @@ def mosaic_work(
             moved[:shift] = piece[-shift:]
         pieces.append(moved)
     spectrum = np.concatenate(pieces, axis=1)[:, :frames]
-    codes, scale = quantise_spectrum(spectrum)
-    stored = features_from_spectrum(dequantise_spectrum(codes, scale, params.n_bins), params=params)
-    _, vectors = reference_vectors(stored, params=params)
-    return ReferenceData(codes, scale, frames, MOSAIC_S, vectors)
+    blob, scale = COMPACT_CODEC.encode(spectrum)
+    vectors = stored_reference_vectors(blob, scale, COMPACT_CODEC, params)
+    return ReferenceData(blob, scale, frames, MOSAIC_S, vectors, COMPACT_CODEC.name)
 
 
 def grow_with_mosaics(catalogue: Catalogue, target: int, rng: np.random.Generator) -> float:

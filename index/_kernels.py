@@ -1,6 +1,6 @@
 """Compiled inner loops of the catalogue: a stored reference's arrays derived in one pass.
 
-Reading a reference back for verification turns its 8-bit codes into the spectrum, its
+Reading a reference back for verification turns its stored codes into the spectrum, its
 octave fold and its blurred frames; these loops do that arithmetic in one pass, compiled by
 Numba and cached on disk. Each function states the NumPy expression it equals; the tests
 compare them.
@@ -19,11 +19,11 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def stored_spectrum_arrays(
-    codes: np.ndarray, scale: np.float32, bin_weights: np.ndarray, bins_per_octave: int
+    codes: np.ndarray, levels: np.ndarray, bin_weights: np.ndarray, bins_per_octave: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A stored reference's spectrum, its weighted octave sum and its blurred frames, in one pass.
 
-    Equals (to float rounding) ``spectrum = codes * scale``, the
+    Equals (to float rounding) ``spectrum = levels[codes]``, the
     :func:`~tunetrace.fingerprint.spectrum.fold_chroma` of it (``bin_weights`` are the
     :func:`~tunetrace.fingerprint.spectrum.chroma_weights`) and the
     :attr:`~tunetrace.fingerprint.features.Features.spectrum_frames` of it (a [1, 2, 1] / 4
@@ -33,8 +33,8 @@ def stored_spectrum_arrays(
     Parameters
     ----------
     codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
-    scale : np.float32
-        Value of code 1.
+    levels : np.ndarray [shape=(256,), dtype=float32]
+        Value of each code (:meth:`~tunetrace.index.spectrum_codec.SpectrumCodec.levels`).
     bin_weights : np.ndarray [shape=(n_bins,), dtype=float32]
     bins_per_octave : int
         ``n_bins`` is a whole number of octaves.
@@ -54,7 +54,7 @@ def stored_spectrum_arrays(
         row = spectrum[b]
         fold_row = folded[b % bins_per_octave]
         for t in range(n_frames):
-            value = np.float32(codes[b, t]) * scale
+            value = levels[codes[b, t]]
             row[t] = value
             fold_row[t] += value * weight
     # Blocks of frames keep the transposed writes in cache.

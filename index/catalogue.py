@@ -46,8 +46,16 @@ from tunetrace.index.publication import (
     sweep_stale_files,
     write_publication,
 )
+from tunetrace.index.spectrum_codec import (
+    COMPACT_CODEC,
+    LEGACY_CODEC,
+    SpectrumCodec,
+    codec_named,
+)
 from tunetrace.index.storage import (
-    features_from_codes,
+    patch_count,
+    stored_features,
+    stored_reference_vectors,
     vectors_from_bytes,
     vectors_to_bytes,
 )
@@ -69,12 +77,16 @@ REFERENCE_ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]{1,200}$"
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 #: Version of the on-disk layout (tables, blobs). Bump on incompatible change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Earlier layouts this tunetrace still reads (opened for writing, they are upgraded).
+READABLE_FORMAT_VERSIONS = (1, FORMAT_VERSION)
 DATABASE_NAME = "catalogue.sqlite"
 MAX_ID_LENGTH = 200
 #: Read-only catalogues memory-map index files at least this big (one copy shared by all
 #: worker processes) and read smaller ones into memory, where they search faster.
 SHARED_INDEX_MIN_BYTES = 256 * 2**20
+#: References :meth:`Catalogue.migrate` rewrites per transaction.
+MIGRATION_BATCH = 64
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
 
@@ -92,9 +104,15 @@ CREATE TABLE IF NOT EXISTS refs (
     added_at TEXT NOT NULL,
     spectrum BLOB NOT NULL,
     spectrum_scale REAL NOT NULL,
-    vectors BLOB NOT NULL
+    vectors BLOB NOT NULL,
+    spectrum_codec TEXT NOT NULL DEFAULT 'u8'
 );
 """
+#: Format 1 had no codec column (every spectrum was ``u8``, every row kept its vectors).
+_UPGRADE_FROM_FORMAT_1 = """
+ALTER TABLE refs ADD COLUMN spectrum_codec TEXT NOT NULL DEFAULT 'u8';
+"""
+_CODEC_INDEX = "CREATE INDEX IF NOT EXISTS refs_by_codec ON refs (spectrum_codec)"
 
 
 @dataclass(frozen=True)
@@ -125,13 +143,28 @@ class ReferenceRecord:
 
 @dataclass(frozen=True)
 class ReferenceData:
-    """A fingerprinted reference ready to be stored (computed in any process)."""
+    """A fingerprinted reference ready to be stored (computed in any process).
+
+    Attributes
+    ----------
+    spectrum_codes : bytes
+        The spectrum as ``spectrum_codec`` stores it.
+    spectrum_scale : float
+    n_frames : int
+    duration_s : float
+    vectors : np.ndarray [shape=(n_patches, embedding_dim), dtype=float32]
+        The patch vectors of the *stored* spectrum
+        (:func:`~tunetrace.index.storage.stored_reference_vectors`).
+    spectrum_codec : str
+        Name of the :class:`~tunetrace.index.spectrum_codec.SpectrumCodec`.
+    """
 
     spectrum_codes: bytes
     spectrum_scale: float
     n_frames: int
     duration_s: float
     vectors: np.ndarray
+    spectrum_codec: str = COMPACT_CODEC.name
 
 
 def validate_reference_id(reference_id: str) -> str:
@@ -210,11 +243,14 @@ class Catalogue:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise CatalogueError(f"{database} is not a readable catalogue: {exc}") from exc
+        self.read_only = read_only
+        # The column naming each row's codec (format 1 had none: every row was ``u8``).
+        self._codec_column = "spectrum_codec"
         self.params = self._check_or_store_params(params)
+        self._warn_if_legacy_rows()
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
-        self.read_only = read_only
         self._writer_lock = WriterLock(self.directory)
         # A writer's exact index of what SQLite holds at ``_index_generation``.
         self._index: VectorIndex | None = None
@@ -248,10 +284,11 @@ class Catalogue:
                             ("created_at", _now()),
                         ],
                     )
+                    self._db.execute(_CODEC_INDEX)
             if stored_version is None:
                 return chosen
         if (
-            int(stored_version) != FORMAT_VERSION
+            int(stored_version) not in READABLE_FORMAT_VERSIONS
             or int(self._meta("feature_version") or -1) != FEATURE_VERSION
         ):
             raise IncompatibleCatalogueError(
@@ -271,7 +308,45 @@ class Catalogue:
                 f"catalogue {self.directory} was made with other fingerprint parameters "
                 f"(digest {stored.digest()}, asked for {params.digest()})"
             )
+        if int(stored_version) < FORMAT_VERSION:
+            self._upgrade_layout()
         return stored
+
+    def _upgrade_layout(self) -> None:
+        """Give a format-1 catalogue its codec column (one transaction; its rows keep their
+        ``u8`` spectra and stored vectors until :meth:`migrate`). Read-only, it is read as
+        it is."""
+        if self.read_only:
+            self._codec_column = f"'{LEGACY_CODEC.name}'"
+            return
+        with self._transaction():
+            if int(self._meta("format_version") or 0) < FORMAT_VERSION:
+                columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
+                if "spectrum_codec" not in columns:
+                    self._db.execute(_UPGRADE_FROM_FORMAT_1)
+                self._db.execute(_CODEC_INDEX)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?)",
+                    (str(FORMAT_VERSION),),
+                )
+        logger.info("catalogue %s upgraded to format %d", self.directory, FORMAT_VERSION)
+
+    def legacy_count(self) -> int:
+        """Number of references stored in the earlier, larger format (see :meth:`migrate`)."""
+        return int(
+            self._db.execute(
+                f"SELECT count(*) FROM refs WHERE {self._codec_column} = ?", (LEGACY_CODEC.name,)
+            ).fetchone()[0]
+        )
+
+    def _warn_if_legacy_rows(self) -> None:
+        legacy = self.legacy_count()
+        if legacy:
+            logger.warning(
+                "catalogue %s keeps %d reference(s) in the earlier format, about 5 times "
+                "larger: 'tunetrace index migrate -c %s' rewrites them compactly",
+                self.directory, legacy, self.directory,
+            )  # fmt: skip
 
     @property
     def generation(self) -> int:
@@ -293,7 +368,7 @@ class Catalogue:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield
-            except OSError as exc:  # the index file could not be written: disk full, I/O
+            except (OSError, sqlite3.Error) as exc:  # disk full, I/O error
                 self._abandon_write()
                 raise CatalogueError(f"could not write to {self.directory}: {exc}") from exc
             except BaseException:
@@ -356,10 +431,20 @@ class Catalogue:
             If the id exists and ``replace`` is false.
         """
         validate_reference_id(reference_id)
+        codec = codec_named(data.spectrum_codec)
+        expected = patch_count(data.n_frames, self.params)
+        if data.vectors.shape != (expected, self.params.embedding_dim):
+            raise ValueError(
+                f"{data.n_frames} frames make {expected} patch vectors of "
+                f"{self.params.embedding_dim} values, not {data.vectors.shape}"
+            )
+        # Compact rows derive their vectors from the stored spectrum; only the earlier
+        # format keeps them (as float16) beside it.
+        vector_blob = vectors_to_bytes(data.vectors) if codec == LEGACY_CODEC else b""
         with self._write():
             index = self._index_for_write()
             old = self._db.execute(
-                "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
+                "SELECT key, n_frames FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
             if old is not None and not replace:
                 raise DuplicateReferenceError(
@@ -368,11 +453,10 @@ class Catalogue:
             if old is not None:
                 self._db.execute("DELETE FROM refs WHERE key = ?", (old[0],))
                 index = self._forget(index, int(old[0]), int(old[1]))
-            vector_blob = vectors_to_bytes(data.vectors)
             cursor = self._db.execute(
                 "INSERT INTO refs (id, title, artist, isrc, source_path, duration_s, n_frames,"
-                " added_at, spectrum, spectrum_scale, vectors)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " added_at, spectrum, spectrum_scale, vectors, spectrum_codec)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     reference_id,
                     title,
@@ -385,11 +469,16 @@ class Catalogue:
                     data.spectrum_codes,
                     data.spectrum_scale,
                     vector_blob,
+                    codec.name,
                 ),
             )
             key = int(cursor.lastrowid or 0)
-            # Index exactly what SQLite holds (float16), so a rebuild gives the same index.
-            stored = vectors_from_bytes(vector_blob, self.params.embedding_dim)
+            # Index exactly what a rebuild from SQLite gives.
+            stored = (
+                vectors_from_bytes(vector_blob, self.params.embedding_dim)
+                if vector_blob
+                else np.asarray(data.vectors, dtype=np.float32)
+            )
             index.add(stored, vector_ids(key, len(stored)))
             self._changed(index, publish=save_index)
         return self.get(reference_id)
@@ -404,7 +493,7 @@ class Catalogue:
         with self._write():
             index = self._index_for_write()
             row = self._db.execute(
-                "SELECT key, length(vectors) FROM refs WHERE id = ?", (reference_id,)
+                "SELECT key, n_frames FROM refs WHERE id = ?", (reference_id,)
             ).fetchone()
             if row is None:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
@@ -412,7 +501,7 @@ class Catalogue:
             index = self._forget(index, int(row[0]), int(row[1]))
             self._changed(index, publish=True)
 
-    def _forget(self, index: VectorIndex, key: int, vector_bytes: int) -> VectorIndex:
+    def _forget(self, index: VectorIndex, key: int, n_frames: int) -> VectorIndex:
         """Drop a deleted reference from the index and caches (call after its DELETE).
 
         Graph indexes cannot remove vectors: they are built anew from what SQLite now holds.
@@ -420,12 +509,9 @@ class Catalogue:
         """
         self._forget_features(key)
         if index.supports_removal:
-            index.remove(vector_ids(key, self._patch_count(vector_bytes)))
+            index.remove(vector_ids(key, patch_count(n_frames, self.params)))
             return index
         return VectorIndex.build(self.params.embedding_dim, index.spec, *self._all_vectors())
-
-    def _patch_count(self, vector_bytes: int) -> int:
-        return vector_bytes // (2 * self.params.embedding_dim)
 
     def _changed(self, index: VectorIndex, *, publish: bool) -> None:
         """Bump the generation for a change made in this transaction to ``index``'s state,
@@ -615,13 +701,16 @@ class Catalogue:
         return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
 
     def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored reference's patch vectors (keys above ``after_key``) and their ids."""
         dim = self.params.embedding_dim
         blocks, ids = [], []
         rows = self._db.execute(
-            "SELECT key, vectors FROM refs WHERE key > ? ORDER BY key", (after_key,)
+            "SELECT key, vectors, CASE WHEN length(vectors) = 0 THEN spectrum END,"
+            f" spectrum_scale, {self._codec_column} FROM refs WHERE key > ? ORDER BY key",
+            (after_key,),
         )
-        for key, blob in rows:
-            vectors = vectors_from_bytes(blob, dim)
+        for key, vector_blob, spectrum, scale, codec in rows:
+            vectors = self._stored_vectors(int(key), vector_blob, spectrum, scale, codec)
             blocks.append(vectors)
             ids.append(vector_ids(int(key), len(vectors)))
         if not blocks:
@@ -681,6 +770,96 @@ class Catalogue:
             self._changed(index, publish=True)
         return index
 
+    def migrate(
+        self,
+        *,
+        batch_size: int = MIGRATION_BATCH,
+        codec: SpectrumCodec = COMPACT_CODEC,
+        vacuum: bool = True,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Rewrite the references stored in the earlier format compactly, in place.
+
+        Each batch of references is one transaction; the vector index is then rebuilt from
+        the vectors of the rewritten spectra and published, and the freed pages are given
+        back to the file system (``VACUUM``, which needs free space for a copy of the
+        database). Killed anywhere, the catalogue stays whole and a rerun carries on.
+        Matching goes on meanwhile (a reader may keep a reference's earlier spectrum until
+        its feature cache drops it: the two differ by quantisation only).
+
+        Parameters
+        ----------
+        batch_size : int
+            References rewritten per transaction.
+        codec : SpectrumCodec
+            The compact codec to store them with.
+        vacuum : bool
+            Give the freed space back at the end.
+        progress : callable, optional
+            Called with the number of references rewritten by each batch.
+
+        Returns
+        -------
+        rewritten : int
+            References rewritten by this call.
+        """
+        self._writable()
+        rewritten = 0
+        n_bins = self.params.n_bins
+        while True:
+            with self._write():
+                rows = self._db.execute(
+                    "SELECT key, spectrum, spectrum_scale FROM refs WHERE spectrum_codec = ?"
+                    " ORDER BY key LIMIT ?",
+                    (LEGACY_CODEC.name, batch_size),
+                ).fetchall()
+                for key, blob, scale in rows:
+                    spectrum = LEGACY_CODEC.decode(blob, scale, n_bins)
+                    compact, compact_scale = codec.encode(spectrum)
+                    self._db.execute(
+                        "UPDATE refs SET spectrum = ?, spectrum_scale = ?, spectrum_codec = ?,"
+                        " vectors = x'' WHERE key = ?",
+                        (compact, compact_scale, codec.name, key),
+                    )
+                    self._forget_features(int(key))
+                if rows:
+                    # the published index still holds the earlier vectors of these rows
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_outdated', '1')"
+                    )
+            if not rows:
+                break
+            rewritten += len(rows)
+            if progress is not None:
+                progress(len(rows))
+        if self._meta("index_outdated") is not None:
+            with self._write():
+                index = self._build_index(self.index_spec)
+                self._db.execute("DELETE FROM meta WHERE key = 'index_outdated'")
+                self._changed(index, publish=True)
+            logger.info("rebuilt the vector index of %s from the rewritten spectra",
+                        self.directory)  # fmt: skip
+        if vacuum and rewritten:
+            self.vacuum()
+        return rewritten
+
+    def vacuum(self) -> None:
+        """Give the database's free pages back to the file system (``VACUUM``; needs free
+        space for a copy of the database while it runs).
+
+        Raises
+        ------
+        CatalogueError
+            If SQLite could not vacuum (disk full, say); the catalogue is unchanged.
+        """
+        self._writable()
+        with self._lock, self._writer_lock:
+            try:
+                self._db.execute("VACUUM")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise CatalogueError(f"could not vacuum {self.directory}: {exc}") from exc
+
     def reference_index(self, key: int) -> VectorIndex:
         """An exact index of one reference's stored patch vectors (to align a query with that
         reference alone).
@@ -689,13 +868,28 @@ class Catalogue:
         ------
         ReferenceNotFoundError
         """
-        row = self._db.execute("SELECT vectors FROM refs WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT vectors, CASE WHEN length(vectors) = 0 THEN spectrum END, spectrum_scale,"
+            f" {self._codec_column} FROM refs WHERE key = ?",
+            (key,),
+        ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
-        vectors = vectors_from_bytes(row[0], self.params.embedding_dim)
+        vectors = self._stored_vectors(key, *row)
         index = VectorIndex(self.params.embedding_dim)
         index.add(vectors, vector_ids(key, len(vectors)))
         return index
+
+    def _stored_vectors(
+        self, key: int, vector_blob: bytes, spectrum: bytes | None, scale: float, codec: str
+    ) -> np.ndarray:
+        """A row's patch vectors: stored (earlier format) or derived from its spectrum."""
+        if vector_blob:
+            return vectors_from_bytes(vector_blob, self.params.embedding_dim)
+        try:
+            return stored_reference_vectors(spectrum or b"", scale, codec_named(codec), self.params)
+        except ValueError as exc:
+            raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest indexed patch vectors (see :class:`VectorIndex.search`).
@@ -713,14 +907,18 @@ class Catalogue:
                 self._features_cache.move_to_end(key)
                 return cached
             row = self._db.execute(
-                "SELECT spectrum, spectrum_scale FROM refs WHERE key = ?", (key,)
+                f"SELECT spectrum, spectrum_scale, {self._codec_column} FROM refs WHERE key = ?",
+                (key,),
             ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
         # Derived outside the lock, so that a query's threads derive their references side by
         # side (two threads that miss the same reference both derive it; the first is kept).
         # With what verification reads of a reference, so the cache counts it.
-        features = features_from_codes(row[0], row[1], self.params)
+        try:
+            features = stored_features(row[0], row[1], codec_named(row[2]), self.params)
+        except ValueError as exc:
+            raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
         with self._lock:
             cached = self._features_cache.get(key)
             if cached is not None:
@@ -806,6 +1004,20 @@ class Catalogue:
         index_path = self.index_path
         index_bytes = _file_size(index_path) if index_path is not None else 0
         hours = float(total_s) / 3600
+        spectra_bytes, vectors_bytes = self._db.execute(
+            "SELECT coalesce(sum(length(spectrum)), 0), coalesce(sum(length(vectors)), 0)"
+            " FROM refs"
+        ).fetchone()
+        database_bytes = sum(
+            _file_size(self.directory / (DATABASE_NAME + suffix)) for suffix in ("", "-wal")
+        )
+        parts = {
+            "spectra": int(spectra_bytes),
+            "stored_vectors": int(vectors_bytes),
+            "index": index_bytes,
+            # tables, metadata, SQLite's pages and free space
+            "database_rest": max(0, database_bytes - int(spectra_bytes) - int(vectors_bytes)),
+        }
         return {
             "catalogue": str(self.directory),
             "references": int(n_refs),
@@ -816,6 +1028,12 @@ class Catalogue:
             "index_bytes": index_bytes,
             "index_mb_per_audio_hour": round(index_bytes / 1e6 / hours, 3) if hours else None,
             "size_on_disk_bytes": sum(map(_file_size, self.directory.iterdir())),
+            "bytes_by_part": parts,
+            "mb_per_audio_hour_by_part": {
+                part: round(size / 1e6 / hours, 3) if hours else None
+                for part, size in parts.items()
+            },
+            "earlier_format_references": self.legacy_count(),
             "format_version": FORMAT_VERSION,
             "feature_version": FEATURE_VERSION,
             "generation": self.generation,

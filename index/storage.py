@@ -1,39 +1,47 @@
-"""Compact storage of feature arrays as bytes (for SQLite blobs)."""
+"""A stored reference read back: its features and patch vectors from its stored spectrum."""
 
 from __future__ import annotations
 
 import functools
 
 import numpy as np
-from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.embedding import patch_starts
+from tunetrace.fingerprint.features import Features, features_from_spectrum, reference_vectors
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights, moving_average_frames
 from tunetrace.index._kernels import chroma_and_blurred_frames, stored_spectrum_arrays
+from tunetrace.index.spectrum_codec import SpectrumCodec
 
 
-def quantise_spectrum(spectrum: np.ndarray) -> tuple[bytes, float]:
-    """Store a non-negative spectrogram as 8-bit codes and one scale factor.
+def stored_reference_vectors(
+    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams
+) -> np.ndarray:
+    """The patch vectors of a stored spectrum, as the catalogue indexes them.
+
+    Computed from the stored (lossy) spectrum, not the original audio: the vectors follow
+    from what SQLite holds, so an index rebuilt from it equals the one made at ingest and
+    the vectors need not be stored beside the spectrum.
 
     Parameters
     ----------
-    spectrum : np.ndarray [shape=(n_bins, n_frames)]
+    blob : bytes
+    scale : float
+    codec : SpectrumCodec
+    params : FingerprintParams
 
     Returns
     -------
-    codes : bytes
-        ``n_bins * n_frames`` unsigned bytes, row-major.
-    scale : float
-        Value of code 255.
+    vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
     """
-    scale = float(max(spectrum.max(initial=0.0), 1e-6))
-    codes = np.clip(np.round(spectrum / scale * 255.0), 0, 255).astype(np.uint8)
-    return codes.tobytes(), scale
+    stored = features_from_spectrum(codec.decode(blob, scale, params.n_bins), params=params)
+    return reference_vectors(stored, params=params)[1]
 
 
-def dequantise_spectrum(codes: bytes, scale: float, n_bins: int) -> np.ndarray:
-    """Inverse of :func:`quantise_spectrum`, shape ``(n_bins, n_frames)``, float32."""
-    array = np.frombuffer(codes, dtype=np.uint8).reshape(n_bins, -1)
-    return array.astype(np.float32) * np.float32(scale / 255.0)
+def patch_count(n_frames: int, params: FingerprintParams) -> int:
+    """Number of patch vectors of a reference of ``n_frames`` frames."""
+    return len(
+        patch_starts(n_frames, patch_frames=params.patch_frames, hop=params.reference_patch_hop)
+    )
 
 
 def vectors_to_bytes(vectors: np.ndarray) -> bytes:
@@ -46,27 +54,38 @@ def vectors_from_bytes(blob: bytes, dim: int) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float16).reshape(-1, dim).astype(np.float32)
 
 
-def features_from_codes(codes: bytes, scale: float, params: FingerprintParams) -> Features:
+def stored_features(
+    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams
+) -> Features:
     """A stored reference's features, with the arrays verification reads already derived.
 
-    Equals ``features_from_spectrum(dequantise_spectrum(codes, scale, params.n_bins))``
-    with its ``spectrum_frames`` and ``chroma_bin_spectrum`` computed, to float rounding,
-    in a fraction of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`).
+    Equals ``features_from_spectrum(codec.decode(blob, scale, params.n_bins))`` with its
+    ``spectrum_frames`` and ``chroma_bin_spectrum`` computed, to float rounding, in a fraction
+    of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`).
 
     Parameters
     ----------
-    codes : bytes
-        From :func:`quantise_spectrum`.
+    blob : bytes
+        From :meth:`SpectrumCodec.encode`.
     scale : float
+    codec : SpectrumCodec
+        The codec that stored it.
     params : FingerprintParams
 
     Returns
     -------
     features : Features
+
+    Raises
+    ------
+    ValueError
+        If the blob is not a spectrum ``codec`` stored with these parameters.
     """
-    array = np.frombuffer(codes, dtype=np.uint8).reshape(params.n_bins, -1)
     spectrum, folded, frames = stored_spectrum_arrays(
-        array, np.float32(scale / 255.0), chroma_weights(params), params.bins_per_octave
+        codec.codes(blob, params.n_bins),
+        codec.levels(scale),
+        chroma_weights(params),
+        params.bins_per_octave,
     )
     chroma, blurred = chroma_and_blurred_frames(
         moving_average_frames(folded, params.chroma_smooth_frames),

@@ -15,7 +15,8 @@ import pytest
 from tunetrace.fingerprint.features import features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
-from tunetrace.index.storage import dequantise_spectrum, features_from_codes, quantise_spectrum
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, LEGACY_CODEC, SpectrumCodec
+from tunetrace.index.storage import stored_features
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.errors import (
@@ -176,17 +177,16 @@ def test_kill_during_batch_add_never_corrupts_the_catalogue(tmp_path: Path) -> N
         assert catalogue.count() == 40
 
 
-def test_stored_features_are_derived_as_from_the_dequantised_spectrum() -> None:
+@pytest.mark.parametrize("codec", [LEGACY_CODEC, COMPACT_CODEC], ids=lambda c: c.name)
+def test_stored_features_are_derived_as_from_the_decoded_spectrum(codec: SpectrumCodec) -> None:
     params = FingerprintParams()
     rng = np.random.default_rng(4)
     spectrum = rng.random((params.n_bins, 700)).astype(np.float32) ** 3  # mostly quiet
-    codes, scale = quantise_spectrum(spectrum)
+    blob, scale = codec.encode(spectrum)
 
-    stored = features_from_codes(codes, scale, params)
+    stored = stored_features(blob, scale, codec, params)
 
-    expected = features_from_spectrum(
-        dequantise_spectrum(codes, scale, params.n_bins), params=params
-    )
+    expected = features_from_spectrum(codec.decode(blob, scale, params.n_bins), params=params)
     for name in ("spectrum", "chroma", "spectrum_frames", "chroma_bin_spectrum"):
         got, want = getattr(stored, name), getattr(expected, name)
         assert got.dtype == want.dtype, name

@@ -461,7 +461,9 @@ def explain(
     typer.echo(f"{evidence.verdict} Evidence written to {out}")
 
 
-index_app = typer.Typer(help="Manage the catalogue's vector index.", no_args_is_help=True)
+index_app = typer.Typer(
+    help="Manage the catalogue's vector index and storage format.", no_args_is_help=True
+)
 app.add_typer(index_app, name="index")
 
 
@@ -542,6 +544,37 @@ def index_build(
     )
 
 
+@index_app.command("migrate")
+def index_migrate(
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+    vacuum: Annotated[
+        bool,
+        typer.Option(help="Give the freed space back at the end (needs room for a copy)."),
+    ] = True,
+) -> None:
+    """Rewrite a catalogue made by an earlier tunetrace in the compact format, in place.
+
+    Safe to kill at any moment and to run again: it carries on where it stopped. Matching
+    and scans may go on meanwhile.
+    """
+    store = _open_catalogue(catalogue)
+    started = time.perf_counter()
+    before = store.info()["size_on_disk_bytes"]
+    progress = _progress_bar(store.legacy_count(), "rewriting", unit="reference")
+    try:
+        rewritten = store.migrate(vacuum=vacuum, progress=progress.update)
+        after = store.info()["size_on_disk_bytes"]
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        progress.close()
+        store.close()
+    typer.echo(
+        f"rewrote {rewritten} reference(s) in {time.perf_counter() - started:.1f} s: "
+        f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB on disk"  # type: ignore[operator]
+    )
+
+
 @app.command()
 def serve(
     catalogue: Annotated[
@@ -593,11 +626,11 @@ def serve(
     uvicorn.run(application, host=host, port=port, access_log=False, log_level="info")
 
 
-def _progress_bar(total: int, label: str):
+def _progress_bar(total: int, label: str, unit: str = "file"):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc=label, unit="file", disable=not sys.stderr.isatty(), file=sys.stderr
+        total=total, desc=label, unit=unit, disable=not sys.stderr.isatty(), file=sys.stderr
     )
 
 

@@ -16,14 +16,11 @@ from pathlib import Path
 
 from tunetrace.errors import BadInputError, TunetraceError
 from tunetrace.fingerprint.decode import load_audio
-from tunetrace.fingerprint.features import (
-    extract_features,
-    features_from_spectrum,
-    reference_vectors,
-)
+from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData, validate_reference_id
-from tunetrace.index.storage import dequantise_spectrum, quantise_spectrum
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, SpectrumCodec
+from tunetrace.index.storage import stored_reference_vectors
 from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
@@ -88,10 +85,11 @@ def fingerprint_reference(
     *,
     params: FingerprintParams,
     max_duration_s: float | None = MAX_REFERENCE_S,
+    codec: SpectrumCodec = COMPACT_CODEC,
 ) -> ReferenceData:
     """Decode and fingerprint one reference file.
 
-    The stored (8-bit) spectrum is what later verification reads, so the patch vectors are
+    The stored (compact) spectrum is what later verification reads, so the patch vectors are
     computed from it too: a catalogue rebuilt from SQLite is identical to the original.
 
     Parameters
@@ -99,6 +97,9 @@ def fingerprint_reference(
     path : str or Path
     params : FingerprintParams
     max_duration_s : float or None
+    codec : SpectrumCodec
+        How the spectrum is stored (the compact codec; the earlier ``u8`` one for tests and
+        comparisons).
 
     Returns
     -------
@@ -106,15 +107,14 @@ def fingerprint_reference(
     """
     audio = load_audio(path, sample_rate_hz=params.sample_rate_hz, max_duration_s=max_duration_s)
     features = extract_features(audio, params=params, min_duration_s=MIN_REFERENCE_S)
-    codes, scale = quantise_spectrum(features.spectrum)
-    stored = features_from_spectrum(dequantise_spectrum(codes, scale, params.n_bins), params=params)
-    _, vectors = reference_vectors(stored, params=params)
+    blob, scale = codec.encode(features.spectrum)
     return ReferenceData(
-        spectrum_codes=codes,
+        spectrum_codes=blob,
         spectrum_scale=scale,
         n_frames=features.n_frames,
         duration_s=audio.duration_s,
-        vectors=vectors,
+        vectors=stored_reference_vectors(blob, scale, codec, params),
+        spectrum_codec=codec.name,
     )
 
 
@@ -185,9 +185,11 @@ def items_from_manifest(manifest: Path) -> list[IngestItem]:
 
 
 def _fingerprint_job(
-    item: IngestItem, params: FingerprintParams, max_duration_s: float | None
+    item: IngestItem, params: FingerprintParams, max_duration_s: float | None, codec: SpectrumCodec
 ) -> ReferenceData:
-    return fingerprint_reference(item.path, params=params, max_duration_s=max_duration_s)
+    return fingerprint_reference(
+        item.path, params=params, max_duration_s=max_duration_s, codec=codec
+    )
 
 
 def ingest(
@@ -198,6 +200,7 @@ def ingest(
     workers: int = 1,
     max_duration_s: float | None = MAX_REFERENCE_S,
     on_done: Callable[[IngestItem, str | None], None] | None = None,
+    codec: SpectrumCodec = COMPACT_CODEC,
 ) -> IngestSummary:
     """Fingerprint ``items`` (in ``workers`` processes) and add them to ``catalogue``.
 
@@ -212,6 +215,8 @@ def ingest(
     max_duration_s : float or None
     on_done : callable, optional
         Called as ``on_done(item, error_message_or_None)`` after each file.
+    codec : SpectrumCodec
+        How the spectra are stored (see :func:`fingerprint_reference`).
 
     Returns
     -------
@@ -221,7 +226,7 @@ def ingest(
     params = catalogue.params
     pending = [item for item in items if _precheck(catalogue, item, replace, summary, on_done)]
     try:
-        for item, result in _fingerprint_all(pending, params, workers, max_duration_s):
+        for item, result in _fingerprint_all(pending, params, workers, max_duration_s, codec):
             error = None
             if isinstance(result, BaseException):
                 error = (
@@ -293,12 +298,13 @@ def _fingerprint_all(
     params: FingerprintParams,
     workers: int,
     max_duration_s: float | None,
+    codec: SpectrumCodec,
 ) -> Iterator[tuple[IngestItem, ReferenceData | BaseException]]:
     """Yield each item with its fingerprint or the exception it raised, as they finish."""
     if workers <= 1 or len(items) <= 1:
         for item in items:
             try:
-                yield item, _fingerprint_job(item, params, max_duration_s)
+                yield item, _fingerprint_job(item, params, max_duration_s, codec)
             except Exception as exc:  # reported per file, never aborts the batch
                 yield item, exc
         return
@@ -306,7 +312,7 @@ def _fingerprint_all(
         queue = iter(items)
         running: dict[Future[ReferenceData], IngestItem] = {}
         for item in queue:
-            running[pool.submit(_fingerprint_job, item, params, max_duration_s)] = item
+            running[pool.submit(_fingerprint_job, item, params, max_duration_s, codec)] = item
             if len(running) >= 2 * workers:
                 break
         while running:
@@ -317,6 +323,5 @@ def _fingerprint_all(
                 yield item, exception if exception is not None else future.result()
                 next_item = next(queue, None)
                 if next_item is not None:
-                    running[pool.submit(_fingerprint_job, next_item, params, max_duration_s)] = (
-                        next_item
-                    )
+                    job = pool.submit(_fingerprint_job, next_item, params, max_duration_s, codec)
+                    running[job] = next_item

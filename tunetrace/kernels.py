@@ -571,7 +571,7 @@ def compile_kernels() -> None:
     chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
     stored_spectrum_arrays(
         _read_only(np.zeros((6, 3), dtype=np.uint8)),
-        np.float32(1.0),
+        _read_only(np.zeros(256, dtype=np.float32)),
         _read_only(weights[:1].repeat(6)),
         3,
     )
