@@ -1,11 +1,13 @@
 """The FAISS index of patch vectors: build, search, crash-safe save and load.
 
-The index is derived data: SQLite holds every vector, and a stale or missing index file is
-rebuilt from it. The file records the catalogue generation it reflects.
+The index is derived data: SQLite holds every reference's spectrum, the vectors follow from
+it, and a stale or missing index file is rebuilt from it. The catalogue records which file
+reflects which generation.
 
-Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product, 4 bytes per dimension),
-``ivfflat`` (the same full vectors in inverted lists: only the ``nprobe`` lists nearest a
-query are searched, so it is approximate and many times faster, no smaller), ``ivfpq`` (OPQ
+Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product; 2 bytes per dimension on
+disk, see :mod:`tunetrace.index.half_precision`), ``ivfflat`` (the same full vectors in
+inverted lists: only the ``nprobe`` lists nearest a query are searched, so it is approximate
+and many times faster, no smaller), ``ivfpq`` (OPQ
 rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
 compact) and ``hnsw`` (graph over full vectors: fast, approximate, no cheaper in memory). An
 ``ivfpq`` index can also keep scalar-quantised copies of the vectors (``refine_bits``) to
@@ -30,6 +32,12 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tunetrace.index.half_precision import (
+    HALF_PRECISION_KINDS,
+    from_disk_form,
+    rounded,
+    to_disk_form,
+)
 from tunetrace.index.projection import (
     discriminant_projection,
     packaged_noise,
@@ -267,6 +275,8 @@ class VectorIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add ``vectors`` (n, dim) under ``ids`` (n,)."""
         if len(vectors):
+            if self.spec.kind in HALF_PRECISION_KINDS:
+                vectors = rounded(vectors)  # what the file keeps
             self._index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
             )
@@ -317,7 +327,7 @@ class VectorIndex:
         os.close(fd)
         os.chmod(temporary, FILE_MODE)
         try:
-            faiss.write_index(self._index, temporary)
+            faiss.write_index(to_disk_form(self._index), temporary)
             _fsync_file(temporary)
             os.replace(temporary, path)
         finally:
@@ -355,7 +365,11 @@ class VectorIndex:
         try:
             pinned = f"/proc/self/fd/{fd}"
             source = pinned if os.path.exists(pinned) else str(path)
-            index._index = faiss.read_index(source, _mmap_flags(spec) if mmap else 0)
+            # Half-precision files are widened in memory (see tunetrace.index.half_precision).
+            mmap = mmap and spec.kind not in HALF_PRECISION_KINDS
+            index._index = from_disk_form(
+                faiss.read_index(source, _mmap_flags(spec) if mmap else 0)
+            )
         except RuntimeError as exc:
             raise ValueError(f"vector index file {path} is unreadable: {exc}") from exc
         finally:
