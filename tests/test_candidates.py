@@ -17,13 +17,9 @@ from tunetrace.candidates import (
 )
 from tunetrace.kernels import alignment_objectives, paired_bins
 from tunetrace.matcher import _one_ratio_each
+from tunetrace.query import prepare_query, whiten_spectrum
 from tunetrace.types import Candidate
-from tunetrace.verify import (
-    _inverse_transform,
-    _SpectralFit,
-    prepare_query,
-    whiten_spectrum,
-)
+from tunetrace.verify import _inverse_transform, _SpectralFit
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands

@@ -19,8 +19,9 @@ from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_wei
 from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, tonality
 
 from tunetrace.errors import AudioTooShortError
+from tunetrace.query import prepare_query
 from tunetrace.types import Candidate
-from tunetrace.verify import align_on_chroma, harmonic_change, prepare_query, verify_candidate
+from tunetrace.verify import align_on_chroma, harmonic_change, verify_candidate
 
 PARAMS = FingerprintParams()
 

@@ -21,7 +21,8 @@ from tunetrace.kernels import (
     chroma_grid_search,
     shifted_fit,
 )
-from tunetrace.verify import _grid_pattern, _inverse_transform, whiten_spectrum
+from tunetrace.query import whiten_spectrum
+from tunetrace.verify import _grid_pattern, _inverse_transform
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:

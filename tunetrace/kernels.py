@@ -182,7 +182,7 @@ def aligned_frames(
     """A reference's spectrum interpolated at fractional frames, raw and whitened.
 
     Equals :func:`~tunetrace.fingerprint.embedding.interpolate_frames` of the spectrum at
-    ``positions`` and :func:`~tunetrace.verify.whiten_spectrum` of that (the local mean over
+    ``positions`` and :func:`~tunetrace.query.whiten_spectrum` of that (the local mean over
     ``whiten_bins`` bins, edge bins repeated, removed from every frame).
 
     Parameters

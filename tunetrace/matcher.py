@@ -20,17 +20,15 @@ from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
 from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
     ChromaAlignment,
-    PreparedQuery,
     Screening,
-    VerifySettings,
     align_on_chroma,
-    prepare_query,
     screen_alignment,
     verify_candidate,
 )
