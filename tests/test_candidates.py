@@ -9,6 +9,7 @@ from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.ids import vector_ids
 
+from tunetrace.alignment import inverse_transform
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
     _run_starts,
@@ -19,7 +20,7 @@ from tunetrace.kernels import alignment_objectives, paired_bins
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
 from tunetrace.types import Candidate
-from tunetrace.verify import _inverse_transform, _SpectralFit
+from tunetrace.verify import _SpectralFit
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands
@@ -226,7 +227,7 @@ def test_inverse_transform_matrices_equal_the_inverse_fft(n_bins: int) -> None:
     half = rng.standard_normal((9, n_bins // 2 + 1)) + 1j * rng.standard_normal(
         (9, n_bins // 2 + 1)
     )
-    cosines, sines = _inverse_transform(n_bins)
+    cosines, sines = inverse_transform(n_bins)
     np.testing.assert_allclose(
         half.real @ cosines + half.imag @ sines,
         np.fft.irfft(np.conj(half), n=n_bins, axis=1),

@@ -18,10 +18,11 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
 from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, tonality
 
+from tunetrace.alignment import align_on_chroma
 from tunetrace.errors import AudioTooShortError
 from tunetrace.query import prepare_query
 from tunetrace.types import Candidate
-from tunetrace.verify import align_on_chroma, harmonic_change, verify_candidate
+from tunetrace.verify import harmonic_change, verify_candidate
 
 PARAMS = FingerprintParams()
 

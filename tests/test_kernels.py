@@ -15,14 +15,10 @@ from tunetrace.fingerprint.embedding import interpolate_frames
 
 import tunetrace.kernels as kernels
 from tests.conftest import SAMPLE_RATE, write_audio
-from tunetrace.kernels import (
-    aligned_frames,
-    chroma_cross_spectra,
-    chroma_grid_search,
-    shifted_fit,
-)
+from tunetrace.alignment import grid_pattern, inverse_transform
+from tunetrace.alignment_kernels import chroma_cross_spectra, chroma_grid_search
+from tunetrace.kernels import aligned_frames, shifted_fit
 from tunetrace.query import whiten_spectrum
-from tunetrace.verify import _grid_pattern, _inverse_transform
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
@@ -97,7 +93,7 @@ def _grid_search(
     stages: list[tuple[float, int, float, int]],
 ) -> tuple[float, float, np.ndarray | None]:
     for stage in stages:
-        factors, deltas = _grid_pattern(*stage)
+        factors, deltas = grid_pattern(*stage)
         rates = rate * factors
         offsets = offset + (rate - rates) * query.shape[1] / 2 + deltas
         scores = _roll_scores(reference, query, weights, rates, offsets)
@@ -120,8 +116,8 @@ def test_chroma_grid_search_finds_the_best_grid_point_stage_by_stage(
     query = (query + 0.5 * rng.standard_normal(query.shape)).astype(np.float32)
     weights = (rng.random(90) > 0.2).astype(np.float32)
     stages = [(0.06, 9, 10.0, 11), (0.06 / 8, 5, 2.0, 5), (0.06 / 32, 5, 0.5, 5)]
-    patterns = [_grid_pattern(*stage) for stage in stages]
-    cosines, sines = _inverse_transform(36)
+    patterns = [grid_pattern(*stage) for stage in stages]
+    cosines, sines = inverse_transform(36)
 
     rate, offset, scores, found = chroma_grid_search(
         np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
@@ -295,8 +291,8 @@ def test_chroma_grid_search_with_no_point_to_score_returns_the_sentinels() -> No
     reference = rng.standard_normal((36, 60)).astype(np.float32)
     query = rng.standard_normal((36, 40)).astype(np.float32)
     weights = np.ones(40, dtype=np.float32)
-    factors, deltas = _grid_pattern(0.06, 9, 10.0, 11)
-    cosines, sines = _inverse_transform(36)
+    factors, deltas = grid_pattern(0.06, 9, 10.0, 11)
+    cosines, sines = inverse_transform(36)
     reference_bins = np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64)
     query_conj = np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64)
 

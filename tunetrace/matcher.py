@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunetrace.alignment import ChromaAlignment, align_on_chroma
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_vectors
 from tunetrace.errors import ReferenceNotFoundError
@@ -26,9 +27,7 @@ from tunetrace.scoring import ScoreModel
 from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
 from tunetrace.verify import (
-    ChromaAlignment,
     Screening,
-    align_on_chroma,
     screen_alignment,
     verify_candidate,
 )
