@@ -16,10 +16,11 @@ from tunetrace.candidates import (
     find_candidates,
     query_patch_vectors,
 )
-from tunetrace.kernels import alignment_objectives, paired_bins
+from tunetrace.kernels import alignment_objectives
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
 from tunetrace.types import Candidate
+from tunetrace.verification_kernels import paired_bins
 from tunetrace.verify import _SpectralFit
 
 PARAMS = FingerprintParams()

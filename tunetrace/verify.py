@@ -26,15 +26,15 @@ import numpy as np
 from tunetrace.alignment import ChromaAlignment, centred_grid
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.kernels import (
+from tunetrace.kernels import alignment_objectives
+from tunetrace.query import PreparedQuery, VerifySettings
+from tunetrace.types import Segment, Verification
+from tunetrace.verification_kernels import (
     aligned_frames,
-    alignment_objectives,
     paired_bins,
     shifted_fit,
     spectral_curves,
 )
-from tunetrace.query import PreparedQuery, VerifySettings
-from tunetrace.types import Segment, Verification
 
 
 @dataclass(frozen=True)
@@ -230,9 +230,10 @@ class _SpectralFit:
 
     Whitening along frequency, the shift along frequency and interpolation between frames
     are all linear and act on different axes, so they commute: an alignment's reference
-    frames are interpolated and whitened (:func:`~tunetrace.kernels.aligned_frames`), then
-    shifted and compared (:func:`~tunetrace.kernels.shifted_fit`). The result equals
-    shifting and whitening the interpolated frames. Screening and refinement, which measure
+    frames are interpolated and whitened
+    (:func:`~tunetrace.verification_kernels.aligned_frames`), then shifted and compared
+    (:func:`~tunetrace.verification_kernels.shifted_fit`). The result equals shifting and
+    whitening the interpolated frames. Screening and refinement, which measure
     many alignments and shifts, do the same in one call
     (:func:`~tunetrace.kernels.alignment_objectives`).
     """
