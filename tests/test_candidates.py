@@ -16,9 +16,9 @@ from tunetrace.candidates import (
     find_candidates,
     query_patch_vectors,
 )
-from tunetrace.kernels import alignment_objectives
 from tunetrace.matcher import _one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
+from tunetrace.screening_kernels import alignment_objectives
 from tunetrace.types import Candidate
 from tunetrace.verification_kernels import paired_bins
 from tunetrace.verify import _SpectralFit

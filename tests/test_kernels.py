@@ -221,7 +221,7 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
 KERNEL_MODULES = (
     "tunetrace.index._kernels",
     "tunetrace.alignment_kernels",
-    "tunetrace.kernels",
+    "tunetrace.screening_kernels",
     "tunetrace.verification_kernels",
 )
 

@@ -24,13 +24,10 @@ from tunetrace.index.catalogue import Catalogue
 from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
+from tunetrace.screening import Screening, screen_alignment
 from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
-from tunetrace.verify import (
-    Screening,
-    screen_alignment,
-    verify_candidate,
-)
+from tunetrace.verify import verify_candidate
 
 logger = logging.getLogger(__name__)
 

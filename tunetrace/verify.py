@@ -26,8 +26,8 @@ import numpy as np
 from tunetrace.alignment import ChromaAlignment, centred_grid
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.kernels import alignment_objectives
 from tunetrace.query import PreparedQuery, VerifySettings
+from tunetrace.screening import Screening, fit_objectives, screen_alignment
 from tunetrace.types import Segment, Verification
 from tunetrace.verification_kernels import (
     aligned_frames,
@@ -35,98 +35,6 @@ from tunetrace.verification_kernels import (
     shifted_fit,
     spectral_curves,
 )
-
-
-@dataclass(frozen=True)
-class Screening:
-    """A quick spectral look at a chroma alignment (one evaluation per octave choice).
-
-    Attributes
-    ----------
-    value : float
-        Spectral plus onset similarity at the chroma alignment.
-    roll_bins : float
-        Chroma roll (fractional bins), the pitch shift modulo an octave.
-    shift_bins : float
-        Spectral shift, the roll plus the best whole number of octaves.
-    """
-
-    value: float
-    roll_bins: float
-    shift_bins: float
-
-
-def screen_alignment(
-    query: PreparedQuery,
-    reference: Features,
-    alignment: ChromaAlignment,
-    *,
-    params: FingerprintParams,
-    settings: VerifySettings | None = None,
-) -> Screening:
-    """Score a chroma alignment cheaply on spectra, to pick which candidates to verify.
-
-    Parameters
-    ----------
-    query : PreparedQuery
-    reference : Features
-    alignment : ChromaAlignment
-    params : FingerprintParams
-    settings : VerifySettings, optional
-
-    Returns
-    -------
-    screening : Screening
-    """
-    settings = settings or VerifySettings()
-    bins = params.bins_per_octave
-    roll_scores = alignment.roll_scores
-    best_roll = int(np.argmax(roll_scores))
-    roll = best_roll + _parabolic_peak(roll_scores, best_roll)
-    roll = (roll + bins / 2) % bins - bins / 2
-    if roll <= -bins / 2:
-        roll += bins
-    shifts = np.array(
-        [
-            roll + octave * bins
-            for octave in range(-settings.max_octaves, settings.max_octaves + 1)
-            if abs(roll + octave * bins) <= params.n_bins / 2
-        ],
-        dtype=np.float64,
-    )
-    values = _objectives(
-        query,
-        reference,
-        np.array([alignment.tempo_ratio]),
-        np.array([alignment.offset_frames]),
-        shifts,
-        settings,
-    )[0]
-    best = int(np.argmax(values))  # the first of equal values, as a loop keeping the best
-    best_value, best_shift = values[best], shifts[best]
-    return Screening(float(best_value), float(roll), float(best_shift))
-
-
-def _objectives(
-    query: PreparedQuery,
-    reference: Features,
-    rates: np.ndarray,
-    offsets: np.ndarray,
-    shifts: np.ndarray,
-    settings: VerifySettings,
-) -> np.ndarray:
-    """Fit objective (:meth:`_SpectralFit.similarity`'s) of every alignment at every shift,
-    shape ``(len(rates), len(shifts))``, in one compiled call."""
-    return alignment_objectives(
-        reference.spectrum_frames,
-        np.asarray(rates, dtype=np.float64),
-        np.asarray(offsets, dtype=np.float64),
-        np.asarray(shifts, dtype=np.float64),
-        query.weights,
-        settings.whiten_bins,
-        query.white_frames,
-        query.raw_changes,
-    )
 
 
 def verify_candidate(
@@ -175,7 +83,7 @@ def verify_candidate(
             n_offsets,
         )
         rates, offsets = grid
-        values = _objectives(query, reference, rates, offsets, np.array([shift]), settings)[:, 0]
+        values = fit_objectives(query, reference, rates, offsets, np.array([shift]), settings)[:, 0]
         _, rate, offset = max(zip(values.tolist(), rates.tolist(), offsets.tolist(), strict=True))
     best = fit.similarity(rate, offset, shift, with_dynamics=True)
     positions = best.positions
@@ -235,7 +143,7 @@ class _SpectralFit:
     (:func:`~tunetrace.verification_kernels.shifted_fit`). The result equals shifting and
     whitening the interpolated frames. Screening and refinement, which measure
     many alignments and shifts, do the same in one call
-    (:func:`~tunetrace.kernels.alignment_objectives`).
+    (:func:`~tunetrace.screening_kernels.alignment_objectives`).
     """
 
     def __init__(self, query: PreparedQuery, reference: Features, whiten_bins: int) -> None:
@@ -316,16 +224,6 @@ class _SpectralFit:
         n_bins = self.query.white.shape[0]
         first, stop = paired_bins(n_bins, float(shift))
         return None if stop - first < n_bins // 4 else (first, stop)
-
-
-def _parabolic_peak(values: np.ndarray, index: int) -> float:
-    """Sub-bin offset of a circular peak from a parabola through it and its neighbours."""
-    n = len(values)
-    left, centre, right = values[(index - 1) % n], values[index], values[(index + 1) % n]
-    denominator = left - 2 * centre + right
-    if denominator >= 0:
-        return 0.0
-    return float(np.clip(0.5 * (left - right) / denominator, -0.5, 0.5))
 
 
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
