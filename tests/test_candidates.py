@@ -20,8 +20,8 @@ from tunetrace.matcher import _one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
 from tunetrace.screening_kernels import alignment_objectives
 from tunetrace.types import Candidate
+from tunetrace.verification import SpectralFit
 from tunetrace.verification_kernels import paired_bins
-from tunetrace.verify import _SpectralFit
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands
@@ -169,7 +169,7 @@ def test_spectral_fit_equals_shifting_and_whitening_each_alignment(
 ) -> None:
     query = prepare_query(_query(seed=1))
     reference = _query(seed=2, n_frames=600)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
 
     measured = fit.similarity(rate, offset, shift).per_frame
     expected = _direct_frame_correlation(
@@ -183,7 +183,7 @@ def test_fit_objectives_of_many_alignments_and_shifts_equal_the_spectral_fit_of_
     # the last alignment runs past the reference's end; +-190 bins pair too few bins to count
     query = prepare_query(_query(seed=3))
     reference = _query(seed=4, n_frames=600)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
     rates = np.array([1.0, 0.83, 1.37])
     offsets = np.array([40.0, 12.5, 540.2])
     shifts = np.array([-190.0, -36.4, 0.0, 7.25, 35.6, 190.0])
@@ -239,7 +239,7 @@ def test_inverse_transform_matrices_equal_the_inverse_fft(n_bins: int) -> None:
 def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
     query = prepare_query(_query(seed=3))
     reference = _query(seed=4, n_frames=20_000)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
     # wrapped round the end: frames from both ends of a long reference in one reading
     positions = (fit.positions(1.0, 10.0) - 50.0) % reference.n_frames
 

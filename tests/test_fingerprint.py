@@ -21,8 +21,9 @@ from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, t
 from tunetrace.alignment import align_on_chroma
 from tunetrace.errors import AudioTooShortError
 from tunetrace.query import prepare_query
+from tunetrace.segments import harmonic_change
 from tunetrace.types import Candidate
-from tunetrace.verify import harmonic_change, verify_candidate
+from tunetrace.verification import verify_candidate
 
 PARAMS = FingerprintParams()
 

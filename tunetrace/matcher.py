@@ -27,7 +27,7 @@ from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
 from tunetrace.threads import limit_blas_threads, map_in_threads
 from tunetrace.types import Candidate, Segment, Verification
-from tunetrace.verify import verify_candidate
+from tunetrace.verification import verify_candidate
 
 logger = logging.getLogger(__name__)
 

@@ -101,8 +101,9 @@ def fit_objectives(
 ) -> np.ndarray:
     """Fit objective of every alignment at every shift, in one compiled call.
 
-    The objective is what ``tunetrace.verify._SpectralFit.similarity`` maximises: spectral
-    plus onset similarity (:func:`~tunetrace.screening_kernels.alignment_objectives`).
+    The objective is the one :meth:`~tunetrace.verification.SpectralFit.similarity` gives
+    a single alignment (:attr:`~tunetrace.verification.Fit.objective`: spectral plus onset
+    similarity); :func:`~tunetrace.screening_kernels.alignment_objectives` computes it.
 
     Parameters
     ----------

@@ -35,13 +35,15 @@ def alignment_objectives(
 
     For alignment ``a`` query frame ``t`` reads reference frame ``offsets[a] + rates[a] * t``;
     frames that fall outside the reference do not count. Each alignment's reference frames are
-    interpolated and whitened once (:func:`aligned_frames`); each shift then pairs query bins
-    with shifted reference bins (:func:`shifted_fit`) and scores the weighted mean of the
+    interpolated and whitened once (:func:`~tunetrace.verification_kernels.aligned_frames`);
+    each shift then pairs query bins with shifted reference bins
+    (:func:`~tunetrace.verification_kernels.shifted_fit`) and scores the weighted mean of the
     per-frame correlations plus the onset correlation, the objective of
-    ``tunetrace.verify._SpectralFit.similarity``. A shift that pairs fewer than a quarter of
-    the bins scores 0. Screening (one alignment, every octave) and spectral refinement (a grid
-    of alignments, one shift) each take one call, so that threads working side by side spend
-    their time here rather than taking turns at the interpreter between many short calls.
+    :meth:`~tunetrace.verification.SpectralFit.similarity`. A shift that pairs fewer than a
+    quarter of the bins scores 0. Screening (one alignment, every octave) and spectral
+    refinement (a grid of alignments, one shift) each take one call, so that threads working
+    side by side spend their time here rather than taking turns at the interpreter between
+    many short calls.
 
     Parameters
     ----------

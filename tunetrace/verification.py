@@ -1,24 +1,28 @@
-"""Verification: align a query with one candidate reference and measure how well it fits.
+"""Full verification, the fourth stage: align a query with one candidate reference and
+measure how well it fits.
 
 Chroma finds candidates, but two different recordings in the same key can share chroma for
 seconds on end. A copy is the *same recording*: once its tempo ratio and pitch shift are
 undone, its whole log-frequency spectrum (register, timbre, onsets) lines up with the
 reference. So verification
 
-1. refines the candidate's tempo ratio and offset on chroma (coarse-to-fine grid),
+1. refines the candidate's tempo ratio and offset on chroma (coarse-to-fine grid; done
+   before, in :mod:`tunetrace.alignment`),
 2. estimates the pitch shift by circular cross-correlation of chroma (fractional bins by
-   parabolic interpolation),
+   parabolic interpolation; done before, in :mod:`tunetrace.screening`),
 3. compares the aligned log-frequency spectra, where a pitch shift is a translation along the
    frequency axis (trying whole-octave alternatives, which chroma cannot see),
 4. measures what the same comparison gives with the reference deliberately misaligned (the
    "null" level a coincidence reaches for this very pair: drones and static harmony are high),
 5. marks the frames where the aligned spectra agree clearly better than the null as matched
-   segments.
+   segments (:mod:`tunetrace.segments`, the stage after this one).
+
+The spectral fit's compiled loops are in :mod:`tunetrace.verification_kernels`. The matcher
+then scores each verification (:mod:`tunetrace.scoring`).
 """
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +32,8 @@ from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.query import PreparedQuery, VerifySettings
 from tunetrace.screening import Screening, fit_objectives, screen_alignment
-from tunetrace.types import Segment, Verification
+from tunetrace.segments import HARMONIC_LAG_S, harmonic_change, matched_segments
+from tunetrace.types import Verification
 from tunetrace.verification_kernels import (
     aligned_frames,
     paired_bins,
@@ -70,7 +75,7 @@ def verify_candidate(
     bins = params.bins_per_octave
     roll, shift = screening.roll_bins, screening.shift_bins
     weights = query.weights
-    fit = _SpectralFit(query, reference, settings.whiten_bins)
+    fit = SpectralFit(query, reference, settings.whiten_bins)
     rate, offset = alignment.tempo_ratio, alignment.offset_frames
     for rate_half_width, n_rates, offset_half_width, n_offsets in settings.spectral_refinement:
         grid = centred_grid(
@@ -93,7 +98,7 @@ def verify_candidate(
     local_offsets = np.array(settings.local_offsets_s)[:, None] * fps
     null_curve = np.median(fit.spectral_at((positions + null_offsets) % n_frames, shift), axis=0)
     local_curve = np.median(fit.spectral_at(positions + local_offsets, shift), axis=0)
-    segments, matched = _matched_segments(
+    segments, matched = matched_segments(
         best.per_frame, null_curve, best.usable, positions, params=params, settings=settings
     )
     semitones_per_bin = 12.0 / bins
@@ -119,7 +124,25 @@ def verify_candidate(
 
 
 @dataclass(frozen=True)
-class _Fit:
+class Fit:
+    """How well a query fits a reference at one alignment (:meth:`SpectralFit.similarity`).
+
+    Attributes
+    ----------
+    spectral : float
+        Mean of the per-frame spectral correlations, weighted by ``usable``.
+    dynamics : float or None
+        Correlation of the changes of whitened spectra (``None`` when not measured).
+    onsets : float
+        Correlation of the changes of raw spectra.
+    per_frame : np.ndarray [shape=(n_frames,), dtype=float32]
+        Spectral correlation of each query frame.
+    usable : np.ndarray [shape=(n_frames,), dtype=float32]
+        Weight of each query frame: sounding and inside the reference.
+    positions : np.ndarray [shape=(n_frames,), dtype=float64]
+        Reference frame of every query frame.
+    """
+
     spectral: float
     dynamics: float | None
     onsets: float
@@ -133,7 +156,7 @@ class _Fit:
         return self.spectral + self.onsets
 
 
-class _SpectralFit:
+class SpectralFit:
     """Spectral, dynamics and onset similarity of a query with a reference at an alignment.
 
     Whitening along frequency, the shift along frequency and interpolation between frames
@@ -144,6 +167,14 @@ class _SpectralFit:
     whitening the interpolated frames. Screening and refinement, which measure
     many alignments and shifts, do the same in one call
     (:func:`~tunetrace.screening_kernels.alignment_objectives`).
+
+    Parameters
+    ----------
+    query : PreparedQuery
+    reference : Features
+    whiten_bins : int > 0, odd
+        Width (log bins) of the local mean removed along frequency from the reference's
+        aligned frames (the query's was removed when it was prepared).
     """
 
     def __init__(self, query: PreparedQuery, reference: Features, whiten_bins: int) -> None:
@@ -158,11 +189,25 @@ class _SpectralFit:
 
     def similarity(
         self, rate: float, offset: float, shift: float, *, with_dynamics: bool = False
-    ) -> _Fit:
+    ) -> Fit:
         """Measure the fit of one alignment (tempo ratio, offset, spectral shift).
 
         The dynamics measure, which alignment search does not use, is computed only when
         ``with_dynamics`` is set (``None`` otherwise).
+
+        Parameters
+        ----------
+        rate : float
+            Tempo ratio.
+        offset : float
+            Reference frame of the query's first frame.
+        shift : float
+            Spectral shift in bins (query up by ``shift`` relative to the reference).
+        with_dynamics : bool
+
+        Returns
+        -------
+        fit : Fit
         """
         positions = self.positions(rate, offset)
         inside = (positions >= 0) & (positions <= self.reference.n_frames - 1)
@@ -170,7 +215,7 @@ class _SpectralFit:
         band = self._band(shift)
         if band is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
-            return _Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
+            return Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
         raw, white = aligned_frames(self.reference.spectrum_frames, positions, self.whiten_bins)
         first, stop = band
         query = self.query
@@ -188,7 +233,7 @@ class _SpectralFit:
             with_dynamics,
         )
         usable_total = float(usable.sum())
-        return _Fit(
+        return Fit(
             spectral=float(per_frame @ usable) / usable_total if usable_total > 0 else 0.0,
             dynamics=dynamics if with_dynamics else None,
             onsets=onsets,
@@ -199,7 +244,20 @@ class _SpectralFit:
 
     def spectral_at(self, positions: np.ndarray, shift: float) -> np.ndarray:
         """Per-frame spectral correlation with the reference read at arbitrary ``positions``
-        (one row of frames, or several rows: one curve per row)."""
+        (one row of frames, or several rows: one curve per row).
+
+        Parameters
+        ----------
+        positions : np.ndarray [shape=(n_frames,) or (n_rows, n_frames)]
+            Fractional reference frames (clipped to the reference).
+        shift : float
+            Spectral shift in bins.
+
+        Returns
+        -------
+        curves : np.ndarray [shape=positions.shape, dtype=float32]
+            All zero when less than a quarter of the bins pair under ``shift``.
+        """
         rows = np.atleast_2d(np.asarray(positions, dtype=np.float64))
         band = self._band(shift)
         if band is None:
@@ -229,115 +287,3 @@ class _SpectralFit:
 def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
     total = float(weights.sum())
     return float((values * weights).sum() / total) if total > 0 else 0.0
-
-
-def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1:
-        return values
-    kernel = np.ones(width, dtype=np.float32) / width
-    return np.convolve(values, kernel, mode="same")
-
-
-def _matched_segments(
-    per_frame: np.ndarray,
-    null_curve: np.ndarray,
-    usable: np.ndarray,
-    positions: np.ndarray,
-    *,
-    params: FingerprintParams,
-    settings: VerifySettings,
-) -> tuple[list[Segment], np.ndarray]:
-    """Runs of frames whose aligned fit beats the null level by the margin (``matched``, what
-    the measurements read), and the segments reported for them: runs of ``edge_join_min_s``
-    or more less than ``edge_gap_s`` apart joined."""
-    fps = params.frame_rate_hz
-    width = max(1, round(settings.smooth_s * fps))
-    level = _moving_average(per_frame * (usable > 0), width)
-    excess = level - _moving_average(null_curve * (usable > 0), width)
-    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
-    min_run = max(1, round(settings.min_segment_s * fps))
-    matched = _bridge_gaps(matched, min_run)
-    for start, stop in _runs(matched):
-        if stop - start < min_run:
-            matched[start:stop] = False
-    reported = _join_long_runs(
-        matched,
-        max_gap=round(settings.edge_gap_s * fps),
-        min_length=round(settings.edge_join_min_s * fps),
-    )
-    segments: list[Segment] = []
-    for start, stop in _runs(reported):
-        if not matched[start:stop].any():
-            continue
-        segments.append(
-            Segment(
-                query_start_s=start / fps,
-                query_end_s=stop / fps,
-                reference_start_s=max(positions[start], 0.0) / fps,
-                reference_end_s=max(
-                    positions[stop - 1]
-                    + (positions[1] - positions[0] if len(positions) > 1 else 1.0),
-                    0.0,
-                )
-                / fps,
-            )
-        )
-    return segments, matched
-
-
-#: Lag between the chroma frames compared by :func:`harmonic_change`.
-HARMONIC_LAG_S = 2.0
-
-
-def harmonic_change(chroma: np.ndarray, matched: np.ndarray, lag: int) -> float:
-    """Mean of one minus the correlation of matched chroma frames ``lag`` apart.
-
-    A copy of music matches its reference through chord changes; a coincidence that a slowed,
-    re-pitched or noisy query finds in a fade-out or a drone matches one held chord, where
-    this is near 0.
-
-    Parameters
-    ----------
-    chroma : np.ndarray [shape=(bins_per_octave, n_frames)]
-        Frame-normalised chroma (zero mean, unit norm per frame).
-    matched : np.ndarray [shape=(n_frames,), dtype=bool]
-    lag : int > 0
-
-    Returns
-    -------
-    change : float
-        0 when no two matched frames lie ``lag`` apart.
-    """
-    pairs = np.flatnonzero(matched[:-lag] & matched[lag:]) if 0 < lag < len(matched) else []
-    if len(pairs) == 0:
-        return 0.0
-    correlations = np.einsum("ij,ij->j", chroma[:, pairs], chroma[:, pairs + lag])
-    return float(np.mean(1.0 - correlations))
-
-
-def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """Half-open ``(start, stop)`` index pairs of the True runs of a boolean mask."""
-    padded = np.concatenate([[False], mask, [False]])
-    edges = np.flatnonzero(padded[1:] != padded[:-1])
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
-
-
-def _join_long_runs(mask: np.ndarray, *, max_gap: int, min_length: int) -> np.ndarray:
-    """``mask`` with gaps of at most ``max_gap`` filled between runs that are both at least
-    ``min_length`` long (a fragment beside a section is not drawn into it)."""
-    out = mask.copy()
-    runs = [run for run in _runs(mask) if run[1] - run[0] >= min_length]
-    for (_, stop), (start, _) in itertools.pairwise(runs):
-        if start - stop <= max_gap:
-            out[stop:start] = True
-    return out
-
-
-def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
-    """Fill False gaps shorter than ``max_gap`` that lie between two True runs."""
-    filled = mask.copy()
-    runs = _runs(mask)
-    for (_, stop), (start, _) in itertools.pairwise(runs):
-        if start - stop < max_gap:
-            filled[stop:start] = True
-    return filled
