@@ -5,17 +5,24 @@ frame; the frames that fit clearly better than the coincidence level become matc
 segments here (:func:`matched_segments`), and :func:`harmonic_change` measures how much the
 query's harmony moves inside them. The matcher then scores the verification
 (:mod:`tunetrace.scoring`).
+
+After scoring, the matcher reports each reference once: the segments of its consistent
+verifications are joined (:func:`merge_segments`, :func:`union_segments`), fragments beside
+a longer segment dropped (:func:`without_fragments`), and the query time they cover measured
+(:func:`covered_seconds`); :func:`section_runs` gives the sections a query window's
+verification is judged on again.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import numpy as np
 
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.query import VerifySettings
-from tunetrace.types import Segment
+from tunetrace.types import Segment, Verification
 
 
 def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
@@ -148,3 +155,166 @@ def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
         if start - stop < max_gap:
             filled[stop:start] = True
     return filled
+
+
+# Joining the segments of a reference's verifications: after scoring, the matcher reports
+# each reference once, with the segments of its consistent verifications joined.
+
+#: Other verifications of a reference join its match when their estimates agree this closely.
+SAME_TEMPO_TOLERANCE = 0.03
+SAME_PITCH_TOLERANCE_SEMITONES = 0.5
+#: Segments of two alignments may share this much query time at a cut (edges are blurred).
+MAX_SEGMENT_OVERLAP_S = 1.0
+#: Segments shorter than this are not reported beside longer ones.
+MIN_REPORTED_SEGMENT_S = 3.0
+#: Overlapping segments whose alignments put the query's start this close on the reference
+#: are the same stretch seen twice: they are joined.
+SAME_PLACE_OFFSET_S = 2.0
+
+
+def covered_seconds(segments: list[Segment]) -> float:
+    """Query seconds inside the union of the segments.
+
+    Parameters
+    ----------
+    segments : list of Segment
+
+    Returns
+    -------
+    seconds : float
+    """
+    covered, reach = 0.0, float("-inf")
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        start = max(segment.query_start_s, reach)
+        if segment.query_end_s > start:
+            covered += segment.query_end_s - start
+        reach = max(reach, segment.query_end_s)
+    return covered
+
+
+def merge_segments(best: Verification, others: list[Verification]) -> list[Segment]:
+    """The best verification's segments plus non-overlapping ones of consistent others.
+
+    Another verification is consistent when its tempo ratio and spectral shift agree with the
+    best one's within :data:`SAME_TEMPO_TOLERANCE` and :data:`SAME_PITCH_TOLERANCE_SEMITONES`.
+    Its segment at the same place as a kept one extends it; one that shares at most
+    :data:`MAX_SEGMENT_OVERLAP_S` with every kept segment is added.
+
+    Parameters
+    ----------
+    best : Verification
+        A reference's best verification.
+    others : list of Verification
+        Its other verifications of the same reference.
+
+    Returns
+    -------
+    segments : list of Segment
+        In query order, overlapping segments of the same place joined (:func:`union_segments`).
+    """
+    segments = list(best.segments)
+    for other in others:
+        consistent = (
+            abs(other.tempo_ratio / best.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
+            and abs(other.spectral_shift_semitones - best.spectral_shift_semitones)
+            <= SAME_PITCH_TOLERANCE_SEMITONES
+        )
+        if not consistent:
+            continue
+        for segment in other.segments:
+            # the same stretch of both recordings, seen by another alignment: extend it
+            same_place = [
+                number for number, kept in enumerate(segments)
+                if _shared_s(segment, kept) > 0
+                and abs(_offset_s(segment, best.tempo_ratio) - _offset_s(kept, best.tempo_ratio))
+                <= SAME_PLACE_OFFSET_S
+            ]  # fmt: skip
+            if same_place:
+                number = same_place[0]
+                segments[number] = union_segments([segments[number], segment], best.tempo_ratio)[0]
+            elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
+                segments.append(segment)
+    return union_segments(segments, best.tempo_ratio)
+
+
+def without_fragments(segments: list[Segment]) -> list[Segment]:
+    """The segments less those under :data:`MIN_REPORTED_SEGMENT_S` beside a longer one (a
+    second or two of chance agreement next to the copied section says nothing).
+
+    Parameters
+    ----------
+    segments : list of Segment
+
+    Returns
+    -------
+    kept : list of Segment
+        All of ``segments`` when none is that long.
+    """
+    kept = [s for s in segments if s.query_end_s - s.query_start_s >= MIN_REPORTED_SEGMENT_S]
+    return kept or segments
+
+
+def _shared_s(a: Segment, b: Segment) -> float:
+    """Query seconds two segments share (negative: the gap between them)."""
+    return min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
+
+
+def _offset_s(segment: Segment, tempo_ratio: float) -> float:
+    """Reference time where the query's start would land, by this segment's alignment."""
+    return segment.reference_start_s - segment.query_start_s * tempo_ratio
+
+
+def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]:
+    """Overlapping segments of the same place joined into one (their alignments put the
+    query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the reference); the
+    joined reference times follow the query's first and last segments.
+
+    Parameters
+    ----------
+    segments : list of Segment
+    tempo_ratio : float
+        The tempo ratio their alignments are compared at.
+
+    Returns
+    -------
+    joined : list of Segment
+        In query order.
+    """
+    joined: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        last = joined[-1] if joined else None
+        if (
+            last is not None
+            and segment.query_start_s <= last.query_end_s
+            and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
+            <= SAME_PLACE_OFFSET_S
+        ):
+            if segment.query_end_s > last.query_end_s:
+                joined[-1] = replace(last, query_end_s=segment.query_end_s,
+                                     reference_end_s=segment.reference_end_s)  # fmt: skip
+        else:
+            joined.append(segment)
+    return joined
+
+
+def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
+    """Query time ranges of the segments, joined across gaps up to ``gap_s``, longest first.
+
+    Parameters
+    ----------
+    segments : list of Segment
+    gap_s : float
+        Segments this close (seconds of query time) are one section.
+
+    Returns
+    -------
+    runs : list of (float, float)
+        Query start and end seconds of each section, longest first.
+    """
+    runs: list[list[float]] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        if runs and segment.query_start_s - runs[-1][1] <= gap_s:
+            runs[-1][1] = max(runs[-1][1], segment.query_end_s)
+        else:
+            runs.append([segment.query_start_s, segment.query_end_s])
+    return sorted(((a, b) for a, b in runs), key=lambda run: run[0] - run[1])
