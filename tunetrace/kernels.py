@@ -1,25 +1,24 @@
-"""Compiled inner loops of verification.
+"""Compiling every stage's kernels before the first query.
 
 Verification measures thousands of alignments per query, each on arrays of a few hundred
 values. Written as NumPy expressions, every measurement is a dozen small array operations and
-their per-call overhead, temporaries and gathers cost more than the arithmetic. These loops do
-the same arithmetic in one pass, compiled by Numba (which librosa already depends on); the
-compiled code is cached on disk, so only the first run on a machine pays for compiling.
+their per-call overhead, temporaries and gathers cost more than the arithmetic. Its inner
+loops do the same arithmetic in one pass, compiled by Numba (which librosa already depends
+on); the compiled code is cached on disk, so only the first run on a machine pays for
+compiling.
 
-Each function states the NumPy expression it equals; the tests compare them.
+The loops sit beside the stages that call them: ``tunetrace.index._kernels`` (a stored
+reference's arrays, read from the catalogue; it also holds the fast-math flags every kernel
+is compiled with), :mod:`tunetrace.alignment_kernels`, :mod:`tunetrace.screening_kernels` and
+:mod:`tunetrace.verification_kernels`. :func:`compile_kernels` compiles all of them up front.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from tunetrace.alignment_kernels import chroma_cross_spectra, chroma_grid_search
-from tunetrace.index._kernels import (
-    chroma_and_blurred_frames,
-    stored_spectrum_arrays,
-)
-from tunetrace.screening_kernels import alignment_objectives
-from tunetrace.verification_kernels import aligned_frames, paired_bins, shifted_fit, spectral_curves
+from tunetrace import alignment_kernels, screening_kernels, verification_kernels
+from tunetrace.index import _kernels as catalogue_kernels
 
 
 def compile_kernels() -> None:
@@ -34,11 +33,11 @@ def compile_kernels() -> None:
     positions = np.arange(3, dtype=np.float64)
     bins = np.zeros((4, 3), dtype=np.complex64)
     weights = np.ones(3, dtype=np.float32)
-    chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
+    alignment_kernels.chroma_cross_spectra(bins, bins[:3], weights, positions, positions)
     grid = np.ones(2, dtype=np.float64)
     transform = _read_only(np.zeros((3, 4), dtype=np.float64))
     ends = _read_only(np.array([1, 2], dtype=np.int64))
-    chroma_grid_search(
+    alignment_kernels.chroma_grid_search(
         bins,
         bins[:3],
         weights,
@@ -51,19 +50,21 @@ def compile_kernels() -> None:
         transform,
         transform,
     )
-    raw, white = aligned_frames(frames, positions, 3)
-    chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
-    stored_spectrum_arrays(
+    raw, white = verification_kernels.aligned_frames(frames, positions, 3)
+    catalogue_kernels.chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
+    catalogue_kernels.stored_spectrum_arrays(
         _read_only(np.zeros((6, 3), dtype=np.uint8)),
         np.float32(1.0),
         _read_only(weights[:1].repeat(6)),
         3,
     )
     query = np.zeros((3, 8), dtype=np.float32)
-    shifted_fit(raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True)
-    alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
-    spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
-    paired_bins(8, 0.0)  # also called on its own, by the spectral fit
+    verification_kernels.shifted_fit(
+        raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True
+    )
+    screening_kernels.alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
+    verification_kernels.spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
+    verification_kernels.paired_bins(8, 0.0)  # also called on its own, by the spectral fit
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
