@@ -12,11 +12,11 @@ from tunetrace.index.ids import vector_ids
 from tunetrace.alignment import inverse_transform
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
-    _run_starts,
     find_candidates,
     query_patch_vectors,
+    run_starts,
 )
-from tunetrace.matcher import _one_ratio_each
+from tunetrace.matcher import one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
 from tunetrace.screening_kernels import alignment_objectives
 from tunetrace.types import Candidate
@@ -128,7 +128,7 @@ def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:
     first = Candidate(1, 1.0, 0.0, 2.0, other_alignments=((0.8, 16.0), (1.25, -8.0)))
     second = Candidate(2, 1.1, 0.0, 1.0, other_alignments=((0.9, 0.0),))
 
-    seeds = _one_ratio_each([first, second], retimed=1)
+    seeds = one_ratio_each([first, second], retimed=1)
 
     assert [(c.reference_key, c.tempo_ratio, c.offset_frames) for c in seeds] == [
         (1, 1.0, 0.0),
@@ -281,7 +281,7 @@ def test_run_starts_of_sorted_rows_give_numpy_unique_over_rows() -> None:
     rng = np.random.default_rng(5)
     rows = rng.integers(-3, 3, size=(500, 3))
     rows = rows[np.lexsort(rows.T[::-1])]
-    starts = _run_starts(rows)
+    starts = run_starts(rows)
     expected_unique, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
     np.testing.assert_array_equal(rows[starts], expected_unique)
     np.testing.assert_array_equal(np.cumsum(starts) - 1, expected_inverse.reshape(-1))

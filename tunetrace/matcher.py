@@ -267,7 +267,7 @@ class Matcher:
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
-        retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
+        retimed = one_ratio_each(candidates, self.settings.retimed_candidates)
         # A candidate whose voters sit in one part of the query is judged on that part alone.
         windowed = [self._in_window(candidate, features) for candidate in retimed]
         prepared = {window: query if window is None else
@@ -608,8 +608,22 @@ class Matcher:
 REPEAT_PLACES_SEARCHED = 48
 
 
-def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
-    """The candidates with the first ``retimed`` split into one candidate per tempo ratio."""
+def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
+    """The candidates with the first ``retimed`` split into one candidate per tempo ratio.
+
+    Parameters
+    ----------
+    candidates : list of Candidate
+        Best first, each with the other tempo ratios that won votes at its place.
+    retimed : int
+        How many of the first candidates are split.
+
+    Returns
+    -------
+    candidates : list of Candidate
+        Each split candidate followed by one candidate per other ratio (with that ratio's
+        offset), none of them with other alignments left.
+    """
     out = []
     for number, candidate in enumerate(candidates):
         out.append(replace(candidate, other_alignments=()))
