@@ -9,21 +9,19 @@ from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.ids import vector_ids
 
+from tunetrace.alignment import inverse_transform
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
-    _run_starts,
     find_candidates,
     query_patch_vectors,
+    run_starts,
 )
-from tunetrace.kernels import alignment_objectives, paired_bins
-from tunetrace.matcher import _one_ratio_each
+from tunetrace.matcher import one_ratio_each
+from tunetrace.query import prepare_query, whiten_spectrum
+from tunetrace.screening_kernels import alignment_objectives
 from tunetrace.types import Candidate
-from tunetrace.verify import (
-    _inverse_transform,
-    _SpectralFit,
-    prepare_query,
-    whiten_spectrum,
-)
+from tunetrace.verification import SpectralFit
+from tunetrace.verification_kernels import paired_bins
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands
@@ -130,7 +128,7 @@ def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:
     first = Candidate(1, 1.0, 0.0, 2.0, other_alignments=((0.8, 16.0), (1.25, -8.0)))
     second = Candidate(2, 1.1, 0.0, 1.0, other_alignments=((0.9, 0.0),))
 
-    seeds = _one_ratio_each([first, second], retimed=1)
+    seeds = one_ratio_each([first, second], retimed=1)
 
     assert [(c.reference_key, c.tempo_ratio, c.offset_frames) for c in seeds] == [
         (1, 1.0, 0.0),
@@ -171,7 +169,7 @@ def test_spectral_fit_equals_shifting_and_whitening_each_alignment(
 ) -> None:
     query = prepare_query(_query(seed=1))
     reference = _query(seed=2, n_frames=600)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
 
     measured = fit.similarity(rate, offset, shift).per_frame
     expected = _direct_frame_correlation(
@@ -185,7 +183,7 @@ def test_fit_objectives_of_many_alignments_and_shifts_equal_the_spectral_fit_of_
     # the last alignment runs past the reference's end; +-190 bins pair too few bins to count
     query = prepare_query(_query(seed=3))
     reference = _query(seed=4, n_frames=600)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
     rates = np.array([1.0, 0.83, 1.37])
     offsets = np.array([40.0, 12.5, 540.2])
     shifts = np.array([-190.0, -36.4, 0.0, 7.25, 35.6, 190.0])
@@ -230,7 +228,7 @@ def test_inverse_transform_matrices_equal_the_inverse_fft(n_bins: int) -> None:
     half = rng.standard_normal((9, n_bins // 2 + 1)) + 1j * rng.standard_normal(
         (9, n_bins // 2 + 1)
     )
-    cosines, sines = _inverse_transform(n_bins)
+    cosines, sines = inverse_transform(n_bins)
     np.testing.assert_allclose(
         half.real @ cosines + half.imag @ sines,
         np.fft.irfft(np.conj(half), n=n_bins, axis=1),
@@ -241,7 +239,7 @@ def test_inverse_transform_matrices_equal_the_inverse_fft(n_bins: int) -> None:
 def test_spectral_fit_reads_far_apart_frames_of_a_long_reference() -> None:
     query = prepare_query(_query(seed=3))
     reference = _query(seed=4, n_frames=20_000)
-    fit = _SpectralFit(query, reference, whiten_bins=13)
+    fit = SpectralFit(query, reference, whiten_bins=13)
     # wrapped round the end: frames from both ends of a long reference in one reading
     positions = (fit.positions(1.0, 10.0) - 50.0) % reference.n_frames
 
@@ -283,7 +281,7 @@ def test_run_starts_of_sorted_rows_give_numpy_unique_over_rows() -> None:
     rng = np.random.default_rng(5)
     rows = rng.integers(-3, 3, size=(500, 3))
     rows = rows[np.lexsort(rows.T[::-1])]
-    starts = _run_starts(rows)
+    starts = run_starts(rows)
     expected_unique, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
     np.testing.assert_array_equal(rows[starts], expected_unique)
     np.testing.assert_array_equal(np.cumsum(starts) - 1, expected_inverse.reshape(-1))

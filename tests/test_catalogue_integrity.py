@@ -14,7 +14,7 @@ from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.ids import PATCH_BITS
 
 from tests.conftest import synth_song, write_audio
-from tunetrace.candidates import _add_best_neighbour_bin
+from tunetrace.candidates import add_best_neighbour_bin
 from tunetrace.errors import CatalogueError, ReferenceNotFoundError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
@@ -231,11 +231,11 @@ def test_neighbour_votes_do_not_overflow_with_large_reference_keys() -> None:
         axis=0,
     )
     totals = rng.random(len(triples))
-    small = _add_best_neighbour_bin(triples, totals)
+    small = add_best_neighbour_bin(triples, totals)
     # the same places under keys far past 2**19 (where packing into one int64 overflowed)
     shifted = triples.copy()
     shifted[:, 0] += 2**38
-    np.testing.assert_array_equal(_add_best_neighbour_bin(shifted, totals), small)
+    np.testing.assert_array_equal(add_best_neighbour_bin(shifted, totals), small)
     # and by definition: each triple gains its best neighbour one offset bin away
     for row, value in zip(triples[:50], small[:50], strict=True):
         neighbours = [

@@ -148,10 +148,10 @@ def test_review_page_is_served(client: TestClient) -> None:
 
 
 def test_text_box_and_verdict_print_the_same_threshold() -> None:
-    from tunetrace.explain import Evidence, _text_box
+    from tunetrace.explain import Evidence, text_box
 
     evidence = Evidence(
         query="q.wav", duration_s=10.0, threshold=0.8704845, reference_id="a", score=0.80049
     )
     assert "threshold 0.870" in evidence.verdict
-    assert "0.800 (threshold 0.870)" in _text_box(evidence)
+    assert "0.800 (threshold 0.870)" in text_box(evidence)

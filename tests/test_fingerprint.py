@@ -18,9 +18,12 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
 from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, tonality
 
+from tunetrace.alignment import align_on_chroma
 from tunetrace.errors import AudioTooShortError
+from tunetrace.query import prepare_query
+from tunetrace.segments import harmonic_change
 from tunetrace.types import Candidate
-from tunetrace.verify import align_on_chroma, harmonic_change, prepare_query, verify_candidate
+from tunetrace.verification import verify_candidate
 
 PARAMS = FingerprintParams()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -12,16 +13,13 @@ import numpy as np
 import pytest
 from numba.core.cpu_options import FastMathOptions
 from tunetrace.fingerprint.embedding import interpolate_frames
+from tunetrace.index._kernels import FASTMATH
 
-import tunetrace.kernels as kernels
 from tests.conftest import SAMPLE_RATE, write_audio
-from tunetrace.kernels import (
-    aligned_frames,
-    chroma_cross_spectra,
-    chroma_grid_search,
-    shifted_fit,
-)
-from tunetrace.verify import _grid_pattern, _inverse_transform, whiten_spectrum
+from tunetrace.alignment import grid_pattern, inverse_transform
+from tunetrace.alignment_kernels import chroma_cross_spectra, chroma_grid_search
+from tunetrace.query import whiten_spectrum
+from tunetrace.verification_kernels import aligned_frames, shifted_fit
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
@@ -96,7 +94,7 @@ def _grid_search(
     stages: list[tuple[float, int, float, int]],
 ) -> tuple[float, float, np.ndarray | None]:
     for stage in stages:
-        factors, deltas = _grid_pattern(*stage)
+        factors, deltas = grid_pattern(*stage)
         rates = rate * factors
         offsets = offset + (rate - rates) * query.shape[1] / 2 + deltas
         scores = _roll_scores(reference, query, weights, rates, offsets)
@@ -119,8 +117,8 @@ def test_chroma_grid_search_finds_the_best_grid_point_stage_by_stage(
     query = (query + 0.5 * rng.standard_normal(query.shape)).astype(np.float32)
     weights = (rng.random(90) > 0.2).astype(np.float32)
     stages = [(0.06, 9, 10.0, 11), (0.06 / 8, 5, 2.0, 5), (0.06 / 32, 5, 0.5, 5)]
-    patterns = [_grid_pattern(*stage) for stage in stages]
-    cosines, sines = _inverse_transform(36)
+    patterns = [grid_pattern(*stage) for stage in stages]
+    cosines, sines = inverse_transform(36)
 
     rate, offset, scores, found = chroma_grid_search(
         np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
@@ -219,18 +217,28 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
     )
 
 
+#: Every module that defines compiled kernels: the catalogue's, then each stage's.
+KERNEL_MODULES = (
+    "tunetrace.index._kernels",
+    "tunetrace.alignment_kernels",
+    "tunetrace.screening_kernels",
+    "tunetrace.verification_kernels",
+)
+
 _FIRST_QUERY = """
-import json, sys
+import importlib, json, sys
 import numba
-import tunetrace.kernels as kernels
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.kernels import compile_kernels
 from tunetrace.matcher import Matcher
 
-kernels.compile_kernels()
+compile_kernels()
 dispatchers = {
-    name: value
-    for name, value in vars(kernels).items()
+    f"{module}.{name}": value
+    for module in sys.argv[3:]
+    for name, value in vars(importlib.import_module(module)).items()
     if isinstance(value, numba.core.registry.CPUDispatcher)
+    and value.py_func.__module__ == module
 }
 compiled = {name: set(d.signatures) for name, d in dispatchers.items()}
 report = Matcher(Catalogue(sys.argv[1], read_only=True)).match_path(sys.argv[2])
@@ -252,7 +260,7 @@ def test_compile_kernels_leaves_nothing_for_the_first_query_to_compile(
     # in a fresh process: kernels compiled by other tests here would hide a missing type
     query = write_audio(tmp_path / "query.wav", songs["song2"][5 * SAMPLE_RATE : 17 * SAMPLE_RATE])
     done = subprocess.run(
-        [sys.executable, "-c", _FIRST_QUERY, str(built_catalogue), str(query)],
+        [sys.executable, "-c", _FIRST_QUERY, str(built_catalogue), str(query), *KERNEL_MODULES],
         capture_output=True,
         text=True,
         check=True,
@@ -265,10 +273,13 @@ def test_compile_kernels_leaves_nothing_for_the_first_query_to_compile(
 
 
 def _kernel_dispatchers() -> dict[str, numba.core.registry.CPUDispatcher]:
+    """Every compiled kernel, by module and name (each counted where it is defined)."""
     return {
-        name: value
-        for name, value in vars(kernels).items()
+        f"{module}.{name}": value
+        for module in KERNEL_MODULES
+        for name, value in vars(importlib.import_module(module)).items()
         if isinstance(value, numba.core.registry.CPUDispatcher)
+        and value.py_func.__module__ == module
     }
 
 
@@ -284,7 +295,7 @@ def test_no_kernel_may_assume_finite_or_non_nan_values() -> None:
         & {"fast", "ninf", "nnan"}
     }
     assert unsafe == {}, f"kernels compiled with ninf/nnan: {unsafe}"
-    assert FastMathOptions(kernels.FASTMATH).flags == {"nsz", "arcp", "contract", "afn", "reassoc"}
+    assert FastMathOptions(FASTMATH).flags == {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
 def test_chroma_grid_search_with_no_point_to_score_returns_the_sentinels() -> None:
@@ -294,8 +305,8 @@ def test_chroma_grid_search_with_no_point_to_score_returns_the_sentinels() -> No
     reference = rng.standard_normal((36, 60)).astype(np.float32)
     query = rng.standard_normal((36, 40)).astype(np.float32)
     weights = np.ones(40, dtype=np.float32)
-    factors, deltas = _grid_pattern(0.06, 9, 10.0, 11)
-    cosines, sines = _inverse_transform(36)
+    factors, deltas = grid_pattern(0.06, 9, 10.0, 11)
+    cosines, sines = inverse_transform(36)
     reference_bins = np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64)
     query_conj = np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64)
 

@@ -11,7 +11,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
 
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
-from tunetrace.candidates import _densest_run
+from tunetrace.candidates import densest_run
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 from tunetrace.report import Match
@@ -65,8 +65,8 @@ def located(match: Match, start_s: float, end_s: float) -> bool:
 
 def test_densest_run_ignores_stray_voters() -> None:
     positions = np.array([5.0, 300, 310, 320, 330, 340, 900])
-    assert _densest_run(positions, gap=80, length=40) == (300.0, 380.0)
-    assert _densest_run(np.array([12.0]), gap=80, length=40) == (12.0, 52.0)
+    assert densest_run(positions, gap=80, length=40) == (300.0, 380.0)
+    assert densest_run(np.array([12.0]), gap=80, length=40) == (12.0, 52.0)
 
 
 @pytest.mark.parametrize(

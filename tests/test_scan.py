@@ -31,7 +31,7 @@ from tunetrace.scan import (
     read_report,
     run_job,
 )
-from tunetrace.scan_backends import _KILL_ON_ENV, _KILL_ONCE_ENV, run_local
+from tunetrace.scan_backends import KILL_ON_ENV, KILL_ONCE_ENV, run_local
 
 CLI = [sys.executable, "-m", "tunetrace.cli"]
 
@@ -258,9 +258,9 @@ def test_scan_on_a_dask_cluster_gives_the_local_results(
 
 
 def _opened_catalogues() -> list[str]:
-    from tunetrace.scan_backends import _matchers
+    from tunetrace.scan_backends import opened_catalogues
 
-    return sorted(_matchers)
+    return opened_catalogues()
 
 
 def test_scan_input_errors(tmp_path: Path, built_catalogue: Path) -> None:
@@ -355,7 +355,7 @@ def test_local_scan_survives_a_file_that_kills_its_worker(
     out = tmp_path / "killed.jsonl"
     result = _cli(
         "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--workers", "2",
-        env={_KILL_ON_ENV: KILLER}, check=False,
+        env={KILL_ON_ENV: KILLER}, check=False,
     )  # fmt: skip
     lines = read_report(out)
     _assert_survived_a_killer(lines, result)
@@ -367,7 +367,7 @@ def test_local_scan_survives_a_file_that_kills_its_worker(
     # resuming does not run the killer again: it has its line
     again = _cli(
         "scan", "-c", str(built_catalogue), str(uploads), "--out", str(out), "--resume",
-        "--workers", "2", env={_KILL_ON_ENV: KILLER},
+        "--workers", "2", env={KILL_ON_ENV: KILLER},
     )  # fmt: skip
     assert "scanned 0 file(s) (8 already in the report)" in again.stdout
     assert read_report(out) == lines
@@ -377,8 +377,8 @@ def test_local_pool_runs_again_a_job_whose_worker_died_once(
     tmp_path: Path, built_catalogue: Path, uploads: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     marker = tmp_path / "killed-once"
-    monkeypatch.setenv(_KILL_ON_ENV, KILLER)
-    monkeypatch.setenv(_KILL_ONCE_ENV, str(marker))
+    monkeypatch.setenv(KILL_ON_ENV, KILLER)
+    monkeypatch.setenv(KILL_ONCE_ENV, str(marker))
     jobs = file_jobs([uploads])
     results = list(run_local(built_catalogue, jobs, workers=2, top=5, min_score=None))
     assert marker.exists(), "the worker running the job should have been killed once"
@@ -394,7 +394,7 @@ def test_dask_scan_survives_a_file_that_kills_its_workers(
     import dask
     from distributed import LocalCluster
 
-    monkeypatch.setenv(_KILL_ON_ENV, KILLER)  # the cluster's worker processes inherit it
+    monkeypatch.setenv(KILL_ON_ENV, KILLER)  # the cluster's worker processes inherit it
     out = tmp_path / "dask-killed.jsonl"
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}), LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -505,7 +505,7 @@ def test_report_rewrite_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 class _FinishedFuture:
-    """What :func:`_dask_line` reads of a Dask future."""
+    """What :func:`dask_line` reads of a Dask future."""
 
     def __init__(self, status: str, result: object = None, error: BaseException | None = None):
         self.status, self._result, self._error = status, result, error
@@ -521,21 +521,21 @@ def test_failed_dask_tasks_become_error_lines() -> None:
     from distributed.scheduler import KilledWorker
 
     from tunetrace.errors import ScanWorkerError
-    from tunetrace.scan_backends import _dask_line
+    from tunetrace.scan_backends import dask_line
 
     job = ScanJob("x.wav", "x.wav")
     line = {"query": "x.wav", "duration_s": 1.0, "elapsed_s": 0.1, "matches": []}
-    assert _dask_line(job, _FinishedFuture("finished", line)) == line
+    assert dask_line(job, _FinishedFuture("finished", line)) == line
     died = KilledWorker("scan_task-1", None, 3)  # type: ignore[arg-type]
-    killed = _dask_line(job, _FinishedFuture("error", error=died))
+    killed = dask_line(job, _FinishedFuture("error", error=died))
     assert killed["query"] == "x.wav" and killed["error"]["code"] == "worker_died"
     assert "each of the 4 times it ran" in killed["error"]["message"]
-    raised = _dask_line(job, _FinishedFuture("error", error=ValueError("bad value")))
+    raised = dask_line(job, _FinishedFuture("error", error=ValueError("bad value")))
     assert raised == {
         "query": "x.wav", "error": {"code": "InternalError", "message": "ValueError: bad value"}
     }  # fmt: skip
     with pytest.raises(ScanWorkerError, match="cancelled"):
-        _dask_line(job, _FinishedFuture("cancelled"))
+        dask_line(job, _FinishedFuture("cancelled"))
 
 
 def test_local_scan_stops_when_its_workers_cannot_start(tmp_path: Path, uploads: Path) -> None:

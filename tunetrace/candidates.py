@@ -143,18 +143,18 @@ def find_candidates(
     keys = np.stack([ref_keys, hit_rate, offset_bin, patch_of_hit], axis=1)
     order = np.lexsort((-sims, *keys.T[::-1]))
     keys, sims = keys[order], sims[order]
-    first = _run_starts(keys)
+    first = run_starts(keys)
     keys, sims = keys[first], sims[first]
 
     # The rows stay sorted, so each distinct place begins a run.
-    place_starts = _run_starts(keys[:, :3])
+    place_starts = run_starts(keys[:, :3])
     triples = keys[place_starts, :3]
     run_begin = np.flatnonzero(place_starts)
     run_end = np.append(run_begin[1:], len(keys))
     inverse = np.cumsum(place_starts) - 1
     totals = np.bincount(inverse, weights=sims, minlength=len(triples))
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
-    totals = _add_best_neighbour_bin(triples, totals)
+    totals = add_best_neighbour_bin(triples, totals)
 
     places: list[_Place] = []
     places_by_reference: dict[int, list[_Place]] = {}
@@ -199,7 +199,7 @@ def find_candidates(
         ]
         voters = starts[keys[np.concatenate(rows), 3]]
         rate = float(rates[rate_i])
-        return _densest_run(
+        return densest_run(
             voters / rate,
             gap=VOTER_GAP_S * params.frame_rate_hz,
             length=params.patch_frames / rate,
@@ -221,7 +221,7 @@ def find_candidates(
     ]
 
 
-def _densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[float, float]:
+def densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[float, float]:
     """Start of the first and end of the last patch of the run of ``positions`` with the
     most members, runs being split where consecutive positions are more than ``gap`` apart.
 
@@ -233,6 +233,11 @@ def _densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[f
         Frames.
     length : float
         Frames one patch covers.
+
+    Returns
+    -------
+    start, end : float
+        Query frames.
     """
     ordered = np.sort(np.asarray(positions, dtype=np.float64))
     breaks = np.flatnonzero(np.diff(ordered) > gap) + 1
@@ -262,11 +267,25 @@ def _among_first_references(reference_keys: np.ndarray, count: int) -> np.ndarra
     return np.isin(reference_keys, admitted)
 
 
-def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
+def add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarray:
     """Add to each triple's votes the larger of its two offset neighbours' (bin edges).
 
     ``triples`` must be sorted lexicographically and distinct, so a triple's neighbour one
     offset bin away, if it exists, is the row just before or after it.
+
+    Parameters
+    ----------
+    triples : np.ndarray [shape=(n, 3), dtype=int64]
+        (reference key, tempo-ratio index, offset bin) of every voted place, sorted and
+        distinct.
+    totals : np.ndarray [shape=(n,)]
+        Their votes.
+
+    Returns
+    -------
+    totals : np.ndarray [shape=(n,)]
+        The votes with the better neighbour's added (a new array; ``totals`` itself when
+        there are fewer than two triples).
     """
     best = np.zeros_like(totals)
     if len(triples) < 2:
@@ -279,7 +298,7 @@ def _add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarr
     return totals + best
 
 
-def _run_starts(rows: np.ndarray) -> np.ndarray:
+def run_starts(rows: np.ndarray) -> np.ndarray:
     """Mask of the rows of a sorted array that differ from the row before (the first row of
     each run of equal rows).
 

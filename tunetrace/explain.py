@@ -313,7 +313,7 @@ def render_png(evidence: Evidence, *, dpi: int = 110) -> bytes:
 
     text_axes = figure.add_subplot(grid[2, 1])
     text_axes.axis("off")
-    text_axes.text(0, 1, _text_box(evidence), va="top", family="monospace", fontsize=8.5,
+    text_axes.text(0, 1, text_box(evidence), va="top", family="monospace", fontsize=8.5,
                    wrap=True)  # fmt: skip
     figure.suptitle(textwrap.fill(evidence.verdict, width=120), fontsize=12, x=0.01, ha="left",
                     color="#b22222" if evidence.is_copy else "#333333")  # fmt: skip
@@ -351,7 +351,19 @@ def _draw_timeline(axes: Any, evidence: Evidence) -> None:
     axes.set_xlabel("query time (s)", fontsize=8)
 
 
-def _text_box(evidence: Evidence) -> str:
+def text_box(evidence: Evidence) -> str:
+    """The evidence image's text panel: the report fields, one per line.
+
+    Parameters
+    ----------
+    evidence : Evidence
+
+    Returns
+    -------
+    text : str
+        Reference, title, score and threshold, tempo, pitch, alteration, coverage and the
+        first four segments.
+    """
     fields = report_fields(evidence)
     lines = [
         f"reference  {fields['reference_id']}",
@@ -396,4 +408,5 @@ __all__ = [
     "evidence_to_dict",
     "render_html",
     "render_png",
+    "text_box",
 ]

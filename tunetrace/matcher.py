@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunetrace.alignment import ChromaAlignment, align_on_chroma
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_vectors
 from tunetrace.errors import ReferenceNotFoundError
@@ -20,20 +21,20 @@ from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
-from tunetrace.threads import limit_blas_threads, map_in_threads
-from tunetrace.types import Candidate, Segment, Verification
-from tunetrace.verify import (
-    ChromaAlignment,
-    PreparedQuery,
-    Screening,
-    VerifySettings,
-    align_on_chroma,
-    prepare_query,
-    screen_alignment,
-    verify_candidate,
+from tunetrace.screening import Screening, screen_alignment
+from tunetrace.segments import (
+    covered_seconds,
+    merge_segments,
+    section_runs,
+    union_segments,
+    without_fragments,
 )
+from tunetrace.threads import limit_blas_threads, map_in_threads
+from tunetrace.types import Candidate, Verification
+from tunetrace.verification import verify_candidate
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ class Matcher:
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
-        retimed = _one_ratio_each(candidates, self.settings.retimed_candidates)
+        retimed = one_ratio_each(candidates, self.settings.retimed_candidates)
         # A candidate whose voters sit in one part of the query is judged on that part alone.
         windowed = [self._in_window(candidate, features) for candidate in retimed]
         prepared = {window: query if window is None else
@@ -464,7 +465,7 @@ class Matcher:
         (:meth:`ScoreModel.score_section`)."""
         fps = features.frame_rate_hz
         n_frames = features.n_frames
-        runs = _section_runs(verification.segments, gap_s=self.settings.section_gap_s)
+        runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
         if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
             return None
         start_s, end_s = runs[0]
@@ -493,7 +494,7 @@ class Matcher:
         # where the section lies: what either look matched of it
         in_run = [seg for seg in verification.segments
                   if seg.query_end_s > start_s and seg.query_start_s < end_s]  # fmt: skip
-        joined = _union(section.segments + in_run, section.tempo_ratio)
+        joined = union_segments(section.segments + in_run, section.tempo_ratio)
         section = scored(replace(section, segments=joined), n_frames / (stop - first))
         widest = scored(verification, wide_windows)
         return section if section.score >= widest.score else widest
@@ -578,7 +579,7 @@ class Matcher:
             best = verifications[0]
             if best.score < threshold:
                 continue
-            segments = _without_fragments(_merge_segments(best, verifications[1:]))
+            segments = without_fragments(merge_segments(best, verifications[1:]))
             covered = covered_seconds(segments)
             try:
                 record = self.catalogue.record_by_key(best.reference_key)
@@ -602,23 +603,27 @@ class Matcher:
         return matches
 
 
-#: Other verifications of a reference join its match when their estimates agree this closely.
-SAME_TEMPO_TOLERANCE = 0.03
-SAME_PITCH_TOLERANCE_SEMITONES = 0.5
-#: Segments of two alignments may share this much query time at a cut (edges are blurred).
-MAX_SEGMENT_OVERLAP_S = 1.0
 #: Places searched for in a found reference alone, before those on one part of the query are
 #: set aside (see :meth:`Matcher._repeat_places`).
 REPEAT_PLACES_SEARCHED = 48
-#: Segments shorter than this are not reported beside longer ones.
-MIN_REPORTED_SEGMENT_S = 3.0
-#: Overlapping segments whose alignments put the query's start this close on the reference
-#: are the same stretch seen twice: they are joined.
-SAME_PLACE_OFFSET_S = 2.0
 
 
-def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
-    """The candidates with the first ``retimed`` split into one candidate per tempo ratio."""
+def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]:
+    """The candidates with the first ``retimed`` split into one candidate per tempo ratio.
+
+    Parameters
+    ----------
+    candidates : list of Candidate
+        Best first, each with the other tempo ratios that won votes at its place.
+    retimed : int
+        How many of the first candidates are split.
+
+    Returns
+    -------
+    candidates : list of Candidate
+        Each split candidate followed by one candidate per other ratio (with that ratio's
+        offset), none of them with other alignments left.
+    """
     out = []
     for number, candidate in enumerate(candidates):
         out.append(replace(candidate, other_alignments=()))
@@ -630,99 +635,12 @@ def _one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate
     return out
 
 
-def covered_seconds(segments: list[Segment]) -> float:
-    """Query seconds inside the union of the segments."""
-    covered, reach = 0.0, float("-inf")
-    for segment in sorted(segments, key=lambda s: s.query_start_s):
-        start = max(segment.query_start_s, reach)
-        if segment.query_end_s > start:
-            covered += segment.query_end_s - start
-        reach = max(reach, segment.query_end_s)
-    return covered
-
-
-def _merge_segments(best: Verification, others: list[Verification]) -> list[Segment]:
-    """The best verification's segments plus non-overlapping ones of consistent others."""
-    segments = list(best.segments)
-    for other in others:
-        consistent = (
-            abs(other.tempo_ratio / best.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
-            and abs(other.spectral_shift_semitones - best.spectral_shift_semitones)
-            <= SAME_PITCH_TOLERANCE_SEMITONES
-        )
-        if not consistent:
-            continue
-        for segment in other.segments:
-            # the same stretch of both recordings, seen by another alignment: extend it
-            same_place = [
-                number for number, kept in enumerate(segments)
-                if _shared_s(segment, kept) > 0
-                and abs(_offset_s(segment, best.tempo_ratio) - _offset_s(kept, best.tempo_ratio))
-                <= SAME_PLACE_OFFSET_S
-            ]  # fmt: skip
-            if same_place:
-                number = same_place[0]
-                segments[number] = _union([segments[number], segment], best.tempo_ratio)[0]
-            elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
-                segments.append(segment)
-    return _union(segments, best.tempo_ratio)
-
-
-def _without_fragments(segments: list[Segment]) -> list[Segment]:
-    """The segments less those under :data:`MIN_REPORTED_SEGMENT_S` beside a longer one (a
-    second or two of chance agreement next to the copied section says nothing)."""
-    kept = [s for s in segments if s.query_end_s - s.query_start_s >= MIN_REPORTED_SEGMENT_S]
-    return kept or segments
-
-
-def _shared_s(a: Segment, b: Segment) -> float:
-    """Query seconds two segments share (negative: the gap between them)."""
-    return min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
-
-
-def _offset_s(segment: Segment, tempo_ratio: float) -> float:
-    """Reference time where the query's start would land, by this segment's alignment."""
-    return segment.reference_start_s - segment.query_start_s * tempo_ratio
-
-
 def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:
     """Shared length of two frame ranges over the shorter one's (``None``: everything)."""
     if a is None or b is None:
         return 1.0
     shared = min(a[1], b[1]) - max(a[0], b[0])
     return max(0.0, shared) / max(1, min(a[1] - a[0], b[1] - b[0]))
-
-
-def _union(segments: list[Segment], tempo_ratio: float) -> list[Segment]:
-    """Overlapping segments of the same place joined into one (their alignments put the
-    query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the reference); the
-    joined reference times follow the query's first and last segments."""
-    joined: list[Segment] = []
-    for segment in sorted(segments, key=lambda s: s.query_start_s):
-        last = joined[-1] if joined else None
-        if (
-            last is not None
-            and segment.query_start_s <= last.query_end_s
-            and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
-            <= SAME_PLACE_OFFSET_S
-        ):
-            if segment.query_end_s > last.query_end_s:
-                joined[-1] = replace(last, query_end_s=segment.query_end_s,
-                                     reference_end_s=segment.reference_end_s)  # fmt: skip
-        else:
-            joined.append(segment)
-    return joined
-
-
-def _section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
-    """Query time ranges of the segments, joined across gaps up to ``gap_s``, longest first."""
-    runs: list[list[float]] = []
-    for segment in sorted(segments, key=lambda s: s.query_start_s):
-        if runs and segment.query_start_s - runs[-1][1] <= gap_s:
-            runs[-1][1] = max(runs[-1][1], segment.query_end_s)
-        else:
-            runs.append([segment.query_start_s, segment.query_end_s])
-    return sorted(((a, b) for a, b in runs), key=lambda run: run[0] - run[1])
 
 
 def _from_window(verification: Verification, first_frame: int, fps: float) -> Verification:

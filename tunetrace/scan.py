@@ -28,8 +28,9 @@ from tunetrace.fingerprint.decode import load_audio_span, seekable_length
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.ingest import find_audio_files
-from tunetrace.matcher import Matcher, covered_seconds
+from tunetrace.matcher import Matcher
 from tunetrace.report import Match, MatchReport, error_to_dict, report_to_dict
+from tunetrace.segments import covered_seconds
 from tunetrace.types import Segment
 
 logger = logging.getLogger(__name__)

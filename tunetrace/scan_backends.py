@@ -54,8 +54,8 @@ WORKER_DIED = "worker_died"
 
 #: Test hooks (see :func:`_fault_hook`): a worker running a job whose query ends with this
 #: variable's value kills itself; with the second naming a file, only once.
-_KILL_ON_ENV = "TUNETRACE_TEST_KILL_WORKER_ON"
-_KILL_ONCE_ENV = "TUNETRACE_TEST_KILL_WORKER_ONCE"
+KILL_ON_ENV = "TUNETRACE_TEST_KILL_WORKER_ON"
+KILL_ONCE_ENV = "TUNETRACE_TEST_KILL_WORKER_ONCE"
 _READY = "ready"
 _NOTHING = object()
 _DIED = object()
@@ -71,6 +71,19 @@ def _matcher_for(catalogue_dir: str) -> Matcher:
         if matcher is None:
             matcher = _matchers[catalogue_dir] = Matcher(Catalogue(catalogue_dir, read_only=True))
         return matcher
+
+
+def opened_catalogues() -> list[str]:
+    """The catalogue directories this process has opened a matcher on (jobs run here reuse
+    them).
+
+    Returns
+    -------
+    directories : list of str
+        Sorted.
+    """
+    with _matchers_lock:
+        return sorted(_matchers)
 
 
 def scan_task(
@@ -104,13 +117,13 @@ def _fault_hook(job: ScanJob) -> None:
     """Kill this worker process as the kernel's OOM killer would, when a test asks for it.
 
     Active only in a worker process (never in a scan's own process) whose environment sets
-    :data:`_KILL_ON_ENV` to a suffix of the job's query. With :data:`_KILL_ONCE_ENV` naming a
+    :data:`KILL_ON_ENV` to a suffix of the job's query. With :data:`KILL_ONCE_ENV` naming a
     file, only the first job to create that file dies.
     """
-    suffix = os.environ.get(_KILL_ON_ENV)
+    suffix = os.environ.get(KILL_ON_ENV)
     if not suffix or not job.query.endswith(suffix) or multiprocessing.parent_process() is None:
         return
-    marker = os.environ.get(_KILL_ONCE_ENV)
+    marker = os.environ.get(KILL_ONCE_ENV)
     if marker:
         try:
             Path(marker).touch(exist_ok=False)
@@ -356,7 +369,7 @@ def run_dask(
             submit(job)
         for future in completed:  # a new job goes in as each one finishes
             job = running.pop(future.key)
-            result = _dask_line(job, future)
+            result = dask_line(job, future)
             future.release()
             next_job = next(pending, None)
             if next_job is not None:
@@ -364,8 +377,27 @@ def run_dask(
             yield job, result
 
 
-def _dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
-    """The report line of a finished Dask future: its result, or an error line."""
+def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
+    """The report line of a finished Dask future: its result, or an error line.
+
+    Parameters
+    ----------
+    job : ScanJob
+        The job the future ran.
+    future : distributed.Future
+        Finished: its result, an error it raised, or cancelled.
+
+    Returns
+    -------
+    line : dict
+        The job's report line; an error line (``worker_died`` when its workers died each time
+        it ran, ``InternalError`` when it raised).
+
+    Raises
+    ------
+    ScanWorkerError
+        When the cluster cancelled the task.
+    """
     from distributed.scheduler import KilledWorker
 
     if future.status == "finished":

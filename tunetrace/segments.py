@@ -1,0 +1,320 @@
+"""Matched segments, the fifth stage of verification.
+
+Full verification (:mod:`tunetrace.verification`) compares the aligned spectra frame by
+frame; the frames that fit clearly better than the coincidence level become matched
+segments here (:func:`matched_segments`), and :func:`harmonic_change` measures how much the
+query's harmony moves inside them. The matcher then scores the verification
+(:mod:`tunetrace.scoring`).
+
+After scoring, the matcher reports each reference once: the segments of its consistent
+verifications are joined (:func:`merge_segments`, :func:`union_segments`), fragments beside
+a longer segment dropped (:func:`without_fragments`), and the query time they cover measured
+(:func:`covered_seconds`); :func:`section_runs` gives the sections a query window's
+verification is judged on again.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.query import VerifySettings
+from tunetrace.types import Segment, Verification
+
+
+def _moving_average(values: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return values
+    kernel = np.ones(width, dtype=np.float32) / width
+    return np.convolve(values, kernel, mode="same")
+
+
+def matched_segments(
+    per_frame: np.ndarray,
+    null_curve: np.ndarray,
+    usable: np.ndarray,
+    positions: np.ndarray,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> tuple[list[Segment], np.ndarray]:
+    """Runs of frames whose aligned fit beats the null level by the margin (``matched``, what
+    the measurements read), and the segments reported for them: runs of ``edge_join_min_s``
+    or more less than ``edge_gap_s`` apart joined.
+
+    Parameters
+    ----------
+    per_frame : np.ndarray [shape=(n_frames,)]
+        Aligned spectral correlation of every query frame.
+    null_curve : np.ndarray [shape=(n_frames,)]
+        The same with the reference misaligned (the coincidence level).
+    usable : np.ndarray [shape=(n_frames,)]
+        Frames that count (weight above 0).
+    positions : np.ndarray [shape=(n_frames,)]
+        Reference frame of every query frame.
+    params : FingerprintParams
+    settings : VerifySettings
+
+    Returns
+    -------
+    segments : list of Segment
+        Query and reference times of the reported segments.
+    matched : np.ndarray [shape=(n_frames,), dtype=bool]
+    """
+    fps = params.frame_rate_hz
+    width = max(1, round(settings.smooth_s * fps))
+    level = _moving_average(per_frame * (usable > 0), width)
+    excess = level - _moving_average(null_curve * (usable > 0), width)
+    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
+    min_run = max(1, round(settings.min_segment_s * fps))
+    matched = _bridge_gaps(matched, min_run)
+    for start, stop in _runs(matched):
+        if stop - start < min_run:
+            matched[start:stop] = False
+    reported = _join_long_runs(
+        matched,
+        max_gap=round(settings.edge_gap_s * fps),
+        min_length=round(settings.edge_join_min_s * fps),
+    )
+    segments: list[Segment] = []
+    for start, stop in _runs(reported):
+        if not matched[start:stop].any():
+            continue
+        segments.append(
+            Segment(
+                query_start_s=start / fps,
+                query_end_s=stop / fps,
+                reference_start_s=max(positions[start], 0.0) / fps,
+                reference_end_s=max(
+                    positions[stop - 1]
+                    + (positions[1] - positions[0] if len(positions) > 1 else 1.0),
+                    0.0,
+                )
+                / fps,
+            )
+        )
+    return segments, matched
+
+
+#: Lag between the chroma frames compared by :func:`harmonic_change`.
+HARMONIC_LAG_S = 2.0
+
+
+def harmonic_change(chroma: np.ndarray, matched: np.ndarray, lag: int) -> float:
+    """Mean of one minus the correlation of matched chroma frames ``lag`` apart.
+
+    A copy of music matches its reference through chord changes; a coincidence that a slowed,
+    re-pitched or noisy query finds in a fade-out or a drone matches one held chord, where
+    this is near 0.
+
+    Parameters
+    ----------
+    chroma : np.ndarray [shape=(bins_per_octave, n_frames)]
+        Frame-normalised chroma (zero mean, unit norm per frame).
+    matched : np.ndarray [shape=(n_frames,), dtype=bool]
+    lag : int > 0
+
+    Returns
+    -------
+    change : float
+        0 when no two matched frames lie ``lag`` apart.
+    """
+    pairs = np.flatnonzero(matched[:-lag] & matched[lag:]) if 0 < lag < len(matched) else []
+    if len(pairs) == 0:
+        return 0.0
+    correlations = np.einsum("ij,ij->j", chroma[:, pairs], chroma[:, pairs + lag])
+    return float(np.mean(1.0 - correlations))
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Half-open ``(start, stop)`` index pairs of the True runs of a boolean mask."""
+    padded = np.concatenate([[False], mask, [False]])
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _join_long_runs(mask: np.ndarray, *, max_gap: int, min_length: int) -> np.ndarray:
+    """``mask`` with gaps of at most ``max_gap`` filled between runs that are both at least
+    ``min_length`` long (a fragment beside a section is not drawn into it)."""
+    out = mask.copy()
+    runs = [run for run in _runs(mask) if run[1] - run[0] >= min_length]
+    for (_, stop), (start, _) in itertools.pairwise(runs):
+        if start - stop <= max_gap:
+            out[stop:start] = True
+    return out
+
+
+def _bridge_gaps(mask: np.ndarray, max_gap: int) -> np.ndarray:
+    """Fill False gaps shorter than ``max_gap`` that lie between two True runs."""
+    filled = mask.copy()
+    runs = _runs(mask)
+    for (_, stop), (start, _) in itertools.pairwise(runs):
+        if start - stop < max_gap:
+            filled[stop:start] = True
+    return filled
+
+
+# Joining the segments of a reference's verifications: after scoring, the matcher reports
+# each reference once, with the segments of its consistent verifications joined.
+
+#: Other verifications of a reference join its match when their estimates agree this closely.
+SAME_TEMPO_TOLERANCE = 0.03
+SAME_PITCH_TOLERANCE_SEMITONES = 0.5
+#: Segments of two alignments may share this much query time at a cut (edges are blurred).
+MAX_SEGMENT_OVERLAP_S = 1.0
+#: Segments shorter than this are not reported beside longer ones.
+MIN_REPORTED_SEGMENT_S = 3.0
+#: Overlapping segments whose alignments put the query's start this close on the reference
+#: are the same stretch seen twice: they are joined.
+SAME_PLACE_OFFSET_S = 2.0
+
+
+def covered_seconds(segments: list[Segment]) -> float:
+    """Query seconds inside the union of the segments.
+
+    Parameters
+    ----------
+    segments : list of Segment
+
+    Returns
+    -------
+    seconds : float
+    """
+    covered, reach = 0.0, float("-inf")
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        start = max(segment.query_start_s, reach)
+        if segment.query_end_s > start:
+            covered += segment.query_end_s - start
+        reach = max(reach, segment.query_end_s)
+    return covered
+
+
+def merge_segments(best: Verification, others: list[Verification]) -> list[Segment]:
+    """The best verification's segments plus non-overlapping ones of consistent others.
+
+    Another verification is consistent when its tempo ratio and spectral shift agree with the
+    best one's within :data:`SAME_TEMPO_TOLERANCE` and :data:`SAME_PITCH_TOLERANCE_SEMITONES`.
+    Its segment at the same place as a kept one extends it; one that shares at most
+    :data:`MAX_SEGMENT_OVERLAP_S` with every kept segment is added.
+
+    Parameters
+    ----------
+    best : Verification
+        A reference's best verification.
+    others : list of Verification
+        Its other verifications of the same reference.
+
+    Returns
+    -------
+    segments : list of Segment
+        In query order, overlapping segments of the same place joined (:func:`union_segments`).
+    """
+    segments = list(best.segments)
+    for other in others:
+        consistent = (
+            abs(other.tempo_ratio / best.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
+            and abs(other.spectral_shift_semitones - best.spectral_shift_semitones)
+            <= SAME_PITCH_TOLERANCE_SEMITONES
+        )
+        if not consistent:
+            continue
+        for segment in other.segments:
+            # the same stretch of both recordings, seen by another alignment: extend it
+            same_place = [
+                number for number, kept in enumerate(segments)
+                if _shared_s(segment, kept) > 0
+                and abs(_offset_s(segment, best.tempo_ratio) - _offset_s(kept, best.tempo_ratio))
+                <= SAME_PLACE_OFFSET_S
+            ]  # fmt: skip
+            if same_place:
+                number = same_place[0]
+                segments[number] = union_segments([segments[number], segment], best.tempo_ratio)[0]
+            elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
+                segments.append(segment)
+    return union_segments(segments, best.tempo_ratio)
+
+
+def without_fragments(segments: list[Segment]) -> list[Segment]:
+    """The segments less those under :data:`MIN_REPORTED_SEGMENT_S` beside a longer one (a
+    second or two of chance agreement next to the copied section says nothing).
+
+    Parameters
+    ----------
+    segments : list of Segment
+
+    Returns
+    -------
+    kept : list of Segment
+        All of ``segments`` when none is that long.
+    """
+    kept = [s for s in segments if s.query_end_s - s.query_start_s >= MIN_REPORTED_SEGMENT_S]
+    return kept or segments
+
+
+def _shared_s(a: Segment, b: Segment) -> float:
+    """Query seconds two segments share (negative: the gap between them)."""
+    return min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
+
+
+def _offset_s(segment: Segment, tempo_ratio: float) -> float:
+    """Reference time where the query's start would land, by this segment's alignment."""
+    return segment.reference_start_s - segment.query_start_s * tempo_ratio
+
+
+def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]:
+    """Overlapping segments of the same place joined into one (their alignments put the
+    query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the reference); the
+    joined reference times follow the query's first and last segments.
+
+    Parameters
+    ----------
+    segments : list of Segment
+    tempo_ratio : float
+        The tempo ratio their alignments are compared at.
+
+    Returns
+    -------
+    joined : list of Segment
+        In query order.
+    """
+    joined: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        last = joined[-1] if joined else None
+        if (
+            last is not None
+            and segment.query_start_s <= last.query_end_s
+            and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
+            <= SAME_PLACE_OFFSET_S
+        ):
+            if segment.query_end_s > last.query_end_s:
+                joined[-1] = replace(last, query_end_s=segment.query_end_s,
+                                     reference_end_s=segment.reference_end_s)  # fmt: skip
+        else:
+            joined.append(segment)
+    return joined
+
+
+def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
+    """Query time ranges of the segments, joined across gaps up to ``gap_s``, longest first.
+
+    Parameters
+    ----------
+    segments : list of Segment
+    gap_s : float
+        Segments this close (seconds of query time) are one section.
+
+    Returns
+    -------
+    runs : list of (float, float)
+        Query start and end seconds of each section, longest first.
+    """
+    runs: list[list[float]] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        if runs and segment.query_start_s - runs[-1][1] <= gap_s:
+            runs[-1][1] = max(runs[-1][1], segment.query_end_s)
+        else:
+            runs.append([segment.query_start_s, segment.query_end_s])
+    return sorted(((a, b) for a, b in runs), key=lambda run: run[0] - run[1])

@@ -1,0 +1,304 @@
+"""Compiled inner loops of full verification (:mod:`tunetrace.verification`).
+
+The spectral fit reads a reference's spectrum at an alignment's fractional frames, whitens
+it along frequency (:func:`aligned_frames`), shifts it along frequency and correlates it
+with the query frame by frame (:func:`shifted_fit`); :func:`spectral_curves` does the same
+for many rows of positions in one call (the null and local levels). Screening's kernel
+(:mod:`tunetrace.screening_kernels`) runs this fit over many alignments and shifts at once.
+Why verification's loops are compiled, and how they are compiled before the first query, is
+told in :mod:`tunetrace.kernels`.
+
+Each function states the NumPy expression it equals; the tests compare them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from tunetrace.index._kernels import FASTMATH
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def aligned_frames(
+    spectrum_frames: np.ndarray, positions: np.ndarray, whiten_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A reference's spectrum interpolated at fractional frames, raw and whitened.
+
+    Equals :func:`~tunetrace.fingerprint.embedding.interpolate_frames` of the spectrum at
+    ``positions`` and :func:`~tunetrace.query.whiten_spectrum` of that (the local mean over
+    ``whiten_bins`` bins, edge bins repeated, removed from every frame).
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+        The reference's spectrum, frames first.
+    positions : np.ndarray [shape=(n_frames,), dtype=float64]
+        Fractional reference frames (clipped to the reference).
+    whiten_bins : int > 0, odd
+
+    Returns
+    -------
+    raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    """
+    n_frames = positions.shape[0]
+    last = spectrum_frames.shape[0] - 1
+    n_bins = spectrum_frames.shape[1]
+    half = whiten_bins // 2
+    raw = np.empty((n_frames, n_bins), dtype=np.float32)
+    white = np.empty((n_frames, n_bins), dtype=np.float32)
+    prefix = np.empty(n_bins + 1, dtype=np.float64)
+    for t in range(n_frames):
+        position = min(max(positions[t], 0.0), float(last))
+        left = int(np.floor(position))
+        right = min(left + 1, last)
+        right_weight = np.float32(position - left)
+        left_weight = np.float32(1.0) - right_weight
+        row = raw[t]
+        left_row = spectrum_frames[left]
+        right_row = spectrum_frames[right]
+        for k in range(n_bins):
+            row[k] = left_row[k] * left_weight + right_row[k] * right_weight
+        prefix[0] = 0.0
+        for k in range(n_bins):
+            prefix[k + 1] = prefix[k] + row[k]
+        # The window of bin k is k - half .. k + half, edge bins repeated past the ends; the
+        # interior loop has no edges to handle (and vectorises).
+        whitened = white[t]
+        first_value = row[0]
+        last_value = row[n_bins - 1]
+        for k in range(min(half, n_bins)):
+            high = k + half
+            total = prefix[min(high, n_bins - 1) + 1] + (half - k) * first_value
+            if high > n_bins - 1:
+                total += (high - n_bins + 1) * last_value
+            whitened[k] = row[k] - total / whiten_bins
+        for k in range(half, n_bins - half):
+            whitened[k] = row[k] - (prefix[k + half + 1] - prefix[k - half]) / whiten_bins
+        for k in range(max(n_bins - half, half), n_bins):
+            total = prefix[n_bins] - prefix[k - half] + (k + half - n_bins + 1) * last_value
+            whitened[k] = row[k] - total / whiten_bins
+    return raw, white
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def shifted_fit(
+    raw: np.ndarray,
+    white: np.ndarray,
+    shift: float,
+    first_bin: int,
+    n_band: int,
+    query_white: np.ndarray,
+    query_white_changes: np.ndarray,
+    query_raw_changes: np.ndarray,
+    usable: np.ndarray,
+    with_changes: bool,
+    with_dynamics: bool,
+) -> tuple[np.ndarray, float, float]:
+    """How well aligned reference frames, shifted along frequency, fit the query.
+
+    The reference's bin ``j - shift`` (linear interpolation between bins) is paired with the
+    query's bin ``j`` for ``j`` in ``first_bin .. first_bin + n_band - 1`` (the band).
+
+    Parameters
+    ----------
+    raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+        Aligned reference frames (:func:`aligned_frames`).
+    shift : float
+        Spectral shift in bins (query up by ``shift`` relative to the reference).
+    first_bin, n_band : int
+        First query bin of the band and its width; every bin of the band has a reference bin
+        to pair with.
+    query_white : np.ndarray [shape=(n_frames, n_bins)]
+        The query's whitened spectrum, frames first.
+    query_white_changes, query_raw_changes : np.ndarray [shape=(n_frames - 2, n_bins)]
+        Frame ``t + 2`` minus frame ``t`` of the query's whitened and raw spectra.
+    usable : np.ndarray [shape=(n_frames,)]
+        Frames that count (the changes centred on frame ``t`` count when ``usable[t] > 0``).
+    with_changes : bool
+        Measure the onset agreement (changes of raw spectra).
+    with_dynamics : bool
+        Measure the dynamics agreement too (changes of whitened spectra).
+
+    Returns
+    -------
+    per_frame : np.ndarray [shape=(n_frames,), dtype=float32]
+        Pearson correlation of each frame's paired bins.
+    onsets, dynamics : float
+        Correlation of the masked changes over the band (0 when not asked for or undefined).
+    """
+    n_frames = query_white.shape[0]
+    n_bins = raw.shape[1]
+    # The shift is the same for every bin: query bin first_bin + j reads reference bins
+    # base + j and base + j + 1 with the same weights (the top one clipped to the last bin).
+    source = first_bin - shift
+    base = int(np.floor(source))
+    upper_weight = np.float32(source - base)
+    lower_weight = np.float32(1.0) - upper_weight
+    last = n_band - 1
+    last_upper = min(base + n_band, n_bins - 1)
+    shifted_white = np.empty((n_frames, n_band), dtype=np.float32)
+    shifted_raw = np.empty((n_frames, n_band), dtype=np.float32)
+    per_frame = np.empty(n_frames, dtype=np.float32)
+    for t in range(n_frames):
+        reference_row = white[t]
+        shifted = shifted_white[t]
+        for j in range(last):
+            shifted[j] = (
+                reference_row[base + j] * lower_weight + reference_row[base + j + 1] * upper_weight
+            )
+        shifted[last] = (
+            reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
+        )
+        # single-precision sums of a few hundred values (vectorised; the same to ~1e-6)
+        mean = np.float32(0.0)
+        for j in range(n_band):
+            mean += shifted[j]
+        mean /= n_band
+        # the reference side is centred, so the query's mean drops out of the product
+        query_row = query_white[t]
+        numerator = np.float32(0.0)
+        square = np.float32(0.0)
+        query_sum = np.float32(0.0)
+        query_square = np.float32(0.0)
+        for j in range(n_band):
+            centred = shifted[j] - mean
+            query_value = query_row[first_bin + j]
+            numerator += query_value * centred
+            square += centred * centred
+            query_sum += query_value
+            query_square += query_value * query_value
+        query_square = max(query_square - query_sum * query_sum / n_band, 0.0)
+        per_frame[t] = numerator / max(np.sqrt(query_square) * np.sqrt(square), 1e-9)
+        if with_changes:
+            reference_row = raw[t]
+            shifted = shifted_raw[t]
+            for j in range(last):
+                shifted[j] = (
+                    reference_row[base + j] * lower_weight
+                    + reference_row[base + j + 1] * upper_weight
+                )
+            shifted[last] = (
+                reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
+            )
+    onsets = 0.0
+    dynamics = 0.0
+    if with_changes and n_frames >= 3:
+        onsets = _change_correlation(query_raw_changes, first_bin, shifted_raw, usable)
+        if with_dynamics:
+            dynamics = _change_correlation(query_white_changes, first_bin, shifted_white, usable)
+    return per_frame, onsets, dynamics
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _change_correlation(
+    query_changes: np.ndarray, first_bin: int, reference_frames: np.ndarray, usable: np.ndarray
+) -> float:
+    """Correlation (uncentred) of the query's changes and the reference's, over usable frames
+    and the band of query bins starting at ``first_bin`` that ``reference_frames`` covers.
+
+    Two recordings that hold the same chord agree on static spectra but not on when and where
+    their spectra change; a copy agrees on both, and frames with large changes (onsets) weigh
+    most. On whitened spectra a broadband change (a drum hit, a crescendo) that two unrelated
+    pieces share by keeping the same beat does not count, only which partials change does
+    (the dynamics measure); on raw spectra it does (the onset measure).
+    """
+    # Single-precision sums, per frame, added up in double: vectorised, and the same to ~1e-6.
+    product = 0.0
+    query_square = 0.0
+    reference_square = 0.0
+    n_changes = query_changes.shape[0]
+    n_band = reference_frames.shape[1]
+    for t in range(n_changes):
+        if usable[t + 1] <= 0:
+            continue
+        frame_product = np.float32(0.0)
+        frame_query = np.float32(0.0)
+        frame_reference = np.float32(0.0)
+        for j in range(n_band):
+            query_change = query_changes[t, first_bin + j]
+            change = reference_frames[t + 2, j] - reference_frames[t, j]
+            frame_product += query_change * change
+            frame_query += query_change * query_change
+            frame_reference += change * change
+        product += frame_product
+        query_square += frame_query
+        reference_square += frame_reference
+    denominator = np.sqrt(query_square) * np.sqrt(reference_square)
+    return product / denominator if denominator > 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
+def paired_bins(n_bins: int, shift: float) -> tuple[int, int]:
+    """Half-open range of bins ``j`` of ``0 .. n_bins - 1`` whose partner ``j - shift`` lies in
+    ``[0, n_bins - 1]`` (empty ranges have ``stop <= first``).
+
+    Equals ``(j[0], j[-1] + 1)`` for ``j = np.flatnonzero((0 <= b - shift) & (b - shift <=
+    n_bins - 1))`` with ``b = np.arange(n_bins)``, without the arrays.
+    """
+    first = min(max(math.ceil(shift), 0), n_bins)
+    while first > 0 and 0 <= first - 1 - shift <= n_bins - 1:
+        first -= 1
+    while first < n_bins and not (0 <= first - shift <= n_bins - 1):
+        first += 1
+    last = max(min(math.floor(n_bins - 1 + shift), n_bins - 1), first - 1)
+    while last + 1 < n_bins and 0 <= last + 1 - shift <= n_bins - 1:
+        last += 1
+    while last >= first and not (0 <= last - shift <= n_bins - 1):
+        last -= 1
+    return first, last + 1
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def spectral_curves(
+    spectrum_frames: np.ndarray,
+    positions: np.ndarray,
+    whiten_bins: int,
+    shift: float,
+    first_bin: int,
+    n_band: int,
+    query_white: np.ndarray,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """Per-frame spectral correlation of the query with a reference read at several rows of
+    positions, one compiled call for all of them.
+
+    Row ``r`` equals ``shifted_fit(*aligned_frames(spectrum_frames, positions[r],
+    whiten_bins), shift, first_bin, n_band, query_white, ..., weights, False, False)[0]``.
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+    positions : np.ndarray [shape=(n_rows, n_frames), dtype=float64]
+        Fractional reference frames (clipped to the reference).
+    whiten_bins : int > 0, odd
+    shift : float
+    first_bin, n_band : int
+        The band of query bins paired under ``shift`` (see :func:`shifted_fit`).
+    query_white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    weights : np.ndarray [shape=(n_frames,), dtype=float32]
+
+    Returns
+    -------
+    curves : np.ndarray [shape=(n_rows, n_frames), dtype=float32]
+    """
+    curves = np.empty(positions.shape, dtype=np.float32)
+    for r in range(positions.shape[0]):
+        raw, white = aligned_frames(spectrum_frames, positions[r], whiten_bins)
+        per_frame, _, _ = shifted_fit(
+            raw,
+            white,
+            shift,
+            first_bin,
+            n_band,
+            query_white,
+            query_white,  # the change arguments are not read without changes measured
+            query_white,
+            weights,
+            False,
+            False,
+        )
+        curves[r] = per_frame
+    return curves
