@@ -1,8 +1,9 @@
 """Decode any common audio file to mono float32 at the analysis sample rate.
 
-Decoders are tried in order: libsndfile (through ``soundfile``: WAV, FLAC, OGG/Vorbis, MP3)
-and then FFmpeg's libraries (through ``av``: Opus, AAC/M4A and anything libsndfile rejects).
-Some real Vorbis files are read by one and rejected by the other, so both are always tried.
+Two decoders are tried: libsndfile (through ``soundfile``; first for WAV, FLAC and AIFF, which
+it reads fastest) and FFmpeg's libraries (through ``av``; first for everything else: OGG/Vorbis,
+MP3, Opus, AAC/M4A, where its decoders are faster). Some real Vorbis files are read by one and
+rejected by the other, so both are always tried.
 Resampling uses ``soxr`` (high quality); nothing shells out.
 
 Decoding is bounded whatever a file's header claims: files with more than
@@ -44,6 +45,8 @@ MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 192_000
 #: Frames read, mixed down and resampled at a time (at most 2 MB of float32 at 8 channels).
 BLOCK_FRAMES = 65_536
+#: File suffixes libsndfile decodes first (PCM and FLAC: it reads them faster than FFmpeg).
+SOUNDFILE_FIRST_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".aif", ".aiff", ".au", ".caf"})
 #: Lowest MPEG audio bit rate: bounds how much audio an MP3 of a given size can hold.
 MPEG_MIN_BITRATE_BPS = 8_000
 
@@ -108,7 +111,7 @@ def load_audio(
     if path.stat().st_size == 0:
         raise AudioDecodeError(f"{path}: the file is empty")
     errors: list[str] = []
-    for decoder in (_decode_soundfile, _decode_av):
+    for decoder in _decoders_for(path):
         try:
             samples = decoder(path, max_duration_s, sample_rate_hz)
         except (AudioTooLongError, UnsupportedAudioError):
@@ -310,7 +313,7 @@ def _mono_blocks(handle: soundfile.SoundFile, n_frames: int | None) -> Iterator[
 
 
 def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) -> np.ndarray:
-    import av  # imported lazily: only needed for formats libsndfile cannot read
+    import av  # imported lazily: its import is slower than libsndfile's
 
     with av.open(str(path), metadata_errors="ignore") as container:
         if not container.streams.audio:
@@ -322,16 +325,74 @@ def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) ->
         _check_format(path, _av_channels(stream.codec_context), native_rate)
         if container.duration is not None:
             _too_long(path, container.duration / 1_000_000, max_duration_s)
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=native_rate)
         sink = _MonoSink(native_rate, sample_rate_hz)
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        stream_channels = None
         for frame in container.decode(stream):
-            _check_format(path, _av_channels(frame), int(frame.sample_rate or native_rate))
-            for out in resampler.resample(frame):
-                sink.add(out.to_ndarray().reshape(-1))
+            channels = _av_channels(frame)
+            _check_format(path, channels, int(frame.sample_rate or native_rate))
+            if int(frame.sample_rate or native_rate) != native_rate:
+                raise AudioDecodeError("the sample rate changes inside the stream")
+            if channels != (stream_channels := stream_channels or channels):
+                raise AudioDecodeError("the number of channels changes inside the stream")
+            block = planar_samples(frame, channels)
+            pending.append(block)
+            n_pending += block.shape[1]
+            if n_pending >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
+                sink.add(mix_down_planar(_joined(pending)))
+                pending, n_pending = [], 0
+                _too_long(path, sink.n_input / native_rate, max_duration_s)
+        if pending:
+            sink.add(mix_down_planar(_joined(pending)))
             _too_long(path, sink.n_input / native_rate, max_duration_s)
-        for out in resampler.resample(None):
-            sink.add(out.to_ndarray().reshape(-1))
     return sink.finish()
+
+
+#: Divisors that bring FFmpeg's integer sample formats to [-1, 1].
+_AV_INTEGER_SCALE = {"u8": 128.0, "s16": 32768.0, "s32": 2147483648.0, "s64": 2.0**63}
+
+
+def planar_samples(frame: object, channels: int) -> np.ndarray:
+    """A PyAV audio frame's samples as float32 in [-1, 1], channels first ``(channels, n)``.
+
+    Parameters
+    ----------
+    frame : av.AudioFrame
+    channels : int
+        The frame's channel count.
+
+    Returns
+    -------
+    samples : np.ndarray [shape=(channels, n), dtype=float32]
+    """
+    data = frame.to_ndarray()  # planar: (channels, n); packed: (1, n * channels)
+    sample_format = frame.format  # type: ignore[attr-defined]
+    samples = data if sample_format.is_planar else data.reshape(-1, channels).T
+    name = sample_format.name.rstrip("p")
+    if name in _AV_INTEGER_SCALE:
+        offset = 1.0 if name == "u8" else 0.0
+        samples = samples.astype(np.float32) / np.float32(_AV_INTEGER_SCALE[name]) - offset
+    return np.asarray(samples, dtype=np.float32)
+
+
+def mix_down_planar(samples: np.ndarray) -> np.ndarray:
+    """Average the channels of ``(channels, n)`` samples, float32 ``(n,)``."""
+    if samples.shape[0] == 1:
+        return np.ascontiguousarray(samples[0])
+    return np.full(samples.shape[0], 1.0 / samples.shape[0], dtype=np.float32) @ samples
+
+
+def _joined(blocks: list[np.ndarray]) -> np.ndarray:
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
+
+
+def _decoders_for(path: Path) -> tuple:
+    """Decoders to try, fastest for the file's kind first: libsndfile for PCM and FLAC,
+    FFmpeg's decoders (faster than libvorbis and libmpg123 here) for compressed audio."""
+    if path.suffix.lower() in SOUNDFILE_FIRST_SUFFIXES:
+        return (_decode_soundfile, _decode_av)
+    return (_decode_av, _decode_soundfile)
 
 
 def _av_channels(item: object) -> int:

@@ -36,6 +36,7 @@ from typing import TypeVar
 import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
+from tunetrace.index.compact_vectors import packaged_grid
 from tunetrace.index.ids import PATCH_BITS, vector_ids
 from tunetrace.index.projection import packaged_noise
 from tunetrace.index.publication import (
@@ -246,8 +247,15 @@ class Catalogue:
         self.read_only = read_only
         # The column naming each row's codec (format 1 had none: every row was ``u8``).
         self._codec_column = "spectrum_codec"
-        self.params = self._check_or_store_params(params)
-        self._warn_if_legacy_rows()
+        try:
+            self.params = self._check_or_store_params(params)
+            self._warn_if_legacy_rows()
+        except sqlite3.Error as exc:  # an I/O error or a full disk while creating it
+            raise CatalogueError(f"could not open {database}: {exc}") from exc
+        # The grid full-vector index files store vectors on (float16 without one).
+        grid = packaged_grid()
+        fits = grid is not None and grid.params_digest == self.params.digest()
+        self._grid = grid if fits else None
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
@@ -319,16 +327,21 @@ class Catalogue:
         if self.read_only:
             self._codec_column = f"'{LEGACY_CODEC.name}'"
             return
-        with self._transaction():
-            if int(self._meta("format_version") or 0) < FORMAT_VERSION:
-                columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
-                if "spectrum_codec" not in columns:
-                    self._db.execute(_UPGRADE_FROM_FORMAT_1)
-                self._db.execute(_CODEC_INDEX)
-                self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?)",
-                    (str(FORMAT_VERSION),),
-                )
+        try:
+            with self._transaction():
+                if int(self._meta("format_version") or 0) < FORMAT_VERSION:
+                    columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
+                    if "spectrum_codec" not in columns:
+                        self._db.execute(_UPGRADE_FROM_FORMAT_1)
+                    self._db.execute(_CODEC_INDEX)
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('format_version', ?)",
+                        (str(FORMAT_VERSION),),
+                    )
+        except sqlite3.Error as exc:
+            raise CatalogueError(
+                f"could not upgrade {self.directory} to format {FORMAT_VERSION}: {exc}"
+            ) from exc
         logger.info("catalogue %s upgraded to format %d", self.directory, FORMAT_VERSION)
 
     def legacy_count(self) -> int:
@@ -511,7 +524,9 @@ class Catalogue:
         if index.supports_removal:
             index.remove(vector_ids(key, patch_count(n_frames, self.params)))
             return index
-        return VectorIndex.build(self.params.embedding_dim, index.spec, *self._all_vectors())
+        return VectorIndex.build(
+            self.params.embedding_dim, index.spec, *self._all_vectors(), grid=self._grid
+        )
 
     def _changed(self, index: VectorIndex, *, publish: bool) -> None:
         """Bump the generation for a change made in this transaction to ``index``'s state,
@@ -663,7 +678,7 @@ class Catalogue:
         since = max(covered, self._searcher_delta_key if previous is not None else 0)
         vectors, ids = self._all_vectors(after_key=since)
         if delta is None and len(vectors):
-            delta = VectorIndex(self.params.embedding_dim)
+            delta = VectorIndex(self.params.embedding_dim, grid=self._grid)
         if len(vectors):
             delta.add(vectors, ids)
             since = int(ids.max() >> PATCH_BITS)
@@ -730,7 +745,7 @@ class Catalogue:
             logger.warning("the packaged alteration-noise model was measured with other "
                            "fingerprint parameters: IVF-PQ without projection used")  # fmt: skip
             spec = replace(spec, projection_dims=0)
-        index = VectorIndex.build(dim, spec, vectors, ids)
+        index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid)
         logger.info("built %s vector index: %d vectors", index.spec.kind, index.size)
         return index
 
@@ -762,7 +777,7 @@ class Catalogue:
                     "the packaged alteration-noise model was measured with other fingerprint "
                     "parameters than this catalogue's: use projection dimensions 0"
                 )
-            index = VectorIndex.build(dim, spec, vectors, ids)
+            index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid)
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
                 (json.dumps(spec.to_dict()),),
@@ -876,7 +891,7 @@ class Catalogue:
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
         vectors = self._stored_vectors(key, *row)
-        index = VectorIndex(self.params.embedding_dim)
+        index = VectorIndex(self.params.embedding_dim, grid=self._grid)
         index.add(vectors, vector_ids(key, len(vectors)))
         return index
 

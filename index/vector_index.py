@@ -4,8 +4,8 @@ The index is derived data: SQLite holds every reference's spectrum, the vectors 
 it, and a stale or missing index file is rebuilt from it. The catalogue records which file
 reflects which generation.
 
-Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product; 2 bytes per dimension on
-disk, see :mod:`tunetrace.index.half_precision`), ``ivfflat`` (the same full vectors in
+Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product; one byte per dimension on
+disk, see :mod:`tunetrace.index.compact_vectors`), ``ivfflat`` (the same full vectors in
 inverted lists: only the ``nprobe`` lists nearest a query are searched, so it is approximate
 and many times faster, no smaller), ``ivfpq`` (OPQ
 rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
@@ -32,8 +32,9 @@ from typing import Any
 
 import faiss
 import numpy as np
-from tunetrace.index.half_precision import (
-    HALF_PRECISION_KINDS,
+from tunetrace.index.compact_vectors import (
+    COMPACT_KINDS,
+    VectorGrid,
     from_disk_form,
     rounded,
     to_disk_form,
@@ -190,13 +191,21 @@ class VectorIndex:
     spec : IndexSpec, optional
         Index kind (default exact search). Kinds that need training must be made with
         :meth:`build`.
+    grid : VectorGrid, optional
+        ``flat`` and ``ivfflat``: the grid vectors are rounded to and stored on (none:
+        float16; see :mod:`tunetrace.index.compact_vectors`).
     """
 
     #: Whether the index was loaded memory-mapped (read-only, shared with other processes).
     memory_mapped: bool = False
+    #: The grid a compact file stores the vectors on (``None``: float16).
+    grid: VectorGrid | None = None
 
-    def __init__(self, dim: int, spec: IndexSpec | None = None) -> None:
+    def __init__(
+        self, dim: int, spec: IndexSpec | None = None, grid: VectorGrid | None = None
+    ) -> None:
         self.dim = dim
+        self.grid = grid
         self.spec = (spec or IndexSpec()).resolved(0)
         if self.spec.needs_training:
             raise ValueError(f"a {self.spec.kind} index needs training: use VectorIndex.build")
@@ -212,8 +221,10 @@ class VectorIndex:
         ids: np.ndarray,
         *,
         seed: int = 0,
+        grid: VectorGrid | None = None,
     ) -> VectorIndex:
-        """Make an index of ``spec``'s kind from ``vectors``, training it on them if needed.
+        """Make an index of ``spec``'s kind from ``vectors``, training it on them if needed
+        (``grid``: see the class).
 
         Raises
         ------
@@ -222,7 +233,7 @@ class VectorIndex:
         """
         spec = spec.resolved(len(vectors))
         index = cls.__new__(cls)
-        index.dim, index.spec = dim, spec
+        index.dim, index.spec, index.grid = dim, spec, grid
         if not spec.needs_training:
             index._index = _new_faiss_index(dim, spec)
         else:
@@ -275,8 +286,8 @@ class VectorIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add ``vectors`` (n, dim) under ``ids`` (n,)."""
         if len(vectors):
-            if self.spec.kind in HALF_PRECISION_KINDS:
-                vectors = rounded(vectors)  # what the file keeps
+            if self.spec.kind in COMPACT_KINDS:
+                vectors = rounded(vectors, self.grid)  # what the file keeps
             self._index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
             )
@@ -327,7 +338,7 @@ class VectorIndex:
         os.close(fd)
         os.chmod(temporary, FILE_MODE)
         try:
-            faiss.write_index(to_disk_form(self._index), temporary)
+            faiss.write_index(to_disk_form(self._index, self.grid), temporary)
             _fsync_file(temporary)
             os.replace(temporary, path)
         finally:
@@ -365,9 +376,9 @@ class VectorIndex:
         try:
             pinned = f"/proc/self/fd/{fd}"
             source = pinned if os.path.exists(pinned) else str(path)
-            # Half-precision files are widened in memory (see tunetrace.index.half_precision).
-            mmap = mmap and spec.kind not in HALF_PRECISION_KINDS
-            index._index = from_disk_form(
+            # Compact files are widened in memory (see tunetrace.index.compact_vectors).
+            mmap = mmap and spec.kind not in COMPACT_KINDS
+            index._index, index.grid = from_disk_form(
                 faiss.read_index(source, _mmap_flags(spec) if mmap else 0)
             )
         except RuntimeError as exc:

@@ -1,11 +1,12 @@
 """Writes killed at each of their durability points leave a whole, usable catalogue.
 
-The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build;
-HTTP add, replace, delete) runs under ``strace``, which kills the process with SIGKILL at the
-N-th call of one durability syscall (fsync, fdatasync, rename); every N of every such syscall
-the write makes is tried. After each kill the catalogue must hold the state from before the
-write or the one after it, every reference in it must be found by an excerpt of its own
-audio and by nothing else, and the next write must work and keep all of that true.
+The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build,
+index migrate of a first-format catalogue; HTTP add, replace, delete) runs under ``strace``,
+which kills the process with SIGKILL at the N-th call of one durability syscall (fsync,
+fdatasync, rename); every N of every such syscall the write makes is tried. After each kill
+the catalogue must hold the state from before the write or the one after it, every reference
+in it must be found by an excerpt of its own audio and by nothing else, and the next write
+must work and keep all of that true.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ import httpx
 import pytest
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.spectrum_codec import LEGACY_CODEC
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import synth_song, write_audio
@@ -77,6 +80,23 @@ def base_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashA
     with Catalogue(directory, create=True) as catalogue:
         for reference_id in ("a", "b"):
             catalogue.add(reference_id, crash_audio.data[reference_id])
+    return directory
+
+
+@pytest.fixture(scope="module")
+def format_1_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
+    """A catalogue holding ``a`` and ``b`` in the first format: 8-bit spectra, stored float16
+    vectors and no codec column."""
+    directory = tmp_path_factory.mktemp("crash-format-1") / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for reference_id in ("a", "b"):
+            song = crash_audio.songs[reference_id]
+            data = fingerprint_reference(song, params=catalogue.params, codec=LEGACY_CODEC)
+            catalogue.add(reference_id, data)
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("DROP INDEX refs_by_codec")
+        db.execute("ALTER TABLE refs DROP COLUMN spectrum_codec")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
     return directory
 
 
@@ -134,6 +154,7 @@ class WritePath:
     before: set[str]
     after: set[str]
     finish: Callable[[Catalogue, CrashAudio], None]
+    base: str = "base_catalogue"
 
 
 def _finish_add(catalogue: Catalogue, audio: CrashAudio) -> None:
@@ -146,6 +167,12 @@ def _finish_remove(catalogue: Catalogue, audio: CrashAudio) -> None:
         catalogue.remove("b")
 
 
+def _finish_migration(catalogue: Catalogue, audio: CrashAudio) -> None:
+    catalogue.migrate()
+    assert catalogue.legacy_count() == 0
+    assert catalogue.info()["mb_per_audio_hour_by_part"]["stored_vectors"] == 0
+
+
 CLI_WRITES = [
     WritePath("add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
               {"a", "b"}, {"a", "b", "c"}, _finish_add),
@@ -155,6 +182,8 @@ CLI_WRITES = [
               {"a", "b"}, {"a"}, _finish_remove),
     WritePath("index build", lambda d, a: ["index", "build", "-c", str(d), "--type", "hnsw"],
               {"a", "b"}, {"a", "b"}, lambda c, a: c.rebuild_index(IndexSpec(kind="hnsw"))),
+    WritePath("index migrate", lambda d, a: ["index", "migrate", "-c", str(d)],
+              {"a", "b"}, {"a", "b"}, _finish_migration, base="format_1_catalogue"),
 ]  # fmt: skip
 
 
@@ -170,8 +199,9 @@ def check_recovery(directory: Path, write: WritePath, audio: CrashAudio, context
 
 @pytest.mark.parametrize("write", CLI_WRITES, ids=lambda w: w.name)
 def test_cli_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
-    write: WritePath, base_catalogue: Path, crash_audio: CrashAudio, tmp_path: Path
+    write: WritePath, crash_audio: CrashAudio, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    base_catalogue = request.getfixturevalue(write.base)
     dry = tmp_path / "dry"
     shutil.copytree(base_catalogue, dry)
     command = tunetrace_command(*write.args(dry, crash_audio))

@@ -12,6 +12,7 @@ import librosa
 import numpy as np
 import pytest
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.compact_vectors import VectorGrid
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 from tests.conftest import SAMPLE_RATE, write_audio
@@ -95,24 +96,51 @@ def test_ivfpq_is_compact_and_removes_in_place(
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivfflat"])
-def test_full_vector_files_hold_half_precision_and_read_back_exactly(
-    vectors: np.ndarray, kind: str, tmp_path: Path
+@pytest.mark.parametrize("stored_as", ["8-bit", "float16"])
+def test_full_vector_files_are_compact_and_read_back_exactly(
+    vectors: np.ndarray, kind: str, stored_as: str, tmp_path: Path
 ) -> None:
     ids = np.arange(len(vectors), dtype=np.int64) * 3 + 1
+    grid = VectorGrid.fit(vectors, params_digest="test") if stored_as == "8-bit" else None
     spec = IndexSpec(kind=kind, nlist=32, nprobe=8)
-    index = VectorIndex.build(DIM, spec, vectors, ids)
+    index = VectorIndex.build(DIM, spec, vectors, ids, grid=grid)
     index.save(tmp_path / "index.faiss")
-    # two bytes per dimension and the 8-byte id, plus the lists' centroids
+    bytes_per_value = 1 if grid is not None else 2
+    # the codes and the 8-byte id of each vector, plus the lists' centroids and the grid
     size = (tmp_path / "index.faiss").stat().st_size
-    assert size < len(vectors) * (2 * DIM + 8) + 32 * DIM * 4 + 8192
+    assert size < len(vectors) * (bytes_per_value * DIM + 8) + 32 * DIM * 4 + 8192
     reloaded = VectorIndex.read(tmp_path / "index.faiss", dim=DIM, spec=index.spec)
     queries = vectors[:300] + np.float32(0.05)
     expected, got = index.search(queries, 10), reloaded.search(queries, 10)
     np.testing.assert_array_equal(expected[1], got[1])
     np.testing.assert_array_equal(expected[0], got[0])
+    # a reloaded index keeps rounding new vectors as the file does, and saves the same file
     reloaded.remove(ids[:10])
     reloaded.add(vectors[:10], ids[:10])
     assert reloaded.size == len(vectors)
+    reloaded.save(tmp_path / "again.faiss")
+    again = VectorIndex.read(tmp_path / "again.faiss", dim=DIM, spec=index.spec)
+    # (the same values, in another order in memory: float sums may round differently)
+    np.testing.assert_allclose(again.search(queries, 10)[0], expected[0], rtol=1e-5)
+
+
+def test_vector_grid_steps_are_powers_of_two_and_round_trips_are_exact(
+    vectors: np.ndarray,
+) -> None:
+    grid = VectorGrid.fit(vectors, params_digest="test")
+    exponents = np.log2(grid.step)
+    np.testing.assert_array_equal(exponents, np.round(exponents))
+    assert np.all(grid.lowest <= vectors.min(axis=0))
+    assert np.all(grid.lowest + 255 * grid.step >= vectors.max(axis=0))
+    rounded = grid.rounded(vectors)
+    np.testing.assert_array_equal(grid.rounded(rounded), rounded)  # idempotent
+    assert np.all(np.abs(rounded - vectors) <= grid.step * (0.5 + 1e-4))  # float32 midpoints
+    back = VectorGrid.from_faiss_ranges(grid.faiss_ranges())
+    np.testing.assert_array_equal(back.lowest, grid.lowest)
+    np.testing.assert_array_equal(back.step, grid.step)
+    # values past the grid take its edge instead of wrapping around
+    far = np.vstack([grid.lowest - 100 * grid.step, grid.lowest + 400 * grid.step])
+    np.testing.assert_array_equal(grid.codes(far), [[0] * DIM, [255] * DIM])
 
 
 def test_ivfflat_finds_exact_copies_and_removes_in_place(vectors: np.ndarray) -> None:
@@ -272,6 +300,13 @@ def test_index_build_command(catalogue_copy: Path) -> None:
 def test_read_only_catalogues_map_only_index_files_big_enough_to_share(
     catalogue_copy: Path, stretched_song4: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("tunetrace.index.catalogue.SHARED_INDEX_MIN_BYTES", 0)
+    with Catalogue(catalogue_copy, read_only=True) as reader:  # half precision: widened in
+        assert reader.index_spec.kind == "flat"
+        assert not reader._layered_index().base.memory_mapped
+    with Catalogue(catalogue_copy) as writer:
+        writer.rebuild_index(IndexSpec(kind="hnsw"))  # full float32 vectors: mappable
+    monkeypatch.undo()
     with Catalogue(catalogue_copy, read_only=True) as reader:  # a small file: read in
         assert not reader._layered_index().base.memory_mapped
         assert Matcher(reader).match_path(stretched_song4).matches[0].reference_id == "song4"
