@@ -61,7 +61,7 @@ def mosaic_work(
         pieces.append(moved)
     spectrum = np.concatenate(pieces, axis=1)[:, :frames]
     blob, scale = COMPACT_CODEC.encode(spectrum)
-    vectors = stored_reference_vectors(blob, scale, COMPACT_CODEC, params)
+    vectors = stored_reference_vectors(blob, scale, COMPACT_CODEC, params, frames)
     return ReferenceData(blob, scale, frames, MOSAIC_S, vectors, COMPACT_CODEC.name)
 
 

@@ -20,7 +20,7 @@ boundaries: MPEG audio is read in one piece, which the format bounds (at most 2 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -366,7 +366,17 @@ def planar_samples(frame: object, channels: int) -> np.ndarray:
     -------
     samples : np.ndarray [shape=(channels, n), dtype=float32]
     """
-    data = frame.to_ndarray()  # planar: (channels, n); packed: (1, n * channels)
+    try:
+        data = frame.to_ndarray()  # planar: (channels, n); packed: (1, n * channels)
+    except ValueError:  # a format NumPy has no type for (s64): FFmpeg converts it
+        import av
+
+        layout = frame.layout  # type: ignore[attr-defined]
+        rate = frame.sample_rate  # type: ignore[attr-defined]
+        converted = av.AudioResampler(format="fltp", layout=layout, rate=rate).resample(frame)
+        if not converted:
+            return np.zeros((channels, 0), dtype=np.float32)
+        return np.concatenate([part.to_ndarray() for part in converted], axis=1)
     sample_format = frame.format  # type: ignore[attr-defined]
     samples = data if sample_format.is_planar else data.reshape(-1, channels).T
     name = sample_format.name.rstrip("p")
@@ -387,7 +397,7 @@ def _joined(blocks: list[np.ndarray]) -> np.ndarray:
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
-def _decoders_for(path: Path) -> tuple:
+def _decoders_for(path: Path) -> tuple[Callable[[Path, float | None, int], np.ndarray], ...]:
     """Decoders to try, fastest for the file's kind first: libsndfile for PCM and FLAC,
     FFmpeg's decoders (faster than libvorbis and libmpg123 here) for compressed audio."""
     if path.suffix.lower() in SOUNDFILE_FIRST_SUFFIXES:

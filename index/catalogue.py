@@ -84,7 +84,8 @@ READABLE_FORMAT_VERSIONS = (1, FORMAT_VERSION)
 DATABASE_NAME = "catalogue.sqlite"
 MAX_ID_LENGTH = 200
 #: Read-only catalogues memory-map index files at least this big (one copy shared by all
-#: worker processes) and read smaller ones into memory, where they search faster.
+#: worker processes) and read smaller ones into memory, where they search faster. Flat and
+#: IVF-Flat files are always read in: their compact vectors are widened in memory.
 SHARED_INDEX_MIN_BYTES = 256 * 2**20
 #: References :meth:`Catalogue.migrate` rewrites per transaction.
 MIGRATION_BATCH = 64
@@ -200,8 +201,8 @@ class Catalogue:
     read_only : bool
         For processes that only match (API and scan workers): writes are refused, and a
         vector index file of at least ``SHARED_INDEX_MIN_BYTES`` is memory-mapped, so all
-        such processes share one copy of it (smaller ones are read into memory, where FAISS
-        searches them faster).
+        such processes share one copy of it (smaller ones, and flat and IVF-Flat files,
+        which are widened to float32, are read into memory).
     features_cache_bytes : int
         Most bytes of reference features kept decoded between matches (least recently used
         dropped first). Rebuilding a reference's features from its stored spectrum costs
@@ -245,8 +246,8 @@ class Catalogue:
         except sqlite3.DatabaseError as exc:
             raise CatalogueError(f"{database} is not a readable catalogue: {exc}") from exc
         self.read_only = read_only
-        # The column naming each row's codec (format 1 had none: every row was ``u8``).
-        self._codec_column = "spectrum_codec"
+        # Whether the refs table has its codec column (format 1 had none: every row was u8).
+        self._has_codec_column = True
         try:
             self.params = self._check_or_store_params(params)
             self._warn_if_legacy_rows()
@@ -325,7 +326,7 @@ class Catalogue:
         ``u8`` spectra and stored vectors until :meth:`migrate`). Read-only, it is read as
         it is."""
         if self.read_only:
-            self._codec_column = f"'{LEGACY_CODEC.name}'"
+            self._has_codec_column = False  # until a writer upgrades it (see _codec_column)
             return
         try:
             with self._transaction():
@@ -344,6 +345,15 @@ class Catalogue:
             ) from exc
         logger.info("catalogue %s upgraded to format %d", self.directory, FORMAT_VERSION)
 
+    @property
+    def _codec_column(self) -> str:
+        """SQL for a row's codec name: its column, or ``'u8'`` in a format-1 catalogue read
+        as it is (checked again on every use until a writer adds the column)."""
+        if not self._has_codec_column:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
+            self._has_codec_column = "spectrum_codec" in columns
+        return "spectrum_codec" if self._has_codec_column else f"'{LEGACY_CODEC.name}'"
+
     def legacy_count(self) -> int:
         """Number of references stored in the earlier, larger format (see :meth:`migrate`)."""
         return int(
@@ -353,6 +363,12 @@ class Catalogue:
         )
 
     def _warn_if_legacy_rows(self) -> None:
+        if self._meta("index_outdated") is not None:
+            logger.warning(
+                "the vector index of %s was made before its spectra were rewritten (a "
+                "migration stopped early): 'tunetrace index migrate -c %s' finishes it",
+                self.directory, self.directory,
+            )  # fmt: skip
         legacy = self.legacy_count()
         if legacy:
             logger.warning(
@@ -451,6 +467,10 @@ class Catalogue:
                 f"{data.n_frames} frames make {expected} patch vectors of "
                 f"{self.params.embedding_dim} values, not {data.vectors.shape}"
             )
+        try:
+            codec.codes(data.spectrum_codes, self.params.n_bins, data.n_frames)
+        except ValueError as exc:
+            raise ValueError(f"the spectrum is not one {codec.name} stores: {exc}") from exc
         # Compact rows derive their vectors from the stored spectrum; only the earlier
         # format keeps them (as float16) beside it.
         vector_blob = vectors_to_bytes(data.vectors) if codec == LEGACY_CODEC else b""
@@ -721,11 +741,12 @@ class Catalogue:
         blocks, ids = [], []
         rows = self._db.execute(
             "SELECT key, vectors, CASE WHEN length(vectors) = 0 THEN spectrum END,"
-            f" spectrum_scale, {self._codec_column} FROM refs WHERE key > ? ORDER BY key",
+            f" spectrum_scale, {self._codec_column}, n_frames FROM refs WHERE key > ?"
+            " ORDER BY key",
             (after_key,),
         )
-        for key, vector_blob, spectrum, scale, codec in rows:
-            vectors = self._stored_vectors(int(key), vector_blob, spectrum, scale, codec)
+        for key, *stored in rows:
+            vectors = self._stored_vectors(int(key), *stored)
             blocks.append(vectors)
             ids.append(vector_ids(int(key), len(vectors)))
         if not blocks:
@@ -782,6 +803,7 @@ class Catalogue:
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
                 (json.dumps(spec.to_dict()),),
             )
+            self._db.execute("DELETE FROM meta WHERE key = 'index_outdated'")
             self._changed(index, publish=True)
         return index
 
@@ -819,17 +841,25 @@ class Catalogue:
             References rewritten by this call.
         """
         self._writable()
+        if not codec.compressed or codec.name == LEGACY_CODEC.name:
+            raise ValueError(f"{codec.name} is not a compact codec")
         rewritten = 0
         n_bins = self.params.n_bins
         while True:
             with self._write():
                 rows = self._db.execute(
-                    "SELECT key, spectrum, spectrum_scale FROM refs WHERE spectrum_codec = ?"
-                    " ORDER BY key LIMIT ?",
-                    (LEGACY_CODEC.name, batch_size),
+                    "SELECT key, id, spectrum, spectrum_scale, n_frames FROM refs"
+                    " WHERE spectrum_codec = ? ORDER BY key LIMIT ?",
+                    (LEGACY_CODEC.name, max(1, batch_size)),
                 ).fetchall()
-                for key, blob, scale in rows:
-                    spectrum = LEGACY_CODEC.decode(blob, scale, n_bins)
+                for key, reference_id, blob, scale, n_frames in rows:
+                    try:
+                        spectrum = LEGACY_CODEC.decode(blob, scale, n_bins, n_frames)
+                    except (ValueError, TypeError) as exc:
+                        raise CatalogueError(
+                            f"reference {reference_id!r} cannot be read ({exc}): remove it or "
+                            "add it again from its audio, then migrate again"
+                        ) from exc
                     compact, compact_scale = codec.encode(spectrum)
                     self._db.execute(
                         "UPDATE refs SET spectrum = ?, spectrum_scale = ?, spectrum_codec = ?,"
@@ -854,9 +884,16 @@ class Catalogue:
                 self._changed(index, publish=True)
             logger.info("rebuilt the vector index of %s from the rewritten spectra",
                         self.directory)  # fmt: skip
-        if vacuum and rewritten:
+        if vacuum and (rewritten or self._mostly_free()):
             self.vacuum()
         return rewritten
+
+    def _mostly_free(self) -> bool:
+        """Whether over a quarter of the database's pages are free (a migration killed
+        before its VACUUM leaves them so)."""
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        return free > pages / 4
 
     def vacuum(self) -> None:
         """Give the database's free pages back to the file system (``VACUUM``; needs free
@@ -885,25 +922,34 @@ class Catalogue:
         """
         row = self._db.execute(
             "SELECT vectors, CASE WHEN length(vectors) = 0 THEN spectrum END, spectrum_scale,"
-            f" {self._codec_column} FROM refs WHERE key = ?",
+            f" {self._codec_column}, n_frames FROM refs WHERE key = ?",
             (key,),
         ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
         vectors = self._stored_vectors(key, *row)
-        index = VectorIndex(self.params.embedding_dim, grid=self._grid)
+        # searched for one query's places in this reference alone, never saved: full vectors
+        index = VectorIndex(self.params.embedding_dim, in_memory_only=True)
         index.add(vectors, vector_ids(key, len(vectors)))
         return index
 
     def _stored_vectors(
-        self, key: int, vector_blob: bytes, spectrum: bytes | None, scale: float, codec: str
+        self,
+        key: int,
+        vector_blob: bytes,
+        spectrum: bytes | None,
+        scale: float,
+        codec: str,
+        n_frames: int,
     ) -> np.ndarray:
         """A row's patch vectors: stored (earlier format) or derived from its spectrum."""
-        if vector_blob:
-            return vectors_from_bytes(vector_blob, self.params.embedding_dim)
         try:
-            return stored_reference_vectors(spectrum or b"", scale, codec_named(codec), self.params)
-        except ValueError as exc:
+            if vector_blob:
+                return vectors_from_bytes(vector_blob, self.params.embedding_dim)
+            return stored_reference_vectors(
+                spectrum or b"", scale, codec_named(codec), self.params, n_frames
+            )
+        except (ValueError, TypeError) as exc:  # a damaged row
             raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -922,7 +968,8 @@ class Catalogue:
                 self._features_cache.move_to_end(key)
                 return cached
             row = self._db.execute(
-                f"SELECT spectrum, spectrum_scale, {self._codec_column} FROM refs WHERE key = ?",
+                f"SELECT spectrum, spectrum_scale, {self._codec_column}, n_frames FROM refs"
+                " WHERE key = ?",
                 (key,),
             ).fetchone()
         if row is None:
@@ -931,8 +978,8 @@ class Catalogue:
         # side (two threads that miss the same reference both derive it; the first is kept).
         # With what verification reads of a reference, so the cache counts it.
         try:
-            features = stored_features(row[0], row[1], codec_named(row[2]), self.params)
-        except ValueError as exc:
+            features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3])
+        except (ValueError, TypeError) as exc:  # a damaged row
             raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
         with self._lock:
             cached = self._features_cache.get(key)
@@ -1049,7 +1096,8 @@ class Catalogue:
                 for part, size in parts.items()
             },
             "earlier_format_references": self.legacy_count(),
-            "format_version": FORMAT_VERSION,
+            "format_version": int(self._meta("format_version") or FORMAT_VERSION),
+            "index_outdated": self._meta("index_outdated") is not None,
             "feature_version": FEATURE_VERSION,
             "generation": self.generation,
             "params_digest": self.params.digest(),

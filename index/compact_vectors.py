@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,20 @@ class VectorGrid:
     @classmethod
     def fit(cls, vectors: np.ndarray, *, params_digest: str, margin: float = 0.25) -> VectorGrid:
         """The grid covering ``vectors``' range in every dimension, widened by ``margin`` of
-        it on each side, with the smallest power-of-two step that spans it in 256 values."""
+        it on each side, with the smallest power-of-two step that spans it in 256 values.
+
+        Parameters
+        ----------
+        vectors : np.ndarray [shape=(n, dim)]
+        params_digest : str
+            Digest of the fingerprint parameters the vectors were made with.
+        margin : float
+            Share of each dimension's range added below and above it.
+
+        Returns
+        -------
+        grid : VectorGrid
+        """
         low, high = vectors.min(axis=0).astype(np.float64), vectors.max(axis=0).astype(np.float64)
         span = np.maximum(high - low, 1e-6)
         low, high = low - margin * span, high + margin * span
@@ -86,16 +100,43 @@ class VectorGrid:
             )
 
     def codes(self, vectors: np.ndarray) -> np.ndarray:
-        """Each value's nearest grid code (values outside the grid take its edge), uint8."""
+        """Each value's nearest grid code (values outside the grid take its edge).
+
+        Parameters
+        ----------
+        vectors : np.ndarray [shape=(n, dim)]
+
+        Returns
+        -------
+        codes : np.ndarray [shape=(n, dim), dtype=uint8]
+        """
         scaled = (np.asarray(vectors, dtype=np.float32) - self.lowest) / self.step
         return np.clip(np.rint(scaled), 0, LEVELS - 1).astype(np.uint8)
 
     def values(self, codes: np.ndarray) -> np.ndarray:
-        """The grid values of ``codes``, float32 (exact)."""
+        """The grid values of ``codes`` (exact in float32).
+
+        Parameters
+        ----------
+        codes : np.ndarray [shape=(n, dim), dtype=uint8]
+
+        Returns
+        -------
+        vectors : np.ndarray [shape=(n, dim), dtype=float32]
+        """
         return (self.lowest + codes.astype(np.float32) * self.step).astype(np.float32)
 
     def rounded(self, vectors: np.ndarray) -> np.ndarray:
-        """``vectors`` moved to their nearest grid values (what the file keeps)."""
+        """``vectors`` moved to their nearest grid values (what the file keeps).
+
+        Parameters
+        ----------
+        vectors : np.ndarray [shape=(n, dim)]
+
+        Returns
+        -------
+        rounded : np.ndarray [shape=(n, dim), dtype=float32]
+        """
         return self.values(self.codes(vectors))
 
     def faiss_ranges(self) -> np.ndarray:
@@ -115,20 +156,49 @@ class VectorGrid:
 
 @functools.cache
 def packaged_grid() -> VectorGrid | None:
-    """The grid shipped with the package (``None`` if it is missing)."""
+    """The grid shipped with the package, read once per process.
+
+    Returns
+    -------
+    grid : VectorGrid or None
+        ``None`` if the file is missing.
+    """
     return VectorGrid.load() if GRID_FILE.exists() else None
 
 
 def rounded(vectors: np.ndarray, grid: VectorGrid | None) -> np.ndarray:
-    """``vectors`` as a compact file keeps them: on ``grid``, or float16 without one."""
+    """``vectors`` as a compact file keeps them.
+
+    Parameters
+    ----------
+    vectors : np.ndarray [shape=(n, dim)]
+    grid : VectorGrid or None
+        The grid; ``None``: float16.
+
+    Returns
+    -------
+    rounded : np.ndarray [shape=(n, dim), dtype=float32]
+    """
     if grid is not None:
         return grid.rounded(vectors)
     return np.asarray(vectors, dtype=np.float16).astype(np.float32)
 
 
 def to_disk_form(index: faiss.Index, grid: VectorGrid | None) -> faiss.Index:
-    """The compact twin of a ``flat`` (id map around ``IndexFlatIP``) or ``ivfflat`` index:
-    8-bit codes on ``grid``, or float16 without one. Other indexes are returned as they are."""
+    """The compact twin of a ``flat`` (id map around ``IndexFlatIP``) or ``ivfflat`` index.
+
+    Parameters
+    ----------
+    index : faiss.Index
+        Its vectors must already be rounded (:func:`rounded`) for the round trip to be exact.
+    grid : VectorGrid or None
+        8-bit codes on this grid; ``None``: float16.
+
+    Returns
+    -------
+    twin : faiss.Index
+        Scalar-quantised; other kinds of index are returned as they are.
+    """
     if isinstance(index, faiss.IndexIDMap2):
         inner = faiss.downcast_index(index.index)
         if not isinstance(inner, faiss.IndexFlat):
@@ -175,8 +245,20 @@ def to_disk_form(index: faiss.Index, grid: VectorGrid | None) -> faiss.Index:
 
 
 def from_disk_form(index: faiss.Index) -> tuple[faiss.Index, VectorGrid | None]:
-    """Inverse of :func:`to_disk_form`, with the grid the file was written on (``None`` for
-    float16 files and other indexes, which are returned as they are)."""
+    """Inverse of :func:`to_disk_form`.
+
+    Parameters
+    ----------
+    index : faiss.Index
+        As read from a file.
+
+    Returns
+    -------
+    wide : faiss.Index
+        Float32 vectors; other kinds of index are returned as they are.
+    grid : VectorGrid or None
+        The grid the file was written on (``None`` for float16 files and other kinds).
+    """
     if isinstance(index, faiss.IndexIDMap2):
         inner = faiss.downcast_index(index.index)
         kind = _compact_kind(inner)
@@ -250,7 +332,11 @@ def _grid_of(index: faiss.Index) -> VectorGrid:
     return VectorGrid.from_faiss_ranges(faiss.vector_to_array(index.sq.trained))
 
 
-def _copy_lists(source: faiss.IndexIVF, target: faiss.IndexIVF, convert) -> None:
+def _copy_lists(
+    source: faiss.IndexIVF,
+    target: faiss.IndexIVF,
+    convert: Callable[[np.ndarray], np.ndarray],
+) -> None:
     """Every inverted list of ``source`` into ``target``, codes converted by ``convert``."""
     lists, into = source.invlists, target.invlists
     for number in range(source.nlist):

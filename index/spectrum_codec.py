@@ -76,34 +76,90 @@ class SpectrumCodec:
             return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(raw), scale
         return raw, scale
 
-    def codes(self, blob: bytes, n_bins: int) -> np.ndarray:
-        """The codes of a stored spectrum, shape ``(n_bins, n_frames)``, uint8.
+    def codes(self, blob: bytes, n_bins: int, n_frames: int) -> np.ndarray:
+        """The codes of a stored spectrum.
+
+        Decompression is bounded by the size the row declares: a damaged or hostile blob
+        cannot make it allocate more than ``n_bins * n_frames`` bytes.
+
+        Parameters
+        ----------
+        blob : bytes
+            From :meth:`encode`.
+        n_bins, n_frames : int
+            The spectrum's shape, as its row records it.
+
+        Returns
+        -------
+        codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
 
         Raises
         ------
         ValueError
-            If the blob is not a spectrum of ``n_bins`` bins stored by this codec.
+            If the blob is not a spectrum of that shape stored by this codec.
         """
+        if not isinstance(blob, bytes):
+            raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
+        size = n_bins * n_frames
+        if size <= 0:
+            raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
         if self.compressed:
             try:
-                raw = zstandard.ZstdDecompressor().decompress(blob)
-            except zstandard.ZstdError as exc:
+                declared = zstandard.frame_content_size(blob)
+                if declared != size:
+                    raise ValueError(f"it declares {declared} codes, its row {size}")
+                raw = zstandard.ZstdDecompressor().decompress(blob, max_output_size=size)
+            except (zstandard.ZstdError, ValueError) as exc:
                 raise ValueError(f"stored spectrum is damaged ({exc})") from exc
         else:
             raw = blob
-        if len(raw) == 0 or len(raw) % n_bins:
-            raise ValueError(f"stored spectrum of {len(raw)} codes is not {n_bins} bins wide")
-        return np.frombuffer(raw, dtype=np.uint8).reshape(n_bins, -1)
+        if len(raw) != size:
+            raise ValueError(
+                f"stored spectrum of {len(raw)} codes is not {n_bins} bins by {n_frames} frames"
+            )
+        return np.frombuffer(raw, dtype=np.uint8).reshape(n_bins, n_frames)
 
     def levels(self, scale: float) -> np.ndarray:
-        """The value of every byte code, shape ``(256,)``, float32 (codes past the top
-        code, which this codec never writes, are ``scale``)."""
+        """The value of every byte code.
+
+        Parameters
+        ----------
+        scale : float
+            The value of the top code.
+
+        Returns
+        -------
+        levels : np.ndarray [shape=(256,), dtype=float32]
+            Codes past the top code, which this codec never writes, are ``scale``.
+
+        Raises
+        ------
+        ValueError
+            If ``scale`` is not a finite positive number.
+        """
+        if not isinstance(scale, (int, float)) or not 0 < float(scale) < float("inf"):
+            raise ValueError(f"stored spectrum scale {scale!r} is not a positive number")
         return _levels(self, float(scale))
 
-    def decode(self, blob: bytes, scale: float, n_bins: int) -> np.ndarray:
-        """Inverse of :meth:`encode` (to the codec's precision), shape ``(n_bins, n_frames)``,
-        float32."""
-        return self.levels(scale)[self.codes(blob, n_bins)]
+    def decode(self, blob: bytes, scale: float, n_bins: int, n_frames: int) -> np.ndarray:
+        """Inverse of :meth:`encode`, to the codec's precision.
+
+        Parameters
+        ----------
+        blob : bytes
+        scale : float
+        n_bins, n_frames : int
+
+        Returns
+        -------
+        spectrum : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+
+        Raises
+        ------
+        ValueError
+            See :meth:`codes` and :meth:`levels`.
+        """
+        return self.levels(scale)[self.codes(blob, n_bins, n_frames)]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -125,12 +181,33 @@ _NAME = re.compile(r"^b([1-8])e(0\.[0-9]{1,3}|1\.0)(z?)$")
 
 
 def compact_codec(bits: int, exponent: float) -> SpectrumCodec:
-    """The Zstandard-compressed codec of ``bits`` bits and companding ``exponent``."""
+    """The Zstandard-compressed codec of ``bits`` bits and companding ``exponent``.
+
+    Parameters
+    ----------
+    bits : int
+        1 to 8.
+    exponent : float
+        In (0, 1], three decimals at most.
+
+    Returns
+    -------
+    codec : SpectrumCodec
+    """
     return codec_named(f"b{bits}e{exponent:.3g}z" if exponent != 1.0 else f"b{bits}e1.0z")
 
 
 def codec_named(name: str) -> SpectrumCodec:
     """The codec a stored row names.
+
+    Parameters
+    ----------
+    name : str
+        ``u8``, or ``b{bits}e{exponent}`` with ``z`` when compressed (``b5e0.7z``).
+
+    Returns
+    -------
+    codec : SpectrumCodec
 
     Raises
     ------
@@ -139,8 +216,8 @@ def codec_named(name: str) -> SpectrumCodec:
     """
     if name == LEGACY_CODEC.name:
         return LEGACY_CODEC
-    match = _NAME.match(name)
-    if match is None:
+    match = _NAME.match(name) if isinstance(name, str) else None
+    if match is None or float(match.group(2)) <= 0:
         raise ValueError(f"spectra stored as {name!r}, which this tunetrace cannot read")
     bits, exponent, compressed = match.groups()
     return SpectrumCodec(name, int(bits), float(exponent), bool(compressed))

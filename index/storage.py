@@ -14,7 +14,7 @@ from tunetrace.index.spectrum_codec import SpectrumCodec
 
 
 def stored_reference_vectors(
-    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams
+    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams, n_frames: int
 ) -> np.ndarray:
     """The patch vectors of a stored spectrum, as the catalogue indexes them.
 
@@ -28,12 +28,20 @@ def stored_reference_vectors(
     scale : float
     codec : SpectrumCodec
     params : FingerprintParams
+    n_frames : int
+        Frames the row records.
 
     Returns
     -------
     vectors : np.ndarray [shape=(n_patches, params.embedding_dim), dtype=float32]
+
+    Raises
+    ------
+    ValueError
+        If the blob is not a spectrum of that shape stored by ``codec``.
     """
-    stored = features_from_spectrum(codec.decode(blob, scale, params.n_bins), params=params)
+    spectrum = codec.decode(blob, scale, params.n_bins, n_frames)
+    stored = features_from_spectrum(spectrum, params=params)
     return reference_vectors(stored, params=params)[1]
 
 
@@ -55,11 +63,11 @@ def vectors_from_bytes(blob: bytes, dim: int) -> np.ndarray:
 
 
 def stored_features(
-    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams
+    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams, n_frames: int
 ) -> Features:
     """A stored reference's features, with the arrays verification reads already derived.
 
-    Equals ``features_from_spectrum(codec.decode(blob, scale, params.n_bins))`` with its
+    Equals ``features_from_spectrum(codec.decode(blob, scale, params.n_bins, n_frames))``, with its
     ``spectrum_frames`` and ``chroma_bin_spectrum`` computed, to float rounding, in a fraction
     of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`).
 
@@ -71,6 +79,8 @@ def stored_features(
     codec : SpectrumCodec
         The codec that stored it.
     params : FingerprintParams
+    n_frames : int
+        Frames the row records.
 
     Returns
     -------
@@ -82,7 +92,7 @@ def stored_features(
         If the blob is not a spectrum ``codec`` stored with these parameters.
     """
     spectrum, folded, frames = stored_spectrum_arrays(
-        codec.codes(blob, params.n_bins),
+        codec.codes(blob, params.n_bins, n_frames),
         codec.levels(scale),
         chroma_weights(params),
         params.bins_per_octave,

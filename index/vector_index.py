@@ -194,18 +194,29 @@ class VectorIndex:
     grid : VectorGrid, optional
         ``flat`` and ``ivfflat``: the grid vectors are rounded to and stored on (none:
         float16; see :mod:`tunetrace.index.compact_vectors`).
+    in_memory_only : bool
+        The index is never saved: its vectors keep full precision instead of being rounded
+        as a file would keep them.
     """
 
     #: Whether the index was loaded memory-mapped (read-only, shared with other processes).
     memory_mapped: bool = False
     #: The grid a compact file stores the vectors on (``None``: float16).
     grid: VectorGrid | None = None
+    #: Never saved: vectors are kept at full precision.
+    in_memory_only: bool = False
 
     def __init__(
-        self, dim: int, spec: IndexSpec | None = None, grid: VectorGrid | None = None
+        self,
+        dim: int,
+        spec: IndexSpec | None = None,
+        grid: VectorGrid | None = None,
+        *,
+        in_memory_only: bool = False,
     ) -> None:
         self.dim = dim
         self.grid = grid
+        self.in_memory_only = in_memory_only
         self.spec = (spec or IndexSpec()).resolved(0)
         if self.spec.needs_training:
             raise ValueError(f"a {self.spec.kind} index needs training: use VectorIndex.build")
@@ -286,7 +297,7 @@ class VectorIndex:
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add ``vectors`` (n, dim) under ``ids`` (n,)."""
         if len(vectors):
-            if self.spec.kind in COMPACT_KINDS:
+            if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
             self._index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
@@ -333,6 +344,8 @@ class VectorIndex:
         whole one (and at most a temporary file, which catalogue writers sweep)."""
         if isinstance(_inverted_lists(self._index), faiss.OnDiskInvertedLists):
             raise RuntimeError("a memory-mapped index is read-only and is never saved")
+        if self.in_memory_only:
+            raise RuntimeError("an in-memory-only index keeps full vectors and is never saved")
         path = Path(path)
         fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".tmp")
         os.close(fd)

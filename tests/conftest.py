@@ -123,3 +123,31 @@ def patch_wav_header(
     if data_bytes is not None:
         struct.pack_into("<I", raw, raw.index(b"data") + 4, data_bytes)
     path.write_bytes(bytes(raw))
+
+
+def make_format_1_catalogue(directory: Path, songs: dict[str, Path]) -> Path:
+    """A catalogue of ``songs`` (id -> audio file) as the first format stored it: 8-bit
+    spectra with float16 vectors beside them, no codec column, a float32 index file."""
+    import sqlite3
+
+    import faiss
+    from tunetrace.fingerprint.params import FingerprintParams
+    from tunetrace.index.catalogue import Catalogue
+    from tunetrace.index.compact_vectors import from_disk_form
+    from tunetrace.index.publication import read_publication
+    from tunetrace.index.spectrum_codec import LEGACY_CODEC
+
+    from tunetrace.ingest import fingerprint_reference
+
+    with Catalogue(directory, create=True) as catalogue:
+        for reference_id, path in songs.items():
+            data = fingerprint_reference(path, params=FingerprintParams(), codec=LEGACY_CODEC)
+            catalogue.add(reference_id, data)
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("DROP INDEX refs_by_codec")
+        db.execute("ALTER TABLE refs DROP COLUMN spectrum_codec")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+        index_file = directory / read_publication(db).file
+    widened, _ = from_disk_form(faiss.read_index(str(index_file)))
+    faiss.write_index(widened, str(index_file))
+    return directory

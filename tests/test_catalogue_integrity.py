@@ -44,7 +44,7 @@ def test_a_write_failing_inside_its_transaction_leaves_memory_as_sqlite(
     with Catalogue(tmp_path / "cat", create=True) as catalogue:
         catalogue.add("x", three["x"][0])
         catalogue.add("y", three["y"][0])
-        broken = replace(three["y"][0], spectrum_codes=None)  # NOT NULL: the INSERT fails
+        broken = replace(three["y"][0], duration_s=None)  # NOT NULL: the INSERT fails
         # ... after the replaced reference's vectors were dropped from the in-memory index
         with pytest.raises(Exception, match="NOT NULL"):
             catalogue.add("y", broken, replace=True)

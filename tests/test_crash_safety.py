@@ -30,10 +30,9 @@ import httpx
 import pytest
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
-from tunetrace.index.spectrum_codec import LEGACY_CODEC
 from tunetrace.index.vector_index import IndexSpec
 
-from tests.conftest import synth_song, write_audio
+from tests.conftest import make_format_1_catalogue, synth_song, write_audio
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 
@@ -85,19 +84,10 @@ def base_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashA
 
 @pytest.fixture(scope="module")
 def format_1_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
-    """A catalogue holding ``a`` and ``b`` in the first format: 8-bit spectra, stored float16
-    vectors and no codec column."""
+    """A catalogue holding ``a`` and ``b`` in the first format."""
     directory = tmp_path_factory.mktemp("crash-format-1") / "catalogue"
-    with Catalogue(directory, create=True) as catalogue:
-        for reference_id in ("a", "b"):
-            song = crash_audio.songs[reference_id]
-            data = fingerprint_reference(song, params=catalogue.params, codec=LEGACY_CODEC)
-            catalogue.add(reference_id, data)
-    with sqlite3.connect(directory / "catalogue.sqlite") as db:
-        db.execute("DROP INDEX refs_by_codec")
-        db.execute("ALTER TABLE refs DROP COLUMN spectrum_codec")
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
-    return directory
+    songs = {reference_id: crash_audio.songs[reference_id] for reference_id in ("a", "b")}
+    return make_format_1_catalogue(directory, songs)
 
 
 def tunetrace_command(*args: str) -> list[str]:
@@ -169,8 +159,14 @@ def _finish_remove(catalogue: Catalogue, audio: CrashAudio) -> None:
 
 def _finish_migration(catalogue: Catalogue, audio: CrashAudio) -> None:
     catalogue.migrate()
-    assert catalogue.legacy_count() == 0
-    assert catalogue.info()["mb_per_audio_hour_by_part"]["stored_vectors"] == 0
+    details = catalogue.info()
+    assert catalogue.legacy_count() == 0 and not details["index_outdated"]
+    assert details["format_version"] == 2
+    assert details["mb_per_audio_hour_by_part"]["stored_vectors"] == 0
+    with sqlite3.connect(catalogue.directory / "catalogue.sqlite") as db:
+        free = db.execute("PRAGMA freelist_count").fetchone()[0]
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+    assert free <= pages / 4, f"{free} of {pages} pages free after the migration"
 
 
 CLI_WRITES = [
@@ -182,7 +178,7 @@ CLI_WRITES = [
               {"a", "b"}, {"a"}, _finish_remove),
     WritePath("index build", lambda d, a: ["index", "build", "-c", str(d), "--type", "hnsw"],
               {"a", "b"}, {"a", "b"}, lambda c, a: c.rebuild_index(IndexSpec(kind="hnsw"))),
-    WritePath("index migrate", lambda d, a: ["index", "migrate", "-c", str(d)],
+    WritePath("index migrate", lambda d, a: ["index", "migrate", "-c", str(d), "--batch-size", "1"],
               {"a", "b"}, {"a", "b"}, _finish_migration, base="format_1_catalogue"),
 ]  # fmt: skip
 

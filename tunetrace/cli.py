@@ -6,6 +6,7 @@ one line a person can act on.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -193,9 +194,13 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Describe the catalogue: counts, hours of audio, size on disk, parameters."""
-    store = _open_catalogue(catalogue)
-    details = store.info()
-    store.close()
+    store = _open_catalogue(catalogue, read_only=True)
+    try:
+        details = store.info()
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        store.close()
     if as_json:
         typer.echo(json.dumps(details, indent=2))
         return
@@ -549,8 +554,14 @@ def index_migrate(
     catalogue: CatalogueOption = ...,  # type: ignore[assignment]
     vacuum: Annotated[
         bool,
-        typer.Option(help="Give the freed space back at the end (needs room for a copy)."),
+        typer.Option(
+            help="Give the freed space back at the end (needs free room of about twice the "
+            "compacted database, in the catalogue's folder and SQLite's temporary folder)."
+        ),
     ] = True,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="References rewritten per transaction.")
+    ] = 64,
 ) -> None:
     """Rewrite a catalogue made by an earlier tunetrace in the compact format, in place.
 
@@ -559,19 +570,21 @@ def index_migrate(
     """
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
-    before = store.info()["size_on_disk_bytes"]
+    before = _directory_bytes(store.directory)
     progress = _progress_bar(store.legacy_count(), "rewriting", unit="reference")
     try:
-        rewritten = store.migrate(vacuum=vacuum, progress=progress.update)
-        after = store.info()["size_on_disk_bytes"]
+        rewritten = store.migrate(
+            batch_size=batch_size, vacuum=vacuum, progress=progress.update
+        )
     except TunetraceError as exc:
         _fail(exc)
     finally:
         progress.close()
         store.close()
+    after = _directory_bytes(store.directory)
     typer.echo(
         f"rewrote {rewritten} reference(s) in {time.perf_counter() - started:.1f} s: "
-        f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB on disk"  # type: ignore[operator]
+        f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB on disk"
     )
 
 
@@ -624,6 +637,16 @@ def serve(
         _fail(exc)
     logging.getLogger("tunetrace").setLevel(logging.INFO)
     uvicorn.run(application, host=host, port=port, access_log=False, log_level="info")
+
+
+def _directory_bytes(directory: Path) -> int:
+    """Bytes of the regular files in ``directory``."""
+    total = 0
+    for path in directory.iterdir():
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                total += path.stat().st_size
+    return total
 
 
 def _progress_bar(total: int, label: str, unit: str = "file"):

@@ -113,7 +113,7 @@ def fingerprint_reference(
         spectrum_scale=scale,
         n_frames=features.n_frames,
         duration_s=audio.duration_s,
-        vectors=stored_reference_vectors(blob, scale, codec, params),
+        vectors=stored_reference_vectors(blob, scale, codec, params, features.n_frames),
         spectrum_codec=codec.name,
     )
 

@@ -1,0 +1,143 @@
+"""The compact catalogue format: damaged and hostile rows, earlier-format catalogues."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, LEGACY_CODEC, codec_named
+
+from tests.conftest import make_format_1_catalogue, synth_song, write_audio
+from tunetrace.errors import CatalogueError
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+
+N_BINS = FingerprintParams().n_bins
+
+
+@pytest.fixture(scope="module")
+def songs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("compact-songs")
+    return {
+        name: write_audio(folder / f"{name}.wav", synth_song(seed, duration_s=20))
+        for seed, name in enumerate(("a", "b", "c"), start=41)
+    }
+
+
+@pytest.fixture
+def excerpts(songs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
+    import soundfile
+
+    found = {}
+    for name, path in songs.items():
+        samples, rate = soundfile.read(str(path), dtype="float32")
+        found[name] = write_audio(tmp_path / f"{name}-excerpt.wav", samples[4 * rate : 13 * rate])
+    return found
+
+
+def test_a_compressed_blob_never_inflates_past_the_size_its_row_records() -> None:
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(N_BINS * 2**20))
+    assert len(bomb) < 20_000  # a few kilobytes that would inflate to 226 MB
+    with pytest.raises(ValueError, match="declares"):
+        COMPACT_CODEC.codes(bomb, N_BINS, 100)
+    spectrum = np.random.default_rng(3).random((N_BINS, 100)).astype(np.float32)
+    blob, _ = COMPACT_CODEC.encode(spectrum)
+    assert COMPACT_CODEC.codes(blob, N_BINS, 100).shape == (N_BINS, 100)
+    with pytest.raises(ValueError):
+        COMPACT_CODEC.codes(blob, N_BINS, 99)  # the row's frame count must agree
+    with pytest.raises(ValueError, match="not bytes"):
+        COMPACT_CODEC.codes("text", N_BINS, 100)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        COMPACT_CODEC.levels(float("nan"))
+
+
+@pytest.mark.parametrize("name", ["b5e0.0z", "b9e0.7z", "b5e2.0z", "", "u16", b"u8", 5])
+def test_names_of_no_codec_are_refused(name: object) -> None:
+    with pytest.raises(ValueError, match="cannot read"):
+        codec_named(name)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("spectrum", b"\x01\x02"), ("spectrum", "text"), ("spectrum_codec", "b5e0.0z"),
+     ("spectrum_codec", b"\x00"), ("spectrum_scale", -1.0), ("n_frames", 5)],
+)  # fmt: skip
+def test_a_damaged_row_gives_one_clear_error(
+    songs: dict[str, Path], tmp_path: Path, column: str, value: object
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params))
+        key = catalogue.get("a").key
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute(f"UPDATE refs SET {column} = ? WHERE key = ?", (value, key))
+    with (
+        Catalogue(directory, read_only=True) as catalogue,
+        pytest.raises(CatalogueError, match="reference with key"),
+    ):
+        catalogue.features(key)
+    command = [sys.executable, "-m", "tunetrace.cli", "match", "-c", str(directory)]
+    command.append(str(songs["a"]))
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+
+
+def test_a_spectrum_that_its_named_codec_cannot_read_is_refused(songs: dict[str, Path]) -> None:
+    earlier = fingerprint_reference(songs["a"], params=FingerprintParams(), codec=LEGACY_CODEC)
+    # 8-bit codes built the way callers built them before rows named their codec
+    positional = ReferenceData(
+        earlier.spectrum_codes, earlier.spectrum_scale, earlier.n_frames, earlier.duration_s,
+        earlier.vectors,
+    )  # fmt: skip
+    with Catalogue(songs["a"].parent / "refused", create=True) as catalogue:
+        with pytest.raises(ValueError, match=r"not one b5e0\.7z stores"):
+            catalogue.add("a", positional)
+        assert catalogue.count() == 0
+
+
+def test_a_reader_of_a_first_format_catalogue_keeps_matching_through_its_migration(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = make_format_1_catalogue(tmp_path / "catalogue", songs)
+    info = subprocess.run(
+        [sys.executable, "-m", "tunetrace.cli", "info", "-c", str(directory), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert '"format_version": 1' in info.stdout, info.stdout + info.stderr  # read, not upgraded
+    reader = Catalogue(directory, read_only=True)
+    matcher = Matcher(reader)
+
+    def found() -> list[list[str]]:
+        reader.clear_features_cache()
+        return [[m.reference_id for m in matcher.match_path(excerpts[n]).matches] for n in songs]
+
+    assert found() == [["a"], ["b"], ["c"]]
+    with Catalogue(directory) as writer:
+        assert writer.legacy_count() == 3
+        assert writer.migrate(batch_size=2) == 3
+        assert writer.legacy_count() == 0
+        assert writer.info()["mb_per_audio_hour_by_part"]["stored_vectors"] == 0
+    assert found() == [["a"], ["b"], ["c"]]
+    reader.close()
+
+
+def test_migration_names_a_reference_it_cannot_read(songs: dict[str, Path], tmp_path: Path) -> None:
+    directory = make_format_1_catalogue(tmp_path / "catalogue", songs)
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("UPDATE refs SET spectrum = x'0102' WHERE id = 'b'")
+    with Catalogue(directory) as catalogue:
+        with pytest.raises(CatalogueError, match="reference 'b' cannot be read"):
+            catalogue.migrate(batch_size=1)
+        catalogue.remove("b")
+        catalogue.migrate()
+        assert catalogue.legacy_count() == 0 and catalogue.count() == 2
+        with pytest.raises(ValueError, match="not a compact codec"):
+            catalogue.migrate(codec=LEGACY_CODEC)
