@@ -12,7 +12,12 @@ On the core benchmark's catalogue tracks (real music, about 10 h), in one run:
    core);
 3. the catalogue's bytes on disk by part (spectra, stored vectors, index, the rest of the
    database) per hour of audio, with its default (``flat``) index and with the index
-   ``tunetrace index build`` picks for its size (``auto``).
+   ``tunetrace index build`` picks for its size (``auto``);
+4. what matching pays to read the compact format: the same references in the earlier 8-bit
+   format and in the compact one (the copies ``benchmarks.compact`` makes of the core
+   benchmark's catalogue), each reference's features derived from its row with the cache
+   empty, and whole 10-15 s queries with one thread, the two catalogues alternating in one
+   process.
 
 Decoding and adding alternate ``--repeats`` times; medians are reported. Results go to
 ``benchmarks/results/storage.json`` and ``storage.md``.
@@ -38,8 +43,9 @@ from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
+from benchmarks.compact import codec_copy
 from benchmarks.queries import in_catalogue
-from benchmarks.run_benchmark import RESULTS, list_tracks
+from benchmarks.run_benchmark import CACHE, RESULTS, build_catalogue, list_tracks
 from benchmarks.run_info import run_info
 from tunetrace.ingest import MAX_REFERENCE_S, IngestItem, ingest, worker_pool
 
@@ -49,6 +55,14 @@ logger = logging.getLogger(__name__)
 SINGLE_WORKER_FILES = 16
 #: Sizes of the peers on the same 55 references (4.7 h), measured side by side earlier.
 PEERS = {"Olaf": 6.1, "audfprint": 0.46}
+
+
+def source_catalogue() -> Path:
+    """The core benchmark's catalogue in the earlier format (built if missing)."""
+    from tunetrace.index.spectrum_codec import LEGACY_CODEC
+
+    directory, _ = build_catalogue(corpus.installed_or_exit(list_tracks()), codec=LEGACY_CODEC)
+    return directory
 
 
 def _decode(path: Path) -> float:
@@ -96,17 +110,65 @@ def time_adding(items: list[IngestItem], workers: int, directory: Path) -> tuple
     return elapsed, summary.audio_s
 
 
+def reading_costs(earlier: Path, compact: Path, queries: list[Path]) -> dict[str, float]:
+    """Median milliseconds to derive a reference's features, and to match a query with one
+    thread, against the same references in the earlier and the compact format."""
+    from tunetrace.matcher import Matcher
+    from tunetrace.threads import use_one_thread
+
+    use_one_thread()
+    catalogues = {
+        "earlier": Catalogue(earlier, read_only=True),
+        "compact": Catalogue(compact, read_only=True),
+    }
+    matchers = {name: Matcher(catalogue) for name, catalogue in catalogues.items()}
+    keys = {
+        name: {r.reference_id: r.key for r in catalogue.list(limit=100_000)}
+        for name, catalogue in catalogues.items()
+    }
+    shared = sorted(set(keys["earlier"]) & set(keys["compact"]))
+    read_ms: dict[str, list[float]] = {name: [] for name in catalogues}
+    match_ms: dict[str, list[float]] = {name: [] for name in catalogues}
+    for matcher in matchers.values():  # compiled and warm before timing
+        matcher.match_path(queries[0])
+    for reference_id in shared:
+        for name, catalogue in catalogues.items():
+            catalogue.clear_features_cache()
+            started = time.perf_counter()
+            catalogue.features(keys[name][reference_id])
+            read_ms[name].append(1000 * (time.perf_counter() - started))
+    for query in queries:
+        for name, matcher in matchers.items():
+            catalogues[name].clear_features_cache()
+            started = time.perf_counter()
+            matcher.match_path(query)
+            match_ms[name].append(1000 * (time.perf_counter() - started))
+    for catalogue in catalogues.values():
+        catalogue.close()
+    return {
+        "references": len(shared),
+        "queries": len(queries),
+        **{f"read_ms_{name}": float(np.median(values)) for name, values in read_ms.items()},
+        **{f"match_ms_{name}": float(np.median(values)) for name, values in match_ms.items()},
+    }
+
+
 def sizes(directory: Path) -> dict[str, object]:
-    """Bytes per hour by part, with the current index and then with ``auto``'s."""
+    """Bytes per hour by part, with the current index, with ``auto``'s, and with ``auto``'s
+    keeping 8-bit vectors."""
     with Catalogue(directory) as catalogue:
         default = catalogue.info()
         catalogue.rebuild_index(IndexSpec(kind="auto"))
         catalogue.vacuum()
         auto = catalogue.info()
+        catalogue.rebuild_index(IndexSpec(kind="auto", vector_bits=8))
+        catalogue.vacuum()
+        auto_8_bit = catalogue.info()
     return {
         "audio_hours": default["audio_hours"],
         "default_index": _size_entry(default),
         "auto_index": _size_entry(auto),
+        "auto_index_8_bit_vectors": _size_entry(auto_8_bit),
     }
 
 
@@ -146,6 +208,11 @@ def main() -> None:
                         runs["decode"][-1], runs["ffmpeg"][-1], elapsed, single)  # fmt: skip
         size = sizes(directory)
     median = {name: float(np.median(values)) for name, values in runs.items()}
+    reading = None
+    earlier, compact = (codec_copy(source_catalogue(), name) for name in ("u8", "b5e0.7z"))
+    query_files = sorted((CACHE / "queries").glob("calibration-seed*/*.wav"))[:: 5][:60]
+    if query_files:
+        reading = reading_costs(earlier, compact, query_files)
     result = {
         **run_info(),
         "files": len(paths),
@@ -158,6 +225,7 @@ def main() -> None:
         "add_x_realtime": audio_s / median["add"],
         "add_x_realtime_per_core_one_worker": single_audio_s / median["add_one_worker"],
         "sizes": size,
+        "reading": reading,
         "peers_mb_per_audio_hour": PEERS,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -169,6 +237,7 @@ def main() -> None:
 def markdown(result: dict) -> str:
     """The Markdown tables of :func:`main`'s result."""
     default, auto = result["sizes"]["default_index"], result["sizes"]["auto_index"]
+    auto_8_bit = result["sizes"]["auto_index_8_bit_vectors"]
     parts = list(default["mb_per_audio_hour_by_part"])
     lines = [
         f"Run {result['date']} on {result['machine']} (commit {result['commit']}): "
@@ -178,8 +247,12 @@ def markdown(result: dict) -> str:
         "| MB per hour of audio | " + " | ".join(parts) + " | on disk |",
         "|---|" + "---|" * (len(parts) + 1),
     ]
-    for label, entry in ((f"`{default['index_kind']}` index (default)", default),
-                         (f"`{auto['index_kind']}` index (`index build`)", auto)):  # fmt: skip
+    rows = [
+        (f"`{default['index_kind']}` index (default)", default),
+        (f"`{auto['index_kind']}` index (`index build`)", auto),
+        (f"`{auto_8_bit['index_kind']}` index, `--vector-bits 8`", auto_8_bit),
+    ]
+    for label, entry in rows:
         by_part = entry["mb_per_audio_hour_by_part"]
         lines.append(
             f"| {label} | "
@@ -200,6 +273,21 @@ def markdown(result: dict) -> str:
         f"| `add`, one worker | {result['add_x_realtime_per_core_one_worker']:.0f}x realtime "
         "per core |",
     ]
+    reading = result.get("reading")
+    if reading:
+        lines += [
+            "",
+            f"Reading the compact format ({reading['references']} references, "
+            f"{reading['queries']} calibration queries, one thread, feature cache empty, "
+            "medians; the same references in both formats, alternating):",
+            "",
+            "| | earlier 8-bit format | compact format |",
+            "|---|---|---|",
+            f"| a reference's features derived from its row | {reading['read_ms_earlier']:.2f} ms "
+            f"| {reading['read_ms_compact']:.2f} ms |",
+            "| a whole query (decode, search, verification) "
+            f"| {reading['match_ms_earlier']:.0f} ms | {reading['match_ms_compact']:.0f} ms |",
+        ]
     return "\n".join(lines) + "\n"
 
 

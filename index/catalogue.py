@@ -36,7 +36,7 @@ from typing import TypeVar
 import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FEATURE_VERSION, FingerprintParams
-from tunetrace.index.compact_vectors import packaged_grid
+from tunetrace.index.compact_vectors import VectorGrid, packaged_grid
 from tunetrace.index.ids import PATCH_BITS, vector_ids
 from tunetrace.index.projection import packaged_noise
 from tunetrace.index.publication import (
@@ -253,10 +253,7 @@ class Catalogue:
             self._warn_if_legacy_rows()
         except sqlite3.Error as exc:  # an I/O error or a full disk while creating it
             raise CatalogueError(f"could not open {database}: {exc}") from exc
-        # The grid full-vector index files store vectors on (float16 without one).
-        grid = packaged_grid()
-        fits = grid is not None and grid.params_digest == self.params.digest()
-        self._grid = grid if fits else None
+
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
@@ -545,7 +542,10 @@ class Catalogue:
             index.remove(vector_ids(key, patch_count(n_frames, self.params)))
             return index
         return VectorIndex.build(
-            self.params.embedding_dim, index.spec, *self._all_vectors(), grid=self._grid
+            self.params.embedding_dim,
+            index.spec,
+            *self._all_vectors(),
+            grid=self._grid_for(index.spec),
         )
 
     def _changed(self, index: VectorIndex, *, publish: bool) -> None:
@@ -698,7 +698,8 @@ class Catalogue:
         since = max(covered, self._searcher_delta_key if previous is not None else 0)
         vectors, ids = self._all_vectors(after_key=since)
         if delta is None and len(vectors):
-            delta = VectorIndex(self.params.embedding_dim, grid=self._grid)
+            # rounded as the published file keeps its vectors
+            delta = VectorIndex(self.params.embedding_dim, grid=self._grid_for(self.index_spec))
         if len(vectors):
             delta.add(vectors, ids)
             since = int(ids.max() >> PATCH_BITS)
@@ -766,9 +767,19 @@ class Catalogue:
             logger.warning("the packaged alteration-noise model was measured with other "
                            "fingerprint parameters: IVF-PQ without projection used")  # fmt: skip
             spec = replace(spec, projection_dims=0)
-        index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid)
+        index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid_for(spec))
         logger.info("built %s vector index: %d vectors", index.spec.kind, index.size)
         return index
+
+    def _grid_for(self, spec: IndexSpec) -> VectorGrid | None:
+        """The grid ``spec``'s file keeps vectors on: the packaged one for 8-bit vectors, if
+        it was fitted for this catalogue's parameters (else, and for 16 bits, float16)."""
+        grid = packaged_grid() if spec.vector_bits == 8 else None
+        if grid is not None and grid.params_digest != self.params.digest():
+            logger.warning("the packaged vector grid was fitted for other fingerprint "
+                           "parameters: the index keeps float16 vectors")  # fmt: skip
+            return None
+        return grid
 
     def _projection_unfit(self, spec: IndexSpec, n_vectors: int) -> bool:
         """Whether ``spec`` projects with the packaged alteration-noise model although that
@@ -798,7 +809,7 @@ class Catalogue:
                     "the packaged alteration-noise model was measured with other fingerprint "
                     "parameters than this catalogue's: use projection dimensions 0"
                 )
-            index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid)
+            index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid_for(spec))
             self._db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
                 (json.dumps(spec.to_dict()),),

@@ -4,8 +4,8 @@ The index is derived data: SQLite holds every reference's spectrum, the vectors 
 it, and a stale or missing index file is rebuilt from it. The catalogue records which file
 reflects which generation.
 
-Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product; one byte per dimension on
-disk, see :mod:`tunetrace.index.compact_vectors`), ``ivfflat`` (the same full vectors in
+Four kinds (:class:`IndexSpec`): ``flat`` (exact inner product; two bytes per dimension on
+disk, or one, see :mod:`tunetrace.index.compact_vectors`), ``ivfflat`` (the same full vectors in
 inverted lists: only the ``nprobe`` lists nearest a query are searched, so it is approximate
 and many times faster, no smaller), ``ivfpq`` (OPQ
 rotation, inverted lists and product-quantised codes: ``pq_m`` bytes per vector, approximate,
@@ -67,6 +67,8 @@ MAX_TRAINING_POINTS = 300_000
 HNSW_QUANTISER_M = 32
 #: Bits per PQ code: 4 is searched with FAISS's fast-scan kernels.
 PQ_BITS = (4, 8)
+#: Bits per dimension of the vectors flat and IVF-Flat files keep.
+VECTOR_BITS = (8, 16)
 #: Bits per dimension of the re-ranking copies an IVF-PQ index may keep (0: none).
 REFINE_BITS = (0, 4, 6, 8)
 #: Dimensions an IVF-PQ index projects the patch vectors onto before quantising them (see
@@ -104,6 +106,10 @@ class IndexSpec:
         vector copies that re-rank the neighbours the codes find.
     refine_factor : float
         Neighbours fetched by the codes per neighbour returned, before re-ranking.
+    vector_bits : int
+        ``flat`` and ``ivfflat`` files: 16 (float16) or 8 (one byte per dimension on the
+        packaged grid, :mod:`tunetrace.index.compact_vectors`: half the bytes, about 3% of
+        the nearest neighbours lost). Searched as float32 either way.
     projection_dims : int
         ``ivfpq`` only: project the vectors onto this many alteration-discriminant directions
         (trained on the catalogue's own vectors and the packaged alteration-noise model, see
@@ -121,10 +127,13 @@ class IndexSpec:
     refine_bits: int = 0
     refine_factor: float = 3.2
     projection_dims: int = DEFAULT_PROJECTION_DIMS
+    vector_bits: int = 16
 
     def __post_init__(self) -> None:
         if self.kind not in (*INDEX_KINDS, "auto"):
             raise ValueError(f"index kind must be one of {', '.join(INDEX_KINDS)} or auto")
+        if self.vector_bits not in VECTOR_BITS:
+            raise ValueError(f"vector bits must be one of {', '.join(map(str, VECTOR_BITS))}")
         if self.refine_bits not in REFINE_BITS:
             raise ValueError(f"re-ranking bits must be one of {', '.join(map(str, REFINE_BITS))}")
         if self.refine_bits and self.kind not in ("ivfpq", "auto"):
@@ -154,7 +163,7 @@ class IndexSpec:
     def from_dict(cls, data: dict[str, Any]) -> IndexSpec:
         """Inverse of :meth:`to_dict` (unknown keys are an error).
 
-        Specs written before projections existed have none.
+        Specs written before projections existed have none; before vector bits, 16.
         """
         return cls(**{"projection_dims": 0, **data})
 

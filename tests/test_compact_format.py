@@ -13,6 +13,7 @@ import zstandard
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.spectrum_codec import COMPACT_CODEC, LEGACY_CODEC, codec_named
+from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
 from tunetrace.errors import CatalogueError
@@ -141,3 +142,26 @@ def test_migration_names_a_reference_it_cannot_read(songs: dict[str, Path], tmp_
         assert catalogue.legacy_count() == 0 and catalogue.count() == 2
         with pytest.raises(ValueError, match="not a compact codec"):
             catalogue.migrate(codec=LEGACY_CODEC)
+
+
+def test_eight_bit_index_vectors_halve_the_file_and_still_find_every_excerpt(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name, path in songs.items():
+            catalogue.add(name, fingerprint_reference(path, params=catalogue.params))
+        half_precision = catalogue.info()["index_bytes"]
+        catalogue.rebuild_index(IndexSpec(kind="flat", vector_bits=8))
+        one_byte = catalogue.info()["index_bytes"]
+        vectors = catalogue.info()["vectors"]
+    # 2 bytes then 1 per dimension, and the 8-byte ids either way
+    dim = FingerprintParams().embedding_dim
+    assert one_byte < vectors * (dim + 8) + 8192 < half_precision
+    with Catalogue(directory, read_only=True) as reader:
+        assert reader.index_spec.vector_bits == 8
+        matcher = Matcher(reader)
+        for name in songs:
+            assert [m.reference_id for m in matcher.match_path(excerpts[name]).matches] == [name]
+    with pytest.raises(ValueError, match="vector bits"):
+        IndexSpec(vector_bits=4)
