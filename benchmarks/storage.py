@@ -155,20 +155,20 @@ def reading_costs(earlier: Path, compact: Path, queries: list[Path]) -> dict[str
 
 def sizes(directory: Path) -> dict[str, object]:
     """Bytes per hour by part, with the current index, with ``auto``'s, and with ``auto``'s
-    keeping 8-bit vectors."""
+    keeping float16 vectors."""
     with Catalogue(directory) as catalogue:
         default = catalogue.info()
         catalogue.rebuild_index(IndexSpec(kind="auto"))
         catalogue.vacuum()
         auto = catalogue.info()
-        catalogue.rebuild_index(IndexSpec(kind="auto", vector_bits=8))
+        catalogue.rebuild_index(IndexSpec(kind="auto", vector_bits=16))
         catalogue.vacuum()
-        auto_8_bit = catalogue.info()
+        auto_16_bit = catalogue.info()
     return {
         "audio_hours": default["audio_hours"],
         "default_index": _size_entry(default),
         "auto_index": _size_entry(auto),
-        "auto_index_8_bit_vectors": _size_entry(auto_8_bit),
+        "auto_index_16_bit_vectors": _size_entry(auto_16_bit),
     }
 
 
@@ -237,7 +237,7 @@ def main() -> None:
 def markdown(result: dict) -> str:
     """The Markdown tables of :func:`main`'s result."""
     default, auto = result["sizes"]["default_index"], result["sizes"]["auto_index"]
-    auto_8_bit = result["sizes"]["auto_index_8_bit_vectors"]
+    auto_16_bit = result["sizes"]["auto_index_16_bit_vectors"]
     parts = list(default["mb_per_audio_hour_by_part"])
     lines = [
         f"Run {result['date']} on {result['machine']} (commit {result['commit']}): "
@@ -250,7 +250,7 @@ def markdown(result: dict) -> str:
     rows = [
         (f"`{default['index_kind']}` index (default)", default),
         (f"`{auto['index_kind']}` index (`index build`)", auto),
-        (f"`{auto_8_bit['index_kind']}` index, `--vector-bits 8`", auto_8_bit),
+        (f"`{auto_16_bit['index_kind']}` index, `--vector-bits 16`", auto_16_bit),
     ]
     for label, entry in rows:
         by_part = entry["mb_per_audio_hour_by_part"]

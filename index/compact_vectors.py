@@ -1,20 +1,20 @@
-"""Full-vector indexes kept on disk as float16 (or 8-bit codes) and searched in float32.
+"""Full-vector indexes kept on disk as 8-bit codes (or float16) and searched in float32.
 
 A ``flat`` or ``ivfflat`` index holds every patch vector whole. FAISS searches float32
 vectors with its fastest kernels (BLAS for exact search); its scalar-quantised twins search
-several times slower. So vectors are rounded when they are added (to float16, or with
-``vector_bits=8`` to a fixed grid of 256 values per dimension, :class:`VectorGrid`), written
+several times slower. So vectors are rounded when they are added (to a fixed grid of 256
+values per dimension, :class:`VectorGrid`, or with ``vector_bits=16`` to float16), written
 to disk as the scalar-quantised twin of the index and widened back to float32 when the file
-is read: half (a quarter) of the bytes on disk, the same search, and a file read back
+is read: a quarter (a half) of the bytes on disk, the same search, and a file read back
 searches exactly as the index that wrote it.
 
 The grid's steps are powers of two, so every grid value and every step of the round trip is
 exact in float32. The packaged grid (``vector_grid.npz``, fitted by
 ``benchmarks/vector_grid.py`` on the dev corpus' reference vectors with a margin) has steps
 of 5-22% of the standard deviation that alterations add to each dimension; it keeps about
-97% of a query's 32 nearest neighbours (float16: 99.8%), which the whole-copy benchmarks do
-not feel but copied sections of 8-15 s, found by few votes, can. Catalogues with other
-fingerprint parameters than the grid's keep float16 vectors.
+97% of a query's 32 nearest neighbours (float16: 99.8%); no benchmark told the two apart
+beyond its noise. Catalogues with other fingerprint parameters than the grid's keep float16
+vectors.
 """
 
 from __future__ import annotations
