@@ -737,9 +737,22 @@ class Catalogue:
         return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
 
     def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored reference's patch vectors (keys above ``after_key``) and their ids."""
+        """Every stored reference's patch vectors (keys above ``after_key``) and their ids.
+
+        The result is allocated once from the rows' frame counts and filled a reference at a
+        time: at 100,000 works the vectors alone take 5.5 GB, and gathering blocks before
+        joining them would need twice that.
+        """
         dim = self.params.embedding_dim
-        blocks, ids = [], []
+        counts = {
+            int(key): patch_count(int(n_frames), self.params)
+            for key, n_frames in self._db.execute(
+                "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)
+            )
+        }
+        vectors = np.empty((sum(counts.values()), dim), dtype=np.float32)
+        ids = np.empty(len(vectors), dtype=np.int64)
+        filled = 0
         rows = self._db.execute(
             "SELECT key, vectors, CASE WHEN length(vectors) = 0 THEN spectrum END,"
             f" spectrum_scale, {self._codec_column}, n_frames FROM refs WHERE key > ?"
@@ -747,12 +760,19 @@ class Catalogue:
             (after_key,),
         )
         for key, *stored in rows:
-            vectors = self._stored_vectors(int(key), *stored)
-            blocks.append(vectors)
-            ids.append(vector_ids(int(key), len(vectors)))
-        if not blocks:
-            return np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return np.concatenate(blocks).astype(np.float32), np.concatenate(ids)
+            if int(key) not in counts:  # added by another process since the count
+                continue
+            block = self._stored_vectors(int(key), *stored)
+            if len(block) != counts[int(key)]:
+                raise CatalogueError(
+                    f"reference with key {key} in {self.directory} holds {len(block)} patch "
+                    f"vectors for {stored[-1]} frames"
+                )
+            vectors[filled : filled + len(block)] = block
+            ids[filled : filled + len(block)] = vector_ids(int(key), len(block))
+            filled += len(block)
+        # references removed by another process since the count leave the end unfilled
+        return vectors[:filled], ids[:filled]
 
     def _build_index(self, spec: IndexSpec) -> VectorIndex:
         """An index of ``spec``'s kind over every stored vector (exact search when the
