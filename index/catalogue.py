@@ -328,8 +328,7 @@ class Catalogue:
         try:
             with self._transaction():
                 if int(self._meta("format_version") or 0) < FORMAT_VERSION:
-                    columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
-                    if "spectrum_codec" not in columns:
+                    if not self._table_has_codec_column():
                         self._db.execute(_UPGRADE_FROM_FORMAT_1)
                     self._db.execute(_CODEC_INDEX)
                     self._db.execute(
@@ -347,9 +346,20 @@ class Catalogue:
         """SQL for a row's codec name: its column, or ``'u8'`` in a format-1 catalogue read
         as it is (checked again on every use until a writer adds the column)."""
         if not self._has_codec_column:
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
-            self._has_codec_column = "spectrum_codec" in columns
+            self._has_codec_column = self._table_has_codec_column()
         return "spectrum_codec" if self._has_codec_column else f"'{LEGACY_CODEC.name}'"
+
+    def _table_has_codec_column(self) -> bool:
+        return "spectrum_codec" in {row[1] for row in self._db.execute("PRAGMA table_info(refs)")}
+
+    @property
+    def _stored_vector_columns(self) -> str:
+        """SQL for what :meth:`_stored_vectors` reads of a row (the spectrum only when the
+        row keeps no vectors)."""
+        return (
+            "vectors, CASE WHEN length(vectors) = 0 THEN spectrum END, spectrum_scale,"
+            f" {self._codec_column}, n_frames"
+        )
 
     def legacy_count(self) -> int:
         """Number of references stored in the earlier, larger format (see :meth:`migrate`)."""
@@ -754,9 +764,7 @@ class Catalogue:
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
         rows = self._db.execute(
-            "SELECT key, vectors, CASE WHEN length(vectors) = 0 THEN spectrum END,"
-            f" spectrum_scale, {self._codec_column}, n_frames FROM refs WHERE key > ?"
-            " ORDER BY key",
+            f"SELECT key, {self._stored_vector_columns} FROM refs WHERE key > ? ORDER BY key",
             (after_key,),
         )
         for key, *stored in rows:
@@ -872,7 +880,7 @@ class Catalogue:
             References rewritten by this call.
         """
         self._writable()
-        if not codec.compressed or codec.name == LEGACY_CODEC.name:
+        if not codec.compressed:  # the earlier format's codec is not
             raise ValueError(f"{codec.name} is not a compact codec")
         rewritten = 0
         n_bins = self.params.n_bins
@@ -952,9 +960,7 @@ class Catalogue:
         ReferenceNotFoundError
         """
         row = self._db.execute(
-            "SELECT vectors, CASE WHEN length(vectors) = 0 THEN spectrum END, spectrum_scale,"
-            f" {self._codec_column}, n_frames FROM refs WHERE key = ?",
-            (key,),
+            f"SELECT {self._stored_vector_columns} FROM refs WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
