@@ -182,14 +182,16 @@ def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
     def churn() -> None:
         nonlocal cycles
         with Catalogue(directory) as writer:
-            while not stop.is_set() and cycles < 150:
+            # until the reader has matched enough times under churn (at most 2,000 cycles)
+            while not stop.is_set() and (cycles < 150 or len(results) < 20) and cycles < 2000:
                 writer.remove("x")
                 writer.add("x", three["x"][0])
                 cycles += 1
 
+    failures: list[str] = []
+    results: list[tuple[str, list[str]]] = []
     thread = threading.Thread(target=churn)
     thread.start()
-    failures, results = [], []
     try:
         with Catalogue(directory, read_only=True) as reader:
             matcher = Matcher(reader)
