@@ -81,6 +81,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
             workers=settings.workers,
             max_queue=settings.max_queue,
             retry_after_s=settings.retry_after_s,
+            scheduler=settings.scheduler,
         )
         app.state.metrics.watch(
             references=app.state.catalogue.count,

@@ -13,6 +13,7 @@ from tunetrace.errors import (
     DuplicateReferenceError,
     InvalidReferenceIdError,
     ReferenceNotFoundError,
+    ShardUnavailableError,
     TunetraceError,
 )
 
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[TunetraceError], int, str]] = [
     (BadInputError, 422, "bad_input"),
     (DuplicateReferenceError, 409, "reference_exists"),
     (ReferenceNotFoundError, 404, "reference_not_found"),
+    (ShardUnavailableError, 503, "shard_unavailable"),
 ]
 
 

@@ -90,6 +90,11 @@ class ApiSettings(BaseSettings):
         None, description="Where uploads are spooled while they are processed [system temp]."
     )
     retry_after_s: int = Field(2, ge=1, description="Retry-After sent with 503 responses.")
+    scheduler: str | None = Field(
+        None,
+        description="Dask scheduler address (tcp://host:8786): a sharded catalogue's shards are "
+        "searched on its workers.",
+    )
     upload_idle_timeout_s: float = Field(
         30.0,
         gt=0,

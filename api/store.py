@@ -16,7 +16,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tunetrace.index.catalogue import Catalogue, ReferenceData, ReferenceRecord
+from tunetrace.index.catalogue import ReferenceData, ReferenceRecord
+
+from tunetrace.opening import open_catalogue
 
 T = TypeVar("T")
 
@@ -27,12 +29,13 @@ class CatalogueService:
     Parameters
     ----------
     directory : Path
-        Created (empty) if it holds no catalogue yet.
+        Created (empty) if it holds no catalogue yet; a sharded catalogue's directory opens
+        as one (its writes and reads open the shards in this process).
     """
 
     def __init__(self, directory: Path) -> None:
-        self._writer = Catalogue(directory, create=True)
-        self._reader = Catalogue(directory, read_only=True)
+        self._writer = open_catalogue(directory, create=True)
+        self._reader = open_catalogue(directory, read_only=True)
         self._read_lock = threading.Lock()
         self._write_thread = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="catalogue-writer"

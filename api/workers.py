@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tunetrace.api.errors import ApiError
-from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.catalogue import ReferenceData
 
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.kernels import compile_kernels
 from tunetrace.matcher import Matcher
+from tunetrace.opening import open_catalogue
 from tunetrace.report import MatchReport
 from tunetrace.threads import use_one_thread
 
@@ -35,11 +36,11 @@ T = TypeVar("T")
 _matcher: Matcher | None = None
 
 
-def _init_worker(catalogue_dir: str) -> None:
+def _init_worker(catalogue_dir: str, scheduler: str | None = None) -> None:
     global _matcher
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     use_one_thread()  # one process per core; threads inside them would only compete
-    _matcher = Matcher(Catalogue(catalogue_dir, read_only=True))
+    _matcher = Matcher(open_catalogue(catalogue_dir, read_only=True, scheduler=scheduler))
     compile_kernels()
 
 
@@ -83,6 +84,9 @@ class WorkerPool:
     Parameters
     ----------
     catalogue_dir : Path
+    scheduler : str, optional
+        Dask scheduler address: each worker searches the sharded catalogue's shards on that
+        cluster's workers.
     workers : int
         Processes (one per core is right: the work is CPU-bound).
     max_queue : int
@@ -92,9 +96,16 @@ class WorkerPool:
     """
 
     def __init__(
-        self, catalogue_dir: Path, *, workers: int, max_queue: int, retry_after_s: int
+        self,
+        catalogue_dir: Path,
+        *,
+        workers: int,
+        max_queue: int,
+        retry_after_s: int,
+        scheduler: str | None = None,
     ) -> None:
         self.catalogue_dir = catalogue_dir
+        self.scheduler = scheduler
         self.workers = workers
         self.capacity = workers + max_queue
         self.retry_after_s = retry_after_s
@@ -108,7 +119,7 @@ class WorkerPool:
             max_workers=self.workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(str(self.catalogue_dir),),
+            initargs=(str(self.catalogue_dir), self.scheduler),
         )
 
     @property

@@ -446,6 +446,7 @@ class Catalogue:
         source_path: str | None = None,
         replace: bool = False,
         save_index: bool = True,
+        added_at: str | None = None,
     ) -> ReferenceRecord:
         """Store a reference (one transaction) and index its vectors.
 
@@ -460,6 +461,9 @@ class Catalogue:
             Publish the index with this change. Batch adds publish once at the end
             (:meth:`save_index`); until then readers search the last published index plus
             the references added since.
+        added_at : str, optional
+            When the reference was first added (ISO 8601; default: now), for a reference
+            moved from another catalogue.
 
         Raises
         ------
@@ -505,7 +509,7 @@ class Catalogue:
                     source_path,
                     data.duration_s,
                     data.n_frames,
-                    _now(),
+                    added_at or _now(),
                     data.spectrum_codes,
                     data.spectrum_scale,
                     vector_blob,
@@ -989,6 +993,46 @@ class Catalogue:
         except (ValueError, TypeError) as exc:  # a damaged row
             raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
 
+    def stored_references(
+        self, *, after_key: int = 0, limit: int = 100
+    ) -> list[tuple[ReferenceRecord, ReferenceData]]:
+        """References exactly as stored, by key, to copy into another catalogue.
+
+        Parameters
+        ----------
+        after_key : int
+            Only references with a greater key (page through with the last key returned).
+        limit : int
+
+        Returns
+        -------
+        references : list of (ReferenceRecord, ReferenceData)
+            Each reference's metadata and its stored spectrum (the codes as stored, not
+            decoded and coded again) with its patch vectors.
+        """
+        rows = self._db.execute(
+            f"SELECT {_RECORD_COLUMNS}, spectrum, spectrum_scale, {self._codec_column},"
+            " n_frames, vectors FROM refs WHERE key > ? ORDER BY key LIMIT ?",
+            (after_key, limit),
+        ).fetchall()
+        out = []
+        for row in rows:
+            record = ReferenceRecord(*row[:8])
+            spectrum, scale, codec, n_frames, vector_blob = row[8:]
+            vectors = self._stored_vectors(
+                record.key, vector_blob, spectrum, scale, codec, n_frames
+            )
+            data = ReferenceData(
+                spectrum_codes=spectrum,
+                spectrum_scale=scale,
+                n_frames=n_frames,
+                duration_s=record.duration_s,
+                vectors=vectors,
+                spectrum_codec=codec,
+            )
+            out.append((record, data))
+        return out
+
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Nearest indexed patch vectors (see :class:`VectorIndex.search`).
 
@@ -1104,8 +1148,7 @@ class Catalogue:
         index_bytes = _file_size(index_path) if index_path is not None else 0
         hours = float(total_s) / 3600
         spectra_bytes, vectors_bytes = self._db.execute(
-            "SELECT coalesce(sum(length(spectrum)), 0), coalesce(sum(length(vectors)), 0)"
-            " FROM refs"
+            "SELECT coalesce(sum(length(spectrum)), 0), coalesce(sum(length(vectors)), 0) FROM refs"
         ).fetchone()
         database_bytes = sum(
             _file_size(self.directory / (DATABASE_NAME + suffix)) for suffix in ("", "-wal")

@@ -61,13 +61,24 @@ def _fail(exc: TunetraceError) -> NoReturn:
     raise typer.Exit(2 if isinstance(exc, BadInputError) else 1)
 
 
-def _open_catalogue(directory: Path, *, create: bool = False, read_only: bool = False):
-    from tunetrace.index.catalogue import Catalogue
+def _open_catalogue(
+    directory: Path, *, create: bool = False, read_only: bool = False, scheduler: str | None = None
+):
+    from tunetrace.opening import open_catalogue
 
     try:
-        return Catalogue(directory, create=create, read_only=read_only)
+        return open_catalogue(directory, create=create, read_only=read_only, scheduler=scheduler)
     except TunetraceError as exc:
         _fail(exc)
+
+
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Dask scheduler address (tcp://host:8786): search a sharded catalogue's shards "
+        "on its workers."
+    ),
+]
 
 
 @app.command()
@@ -138,12 +149,13 @@ def match(
         float | None,
         typer.Option(min=0.0, max=1.0, help="Score threshold (default: the calibrated one)."),
     ] = None,
+    scheduler: SchedulerOption = None,
 ) -> None:
     """Find the catalogue references that the queries are altered copies of."""
     from tunetrace.matcher import Matcher
     from tunetrace.report import error_to_dict, report_to_dict
 
-    store = _open_catalogue(catalogue, read_only=True)
+    store = _open_catalogue(catalogue, read_only=True, scheduler=scheduler)
     matcher = Matcher(store)
     failed = False
     for query in queries:
@@ -205,8 +217,14 @@ def info(
         typer.echo(json.dumps(details, indent=2))
         return
     for key, value in details.items():
-        if key != "params":
+        if key not in ("params", "shards"):
             typer.echo(f"{key:>20}: {value}")
+    for shard in details.get("shards", []):
+        typer.echo(
+            f"{shard['shard']:>20}: {shard['references']} references, "
+            f"{shard['audio_hours']} h, {shard['vectors']} vectors ({shard['index_kind']}), "
+            f"{shard['size_on_disk_bytes'] / 1e6:.1f} MB"
+        )
 
 
 #: Largest --offset/--limit: SQLite's integers are 64-bit.
@@ -333,7 +351,11 @@ def scan(
         bool, typer.Option("--resume", help="Continue an interrupted report; skip what it holds.")
     ] = False,
     scheduler: Annotated[
-        str | None, typer.Option(help="Dask scheduler address (tcp://host:8786) to run on.")
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786) to run on (a sharded catalogue's "
+            "shards are searched on its workers)."
+        ),
     ] = None,
     top: Annotated[int, typer.Option(min=1, help="Most matches per file.")] = 5,
     min_score: Annotated[
@@ -355,6 +377,7 @@ def scan(
 ) -> None:
     """Rescan many files (or the catalogue itself) and append one report line per file."""
     from tunetrace.export import write_csv
+    from tunetrace.index.shard_layout import is_sharded
     from tunetrace.scan import (
         ReportWriter,
         ScanSummary,
@@ -364,7 +387,7 @@ def scan(
         read_report,
         reference_jobs,
     )
-    from tunetrace.scan_backends import run_dask, run_local
+    from tunetrace.scan_backends import run_dask, run_dask_sharded, run_local
 
     if self_scan == bool(paths or manifest):
         typer.echo(
@@ -387,7 +410,12 @@ def scan(
     progress = _progress_bar(len(todo), "scanning")
     started = time.perf_counter()
     try:
-        if scheduler:
+        if scheduler and is_sharded(catalogue):
+            results = run_dask_sharded(
+                catalogue, todo, scheduler=scheduler, top=top, min_score=min_score,
+                excerpts=excerpts,
+            )  # fmt: skip
+        elif scheduler:
             results = run_dask(
                 catalogue, todo, scheduler=scheduler, top=top, min_score=min_score,
                 excerpts=excerpts,
@@ -582,9 +610,7 @@ def index_migrate(
     before = _directory_bytes(store.directory)
     progress = _progress_bar(store.legacy_count(), "rewriting", unit="reference")
     try:
-        rewritten = store.migrate(
-            batch_size=batch_size, vacuum=vacuum, progress=progress.update
-        )
+        rewritten = store.migrate(batch_size=batch_size, vacuum=vacuum, progress=progress.update)
     except TunetraceError as exc:
         _fail(exc)
     finally:
@@ -594,6 +620,74 @@ def index_migrate(
     typer.echo(
         f"rewrote {rewritten} reference(s) in {time.perf_counter() - started:.1f} s: "
         f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB on disk"
+    )
+
+
+shards_app = typer.Typer(
+    help="Split a catalogue into shards (one catalogue over several directories, machines or "
+    "Dask workers).",
+    no_args_is_help=True,
+)
+app.add_typer(shards_app, name="shards")
+
+ShardCountOption = Annotated[int, typer.Option("--shards", min=1, max=1024, help="Shard count.")]
+
+
+@shards_app.command("init")
+def shards_init(
+    shards: ShardCountOption,
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+) -> None:
+    """Make DIR a sharded catalogue of N shards (an existing catalogue's references are moved
+    into them). Every command then uses it as one catalogue."""
+    from tunetrace.index.catalogue import DATABASE_NAME
+    from tunetrace.index.resharding import init_sharded
+    from tunetrace.index.shard_layout import is_sharded
+
+    total = 0  # references to move, for the progress bar
+    if (catalogue / DATABASE_NAME).is_file() and not is_sharded(catalogue):
+        existing = _open_catalogue(catalogue, read_only=True)
+        total = existing.count()
+        existing.close()
+    try:
+        progress = _progress_bar(total, "moving", unit="reference")
+        try:
+            manifest = init_sharded(catalogue, shards, progress=lambda _: progress.update(1))
+        finally:
+            progress.close()
+    except TunetraceError as exc:
+        _fail(exc)
+    typer.echo(f"{catalogue} is a sharded catalogue of {manifest.count} shards")
+
+
+@shards_app.command("split")
+def shards_split(
+    shards: ShardCountOption,
+    catalogue: CatalogueOption = ...,  # type: ignore[assignment]
+) -> None:
+    """Move a sharded catalogue's references into N new shards. Readers keep matching
+    meanwhile; safe to kill and run again."""
+    from tunetrace.index.resharding import reshard
+    from tunetrace.opening import open_catalogue
+
+    started = time.perf_counter()
+    try:
+        with open_catalogue(catalogue, read_only=True) as existing:
+            if not hasattr(existing, "shard_count"):
+                raise BadInputError(
+                    f"{catalogue} is not sharded; 'tunetrace shards init' shards it"
+                )
+            total = existing.count()
+        progress = _progress_bar(total, "moving", unit="reference")
+        try:
+            manifest = reshard(catalogue, shards, progress=lambda _: progress.update(1))
+        finally:
+            progress.close()
+    except TunetraceError as exc:
+        _fail(exc)
+    typer.echo(
+        f"moved {total} reference(s) into {manifest.count} shards in "
+        f"{time.perf_counter() - started:.1f} s"
     )
 
 
@@ -613,6 +707,13 @@ def serve(
     workers: Annotated[
         int | None, typer.Option(min=1, help="Worker processes [env TUNETRACE_WORKERS, cores].")
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786): search a sharded catalogue's "
+            "shards on its workers [env TUNETRACE_SCHEDULER]."
+        ),
+    ] = None,
 ) -> None:
     """Start the HTTP API (settings from TUNETRACE_* environment variables)."""
     import uvicorn
@@ -626,6 +727,8 @@ def serve(
         overrides["catalogue"] = catalogue
     if workers is not None:
         overrides["workers"] = workers
+    if scheduler is not None:
+        overrides["scheduler"] = scheduler
     try:
         settings = ApiSettings(**overrides)
     except ValidationError as exc:

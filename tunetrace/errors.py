@@ -53,3 +53,8 @@ class InvalidReferenceIdError(BadInputError):
 
 class UnsupportedAudioError(AudioDecodeError):
     """The file declares a format outside the accepted limits (channels, sample rate)."""
+
+
+class ShardUnavailableError(CatalogueError):
+    """A shard of a sharded catalogue could not be searched or read (missing directory,
+    damaged files, or no Dask worker could open it): the answer would be incomplete."""

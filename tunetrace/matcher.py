@@ -124,11 +124,23 @@ class Matcher:
     Parameters
     ----------
     catalogue : Catalogue
+        A sharded catalogue gets a :class:`~tunetrace.sharded_matcher.ShardedMatcher`.
     score_model : ScoreModel, optional
         Defaults to the calibrated model shipped with tunetrace.
     settings : MatchSettings, optional
     verify_settings : VerifySettings, optional
     """
+
+    def __new__(cls, catalogue: Catalogue, **kwargs: object) -> Matcher:
+        # A sharded catalogue gets the matcher that scatters queries to its shards.
+        if cls is Matcher:
+            from tunetrace.sharded_catalogue import ShardedCatalogue
+
+            if isinstance(catalogue, ShardedCatalogue):
+                from tunetrace.sharded_matcher import ShardedMatcher
+
+                return super().__new__(ShardedMatcher)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -246,12 +258,16 @@ class Matcher:
         exclude_keys: frozenset[int] = frozenset(),
         timings: dict[str, float] | None = None,
         reference_key: int | None = None,
+        patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> list[Verification]:
         """All verified candidates of a query, scored, best first (nothing filtered).
 
         ``exclude_keys`` are references left out of the search (a self-scan's own reference).
         When ``timings`` is given, the seconds spent in the candidate search and in the
         verification are stored in it under ``"search"`` and ``"verification"``.
+        ``reference_key`` limits the search to that reference; ``patches`` are the query's
+        :func:`~tunetrace.candidates.query_patch_vectors` if already made (a sharded
+        catalogue's shards all search the same ones).
         """
         started = time.perf_counter()
         self.catalogue.refresh()
@@ -260,10 +276,9 @@ class Matcher:
         if reference_key is not None:  # that reference alone, however the others compare
             searcher = self.catalogue.reference_index(reference_key)
         # embedded once: searched here and, for works found, again in their own vectors
-        patches = query_patch_vectors(features, params=params)
-        candidates = self.candidates(
-            features, searcher, exclude_keys=exclude_keys, patches=patches
-        )
+        if patches is None:
+            patches = query_patch_vectors(features, params=params)
+        candidates = self.candidates(features, searcher, exclude_keys=exclude_keys, patches=patches)
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
@@ -539,15 +554,16 @@ class Matcher:
         top: int = 5,
         min_score: float | None = None,
         exclude_keys: frozenset[int] = frozenset(),
+        patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     ) -> list[Match]:
         """Probable copies among the catalogue's references, best first.
 
         A reference's best verification decides its score and estimates. Other verifications
         of the same reference at another offset, with the same tempo ratio and pitch shift,
         add their matched segments: a copy with a section cut out, repeated or moved matches
-        its reference in several pieces.
+        its reference in several pieces. ``patches``: as in :meth:`verify`.
         """
-        verifications = self.verify(features, exclude_keys=exclude_keys)
+        verifications = self.verify(features, exclude_keys=exclude_keys, patches=patches)
         return self.matches_from(features, verifications, top=top, min_score=min_score)
 
     def matches_from(

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from tunetrace.errors import ScanWorkerError
-from tunetrace.index.catalogue import Catalogue
 from tunetrace.matcher import Matcher
+from tunetrace.opening import open_catalogue
 from tunetrace.report import error_to_dict
 from tunetrace.scan import ScanJob, run_job
 from tunetrace.threads import use_one_thread
@@ -69,7 +69,8 @@ def _matcher_for(catalogue_dir: str) -> Matcher:
     with _matchers_lock:
         matcher = _matchers.get(catalogue_dir)
         if matcher is None:
-            matcher = _matchers[catalogue_dir] = Matcher(Catalogue(catalogue_dir, read_only=True))
+            store = open_catalogue(catalogue_dir, read_only=True)
+            matcher = _matchers[catalogue_dir] = Matcher(store)
         return matcher
 
 
@@ -375,6 +376,59 @@ def run_dask(
             if next_job is not None:
                 submit(next_job)
             yield job, result
+
+
+def run_dask_sharded(
+    catalogue_dir: Path,
+    jobs: list[ScanJob],
+    *,
+    scheduler: str,
+    top: int,
+    min_score: float | None,
+    excerpts: int = 0,
+) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
+    """Scan against a sharded catalogue whose shards are searched on a Dask cluster.
+
+    Files are decoded and fingerprinted here (threads, as many as the cluster has worker
+    threads, plus one); each fingerprint goes to every shard, on the worker its shard is
+    assigned to (:class:`~tunetrace.shard_access.DaskShards`), and the verified matches come
+    back. A shard task whose worker dies is rescheduled by Dask on another worker, which opens
+    the shard; a shard that no worker can search gives the file an error line
+    (``ShardUnavailableError``), never a partial answer.
+    """
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    from distributed import Client
+
+    from tunetrace.sharded_catalogue import ShardedCatalogue
+
+    try:
+        client = Client(scheduler, set_as_default=False, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise ScanWorkerError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    with client, ShardedCatalogue(catalogue_dir, scheduler=client) as store:
+        matcher = Matcher(store)
+        window = (sum(client.nthreads().values()) or 1) + 1
+        logger.info("Dask cluster at %s: %d shards, %d jobs at a time", scheduler,
+                    store.shard_count, window)  # fmt: skip
+        with ThreadPoolExecutor(max_workers=window, thread_name_prefix="scan") as pool:
+
+            def submit(job: ScanJob) -> None:
+                running[pool.submit(run_job, matcher, job, top=top, min_score=min_score,
+                                    excerpts=excerpts)] = job  # fmt: skip
+
+            pending = iter(jobs)
+            running: dict[Any, ScanJob] = {}
+            for job in itertools.islice(pending, window):
+                submit(job)
+            while running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    job = running.pop(future)
+                    next_job = next(pending, None)
+                    if next_job is not None:
+                        submit(next_job)
+                    yield job, future.result()
 
 
 def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:

@@ -1,0 +1,321 @@
+"""Where a sharded catalogue's shards are opened and searched: in this process, or on the Dask
+workers each shard is assigned to.
+
+Both give a :class:`ShardAccess`: ``call(shard, function, *args)`` runs
+``function(open_shard, *args)`` where the shard is open and returns its (small) result. Only
+arguments and results travel (a query's fingerprint out, verified matches or metadata back);
+a shard's vectors and spectra stay where it is opened.
+
+On Dask, each shard is assigned to one worker by rendezvous hashing of the shard's directory
+over the workers the scheduler knows, and its tasks carry that worker as a *loose* restriction
+(``workers=[w], allow_other_workers=True``): the scheduler runs them there while the worker
+lives, so the shard is opened once and stays open between tasks, and moves them to another
+worker when it leaves (a task whose worker dies is rescheduled by Dask itself). Workers joining
+change the assignment of about 1/N of the shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from tunetrace.errors import (
+    BadInputError,
+    CatalogueError,
+    DuplicateReferenceError,
+    ReferenceNotFoundError,
+    ShardUnavailableError,
+    TunetraceError,
+)
+from tunetrace.index.catalogue import DATABASE_NAME, Catalogue
+
+logger = logging.getLogger(__name__)
+R = TypeVar("R")
+
+#: Dask retries of a shard task that raised (a worker's death is counted by the scheduler
+#: instead, up to ``distributed.scheduler.allowed-failures``).
+SHARD_TASK_RETRIES = 1
+
+
+class OpenShard:
+    """One shard catalogue opened in this process, with a matcher made on first use.
+
+    Parameters
+    ----------
+    directory : Path
+    read_only : bool
+    """
+
+    def __init__(self, directory: Path, *, read_only: bool) -> None:
+        self.directory = directory
+        self.read_only = read_only
+        try:
+            self.catalogue = Catalogue(directory, read_only=read_only)
+        except TunetraceError as exc:
+            raise ShardUnavailableError(f"shard {directory} cannot be opened: {exc}") from exc
+        self._matcher: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def matcher(self) -> Any:
+        """A :class:`~tunetrace.matcher.Matcher` on this shard (made once)."""
+        with self._lock:
+            if self._matcher is None:
+                from tunetrace.matcher import Matcher
+
+                self._matcher = Matcher(self.catalogue)
+            return self._matcher
+
+    def close(self) -> None:
+        """Close the shard's catalogue."""
+        self.catalogue.close()
+
+
+class ShardAccess(Protocol):
+    """Runs functions on open shards, wherever they are open."""
+
+    def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
+        """``function(open_shard, *args)`` on shard number ``shard``."""
+        ...
+
+    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """``function(open_shard_i, *args[i])`` on every shard ``i``; every shard answers or
+        :class:`ShardUnavailableError` is raised naming those that did not."""
+        ...
+
+    def close(self) -> None:
+        """Release the shards (and any cluster connection)."""
+        ...
+
+
+class LocalShards:
+    """Shards opened in this process (each on first use, then kept open).
+
+    Parameters
+    ----------
+    directories : list of Path
+        The shard directories, in shard order.
+    read_only : bool
+    """
+
+    def __init__(self, directories: list[Path], *, read_only: bool) -> None:
+        self.directories = directories
+        self.read_only = read_only
+        self._open: dict[int, OpenShard] = {}
+        self._lock = threading.Lock()
+
+    def shard(self, shard: int) -> OpenShard:
+        """Shard number ``shard``, opened on first use.
+
+        Raises
+        ------
+        ShardUnavailableError
+        """
+        with self._lock:
+            opened = self._open.get(shard)
+            if opened is None:
+                opened = self._open[shard] = OpenShard(
+                    self.directories[shard], read_only=self.read_only
+                )
+            return opened
+
+    def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
+        """See :class:`ShardAccess`."""
+        try:
+            return function(self.shard(shard), *args)
+        except ShardUnavailableError:
+            raise
+        except CatalogueError as exc:
+            if isinstance(exc, _NOT_SHARD_FAULTS):
+                raise
+            raise ShardUnavailableError(
+                f"shard {shard_name(self.directories[shard])} failed: {exc}"
+            ) from exc
+
+    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """See :class:`ShardAccess` (shards are searched one after the other: each search
+        already uses this process's threads)."""
+        results, failures = [], []
+        for shard, shard_args in enumerate(args):
+            try:
+                results.append(self.call(shard, function, *shard_args))
+            except ShardUnavailableError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ShardUnavailableError(_unavailable_message(failures, len(args)))
+        return results
+
+    def close(self) -> None:
+        """Close every opened shard."""
+        with self._lock:
+            for opened in self._open.values():
+                opened.close()
+            self._open.clear()
+
+
+class DaskShards:
+    """Shards opened on the workers of a Dask distributed cluster.
+
+    Parameters
+    ----------
+    directories : list of Path
+        The shard directories, in shard order: the workers must see them at these paths
+        (shared storage, or each worker's own copy of the shards assigned to it).
+    scheduler : str or distributed.Client
+        The scheduler's address (``tcp://host:8786``) or a connected client.
+    read_only : bool
+    """
+
+    def __init__(self, directories: list[Path], scheduler: Any, *, read_only: bool = True) -> None:
+        from distributed import Client
+
+        self.directories = [str(Path(d).resolve()) for d in directories]
+        self.read_only = read_only
+        self._own_client = isinstance(scheduler, str)
+        try:
+            self.client = (
+                Client(scheduler, set_as_default=False, timeout="20s")
+                if self._own_client
+                else scheduler
+            )
+        except (OSError, TimeoutError) as exc:
+            raise CatalogueError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+
+    def assignment(self) -> list[str | None]:
+        """The worker each shard is assigned to now (``None``: the cluster has no workers)."""
+        workers = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        return [assigned_worker(directory, workers) for directory in self.directories]
+
+    def _submit(
+        self, shard: int, worker: str | None, function: Callable[..., R], *args: Any
+    ) -> Any:
+        return self.client.submit(
+            run_on_shard,
+            self.directories[shard],
+            self.read_only,
+            function,
+            *args,
+            workers=None if worker is None else [worker],
+            allow_other_workers=True,
+            retries=SHARD_TASK_RETRIES,
+            pure=False,
+        )
+
+    def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
+        """See :class:`ShardAccess`."""
+        future = self._submit(shard, self.assignment()[shard], function, *args)
+        return self._result(shard, future)
+
+    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """See :class:`ShardAccess` (every shard's task is sent before any result is awaited)."""
+        assigned = self.assignment()
+        futures = [
+            self._submit(shard, assigned[shard], function, *shard_args)
+            for shard, shard_args in enumerate(args)
+        ]
+        results, failures = [], []
+        for shard, future in enumerate(futures):
+            try:
+                results.append(self._result(shard, future))
+            except ShardUnavailableError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise ShardUnavailableError(_unavailable_message(failures, len(args)))
+        return results
+
+    def _result(self, shard: int, future: Any) -> Any:
+        """A shard task's result; failures other than the query's own become
+        :class:`ShardUnavailableError`."""
+        from distributed.scheduler import KilledWorker
+
+        name = shard_name(Path(self.directories[shard]))
+        try:
+            return future.result()
+        except KilledWorker as exc:
+            raise ShardUnavailableError(
+                f"shard {name}: the Dask workers running it died each time ({exc})"
+            ) from exc
+        except _NOT_SHARD_FAULTS:
+            raise
+        except TunetraceError as exc:
+            raise ShardUnavailableError(f"shard {name} failed: {exc}") from exc
+        except (OSError, TimeoutError) as exc:
+            raise ShardUnavailableError(f"shard {name}: lost the Dask cluster: {exc}") from exc
+        finally:
+            future.release()
+
+    def close(self) -> None:
+        """Close the client if this object connected it."""
+        if self._own_client:
+            self.client.close()
+
+
+def assigned_worker(shard_directory: str, workers: list[str]) -> str | None:
+    """The worker a shard is assigned to: the highest rendezvous hash of shard and worker.
+
+    Parameters
+    ----------
+    shard_directory : str
+    workers : list of str
+        The cluster's worker addresses.
+
+    Returns
+    -------
+    worker : str or None
+        ``None`` when there are no workers.
+    """
+
+    def weight(worker: str) -> bytes:
+        return hashlib.blake2b(f"{shard_directory}\n{worker}".encode(), digest_size=8).digest()
+
+    return max(workers, key=weight, default=None)
+
+
+#: Shards opened in this (worker) process, by directory and mode.
+_opened: dict[tuple[str, bool], OpenShard] = {}
+_opened_lock = threading.Lock()
+
+
+def run_on_shard(directory: str, read_only: bool, function: Callable[..., R], *args: Any) -> R:
+    """A Dask task: ``function(open_shard, *args)`` on the shard at ``directory``, opened in
+    this worker process on first use and kept open for later tasks.
+
+    Shards whose directory has gone (a reshard replaced them) are closed and forgotten.
+    """
+    key = (directory, read_only)
+    with _opened_lock:
+        for gone in [k for k in _opened if not os.path.exists(Path(k[0]) / DATABASE_NAME)]:
+            _opened.pop(gone).close()
+        opened = _opened.get(key)
+        if opened is None:
+            if not os.path.exists(Path(directory) / DATABASE_NAME):
+                raise ShardUnavailableError(f"shard {directory} is not on this worker's disk")
+            opened = _opened[key] = OpenShard(Path(directory), read_only=read_only)
+    return function(opened, *args)
+
+
+def opened_shards() -> list[str]:
+    """Shard directories this process has open (for tests and diagnostics)."""
+    with _opened_lock:
+        return sorted(directory for directory, _ in _opened)
+
+
+def shard_name(directory: Path) -> str:
+    """A shard's short name: its generation folder and directory (``g1/shard-003``)."""
+    return f"{directory.parent.name}/{directory.name}"
+
+
+def _unavailable_message(failures: list[str], shards: int) -> str:
+    return (
+        f"{len(failures)} of {shards} shard(s) unavailable, so no complete answer can be "
+        f"given: {'; '.join(failures)}"
+    )
+
+
+#: Errors that are about the request, not the shard: they pass through unchanged.
+_NOT_SHARD_FAULTS = (BadInputError, ReferenceNotFoundError, DuplicateReferenceError)
