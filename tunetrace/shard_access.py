@@ -6,12 +6,13 @@ Both give a :class:`ShardAccess`: ``call(shard, function, *args)`` runs
 arguments and results travel (a query's fingerprint out, verified matches or metadata back);
 a shard's vectors and spectra stay where it is opened.
 
-On Dask, each shard is assigned to one worker by rendezvous hashing of the shard's directory
-over the workers the scheduler knows, and its tasks carry that worker as a *loose* restriction
-(``workers=[w], allow_other_workers=True``): the scheduler runs them there while the worker
-lives, so the shard is opened once and stays open between tasks, and moves them to another
-worker when it leaves (a task whose worker dies is rescheduled by Dask itself). Workers joining
-change the assignment of about 1/N of the shards.
+On Dask, each shard is assigned to one worker (:func:`assign_shards`: balanced rendezvous
+hashing of the shard's directory over the workers the scheduler knows), and its tasks carry
+that worker as a *loose* restriction (``workers=[w], allow_other_workers=True``): the
+scheduler runs them there while the worker lives, so the shard is opened once and stays
+open between tasks, and moves them to another worker when it leaves (a task whose worker
+dies is rescheduled by Dask itself). A worker joining or leaving moves few shards besides its
+own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -37,6 +39,8 @@ from tunetrace.index.catalogue import DATABASE_NAME, Catalogue
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
+#: Seconds a shard-to-worker assignment is used before the cluster's workers are asked again.
+ASSIGNMENT_TTL_S = 2.0
 #: Dask retries of a shard task that raised (a worker's death is counted by the scheduler
 #: instead, up to ``distributed.scheduler.allowed-failures``).
 SHARD_TASK_RETRIES = 1
@@ -176,6 +180,9 @@ class DaskShards:
 
         self.directories = [str(Path(d).resolve()) for d in directories]
         self.read_only = read_only
+        self._lock = threading.Lock()
+        self._assigned: list[str | None] | None = None
+        self._assigned_at = 0.0
         self._own_client = isinstance(scheduler, str)
         try:
             self.client = (
@@ -187,9 +194,18 @@ class DaskShards:
             raise CatalogueError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
 
     def assignment(self) -> list[str | None]:
-        """The worker each shard is assigned to now (``None``: the cluster has no workers)."""
-        workers = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
-        return [assigned_worker(directory, workers) for directory in self.directories]
+        """The worker each shard is assigned to now (``None``: the cluster has no workers).
+
+        The cluster's workers are asked for at most every :data:`ASSIGNMENT_TTL_S`; a task
+        sent to a worker that has left meanwhile runs on another (loose restriction).
+        """
+        now = time.monotonic()
+        with self._lock:
+            if self._assigned is None or now - self._assigned_at > ASSIGNMENT_TTL_S:
+                workers = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+                self._assigned = assign_shards(self.directories, workers)
+                self._assigned_at = now
+            return self._assigned
 
     def _submit(
         self, shard: int, worker: str | None, function: Callable[..., R], *args: Any
@@ -255,25 +271,38 @@ class DaskShards:
             self.client.close()
 
 
-def assigned_worker(shard_directory: str, workers: list[str]) -> str | None:
-    """The worker a shard is assigned to: the highest rendezvous hash of shard and worker.
+def assign_shards(shard_directories: list[str], workers: list[str]) -> list[str | None]:
+    """The worker each shard is assigned to: balanced, and stable as workers come and go.
+
+    Shards take turns, in order, choosing the worker with the highest rendezvous hash of
+    shard and worker among those holding fewer than ``ceil(shards / workers)`` shards. A
+    worker leaving moves its own shards (and few others); one joining takes a share.
 
     Parameters
     ----------
-    shard_directory : str
+    shard_directories : list of str
     workers : list of str
         The cluster's worker addresses.
 
     Returns
     -------
-    worker : str or None
-        ``None`` when there are no workers.
+    workers : list of str or None
+        One per shard (``None`` when there are no workers).
     """
+    if not workers:
+        return [None] * len(shard_directories)
+    capacity = -(-len(shard_directories) // len(workers))
+    load = dict.fromkeys(workers, 0)
+    assigned: list[str | None] = []
+    for directory in shard_directories:
 
-    def weight(worker: str) -> bytes:
-        return hashlib.blake2b(f"{shard_directory}\n{worker}".encode(), digest_size=8).digest()
+        def weight(worker: str, directory: str = directory) -> bytes:
+            return hashlib.blake2b(f"{directory}\n{worker}".encode(), digest_size=8).digest()
 
-    return max(workers, key=weight, default=None)
+        chosen = max((w for w in workers if load[w] < capacity), key=weight)
+        load[chosen] += 1
+        assigned.append(chosen)
+    return assigned
 
 
 #: Shards opened in this (worker) process, by directory and mode.

@@ -1,0 +1,495 @@
+"""Sharded catalogues behave as one catalogue: same commands, same routes, same reports.
+
+Reports of a sharded catalogue are compared with those of the unsharded catalogue holding the
+same references, in this process, on a real ``LocalCluster`` and on separate ``dask scheduler``
+/ ``dask worker`` processes on loopback; a worker killed mid-scan and a missing shard are
+tried on each.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import librosa
+import numpy as np
+import pytest
+import soxr
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.resharding import init_sharded, reshard
+from tunetrace.index.shard_layout import (
+    MANIFEST_NAME,
+    global_key,
+    read_manifest,
+    shard_of,
+    split_key,
+)
+
+import tunetrace
+from tests.conftest import SAMPLE_RATE, synth_song, write_audio
+from tests.live_server import free_port, running_server
+from tunetrace.errors import (
+    CatalogueError,
+    DuplicateReferenceError,
+    ReferenceNotFoundError,
+    ShardUnavailableError,
+)
+from tunetrace.report import report_to_dict
+from tunetrace.scan import read_report
+from tunetrace.shard_access import assign_shards
+from tunetrace.sharded_catalogue import ShardedCatalogue
+from tunetrace.sharded_matcher import ShardedMatcher
+
+CLI = [sys.executable, "-m", "tunetrace.cli"]
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *args], capture_output=True, text=True, check=False)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _part(song: np.ndarray, start_s: float, length_s: float) -> np.ndarray:
+    return song[int(start_s * SAMPLE_RATE) : int((start_s + length_s) * SAMPLE_RATE)]
+
+
+@pytest.fixture(scope="module")
+def queries(tmp_path_factory: pytest.TempPathFactory, songs: dict) -> Path:
+    """Altered copies of catalogue songs (stretched, pitched, sped up), a medley of two, and
+    unknown music."""
+    folder = tmp_path_factory.mktemp("shard-queries")
+    stretch = librosa.effects.time_stretch
+    write_audio(folder / "stretched.wav", stretch(_part(songs["song1"], 4, 16), rate=1.15))
+    write_audio(
+        folder / "pitched.flac",
+        librosa.effects.pitch_shift(_part(songs["song2"], 6, 14), sr=SAMPLE_RATE, n_steps=-2),
+    )
+    write_audio(
+        folder / "fast.wav",
+        soxr.resample(_part(songs["song3"], 2, 16), SAMPLE_RATE, SAMPLE_RATE / 1.2),
+    )
+    medley = np.concatenate([_part(songs["song4"], 2, 12), _part(songs["song5"], 10, 12)])
+    write_audio(folder / "medley.wav", medley)
+    write_audio(folder / "unknown.wav", synth_song(777, duration_s=14))
+    return folder
+
+
+def _comparable(report: dict) -> dict:
+    """A report without its timing (the only field that may differ between two runs)."""
+    return {key: value for key, value in report.items() if key != "elapsed_s"}
+
+
+def assert_same_verdicts(sharded: dict[str, dict], unsharded: dict[str, dict]) -> None:
+    """The verdicts of an unsharded catalogue: the same references matched, in the same order,
+    the best one's score within 0.01, every match's estimates close.
+
+    Each shard votes among its own references, so a reference's candidate places (and with
+    them a second work's alignment) can differ slightly from those the whole catalogue's
+    competition leaves; the evidence a score judges is the same.
+    """
+    assert sharded.keys() == unsharded.keys()
+    for name, report in sharded.items():
+        expected = unsharded[name]
+        found = [m["reference_id"] for m in report["matches"]]
+        assert found == [m["reference_id"] for m in expected["matches"]], name
+        assert report["duration_s"] == expected["duration_s"]
+        pairs = zip(report["matches"], expected["matches"], strict=True)
+        for rank, (match, wanted) in enumerate(pairs):
+            assert abs(match["score"] - wanted["score"]) <= (0.01 if rank == 0 else 0.03), name
+            assert abs(match["tempo_ratio"] - wanted["tempo_ratio"]) <= 0.01, name
+            assert abs(match["pitch_shift_semitones"] - wanted["pitch_shift_semitones"]) <= 0.1
+            assert match["alteration"] == wanted["alteration"], name
+            assert abs(match["coverage"] - wanted["coverage"]) <= 0.02, name
+
+
+@pytest.fixture(scope="module")
+def unsharded_reports(built_catalogue: Path, queries: Path) -> dict[str, dict]:
+    with tunetrace.Catalogue(built_catalogue, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        return {
+            path.name: _comparable(report_to_dict(matcher.match_path(path, query_name=path.name)))
+            for path in sorted(queries.iterdir())
+        }
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory, built_catalogue: Path) -> Path:
+    """The five songs moved from a copy of the unsharded catalogue into three shards."""
+    directory = tmp_path_factory.mktemp("sharded") / "catalogue"
+    shutil.copytree(built_catalogue, directory)
+    result = _cli("shards", "init", "-c", str(directory), "--shards", "3")
+    assert "sharded catalogue of 3 shards" in result.stdout
+    return directory
+
+
+def _reports(directory: Path, queries: Path, **open_args: object) -> dict[str, dict]:
+    with ShardedCatalogue(directory, read_only=True, **open_args) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        assert isinstance(matcher, ShardedMatcher)
+        return {
+            path.name: _comparable(report_to_dict(matcher.match_path(path, query_name=path.name)))
+            for path in sorted(queries.iterdir())
+        }
+
+
+def test_ids_go_to_shards_by_a_stable_hash() -> None:
+    # fixed values: the routing must never change between versions, processes or machines
+    assert shard_of("album1/track03", 1000) == 513
+    assert shard_of("ÿ/é", 16) == 2
+    counts = np.bincount([shard_of(f"id-{i}", 8) for i in range(8000)], minlength=8)
+    assert counts.min() > 900, counts  # spread evenly
+    assert split_key(global_key(5, 123456)) == (5, 123456)
+
+
+def test_shards_are_spread_evenly_over_workers_and_few_move_when_one_leaves() -> None:
+    shards = [f"/data/g1/shard-{i:03d}" for i in range(12)]
+    workers = [f"tcp://10.0.0.{i}:4000" for i in range(4)]
+    assigned = assign_shards(shards, workers)
+    assert sorted(Counter(assigned).values()) == [3, 3, 3, 3]
+    assert assign_shards(shards, list(reversed(workers))) == assigned  # order does not matter
+    left = assign_shards(shards, workers[:3])
+    assert sorted(Counter(left).values()) == [4, 4, 4]
+    kept = sum(a == b for a, b in zip(assigned, left, strict=True) if a != workers[3])
+    assert kept >= 6, (assigned, left)  # most shards of the workers that stayed stay put
+    assert assign_shards(shards, []) == [None] * 12
+
+
+def test_sharding_moves_every_reference_once(sharded: Path, built_catalogue: Path) -> None:
+    manifest = read_manifest(sharded)
+    assert manifest.count == 3
+    assert not (sharded / "catalogue.sqlite").exists()  # the unsharded files are gone
+    with Catalogue(built_catalogue, read_only=True) as plain:
+        expected = plain.list(limit=100)
+    held: dict[str, int] = {}
+    for shard, shard_dir in enumerate(manifest.shard_dirs(sharded)):
+        with Catalogue(shard_dir, read_only=True) as part:
+            for record in part.list(limit=100):
+                assert shard_of(record.reference_id, 3) == shard, record.reference_id
+                held[record.reference_id] = shard
+    assert sorted(held) == [r.reference_id for r in expected]
+    with tunetrace.Catalogue(sharded) as catalogue:  # the Python API opens it the same way
+        assert isinstance(catalogue, ShardedCatalogue)
+        listed = catalogue.list(limit=100)
+        assert [r.reference_id for r in listed] == [r.reference_id for r in expected]
+        assert [(r.title, r.duration_s, r.added_at) for r in listed] == [
+            (r.title, r.duration_s, r.added_at) for r in expected
+        ]
+        assert [r.reference_id for r in catalogue.list(offset=1, limit=2)] == [
+            r.reference_id for r in expected[1:3]
+        ]
+        assert catalogue.count() == len(expected)
+        record = catalogue.get("album/song5")
+        assert catalogue.record_by_key(record.key).reference_id == "album/song5"
+        assert split_key(record.key)[0] == held["album/song5"]
+        with pytest.raises(ReferenceNotFoundError):
+            catalogue.get("no/such/song")
+        info = catalogue.info()
+        assert info["references"] == len(expected) and info["shard_count"] == 3
+        assert sum(s["references"] for s in info["shards"]) == len(expected)
+
+
+@pytest.fixture(scope="module")
+def sharded_reports(sharded: Path, queries: Path) -> dict[str, dict]:
+    """Reports of the three-shard catalogue, its shards opened in this process: every other
+    way of reaching the same shards (CLI, Dask, HTTP) must give exactly these."""
+    return _reports(sharded, queries)
+
+
+def test_sharded_reports_give_the_unsharded_verdicts(
+    sharded_reports: dict, unsharded_reports: dict
+) -> None:
+    reports = sharded_reports
+    assert_same_verdicts(reports, unsharded_reports)
+    # the queries do exercise the matcher: copies found, the medley's two works, no false match
+    tops = {name: [m["reference_id"] for m in r["matches"]] for name, r in reports.items()}
+    assert tops["stretched.wav"] == ["song1"] and tops["pitched.flac"] == ["song2"]
+    assert tops["fast.wav"] == ["song3"] and tops["unknown.wav"] == []
+    assert sorted(tops["medley.wav"]) == ["album/song5", "song4"]
+
+
+def test_cli_on_a_sharded_catalogue(
+    sharded: Path, queries: Path, sharded_reports: dict, tmp_path: Path
+) -> None:
+    info = _cli("info", "-c", str(sharded)).stdout
+    assert "shard_count: 3" in info and info.count("g1/shard-") == 3
+    listed = [
+        json.loads(line)["id"]
+        for line in _cli("list", "-c", str(sharded), "--json").stdout.splitlines()
+    ]
+    assert listed == sorted(listed) and len(listed) == 5
+    matched = _cli("match", "-c", str(sharded), "--json", str(queries / "pitched.flac")).stdout
+    assert _comparable(json.loads(matched)) == {
+        **sharded_reports["pitched.flac"],
+        "query": str(queries / "pitched.flac"),
+    }
+    out = tmp_path / "evidence.json"
+    _cli("explain", "-c", str(sharded), str(queries / "stretched.wav"), "--out", str(out))
+    assert json.loads(out.read_text())["reference_id"] == "song1"
+    report = tmp_path / "self.jsonl"
+    _cli("scan", "--self", "-c", str(sharded), "--out", str(report), "--workers", "2")
+    assert sorted(line["query"] for line in read_report(report)) == listed
+
+
+def test_writes_go_to_the_right_shard_and_reshard_keeps_every_reference(
+    tmp_path: Path, song_folder: Path, queries: Path, unsharded_reports: dict
+) -> None:
+    directory = tmp_path / "catalogue"
+    init_sharded(directory, 2)
+    with tunetrace.Catalogue(directory) as catalogue:
+        summary = catalogue.add_files([song_folder], workers=2)
+        assert summary.added == 5
+        with pytest.raises(DuplicateReferenceError):
+            catalogue.add_file(song_folder / "song1.flac", "song1")
+        catalogue.add_file(song_folder / "song1.flac", "extra/copy-of-song1")
+        catalogue.remove("extra/copy-of-song1")
+        with pytest.raises(ReferenceNotFoundError):
+            catalogue.remove("extra/copy-of-song1")
+    # a reader that stays open while the catalogue is resharded
+    reader = ShardedCatalogue(directory, read_only=True)
+    matcher = tunetrace.Matcher(reader)
+    before = _comparable(
+        report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
+    )
+    reshard(directory, 4)
+    assert sorted(p.name for p in directory.iterdir()) == ["catalogue.lock", "g2", MANIFEST_NAME]
+    after = _comparable(
+        report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
+    )
+    assert reader.shard_count == 4  # it followed the reshard
+    assert_same_verdicts({"fast.wav": before}, {"fast.wav": unsharded_reports["fast.wav"]})
+    assert_same_verdicts({"fast.wav": after}, {"fast.wav": unsharded_reports["fast.wav"]})
+    reader.close()
+    assert_same_verdicts(_reports(directory, queries), unsharded_reports)
+
+
+def test_a_missing_shard_is_an_error_never_a_partial_answer(
+    sharded: Path, queries: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    shutil.copytree(sharded, directory)
+    shutil.rmtree(read_manifest(directory).shard_dirs(directory)[1])
+    with (
+        ShardedCatalogue(directory, read_only=True) as catalogue,
+        pytest.raises(ShardUnavailableError, match="1 of 3 shard"),
+    ):
+        tunetrace.Matcher(catalogue).match_path(queries / "stretched.wav")
+    result = _cli(
+        "match", "-c", str(directory), "--json", str(queries / "stretched.wav"), check=False
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = json.loads(result.stdout)
+    assert line["error"]["code"] == "ShardUnavailableError" and "matches" not in line
+    report = tmp_path / "scan.jsonl"
+    _cli(
+        "scan",
+        "-c",
+        str(directory),
+        str(queries),
+        "--out",
+        str(report),
+        "--workers",
+        "1",
+        check=False,
+    )
+    lines = read_report(report)
+    assert len(lines) == 5 and all(
+        line["error"]["code"] == "ShardUnavailableError" for line in lines
+    )
+
+
+def test_bad_shard_requests_get_clear_errors(sharded: Path, tmp_path: Path) -> None:
+    again = _cli("shards", "init", "-c", str(sharded), "--shards", "2", check=False)
+    assert again.returncode == 1 and "already a sharded catalogue" in again.stderr
+    plain = tmp_path / "plain"
+    Catalogue(plain, create=True).close()
+    split = _cli("shards", "split", "-c", str(plain), "--shards", "2", check=False)
+    assert split.returncode == 2 and "not sharded" in split.stderr
+    too_many = _cli("shards", "init", "-c", str(tmp_path / "x"), "--shards", "5000", check=False)
+    assert too_many.returncode == 2 and "Traceback" not in too_many.stderr
+    scheduler = _cli(
+        "match", "-c", str(plain), "--scheduler", "tcp://127.0.0.1:1", "x.wav", check=False
+    )
+    assert scheduler.returncode == 2 and "not a sharded catalogue" in scheduler.stderr
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sharded, damaged)
+    escaping = (
+        '{"kind": "tunetrace-shards", "format": 1, "generation": 1, "params": {},'
+        ' "shards": ["../../etc"]}'
+    )
+    for text in (escaping, "not json", '{"kind": "tunetrace-shards", "format": 9}'):
+        (damaged / MANIFEST_NAME).write_text(text)
+        with pytest.raises(CatalogueError):
+            ShardedCatalogue(damaged)
+        result = _cli("info", "-c", str(damaged), check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+# ----------------------------------------------------------------- on Dask
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[object]:
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:  # fmt: skip
+        yield local
+
+
+def _opened_shards() -> list[str]:
+    from tunetrace.shard_access import opened_shards
+
+    return opened_shards()
+
+
+@pytest.mark.slow
+def test_local_cluster_gives_the_unsharded_reports_and_keeps_shards_where_assigned(
+    cluster, sharded: Path, queries: Path, sharded_reports: dict
+) -> None:
+    from distributed import Client
+
+    with Client(cluster) as client:
+        reports = _reports(sharded, queries, scheduler=client)
+        opened = client.run(_opened_shards)
+    assert reports == sharded_reports
+    # each shard was opened on one worker only, and both workers hold shards
+    everywhere = [shard for shards in opened.values() for shard in shards]
+    assert sorted(everywhere) == sorted(set(everywhere)) and len(everywhere) == 3
+    assert all(opened.values()), opened
+
+
+@pytest.mark.slow
+def test_dask_scan_of_a_sharded_catalogue_survives_a_killed_worker(
+    cluster, sharded: Path, queries: Path, sharded_reports: dict, tmp_path: Path
+) -> None:
+    from distributed import Client
+    from distributed.comm.core import CommClosedError
+
+    from tunetrace.scan import ScanJob
+    from tunetrace.scan_backends import run_dask_sharded
+
+    jobs = [ScanJob(path.name, str(path)) for path in sorted(queries.iterdir())] * 3
+    with Client(cluster) as client:
+        victim = sorted(client.scheduler_info()["workers"])[0]
+        lines = []
+        for number, (_, line) in enumerate(
+            run_dask_sharded(
+                sharded, jobs, scheduler=cluster.scheduler_address, top=5, min_score=None
+            )
+        ):
+            lines.append(line)
+            if number == 2:  # mid-scan: a worker holding shards dies (its nanny restarts it)
+                assert client.run(_opened_shards, workers=[victim])[victim]
+                with contextlib.suppress(CommClosedError):  # it died answering
+                    client.run(_die, workers=[victim])
+        assert len(lines) == len(jobs)
+    assert all("error" not in line for line in lines), [line.get("error") for line in lines]
+    for line in lines:
+        assert _comparable(line) == sharded_reports[line["query"]]
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_dask_processes_on_loopback_match_scan_and_report_a_missing_shard(
+    sharded: Path, queries: Path, sharded_reports: dict, tmp_path: Path
+) -> None:
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+         "--port", str(port), "--dashboard-address", ":0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(2)
+    ]
+    try:
+        _wait_for_workers(address, 2)
+        matched = _cli("match", "-c", str(sharded), "--json", "--scheduler", address,
+                       *(str(p) for p in sorted(queries.iterdir()))).stdout  # fmt: skip
+        for line in matched.splitlines():
+            report = json.loads(line)
+            name = Path(report["query"]).name
+            assert _comparable({**report, "query": name}) == sharded_reports[name]
+        out = tmp_path / "scan.jsonl"
+        _cli("scan", "-c", str(sharded), str(queries), "--out", str(out), "--scheduler", address)
+        for line in read_report(out):
+            name = Path(line["query"]).name
+            assert _comparable({**line, "query": name}) == sharded_reports[name]
+        # a shard missing on the workers' disk: an error line, not a partial answer
+        broken = tmp_path / "broken"
+        shutil.copytree(sharded, broken)
+        shutil.rmtree(read_manifest(broken).shard_dirs(broken)[2])
+        result = _cli("match", "-c", str(broken), "--json", "--scheduler", address,
+                      str(queries / "fast.wav"), check=False)  # fmt: skip
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert json.loads(result.stdout)["error"]["code"] == "ShardUnavailableError"
+    finally:
+        for process in [*workers, scheduler]:
+            process.terminate()
+        for process in [*workers, scheduler]:
+            process.wait(timeout=30)
+
+
+def _wait_for_workers(address: str, count: int) -> None:
+    from distributed import Client
+
+    with Client(address, timeout="30s") as client:
+        client.wait_for_workers(count, timeout=60)
+
+
+# ----------------------------------------------------------------- HTTP
+
+
+@pytest.mark.slow
+def test_http_api_serves_a_sharded_catalogue(
+    sharded: Path, queries: Path, sharded_reports: dict, song_folder: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    shutil.copytree(sharded, directory)
+    headers = {"Authorization": "Bearer shard-writer"}
+    with running_server(directory, api_keys="shard-writer:write", workers=1) as url:
+        with open(queries / "medley.wav", "rb") as handle:
+            response = httpx.post(f"{url}/v1/match", files={"file": ("medley.wav", handle)},
+                                  headers=headers, timeout=60)  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert _comparable(response.json()) == sharded_reports["medley.wav"]
+        with open(song_folder / "song2.flac", "rb") as handle:
+            added = httpx.post(f"{url}/v1/references", files={"file": ("s.flac", handle)},
+                               data={"id": "http/song2"}, headers=headers, timeout=60)  # fmt: skip
+        assert added.status_code == 201, added.text
+        page = httpx.get(f"{url}/v1/references?limit=100", headers=headers, timeout=30).json()
+        assert "http/song2" in [item["id"] for item in page["references"]]
+        assert httpx.delete(f"{url}/v1/references/http/song2", headers=headers).status_code == 204
+    with ShardedCatalogue(directory, read_only=True) as catalogue:
+        assert not catalogue.contains("http/song2") and catalogue.count() == 5
