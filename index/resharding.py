@@ -14,6 +14,7 @@ copied.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
@@ -81,7 +82,14 @@ def init_sharded(
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise CatalogueError(f"{directory} exists and is not a directory")
-    directory.mkdir(parents=True, exist_ok=True)
+    with _storage_errors(directory, "shard"):
+        directory.mkdir(parents=True, exist_ok=True)
+        return _init_locked(directory, shards, params, progress)
+
+
+def _init_locked(
+    directory: Path, shards: int, params: FingerprintParams | None, progress: Progress | None
+) -> ShardManifest:
     with WriterLock(directory):
         if is_sharded(directory):
             raise CatalogueError(
@@ -126,7 +134,7 @@ def reshard(
         The new manifest.
     """
     directory = Path(directory)
-    with WriterLock(directory):
+    with _storage_errors(directory, "reshard"), WriterLock(directory):
         old = read_manifest(directory)
         sweep_generations(directory, old)
         manifest = new_manifest(old.generation + 1, shards, old.params)
@@ -142,6 +150,19 @@ def reshard(
         sweep_generations(directory, manifest)
     logger.info("%s: %d shards -> %d", directory, old.count, shards)
     return manifest
+
+
+@contextlib.contextmanager
+def _storage_errors(directory: Path, verb: str) -> Iterator[None]:
+    """A failing disk (an I/O error, no space left) as a :class:`CatalogueError`: the old
+    catalogue is whole, and running the command again carries on."""
+    try:
+        yield
+    except OSError as exc:
+        raise CatalogueError(
+            f"could not {verb} {directory}: {exc.strerror or exc}; the catalogue is as it was "
+            "before (or already done): run the command again"
+        ) from exc
 
 
 def sweep_generations(directory: Path, manifest: ShardManifest) -> list[str]:

@@ -1,7 +1,8 @@
 """Writes killed at each of their durability points leave a whole, usable catalogue.
 
 The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build,
-index migrate of a first-format catalogue; HTTP add, replace, delete) runs under ``strace``,
+index migrate of a first-format catalogue; sharding a catalogue, resharding it and adding to
+it; HTTP add, replace, delete) runs under ``strace``,
 which kills the process with SIGKILL at the N-th call of one durability syscall (fsync,
 fdatasync, rename); every N of every such syscall the write makes is tried. After each kill
 the catalogue must hold the state from before the write or the one after it, every reference
@@ -30,11 +31,15 @@ import httpx
 import pytest
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
+from tunetrace.index.resharding import init_sharded, reshard
+from tunetrace.index.shard_layout import is_sharded, read_manifest
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
+from tunetrace.opening import open_catalogue
+from tunetrace.sharded_catalogue import ShardedCatalogue
 
 pytestmark = [
     pytest.mark.slow,
@@ -83,6 +88,17 @@ def base_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashA
 
 
 @pytest.fixture(scope="module")
+def sharded_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
+    """A sharded catalogue (two shards) holding ``a`` and ``b``."""
+    directory = tmp_path_factory.mktemp("crash-sharded") / "catalogue"
+    init_sharded(directory, 2)
+    with ShardedCatalogue(directory) as catalogue:
+        for reference_id in ("a", "b"):
+            catalogue.add(reference_id, crash_audio.data[reference_id])
+    return directory
+
+
+@pytest.fixture(scope="module")
 def format_1_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
     """A catalogue holding ``a`` and ``b`` in the first format."""
     directory = tmp_path_factory.mktemp("crash-format-1") / "catalogue"
@@ -122,7 +138,7 @@ def assert_whole(
 ) -> set[str]:
     """The catalogue opens, holds one of the ``allowed`` id sets, and every excerpt finds
     exactly its own reference if that is in the catalogue, else nothing."""
-    with Catalogue(directory, read_only=True) as catalogue:
+    with open_catalogue(directory, read_only=True) as catalogue:
         ids = {record.reference_id for record in catalogue.list(limit=100)}
         assert ids in allowed, (
             f"{context}: catalogue holds {sorted(ids)}, expected one of {allowed}"
@@ -169,6 +185,27 @@ def _finish_migration(catalogue: Catalogue, audio: CrashAudio) -> None:
     assert free <= pages / 4, f"{free} of {pages} pages free after the migration"
 
 
+def _finish_sharding(catalogue: Catalogue | ShardedCatalogue, audio: CrashAudio) -> None:
+    directory = catalogue.directory
+    if not is_sharded(directory):
+        catalogue.close()
+        init_sharded(directory, 2)
+    assert read_manifest(directory).count == 2
+    with ShardedCatalogue(directory) as sharded:  # its first write sweeps what a kill left
+        sharded.remove("a")
+        sharded.add("a", audio.data["a"])
+    assert not (directory / "catalogue.sqlite").exists()
+
+
+def _finish_resharding(catalogue: ShardedCatalogue, audio: CrashAudio) -> None:
+    if catalogue.shard_count != 3:
+        reshard(catalogue.directory, 3)
+    catalogue.remove("a")  # its first write sweeps what a kill left
+    catalogue.add("a", audio.data["a"])
+    generations = sorted(p.name for p in catalogue.directory.glob("g*"))
+    assert generations == [f"g{read_manifest(catalogue.directory).generation}"], generations
+
+
 CLI_WRITES = [
     WritePath("add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
               {"a", "b"}, {"a", "b", "c"}, _finish_add),
@@ -180,14 +217,21 @@ CLI_WRITES = [
               {"a", "b"}, {"a", "b"}, lambda c, a: c.rebuild_index(IndexSpec(kind="hnsw"))),
     WritePath("index migrate", lambda d, a: ["index", "migrate", "-c", str(d), "--batch-size", "1"],
               {"a", "b"}, {"a", "b"}, _finish_migration, base="format_1_catalogue"),
+    WritePath("shards init", lambda d, a: ["shards", "init", "-c", str(d), "--shards", "2"],
+              {"a", "b"}, {"a", "b"}, _finish_sharding),
+    WritePath("shards split", lambda d, a: ["shards", "split", "-c", str(d), "--shards", "3"],
+              {"a", "b"}, {"a", "b"}, _finish_resharding, base="sharded_catalogue"),
+    WritePath("sharded add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
+              {"a", "b"}, {"a", "b", "c"}, _finish_add, base="sharded_catalogue"),
 ]  # fmt: skip
 
 
 def check_recovery(directory: Path, write: WritePath, audio: CrashAudio, context: str) -> None:
     """After a kill: a whole catalogue, then the write finished by a new process's writer."""
     assert_whole(directory, [write.before, write.after], audio, context)
-    with Catalogue(directory) as catalogue:
+    with open_catalogue(directory) as catalogue:
         write.finish(catalogue, audio)
+    with open_catalogue(directory) as catalogue:
         catalogue.add("probe", audio.data["c"], replace=True)  # one more write on top
         catalogue.remove("probe")
     assert_whole(directory, [write.after], audio, f"{context}, then finished")
