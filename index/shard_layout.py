@@ -33,8 +33,10 @@ MANIFEST_KIND = "tunetrace-shards"
 MANIFEST_FORMAT = 1
 #: Most shards a catalogue may have (the global reference keys keep 10 bits for the shard).
 MAX_SHARDS = 1024
-#: Bits of a global reference key that name the shard (see :func:`global_key`).
+#: Bits of a global reference key that name the shard, then the generation modulo 1024 (see
+#: :func:`global_key`).
 SHARD_BITS = 10
+GENERATION_BITS = 10
 
 
 @dataclass(frozen=True)
@@ -168,14 +170,19 @@ def shard_of(reference_id: str, shards: int) -> int:
     return int.from_bytes(digest.digest(), "big") % shards
 
 
-def global_key(shard: int, local_key: int) -> int:
-    """A reference key unique across shards: the shard's own key, then the shard number."""
-    return (local_key << SHARD_BITS) | shard
+def global_key(shard: int, local_key: int, generation: int = 0) -> int:
+    """A reference key unique across shards: the shard's own key, the shard generation
+    (modulo 1024, so that a key made before a reshard is not taken for another reference
+    after it), and the shard number."""
+    mark = generation % (1 << GENERATION_BITS)
+    return (((local_key << GENERATION_BITS) | mark) << SHARD_BITS) | shard
 
 
-def split_key(key: int) -> tuple[int, int]:
-    """Inverse of :func:`global_key`: ``(shard, local_key)``."""
-    return key & (MAX_SHARDS - 1), key >> SHARD_BITS
+def split_key(key: int) -> tuple[int, int, int]:
+    """Inverse of :func:`global_key`: ``(shard, local_key, generation modulo 1024)``."""
+    shard = key & (MAX_SHARDS - 1)
+    rest = key >> SHARD_BITS
+    return shard, rest >> GENERATION_BITS, rest & ((1 << GENERATION_BITS) - 1)
 
 
 def _is_inside(relative: str) -> bool:

@@ -148,7 +148,7 @@ def test_ids_go_to_shards_by_a_stable_hash() -> None:
     assert shard_of("ÿ/é", 16) == 2
     counts = np.bincount([shard_of(f"id-{i}", 8) for i in range(8000)], minlength=8)
     assert counts.min() > 900, counts  # spread evenly
-    assert split_key(global_key(5, 123456)) == (5, 123456)
+    assert split_key(global_key(5, 123456, generation=1027)) == (5, 123456, 3)
 
 
 def test_shards_are_spread_evenly_over_workers_and_few_move_when_one_leaves() -> None:
@@ -257,6 +257,7 @@ def test_writes_go_to_the_right_shard_and_reshard_keeps_every_reference(
     # a reader that stays open while the catalogue is resharded
     reader = ShardedCatalogue(directory, read_only=True)
     matcher = tunetrace.Matcher(reader)
+    old_key = reader.get("song3").key
     before = _comparable(
         report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
     )
@@ -266,9 +267,14 @@ def test_writes_go_to_the_right_shard_and_reshard_keeps_every_reference(
         report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
     )
     assert reader.shard_count == 4  # it followed the reshard
+    with pytest.raises(ReferenceNotFoundError, match="resharded"):
+        reader.record_by_key(old_key)  # a key from before names nothing (not another work)
+    assert reader.record_by_key(reader.get("song3").key).reference_id == "song3"
     assert_same_verdicts({"fast.wav": before}, {"fast.wav": unsharded_reports["fast.wav"]})
     assert_same_verdicts({"fast.wav": after}, {"fast.wav": unsharded_reports["fast.wav"]})
     reader.close()
+    built = _cli("index", "build", "-c", str(directory), "--type", "hnsw").stdout
+    assert "hnsw shard indexes of" in built
     assert_same_verdicts(_reports(directory, queries), unsharded_reports)
 
 

@@ -569,6 +569,21 @@ def index_build(
         raise typer.Exit(2) from None
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
+    if hasattr(store, "shard_count"):
+        try:
+            indexes = store.rebuild_index(spec)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except TunetraceError as exc:
+            _fail(exc)
+        finally:
+            store.close()
+        typer.echo(
+            f"built {len(indexes)} {spec.kind} shard indexes of {sum(i.size for i in indexes)} "
+            f"vectors in {time.perf_counter() - started:.1f} s"
+        )
+        return
     try:
         index = store.rebuild_index(spec)
         details = store.info()
@@ -607,7 +622,7 @@ def index_migrate(
     """
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
-    before = _directory_bytes(store.directory)
+    before = _tree_bytes(store.directory)
     progress = _progress_bar(store.legacy_count(), "rewriting", unit="reference")
     try:
         rewritten = store.migrate(batch_size=batch_size, vacuum=vacuum, progress=progress.update)
@@ -616,7 +631,7 @@ def index_migrate(
     finally:
         progress.close()
         store.close()
-    after = _directory_bytes(store.directory)
+    after = _tree_bytes(store.directory)
     typer.echo(
         f"rewrote {rewritten} reference(s) in {time.perf_counter() - started:.1f} s: "
         f"{before / 1e6:.1f} MB -> {after / 1e6:.1f} MB on disk"
@@ -751,10 +766,15 @@ def serve(
     uvicorn.run(application, host=host, port=port, access_log=False, log_level="info")
 
 
-def _directory_bytes(directory: Path) -> int:
+def _tree_bytes(directory: Path) -> int:
+    """Bytes of the regular files under ``directory`` (a sharded catalogue's shards too)."""
+    return sum(_directory_bytes(folder) for folder, _, _ in os.walk(directory))
+
+
+def _directory_bytes(directory: str | Path) -> int:
     """Bytes of the regular files in ``directory``."""
     total = 0
-    for path in directory.iterdir():
+    for path in Path(directory).iterdir():
         with contextlib.suppress(OSError):
             if path.is_file():
                 total += path.stat().st_size

@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tunetrace.audio_files import AudioFiles
-from tunetrace.errors import CatalogueError
+from tunetrace.errors import CatalogueError, ReferenceNotFoundError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import ReferenceData, ReferenceRecord, validate_reference_id
 from tunetrace.index.resharding import sweep_generations
@@ -72,8 +73,10 @@ class ShardedCatalogue(AudioFiles):
         self.scheduler = scheduler
         self._writer_lock = WriterLock(self.directory)
         self._swept = False
-        self.manifest = read_manifest(self.directory)
-        self.shards: ShardAccess = self._open_shards(self.manifest)
+        self._refresh_lock = threading.Lock()
+        self._retired: list[ShardAccess] = []
+        manifest = read_manifest(self.directory)
+        self.view = ShardView(manifest, self._open_shards(manifest))
 
     # --------------------------------------------------------------------- shards
 
@@ -86,37 +89,49 @@ class ShardedCatalogue(AudioFiles):
         return LocalShards(directories, read_only=self.read_only)
 
     @property
+    def manifest(self) -> ShardManifest:
+        """The manifest as of the last :meth:`refresh`."""
+        return self.view.manifest
+
+    @property
+    def shards(self) -> ShardAccess:
+        """The shards as of the last :meth:`refresh`."""
+        return self.view.access
+
+    @property
     def params(self) -> Any:
         """The fingerprint parameters every shard was made with."""
-        return self.manifest.params
+        return self.view.manifest.params
 
     @property
     def shard_count(self) -> int:
         """Number of shards."""
-        return self.manifest.count
+        return self.view.manifest.count
 
     def shard_of(self, reference_id: str) -> int:
         """The shard that holds (or would hold) ``reference_id``."""
-        return shard_of(reference_id, self.manifest.count)
+        return shard_of(reference_id, self.view.manifest.count)
 
     def refresh(self) -> bool:
         """Follow a reshard made by another process (re-read the manifest); whether it
-        changed."""
+        changed. Keys given before a reshard name no reference after it.
+
+        Work under way keeps the :class:`ShardView` it started with (its shards stay open
+        until :meth:`close`).
+        """
         manifest = read_manifest(self.directory)
-        if manifest == self.manifest:
-            return False
-        old, self.manifest = self.shards, manifest
-        self.shards = self._open_shards(manifest)
-        old.close()
+        with self._refresh_lock:
+            if manifest == self.view.manifest:
+                return False
+            self._retired.append(self.view.access)
+            self.view = ShardView(manifest, self._open_shards(manifest))
         logger.info("%s: now %d shards (generation %d)", self.directory, manifest.count,
                     manifest.generation)  # fmt: skip
         return True
 
     def open_shard(self, shard: int) -> OpenShard:
         """Shard number ``shard`` opened in this process (writes; local reads only)."""
-        if not isinstance(self.shards, LocalShards):
-            raise CatalogueError("shards on a Dask cluster are not opened in this process")
-        return self.shards.shard(shard)
+        return _opened(self.view, shard)
 
     # --------------------------------------------------------------------- writes
 
@@ -134,13 +149,13 @@ class ShardedCatalogue(AudioFiles):
     ) -> ReferenceRecord:
         """Store a reference in its shard; see :meth:`tunetrace.index.catalogue.Catalogue.add`."""
         validate_reference_id(reference_id)
-        with self._write():
-            shard = self.shard_of(reference_id)
-            record = self.open_shard(shard).catalogue.add(
+        with self._write() as view:
+            shard = view.shard_of(reference_id)
+            record = _opened(view, shard).catalogue.add(
                 reference_id, data, title=title, artist=artist, isrc=isrc,
                 source_path=source_path, replace=replace, save_index=save_index,
             )  # fmt: skip
-            return _globally(shard, record)
+            return view.globally(shard, record)
 
     def remove(self, reference_id: str) -> None:
         """Delete a reference from its shard.
@@ -150,20 +165,44 @@ class ShardedCatalogue(AudioFiles):
         ReferenceNotFoundError
         """
         validate_reference_id(reference_id)
-        with self._write():
-            self.open_shard(self.shard_of(reference_id)).catalogue.remove(reference_id)
+        with self._write() as view:
+            _opened(view, view.shard_of(reference_id)).catalogue.remove(reference_id)
 
     def save_index(self) -> None:
         """Publish every opened shard's index (after batch adds)."""
-        with self._write():
-            assert isinstance(self.shards, LocalShards)
-            for shard in range(self.shard_count):
-                self.shards.shard(shard).catalogue.save_index()
+        with self._write() as view:
+            for shard in range(view.manifest.count):
+                _opened(view, shard).catalogue.save_index()
+
+    def rebuild_index(self, spec: Any = None) -> list[Any]:
+        """Rebuild every shard's vector index (see
+        :meth:`tunetrace.index.catalogue.Catalogue.rebuild_index`); one index per shard.
+
+        An IVF kind's list count, when left to choose (0), follows each shard's size. Empty
+        shards keep theirs (there is nothing to train on).
+        """
+        with self._write() as view:
+            shards = [_opened(view, shard).catalogue for shard in range(view.manifest.count)]
+            return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
+
+    def legacy_count(self) -> int:
+        """References stored in the earlier, larger format, over all shards."""
+        view = self.view
+        return sum(_opened(view, s).catalogue.legacy_count() for s in range(view.manifest.count))
+
+    def migrate(self, **options: Any) -> int:
+        """Rewrite every shard in the compact format (see
+        :meth:`tunetrace.index.catalogue.Catalogue.migrate`); references rewritten."""
+        with self._write() as view:
+            return sum(
+                _opened(view, shard).catalogue.migrate(**options)
+                for shard in range(view.manifest.count)
+            )
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[None]:
+    def _write(self) -> Iterator[ShardView]:
         """Hold the sharded directory's writer lock, with the manifest re-read under it (a
-        reshard may have finished since)."""
+        reshard may have finished since); yields the view to write to."""
         if self.read_only:
             raise CatalogueError(f"catalogue {self.directory} was opened read-only")
         with self._writer_lock:
@@ -171,7 +210,7 @@ class ShardedCatalogue(AudioFiles):
             if not self._swept:  # what a crashed reshard left behind
                 sweep_generations(self.directory, self.manifest)
                 self._swept = True
-            yield
+            yield self.view
 
     # --------------------------------------------------------------------- reads
 
@@ -183,33 +222,42 @@ class ShardedCatalogue(AudioFiles):
         ReferenceNotFoundError
         """
         validate_reference_id(reference_id)
-        shard = self.shard_of(reference_id)
-        return _globally(shard, self.shards.call(shard, _get, reference_id))
+        self.refresh()
+        view = self.view
+        shard = view.shard_of(reference_id)
+        return view.globally(shard, view.access.call(shard, _get, reference_id))
 
     def contains(self, reference_id: str) -> bool:
         """Whether a reference with this id exists."""
         validate_reference_id(reference_id)
-        shard = self.shard_of(reference_id)
-        return bool(self.shards.call(shard, _contains, reference_id))
+        self.refresh()
+        view = self.view
+        return bool(view.access.call(view.shard_of(reference_id), _contains, reference_id))
 
     def record_by_key(self, key: int) -> ReferenceRecord:
         """Metadata of the reference with (global) ``key``."""
-        shard, local = self._split(key)
-        return _globally(shard, self.shards.call(shard, _record_by_key, local))
+        view = self.view
+        shard, local = view.split_key(key)
+        return view.globally(shard, view.access.call(shard, _record_by_key, local))
 
     def features(self, key: int) -> Features:
         """Stored features of the reference with (global) ``key``."""
-        shard, local = self._split(key)
-        return self.shards.call(shard, _features, local)
+        view = self.view
+        shard, local = view.split_key(key)
+        return view.access.call(shard, _features, local)
 
     def count(self) -> int:
         """Number of references in all shards."""
-        return sum(self.shards.call_all(_count, [()] * self.shard_count))
+        self.refresh()
+        view = self.view
+        return sum(view.access.call_all(_count, [()] * view.manifest.count))
 
     def list(self, *, offset: int = 0, limit: int = 100) -> list[ReferenceRecord]:
         """References of all shards ordered by id (a merge of each shard's order)."""
+        self.refresh()
+        view = self.view
         merged = heapq.merge(
-            *(self._listed(shard) for shard in range(self.shard_count)),
+            *(_listed(view, shard) for shard in range(view.manifest.count)),
             key=lambda record: record.reference_id,
         )
         out = []
@@ -220,15 +268,6 @@ class ShardedCatalogue(AudioFiles):
                 out.append(record)
         return out
 
-    def _listed(self, shard: int) -> Iterator[ReferenceRecord]:
-        start = 0
-        while page := self.shards.call(shard, _list, start, LIST_PAGE):
-            for record in page:
-                yield _globally(shard, record)
-            start += len(page)
-            if len(page) < LIST_PAGE:
-                return
-
     def snapshot(self, read: Callable[[ShardedCatalogue], T]) -> T:
         """Run ``read(self)``. Each shard answers from its own consistent state; a write to
         another shard between two of ``read``'s calls may show (shards share no snapshot)."""
@@ -236,7 +275,9 @@ class ShardedCatalogue(AudioFiles):
 
     def info(self) -> dict[str, object]:
         """Totals over the shards and one entry per shard (``shards``)."""
-        parts = self.shards.call_all(_info, [()] * self.shard_count)
+        self.refresh()
+        view = self.view
+        parts = view.access.call_all(_info, [()] * view.manifest.count)
         per_shard = [
             {
                 "shard": shard_name(directory),
@@ -246,15 +287,15 @@ class ShardedCatalogue(AudioFiles):
                 "index_kind": part["index_kind"],
                 "size_on_disk_bytes": part["size_on_disk_bytes"],
             }
-            for directory, part in zip(self.manifest.shard_dirs(self.directory), parts, strict=True)
+            for directory, part in zip(view.manifest.shard_dirs(self.directory), parts, strict=True)
         ]
         hours = sum(float(p["audio_hours"]) for p in parts)
         size = sum(int(p["size_on_disk_bytes"]) for p in parts)
         return {
             "catalogue": str(self.directory),
             "sharded": True,
-            "shard_count": self.shard_count,
-            "shard_generation": self.manifest.generation,
+            "shard_count": view.manifest.count,
+            "shard_generation": view.manifest.generation,
             "references": sum(int(p["references"]) for p in parts),
             "audio_hours": round(hours, 3),
             "vectors": sum(int(p["vectors"]) for p in parts),
@@ -265,17 +306,11 @@ class ShardedCatalogue(AudioFiles):
             "params": self.params.to_dict(),
         }
 
-    def _split(self, key: int) -> tuple[int, int]:
-        shard, local = split_key(key)
-        if shard >= self.shard_count:
-            from tunetrace.errors import ReferenceNotFoundError
-
-            raise ReferenceNotFoundError(f"no reference with key {key}")
-        return shard, local
-
     def close(self) -> None:
         """Close the shards (and the cluster connection this catalogue made)."""
-        self.shards.close()
+        for access in [*self._retired, self.view.access]:
+            access.close()
+        self._retired.clear()
 
     def __enter__(self) -> ShardedCatalogue:
         return self
@@ -284,8 +319,57 @@ class ShardedCatalogue(AudioFiles):
         self.close()
 
 
-def _globally(shard: int, record: ReferenceRecord) -> ReferenceRecord:
-    return replace(record, key=global_key(shard, record.key))
+@dataclass(frozen=True)
+class ShardView:
+    """One generation of a sharded catalogue: its manifest and its opened shards. A query
+    takes the view once and uses it throughout, whatever a concurrent refresh does."""
+
+    manifest: ShardManifest
+    access: ShardAccess
+
+    def shard_of(self, reference_id: str) -> int:
+        """The shard that holds (or would hold) ``reference_id``."""
+        return shard_of(reference_id, self.manifest.count)
+
+    def global_key(self, shard: int, local_key: int) -> int:
+        """A key unique across this generation's shards
+        (:func:`~tunetrace.index.shard_layout.global_key`)."""
+        return global_key(shard, local_key, self.manifest.generation)
+
+    def split_key(self, key: int) -> tuple[int, int]:
+        """``(shard, the shard's own key)`` of a key this view gave.
+
+        Raises
+        ------
+        ReferenceNotFoundError
+            If the key names no shard, or was given by another generation (before a reshard).
+        """
+        shard, local, generation = split_key(key)
+        if shard >= self.manifest.count or generation != self.manifest.generation % 1024:
+            raise ReferenceNotFoundError(
+                f"no reference with key {key} (the catalogue may have been resharded since)"
+            )
+        return shard, local
+
+    def globally(self, shard: int, record: ReferenceRecord) -> ReferenceRecord:
+        """A shard's record with its global key."""
+        return replace(record, key=self.global_key(shard, record.key))
+
+
+def _opened(view: ShardView, shard: int) -> OpenShard:
+    if not isinstance(view.access, LocalShards):
+        raise CatalogueError("shards on a Dask cluster are not opened in this process")
+    return view.access.shard(shard)
+
+
+def _listed(view: ShardView, shard: int) -> Iterator[ReferenceRecord]:
+    start = 0
+    while page := view.access.call(shard, _list, start, LIST_PAGE):
+        for record in page:
+            yield view.globally(shard, record)
+        start += len(page)
+        if len(page) < LIST_PAGE:
+            return
 
 
 # Functions run where a shard is open (in this process or on a Dask worker).

@@ -22,18 +22,19 @@ silent partial answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 
 import numpy as np
 
 from tunetrace.candidates import query_patch_vectors
+from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.features import Features
-from tunetrace.index.shard_layout import global_key, split_key
 from tunetrace.matcher import Matcher
 from tunetrace.report import Match
 from tunetrace.shard_access import OpenShard
-from tunetrace.sharded_catalogue import ShardedCatalogue
+from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
 from tunetrace.types import Verification
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,11 @@ class ShardedMatcher(Matcher):
             If any shard could not answer.
         """
         self.catalogue.refresh()
+        view = self.catalogue.view
         if patches is None:
-            patches = query_patch_vectors(features, params=self.catalogue.params)
-        excluded = self._excluded_by_shard(exclude_keys)
-        found = self.catalogue.shards.call_all(
+            patches = query_patch_vectors(features, params=view.manifest.params)
+        excluded = _excluded_by_shard(view, exclude_keys)
+        found = view.access.call_all(
             _shard_matches,
             [(features, patches, top, min_score, excluded[s]) for s in range(len(excluded))],
         )
@@ -96,35 +98,37 @@ class ShardedMatcher(Matcher):
             If any shard could not answer.
         """
         self.catalogue.refresh()
+        view = self.catalogue.view
         if patches is None:
-            patches = query_patch_vectors(features, params=self.catalogue.params)
+            patches = query_patch_vectors(features, params=view.manifest.params)
         if reference_key is not None:
-            shard, local = split_key(reference_key)
-            found = self.catalogue.shards.call(
+            shard, local = view.split_key(reference_key)
+            found = view.access.call(
                 shard, _shard_verifications, features, patches, frozenset(), local
             )
-            return [_globally(shard, v) for v in found]
-        excluded = self._excluded_by_shard(exclude_keys)
-        per_shard = self.catalogue.shards.call_all(
+            return [_globally(view, shard, v) for v in found]
+        excluded = _excluded_by_shard(view, exclude_keys)
+        per_shard = view.access.call_all(
             _shard_verifications,
             [(features, patches, excluded[s], None) for s in range(len(excluded))],
         )
-        merged = [_globally(s, v) for s, found in enumerate(per_shard) for v in found]
+        merged = [_globally(view, s, v) for s, found in enumerate(per_shard) for v in found]
         merged.sort(key=lambda v: -v.score)
         return merged
 
-    def _excluded_by_shard(self, exclude_keys: frozenset[int]) -> list[frozenset[int]]:
-        """Global keys to leave out, as each shard's own keys."""
-        excluded: list[set[int]] = [set() for _ in range(self.catalogue.shard_count)]
-        for key in exclude_keys:
-            shard, local = split_key(key)
-            if shard < len(excluded):
-                excluded[shard].add(local)
-        return [frozenset(keys) for keys in excluded]
+
+def _globally(view: ShardView, shard: int, verification: Verification) -> Verification:
+    return replace(verification, reference_key=view.global_key(shard, verification.reference_key))
 
 
-def _globally(shard: int, verification: Verification) -> Verification:
-    return replace(verification, reference_key=global_key(shard, verification.reference_key))
+def _excluded_by_shard(view: ShardView, exclude_keys: frozenset[int]) -> list[frozenset[int]]:
+    """Global keys to leave out, as each shard's own keys."""
+    excluded: list[set[int]] = [set() for _ in range(view.manifest.count)]
+    for key in exclude_keys:
+        with contextlib.suppress(ReferenceNotFoundError):  # nothing to leave out
+            shard, local = view.split_key(key)
+            excluded[shard].add(local)
+    return [frozenset(keys) for keys in excluded]
 
 
 # Functions run where a shard is open (in this process or on a Dask worker).
