@@ -259,6 +259,7 @@ class Matcher:
         timings: dict[str, float] | None = None,
         reference_key: int | None = None,
         patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        candidates: list[Candidate] | None = None,
     ) -> list[Verification]:
         """All verified candidates of a query, scored, best first (nothing filtered).
 
@@ -267,7 +268,8 @@ class Matcher:
         verification are stored in it under ``"search"`` and ``"verification"``.
         ``reference_key`` limits the search to that reference; ``patches`` are the query's
         :func:`~tunetrace.candidates.query_patch_vectors` if already made (a sharded
-        catalogue's shards all search the same ones).
+        catalogue's shards all search the same ones); ``candidates`` replace the candidate
+        search (a sharded catalogue's shards verify those the whole catalogue's votes chose).
         """
         started = time.perf_counter()
         self.catalogue.refresh()
@@ -278,7 +280,10 @@ class Matcher:
         # embedded once: searched here and, for works found, again in their own vectors
         if patches is None:
             patches = query_patch_vectors(features, params=params)
-        candidates = self.candidates(features, searcher, exclude_keys=exclude_keys, patches=patches)
+        if candidates is None:
+            candidates = self.candidates(
+                features, searcher, exclude_keys=exclude_keys, patches=patches
+            )
         searched = time.perf_counter()
         query = prepare_query(features, self.verify_settings)
 
@@ -555,15 +560,18 @@ class Matcher:
         min_score: float | None = None,
         exclude_keys: frozenset[int] = frozenset(),
         patches: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        candidates: list[Candidate] | None = None,
     ) -> list[Match]:
         """Probable copies among the catalogue's references, best first.
 
         A reference's best verification decides its score and estimates. Other verifications
         of the same reference at another offset, with the same tempo ratio and pitch shift,
         add their matched segments: a copy with a section cut out, repeated or moved matches
-        its reference in several pieces. ``patches``: as in :meth:`verify`.
+        its reference in several pieces. ``patches``, ``candidates``: as in :meth:`verify`.
         """
-        verifications = self.verify(features, exclude_keys=exclude_keys, patches=patches)
+        verifications = self.verify(
+            features, exclude_keys=exclude_keys, patches=patches, candidates=candidates
+        )
         return self.matches_from(features, verifications, top=top, min_score=min_score)
 
     def matches_from(

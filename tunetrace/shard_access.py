@@ -92,6 +92,13 @@ class ShardAccess(Protocol):
         :class:`ShardUnavailableError` is raised naming those that did not."""
         ...
 
+    def call_many(
+        self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
+    ) -> dict[int, R]:
+        """``function(open_shard_i, *args[i])`` on each shard ``i`` of ``args`` (as
+        :meth:`call_all`)."""
+        ...
+
     def close(self) -> None:
         """Release the shards (and any cluster connection)."""
         ...
@@ -142,16 +149,23 @@ class LocalShards:
             ) from exc
 
     def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """See :class:`ShardAccess`."""
+        found = self.call_many(function, dict(enumerate(args)))
+        return [found[shard] for shard in range(len(args))]
+
+    def call_many(
+        self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
+    ) -> dict[int, R]:
         """See :class:`ShardAccess` (shards are searched one after the other: each search
         already uses this process's threads)."""
-        results, failures = [], []
-        for shard, shard_args in enumerate(args):
+        results, failures = {}, []
+        for shard, shard_args in args.items():
             try:
-                results.append(self.call(shard, function, *shard_args))
+                results[shard] = self.call(shard, function, *shard_args)
             except ShardUnavailableError as exc:
                 failures.append(str(exc))
         if failures:
-            raise ShardUnavailableError(_unavailable_message(failures, len(args)))
+            raise ShardUnavailableError(_unavailable_message(failures, len(self.directories)))
         return results
 
     def close(self) -> None:
@@ -228,20 +242,27 @@ class DaskShards:
         return self._result(shard, future)
 
     def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """See :class:`ShardAccess`."""
+        found = self.call_many(function, dict(enumerate(args)))
+        return [found[shard] for shard in range(len(args))]
+
+    def call_many(
+        self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
+    ) -> dict[int, R]:
         """See :class:`ShardAccess` (every shard's task is sent before any result is awaited)."""
         assigned = self.assignment()
-        futures = [
-            self._submit(shard, assigned[shard], function, *shard_args)
-            for shard, shard_args in enumerate(args)
-        ]
-        results, failures = [], []
-        for shard, future in enumerate(futures):
+        futures = {
+            shard: self._submit(shard, assigned[shard], function, *shard_args)
+            for shard, shard_args in args.items()
+        }
+        results, failures = {}, []
+        for shard, future in futures.items():
             try:
-                results.append(self._result(shard, future))
+                results[shard] = self._result(shard, future)
             except ShardUnavailableError as exc:
                 failures.append(str(exc))
         if failures:
-            raise ShardUnavailableError(_unavailable_message(failures, len(args)))
+            raise ShardUnavailableError(_unavailable_message(failures, len(self.directories)))
         return results
 
     def _result(self, shard: int, future: Any) -> Any:

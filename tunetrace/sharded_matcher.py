@@ -1,19 +1,26 @@
 """Matching against a sharded catalogue: scatter the query's fingerprint, gather verified
 matches.
 
-The query is decoded and fingerprinted once, here, and its patch vectors are embedded once;
-both go to every shard. Each shard searches its own index, votes, aligns and verifies its own
-candidates with its own stored spectra (they live together), and returns its verified matches.
-The gather keeps the best ``top`` by score.
+The query is decoded and fingerprinted once, here, and its patch vectors are embedded once.
+Two rounds. First the patch vectors go to every shard, which returns each one's ``k``
+nearest patches in its own index (a few kilobytes); merged, these are the nearest patches one
+catalogue holding every shard would return (:func:`merge_neighbours`), and the vote over them
+chooses the candidate places as one catalogue's vote does (the same vote floor and candidate
+count). Then each shard holding candidates aligns and verifies them with its own stored
+spectra (vectors and spectra live together) and returns its verified matches; the gather
+keeps the best ``top`` by score. Verification, the costly part, runs about as often as in one
+catalogue, not once per shard, and a shard without candidates does none.
 
 Scores mean the same on every shard: a verification's score is the calibrated model applied to
 evidence about one query and one reference alone (aligned-spectrum similarities against that
 pair's own misaligned baseline), never normalised by the other references of a shard or by
 its size, and every shard applies the same shipped model and threshold. Each reference lives
 in one shard, so a reference's match (its best verification plus its other sections) is made
-entirely by that shard, exactly as an unsharded catalogue makes it. What a shard sees
-differently is competition in the candidate search: the nearest patches of a smaller index,
-and its own top candidates; a copy's reference only gains votes and rank from that.
+by that shard alone. What can differ from one catalogue: each shard picks the best screened
+alignments of its own candidates for full verification, so a query whose candidates span
+several shards gets a few more verifications than in one catalogue (never fewer of the
+ones one catalogue would make); and an approximate (IVF) index ranks neighbours by each
+shard's own quantiser.
 
 A shard that cannot answer makes the whole query fail with
 :class:`~tunetrace.errors.ShardUnavailableError` (an error line in reports, HTTP 503): never a
@@ -24,18 +31,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tunetrace.candidates import query_patch_vectors
+from tunetrace.candidates import find_candidates, query_patch_vectors
 from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.features import Features
+from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.matcher import Matcher
 from tunetrace.report import Match
 from tunetrace.shard_access import OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
-from tunetrace.types import Verification
+from tunetrace.types import Candidate, Verification
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +53,8 @@ Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
 class ShardedMatcher(Matcher):
     """A :class:`~tunetrace.matcher.Matcher` for a
     :class:`~tunetrace.sharded_catalogue.ShardedCatalogue` (``tunetrace.Matcher`` makes one
-    for such a catalogue). Reports are those of an unsharded catalogue holding the same
-    references; reference keys in verifications are global (they name their shard)."""
+    for such a catalogue). Reports give the verdicts of an unsharded catalogue holding the
+    same references; reference keys in verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
 
@@ -58,25 +66,23 @@ class ShardedMatcher(Matcher):
         min_score: float | None = None,
         exclude_keys: frozenset[int] = frozenset(),
         patches: Patches | None = None,
+        candidates: list[Candidate] | None = None,
     ) -> list[Match]:
         """Probable copies among all shards' references, best first (see
-        :meth:`Matcher.match_features`).
+        :meth:`Matcher.match_features`; ``candidates`` is not taken: each shard finds its
+        own).
 
         Raises
         ------
         ShardUnavailableError
             If any shard could not answer.
         """
-        self.catalogue.refresh()
-        view = self.catalogue.view
-        if patches is None:
-            patches = query_patch_vectors(features, params=view.manifest.params)
-        excluded = _excluded_by_shard(view, exclude_keys)
-        found = view.access.call_all(
+        view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
+        found = view.access.call_many(
             _shard_matches,
-            [(features, patches, top, min_score, excluded[s]) for s in range(len(excluded))],
+            {s: (features, patches, places, top, min_score) for s, places in chosen.items()},
         )
-        merged = [match for matches in found for match in matches]
+        merged = [match for matches in found.values() for match in matches]
         merged.sort(key=lambda match: (-match.score, match.reference_id))
         return merged[:top]
 
@@ -88,62 +94,165 @@ class ShardedMatcher(Matcher):
         timings: dict[str, float] | None = None,
         reference_key: int | None = None,
         patches: Patches | None = None,
+        candidates: list[Candidate] | None = None,
     ) -> list[Verification]:
         """Every shard's verifications of a query, best first, with global reference keys
-        (see :meth:`Matcher.verify`; ``timings`` are not collected across shards).
+        (see :meth:`Matcher.verify`; ``timings`` and ``candidates`` are not taken).
 
         Raises
         ------
         ShardUnavailableError
             If any shard could not answer.
         """
-        self.catalogue.refresh()
-        view = self.catalogue.view
-        if patches is None:
-            patches = query_patch_vectors(features, params=view.manifest.params)
         if reference_key is not None:
+            self.catalogue.refresh()
+            view = self.catalogue.view
+            if patches is None:
+                patches = query_patch_vectors(features, params=view.manifest.params)
             shard, local = view.split_key(reference_key)
-            found = view.access.call(
-                shard, _shard_verifications, features, patches, frozenset(), local
-            )
+            found = view.access.call(shard, _shard_verifications, features, patches, None, local)
             return [_globally(view, shard, v) for v in found]
-        excluded = _excluded_by_shard(view, exclude_keys)
-        per_shard = view.access.call_all(
+        view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
+        per_shard = view.access.call_many(
             _shard_verifications,
-            [(features, patches, excluded[s], None) for s in range(len(excluded))],
+            {s: (features, patches, places, None) for s, places in chosen.items()},
         )
-        merged = [_globally(view, s, v) for s, found in enumerate(per_shard) for v in found]
+        merged = [_globally(view, s, v) for s, found in per_shard.items() for v in found]
         merged.sort(key=lambda v: -v.score)
         return merged
+
+    def _chosen_candidates(
+        self, features: Features, exclude_keys: frozenset[int], patches: Patches | None
+    ) -> tuple[ShardView, Patches, dict[int, list[Candidate]]]:
+        """First round: every shard's nearest patches to the query's; then the candidate
+        places the vote over all of them chooses (:func:`merge_neighbours`), by shard, in
+        rank order, with each shard's own keys."""
+        self.catalogue.refresh()
+        view = self.catalogue.view
+        params = view.manifest.params
+        if patches is None:
+            patches = query_patch_vectors(features, params=params)
+        k = self.settings.n_neighbours
+        found = view.access.call_all(_shard_neighbours, [(patches[0], k)] * view.manifest.count)
+        merged = merge_neighbours(found, k)
+        places = _places_of(view, exclude_keys)
+        excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
+        candidates = find_candidates(
+            features,
+            merged,
+            params=params,
+            n_neighbours=k,
+            max_candidates=self.settings.max_candidates,
+            min_vote_ratio=self.settings.min_vote_ratio,
+            other_rates=self.settings.other_tempo_ratios,
+            per_reference=self.settings.places_per_reference,
+            exclude_keys=excluded,
+            patches=patches,
+        )
+        chosen: dict[int, list[Candidate]] = {}
+        for candidate in candidates:
+            shard, local = merged.places[candidate.reference_key]
+            chosen.setdefault(shard, []).append(replace(candidate, reference_key=local))
+        return view, patches, chosen
+
+
+@dataclass
+class MergedNeighbours:
+    """All shards' nearest patches merged into one catalogue's: per query patch, the ``k``
+    most similar over every shard.
+
+    References are numbered afresh for this query (``places[key]`` is ``(shard, the shard's
+    own key)``, ``key_of`` the inverse), so vector ids stay within 64 bits whatever the
+    shards' keys. :meth:`search` hands the merged lists to the candidate vote.
+    """
+
+    similarities: np.ndarray
+    ids: np.ndarray
+    places: list[tuple[int, int]]
+    key_of: dict[tuple[int, int], int]
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The merged lists (made for these query vectors and this ``k``)."""
+        if len(vectors) != len(self.ids) or k != self.ids.shape[1]:
+            raise ValueError("the merged neighbours were made for other query vectors")
+        return self.similarities, self.ids
+
+
+def merge_neighbours(per_shard: list[tuple[np.ndarray, np.ndarray]], k: int) -> MergedNeighbours:
+    """Each query patch's ``k`` nearest patches over all shards.
+
+    For exact indexes this is what one catalogue holding every shard's references returns
+    (ties aside): the vote sees the same neighbours, and chooses the same candidates, however
+    the references are sharded.
+
+    Parameters
+    ----------
+    per_shard : list of (np.ndarray, np.ndarray)
+        Each shard's ``(similarities, ids)`` for the same query vectors, ``k`` per row (id
+        ``-1`` where a shard had fewer).
+    k : int
+
+    Returns
+    -------
+    merged : MergedNeighbours
+    """
+    similarities = np.concatenate([np.asarray(s, dtype=np.float32) for s, _ in per_shard], axis=1)
+    ids = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in per_shard], axis=1)
+    shards = np.concatenate(
+        [np.full(np.shape(i), shard, dtype=np.int64) for shard, (_, i) in enumerate(per_shard)],
+        axis=1,
+    )
+    similarities = np.where(ids >= 0, similarities, -np.inf).astype(np.float32)
+    best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]  # ties keep shard order
+    similarities = np.take_along_axis(similarities, best, axis=1)
+    ids = np.take_along_axis(ids, best, axis=1)
+    shards = np.take_along_axis(shards, best, axis=1)
+    valid = ids >= 0
+    keys, patch_numbers = split_vector_ids(ids[valid])
+    pairs = np.stack([shards[valid], keys], axis=1)
+    distinct, numbers = np.unique(pairs, axis=0, return_inverse=True)
+    renumbered = np.full(ids.shape, -1, dtype=np.int64)
+    renumbered[valid] = (numbers.reshape(-1).astype(np.int64) << PATCH_BITS) | patch_numbers
+    places = [(int(shard), int(key)) for shard, key in distinct]
+    return MergedNeighbours(
+        similarities, renumbered, places, {place: n for n, place in enumerate(places)}
+    )
+
+
+def _places_of(view: ShardView, keys: frozenset[int]) -> list[tuple[int, int]]:
+    """Global keys as ``(shard, the shard's own key)``; keys that name no reference are
+    left out."""
+    places = []
+    for key in keys:
+        with contextlib.suppress(ReferenceNotFoundError):
+            places.append(view.split_key(key))
+    return places
 
 
 def _globally(view: ShardView, shard: int, verification: Verification) -> Verification:
     return replace(verification, reference_key=view.global_key(shard, verification.reference_key))
 
 
-def _excluded_by_shard(view: ShardView, exclude_keys: frozenset[int]) -> list[frozenset[int]]:
-    """Global keys to leave out, as each shard's own keys."""
-    excluded: list[set[int]] = [set() for _ in range(view.manifest.count)]
-    for key in exclude_keys:
-        with contextlib.suppress(ReferenceNotFoundError):  # nothing to leave out
-            shard, local = view.split_key(key)
-            excluded[shard].add(local)
-    return [frozenset(keys) for keys in excluded]
-
-
 # Functions run where a shard is open (in this process or on a Dask worker).
+
+
+def _shard_neighbours(
+    shard: OpenShard, vectors: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    shard.catalogue.refresh()
+    return shard.catalogue.search(vectors, k)
 
 
 def _shard_matches(
     shard: OpenShard,
     features: Features,
     patches: Patches,
+    candidates: list[Candidate],
     top: int,
     min_score: float | None,
-    exclude_keys: frozenset[int],
 ) -> list[Match]:
     return shard.matcher.match_features(
-        features, top=top, min_score=min_score, exclude_keys=exclude_keys, patches=patches
+        features, top=top, min_score=min_score, patches=patches, candidates=candidates
     )
 
 
@@ -151,9 +260,9 @@ def _shard_verifications(
     shard: OpenShard,
     features: Features,
     patches: Patches,
-    exclude_keys: frozenset[int],
+    candidates: list[Candidate] | None,
     reference_key: int | None,
 ) -> list[Verification]:
     return shard.matcher.verify(
-        features, exclude_keys=exclude_keys, reference_key=reference_key, patches=patches
+        features, reference_key=reference_key, patches=patches, candidates=candidates
     )
