@@ -330,6 +330,13 @@ def test_a_missing_shard_is_an_error_never_a_partial_answer(
     )
 
 
+def test_an_unavailable_shard_is_a_503_over_http() -> None:
+    from tunetrace.api.errors import status_for
+
+    error = status_for(ShardUnavailableError("1 of 3 shard(s) unavailable"))
+    assert (error.status, error.code) == (503, "shard_unavailable")
+
+
 def test_bad_shard_requests_get_clear_errors(sharded: Path, tmp_path: Path) -> None:
     again = _cli("shards", "init", "-c", str(sharded), "--shards", "2", check=False)
     assert again.returncode == 1 and "already a sharded catalogue" in again.stderr

@@ -345,6 +345,10 @@ def run_on_shard(directory: str, read_only: bool, function: Callable[..., R], *a
         if opened is None:
             if not os.path.exists(Path(directory) / DATABASE_NAME):
                 raise ShardUnavailableError(f"shard {directory} is not on this worker's disk")
+            if not _opened:  # this worker's first shard: compile the kernels once, now
+                from tunetrace.kernels import compile_kernels
+
+                compile_kernels()
             opened = _opened[key] = OpenShard(Path(directory), read_only=read_only)
     return function(opened, *args)
 
