@@ -569,24 +569,10 @@ def index_build(
         raise typer.Exit(2) from None
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
-    if hasattr(store, "shard_count"):
-        try:
-            indexes = store.rebuild_index(spec)
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except TunetraceError as exc:
-            _fail(exc)
-        finally:
-            store.close()
-        typer.echo(
-            f"built {len(indexes)} {spec.kind} shard indexes of {sum(i.size for i in indexes)} "
-            f"vectors in {time.perf_counter() - started:.1f} s"
-        )
-        return
+    sharded = hasattr(store, "shard_count")
     try:
-        index = store.rebuild_index(spec)
-        details = store.info()
+        built = store.rebuild_index(spec)  # a sharded catalogue: one index per shard
+        details = None if sharded else store.info()
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -594,9 +580,16 @@ def index_build(
         _fail(exc)
     finally:
         store.close()
+    elapsed = time.perf_counter() - started
+    if details is None:
+        typer.echo(
+            f"built {len(built)} {spec.kind} shard indexes of {sum(i.size for i in built)} "
+            f"vectors in {elapsed:.1f} s"
+        )
+        return
     typer.echo(
-        f"built a {index.spec.kind} index of {index.size} vectors in "
-        f"{time.perf_counter() - started:.1f} s: {details['index_bytes'] / 1e6:.1f} MB, "
+        f"built a {built.spec.kind} index of {built.size} vectors in {elapsed:.1f} s: "
+        f"{details['index_bytes'] / 1e6:.1f} MB, "
         f"{details['index_mb_per_audio_hour']} MB per hour of audio"
     )
 

@@ -104,7 +104,21 @@ class ShardAccess(Protocol):
         ...
 
 
-class LocalShards:
+class _Shards:
+    """What both kinds of shard access share."""
+
+    def call_many(
+        self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
+    ) -> dict[int, R]:  # pragma: no cover - each kind has its own
+        raise NotImplementedError
+
+    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
+        """See :class:`ShardAccess`."""
+        found = self.call_many(function, dict(enumerate(args)))
+        return [found[shard] for shard in range(len(args))]
+
+
+class LocalShards(_Shards):
     """Shards opened in this process (each on first use, then kept open).
 
     Parameters
@@ -148,11 +162,6 @@ class LocalShards:
                 f"shard {shard_name(self.directories[shard])} failed: {exc}"
             ) from exc
 
-    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
-        """See :class:`ShardAccess`."""
-        found = self.call_many(function, dict(enumerate(args)))
-        return [found[shard] for shard in range(len(args))]
-
     def call_many(
         self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
     ) -> dict[int, R]:
@@ -176,7 +185,7 @@ class LocalShards:
             self._open.clear()
 
 
-class DaskShards:
+class DaskShards(_Shards):
     """Shards opened on the workers of a Dask distributed cluster.
 
     Parameters
@@ -240,11 +249,6 @@ class DaskShards:
         """See :class:`ShardAccess`."""
         future = self._submit(shard, self.assignment()[shard], function, *args)
         return self._result(shard, future)
-
-    def call_all(self, function: Callable[..., R], args: Sequence[tuple[Any, ...]]) -> list[R]:
-        """See :class:`ShardAccess`."""
-        found = self.call_many(function, dict(enumerate(args)))
-        return [found[shard] for shard in range(len(args))]
 
     def call_many(
         self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
