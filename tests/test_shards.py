@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ from tunetrace.errors import (
 )
 from tunetrace.report import report_to_dict
 from tunetrace.scan import read_report
-from tunetrace.shard_access import assign_shards
+from tunetrace.shard_access import ASSIGNMENT_TTL_S, assign_shards
 from tunetrace.sharded_catalogue import ShardedCatalogue
 from tunetrace.sharded_matcher import ShardedMatcher, merge_neighbours
 
@@ -430,6 +431,27 @@ def test_dask_scan_of_a_sharded_catalogue_survives_a_killed_worker(
         assert _comparable(line) == sharded_reports[line["query"]]
 
 
+@pytest.mark.slow
+def test_a_worker_joining_takes_a_share_of_the_shards(
+    sharded: Path, queries: Path, sharded_reports: dict
+) -> None:
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+        dashboard_address=None,
+    ) as cluster, Client(cluster) as client:  # fmt: skip
+        reports = _reports(sharded, queries, scheduler=client)
+        assert reports == sharded_reports
+        assert [len(s) for s in client.run(_opened_shards).values()] == [3]
+        cluster.scale(2)
+        client.wait_for_workers(2, timeout=60)
+        time.sleep(ASSIGNMENT_TTL_S + 0.5)  # the next query asks the cluster again
+        assert _reports(sharded, queries, scheduler=client) == sharded_reports
+        opened = client.run(_opened_shards)
+    assert sorted(len(s) for s in opened.values())[0] >= 1, opened  # the new one holds some
+
+
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -476,6 +498,17 @@ def test_dask_processes_on_loopback_match_scan_and_report_a_missing_shard(
         for line in read_report(out):
             name = Path(line["query"]).name
             assert _comparable({**line, "query": name}) == sharded_reports[name]
+        # the HTTP API's workers search the shards on the cluster too
+        with running_server(
+            sharded, api_keys="dask-reader:read", workers=1,
+            extra_env={"TUNETRACE_SCHEDULER": address},
+        ) as url, open(queries / "medley.wav", "rb") as handle:  # fmt: skip
+            response = httpx.post(
+                f"{url}/v1/match", files={"file": ("medley.wav", handle)},
+                headers={"Authorization": "Bearer dask-reader"}, timeout=120,
+            )  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert _comparable(response.json()) == sharded_reports["medley.wav"]
         # a shard missing on the workers' disk: an error line, not a partial answer
         broken = tmp_path / "broken"
         shutil.copytree(sharded, broken)
