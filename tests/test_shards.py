@@ -409,16 +409,14 @@ def test_dask_scan_of_a_sharded_catalogue_survives_a_killed_worker(
     from distributed.comm.core import CommClosedError
 
     from tunetrace.scan import ScanJob
-    from tunetrace.scan_backends import run_dask_sharded
+    from tunetrace.scan_backends import run_dask
 
     jobs = [ScanJob(path.name, str(path)) for path in sorted(queries.iterdir())] * 3
     with Client(cluster) as client:
         victim = sorted(client.scheduler_info()["workers"])[0]
         lines = []
         for number, (_, line) in enumerate(
-            run_dask_sharded(
-                sharded, jobs, scheduler=cluster.scheduler_address, top=5, min_score=None
-            )
+            run_dask(sharded, jobs, scheduler=cluster.scheduler_address, top=5, min_score=None)
         ):
             lines.append(line)
             if number == 2:  # mid-scan: a worker holding shards dies (its nanny restarts it)

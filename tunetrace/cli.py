@@ -377,7 +377,6 @@ def scan(
 ) -> None:
     """Rescan many files (or the catalogue itself) and append one report line per file."""
     from tunetrace.export import write_csv
-    from tunetrace.index.shard_layout import is_sharded
     from tunetrace.scan import (
         ReportWriter,
         ScanSummary,
@@ -387,7 +386,7 @@ def scan(
         read_report,
         reference_jobs,
     )
-    from tunetrace.scan_backends import run_dask, run_dask_sharded, run_local
+    from tunetrace.scan_backends import run_dask, run_local
 
     if self_scan == bool(paths or manifest):
         typer.echo(
@@ -410,12 +409,7 @@ def scan(
     progress = _progress_bar(len(todo), "scanning")
     started = time.perf_counter()
     try:
-        if scheduler and is_sharded(catalogue):
-            results = run_dask_sharded(
-                catalogue, todo, scheduler=scheduler, top=top, min_score=min_score,
-                excerpts=excerpts,
-            )  # fmt: skip
-        elif scheduler:
+        if scheduler:
             results = run_dask(
                 catalogue, todo, scheduler=scheduler, top=top, min_score=min_score,
                 excerpts=excerpts,

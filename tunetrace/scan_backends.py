@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from tunetrace.errors import ScanWorkerError
+from tunetrace.index.shard_layout import is_sharded
 from tunetrace.matcher import Matcher
 from tunetrace.opening import open_catalogue
 from tunetrace.report import error_to_dict
@@ -106,6 +107,45 @@ def scan_task(
     return run_job(
         _matcher_for(catalogue_dir), job, top=top, min_score=min_score, excerpts=excerpts
     )
+
+
+def sharded_scan_task(
+    catalogue_dir: str,
+    job: ScanJob,
+    top: int,
+    min_score: float | None,
+    excerpts: int = 0,
+    one_thread: bool = True,
+) -> dict[str, Any]:
+    """A Dask task: run one job against a sharded catalogue whose shards are searched on the
+    same cluster.
+
+    The file is decoded and fingerprinted here, on whichever worker runs the job; the query
+    then goes to every shard on the worker each shard is assigned to, through this worker's
+    own client (the task leaves the worker's thread pool meanwhile, so the shard tasks it
+    waits for can run on this worker too).
+    """
+    from distributed import worker_client
+
+    if one_thread:
+        use_one_thread()
+    _fault_hook(job)
+    with worker_client(separate_thread=True) as client:
+        return run_job(
+            _sharded_matcher_for(catalogue_dir, client), job, top=top, min_score=min_score,
+            excerpts=excerpts,
+        )  # fmt: skip
+
+
+def _sharded_matcher_for(catalogue_dir: str, client: Any) -> Matcher:
+    """This worker's matcher on a sharded catalogue through the cluster (made once)."""
+    key = f"dask:{catalogue_dir}"
+    with _matchers_lock:
+        matcher = _matchers.get(key)
+        if matcher is None:
+            store = open_catalogue(catalogue_dir, read_only=True, scheduler=client)
+            matcher = _matchers[key] = Matcher(store)
+        return matcher
 
 
 def _init_local_worker(catalogue_dir: str) -> None:
@@ -337,6 +377,10 @@ def run_dask(
 ) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
     """Run jobs on the Dask distributed cluster at ``scheduler`` (e.g. ``tcp://host:8786``).
 
+    Each job is one task, which opens the catalogue on its worker; for a sharded catalogue the
+    job's task fingerprints the file and sends the query to the shards' own tasks
+    (:func:`sharded_scan_task`), so each shard is opened only on the worker it is assigned to.
+
     A task that raises is retried :data:`DASK_RETRIES` time(s). A task whose worker dies is
     rescheduled by Dask on another worker, until the workers running it have died more than
     the scheduler's ``distributed.scheduler.allowed-failures`` times; it then gets a
@@ -350,6 +394,7 @@ def run_dask(
     from distributed import Client, as_completed
 
     directory = str(Path(catalogue_dir).resolve())
+    task = sharded_scan_task if is_sharded(directory) else scan_task
     with Client(scheduler, set_as_default=False) as client:
         threads = sum(client.nthreads().values()) or 1
         window = threads * DASK_TASKS_PER_THREAD
@@ -359,7 +404,7 @@ def run_dask(
 
         def submit(job: ScanJob) -> None:
             future = client.submit(
-                scan_task, directory, job, top, min_score, excerpts,
+                task, directory, job, top, min_score, excerpts,
                 pure=False, retries=DASK_RETRIES,
             )  # fmt: skip
             running[future.key] = job
@@ -376,59 +421,6 @@ def run_dask(
             if next_job is not None:
                 submit(next_job)
             yield job, result
-
-
-def run_dask_sharded(
-    catalogue_dir: Path,
-    jobs: list[ScanJob],
-    *,
-    scheduler: str,
-    top: int,
-    min_score: float | None,
-    excerpts: int = 0,
-) -> Iterator[tuple[ScanJob, dict[str, Any]]]:
-    """Scan against a sharded catalogue whose shards are searched on a Dask cluster.
-
-    Files are decoded and fingerprinted here (threads, as many as the cluster has worker
-    threads, plus one); each fingerprint goes to every shard, on the worker its shard is
-    assigned to (:class:`~tunetrace.shard_access.DaskShards`), and the verified matches come
-    back. A shard task whose worker dies is rescheduled by Dask on another worker, which opens
-    the shard; a shard that no worker can search gives the file an error line
-    (``ShardUnavailableError``), never a partial answer.
-    """
-    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-    from distributed import Client
-
-    from tunetrace.sharded_catalogue import ShardedCatalogue
-
-    try:
-        client = Client(scheduler, set_as_default=False, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise ScanWorkerError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
-    with client, ShardedCatalogue(catalogue_dir, scheduler=client) as store:
-        matcher = Matcher(store)
-        window = (sum(client.nthreads().values()) or 1) + 1
-        logger.info("Dask cluster at %s: %d shards, %d jobs at a time", scheduler,
-                    store.shard_count, window)  # fmt: skip
-        with ThreadPoolExecutor(max_workers=window, thread_name_prefix="scan") as pool:
-
-            def submit(job: ScanJob) -> None:
-                running[pool.submit(run_job, matcher, job, top=top, min_score=min_score,
-                                    excerpts=excerpts)] = job  # fmt: skip
-
-            pending = iter(jobs)
-            running: dict[Any, ScanJob] = {}
-            for job in itertools.islice(pending, window):
-                submit(job)
-            while running:
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    job = running.pop(future)
-                    next_job = next(pending, None)
-                    if next_job is not None:
-                        submit(next_job)
-                    yield job, future.result()
 
 
 def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
@@ -452,8 +444,13 @@ def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
     ScanWorkerError
         When the cluster cancelled the task.
     """
+    from distributed import wait
     from distributed.scheduler import KilledWorker
 
+    if future.status not in ("finished", "error", "cancelled"):
+        # as_completed can hand over a future whose worker died and whose task Dask is
+        # running again: wait for that run
+        wait(future)
     if future.status == "finished":
         return future.result()
     if future.status == "cancelled":

@@ -8,11 +8,11 @@ a shard's vectors and spectra stay where it is opened.
 
 On Dask, each shard is assigned to one worker (:func:`assign_shards`: balanced rendezvous
 hashing of the shard's directory over the workers the scheduler knows), and its tasks carry
-that worker as a *loose* restriction (``workers=[w], allow_other_workers=True``): the
-scheduler runs them there while the worker lives, so the shard is opened once and stays
-open between tasks, and moves them to another worker when it leaves (a task whose worker
-dies is rescheduled by Dask itself). A worker joining or leaving moves few shards besides its
-own.
+that worker as a strict restriction (``workers=[w]``), so that neither placement nor work
+stealing opens the shard anywhere else: it is opened once and stays open between tasks. When
+the worker leaves (or dies with the task), the task is sent to the shard's next worker by the
+same assignment; a task that raises is retried by Dask. A worker joining or leaving moves few
+shards besides its own.
 """
 
 from __future__ import annotations
@@ -34,13 +34,17 @@ from tunetrace.errors import (
     ShardUnavailableError,
     TunetraceError,
 )
-from tunetrace.index.catalogue import DATABASE_NAME, Catalogue
+from tunetrace.index.catalogue import DATABASE_NAME, FEATURES_CACHE_BYTES, Catalogue
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
 
 #: Seconds a shard-to-worker assignment is used before the cluster's workers are asked again.
 ASSIGNMENT_TTL_S = 2.0
+#: Seconds between checks that the worker a shard task waits on is still in the cluster.
+WORKER_CHECK_S = 1.0
+#: Times a shard task is sent to another worker after its worker left, before giving up.
+MAX_REASSIGNMENTS = 3
 #: Dask retries of a shard task that raised (a worker's death is counted by the scheduler
 #: instead, up to ``distributed.scheduler.allowed-failures``).
 SHARD_TASK_RETRIES = 1
@@ -147,6 +151,7 @@ class LocalShards(_Shards):
                 opened = self._open[shard] = OpenShard(
                     self.directories[shard], read_only=self.read_only
                 )
+                share_features_cache(list(self._open.values()))
             return opened
 
     def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
@@ -220,18 +225,18 @@ class DaskShards(_Shards):
         """The worker each shard is assigned to now (``None``: the cluster has no workers).
 
         The cluster's workers are asked for at most every :data:`ASSIGNMENT_TTL_S`; a task
-        sent to a worker that has left meanwhile runs on another (loose restriction).
+        sent to a worker that has left meanwhile is sent again (see :meth:`_result`).
         """
         now = time.monotonic()
         with self._lock:
             if self._assigned is None or now - self._assigned_at > ASSIGNMENT_TTL_S:
-                workers = sorted(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+                workers = sorted(self._workers())
                 self._assigned = assign_shards(self.directories, workers)
                 self._assigned_at = now
             return self._assigned
 
     def _submit(
-        self, shard: int, worker: str | None, function: Callable[..., R], *args: Any
+        self, shard: int, worker: str | None, function: Callable[..., R], args: tuple[Any, ...]
     ) -> Any:
         return self.client.submit(
             run_on_shard,
@@ -239,44 +244,70 @@ class DaskShards(_Shards):
             self.read_only,
             function,
             *args,
+            # strict: work stealing must not open the shard on a second worker
             workers=None if worker is None else [worker],
-            allow_other_workers=True,
+            allow_other_workers=worker is None,
             retries=SHARD_TASK_RETRIES,
             pure=False,
         )
 
     def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
         """See :class:`ShardAccess`."""
-        future = self._submit(shard, self.assignment()[shard], function, *args)
-        return self._result(shard, future)
+        return self.call_many(function, {shard: args})[shard]
 
     def call_many(
         self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
     ) -> dict[int, R]:
         """See :class:`ShardAccess` (every shard's task is sent before any result is awaited)."""
         assigned = self.assignment()
-        futures = {
-            shard: self._submit(shard, assigned[shard], function, *shard_args)
+        sent = {
+            shard: (assigned[shard], self._submit(shard, assigned[shard], function, shard_args))
             for shard, shard_args in args.items()
         }
         results, failures = {}, []
-        for shard, future in futures.items():
+        for shard, (worker, future) in sent.items():
             try:
-                results[shard] = self._result(shard, future)
+                results[shard] = self._result(shard, worker, future, function, args[shard])
             except ShardUnavailableError as exc:
                 failures.append(str(exc))
         if failures:
             raise ShardUnavailableError(_unavailable_message(failures, len(self.directories)))
         return results
 
-    def _result(self, shard: int, future: Any) -> Any:
-        """A shard task's result; failures other than the query's own become
-        :class:`ShardUnavailableError`."""
+    def _result(
+        self,
+        shard: int,
+        worker: str | None,
+        future: Any,
+        function: Callable[..., R],
+        args: tuple[Any, ...],
+    ) -> Any:
+        """A shard task's result, the task sent again to the shard's next worker whenever the
+        one it waits for has left the cluster (up to :data:`MAX_REASSIGNMENTS` times).
+
+        Failures other than the query's own become :class:`ShardUnavailableError`.
+        """
         from distributed.scheduler import KilledWorker
 
         name = shard_name(Path(self.directories[shard]))
+        moves = 0
         try:
-            return future.result()
+            while True:
+                try:
+                    return future.result(timeout=WORKER_CHECK_S)
+                except TimeoutError:
+                    if worker is None or worker in self._workers():
+                        continue  # still running (or queued) where it belongs
+                if moves == MAX_REASSIGNMENTS:
+                    raise ShardUnavailableError(
+                        f"shard {name}: its workers kept leaving the cluster"
+                    )
+                moves += 1
+                future.cancel()
+                self._assigned = None  # ask the cluster again
+                worker = self.assignment()[shard]
+                logger.info("shard %s moves to worker %s", name, worker)
+                future = self._submit(shard, worker, function, args)
         except KilledWorker as exc:
             raise ShardUnavailableError(
                 f"shard {name}: the Dask workers running it died each time ({exc})"
@@ -285,10 +316,13 @@ class DaskShards(_Shards):
             raise
         except TunetraceError as exc:
             raise ShardUnavailableError(f"shard {name} failed: {exc}") from exc
-        except (OSError, TimeoutError) as exc:
+        except OSError as exc:
             raise ShardUnavailableError(f"shard {name}: lost the Dask cluster: {exc}") from exc
         finally:
             future.release()
+
+    def _workers(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
 
     def close(self) -> None:
         """Close the client if this object connected it."""
@@ -354,7 +388,16 @@ def run_on_shard(directory: str, read_only: bool, function: Callable[..., R], *a
 
                 compile_kernels()
             opened = _opened[key] = OpenShard(Path(directory), read_only=read_only)
+            share_features_cache(list(_opened.values()))
     return function(opened, *args)
+
+
+def share_features_cache(shards: list[OpenShard]) -> None:
+    """Split one process's budget of decoded reference features (what one catalogue keeps,
+    :data:`~tunetrace.index.catalogue.FEATURES_CACHE_BYTES`) between its open shards, so a
+    worker holding many shards holds no more than one catalogue would."""
+    for shard in shards:
+        shard.catalogue.features_cache_bytes = FEATURES_CACHE_BYTES // len(shards)
 
 
 def opened_shards() -> list[str]:
