@@ -31,8 +31,11 @@ from tunetrace.api.routes import router
 from tunetrace.api.settings import ApiSettings
 from tunetrace.api.store import CatalogueService
 from tunetrace.api.workers import WorkerPool
+from tunetrace.index.shard_layout import is_sharded
 
 from tunetrace import __version__
+from tunetrace.errors import BadInputError
+from tunetrace.opening import check_scheduler_address
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("tunetrace.access")
@@ -72,6 +75,13 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app's lifespan starts.
     """
     settings = settings or ApiSettings()
+    if settings.scheduler is not None:  # before any worker starts: a clear error, not a crash
+        check_scheduler_address(settings.scheduler)
+        if not is_sharded(settings.catalogue):
+            raise BadInputError(
+                f"{settings.catalogue} is not a sharded catalogue: serving on a Dask cluster "
+                "needs one ('tunetrace shards init')"
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -47,6 +47,7 @@ from tunetrace.index.publication import (
     sweep_stale_files,
     write_publication,
 )
+from tunetrace.index.shard_layout import GENERATION_MARK, MANIFEST_NAME, is_sharded
 from tunetrace.index.spectrum_codec import (
     COMPACT_CODEC,
     LEGACY_CODEC,
@@ -184,6 +185,12 @@ def validate_reference_id(reference_id: str) -> str:
         )
     if _CONTROL_CHARACTER.search(reference_id):
         raise InvalidReferenceIdError(f"reference id {reference_id!r} contains control characters")
+    try:
+        reference_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidReferenceIdError(
+            f"reference id {reference_id!r} is not valid text (undecodable bytes)"
+        ) from None
     return reference_id
 
 
@@ -228,6 +235,16 @@ class Catalogue:
     ) -> None:
         self.directory = Path(directory)
         database = self.directory / DATABASE_NAME
+        if is_sharded(self.directory):
+            raise CatalogueError(
+                f"{self.directory} is a sharded catalogue: open it with tunetrace.Catalogue "
+                "or tunetrace.opening.open_catalogue"
+            )
+        if not database.exists() and any(self.directory.glob(f"g*/{GENERATION_MARK}")):
+            raise CatalogueError(
+                f"{self.directory} holds shards but no shard manifest ({MANIFEST_NAME}): "
+                "restore it from a backup; nothing was created"
+            )
         if not database.exists():
             if not create:
                 raise CatalogueError(
@@ -401,6 +418,11 @@ class Catalogue:
         """
         self._writable()
         with self._lock, self._writer_lock:
+            if is_sharded(self.directory):  # sharded since this process opened it
+                raise CatalogueError(
+                    f"{self.directory} was made a sharded catalogue after this process opened "
+                    "it; open it again (nothing was written)"
+                )
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield

@@ -18,11 +18,13 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import DATABASE_NAME, Catalogue
 from tunetrace.index.shard_layout import (
+    GENERATION_MARK,
     MANIFEST_NAME,
     ShardManifest,
     fsync_directory,
@@ -34,7 +36,7 @@ from tunetrace.index.shard_layout import (
     write_manifest,
 )
 from tunetrace.index.vector_index import IndexSpec
-from tunetrace.index.writer_lock import WriterLock
+from tunetrace.index.writer_lock import LOCK_NAME, WriterLock
 
 from tunetrace.errors import CatalogueError
 
@@ -96,12 +98,15 @@ def _init_locked(
                 f"{directory} is already a sharded catalogue; 'tunetrace shards split' changes "
                 "its number of shards"
             )
+        _check_only_a_catalogue(directory)
         source = None
         if (directory / DATABASE_NAME).exists():
             source = Catalogue(directory, read_only=True)
             params = source.params
         try:
-            manifest = new_manifest(1, shards, params or FingerprintParams())
+            manifest = new_manifest(
+                1, shards, params or FingerprintParams(), converted=source is not None
+            )
             _fill_generation(directory, manifest, [source] if source else [], progress)
         finally:
             if source is not None:
@@ -137,7 +142,7 @@ def reshard(
     with _storage_errors(directory, "reshard"), WriterLock(directory):
         old = read_manifest(directory)
         sweep_generations(directory, old)
-        manifest = new_manifest(old.generation + 1, shards, old.params)
+        manifest = new_manifest(old.generation + 1, shards, old.params, converted=old.converted)
         sources = []
         try:
             for shard_dir in old.shard_dirs(directory):
@@ -166,15 +171,33 @@ def _storage_errors(directory: Path, verb: str) -> Iterator[None]:
 
 
 def sweep_generations(directory: Path, manifest: ShardManifest) -> list[str]:
-    """Delete shard generations the manifest does not name (a finished reshard's old shards,
-    or a crashed one's half-made new ones), and the files of the unsharded catalogue a
-    directory held before it was sharded; call with the writer lock held."""
+    """Delete shard generations that are neither the manifest's nor the one before it (the
+    previous one stays, so that queries under way when a reshard switched can finish), and
+    leftovers of a crashed reshard; call with the writer lock held.
+
+    Only folders marked as shard generations are deleted. The files of the unsharded
+    catalogue the directory held are deleted if the manifest says its references were moved
+    into the shards (a kill can leave them); other unsharded files are an error.
+
+    Raises
+    ------
+    CatalogueError
+        If an unsharded catalogue sits beside the shards that was never moved into them.
+    """
     if (directory / DATABASE_NAME).exists():
+        if not manifest.converted:
+            raise CatalogueError(
+                f"{directory} holds an unsharded catalogue beside its shards (made while the "
+                f"shard manifest was missing?); move {DATABASE_NAME} away, then add its "
+                "references to the sharded catalogue"
+            )
         _remove_unsharded_files(directory)
     keep = {Path(shard).parts[0] for shard in manifest.shards}
+    keep.add(generation_dir_name(manifest.generation - 1))
     removed = []
     for entry in sorted(directory.glob("g[0-9]*")):
-        if entry.is_dir() and entry.name not in keep and entry.name[1:].isdigit():
+        marked = (entry / GENERATION_MARK).is_file()
+        if entry.is_dir() and marked and entry.name not in keep and entry.name[1:].isdigit():
             shutil.rmtree(entry)
             removed.append(entry.name)
     if removed:
@@ -193,8 +216,11 @@ def _fill_generation(
     then build and publish each shard's index like the sources'."""
     folder = directory / generation_dir_name(manifest.generation)
     if folder.exists():  # a crashed attempt's leftovers
+        if not (folder / GENERATION_MARK).is_file():
+            raise CatalogueError(f"{folder} exists and is not a generation of shards")
         shutil.rmtree(folder)
     folder.mkdir()
+    (folder / GENERATION_MARK).write_text("shard catalogues of one generation\n")
     targets = [
         Catalogue(d, params=manifest.params, create=True) for d in manifest.shard_dirs(directory)
     ]
@@ -213,12 +239,15 @@ def _fill_generation(
             )
             if progress is not None:
                 progress(copied)
-        kind = sources[0].index_spec.kind if sources else "flat"
+        largest = max(sources, key=lambda source: source.count(), default=None)
+        spec = largest.index_spec if largest is not None else IndexSpec()
         for target in targets:
-            if kind == "flat" or target.count() == 0:
-                target.save_index()
-            else:
-                target.rebuild_index(IndexSpec(kind="auto"))
+            if spec == IndexSpec():
+                target.save_index()  # the default index, built as the references went in
+            elif target.count() == 0:
+                target.save_index()  # nothing to train on yet
+            else:  # the sources' kind and settings, IVF lists sized for the new shard
+                target.rebuild_index(replace(spec, nlist=0))
     finally:
         for target in targets:
             target.close()
@@ -232,6 +261,25 @@ def _all_references(sources: list[Catalogue]) -> Iterator[tuple]:
         while batch := source.stored_references(after_key=after, limit=COPY_BATCH):
             yield from batch
             after = batch[-1][0].key
+
+
+def _check_only_a_catalogue(directory: Path) -> None:
+    """Refuse to shard a directory holding anything but an unsharded catalogue's files."""
+    others = [
+        entry.name
+        for entry in directory.iterdir()
+        if not (
+            entry.name.startswith(DATABASE_NAME)
+            or entry.name.startswith("vectors-")
+            or entry.name in (LOCK_NAME, f".{MANIFEST_NAME}.tmp")
+            or (entry / GENERATION_MARK).is_file()  # a killed attempt's shards
+        )
+    ]
+    if others:
+        raise CatalogueError(
+            f"{directory} holds other files ({', '.join(sorted(others)[:3])}"
+            f"{' ...' if len(others) > 3 else ''}); shard an empty directory or a catalogue's"
+        )
 
 
 def _remove_unsharded_files(directory: Path) -> None:

@@ -37,6 +37,8 @@ MAX_SHARDS = 1024
 #: :func:`global_key`).
 SHARD_BITS = 10
 GENERATION_BITS = 10
+#: Generations a key tells apart.
+GENERATION_MODULUS = 1 << GENERATION_BITS
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,15 @@ class ShardManifest:
         Shard directories relative to the sharded catalogue's directory.
     params : FingerprintParams
         The fingerprint parameters of every shard.
+    converted : bool
+        Whether the directory held an unsharded catalogue whose references were moved into
+        the shards (its files, if a kill left them, may then be deleted).
     """
 
     generation: int
     shards: tuple[str, ...]
     params: FingerprintParams
+    converted: bool = False
 
     @property
     def count(self) -> int:
@@ -74,8 +80,13 @@ class ShardManifest:
             "format": MANIFEST_FORMAT,
             "generation": self.generation,
             "params": self.params.to_dict(),
+            "converted": self.converted,
             "shards": list(self.shards),
         }
+
+
+#: File marking a folder as a generation of shards (only such folders are ever deleted).
+GENERATION_MARK = ".tunetrace-shards"
 
 
 def generation_dir_name(generation: int) -> str:
@@ -83,13 +94,24 @@ def generation_dir_name(generation: int) -> str:
     return f"g{generation}"
 
 
-def new_manifest(generation: int, shards: int, params: FingerprintParams) -> ShardManifest:
+def shard_owner(directory: str | Path) -> Path | None:
+    """The sharded catalogue whose shard ``directory`` is (``DIR/gN/shard-NNN``), if any."""
+    directory = Path(directory).resolve()
+    folder = directory.parent
+    if (folder / GENERATION_MARK).is_file() and is_sharded(folder.parent):
+        return folder.parent
+    return None
+
+
+def new_manifest(
+    generation: int, shards: int, params: FingerprintParams, *, converted: bool = False
+) -> ShardManifest:
     """The manifest of ``shards`` new shard directories of ``generation``."""
     if not 1 <= shards <= MAX_SHARDS:
         raise CatalogueError(f"a sharded catalogue has 1-{MAX_SHARDS} shards, not {shards}")
     folder = generation_dir_name(generation)
     return ShardManifest(
-        generation, tuple(f"{folder}/shard-{i:03d}" for i in range(shards)), params
+        generation, tuple(f"{folder}/shard-{i:03d}" for i in range(shards)), params, converted
     )
 
 
@@ -125,17 +147,20 @@ def read_manifest(directory: str | Path) -> ShardManifest:
     shards, generation = data.get("shards"), data.get("generation")
     if (
         not isinstance(generation, int)
+        or isinstance(generation, bool)
+        or generation < 1
         or not isinstance(shards, list)
         or not 1 <= len(shards) <= MAX_SHARDS
         or not all(isinstance(s, str) and _is_inside(s) for s in shards)
-        or len(set(shards)) != len(shards)
+        or len({os.path.normpath(s) for s in shards}) != len(shards)
+        or any(os.path.normpath(s) != s for s in shards)
     ):
         raise CatalogueError(f"{path} is damaged: its generation or shard list is invalid")
     try:
         params = FingerprintParams.from_dict(data.get("params"))
     except (TypeError, ValueError, AttributeError) as exc:
         raise CatalogueError(f"{path} is damaged: its fingerprint parameters: {exc}") from exc
-    return ShardManifest(generation, tuple(shards), params)
+    return ShardManifest(generation, tuple(shards), params, bool(data.get("converted")))
 
 
 def write_manifest(directory: Path, manifest: ShardManifest) -> None:
@@ -166,7 +191,7 @@ def shard_of(reference_id: str, shards: int) -> int:
 
     A stable hash: 64 bits of BLAKE2b of the id's UTF-8 bytes, modulo the shard count.
     """
-    digest = hashlib.blake2b(reference_id.encode("utf-8", "surrogatepass"), digest_size=8)
+    digest = hashlib.blake2b(reference_id.encode("utf-8"), digest_size=8)
     return int.from_bytes(digest.digest(), "big") % shards
 
 
@@ -174,7 +199,7 @@ def global_key(shard: int, local_key: int, generation: int = 0) -> int:
     """A reference key unique across shards: the shard's own key, the shard generation
     (modulo 1024, so that a key made before a reshard is not taken for another reference
     after it), and the shard number."""
-    mark = generation % (1 << GENERATION_BITS)
+    mark = generation % GENERATION_MODULUS
     return (((local_key << GENERATION_BITS) | mark) << SHARD_BITS) | shard
 
 
@@ -182,7 +207,7 @@ def split_key(key: int) -> tuple[int, int, int]:
     """Inverse of :func:`global_key`: ``(shard, local_key, generation modulo 1024)``."""
     shard = key & (MAX_SHARDS - 1)
     rest = key >> SHARD_BITS
-    return shard, rest >> GENERATION_BITS, rest & ((1 << GENERATION_BITS) - 1)
+    return shard, rest >> GENERATION_BITS, rest & (GENERATION_MODULUS - 1)
 
 
 def _is_inside(relative: str) -> bool:

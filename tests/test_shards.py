@@ -280,7 +280,13 @@ def test_writes_go_to_the_right_shard_and_reshard_keeps_every_reference(
         report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
     )
     reshard(directory, 4)
-    assert sorted(p.name for p in directory.iterdir()) == ["catalogue.lock", "g2", MANIFEST_NAME]
+    # the previous generation stays for queries under way; the one before goes
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "catalogue.lock",
+        "g1",
+        "g2",
+        MANIFEST_NAME,
+    ]
     after = _comparable(
         report_to_dict(matcher.match_path(queries / "fast.wav", query_name="fast.wav"))
     )
@@ -294,6 +300,69 @@ def test_writes_go_to_the_right_shard_and_reshard_keeps_every_reference(
     built = _cli("index", "build", "-c", str(directory), "--type", "hnsw").stdout
     assert "hnsw shard indexes of" in built
     assert_same_verdicts(_reports(directory, queries), unsharded_reports)
+    reshard(directory, 3)  # keeps the index kind
+    assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == ["g2", "g3"]
+    with ShardedCatalogue(directory, read_only=True) as catalogue:
+        kinds = {s["index_kind"] for s in catalogue.info()["shards"] if s["references"]}
+    assert kinds == {"hnsw"}
+
+
+def test_misuse_is_refused_and_loses_nothing(
+    sharded: Path, built_catalogue: Path, song_folder: Path, tmp_path: Path
+) -> None:
+    # a folder that is not empty is not taken over (its g-folders are not deleted)
+    folder = tmp_path / "mine"
+    (folder / "g1").mkdir(parents=True)
+    (folder / "g1" / "photo.jpg").write_text("precious")
+    refused = _cli("shards", "init", "-c", str(folder), "--shards", "2", check=False)
+    assert refused.returncode == 1 and "holds other files" in refused.stderr
+    assert (folder / "g1" / "photo.jpg").read_text() == "precious"
+    # a process that opened the unsharded catalogue before it was sharded cannot write to it
+    plain = tmp_path / "plain"
+    shutil.copytree(built_catalogue, plain)
+    stale = Catalogue(plain)
+    init_sharded(plain, 2)
+    with pytest.raises(CatalogueError, match="made a sharded catalogue"):
+        stale.remove("song1")
+    stale.close()
+    with ShardedCatalogue(plain) as catalogue:
+        assert catalogue.count() == 5
+    # without its manifest, a sharded directory is not mistaken for an empty catalogue
+    lost = tmp_path / "lost"
+    shutil.copytree(sharded, lost)
+    (lost / MANIFEST_NAME).unlink()
+    added = _cli("add", "-c", str(lost), str(song_folder / "song1.flac"), "--id", "x", check=False)
+    assert added.returncode == 1 and "no shard manifest" in added.stderr
+    assert not (lost / "catalogue.sqlite").exists()
+    # one shard's folder is not a catalogue of its own
+    shard_dir = read_manifest(sharded).shard_dirs(sharded)[0]
+    direct = _cli("add", "-c", str(shard_dir), str(song_folder / "song1.flac"), "--id", "y",
+                  check=False)  # fmt: skip
+    assert direct.returncode == 2 and "one shard of" in direct.stderr
+    # a manifest whose parameters are not the shards' is refused, not used
+    other = tmp_path / "other"
+    shutil.copytree(sharded, other)
+    text = (other / MANIFEST_NAME).read_text()
+    (other / MANIFEST_NAME).write_text(
+        text.replace('"sample_rate_hz": 8000', '"sample_rate_hz": 16000')
+    )
+    listed = _cli("list", "-c", str(other), check=False)
+    assert listed.returncode == 1 and "other fingerprint parameters" in listed.stderr
+    assert "Traceback" not in listed.stderr
+    # a scheduler address that is none: exit 2 at once
+    bad = _cli("match", "-c", str(sharded), "--scheduler", "foo", "x.wav", check=False)
+    assert bad.returncode == 2 and "not a Dask scheduler address" in bad.stderr
+    # a self-scan's exclusion by a key from before a reshard is an error, not ignored
+    moved = tmp_path / "moved"
+    shutil.copytree(sharded, moved)
+    with ShardedCatalogue(moved, read_only=True) as catalogue:
+        record = catalogue.get("song3")
+        features = catalogue.features(record.key)
+        reshard(moved, 2)
+        with pytest.raises(ReferenceNotFoundError, match="resharded"):
+            tunetrace.Matcher(catalogue).match_features(
+                features, exclude_keys=frozenset({record.key})
+            )
 
 
 def test_a_missing_shard_is_an_error_never_a_partial_answer(

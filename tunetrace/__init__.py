@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         IncompatibleCatalogueError,
         InvalidReferenceIdError,
         ReferenceNotFoundError,
+        ShardUnavailableError,
         TunetraceError,
         UnsupportedAudioError,
     )
@@ -60,6 +61,7 @@ _EXPORTS = {
     "InvalidReferenceIdError": "tunetrace.errors",
     "CatalogueError": "tunetrace.errors",
     "IncompatibleCatalogueError": "tunetrace.errors",
+    "ShardUnavailableError": "tunetrace.errors",
     "DuplicateReferenceError": "tunetrace.errors",
     "ReferenceNotFoundError": "tunetrace.errors",
 }
@@ -82,6 +84,7 @@ __all__ = [
     "ReferenceNotFoundError",
     "ReferenceRecord",
     "Segment",
+    "ShardUnavailableError",
     "TunetraceError",
     "UnsupportedAudioError",
     "__version__",

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from tunetrace.audio_files import AudioFiles
+from tunetrace.errors import CatalogueError, IncompatibleCatalogueError
 from tunetrace.index.catalogue import Catalogue as StorageCatalogue
-from tunetrace.index.shard_layout import is_sharded
+from tunetrace.index.shard_layout import is_sharded, shard_owner
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +64,21 @@ class Catalogue(AudioFiles, StorageCatalogue):
 
     def __new__(cls, directory: str | Path, *args: Any, **kwargs: Any) -> Any:
         # A sharded directory opens as a sharded catalogue, with the same methods.
+        owner = shard_owner(directory)
+        if owner is not None:
+            raise CatalogueError(f"{directory} is one shard of {owner}: open {owner} instead")
         if cls is Catalogue and is_sharded(directory):
             from tunetrace.sharded_catalogue import ShardedCatalogue
 
-            return ShardedCatalogue(directory, read_only=kwargs.get("read_only", False))
+            sharded = ShardedCatalogue(directory, read_only=kwargs.get("read_only", False))
+            params = kwargs.get("params")
+            if params is not None and params != sharded.params:
+                sharded.close()
+                raise IncompatibleCatalogueError(
+                    f"catalogue {directory} was made with other fingerprint parameters "
+                    f"(digest {sharded.params.digest()}, asked for {params.digest()})"
+                )
+            return sharded
         return super().__new__(cls)
 
     def __enter__(self) -> Catalogue:

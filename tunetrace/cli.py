@@ -157,12 +157,12 @@ def match(
 
     store = _open_catalogue(catalogue, read_only=True, scheduler=scheduler)
     matcher = Matcher(store)
-    failed = False
+    failed = 0  # the exit code: 2 for unusable queries, 1 if the catalogue failed too
     for query in queries:
         try:
             report = matcher.match_path(query, query_name=str(query), top=top, min_score=min_score)
         except TunetraceError as exc:
-            failed = True
+            failed = (failed or 2) if isinstance(exc, BadInputError) else 1
             if as_json:
                 typer.echo(json.dumps(error_to_dict(str(query), type(exc).__name__, str(exc))))
             typer.echo(f"error: {exc}", err=True)
@@ -173,7 +173,7 @@ def match(
             typer.echo(_format_report(report))
     store.close()
     if failed:
-        raise typer.Exit(2)
+        raise typer.Exit(failed)
 
 
 def _format_report(report) -> str:
@@ -264,6 +264,8 @@ def list_references(
                 records += page
             if len(page) < want:
                 break
+    except TunetraceError as exc:
+        _fail(exc)
     finally:
         store.close()
     if not as_json:
@@ -388,6 +390,13 @@ def scan(
     )
     from tunetrace.scan_backends import run_dask, run_local
 
+    if scheduler is not None:
+        from tunetrace.opening import check_scheduler_address
+
+        try:
+            check_scheduler_address(scheduler)
+        except TunetraceError as exc:
+            _fail(exc)
     if self_scan == bool(paths or manifest):
         typer.echo(
             "error: give files, folders or --manifest to scan, or --self (not both)", err=True

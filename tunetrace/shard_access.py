@@ -34,6 +34,7 @@ from tunetrace.errors import (
     ShardUnavailableError,
     TunetraceError,
 )
+from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import DATABASE_NAME, FEATURES_CACHE_BYTES, Catalogue
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ R = TypeVar("R")
 
 #: Seconds a shard-to-worker assignment is used before the cluster's workers are asked again.
 ASSIGNMENT_TTL_S = 2.0
+#: Environment variable: seconds a query waits for a shard's answer on Dask (default 300).
+SHARD_TIMEOUT_ENV = "TUNETRACE_SHARD_TIMEOUT_S"
 #: Seconds between checks that the worker a shard task waits on is still in the cluster.
 WORKER_CHECK_S = 1.0
 #: Times a shard task is sent to another worker after its worker left, before giving up.
@@ -57,13 +60,15 @@ class OpenShard:
     ----------
     directory : Path
     read_only : bool
+    params : FingerprintParams
+        The sharded catalogue's parameters: a shard made with others is refused.
     """
 
-    def __init__(self, directory: Path, *, read_only: bool) -> None:
+    def __init__(self, directory: Path, *, read_only: bool, params: FingerprintParams) -> None:
         self.directory = directory
         self.read_only = read_only
         try:
-            self.catalogue = Catalogue(directory, read_only=read_only)
+            self.catalogue = Catalogue(directory, read_only=read_only, params=params)
         except TunetraceError as exc:
             raise ShardUnavailableError(f"shard {directory} cannot be opened: {exc}") from exc
         self._matcher: Any = None
@@ -130,11 +135,16 @@ class LocalShards(_Shards):
     directories : list of Path
         The shard directories, in shard order.
     read_only : bool
+    params : FingerprintParams
+        The sharded catalogue's fingerprint parameters.
     """
 
-    def __init__(self, directories: list[Path], *, read_only: bool) -> None:
+    def __init__(
+        self, directories: list[Path], *, read_only: bool, params: FingerprintParams
+    ) -> None:
         self.directories = directories
         self.read_only = read_only
+        self.params = params
         self._open: dict[int, OpenShard] = {}
         self._lock = threading.Lock()
 
@@ -149,10 +159,15 @@ class LocalShards(_Shards):
             opened = self._open.get(shard)
             if opened is None:
                 opened = self._open[shard] = OpenShard(
-                    self.directories[shard], read_only=self.read_only
+                    self.directories[shard], read_only=self.read_only, params=self.params
                 )
                 share_features_cache(list(self._open.values()))
             return opened
+
+    def opened(self) -> list[OpenShard]:
+        """The shards opened so far."""
+        with self._lock:
+            return list(self._open.values())
 
     def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
         """See :class:`ShardAccess`."""
@@ -200,14 +215,24 @@ class DaskShards(_Shards):
         (shared storage, or each worker's own copy of the shards assigned to it).
     scheduler : str or distributed.Client
         The scheduler's address (``tcp://host:8786``) or a connected client.
+    params : FingerprintParams
+        The sharded catalogue's fingerprint parameters.
     read_only : bool
     """
 
-    def __init__(self, directories: list[Path], scheduler: Any, *, read_only: bool = True) -> None:
+    def __init__(
+        self,
+        directories: list[Path],
+        scheduler: Any,
+        *,
+        params: FingerprintParams,
+        read_only: bool = True,
+    ) -> None:
         from distributed import Client
 
         self.directories = [str(Path(d).resolve()) for d in directories]
         self.read_only = read_only
+        self.params = params
         self._lock = threading.Lock()
         self._assigned: list[str | None] | None = None
         self._assigned_at = 0.0
@@ -238,15 +263,20 @@ class DaskShards(_Shards):
     def _submit(
         self, shard: int, worker: str | None, function: Callable[..., R], args: tuple[Any, ...]
     ) -> Any:
+        if worker is None:
+            raise ShardUnavailableError(
+                f"shard {shard_name(Path(self.directories[shard]))}: the Dask cluster has no "
+                "workers"
+            )
         return self.client.submit(
             run_on_shard,
             self.directories[shard],
             self.read_only,
+            self.params,
             function,
             *args,
             # strict: work stealing must not open the shard on a second worker
-            workers=None if worker is None else [worker],
-            allow_other_workers=worker is None,
+            workers=[worker],
             retries=SHARD_TASK_RETRIES,
             pure=False,
         )
@@ -260,14 +290,19 @@ class DaskShards(_Shards):
     ) -> dict[int, R]:
         """See :class:`ShardAccess` (every shard's task is sent before any result is awaited)."""
         assigned = self.assignment()
-        sent = {
-            shard: (assigned[shard], self._submit(shard, assigned[shard], function, shard_args))
-            for shard, shard_args in args.items()
-        }
-        results, failures = {}, []
+        results, failures, sent = {}, [], {}
+        for shard, shard_args in args.items():
+            try:
+                sent[shard] = (assigned[shard], self._submit(shard, assigned[shard], function,
+                                                             shard_args))  # fmt: skip
+            except ShardUnavailableError as exc:
+                failures.append(str(exc))
+        deadline = time.monotonic() + shard_timeout_s()
         for shard, (worker, future) in sent.items():
             try:
-                results[shard] = self._result(shard, worker, future, function, args[shard])
+                results[shard] = self._result(
+                    shard, worker, future, function, args[shard], deadline
+                )
             except ShardUnavailableError as exc:
                 failures.append(str(exc))
         if failures:
@@ -281,11 +316,13 @@ class DaskShards(_Shards):
         future: Any,
         function: Callable[..., R],
         args: tuple[Any, ...],
+        deadline: float,
     ) -> Any:
         """A shard task's result, the task sent again to the shard's next worker whenever the
         one it waits for has left the cluster (up to :data:`MAX_REASSIGNMENTS` times).
 
-        Failures other than the query's own become :class:`ShardUnavailableError`.
+        Failures other than the query's own, and no answer by ``deadline``
+        (:func:`shard_timeout_s`: a worker that hangs), become :class:`ShardUnavailableError`.
         """
         from distributed.scheduler import KilledWorker
 
@@ -296,7 +333,13 @@ class DaskShards(_Shards):
                 try:
                     return future.result(timeout=WORKER_CHECK_S)
                 except TimeoutError:
-                    if worker is None or worker in self._workers():
+                    if time.monotonic() > deadline:
+                        future.cancel()
+                        raise ShardUnavailableError(
+                            f"shard {name}: no answer from its Dask worker within "
+                            f"{shard_timeout_s():g} s ({SHARD_TIMEOUT_ENV})"
+                        ) from None
+                    if worker in self._workers():
                         continue  # still running (or queued) where it belongs
                 if moves == MAX_REASSIGNMENTS:
                     raise ShardUnavailableError(
@@ -328,6 +371,15 @@ class DaskShards(_Shards):
         """Close the client if this object connected it."""
         if self._own_client:
             self.client.close()
+
+
+def shard_timeout_s() -> float:
+    """Seconds a query waits for one shard's answer on Dask (:data:`SHARD_TIMEOUT_ENV`)."""
+    try:
+        value = float(os.environ.get(SHARD_TIMEOUT_ENV, "300"))
+    except ValueError:
+        value = 300.0
+    return value if value > 0 else 300.0
 
 
 def assign_shards(shard_directories: list[str], workers: list[str]) -> list[str | None]:
@@ -369,7 +421,13 @@ _opened: dict[tuple[str, bool], OpenShard] = {}
 _opened_lock = threading.Lock()
 
 
-def run_on_shard(directory: str, read_only: bool, function: Callable[..., R], *args: Any) -> R:
+def run_on_shard(
+    directory: str,
+    read_only: bool,
+    params: FingerprintParams,
+    function: Callable[..., R],
+    *args: Any,
+) -> R:
     """A Dask task: ``function(open_shard, *args)`` on the shard at ``directory``, opened in
     this worker process on first use and kept open for later tasks.
 
@@ -387,7 +445,7 @@ def run_on_shard(directory: str, read_only: bool, function: Callable[..., R], *a
                 from tunetrace.kernels import compile_kernels
 
                 compile_kernels()
-            opened = _opened[key] = OpenShard(Path(directory), read_only=read_only)
+            opened = _opened[key] = OpenShard(Path(directory), read_only=read_only, params=params)
             share_features_cache(list(_opened.values()))
     return function(opened, *args)
 
@@ -412,9 +470,12 @@ def shard_name(directory: Path) -> str:
 
 
 def _unavailable_message(failures: list[str], shards: int) -> str:
+    shown = "; ".join(failures[:3]) + (
+        f"; and {len(failures) - 3} more" if len(failures) > 3 else ""
+    )
     return (
         f"{len(failures)} of {shards} shard(s) unavailable, so no complete answer can be "
-        f"given: {'; '.join(failures)}"
+        f"given: {shown}"
     )
 
 

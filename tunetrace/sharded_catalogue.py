@@ -27,6 +27,7 @@ from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import ReferenceData, ReferenceRecord, validate_reference_id
 from tunetrace.index.resharding import sweep_generations
 from tunetrace.index.shard_layout import (
+    GENERATION_MODULUS,
     ShardManifest,
     global_key,
     read_manifest,
@@ -39,6 +40,9 @@ from tunetrace.shard_access import LocalShards, OpenShard, ShardAccess, shard_na
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: Shard generations kept open after a reshard for queries that started before it (the
+#: previous generation's directories stay on disk until the next reshard).
+KEEP_RETIRED = 1
 #: References read from each shard at a time when listing across shards.
 LIST_PAGE = 500
 
@@ -85,8 +89,8 @@ class ShardedCatalogue(AudioFiles):
         if self.scheduler is not None:
             from tunetrace.shard_access import DaskShards
 
-            return DaskShards(directories, self.scheduler, read_only=True)
-        return LocalShards(directories, read_only=self.read_only)
+            return DaskShards(directories, self.scheduler, params=manifest.params)
+        return LocalShards(directories, read_only=self.read_only, params=manifest.params)
 
     @property
     def manifest(self) -> ShardManifest:
@@ -121,9 +125,12 @@ class ShardedCatalogue(AudioFiles):
         """
         manifest = read_manifest(self.directory)
         with self._refresh_lock:
-            if manifest == self.view.manifest:
+            # a slower thread's older read never takes the view back
+            if manifest.generation <= self.view.manifest.generation:
                 return False
             self._retired.append(self.view.access)
+            while len(self._retired) > KEEP_RETIRED:  # no query is still on those
+                self._retired.pop(0).close()
             self.view = ShardView(manifest, self._open_shards(manifest))
         logger.info("%s: now %d shards (generation %d)", self.directory, manifest.count,
                     manifest.generation)  # fmt: skip
@@ -171,8 +178,9 @@ class ShardedCatalogue(AudioFiles):
     def save_index(self) -> None:
         """Publish every opened shard's index (after batch adds)."""
         with self._write() as view:
-            for shard in range(view.manifest.count):
-                _opened(view, shard).catalogue.save_index()
+            assert isinstance(view.access, LocalShards)
+            for shard in view.access.opened():  # only shards written to have anything new
+                shard.catalogue.save_index()
 
     def rebuild_index(self, spec: Any = None) -> list[Any]:
         """Rebuild every shard's vector index (see
@@ -253,7 +261,13 @@ class ShardedCatalogue(AudioFiles):
         return sum(view.access.call_all(_count, [()] * view.manifest.count))
 
     def list(self, *, offset: int = 0, limit: int = 100) -> list[ReferenceRecord]:
-        """References of all shards ordered by id (a merge of each shard's order)."""
+        """References of all shards ordered by id (a merge of each shard's order).
+
+        As SQLite does: a negative ``offset`` counts as 0, a negative ``limit`` as no limit.
+        """
+        offset = max(0, offset)
+        if limit < 0:
+            limit = 2**62
         self.refresh()
         view = self.view
         merged = heapq.merge(
@@ -345,7 +359,10 @@ class ShardView:
             If the key names no shard, or was given by another generation (before a reshard).
         """
         shard, local, generation = split_key(key)
-        if shard >= self.manifest.count or generation != self.manifest.generation % 1024:
+        if (
+            shard >= self.manifest.count
+            or generation != self.manifest.generation % GENERATION_MODULUS
+        ):
             raise ReferenceNotFoundError(
                 f"no reference with key {key} (the catalogue may have been resharded since)"
             )

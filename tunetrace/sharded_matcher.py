@@ -29,14 +29,12 @@ silent partial answer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from tunetrace.candidates import find_candidates, query_patch_vectors
-from tunetrace.errors import ReferenceNotFoundError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.matcher import Matcher
@@ -57,6 +55,11 @@ class ShardedMatcher(Matcher):
     same references; reference keys in verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
+
+    def candidates(self, *args: object, **kwargs: object) -> list[Candidate]:
+        """Not offered: a sharded catalogue's candidates are chosen from all shards' nearest
+        patches inside :meth:`match_features` and :meth:`verify`."""
+        raise TypeError("a sharded catalogue has no single index to search; use match_features")
 
     def match_features(
         self,
@@ -220,13 +223,15 @@ def merge_neighbours(per_shard: list[tuple[np.ndarray, np.ndarray]], k: int) -> 
 
 
 def _places_of(view: ShardView, keys: frozenset[int]) -> list[tuple[int, int]]:
-    """Global keys as ``(shard, the shard's own key)``; keys that name no reference are
-    left out."""
-    places = []
-    for key in keys:
-        with contextlib.suppress(ReferenceNotFoundError):
-            places.append(view.split_key(key))
-    return places
+    """Global keys as ``(shard, the shard's own key)``.
+
+    Raises
+    ------
+    ReferenceNotFoundError
+        If a key was given before a reshard: leaving a reference out by a stale key would
+        silently leave nothing out (a self-scan would find the reference itself).
+    """
+    return [view.split_key(key) for key in keys]
 
 
 def _globally(view: ShardView, shard: int, verification: Verification) -> Verification:
