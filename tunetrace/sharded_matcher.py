@@ -16,11 +16,13 @@ evidence about one query and one reference alone (aligned-spectrum similarities 
 pair's own misaligned baseline), never normalised by the other references of a shard or by
 its size, and every shard applies the same shipped model and threshold. Each reference lives
 in one shard, so a reference's match (its best verification plus its other sections) is made
-by that shard alone. What can differ from one catalogue: each shard picks the best screened
-alignments of its own candidates for full verification, so a query whose candidates span
-several shards gets a few more verifications than in one catalogue (never fewer of the
-ones one catalogue would make); and an approximate (IVF) index ranks neighbours by each
-shard's own quantiser.
+by that shard alone. What can differ from one catalogue: when a query's candidates lie in
+several shards, each shard sends the best screened alignments of its own candidates to full
+verification (and its own extra places of a medley's other works), where one catalogue picks
+the best of all; a query can then get more, or other, verifications than in one catalogue,
+and a report can hold an extra work or slightly different estimates. Candidates in one shard
+(most queries) are verified exactly as one catalogue verifies them. An approximate (IVF, HNSW)
+index also ranks neighbours by each shard's own quantiser or graph.
 
 A shard that cannot answer makes the whole query fail with
 :class:`~tunetrace.errors.ShardUnavailableError` (an error line in reports, HTTP 503): never a
