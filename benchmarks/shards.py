@@ -3,12 +3,13 @@
 ``python -m benchmarks.shards`` measures a sharded catalogue of 1, 2, 5 and 10 shards of
 100,000 works each, searched on a Dask ``LocalCluster`` of two single-threaded worker processes
 through ``tunetrace.Matcher(ShardedCatalogue(directory, scheduler=client))``: the query is
-decoded and fingerprinted once in this process and every shard votes and verifies on the worker
-it is assigned to. For each shard count it reports p50/p95 latency of the 10-s queries of
+decoded and fingerprinted once in this process, every shard returns its nearest patches from
+the worker it is assigned to, the vote over them runs here, and the shards holding candidates
+verify them there. For each shard count it reports p50/p95 latency of the 10-s queries of
 :mod:`benchmarks.latency` (one query at a time), throughput with several client threads sending
 queries at once, recall and false positives, and whether every query's top reference and score
 are those of the unsharded 100,000-work catalogue. It also times
-:func:`tunetrace.scan_backends.run_dask_sharded` with one worker process and with two (as the
+:func:`tunetrace.scan_backends.run_dask` with one worker process and with two (as the
 library runs shard tasks, and with each worker kept to one thread), and projects the measured
 per-shard costs to 10,000,000 works on larger clusters (the same model applied to the measured
 1,000,000-work layout checks it).
@@ -68,7 +69,7 @@ from tunetrace.candidates import query_patch_vectors
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 from tunetrace.scan import ScanJob
-from tunetrace.scan_backends import run_dask_sharded
+from tunetrace.scan_backends import run_dask
 from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import DaskShards, OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue
@@ -772,38 +773,34 @@ def measure_unsharded(directory: Path, queries: list[Query], quiet_wait_s: float
 def measure_scan(
     directory: Path, queries: list[Query], rounds: int, quiet_wait_s: float
 ) -> dict[str, Any]:
-    """Files per second of :func:`run_dask_sharded` over the query files with one worker
+    """Files per second of :func:`run_dask` over the query files with one worker
     process and with two, in turn for ``rounds`` rounds, each after a warm-up scan.
 
-    Each is measured as the library runs shard tasks, and again with every worker process
-    kept to one thread (:func:`~tunetrace.threads.use_one_thread` run on each worker, as a
-    local scan worker does): shard tasks otherwise verify with a thread per core.
+    Each file is one task that decodes and fingerprints on a worker (kept to one thread,
+    as a local scan worker is) and sends the query to the shards' tasks.
     """
-    from tunetrace.threads import use_one_thread
 
     jobs = [ScanJob(q.path, q.path) for q in queries]
-    setups = {"1": (1, False), "2": (2, False),
-              "1, one thread": (1, True), "2, one thread": (2, True)}  # fmt: skip
+    # a sharded scan's tasks keep each worker process to one thread already
+    setups = {"1": 1, "2": 2}
     runs: dict[str, list[float]] = {name: [] for name in setups}
     reports: dict[str, dict[str, Any]] = {}
     differing: list[dict[str, Any]] = []
     assignments = {}
     shares: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
     for round_number in range(rounds):
-        for name, (workers, one_thread) in setups.items():
+        for name, workers in setups.items():
             with dask_cluster(workers) as client:
-                if one_thread:
-                    client.run(use_one_thread)
                 address = client.scheduler.address
                 with ShardedCatalogue(directory, scheduler=client) as store:
                     assignments[name] = shards_per_worker(client, store)
                     limit_feature_caches(store, SHARD_CACHE_BYTES)
                 scan = {"top": 5, "min_score": None}
-                list(run_dask_sharded(directory, jobs[:6], scheduler=address, **scan))
+                list(run_dask(directory, jobs[:6], scheduler=address, **scan))
                 wait_for_quiet(quiet_wait_s)
                 started = time.perf_counter()
                 with OtherLoad() as load:
-                    found = run_dask_sharded(directory, jobs, scheduler=address, **scan)
+                    found = run_dask(directory, jobs, scheduler=address, **scan)
                     lines = {job.query: line for job, line in found}
                 seconds = time.perf_counter() - started
             shares[name].append(
@@ -830,10 +827,6 @@ def measure_scan(
         "median_files_per_s": {name: round(statistics.median(v), 2) for name, v in runs.items()},
         "ratio_two_to_one": round(statistics.median(ratios("1", "2")), 2),
         "ratios": [round(r, 2) for r in ratios("1", "2")],
-        "ratio_two_to_one_one_thread": round(
-            statistics.median(ratios("1, one thread", "2, one thread")), 2
-        ),
-        "ratios_one_thread": [round(r, 2) for r in ratios("1, one thread", "2, one thread")],
         "shards_per_worker": assignments,
         "cpu_shares": shares,
         "reports_agree": not differing,
@@ -1029,16 +1022,12 @@ def markdown(result: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"Scan (`run_dask_sharded`, {scan['files']} 10-s files, {scan['layout_shards']} "
+            f"Scan (`run_dask`, {scan['files']} 10-s files, {scan['layout_shards']} "
             f"shards, {'/'.join(map(str, per_worker['2']))} per worker with 2 workers; median of "
             f"{scan['rounds']} rounds): 1 worker {rates['1']} files/s ({cores('1')}), 2 workers "
             f"{rates['2']} files/s ({cores('2')}), ratio {scan['ratio_two_to_one']} (rounds "
-            f"{rounds('1', '2', scan['ratios'])}). With every worker kept to one thread: "
-            f"1 worker {rates['1, one thread']} files/s ({cores('1, one thread')}), 2 workers "
-            f"{rates['2, one thread']} files/s ({cores('2, one thread')}), ratio "
-            f"{scan['ratio_two_to_one_one_thread']} (rounds "
-            f"{rounds('1, one thread', '2, one thread', scan['ratios_one_thread'])}). "
-            f"{footnote}Reports agree: {scan['reports_agree']}.",
+            f"{rounds('1', '2', scan['ratios'])}); each file's task decodes on a worker, "
+            f"which keeps it to one thread. {footnote}Reports agree: {scan['reports_agree']}.",
         ]
     projection = result.get("projection")
     if projection:
