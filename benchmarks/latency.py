@@ -84,6 +84,37 @@ def grown_catalogue(base: Path, works: int, seed: int) -> Path:
     return directory
 
 
+def latency_queries(
+    tracks: list, *, per_family: int, negatives: int, seed: int
+) -> tuple[list[Query], list[Query]]:
+    """The 10-s altered queries of the evaluation split (``per_family`` per family) and
+    ``negatives`` 10-s negative queries, as this benchmark and :mod:`benchmarks.shards` send
+    them (cached)."""
+    positives = [
+        q
+        for q in make_queries(
+            tracks,
+            split="evaluation",
+            per_family=per_family,
+            negatives=0,
+            cache=CACHE / "scale-queries",
+            seed=seed,
+            query_s=(10.0, 10.0),
+        )
+        if q.positive
+    ]
+    negative_queries = make_queries(
+        tracks,
+        split="evaluation",
+        per_family=0,
+        negatives=negatives,
+        cache=CACHE / "latency-negatives",
+        seed=seed,
+        query_s=(10.0, 10.0),
+    )
+    return positives, negative_queries
+
+
 def timed_match(matcher: Matcher, query: Query) -> dict:
     """One query through the pipeline with an empty feature cache: stage times and verdict."""
     matcher.catalogue.clear_features_cache()
@@ -159,27 +190,8 @@ def main() -> None:
     grown = grown_catalogue(base, args.works, args.seed)
     if args.grow_only:
         return
-    positives = [
-        q
-        for q in make_queries(
-            tracks,
-            split="evaluation",
-            per_family=args.queries_per_family,
-            negatives=0,
-            cache=CACHE / "scale-queries",
-            seed=args.seed,
-            query_s=(10.0, 10.0),
-        )
-        if q.positive
-    ]
-    negatives = make_queries(
-        tracks,
-        split="evaluation",
-        per_family=0,
-        negatives=args.negatives,
-        cache=CACHE / "latency-negatives",
-        seed=args.seed,
-        query_s=(10.0, 10.0),
+    positives, negatives = latency_queries(
+        tracks, per_family=args.queries_per_family, negatives=args.negatives, seed=args.seed
     )
     queries = positives + negatives
     rows: dict[str, list[dict]] = {}

@@ -61,8 +61,9 @@ from tunetrace.index.catalogue import DATABASE_NAME, Catalogue
 from tunetrace.index.shard_layout import ShardManifest, split_key, write_manifest
 
 from benchmarks import corpus
+from benchmarks.latency import latency_queries
 from benchmarks.match_rows import timed_features
-from benchmarks.queries import Query, make_queries
+from benchmarks.queries import Query
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
 from tunetrace.candidates import query_patch_vectors
@@ -1155,27 +1156,8 @@ def main() -> None:
     layouts = write_layouts(root, sorted({*counts, args.scan_shards} - {0}))
     if args.build_only:
         return
-    positives = [
-        q
-        for q in make_queries(
-            tracks,
-            split="evaluation",
-            per_family=args.queries_per_family,
-            negatives=0,
-            cache=CACHE / "scale-queries",
-            seed=args.seed,
-            query_s=(10.0, 10.0),
-        )
-        if q.positive
-    ]
-    negatives = make_queries(
-        tracks,
-        split="evaluation",
-        per_family=0,
-        negatives=args.negatives,
-        cache=CACHE / "latency-negatives",
-        seed=args.seed,
-        query_s=(10.0, 10.0),
+    positives, negatives = latency_queries(
+        tracks, per_family=args.queries_per_family, negatives=args.negatives, seed=args.seed
     )
     if args.limit:
         positives, negatives = positives[: args.limit], negatives[: args.limit]
