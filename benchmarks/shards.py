@@ -62,6 +62,7 @@ from tunetrace.index.shard_layout import ShardManifest, split_key, write_manifes
 
 from benchmarks import corpus
 from benchmarks.latency import latency_queries
+from benchmarks.latency import summarise as latency_summarise
 from benchmarks.match_rows import timed_features
 from benchmarks.queries import Query
 from benchmarks.run_benchmark import CACHE, build_catalogue
@@ -605,26 +606,10 @@ def throughput_pass(matcher: Matcher, queries: list[Query], threads: int) -> dic
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Latency percentiles, stage medians, recall and false positives of one timed pass."""
-    good = [r for r in rows if "error" not in r]
-    positives = [r for r in good if r["positive"]]
-    negatives = [r for r in good if not r["positive"]]
-    elapsed = np.array([r["elapsed_s"] for r in good]) * 1000
-    stages = sorted({stage for r in good for stage in r["stages"]})
-    return {
-        "queries": len(good),
-        "errors": len(rows) - len(good),
-        "p50_ms": round(float(np.median(elapsed)), 1),
-        "p95_ms": round(float(np.percentile(elapsed, 95)), 1),
-        "stage_p50_ms": {
-            stage: round(float(np.median([r["stages"].get(stage, 0.0) for r in good])) * 1000, 1)
-            for stage in stages
-        },
-        "recall": round(sum(r["flagged"] == r["truth"] for r in positives) / len(positives), 4),
-        "positives": len(positives),
-        "false_positives": sum(r["flagged"] is not None for r in negatives),
-        "negatives": len(negatives),
-    }
+    """:func:`benchmarks.latency.summarise` of one timed pass, over the stages this pass's
+    matcher times (a sharded one times search and verification as one)."""
+    stages = sorted({stage for row in rows if "error" not in row for stage in row["stages"]})
+    return dict(latency_summarise(rows, stages))
 
 
 def same_work(reference_id: str | None) -> str | None:

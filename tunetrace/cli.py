@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
@@ -26,6 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 logger = logging.getLogger("tunetrace")
+T = TypeVar("T")
 
 
 def _default_catalogue() -> Path:
@@ -570,9 +573,11 @@ def index_build(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    from tunetrace.index.shard_layout import is_sharded
+
+    sharded = is_sharded(catalogue)
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
-    sharded = hasattr(store, "shard_count")
     try:
         built = store.rebuild_index(spec)  # a sharded catalogue: one index per shard
         details = None if sharded else store.info()
@@ -660,14 +665,7 @@ def shards_init(
         existing = _open_catalogue(catalogue, read_only=True)
         total = existing.count()
         existing.close()
-    try:
-        progress = _progress_bar(total, "moving", unit="reference")
-        try:
-            manifest = init_sharded(catalogue, shards, progress=lambda _: progress.update(1))
-        finally:
-            progress.close()
-    except TunetraceError as exc:
-        _fail(exc)
+    manifest = _moving_references(total, partial(init_sharded, catalogue, shards))
     typer.echo(f"{catalogue} is a sharded catalogue of {manifest.count} shards")
 
 
@@ -679,27 +677,35 @@ def shards_split(
     """Move a sharded catalogue's references into N new shards. Readers keep matching
     meanwhile; safe to kill and run again."""
     from tunetrace.index.resharding import reshard
-    from tunetrace.opening import open_catalogue
+    from tunetrace.index.shard_layout import is_sharded
 
+    if not is_sharded(catalogue):
+        _fail(BadInputError(f"{catalogue} is not sharded; 'tunetrace shards init' shards it"))
     started = time.perf_counter()
+    existing = _open_catalogue(catalogue, read_only=True)
     try:
-        with open_catalogue(catalogue, read_only=True) as existing:
-            if not hasattr(existing, "shard_count"):
-                raise BadInputError(
-                    f"{catalogue} is not sharded; 'tunetrace shards init' shards it"
-                )
-            total = existing.count()
-        progress = _progress_bar(total, "moving", unit="reference")
-        try:
-            manifest = reshard(catalogue, shards, progress=lambda _: progress.update(1))
-        finally:
-            progress.close()
+        total = existing.count()
     except TunetraceError as exc:
         _fail(exc)
+    finally:
+        existing.close()
+    manifest = _moving_references(total, partial(reshard, catalogue, shards))
     typer.echo(
         f"moved {total} reference(s) into {manifest.count} shards in "
         f"{time.perf_counter() - started:.1f} s"
     )
+
+
+def _moving_references(total: int, move: Callable[..., T]) -> T:
+    """Run ``move(progress=...)`` (a sharding or a reshard) under a progress bar of ``total``
+    references; a failure ends the command with its one-line error."""
+    progress = _progress_bar(total, "moving", unit="reference")
+    try:
+        return move(progress=lambda _: progress.update(1))
+    except TunetraceError as exc:
+        _fail(exc)
+    finally:
+        progress.close()
 
 
 @app.command()

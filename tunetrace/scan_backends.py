@@ -101,12 +101,17 @@ def scan_task(
     Worker processes (``one_thread``) are kept to one thread: parallelism comes from running
     one of them per core.
     """
-    if one_thread:
-        use_one_thread()
-    _fault_hook(job)
+    _start_job(job, one_thread)
     return run_job(
         _matcher_for(catalogue_dir), job, top=top, min_score=min_score, excerpts=excerpts
     )
+
+
+def _start_job(job: ScanJob, one_thread: bool) -> None:
+    """What every scan task does first: one thread if asked, and the test fault hook."""
+    if one_thread:
+        use_one_thread()
+    _fault_hook(job)
 
 
 def sharded_scan_task(
@@ -127,9 +132,7 @@ def sharded_scan_task(
     """
     from distributed import worker_client
 
-    if one_thread:
-        use_one_thread()
-    _fault_hook(job)
+    _start_job(job, one_thread)
     with worker_client(separate_thread=True) as client:
         return run_job(
             _sharded_matcher_for(catalogue_dir, client), job, top=top, min_score=min_score,

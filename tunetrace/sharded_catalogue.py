@@ -136,10 +136,6 @@ class ShardedCatalogue(AudioFiles):
                     manifest.generation)  # fmt: skip
         return True
 
-    def open_shard(self, shard: int) -> OpenShard:
-        """Shard number ``shard`` opened in this process (writes; local reads only)."""
-        return _opened(self.view, shard)
-
     # --------------------------------------------------------------------- writes
 
     def add(
