@@ -12,6 +12,7 @@ a ``worker_died`` error line; every other job gets its line as usual.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
@@ -447,13 +448,15 @@ def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
     ScanWorkerError
         When the cluster cancelled the task.
     """
-    from distributed import wait
     from distributed.scheduler import KilledWorker
 
     if future.status not in ("finished", "error", "cancelled"):
         # as_completed can hand over a future whose worker died and whose task Dask is
-        # running again: wait for that run
-        wait(future)
+        # running again: wait for that run through the future's own client (distributed.wait
+        # would use the process's default client, whose event loop may be another one)
+        # (the status checked below says what happened)
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            future.result()
     if future.status == "finished":
         return future.result()
     if future.status == "cancelled":
