@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import librosa
@@ -14,7 +15,11 @@ from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.candidates import densest_run
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
+from tunetrace.query import prepare_query
 from tunetrace.report import Match
+from tunetrace.segment_edges import reach_segments
+from tunetrace.segments import continuous_runs
+from tunetrace.types import Segment
 
 SR = SAMPLE_RATE
 WORKS = {f"work{seed}": synth_song(seed, duration_s=80) for seed in range(60, 66)}
@@ -145,3 +150,51 @@ def test_evidence_draws_the_whole_upload_with_every_work(partial_matcher) -> Non
         assert named.score < matcher.default_min_score
         aligned += named.aligned_reference_chroma is not None
     assert aligned >= 2, f"only {aligned} of 4 named references were aligned with"
+
+
+def test_continuous_runs_bridge_short_gaps_and_drop_blips() -> None:
+    mask = np.zeros(60, dtype=bool)
+    mask[5:15] = True  # a run
+    mask[16:20] = True  # after a 1-frame gap: bridged
+    mask[24:34] = True  # 4 frames on: joined (gap <= max_gap)
+    mask[40:41] = True  # a blip: dropped
+    mask[50:58] = True  # too far: a run of its own
+    assert continuous_runs(mask, min_run=2, max_gap=4) == [(5, 34), (50, 58)]
+
+
+def test_a_segment_grows_to_the_edges_of_its_section(partial_matcher) -> None:
+    """A section's verification that matched only its middle (as on a window around its
+    voters) grows to where the copy starts and ends, not into the music around it."""
+    matcher, folder = partial_matcher
+    before_s, after_s = 20.0, 20.0
+    section = altered("work61", 10, 30, 1.1, 2)
+    end_s = before_s + len(section) / SR
+    upload = np.concatenate([filler(80, before_s), section, filler(81, after_s)])
+    path = write_audio(folder / "grow.wav", upload)
+    features = matcher.load_query(path)
+    best = matcher.verify(features)[0]
+    fps = features.frame_rate_hz
+    assert matcher.catalogue.record_by_key(best.reference_key).reference_id == "work61"
+    middle = Segment(
+        query_start_s=30.0,
+        query_end_s=35.0,
+        reference_start_s=best.offset_frames / fps + 30.0 * best.tempo_ratio,
+        reference_end_s=best.offset_frames / fps + 35.0 * best.tempo_ratio,
+    )
+    shrunk = replace(best, segments=[middle])
+    grown = reach_segments(
+        prepare_query(features, matcher.verify_settings),
+        matcher.catalogue.features(best.reference_key),
+        shrunk,
+        params=matcher.catalogue.params,
+        settings=matcher.verify_settings,
+    )
+    assert len(grown.segments) == 1
+    segment = grown.segments[0]
+    assert abs(segment.query_start_s - before_s) <= EDGE_TOLERANCE_S, segment
+    assert abs(segment.query_end_s - end_s) <= EDGE_TOLERANCE_S, segment
+    # the reference times follow the alignment at the new edges
+    assert segment.reference_start_s == pytest.approx(
+        (best.offset_frames + best.tempo_ratio * segment.query_start_s * fps) / fps, abs=0.2
+    )
+    assert grown.score == best.score and grown.tempo_ratio == best.tempo_ratio

@@ -25,6 +25,7 @@ from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
+from tunetrace.segment_edges import reach_segments
 from tunetrace.segments import (
     covered_seconds,
     merge_segments,
@@ -379,11 +380,31 @@ class Matcher:
         again = [v for v in map_in_threads(verify_screened, map_in_threads(screen, aligned))
                  if v is not None]  # fmt: skip
         verifications += again
+        # a section verified on a window of the query may reach past it: its segments grow
+        # to where the copy ends at the same alignment (scores unchanged)
+        verifications = map_in_threads(
+            lambda v: self._reached(v, query, references), verifications
+        )
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
             timings["verification"] = time.perf_counter() - searched
         return verifications
+
+    def _reached(
+        self, verification: Verification, query: PreparedQuery, references: dict[int, Features]
+    ) -> Verification:
+        """A copy's verification with its segments grown over the whole query
+        (:func:`~tunetrace.segment_edges.reach_segments`); others as they are."""
+        if verification.score < self.default_min_score:
+            return verification
+        return reach_segments(
+            query,
+            references[verification.reference_key],
+            verification,
+            params=self.catalogue.params,
+            settings=self.verify_settings,
+        )
 
     def _more_places(
         self,

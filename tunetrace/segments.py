@@ -65,9 +65,7 @@ def matched_segments(
     matched : np.ndarray [shape=(n_frames,), dtype=bool]
     """
     fps = params.frame_rate_hz
-    width = max(1, round(settings.smooth_s * fps))
-    level = _moving_average(per_frame * (usable > 0), width)
-    excess = level - _moving_average(null_curve * (usable > 0), width)
+    level, excess = smoothed_fit(per_frame, null_curve, usable, params=params, settings=settings)
     matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
     min_run = max(1, round(settings.min_segment_s * fps))
     matched = _bridge_gaps(matched, min_run)
@@ -97,6 +95,56 @@ def matched_segments(
             )
         )
     return segments, matched
+
+
+def smoothed_fit(
+    per_frame: np.ndarray,
+    null_curve: np.ndarray,
+    usable: np.ndarray,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The aligned fit and its excess over the coincidence level, both averaged over
+    ``smooth_s`` (unusable frames count as 0).
+
+    Parameters
+    ----------
+    per_frame, null_curve, usable : np.ndarray [shape=(n_frames,)]
+        As in :func:`matched_segments`.
+    params : FingerprintParams
+    settings : VerifySettings
+
+    Returns
+    -------
+    level, excess : np.ndarray [shape=(n_frames,)]
+    """
+    width = max(1, round(settings.smooth_s * params.frame_rate_hz))
+    level = _moving_average(per_frame * (usable > 0), width)
+    excess = level - _moving_average(null_curve * (usable > 0), width)
+    return level, excess
+
+
+def continuous_runs(mask: np.ndarray, *, min_run: int, max_gap: int) -> list[tuple[int, int]]:
+    """Half-open frame ranges of ``mask``'s runs: gaps under ``min_run`` bridged, runs under
+    ``min_run`` dropped, then runs at most ``max_gap`` apart joined.
+
+    Parameters
+    ----------
+    mask : np.ndarray [shape=(n_frames,), dtype=bool]
+    min_run : int > 0
+    max_gap : int >= 0
+
+    Returns
+    -------
+    runs : list of (int, int)
+        In frame order.
+    """
+    bridged = _bridge_gaps(mask, min_run)
+    for start, stop in _runs(bridged):
+        if stop - start < min_run:
+            bridged[start:stop] = False
+    return _runs(_join_long_runs(bridged, max_gap=max_gap, min_length=min_run))
 
 
 #: Lag between the chroma frames compared by :func:`harmonic_change`.

@@ -1,0 +1,158 @@
+"""Where a verified section really starts and ends in the whole query.
+
+A candidate whose voters sit in one part of the query is verified on a window around them
+(:meth:`tunetrace.matcher.Matcher._in_window`), and its matched segments cannot reach past
+that window, though the copied section often does: the voters of a section are where its
+patches matched best, not where it begins and ends. Once a verification has fixed the tempo
+ratio, the offset and the spectral shift, :func:`reach_segments` measures the same
+frame-by-frame fit and coincidence level over the whole query at that alignment and lets each
+segment grow to the run of matched frames it belongs to. The score, which judged the window's
+own evidence, is left as it was; only where the segments lie changes. The constants below
+were chosen on the partial-copy benchmark's calibration split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.query import PreparedQuery, VerifySettings
+from tunetrace.segments import MIN_REPORTED_SEGMENT_S, continuous_runs, smoothed_fit
+from tunetrace.types import Segment, Verification
+from tunetrace.verification import SpectralFit
+
+#: Past a segment's edge the copy goes on while the smoothed fit stays at least this ...
+REACH_FLOOR = 0.45
+#: ... and this fraction of its median inside the verification's segments ...
+REACH_FRACTION = 0.75
+#: ... and at least this much above the misaligned reference's;
+REACH_MIN_EXCESS = 0.0
+#: or, where the copy is quieter or altered more than inside the segments, while the fit stays
+#: at least this ...
+REACH_LOW_FLOOR = 0.25
+#: ... and this much above the misaligned reference's.
+REACH_LOW_MARGIN = 0.1
+#: ... over at least this many seconds.
+REACH_LOW_MIN_S = 4.0
+
+
+def reach_segments(
+    query: PreparedQuery,
+    reference: Features,
+    verification: Verification,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> Verification:
+    """The verification with each segment grown to the matched run it lies in, over the whole
+    query at the verification's own alignment.
+
+    Parameters
+    ----------
+    query : PreparedQuery
+        The whole query (not a window of it).
+    reference : Features
+        The verification's reference.
+    verification : Verification
+        With offsets as seen from the query's first frame.
+    params : FingerprintParams
+    settings : VerifySettings
+        The same settings the segments were found with (margins, smoothing, gaps).
+
+    Returns
+    -------
+    verification : Verification
+        Score and estimates unchanged; a segment no run overlaps is kept as it was, and a
+        segment is never shortened.
+    """
+    if not verification.segments:
+        return verification
+    fps = params.frame_rate_hz
+    fit = SpectralFit(query, reference, settings.whiten_bins)
+    shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
+    aligned = fit.similarity(verification.tempo_ratio, verification.offset_frames, shift)
+    positions = aligned.positions
+    n_frames = max(reference.n_frames - 1, 1)
+    null_offsets = np.array(settings.null_offsets_s)[:, None] * fps
+    null_curve = np.median(fit.spectral_at((positions + null_offsets) % n_frames, shift), axis=0)
+    level, excess = smoothed_fit(
+        aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
+    )
+    usable = aligned.usable > 0
+    inside = np.zeros(len(level), dtype=bool)
+    for segment in verification.segments:
+        inside[int(segment.query_start_s * fps) : int(np.ceil(segment.query_end_s * fps))] = True
+    inside &= usable
+    if not inside.any():
+        return verification
+    # the copy goes on where the fit stays near what it is inside the segments and no worse
+    # than a misaligned reference's: repetitive music fits its own misalignment almost as
+    # well, so the null margin that finds segments would stop short inside a copy
+    floor = max(REACH_FLOOR, REACH_FRACTION * float(np.median(level[inside])))
+    min_run = max(1, round(settings.min_segment_s * fps))
+    max_gap = round(settings.edge_gap_s * fps)
+    going_on = usable & (level >= floor) & (excess >= REACH_MIN_EXCESS)
+    # a weaker fit continues the copy only over a stretch long enough not to be a passing
+    # likeness of the music that follows it
+    weaker = usable & (level >= REACH_LOW_FLOOR) & (excess >= REACH_LOW_MARGIN) & ~going_on
+    for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=max_gap):
+        if stop - start >= REACH_LOW_MIN_S * fps:
+            going_on[start:stop] = True
+    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & usable
+    # a copy is followed across a dip shorter than ``min_run``, not across a break in it
+    runs = continuous_runs(going_on | matched, min_run=min_run, max_gap=0)
+    # a fragment stays one (it is not reported beside a section): only sections grow
+    grown = [
+        _grown(segment, runs, positions, fps)
+        if segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
+        else segment
+        for segment in verification.segments
+    ]
+    return replace(verification, segments=_without_overlaps(grown))
+
+
+def _grown(
+    segment: Segment, runs: list[tuple[int, int]], positions: np.ndarray, fps: float
+) -> Segment:
+    """``segment`` reaching to the outer edges of the runs (frame ranges) that overlap it."""
+    first_frame = int(segment.query_start_s * fps)
+    stop_frame = int(np.ceil(segment.query_end_s * fps))
+    touching = [(a, b) for a, b in runs if b > first_frame and a < stop_frame]
+    if not touching:
+        return segment
+    start = min(a for a, _ in touching)
+    stop = max(b for _, b in touching)
+    step = positions[1] - positions[0] if len(positions) > 1 else 1.0
+    if start < first_frame:
+        segment = replace(
+            segment,
+            query_start_s=start / fps,
+            reference_start_s=max(float(positions[start]), 0.0) / fps,
+        )
+    if stop > stop_frame:
+        segment = replace(
+            segment,
+            query_end_s=stop / fps,
+            reference_end_s=max(float(positions[stop - 1] + step), 0.0) / fps,
+        )
+    return segment
+
+
+def _without_overlaps(segments: list[Segment]) -> list[Segment]:
+    """Segments that grew into the same run joined (in query order)."""
+    joined: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        if joined and segment.query_start_s < joined[-1].query_end_s:
+            last = joined[-1]
+            if segment.query_end_s > last.query_end_s:
+                joined[-1] = replace(
+                    last,
+                    query_end_s=segment.query_end_s,
+                    reference_end_s=segment.reference_end_s,
+                )
+            continue
+        joined.append(segment)
+    return joined
