@@ -459,9 +459,9 @@ def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
             future.result()
     if future.status == "finished":
         return future.result()
-    if future.status == "cancelled":
+    if future.status not in ("finished", "error"):  # cancelled, or the wait was interrupted
         raise ScanWorkerError(
-            f"the Dask cluster cancelled the task of {job.query} (scheduler restarted or lost?)"
+            f"the Dask cluster cancelled or lost the task of {job.query} (scheduler restarted?)"
         )
     exc = future.exception()
     if isinstance(exc, KilledWorker):

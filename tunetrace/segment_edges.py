@@ -93,13 +93,13 @@ def reach_segments(
     # well, so the null margin that finds segments would stop short inside a copy
     floor = max(REACH_FLOOR, REACH_FRACTION * float(np.median(level[inside])))
     min_run = max(1, round(settings.min_segment_s * fps))
-    max_gap = round(settings.edge_gap_s * fps)
     going_on = usable & (level >= floor) & (excess >= REACH_MIN_EXCESS)
     # a weaker fit continues the copy only over a stretch long enough not to be a passing
     # likeness of the music that follows it
     weaker = usable & (level >= REACH_LOW_FLOOR) & (excess >= REACH_LOW_MARGIN) & ~going_on
-    for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=max_gap):
-        if stop - start >= REACH_LOW_MIN_S * fps:
+    for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=0):
+        # counted in frames that fit, not in the short dips bridged between them
+        if weaker[start:stop].sum() >= REACH_LOW_MIN_S * fps:
             going_on[start:stop] = True
     matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & usable
     # a copy is followed across a dip shorter than ``min_run``, not across a break in it
