@@ -197,3 +197,6 @@ def test_a_segment_grows_to_the_edges_of_its_section(partial_matcher) -> None:
     assert segment.reference_start_s == pytest.approx(10.0, abs=EDGE_TOLERANCE_S)
     assert segment.reference_end_s == pytest.approx(40.0, abs=EDGE_TOLERANCE_S)
     assert grown.score == best.score and grown.tempo_ratio == best.tempo_ratio
+    # and the matcher's report grows them so
+    (reported,) = matcher.matches_from(features, [shrunk])
+    assert located(reported, before_s, end_s), reported.segments

@@ -380,30 +380,28 @@ class Matcher:
         again = [v for v in map_in_threads(verify_screened, map_in_threads(screen, aligned))
                  if v is not None]  # fmt: skip
         verifications += again
-        # a section verified on a window of the query may reach past it: its segments grow
-        # to where the copy ends at the same alignment (scores unchanged)
-        verifications = map_in_threads(
-            lambda v: self._reached(v, query, references), verifications
-        )
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
             timings["verification"] = time.perf_counter() - searched
         return verifications
 
-    def _reached(
-        self, verification: Verification, query: PreparedQuery, references: dict[int, Features]
-    ) -> Verification:
-        """A copy's verification with its segments grown over the whole query
-        (:func:`~tunetrace.segment_edges.reach_segments`); others as they are."""
-        if verification.score < self.default_min_score:
-            return verification
-        return reach_segments(
-            query,
-            references[verification.reference_key],
-            verification,
-            params=self.catalogue.params,
-            settings=self.verify_settings,
+    def _grown(
+        self, verifications: list[Verification], query: PreparedQuery
+    ) -> list[Verification]:
+        """A reported reference's verifications with their segments grown over the whole query
+        (:func:`~tunetrace.segment_edges.reach_segments`): a section verified on a window of
+        the query may reach past it. Scores unchanged."""
+        reference = self.catalogue.features(verifications[0].reference_key)
+        return map_in_threads(
+            lambda verification: reach_segments(
+                query,
+                reference,
+                verification,
+                params=self.catalogue.params,
+                settings=self.verify_settings,
+            ),
+            verifications,
         )
 
     def _more_places(
@@ -620,11 +618,20 @@ class Matcher:
         for verification in verifications:  # best first
             by_reference.setdefault(verification.reference_key, []).append(verification)
         matches = []
+        query: PreparedQuery | None = None
         for verifications in by_reference.values():
-            best = verifications[0]
-            if best.score < threshold:
+            if verifications[0].score < threshold:
                 continue
-            segments = without_fragments(merge_segments(best, verifications[1:]))
+            if verifications[0].score >= MIN_SCORE_TO_GROW:
+                if query is None:
+                    query = prepare_query(features, self.verify_settings)
+                try:
+                    verifications = self._grown(verifications, query)
+                except ReferenceNotFoundError:
+                    continue  # removed while this query was verified
+            best = _widest_of_the_best(verifications)
+            others = [v for v in verifications if v is not best]
+            segments = without_fragments(merge_segments(best, others))
             covered = covered_seconds(segments)
             try:
                 record = self.catalogue.record_by_key(best.reference_key)
@@ -678,6 +685,26 @@ def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]
                 for ratio, offset in candidate.other_alignments
             )
     return out
+
+
+#: Segments of a reported reference grow to its sections' edges when its best verification
+#: scores at least this (below, a report asked for with a low ``min_score`` shows them as
+#: verified: the work is unlikely to be a copy).
+MIN_SCORE_TO_GROW = 0.5
+#: Verifications of one reference scoring this close to its best are equally sure of it.
+SAME_SCORE = 0.01
+
+
+def _widest_of_the_best(verifications: list[Verification]) -> Verification:
+    """Of a reference's verifications (best first), the one that covers most of the query
+    among those scoring within :data:`SAME_SCORE` of the best.
+
+    Music that repeats itself lets a section verify, as surely, at another place of the
+    reference where only part of it fits; the alignment that accounts for more of the query
+    is the copy's."""
+    top = verifications[0].score
+    equally_sure = [v for v in verifications if v.score >= top - SAME_SCORE]
+    return max(equally_sure, key=lambda v: covered_seconds(v.segments))  # first of ties
 
 
 def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:

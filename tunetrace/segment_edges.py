@@ -96,12 +96,18 @@ def reach_segments(
     going_on = usable & (level >= floor) & (excess >= REACH_MIN_EXCESS)
     # a weaker fit continues the copy only over a stretch long enough not to be a passing
     # likeness of the music that follows it
-    weaker = usable & (level >= REACH_LOW_FLOOR) & (excess >= REACH_LOW_MARGIN) & ~going_on
-    for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=0):
-        # counted in frames that fit, not in the short dips bridged between them
-        if weaker[start:stop].sum() >= REACH_LOW_MIN_S * fps:
-            going_on[start:stop] = True
     matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & usable
+    strong = np.zeros(len(level), dtype=bool)
+    for start, stop in continuous_runs(going_on | matched, min_run=min_run, max_gap=0):
+        strong[start:stop] = True
+    weaker = usable & (level >= REACH_LOW_FLOOR) & (excess >= REACH_LOW_MARGIN) & ~strong
+    for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=0):
+        # counted in frames that fit, not in the short dips bridged between them; a weaker
+        # stretch between two stretches that fit well is the copy going on whatever its length
+        before, after = strong[max(start - min_run, 0) : start], strong[stop : stop + min_run]
+        between = before.any() and after.any()
+        if between or weaker[start:stop].sum() >= REACH_LOW_MIN_S * fps:
+            going_on[start:stop] = True
     # a copy is followed across a dip shorter than ``min_run``, not across a break in it
     runs = continuous_runs(going_on | matched, min_run=min_run, max_gap=0)
     # a fragment stays one (it is not reported beside a section): only sections grow
