@@ -1055,13 +1055,15 @@ class Catalogue:
             out.append((record, data))
         return out
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest indexed patch vectors (see :class:`VectorIndex.search`).
+    def search(
+        self, vectors: np.ndarray, k: int, *, effort: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest indexed patch vectors (see :class:`VectorIndex.search`, also for ``effort``).
 
         While a batch add is under way the ids may include references removed since the
         published index was written: callers skip keys :meth:`features` no longer finds.
         """
-        return self._layered_index().search(vectors, k)
+        return self._layered_index().search(vectors, k, effort=effort)
 
     def features(self, key: int) -> Features:
         """Stored feature sequences of the reference with internal ``key`` (cached)."""

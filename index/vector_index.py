@@ -331,8 +331,18 @@ class VectorIndex:
                 remaining = sum(lists.list_size(n) for n in range(lists.nlist))
                 faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, vectors: np.ndarray, k: int, *, effort: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar vectors of each query vector.
+
+        Parameters
+        ----------
+        vectors : np.ndarray [shape=(n, dim)]
+        k : int
+        effort : float in (0, 1]
+            Share of the ``nprobe`` inverted lists an IVF index searches (at least one); other
+            kinds search as always.
 
         Returns
         -------
@@ -345,7 +355,17 @@ class VectorIndex:
                 np.zeros((len(vectors), k), dtype=np.float32),
                 np.full((len(vectors), k), -1, dtype=np.int64),
             )
-        return self._index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if effort < 1.0 and self._searches_ivf_directly():
+            probes = faiss.SearchParametersIVF(nprobe=max(1, round(self.spec.nprobe * effort)))
+            return self._index.search(vectors, k, params=probes)
+        return self._index.search(vectors, k)
+
+    def _searches_ivf_directly(self) -> bool:
+        """Whether the index under the id map is an IVF index itself (search parameters for
+        its lists pass through the id map; a refining or HNSW wrapper takes others)."""
+        inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
+        return isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
 
     def save(self, path: Path) -> None:
         """Write the index to ``path`` atomically: a temporary file beside it, fsync, rename,
@@ -465,9 +485,16 @@ class LayeredIndex:
         """Vectors searched."""
         return sum(part.size for part in (self.base, self.delta) if part is not None)
 
-    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``k`` most similar vectors over both layers (see :meth:`VectorIndex.search`)."""
-        parts = [p.search(vectors, k) for p in (self.base, self.delta) if p is not None and p.size]
+    def search(
+        self, vectors: np.ndarray, k: int, *, effort: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar vectors over both layers (see :meth:`VectorIndex.search`;
+        ``effort`` applies to the published index, the exact layer is searched whole)."""
+        parts = [
+            part.search(vectors, k, effort=effort if part is self.base else 1.0)
+            for part in (self.base, self.delta)
+            if part is not None and part.size
+        ]
         if not parts:
             return (
                 np.zeros((len(vectors), k), dtype=np.float32),

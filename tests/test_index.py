@@ -155,6 +155,27 @@ def test_ivfflat_finds_exact_copies_and_removes_in_place(vectors: np.ndarray) ->
     assert not set(index.search(vectors[:100], 5)[1].ravel()) & set(ids[:100])
 
 
+def test_ivf_search_effort_probes_fewer_lists(vectors: np.ndarray) -> None:
+    ids = np.arange(len(vectors), dtype=np.int64)
+    index = VectorIndex.build(DIM, IndexSpec(kind="ivfflat", nlist=32, nprobe=8), vectors, ids)
+    queries = _clustered_vectors(300, seed=5)
+    exact = VectorIndex.build(DIM, IndexSpec(kind="flat"), vectors, ids).search(queries, 10)[1]
+
+    def recall(found: np.ndarray) -> float:
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)])
+
+    full = recall(index.search(queries, 10)[1])
+    assert recall(index.search(queries, 10, effort=1.0)[1]) == full
+    # one list of eight: still each stored vector's own, but fewer of the true neighbours
+    assert recall(index.search(queries, 10, effort=0.125)[1]) < full
+    np.testing.assert_array_equal(index.search(vectors[:50], 1, effort=0.125)[1][:, 0], ids[:50])
+    # kinds with no inverted lists search as always
+    hnsw = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors, ids)
+    np.testing.assert_array_equal(
+        hnsw.search(queries, 10, effort=0.125)[1], hnsw.search(queries, 10)[1]
+    )
+
+
 def test_hnsw_cannot_remove_in_place(vectors: np.ndarray) -> None:
     index = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors[:1000], np.arange(1000))
     assert not index.supports_removal

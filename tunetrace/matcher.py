@@ -98,6 +98,11 @@ class MatchSettings:
         Such a window is widened to at least this length.
     whole_query_fraction : float
         A window covering at least this fraction of the query is the whole query.
+    long_query_s : float
+        A query longer than this is searched with ...
+    long_query_search_effort : float
+        ... this share of an IVF index's probed lists (each of its many patches needs fewer:
+        a copied section's patches find it among the nearest lists).
     """
 
     n_neighbours: int = 20
@@ -117,6 +122,8 @@ class MatchSettings:
     max_repeats: int = 8
     min_section_window_s: float = 12.0
     whole_query_fraction: float = 0.8
+    long_query_s: float = 120.0
+    long_query_search_effort: float = 0.25
 
 
 class Matcher:
@@ -239,9 +246,11 @@ class Matcher:
         candidates : list of Candidate
             Best first.
         """
+        if searcher is None:
+            searcher = _AtEffort(self.catalogue, self.search_effort(features))
         return find_candidates(
             features,
-            self.catalogue if searcher is None else searcher,
+            searcher,
             params=self.catalogue.params,
             n_neighbours=self.settings.n_neighbours,
             max_candidates=self.settings.max_candidates,
@@ -251,6 +260,13 @@ class Matcher:
             exclude_keys=exclude_keys,
             patches=patches,
         )
+
+    def search_effort(self, features: Features) -> float:
+        """Share of an IVF index's probed lists a query's patches search
+        (:attr:`MatchSettings.long_query_search_effort` for long queries, else all)."""
+        if features.duration_s > self.settings.long_query_s:
+            return self.settings.long_query_search_effort
+        return 1.0
 
     def verify(
         self,
@@ -685,6 +701,16 @@ def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]
                 for ratio, offset in candidate.other_alignments
             )
     return out
+
+
+class _AtEffort:
+    """The catalogue's vector search at a given effort (see :meth:`Catalogue.search`)."""
+
+    def __init__(self, catalogue: Catalogue, effort: float) -> None:
+        self.catalogue, self.effort = catalogue, effort
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.catalogue.search(vectors, k, effort=self.effort)
 
 
 #: Segments of a reported reference grow to its sections' edges when its best verification

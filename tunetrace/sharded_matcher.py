@@ -138,7 +138,10 @@ class ShardedMatcher(Matcher):
         if patches is None:
             patches = query_patch_vectors(features, params=params)
         k = self.settings.n_neighbours
-        found = view.access.call_all(_shard_neighbours, [(patches[0], k)] * view.manifest.count)
+        effort = self.search_effort(features)
+        found = view.access.call_all(
+            _shard_neighbours, [(patches[0], k, effort)] * view.manifest.count
+        )
         merged = merge_neighbours(found, k)
         places = _places_of(view, exclude_keys)
         excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
@@ -244,10 +247,10 @@ def _globally(view: ShardView, shard: int, verification: Verification) -> Verifi
 
 
 def _shard_neighbours(
-    shard: OpenShard, vectors: np.ndarray, k: int
+    shard: OpenShard, vectors: np.ndarray, k: int, effort: float
 ) -> tuple[np.ndarray, np.ndarray]:
     shard.catalogue.refresh()
-    return shard.catalogue.search(vectors, k)
+    return shard.catalogue.search(vectors, k, effort=effort)
 
 
 def _shard_matches(
