@@ -341,8 +341,8 @@ class VectorIndex:
         vectors : np.ndarray [shape=(n, dim)]
         k : int
         effort : float in (0, 1]
-            Share of the ``nprobe`` inverted lists an IVF index searches (at least one); other
-            kinds search as always.
+            Share of the ``nprobe`` inverted lists an IVF index searches (at least one; also
+            behind an OPQ transform or a re-ranking stage); other kinds search as always.
 
         Returns
         -------
@@ -356,16 +356,14 @@ class VectorIndex:
                 np.full((len(vectors), k), -1, dtype=np.int64),
             )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if effort < 1.0 and self._searches_ivf_directly():
-            probes = faiss.SearchParametersIVF(nprobe=max(1, round(self.spec.nprobe * effort)))
-            return self._index.search(vectors, k, params=probes)
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if effort < 1.0 and ivf is not None:
+            probes = max(1, round(min(ivf.nprobe, ivf.nlist) * effort))
+            inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
+            parameters = _probing(faiss.downcast_index(inner), probes)
+            if parameters is not None:
+                return self._index.search(vectors, k, params=parameters[0])
         return self._index.search(vectors, k)
-
-    def _searches_ivf_directly(self) -> bool:
-        """Whether the index under the id map is an IVF index itself (search parameters for
-        its lists pass through the id map; a refining or HNSW wrapper takes others)."""
-        inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
-        return isinstance(faiss.downcast_index(inner), faiss.IndexIVF)
 
     def save(self, path: Path) -> None:
         """Write the index to ``path`` atomically: a temporary file beside it, fsync, rename,
@@ -453,6 +451,35 @@ class VectorIndex:
                             mmap=mmap)  # fmt: skip
         except (ValueError, KeyError, TypeError, OSError):
             return None
+
+
+def _probing(index: faiss.Index, probes: int) -> tuple[faiss.SearchParameters, list] | None:
+    """FAISS search parameters that probe ``probes`` inverted lists of ``index`` (an IVF
+    index, or one behind a transform or a re-ranking stage), or ``None`` for other kinds.
+
+    Returns
+    -------
+    parameters : faiss.SearchParameters
+    kept : list
+        The nested parameter objects, kept alive as long as ``parameters`` is used (FAISS
+        holds plain pointers to them).
+    """
+    if isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=probes), []
+    if isinstance(index, faiss.IndexPreTransform):
+        inner = _probing(faiss.downcast_index(index.index), probes)
+        if inner is None:
+            return None
+        return faiss.SearchParametersPreTransform(index_params=inner[0]), [inner, *inner[1]]
+    if isinstance(index, faiss.IndexRefine):
+        inner = _probing(faiss.downcast_index(index.base_index), probes)
+        if inner is None:
+            return None
+        parameters = faiss.IndexRefineSearchParameters(
+            k_factor=index.k_factor, base_index_params=inner[0]
+        )
+        return parameters, [inner, *inner[1]]
+    return None
 
 
 class LayeredIndex:

@@ -169,6 +169,12 @@ def test_ivf_search_effort_probes_fewer_lists(vectors: np.ndarray) -> None:
     # one list of eight: still each stored vector's own, but fewer of the true neighbours
     assert recall(index.search(queries, 10, effort=0.125)[1]) < full
     np.testing.assert_array_equal(index.search(vectors[:50], 1, effort=0.125)[1][:, 0], ids[:50])
+    # lists behind a transform (OPQ) or a re-ranking stage are probed fewer times too
+    for spec in (SMALL_IVFPQ, replace(SMALL_IVFPQ, refine_bits=8)):
+        wrapped = VectorIndex.build(DIM, spec, vectors, ids)
+        assert recall(wrapped.search(queries, 10, effort=0.125)[1]) < recall(
+            wrapped.search(queries, 10)[1]
+        )
     # kinds with no inverted lists search as always
     hnsw = VectorIndex.build(DIM, IndexSpec(kind="hnsw"), vectors, ids)
     np.testing.assert_array_equal(

@@ -19,7 +19,7 @@ from tunetrace.query import prepare_query
 from tunetrace.report import Match
 from tunetrace.segment_edges import reach_segments
 from tunetrace.segments import continuous_runs
-from tunetrace.types import Segment
+from tunetrace.types import Segment, Verification
 
 SR = SAMPLE_RATE
 WORKS = {f"work{seed}": synth_song(seed, duration_s=80) for seed in range(60, 66)}
@@ -200,3 +200,35 @@ def test_a_segment_grows_to_the_edges_of_its_section(partial_matcher) -> None:
     # and the matcher's report grows them so
     (reported,) = matcher.matches_from(features, [shrunk])
     assert located(reported, before_s, end_s), reported.segments
+
+
+def _verification(score: float, tempo: float, semitones: float, *spans: tuple[float, float]):
+    return Verification(
+        reference_key=1, tempo_ratio=tempo, pitch_shift_semitones=semitones,
+        spectral_shift_semitones=semitones, offset_frames=0.0, spectral_similarity=0.0,
+        null_similarity=0.0, local_similarity=0.0, chroma_similarity=0.0,
+        dynamics_similarity=0.0, onset_similarity=0.0, coverage=0.0, score=score,
+        segments=[Segment(a, b, a * tempo, b * tempo) for a, b in spans],
+    )  # fmt: skip
+
+
+def test_the_report_follows_the_widest_equally_sure_consistent_alignment(partial_matcher) -> None:
+    """A reference's report follows, of its verifications as sure as the best and agreeing
+    with it on the alteration, the one covering most of the query; the score stays the
+    best's."""
+    matcher, _ = partial_matcher
+    features = matcher.load_query(write_audio(Path(matcher.catalogue.directory).parent
+                                              / "short.wav", filler(99, 20)))  # fmt: skip
+    low = 0.4  # below the score segments grow at: the segments are compared as given
+    best = _verification(low, 1.0, 0.0, (10, 14))
+    wider_same_alteration = _verification(low - 0.005, 1.01, 0.1, (2, 18))
+    wider_other_alteration = _verification(low - 0.002, 1.25, 3.0, (0, 20))
+    less_sure = _verification(low - 0.1, 1.0, 0.0, (0, 20))
+    followed, others = matcher.reported_verification(
+        features, [best, wider_other_alteration, wider_same_alteration, less_sure]
+    )
+    assert followed.segments == wider_same_alteration.segments
+    assert followed.score == low and followed.tempo_ratio == 1.01
+    assert len(others) == 3
+    alone, _ = matcher.reported_verification(features, [best, wider_other_alteration])
+    assert alone == best

@@ -124,7 +124,9 @@ def build_evidence(
             evidence.artist = wanted.artist
             evidence.score = 0.0
         return evidence
-    best = verifications[0]
+    # the verification the report follows for that work (grown, as reported)
+    own = [v for v in verifications if v.reference_key == verifications[0].reference_key]
+    best, _ = matcher.reported_verification(features, own)
     record = catalogue.record_by_key(best.reference_key)
     reference = catalogue.features(best.reference_key)
     evidence.reference_id, evidence.title, evidence.artist = (

@@ -27,6 +27,7 @@ from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
 from tunetrace.segment_edges import reach_segments
 from tunetrace.segments import (
+    consistent,
     covered_seconds,
     merge_segments,
     section_runs,
@@ -402,6 +403,50 @@ class Matcher:
             timings["verification"] = time.perf_counter() - searched
         return verifications
 
+    def reported_verification(
+        self,
+        features: Features,
+        verifications: list[Verification],
+        *,
+        query: PreparedQuery | None = None,
+    ) -> tuple[Verification, list[Verification]]:
+        """One reference's verifications as its report sees them: the one it follows, with
+        the best one's score, and the others.
+
+        When the best scores at least :data:`MIN_SCORE_TO_GROW` their segments are grown over
+        the whole query (:func:`~tunetrace.segment_edges.reach_segments`); of those within
+        :data:`SAME_SCORE` of the best and consistent with it (tempo ratio and pitch shift),
+        the one covering most of the query is followed: music that repeats itself lets part
+        of a section verify, as surely, at another place of the reference.
+
+        Parameters
+        ----------
+        features : Features
+            The query.
+        verifications : list of Verification
+            Of one reference, best first.
+        query : PreparedQuery, optional
+            ``features`` prepared (:func:`~tunetrace.query.prepare_query`), if already made.
+
+        Returns
+        -------
+        followed : Verification
+        others : list of Verification
+
+        Raises
+        ------
+        ReferenceNotFoundError
+            If the reference was removed since it was verified.
+        """
+        top = verifications[0]
+        if top.score >= MIN_SCORE_TO_GROW:
+            if query is None:
+                query = prepare_query(features, self.verify_settings)
+            verifications = self._grown(verifications, query)
+        followed = _widest_of_the_best(verifications)
+        others = [v for v in verifications if v is not followed]
+        return _with_score(followed, top.score), others
+
     def _grown(
         self, verifications: list[Verification], query: PreparedQuery
     ) -> list[Verification]:
@@ -638,15 +683,12 @@ class Matcher:
         for verifications in by_reference.values():
             if verifications[0].score < threshold:
                 continue
-            if verifications[0].score >= MIN_SCORE_TO_GROW:
-                if query is None:
-                    query = prepare_query(features, self.verify_settings)
-                try:
-                    verifications = self._grown(verifications, query)
-                except ReferenceNotFoundError:
-                    continue  # removed while this query was verified
-            best = _widest_of_the_best(verifications)
-            others = [v for v in verifications if v is not best]
+            if query is None:
+                query = prepare_query(features, self.verify_settings)
+            try:
+                best, others = self.reported_verification(features, verifications, query=query)
+            except ReferenceNotFoundError:
+                continue  # removed while this query was verified
             segments = without_fragments(merge_segments(best, others))
             covered = covered_seconds(segments)
             try:
@@ -723,13 +765,11 @@ SAME_SCORE = 0.01
 
 def _widest_of_the_best(verifications: list[Verification]) -> Verification:
     """Of a reference's verifications (best first), the one that covers most of the query
-    among those scoring within :data:`SAME_SCORE` of the best.
-
-    Music that repeats itself lets a section verify, as surely, at another place of the
-    reference where only part of it fits; the alignment that accounts for more of the query
-    is the copy's."""
-    top = verifications[0].score
-    equally_sure = [v for v in verifications if v.score >= top - SAME_SCORE]
+    among those scoring within :data:`SAME_SCORE` of the best and consistent with it."""
+    top = verifications[0]
+    equally_sure = [
+        v for v in verifications if v.score >= top.score - SAME_SCORE and consistent(v, top)
+    ]
     return max(equally_sure, key=lambda v: covered_seconds(v.segments))  # first of ties
 
 

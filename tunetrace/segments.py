@@ -262,12 +262,7 @@ def merge_segments(best: Verification, others: list[Verification]) -> list[Segme
     """
     segments = list(best.segments)
     for other in others:
-        consistent = (
-            abs(other.tempo_ratio / best.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
-            and abs(other.spectral_shift_semitones - best.spectral_shift_semitones)
-            <= SAME_PITCH_TOLERANCE_SEMITONES
-        )
-        if not consistent:
+        if not consistent(other, best):
             continue
         for segment in other.segments:
             # the same stretch of both recordings, seen by another alignment: extend it
@@ -283,6 +278,26 @@ def merge_segments(best: Verification, others: list[Verification]) -> list[Segme
             elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
                 segments.append(segment)
     return union_segments(segments, best.tempo_ratio)
+
+
+def consistent(one: Verification, other: Verification) -> bool:
+    """Whether two verifications of a reference agree on the alteration: tempo ratios within
+    :data:`SAME_TEMPO_TOLERANCE` and spectral shifts within
+    :data:`SAME_PITCH_TOLERANCE_SEMITONES`.
+
+    Parameters
+    ----------
+    one, other : Verification
+
+    Returns
+    -------
+    agree : bool
+    """
+    return (
+        abs(one.tempo_ratio / other.tempo_ratio - 1) <= SAME_TEMPO_TOLERANCE
+        and abs(one.spectral_shift_semitones - other.spectral_shift_semitones)
+        <= SAME_PITCH_TOLERANCE_SEMITONES
+    )
 
 
 def without_fragments(segments: list[Segment]) -> list[Segment]:
