@@ -18,7 +18,7 @@ from tunetrace.matcher import Matcher
 from tunetrace.query import prepare_query
 from tunetrace.report import Match
 from tunetrace.segment_edges import reach_segments
-from tunetrace.segments import continuous_runs
+from tunetrace.segments import continuous_runs, merge_segments
 from tunetrace.types import Segment, Verification
 
 SR = SAMPLE_RATE
@@ -232,3 +232,21 @@ def test_the_report_follows_the_widest_equally_sure_consistent_alignment(partial
     assert len(others) == 3
     alone, _ = matcher.reported_verification(features, [best, wider_other_alteration])
     assert alone == best
+
+
+def test_a_consistent_alignment_elsewhere_keeps_what_the_best_leaves_of_it() -> None:
+    """Two places of one reference (a moved section): another alignment's segment that runs
+    into the best one's keeps its own part rather than being dropped whole."""
+    best = _verification(0.99, 1.0, 0.0, (10, 30))
+    moved = replace(
+        best,
+        score=0.98,
+        segments=[Segment(25.0, 45.0, 100.0, 120.0)],  # 90 s further on the reference
+    )
+    merged = merge_segments(best, [moved])
+    assert [(s.query_start_s, s.query_end_s) for s in merged] == [(10, 30), (30, 45)]
+    assert merged[1].reference_start_s == pytest.approx(105.0)
+    assert merged[1].reference_end_s == pytest.approx(120.0)
+    # what is left under the shortest reported segment is not reported
+    short = replace(moved, segments=[Segment(25.0, 32.0, 100.0, 107.0)])
+    assert [(s.query_start_s, s.query_end_s) for s in merge_segments(best, [short])] == [(10, 30)]

@@ -218,6 +218,9 @@ MIN_REPORTED_SEGMENT_S = 3.0
 #: Overlapping segments whose alignments put the query's start this close on the reference
 #: are the same stretch seen twice: they are joined.
 SAME_PLACE_OFFSET_S = 2.0
+#: Segments of the same place this close in the query (a dip in one copied stretch) are joined
+#: when both are at least :data:`MIN_REPORTED_SEGMENT_S` long.
+SAME_PLACE_GAP_S = 5.0
 
 
 def covered_seconds(segments: list[Segment]) -> float:
@@ -277,7 +280,33 @@ def merge_segments(best: Verification, others: list[Verification]) -> list[Segme
                 segments[number] = union_segments([segments[number], segment], best.tempo_ratio)[0]
             elif not any(_shared_s(segment, kept) > MAX_SEGMENT_OVERLAP_S for kept in segments):
                 segments.append(segment)
+            else:  # another place of the reference beside kept ones: what they leave of it
+                segments += [
+                    piece for piece in _outside(segment, segments)
+                    if piece.query_end_s - piece.query_start_s >= MIN_REPORTED_SEGMENT_S
+                ]  # fmt: skip
     return union_segments(segments, best.tempo_ratio)
+
+
+def _outside(segment: Segment, kept: list[Segment]) -> list[Segment]:
+    """The parts of ``segment`` no kept segment covers, with reference times along its own
+    alignment."""
+    pieces = [(segment.query_start_s, segment.query_end_s)]
+    for other in kept:
+        before = [(start, min(end, other.query_start_s)) for start, end in pieces]
+        after = [(max(start, other.query_end_s), end) for start, end in pieces]
+        pieces = sorted(part for part in before + after if part[1] > part[0])
+    span = segment.query_end_s - segment.query_start_s
+    rate = (segment.reference_end_s - segment.reference_start_s) / span if span > 0 else 1.0
+    return [
+        Segment(
+            query_start_s=start,
+            query_end_s=end,
+            reference_start_s=segment.reference_start_s + (start - segment.query_start_s) * rate,
+            reference_end_s=segment.reference_start_s + (end - segment.query_start_s) * rate,
+        )
+        for start, end in pieces
+    ]
 
 
 def consistent(one: Verification, other: Verification) -> bool:
@@ -348,7 +377,7 @@ def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]
         last = joined[-1] if joined else None
         if (
             last is not None
-            and segment.query_start_s <= last.query_end_s
+            and segment.query_start_s <= last.query_end_s + _gap_joined(last, segment)
             and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
             <= SAME_PLACE_OFFSET_S
         ):
@@ -358,6 +387,14 @@ def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]
         else:
             joined.append(segment)
     return joined
+
+
+def _gap_joined(first: Segment, second: Segment) -> float:
+    """Query seconds between two segments of one place that still make them one stretch:
+    :data:`SAME_PLACE_GAP_S` between two of at least :data:`MIN_REPORTED_SEGMENT_S` (a dip
+    inside a copy), none when either is a fragment (a passing likeness after it)."""
+    long_enough = min(s.query_end_s - s.query_start_s for s in (first, second))
+    return SAME_PLACE_GAP_S if long_enough >= MIN_REPORTED_SEGMENT_S else 0.0
 
 
 def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
