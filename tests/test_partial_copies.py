@@ -16,6 +16,7 @@ from tunetrace.candidates import densest_run
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 from tunetrace.query import prepare_query
+from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match
 from tunetrace.segment_edges import reach_segments
 from tunetrace.segments import continuous_runs, merge_segments
@@ -250,3 +251,38 @@ def test_a_consistent_alignment_elsewhere_keeps_what_the_best_leaves_of_it() -> 
     # what is left under the shortest reported segment is not reported
     short = replace(moved, segments=[Segment(25.0, 32.0, 100.0, 107.0)])
     assert [(s.query_start_s, s.query_end_s) for s in merge_segments(best, [short])] == [(10, 30)]
+
+
+def test_self_similar_places_find_where_a_stretch_recurs() -> None:
+    rng = np.random.default_rng(3)
+    chroma = rng.normal(size=(12, 400))
+    hook = chroma[:, 50:90].copy()
+    chroma[:, 200:240] = hook  # played again
+    chroma[:, 320:360] = hook + 0.1 * rng.normal(size=hook.shape)  # again, a little altered
+    chroma /= np.linalg.norm(chroma, axis=0, keepdims=True)
+    assert sorted(self_similar_places(chroma, 50, 90, min_shift=40, limit=8)) == [200, 320]
+    assert self_similar_places(chroma, 50, 90, min_shift=40, limit=1) in ([200], [320])
+    # music that does not recur offers no place
+    chroma[:, 200:240] = rng.normal(size=hook.shape)
+    chroma[:, 320:360] = rng.normal(size=hook.shape)
+    chroma /= np.linalg.norm(chroma, axis=0, keepdims=True)
+    assert self_similar_places(chroma, 50, 90, min_shift=40, limit=8) == []
+
+
+def test_repeats_the_search_offers_no_place_for_are_found_where_the_upload_recurs(
+    partial_matcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the per-reference place search offering nothing, the repeats of a loop are still
+    found where the upload repeats itself: four repeats, four segments."""
+    matcher, folder = partial_matcher
+    monkeypatch.setattr(Matcher, "_repeat_places", lambda *args: [])
+    hook = altered("work64", 20, 11, 0.85, -1)
+    parts, starts = [], []
+    for number in range(4):
+        parts.append(filler(110 + number, 6))
+        starts.append(sum(len(p) for p in parts) / SR)
+        parts.append(hook)
+    matches = match(matcher, folder, "loop4", parts)
+    assert [m.reference_id for m in matches] == ["work64"]
+    for start in starts:
+        assert located(matches[0], start, start + len(hook) / SR), (start, matches[0].segments)

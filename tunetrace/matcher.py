@@ -22,6 +22,7 @@ from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
+from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
@@ -384,7 +385,9 @@ class Matcher:
         repeats = []
         for key in {v.reference_key for v in verifications if v.score >= self.default_min_score}:
             found = [v for v in verifications if v.reference_key == key]
-            for candidate in self._repeat_places(features, key, found, patches):
+            places = self._repeat_places(features, key, found, patches)
+            places += self._recurring_places(features, found)
+            for candidate in places:
                 window, moved = self._in_window(candidate, features)
                 if window is None:
                     continue
@@ -549,6 +552,42 @@ class Matcher:
                 taken.append((start_s, end_s))
             if len(out) == self.settings.max_repeats:
                 break
+        return out
+
+    def _recurring_places(
+        self, features: Features, found: list[Verification]
+    ) -> list[Candidate]:
+        """Places where the best verified stretch of a work recurs in the query
+        (:func:`~tunetrace.repeats.self_similar_places`), at its tempo ratio, away from the
+        segments found (a place the vector search offered may have verified another repeat
+        than its own)."""
+        best = max(found, key=lambda v: v.score)
+        sections = [s for s in best.segments
+                    if s.query_end_s - s.query_start_s >= self.settings.min_section_s]  # fmt: skip
+        if not sections:
+            return []
+        fps = features.frame_rate_hz
+        longest = max(sections, key=lambda s: s.query_end_s - s.query_start_s)
+        first, stop = int(longest.query_start_s * fps), int(longest.query_end_s * fps)
+        taken = [(s.query_start_s * fps, s.query_end_s * fps) for v in found for s in v.segments]
+        out = []
+        for start in self_similar_places(
+            features.chroma, first, stop, min_shift=stop - first, limit=self.settings.max_repeats
+        ):
+            end = start + stop - first
+            overlap = sum(max(0.0, min(end, b) - max(start, a)) for a, b in taken)
+            if overlap >= 0.5 * (end - start):
+                continue
+            taken.append((start, end))
+            out.append(
+                Candidate(
+                    reference_key=best.reference_key,
+                    tempo_ratio=best.tempo_ratio,
+                    offset_frames=best.offset_frames + best.tempo_ratio * (first - start),
+                    votes=best.votes,
+                    query_span_frames=(float(start), float(end)),
+                )
+            )
         return out
 
     def _judged_alone(
