@@ -546,8 +546,7 @@ class Matcher:
             if span is None or abs(place.tempo_ratio / best.tempo_ratio - 1) > 0.06:
                 continue
             start_s, end_s = span[0] / fps, span[1] / fps
-            overlap = sum(max(0.0, min(end_s, b) - max(start_s, a)) for a, b in taken)
-            if overlap < 0.5 * (end_s - start_s):
+            if not _mostly_taken(start_s, end_s, taken):
                 out.append(place)
                 taken.append((start_s, end_s))
             if len(out) == self.settings.max_repeats:
@@ -575,8 +574,7 @@ class Matcher:
             features.chroma, first, stop, min_shift=stop - first, limit=self.settings.max_repeats
         ):
             end = start + stop - first
-            overlap = sum(max(0.0, min(end, b) - max(start, a)) for a, b in taken)
-            if overlap >= 0.5 * (end - start):
+            if _mostly_taken(start, end, taken):
                 continue
             taken.append((start, end))
             out.append(
@@ -810,6 +808,12 @@ def _widest_of_the_best(verifications: list[Verification]) -> Verification:
         v for v in verifications if v.score >= top.score - SAME_SCORE and consistent(v, top)
     ]
     return max(equally_sure, key=lambda v: covered_seconds(v.segments))  # first of ties
+
+
+def _mostly_taken(start: float, end: float, taken: list[tuple[float, float]]) -> bool:
+    """Whether ranges already ``taken`` cover half of ``start``-``end`` or more."""
+    covered = sum(max(0.0, min(end, b) - max(start, a)) for a, b in taken)
+    return covered >= 0.5 * (end - start)
 
 
 def _overlap(a: tuple[int, int] | None, b: tuple[int, int] | None) -> float:

@@ -453,10 +453,10 @@ def dask_line(job: ScanJob, future: Any) -> dict[str, Any]:
     if future.status not in ("finished", "error", "cancelled"):
         # as_completed can hand over a future whose worker died and whose task Dask is
         # running again: wait for that run through the future's own client (distributed.wait
-        # would use the process's default client, whose event loop may be another one)
-        # (the status checked below says what happened)
+        # would use the process's default client, whose event loop may be another one); when
+        # it does not finish, its status below says what happened
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            future.result()
+            return future.result()
     if future.status == "finished":
         return future.result()
     if future.status not in ("finished", "error"):  # cancelled, or the wait was interrupted

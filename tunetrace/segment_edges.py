@@ -75,9 +75,7 @@ def reach_segments(
     shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
     aligned = fit.similarity(verification.tempo_ratio, verification.offset_frames, shift)
     positions = aligned.positions
-    n_frames = max(reference.n_frames - 1, 1)
-    null_offsets = np.array(settings.null_offsets_s)[:, None] * fps
-    null_curve = np.median(fit.spectral_at((positions + null_offsets) % n_frames, shift), axis=0)
+    null_curve = fit.null_curve(positions, shift, settings.null_offsets_s)
     level, excess = smoothed_fit(
         aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
     )
@@ -94,12 +92,12 @@ def reach_segments(
     floor = max(REACH_FLOOR, REACH_FRACTION * float(np.median(level[inside])))
     min_run = max(1, round(settings.min_segment_s * fps))
     going_on = usable & (level >= floor) & (excess >= REACH_MIN_EXCESS)
-    # a weaker fit continues the copy only over a stretch long enough not to be a passing
-    # likeness of the music that follows it
     matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & usable
     strong = np.zeros(len(level), dtype=bool)
     for start, stop in continuous_runs(going_on | matched, min_run=min_run, max_gap=0):
         strong[start:stop] = True
+    # a weaker fit continues the copy only over a stretch long enough not to be a passing
+    # likeness of the music that follows it
     weaker = usable & (level >= REACH_LOW_FLOOR) & (excess >= REACH_LOW_MARGIN) & ~strong
     for start, stop in continuous_runs(weaker, min_run=min_run, max_gap=0):
         # counted in frames that fit, not in the short dips bridged between them; a weaker

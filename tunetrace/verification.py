@@ -92,11 +92,9 @@ def verify_candidate(
         _, rate, offset = max(zip(values.tolist(), rates.tolist(), offsets.tolist(), strict=True))
     best = fit.similarity(rate, offset, shift, with_dynamics=True)
     positions = best.positions
-    n_frames = max(reference.n_frames - 1, 1)
     fps = params.frame_rate_hz
-    null_offsets = np.array(settings.null_offsets_s)[:, None] * fps
     local_offsets = np.array(settings.local_offsets_s)[:, None] * fps
-    null_curve = np.median(fit.spectral_at((positions + null_offsets) % n_frames, shift), axis=0)
+    null_curve = fit.null_curve(positions, shift, settings.null_offsets_s)
     local_curve = np.median(fit.spectral_at(positions + local_offsets, shift), axis=0)
     segments, matched = matched_segments(
         best.per_frame, null_curve, best.usable, positions, params=params, settings=settings
@@ -275,6 +273,29 @@ class SpectralFit:
                 self.query.weights,
             )
         return curves if np.ndim(positions) == 2 else curves[0]
+
+    def null_curve(
+        self, positions: np.ndarray, shift: float, offsets_s: tuple[float, ...]
+    ) -> np.ndarray:
+        """The coincidence level of every query frame: the median spectral correlation with
+        the reference misaligned by each of ``offsets_s`` (wrapping around the reference).
+
+        Parameters
+        ----------
+        positions : np.ndarray [shape=(n_frames,)]
+            The alignment's reference frame of every query frame.
+        shift : float
+            Spectral shift in bins.
+        offsets_s : tuple of float
+            Misalignments in seconds (:attr:`VerifySettings.null_offsets_s`).
+
+        Returns
+        -------
+        curve : np.ndarray [shape=(n_frames,), dtype=float32]
+        """
+        n_frames = max(self.reference.n_frames - 1, 1)
+        offsets = np.array(offsets_s)[:, None] * self.reference.frame_rate_hz
+        return np.median(self.spectral_at((positions + offsets) % n_frames, shift), axis=0)
 
     def _band(self, shift: float) -> tuple[int, int] | None:
         """Half-open range of query bins paired under ``shift`` (query bin ``j`` with
