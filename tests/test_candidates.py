@@ -15,6 +15,7 @@ from tunetrace.candidates import (
     find_candidates,
     query_patch_vectors,
     run_starts,
+    strongest_per_row,
 )
 from tunetrace.matcher import one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
@@ -285,3 +286,20 @@ def test_run_starts_of_sorted_rows_give_numpy_unique_over_rows() -> None:
     expected_unique, expected_inverse = np.unique(rows, axis=0, return_inverse=True)
     np.testing.assert_array_equal(rows[starts], expected_unique)
     np.testing.assert_array_equal(np.cumsum(starts) - 1, expected_inverse.reshape(-1))
+
+
+@pytest.mark.parametrize("high", [5, 2**40], ids=["packed", "too-wide-to-pack"])
+def test_strongest_per_row_keeps_each_distinct_row_once_with_its_largest_value(
+    high: int,
+) -> None:
+    rng = np.random.default_rng(8)
+    rows = rng.integers(-high, high, size=(2000, 4))
+    rows[:, 1] = rng.integers(0, 3, size=2000)  # many equal rows
+    rows[500:900] = rows[:400]  # and exact repeats with other values
+    values = rng.random(2000).astype(np.float32)
+    distinct, largest = strongest_per_row(rows, values)
+    expected, inverse = np.unique(rows, axis=0, return_inverse=True)
+    expected_largest = np.full(len(expected), -np.inf, dtype=np.float32)
+    np.maximum.at(expected_largest, inverse.reshape(-1), values)
+    np.testing.assert_array_equal(distinct, expected)
+    np.testing.assert_array_equal(largest, expected_largest)

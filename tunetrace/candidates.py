@@ -140,11 +140,9 @@ def find_candidates(
         return []
 
     # One vote per query patch per (reference, rate, offset bin): its best similarity.
-    keys = np.stack([ref_keys, hit_rate, offset_bin, patch_of_hit], axis=1)
-    order = np.lexsort((-sims, *keys.T[::-1]))
-    keys, sims = keys[order], sims[order]
-    first = run_starts(keys)
-    keys, sims = keys[first], sims[first]
+    keys, sims = strongest_per_row(
+        np.stack([ref_keys, hit_rate, offset_bin, patch_of_hit], axis=1), sims
+    )
 
     # The rows stay sorted, so each distinct place begins a run.
     place_starts = run_starts(keys[:, :3])
@@ -296,6 +294,44 @@ def add_best_neighbour_bin(triples: np.ndarray, totals: np.ndarray) -> np.ndarra
     best[:-1] = np.where(adjacent, totals[1:], 0.0)
     best[1:] = np.maximum(best[1:], np.where(adjacent, totals[:-1], 0.0))
     return totals + best
+
+
+def strongest_per_row(rows: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct integer ``rows``, sorted lexicographically, each with its largest value.
+
+    When the columns' ranges fit in 63 bits together, each row is packed into one integer
+    (first column most significant) and one sort of those integers orders them; otherwise
+    the rows are sorted column by column.
+
+    Parameters
+    ----------
+    rows : np.ndarray [shape=(n, m), dtype=int64]
+    values : np.ndarray [shape=(n,)]
+
+    Returns
+    -------
+    distinct : np.ndarray [shape=(d, m), dtype=int64]
+    largest : np.ndarray [shape=(d,)]
+        The largest value of each distinct row.
+    """
+    if len(rows) == 0:
+        return rows, values
+    low = rows.min(axis=0)
+    spans = [int(v) + 1 for v in rows.max(axis=0) - low]
+    if sum(int(span - 1).bit_length() for span in spans) > 62:
+        order = np.lexsort((-values, *rows.T[::-1]))
+        rows, values = np.take(rows, order, axis=0), values[order]
+        first = run_starts(rows)
+        return rows[first], values[first]
+    packed = np.zeros(len(rows), dtype=np.int64)
+    for column, span in enumerate(spans):
+        packed = packed * span + (rows[:, column] - low[column])
+    order = np.argsort(packed)
+    packed = packed[order]
+    first = np.ones(len(packed), dtype=bool)
+    first[1:] = packed[1:] != packed[:-1]
+    starts = np.flatnonzero(first)
+    return np.take(rows, order[starts], axis=0), np.maximum.reduceat(values[order], starts)
 
 
 def run_starts(rows: np.ndarray) -> np.ndarray:
