@@ -108,6 +108,7 @@ def shared_tunes(works: list[RenderedWork]) -> set[frozenset[str]]:
 
 def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
     collection, source, folder = job
+    import soundfile
     from music21 import converter, instrument
 
     work_id = f"render/{collection}/{source.stem}"
@@ -134,15 +135,13 @@ def _render(job: tuple[str, Path, Path]) -> RenderedWork | None:
         score.write("midi", fp=str(midi))
         _run_fluidsynth(midi, target)
         midi.unlink(missing_ok=True)
+        duration = float(soundfile.info(str(target)).duration)  # FluidSynth may write nothing
     except Exception as exc:  # a piece music21 cannot parse or FluidSynth cannot render
         logger.warning("skipping %s: %s", source.name, exc)
         target.unlink(missing_ok=True)
         target.with_suffix(".mid").unlink(missing_ok=True)
         failed.write_text(f"{exc}\n")
         return None
-    import soundfile
-
-    duration = float(soundfile.info(str(target)).duration)
     work = RenderedWork(work_id, target, collection, key, duration, program, tune)
     meta.write_text(json.dumps({**asdict(work), "path": str(target)}))
     return work
