@@ -12,15 +12,15 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
 
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
-from tunetrace.candidates import densest_run
+from tunetrace.candidates import densest_run, query_patch_vectors
 from tunetrace.ingest import fingerprint_reference
-from tunetrace.matcher import Matcher
+from tunetrace.matcher import MIN_SCORE_OF_OTHER_SECTIONS, Matcher
 from tunetrace.query import prepare_query
 from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match
 from tunetrace.segment_edges import reach_segments
 from tunetrace.segments import continuous_runs, merge_segments
-from tunetrace.types import Segment, Verification
+from tunetrace.types import Candidate, Segment, Verification
 
 SR = SAMPLE_RATE
 WORKS = {f"work{seed}": synth_song(seed, duration_s=80) for seed in range(60, 66)}
@@ -286,3 +286,56 @@ def test_repeats_the_search_offers_no_place_for_are_found_where_the_upload_recur
     assert [m.reference_id for m in matches] == ["work64"]
     for start in starts:
         assert located(matches[0], start, start + len(hook) / SR), (start, matches[0].segments)
+
+
+def test_a_place_tried_where_the_work_did_not_verify_adds_no_section(partial_matcher) -> None:
+    """Another verification of a reported work at its tempo ratio and pitch adds its
+    section only when it verified: one scoring nothing (a repeat looked for in unrelated
+    music) adds no segment, whatever threshold the caller asked for."""
+    matcher, folder = partial_matcher
+    key = matcher.catalogue.list()[0].key
+    features = matcher.load_query(write_audio(folder / "sixty.wav", filler(98, 60)))
+    low = 0.4  # below the score segments grow at: the segments are compared as given
+    best = replace(_verification(low, 1.0, 0.0, (10, 30)), reference_key=key)
+    tried = replace(_verification(0.0, 1.0, 0.0, (40, 52)), reference_key=key)
+    verified = replace(tried, score=MIN_SCORE_OF_OTHER_SECTIONS)
+
+    def spans(others: list[Verification]) -> list[tuple[float, float]]:
+        (reported,) = matcher.matches_from(features, [best, *others], min_score=0.0)
+        return [(s.query_start_s, s.query_end_s) for s in reported.segments]
+
+    assert spans([tried]) == [(10, 30)]
+    assert spans([verified]) == [(10, 30), (40, 52)]
+
+
+def test_a_repeat_is_looked_for_at_the_found_tempo_and_two_offsets_per_part(
+    partial_matcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search for a found work's repeats sends only the patches resampled to about its
+    tempo ratio, and tries the next offset voted on a part of the query when the first may
+    not verify (a reference that repeats itself), but no third."""
+    matcher, _ = partial_matcher
+    params = matcher.catalogue.params
+    key = matcher.catalogue.list()[0].key
+    features = matcher.load_query(
+        write_audio(Path(matcher.catalogue.directory).parent / "forty.wav", filler(97, 40))
+    )
+    fps = params.frame_rate_hz
+    found = [replace(_verification(0.99, 0.8, 0.0, (0, 10)), reference_key=key)]
+
+    def place(offset: float, start_s: float, end_s: float) -> Candidate:
+        return Candidate(key, 0.8, offset, 1.0, query_span_frames=(start_s * fps, end_s * fps))
+
+    offered = [place(100, 20, 30), place(300, 20.5, 30), place(500, 20, 29.5), place(700, 5, 9),
+               place(900, 31, 39)]  # fmt: skip
+    sent = {}
+
+    def search(features, searcher, *, patches, **settings):
+        sent["rates"] = set(params.rate_grid()[patches[1]].round(3))
+        return offered
+
+    monkeypatch.setattr("tunetrace.matcher.find_candidates", search)
+    patches = query_patch_vectors(features, params=params)
+    places = matcher._repeat_places(features, key, found, patches)
+    assert [p.offset_frames for p in places] == [100, 300, 900]  # not a third, not on found
+    assert sent["rates"] and all(abs(r / 0.8 - 1) <= 0.06 for r in sent["rates"])
