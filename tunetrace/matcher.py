@@ -125,7 +125,7 @@ class MatchSettings:
     min_section_window_s: float = 12.0
     whole_query_fraction: float = 0.8
     long_query_s: float = 120.0
-    long_query_search_effort: float = 0.25
+    long_query_search_effort: float = 0.125
 
 
 class Matcher:
