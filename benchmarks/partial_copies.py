@@ -652,7 +652,9 @@ def catalogue_for(tracks: list[Track], size: str, workers: int) -> tuple[Path, s
         count = int(suite.SIZES[size]["renders"])  # type: ignore[arg-type]
         works = renders.render_works(count, CACHE, workers=workers)
         directory, _ = suite.suite_catalogue(tracks, works)
-        return directory, "the suite's catalogue (corpus tracks and rendered pieces)"
+        return directory, (
+            f"the suite's catalogue at {size} size (corpus tracks and {count} rendered pieces)"
+        )
     logger.warning("no rendered pieces (%s): matching against the corpus catalogue", reason)
     directory, _ = build_catalogue(tracks)
     return directory, f"the corpus catalogue only (rendered pieces unavailable: {reason})"
@@ -895,13 +897,20 @@ def main() -> None:
     parser.add_argument(
         "--catalogue", type=Path, help="catalogue folder (default: the suite's, else the corpus')"
     )
+    parser.add_argument(
+        "--catalogue-size",
+        choices=sorted(SIZES),
+        help="size of the suite's catalogue to match against (default: --size)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     tracks = corpus.installed_or_exit(list_tracks())
     if args.catalogue:
         directory, description = args.catalogue, f"the catalogue at {args.catalogue}"
     else:
-        directory, description = catalogue_for(tracks, args.size, args.workers)
+        directory, description = catalogue_for(
+            tracks, args.catalogue_size or args.size, args.workers
+        )
     splits = SPLITS if args.split == "both" else (args.split,)
     result = run(
         directory,
