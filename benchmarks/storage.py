@@ -13,11 +13,11 @@ On the core benchmark's catalogue tracks (real music, about 10 h), in one run:
 3. the catalogue's bytes on disk by part (spectra, stored vectors, index, the rest of the
    database) per hour of audio, with its default (``flat``) index and with the index
    ``tunetrace index build`` picks for its size (``auto``);
-4. what matching pays to read the compact format: the same references in the earlier 8-bit
-   format and in the compact one (the copies ``benchmarks.compact`` makes of the core
-   benchmark's catalogue), each reference's features derived from its row with the cache
-   empty, and whole 10-15 s queries with one thread, the two catalogues alternating in one
-   process.
+4. what matching pays to read each format: the same references in the earlier 8-bit
+   format, in the first compact one (Zstandard-packed) and in the one new references get
+   (the copies ``benchmarks.compact`` makes of the core benchmark's catalogue), each
+   reference's features derived from its row with the cache empty, and whole 10-15 s
+   queries with one thread, the catalogues taking turns in one process.
 
 Decoding and adding alternate ``--repeats`` times; medians are reported. Results go to
 ``benchmarks/results/storage.json`` and ``storage.md``.
@@ -40,6 +40,7 @@ import numpy as np
 from tunetrace.fingerprint.decode import load_audio
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.index.spectrum_codec import COMPACT_CODEC
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
@@ -110,23 +111,21 @@ def time_adding(items: list[IngestItem], workers: int, directory: Path) -> tuple
     return elapsed, summary.audio_s
 
 
-def reading_costs(earlier: Path, compact: Path, queries: list[Path]) -> dict[str, float]:
+def reading_costs(formats: dict[str, Path], queries: list[Path]) -> dict[str, object]:
     """Median milliseconds to derive a reference's features, and to match a query with one
-    thread, against the same references in the earlier and the compact format."""
+    thread, against the same references stored in each format (codec name -> catalogue),
+    taking turns reference by reference and query by query."""
     from tunetrace.matcher import Matcher
     from tunetrace.threads import use_one_thread
 
     use_one_thread()
-    catalogues = {
-        "earlier": Catalogue(earlier, read_only=True),
-        "compact": Catalogue(compact, read_only=True),
-    }
+    catalogues = {name: Catalogue(path, read_only=True) for name, path in formats.items()}
     matchers = {name: Matcher(catalogue) for name, catalogue in catalogues.items()}
     keys = {
         name: {r.reference_id: r.key for r in catalogue.list(limit=100_000)}
         for name, catalogue in catalogues.items()
     }
-    shared = sorted(set(keys["earlier"]) & set(keys["compact"]))
+    shared = sorted(set.intersection(*(set(found) for found in keys.values())))
     read_ms: dict[str, list[float]] = {name: [] for name in catalogues}
     match_ms: dict[str, list[float]] = {name: [] for name in catalogues}
     for matcher in matchers.values():  # compiled and warm before timing
@@ -148,9 +147,14 @@ def reading_costs(earlier: Path, compact: Path, queries: list[Path]) -> dict[str
     return {
         "references": len(shared),
         "queries": len(queries),
-        **{f"read_ms_{name}": float(np.median(values)) for name, values in read_ms.items()},
-        **{f"match_ms_{name}": float(np.median(values)) for name, values in match_ms.items()},
+        "read_ms": {name: float(np.median(values)) for name, values in read_ms.items()},
+        "match_ms": {name: float(np.median(values)) for name, values in match_ms.items()},
     }
+
+
+#: Formats whose reading costs are compared: the first catalogues', the first compact one's,
+#: and the one new references get.
+READ_FORMATS = ("u8", "b5e0.7z", COMPACT_CODEC.name)
 
 
 def sizes(directory: Path) -> dict[str, object]:
@@ -209,10 +213,10 @@ def main() -> None:
         size = sizes(directory)
     median = {name: float(np.median(values)) for name, values in runs.items()}
     reading = None
-    earlier, compact = (codec_copy(source_catalogue(), name) for name in ("u8", "b5e0.7z"))
-    query_files = sorted((CACHE / "queries").glob("calibration-seed*/*.wav"))[:: 5][:60]
+    formats = {name: codec_copy(source_catalogue(), name) for name in dict.fromkeys(READ_FORMATS)}
+    query_files = sorted((CACHE / "queries").glob("calibration-seed*/*.wav"))[::5][:60]
     if query_files:
-        reading = reading_costs(earlier, compact, query_files)
+        reading = reading_costs(formats, query_files)
     result = {
         **run_info(),
         "files": len(paths),
@@ -275,18 +279,19 @@ def markdown(result: dict) -> str:
     ]
     reading = result.get("reading")
     if reading:
+        names = list(reading["read_ms"])
         lines += [
             "",
-            f"Reading the compact format ({reading['references']} references, "
+            f"Reading each format ({reading['references']} references, "
             f"{reading['queries']} calibration queries, one thread, feature cache empty, "
-            "medians; the same references in both formats, alternating):",
+            "medians; the same references in every format, taking turns):",
             "",
-            "| | earlier 8-bit format | compact format |",
-            "|---|---|---|",
-            f"| a reference's features derived from its row | {reading['read_ms_earlier']:.2f} ms "
-            f"| {reading['read_ms_compact']:.2f} ms |",
-            "| a whole query (decode, search, verification) "
-            f"| {reading['match_ms_earlier']:.0f} ms | {reading['match_ms_compact']:.0f} ms |",
+            "| | " + " | ".join(f"`{name}`" for name in names) + " |",
+            "|---|" + "---|" * len(names),
+            "| a reference's features derived from its row | "
+            + " | ".join(f"{reading['read_ms'][name]:.2f} ms" for name in names) + " |",
+            "| a whole query (decode, search, verification) | "
+            + " | ".join(f"{reading['match_ms'][name]:.0f} ms" for name in names) + " |",
         ]
     return "\n".join(lines) + "\n"
 

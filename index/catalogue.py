@@ -90,6 +90,18 @@ MAX_ID_LENGTH = 200
 SHARED_INDEX_MIN_BYTES = 256 * 2**20
 #: References :meth:`Catalogue.migrate` rewrites per transaction.
 MIGRATION_BATCH = 64
+
+
+def _another_codec(name: object, codec: SpectrumCodec) -> bool:
+    """Whether a row's codec name is a readable codec other than ``codec`` (a damaged name
+    is no format: reading that row says so)."""
+    if name == codec.name:
+        return False
+    try:
+        codec_named(name)  # type: ignore[arg-type]
+    except ValueError:
+        return False
+    return True
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
 
@@ -378,13 +390,13 @@ class Catalogue:
             f" {self._codec_column}, n_frames"
         )
 
-    def legacy_count(self) -> int:
-        """Number of references stored in the earlier, larger format (see :meth:`migrate`)."""
-        return int(
-            self._db.execute(
-                f"SELECT count(*) FROM refs WHERE {self._codec_column} = ?", (LEGACY_CODEC.name,)
-            ).fetchone()[0]
-        )
+    def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
+        """Number of references stored with a readable codec other than ``codec`` (by
+        default the compact one new references get): those :meth:`migrate` rewrites."""
+        counts = self._db.execute(
+            f"SELECT {self._codec_column}, count(*) FROM refs GROUP BY 1"
+        ).fetchall()
+        return sum(int(count) for name, count in counts if _another_codec(name, codec))
 
     def _warn_if_legacy_rows(self) -> None:
         if self._meta("index_outdated") is not None:
@@ -393,7 +405,10 @@ class Catalogue:
                 "migration stopped early): 'tunetrace index migrate -c %s' finishes it",
                 self.directory, self.directory,
             )  # fmt: skip
-        legacy = self.legacy_count()
+        # rows of another compact packing are a choice (index migrate --codec): no warning
+        legacy = self._db.execute(
+            f"SELECT count(*) FROM refs WHERE {self._codec_column} = ?", (LEGACY_CODEC.name,)
+        ).fetchone()[0]
         if legacy:
             logger.warning(
                 "catalogue %s keeps %d reference(s) in the earlier format, about 5 times "
@@ -880,14 +895,18 @@ class Catalogue:
         vacuum: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """Rewrite the references stored in the earlier format compactly, in place.
+        """Rewrite the references stored in another format with ``codec``, in place.
 
-        Each batch of references is one transaction; the vector index is then rebuilt from
-        the vectors of the rewritten spectra and published, and the freed pages are given
-        back to the file system (``VACUUM``, which needs free space for a copy of the
-        database). Killed anywhere, the catalogue stays whole and a rerun carries on.
-        Matching goes on meanwhile (a reader may keep a reference's earlier spectrum until
-        its feature cache drops it: the two differ by quantisation only).
+        Rows whose codec stores the same codes (same bits and exponent, another packing,
+        such as ``b5e0.7z`` for ``b5e0.7j``) are repacked without loss: their vectors and
+        the index stay as they are. Others (the 8-bit ``u8`` rows of the first catalogues)
+        are quantised again; the vector index is then rebuilt from the vectors of the
+        rewritten spectra and published. Each batch of references is one transaction; at
+        the end the freed pages are given back to the file system (``VACUUM``, which needs
+        free space for a copy of the database). Killed anywhere, the catalogue stays whole
+        and a rerun carries on. Matching goes on meanwhile (a reader may keep a reference's
+        earlier spectrum until its feature cache drops it: the two differ by quantisation
+        only).
 
         Parameters
         ----------
@@ -913,13 +932,22 @@ class Catalogue:
         while True:
             with self._write():
                 rows = self._db.execute(
-                    "SELECT key, id, spectrum, spectrum_scale, n_frames FROM refs"
-                    " WHERE spectrum_codec = ? ORDER BY key LIMIT ?",
-                    (LEGACY_CODEC.name, max(1, batch_size)),
+                    "SELECT key, id, spectrum, spectrum_scale, n_frames, spectrum_codec"
+                    " FROM refs WHERE spectrum_codec != ? ORDER BY key LIMIT ?",
+                    (codec.name, max(1, batch_size)),
                 ).fetchall()
-                for key, reference_id, blob, scale, n_frames in rows:
+                requantised = False
+                for key, reference_id, blob, scale, n_frames, stored_as in rows:
                     try:
-                        spectrum = LEGACY_CODEC.decode(blob, scale, n_bins, n_frames)
+                        earlier = codec_named(stored_as)
+                        if earlier.same_codes(codec):  # the same codes, packed anew
+                            codes = earlier.codes(blob, n_bins, n_frames)
+                            self._db.execute(
+                                "UPDATE refs SET spectrum = ?, spectrum_codec = ? WHERE key = ?",
+                                (codec.pack(codes), codec.name, key),
+                            )
+                            continue
+                        spectrum = earlier.decode(blob, scale, n_bins, n_frames)
                     except (ValueError, TypeError) as exc:
                         raise CatalogueError(
                             f"reference {reference_id!r} cannot be read ({exc}): remove it or "
@@ -932,7 +960,8 @@ class Catalogue:
                         (compact, compact_scale, codec.name, key),
                     )
                     self._forget_features(int(key))
-                if rows:
+                    requantised = True
+                if requantised:
                     # the published index still holds the earlier vectors of these rows
                     self._db.execute(
                         "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_outdated', '1')"

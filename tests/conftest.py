@@ -143,11 +143,15 @@ def make_format_1_catalogue(directory: Path, songs: dict[str, Path]) -> Path:
         for reference_id, path in songs.items():
             data = fingerprint_reference(path, params=FingerprintParams(), codec=LEGACY_CODEC)
             catalogue.add(reference_id, data)
-    with sqlite3.connect(directory / "catalogue.sqlite") as db:
-        db.execute("DROP INDEX refs_by_codec")
-        db.execute("ALTER TABLE refs DROP COLUMN spectrum_codec")
-        db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
-        index_file = directory / read_publication(db).file
+    db = sqlite3.connect(directory / "catalogue.sqlite")
+    try:  # closed here, not whenever it is collected: the folder is copied as it is
+        with db:
+            db.execute("DROP INDEX refs_by_codec")
+            db.execute("ALTER TABLE refs DROP COLUMN spectrum_codec")
+            db.execute("UPDATE meta SET value = '1' WHERE key = 'format_version'")
+            index_file = directory / read_publication(db).file
+    finally:
+        db.close()
     widened, _ = from_disk_form(faiss.read_index(str(index_file)))
     faiss.write_index(widened, str(index_file))
     return directory

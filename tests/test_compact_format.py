@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +13,12 @@ import pytest
 import zstandard
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
-from tunetrace.index.spectrum_codec import COMPACT_CODEC, LEGACY_CODEC, codec_named
+from tunetrace.index.spectrum_codec import (
+    COMPACT_CODEC,
+    LEGACY_CODEC,
+    codec_named,
+    compact_codec,
+)
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
@@ -99,7 +105,7 @@ def test_a_spectrum_that_its_named_codec_cannot_read_is_refused(songs: dict[str,
         earlier.vectors,
     )  # fmt: skip
     with Catalogue(songs["a"].parent / "refused", create=True) as catalogue:
-        with pytest.raises(ValueError, match=r"not one b5e0\.7z stores"):
+        with pytest.raises(ValueError, match=f"not one {re.escape(COMPACT_CODEC.name)} stores"):
             catalogue.add("a", positional)
         assert catalogue.count() == 0
 
@@ -165,3 +171,56 @@ def test_eight_bit_index_vectors_take_half_the_bytes_of_float16_and_find_every_e
             assert [m.reference_id for m in matcher.match_path(excerpts[name]).matches] == [name]
     with pytest.raises(ValueError, match="vector bits"):
         IndexSpec(vector_bits=4)
+
+
+ZSTD_CODEC = compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "z")
+
+
+def test_jpeg_ls_packing_holds_the_codes_zstandard_held_and_refuses_damage() -> None:
+    spectrum = np.random.default_rng(4).gamma(2.0, size=(N_BINS, 300)).astype(np.float32)
+    packed, scale = COMPACT_CODEC.encode(spectrum)
+    zstd_packed, zstd_scale = ZSTD_CODEC.encode(spectrum)
+    assert COMPACT_CODEC.name.endswith("j") and scale == zstd_scale
+    codes = COMPACT_CODEC.codes(packed, N_BINS, 300)
+    np.testing.assert_array_equal(codes, ZSTD_CODEC.codes(zstd_packed, N_BINS, 300))
+    assert COMPACT_CODEC.pack(codes) == packed
+    # a frame header claiming a huge image is refused before anything is decoded
+    header = packed.index(b"\xff\xf7")
+    huge = bytearray(packed)
+    huge[header + 5 : header + 9] = (60000).to_bytes(2, "big") * 2
+    damaged = [bytes(huge), packed[:60], packed[: len(packed) // 2], packed[:-3] + b"\x00\x00\x00",
+               b"\xff\xd8" + bytes(200), zstd_packed, b""]  # fmt: skip
+    for blob in damaged:
+        with pytest.raises(ValueError, match="damaged"):
+            COMPACT_CODEC.codes(blob, N_BINS, 300)
+    with pytest.raises(ValueError, match="declares"):
+        COMPACT_CODEC.codes(packed, N_BINS, 299)
+
+
+def test_migration_repacks_zstandard_rows_without_touching_the_index(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name, path in songs.items():
+            catalogue.add(name, fingerprint_reference(path, params=catalogue.params,
+                                                      codec=ZSTD_CODEC))  # fmt: skip
+        before = {name: catalogue.features(catalogue.get(name).key) for name in songs}
+        index_before = catalogue.index_path
+        size_before = catalogue.info()["mb_per_audio_hour_by_part"]["spectra"]
+        assert catalogue.legacy_count() == 3
+        assert catalogue.migrate(batch_size=2) == 3
+        assert catalogue.legacy_count() == 0 and catalogue.index_path == index_before
+        assert catalogue.info()["mb_per_audio_hour_by_part"]["spectra"] < size_before
+        catalogue.clear_features_cache()
+        for name, features in before.items():
+            np.testing.assert_array_equal(
+                catalogue.features(catalogue.get(name).key).spectrum, features.spectrum
+            )
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        codecs = {row[0] for row in db.execute("SELECT spectrum_codec FROM refs")}
+    assert codecs == {COMPACT_CODEC.name}
+    with Catalogue(directory, read_only=True) as reader:
+        matcher = Matcher(reader)
+        found = [[m.reference_id for m in matcher.match_path(excerpts[n]).matches] for n in songs]
+    assert found == [["a"], ["b"], ["c"]]

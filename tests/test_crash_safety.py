@@ -1,8 +1,8 @@
 """Writes killed at each of their durability points leave a whole, usable catalogue.
 
 The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build,
-index migrate of a first-format catalogue; sharding a catalogue, resharding it and adding to
-it; HTTP add, replace, delete) runs under ``strace``,
+index migrate of a first-format catalogue and of a Zstandard-packed one; sharding a
+catalogue, resharding it and adding to it; HTTP add, replace, delete) runs under ``strace``,
 which kills the process with SIGKILL at the N-th call of one durability syscall (fsync,
 fdatasync, rename); every N of every such syscall the write makes is tried. After each kill
 the catalogue must hold the state from before the write or the one after it, every reference
@@ -33,6 +33,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.resharding import init_sharded, reshard
 from tunetrace.index.shard_layout import is_sharded, read_manifest
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, compact_codec
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
@@ -104,6 +105,19 @@ def format_1_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: Cr
     directory = tmp_path_factory.mktemp("crash-format-1") / "catalogue"
     songs = {reference_id: crash_audio.songs[reference_id] for reference_id in ("a", "b")}
     return make_format_1_catalogue(directory, songs)
+
+
+@pytest.fixture(scope="module")
+def zstd_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
+    """A catalogue holding ``a`` and ``b`` with their codes packed by Zstandard."""
+    directory = tmp_path_factory.mktemp("crash-zstd") / "catalogue"
+    packed = compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "z")
+    with Catalogue(directory, create=True) as catalogue:
+        for reference_id in ("a", "b"):
+            song = crash_audio.songs[reference_id]
+            catalogue.add(reference_id, fingerprint_reference(song, params=FingerprintParams(),
+                                                              codec=packed))  # fmt: skip
+    return directory
 
 
 def tunetrace_command(*args: str) -> list[str]:
@@ -219,6 +233,9 @@ CLI_WRITES = [
               {"a", "b"}, {"a", "b"}, lambda c, a: c.rebuild_index(IndexSpec(kind="hnsw"))),
     WritePath("index migrate", lambda d, a: ["index", "migrate", "-c", str(d), "--batch-size", "1"],
               {"a", "b"}, {"a", "b"}, _finish_migration, base="format_1_catalogue"),
+    WritePath("index migrate (repacked)",
+              lambda d, a: ["index", "migrate", "-c", str(d), "--batch-size", "1"],
+              {"a", "b"}, {"a", "b"}, _finish_migration, base="zstd_catalogue"),
     WritePath("shards init", lambda d, a: ["shards", "init", "-c", str(d), "--shards", "2"],
               {"a", "b"}, {"a", "b"}, _finish_sharding),
     WritePath("shards split", lambda d, a: ["shards", "split", "-c", str(d), "--shards", "3"],

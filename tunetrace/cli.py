@@ -615,18 +615,40 @@ def index_migrate(
     batch_size: Annotated[
         int, typer.Option(min=1, help="References rewritten per transaction.")
     ] = 64,
+    codec: Annotated[
+        str | None,
+        typer.Option(
+            help="Codec to store every spectrum with (default: the one new references get, "
+            "b5e0.7j: JPEG-LS packed). b5e0.7z holds the same codes packed by Zstandard: "
+            "1.1-1.5x the bytes, a reference read about 3x faster. Rows of the same codes "
+            "are repacked without loss.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Rewrite a catalogue made by an earlier tunetrace in the compact format, in place.
 
     Safe to kill at any moment and to run again: it carries on where it stopped. Matching
     and scans may go on meanwhile.
     """
+    from tunetrace.index.spectrum_codec import COMPACT_CODEC, codec_named
+
+    try:
+        chosen = COMPACT_CODEC if codec is None else codec_named(codec)
+    except ValueError:
+        chosen = None
+    if chosen is None or not chosen.compressed:
+        typer.echo(f"error: --codec {codec!r} is not a compact codec (for instance "
+                   f"{COMPACT_CODEC.name} or b5e0.7z)", err=True)  # fmt: skip
+        raise typer.Exit(2)
     store = _open_catalogue(catalogue)
     started = time.perf_counter()
     before = _tree_bytes(store.directory)
-    progress = _progress_bar(store.legacy_count(), "rewriting", unit="reference")
+    progress = _progress_bar(store.legacy_count(chosen), "rewriting", unit="reference")
     try:
-        rewritten = store.migrate(batch_size=batch_size, vacuum=vacuum, progress=progress.update)
+        rewritten = store.migrate(
+            batch_size=batch_size, vacuum=vacuum, codec=chosen, progress=progress.update
+        )
     except TunetraceError as exc:
         _fail(exc)
     finally:

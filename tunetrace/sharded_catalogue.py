@@ -34,6 +34,7 @@ from tunetrace.index.shard_layout import (
     shard_of,
     split_key,
 )
+from tunetrace.index.spectrum_codec import COMPACT_CODEC, SpectrumCodec
 from tunetrace.index.writer_lock import WriterLock
 from tunetrace.shard_access import LocalShards, OpenShard, ShardAccess, shard_name
 
@@ -189,10 +190,13 @@ class ShardedCatalogue(AudioFiles):
             shards = [_opened(view, shard).catalogue for shard in range(view.manifest.count)]
             return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
 
-    def legacy_count(self) -> int:
-        """References stored in the earlier, larger format, over all shards."""
+    def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
+        """References stored with another codec than ``codec``, over all shards (see
+        :meth:`tunetrace.index.catalogue.Catalogue.legacy_count`)."""
         view = self.view
-        return sum(_opened(view, s).catalogue.legacy_count() for s in range(view.manifest.count))
+        return sum(
+            _opened(view, s).catalogue.legacy_count(codec) for s in range(view.manifest.count)
+        )
 
     def migrate(self, **options: Any) -> int:
         """Rewrite every shard in the compact format (see
