@@ -471,6 +471,18 @@ class Catalogue:
         self._searcher, self._searcher_generation, self._searcher_file = None, -1, None
         self._forget_features()
 
+    @property
+    def spectrum_codec(self) -> SpectrumCodec:
+        """The codec this catalogue packs new references' spectra with: the one its last
+        :meth:`migrate` chose, else :data:`~tunetrace.index.spectrum_codec.COMPACT_CODEC`.
+        A reference fingerprinted with another packing of the same codes is repacked as it
+        is added."""
+        name = self._meta("spectrum_codec")
+        try:
+            return COMPACT_CODEC if name is None else codec_named(name)
+        except ValueError:  # named by a later tunetrace: rows name their own codec anyway
+            return COMPACT_CODEC
+
     # ----------------------------------------------------------------- writes
     def add(
         self,
@@ -516,9 +528,13 @@ class Catalogue:
                 f"{self.params.embedding_dim} values, not {data.vectors.shape}"
             )
         try:
-            codec.codes(data.spectrum_codes, self.params.n_bins, data.n_frames)
+            codes = codec.codes(data.spectrum_codes, self.params.n_bins, data.n_frames)
         except ValueError as exc:
             raise ValueError(f"the spectrum is not one {codec.name} stores: {exc}") from exc
+        spectrum_blob = data.spectrum_codes
+        chosen = self.spectrum_codec
+        if codec != chosen and codec.compressed and codec.same_codes(chosen):
+            spectrum_blob, codec = chosen.pack(codes), chosen  # packed as this catalogue packs
         # Compact rows derive their vectors from the stored spectrum; only the earlier
         # format keeps them (as float16) beside it.
         vector_blob = vectors_to_bytes(data.vectors) if codec == LEGACY_CODEC else b""
@@ -547,7 +563,7 @@ class Catalogue:
                     data.duration_s,
                     data.n_frames,
                     added_at or _now(),
-                    data.spectrum_codes,
+                    spectrum_blob,
                     data.spectrum_scale,
                     vector_blob,
                     codec.name,
@@ -913,7 +929,8 @@ class Catalogue:
         batch_size : int
             References rewritten per transaction.
         codec : SpectrumCodec
-            The compact codec to store them with.
+            The compact codec to store them with; references added later are packed so too
+            (:attr:`spectrum_codec`).
         vacuum : bool
             Give the freed space back at the end.
         progress : callable, optional
@@ -929,6 +946,11 @@ class Catalogue:
             raise ValueError(f"{codec.name} is not a compact codec")
         rewritten = 0
         n_bins = self.params.n_bins
+        with self._write():  # references added from now on are packed so too
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('spectrum_codec', ?)",
+                (codec.name,),
+            )
         while True:
             with self._write():
                 rows = self._db.execute(

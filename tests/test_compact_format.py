@@ -202,9 +202,9 @@ def test_migration_repacks_zstandard_rows_without_touching_the_index(
 ) -> None:
     directory = tmp_path / "catalogue"
     with Catalogue(directory, create=True) as catalogue:
+        catalogue.migrate(codec=ZSTD_CODEC)  # as the first compact catalogues were packed
         for name, path in songs.items():
-            catalogue.add(name, fingerprint_reference(path, params=catalogue.params,
-                                                      codec=ZSTD_CODEC))  # fmt: skip
+            catalogue.add(name, fingerprint_reference(path, params=catalogue.params))
         before = {name: catalogue.features(catalogue.get(name).key) for name in songs}
         index_before = catalogue.index_path
         size_before = catalogue.info()["mb_per_audio_hour_by_part"]["spectra"]
@@ -224,3 +224,29 @@ def test_migration_repacks_zstandard_rows_without_touching_the_index(
         matcher = Matcher(reader)
         found = [[m.reference_id for m in matcher.match_path(excerpts[n]).matches] for n in songs]
     assert found == [["a"], ["b"], ["c"]]
+
+
+def test_the_codec_a_migration_chose_packs_the_references_added_after_it(
+    songs: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+
+    def stored_codecs() -> dict[str, str]:
+        with sqlite3.connect(directory / "catalogue.sqlite") as db:
+            return dict(db.execute("SELECT id, spectrum_codec FROM refs").fetchall())
+
+    with Catalogue(directory, create=True) as catalogue:
+        assert catalogue.spectrum_codec == COMPACT_CODEC
+        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params))
+        catalogue.migrate(codec=ZSTD_CODEC)
+        assert catalogue.spectrum_codec == ZSTD_CODEC
+        catalogue.add("b", fingerprint_reference(songs["b"], params=catalogue.params))
+        assert stored_codecs() == {"a": ZSTD_CODEC.name, "b": ZSTD_CODEC.name}
+        assert catalogue.legacy_count() == 2 and catalogue.legacy_count(ZSTD_CODEC) == 0
+    with Catalogue(directory) as reopened:  # the choice is the catalogue's
+        reopened.add("c", fingerprint_reference(songs["c"], params=reopened.params))
+        assert stored_codecs()["c"] == ZSTD_CODEC.name
+        reopened.migrate()
+        reopened.add("c", fingerprint_reference(songs["c"], params=reopened.params),
+                     replace=True)  # fmt: skip
+        assert set(stored_codecs().values()) == {COMPACT_CODEC.name}

@@ -111,12 +111,12 @@ def format_1_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: Cr
 def zstd_catalogue(tmp_path_factory: pytest.TempPathFactory, crash_audio: CrashAudio) -> Path:
     """A catalogue holding ``a`` and ``b`` with their codes packed by Zstandard."""
     directory = tmp_path_factory.mktemp("crash-zstd") / "catalogue"
-    packed = compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "z")
     with Catalogue(directory, create=True) as catalogue:
+        catalogue.migrate(codec=compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "z"))
         for reference_id in ("a", "b"):
-            song = crash_audio.songs[reference_id]
-            catalogue.add(reference_id, fingerprint_reference(song, params=FingerprintParams(),
-                                                              codec=packed))  # fmt: skip
+            catalogue.add(reference_id, crash_audio.data[reference_id])
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        assert {row[0] for row in db.execute("SELECT spectrum_codec FROM refs")} == {"b5e0.7z"}
     return directory
 
 
