@@ -92,6 +92,25 @@ SHARED_INDEX_MIN_BYTES = 256 * 2**20
 MIGRATION_BATCH = 64
 
 
+def _checked_pack(codec: SpectrumCodec, codes: np.ndarray, reference_id: str) -> bytes:
+    """``codes`` packed by ``codec``, read back before a row's earlier blob is replaced."""
+    n_bins, n_frames = codes.shape
+    try:
+        packed = codec.pack(codes)
+        same = np.array_equal(codec.codes(packed, n_bins, n_frames), codes)
+    except ValueError as exc:
+        raise CatalogueError(
+            f"reference {reference_id!r} cannot be stored as {codec.name} ({exc}); it is left "
+            "as it was"
+        ) from exc
+    if not same:
+        raise CatalogueError(
+            f"reference {reference_id!r} does not read back as stored by {codec.name}; it is "
+            "left as it was"
+        )
+    return packed
+
+
 def _another_codec(name: object, codec: SpectrumCodec) -> bool:
     """Whether a row's codec name is a readable codec other than ``codec`` (a damaged name
     is no format: reading that row says so)."""
@@ -102,6 +121,8 @@ def _another_codec(name: object, codec: SpectrumCodec) -> bool:
     except ValueError:
         return False
     return True
+
+
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
 
@@ -391,8 +412,18 @@ class Catalogue:
         )
 
     def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
-        """Number of references stored with a readable codec other than ``codec`` (by
-        default the compact one new references get): those :meth:`migrate` rewrites."""
+        """Number of references stored with a readable codec other than ``codec``: those
+        :meth:`migrate` to ``codec`` rewrites.
+
+        Parameters
+        ----------
+        codec : SpectrumCodec
+            Default: the compact codec new references get.
+
+        Returns
+        -------
+        count : int
+        """
         counts = self._db.execute(
             f"SELECT {self._codec_column}, count(*) FROM refs GROUP BY 1"
         ).fetchall()
@@ -478,10 +509,44 @@ class Catalogue:
         A reference fingerprinted with another packing of the same codes is repacked as it
         is added."""
         name = self._meta("spectrum_codec")
-        try:
-            return COMPACT_CODEC if name is None else codec_named(name)
-        except ValueError:  # named by a later tunetrace: rows name their own codec anyway
+        if name is None:
             return COMPACT_CODEC
+        try:
+            chosen = codec_named(name)
+        except ValueError:
+            chosen = None
+        if chosen is None or not chosen.same_codes(COMPACT_CODEC):
+            # named by a later tunetrace, or damaged: rows name their own codec anyway
+            logger.warning("%s: packing %r is not one this tunetrace packs; using %s",
+                           self.directory, name, COMPACT_CODEC.name)  # fmt: skip
+            return COMPACT_CODEC
+        return chosen
+
+    def choose_spectrum_codec(self, codec: SpectrumCodec) -> None:
+        """Record the codec references added from now on are packed with (one transaction;
+        the stored rows stay as they are: :meth:`migrate` rewrites them).
+
+        Parameters
+        ----------
+        codec : SpectrumCodec
+            A packing of the codes new references get (``b5e0.7j`` or ``b5e0.7z``).
+
+        Raises
+        ------
+        ValueError
+            If ``codec`` stores other codes (it would quantise new references otherwise).
+        """
+        if not codec.same_codes(COMPACT_CODEC):
+            raise ValueError(
+                f"{codec.name} is not a packing of the {COMPACT_CODEC.bits}-bit codes new "
+                f"references get ({COMPACT_CODEC.name}, or the same codes packed otherwise)"
+            )
+        self._writable()
+        with self._write():
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('spectrum_codec', ?)",
+                (codec.name,),
+            )
 
     # ----------------------------------------------------------------- writes
     def add(
@@ -907,7 +972,7 @@ class Catalogue:
         self,
         *,
         batch_size: int = MIGRATION_BATCH,
-        codec: SpectrumCodec = COMPACT_CODEC,
+        codec: SpectrumCodec | None = None,
         vacuum: bool = True,
         progress: Callable[[int], None] | None = None,
     ) -> int:
@@ -928,9 +993,10 @@ class Catalogue:
         ----------
         batch_size : int
             References rewritten per transaction.
-        codec : SpectrumCodec
-            The compact codec to store them with; references added later are packed so too
-            (:attr:`spectrum_codec`).
+        codec : SpectrumCodec, optional
+            The compact codec to store them with (default: the catalogue's
+            :attr:`spectrum_codec`); when it packs the codes new references get, references
+            added later are packed so too.
         vacuum : bool
             Give the freed space back at the end.
         progress : callable, optional
@@ -942,15 +1008,13 @@ class Catalogue:
             References rewritten by this call.
         """
         self._writable()
+        codec = self.spectrum_codec if codec is None else codec
         if not codec.compressed:  # the earlier format's codec is not
             raise ValueError(f"{codec.name} is not a compact codec")
+        if codec.same_codes(COMPACT_CODEC):
+            self.choose_spectrum_codec(codec)  # references added from now on are packed so too
         rewritten = 0
         n_bins = self.params.n_bins
-        with self._write():  # references added from now on are packed so too
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('spectrum_codec', ?)",
-                (codec.name,),
-            )
         while True:
             with self._write():
                 rows = self._db.execute(
@@ -964,9 +1028,10 @@ class Catalogue:
                         earlier = codec_named(stored_as)
                         if earlier.same_codes(codec):  # the same codes, packed anew
                             codes = earlier.codes(blob, n_bins, n_frames)
+                            packed = _checked_pack(codec, codes, reference_id)
                             self._db.execute(
                                 "UPDATE refs SET spectrum = ?, spectrum_codec = ? WHERE key = ?",
-                                (codec.pack(codes), codec.name, key),
+                                (packed, codec.name, key),
                             )
                             continue
                         spectrum = earlier.decode(blob, scale, n_bins, n_frames)
@@ -976,6 +1041,7 @@ class Catalogue:
                             "add it again from its audio, then migrate again"
                         ) from exc
                     compact, compact_scale = codec.encode(spectrum)
+                    _checked_pack(codec, codec.codes(compact, n_bins, n_frames), reference_id)
                     self._db.execute(
                         "UPDATE refs SET spectrum = ?, spectrum_scale = ?, spectrum_codec = ?,"
                         " vectors = x'' WHERE key = ?",
@@ -1250,7 +1316,7 @@ class Catalogue:
                 part: round(size / 1e6 / hours, 3) if hours else None
                 for part, size in parts.items()
             },
-            "earlier_format_references": self.legacy_count(),
+            "earlier_format_references": self.legacy_count(self.spectrum_codec),
             "format_version": int(self._meta("format_version") or FORMAT_VERSION),
             "index_outdated": self._meta("index_outdated") is not None,
             "feature_version": FEATURE_VERSION,

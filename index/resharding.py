@@ -225,6 +225,10 @@ def _fill_generation(
         Catalogue(d, params=manifest.params, create=True) for d in manifest.shard_dirs(directory)
     ]
     try:
+        packing = sources[0].spectrum_codec if sources else None
+        for target in targets:  # the sources' packing stays the catalogue's
+            if packing is not None:
+                target.choose_spectrum_codec(packing)
         for copied, (record, data) in enumerate(_all_references(sources), start=1):
             target = targets[shard_of(record.reference_id, manifest.count)]
             target.add(

@@ -53,6 +53,8 @@ def test_a_compressed_blob_never_inflates_past_the_size_its_row_records() -> Non
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(N_BINS * 2**20))
     assert len(bomb) < 20_000  # a few kilobytes that would inflate to 226 MB
     with pytest.raises(ValueError, match="declares"):
+        codec_named("b5e0.7z").codes(bomb, N_BINS, 100)
+    with pytest.raises(ValueError, match="no JPEG-LS image header"):
         COMPACT_CODEC.codes(bomb, N_BINS, 100)
     spectrum = np.random.default_rng(3).random((N_BINS, 100)).astype(np.float32)
     blob, _ = COMPACT_CODEC.encode(spectrum)
@@ -205,6 +207,9 @@ def test_migration_repacks_zstandard_rows_without_touching_the_index(
         catalogue.migrate(codec=ZSTD_CODEC)  # as the first compact catalogues were packed
         for name, path in songs.items():
             catalogue.add(name, fingerprint_reference(path, params=catalogue.params))
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:  # which recorded no choice
+        db.execute("DELETE FROM meta WHERE key = 'spectrum_codec'")
+    with Catalogue(directory) as catalogue:
         before = {name: catalogue.features(catalogue.get(name).key) for name in songs}
         index_before = catalogue.index_path
         size_before = catalogue.info()["mb_per_audio_hour_by_part"]["spectra"]
@@ -246,7 +251,56 @@ def test_the_codec_a_migration_chose_packs_the_references_added_after_it(
     with Catalogue(directory) as reopened:  # the choice is the catalogue's
         reopened.add("c", fingerprint_reference(songs["c"], params=reopened.params))
         assert stored_codecs()["c"] == ZSTD_CODEC.name
-        reopened.migrate()
+        reopened.migrate()  # keeps the catalogue's choice
+        assert stored_codecs()["a"] == ZSTD_CODEC.name
+        reopened.migrate(codec=COMPACT_CODEC)
         reopened.add("c", fingerprint_reference(songs["c"], params=reopened.params),
                      replace=True)  # fmt: skip
         assert set(stored_codecs().values()) == {COMPACT_CODEC.name}
+
+
+def test_a_spectrum_over_65535_frames_is_packed_and_read_back() -> None:
+    """JPEG-LS declares a width over 16 bits in an extra header segment (a reference of
+    two hours has 72,000 frames)."""
+    codes = np.random.default_rng(6).integers(0, 32, size=(N_BINS, 66_001), dtype=np.uint8)
+    packed = COMPACT_CODEC.pack(codes)
+    np.testing.assert_array_equal(COMPACT_CODEC.codes(packed, N_BINS, 66_001), codes)
+    with pytest.raises(ValueError, match="declares"):
+        COMPACT_CODEC.codes(packed, N_BINS, 66_000)
+
+
+def test_migrate_keeps_the_catalogue_s_packing_and_sharding_keeps_it_too(
+    songs: dict[str, Path], tmp_path: Path
+) -> None:
+    from tunetrace.index.resharding import init_sharded
+
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        catalogue.migrate(codec=ZSTD_CODEC)
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+        assert catalogue.migrate() == 0 and catalogue.spectrum_codec == ZSTD_CODEC
+        assert catalogue.info()["earlier_format_references"] == 0
+        with pytest.raises(ValueError, match="not a packing"):
+            catalogue.choose_spectrum_codec(compact_codec(4, 0.7))
+    init_sharded(directory, 2)
+    codecs = set()
+    for shard in directory.glob("g*/shard-*"):
+        with sqlite3.connect(shard / "catalogue.sqlite") as db:
+            codecs |= {row[0] for row in db.execute("SELECT spectrum_codec FROM refs")}
+    assert codecs == {ZSTD_CODEC.name}
+
+
+@pytest.mark.parametrize("name", ["b4e0.7j", "b5e0.70j", "u8", "b5e0.7", "jpeg"])
+def test_index_migrate_takes_only_packings_of_the_current_codes(
+    name: str, songs: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params))
+    command = [sys.executable, "-m", "tunetrace.cli", "index", "migrate", "-c", str(directory)]
+    result = subprocess.run([*command, "--codec", name], capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 2 and "not a packing" in result.stderr, result.stderr
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        assert db.execute("SELECT spectrum_codec FROM refs").fetchall() == [(COMPACT_CODEC.name,)]

@@ -618,10 +618,11 @@ def index_migrate(
     codec: Annotated[
         str | None,
         typer.Option(
-            help="Codec to store every spectrum with (default: the one new references get, "
-            "b5e0.7j: JPEG-LS packed). b5e0.7z holds the same codes packed by Zstandard: "
-            "1.1-1.5x the bytes, a reference read about 3x faster. Rows of the same codes "
-            "are repacked without loss.",
+            help="How to pack every spectrum, and those of references added later: b5e0.7j "
+            "(JPEG-LS) or b5e0.7z (the same codes packed by Zstandard: 1.1-1.5x the bytes, a "
+            "reference read about 3x faster). Default: the catalogue's current choice "
+            "(b5e0.7j unless chosen otherwise). Rows of the same codes are repacked without "
+            "loss.",
             show_default=False,
         ),
     ] = None,
@@ -631,17 +632,19 @@ def index_migrate(
     Safe to kill at any moment and to run again: it carries on where it stopped. Matching
     and scans may go on meanwhile.
     """
-    from tunetrace.index.spectrum_codec import COMPACT_CODEC, codec_named
+    from tunetrace.index.spectrum_codec import COMPACT_CODEC, compact_codec
 
-    try:
-        chosen = COMPACT_CODEC if codec is None else codec_named(codec)
-    except ValueError:
-        chosen = None
-    if chosen is None or not chosen.compressed:
-        typer.echo(f"error: --codec {codec!r} is not a compact codec (for instance "
-                   f"{COMPACT_CODEC.name} or b5e0.7z)", err=True)  # fmt: skip
+    # packings of the codes new references get; another bit depth would quantise every row
+    packings = {compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, packing)
+                for packing in ("j", "z")}  # fmt: skip
+    chosen = next((c for c in packings if c.name == codec), None)
+    if codec is not None and chosen is None:
+        names = " or ".join(sorted(c.name for c in packings))
+        typer.echo(f"error: --codec {codec!r} is not a packing tunetrace stores ({names})",
+                   err=True)  # fmt: skip
         raise typer.Exit(2)
     store = _open_catalogue(catalogue)
+    chosen = chosen or store.spectrum_codec
     started = time.perf_counter()
     before = _tree_bytes(store.directory)
     progress = _progress_bar(store.legacy_count(chosen), "rewriting", unit="reference")

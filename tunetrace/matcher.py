@@ -529,7 +529,7 @@ class Matcher:
             return []
         # only the patches resampled to about the best's tempo ratio can vote for a repeat
         rates = self.catalogue.params.rate_grid()
-        near = np.abs(rates / best.tempo_ratio - 1) <= REPEAT_TEMPO_TOLERANCE
+        near = np.abs(np.log(rates / best.tempo_ratio)) <= np.log1p(REPEAT_TEMPO_TOLERANCE) + 1e-9
         vectors, rate_index, starts = patches
         kept = near[rate_index]
         if not kept.any():

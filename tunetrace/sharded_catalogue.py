@@ -191,8 +191,17 @@ class ShardedCatalogue(AudioFiles):
             return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
 
     def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
-        """References stored with another codec than ``codec``, over all shards (see
-        :meth:`tunetrace.index.catalogue.Catalogue.legacy_count`)."""
+        """References stored with another codec than ``codec``, over all shards.
+
+        Parameters
+        ----------
+        codec : SpectrumCodec
+            See :meth:`tunetrace.index.catalogue.Catalogue.legacy_count`.
+
+        Returns
+        -------
+        count : int
+        """
         view = self.view
         return sum(
             _opened(view, s).catalogue.legacy_count(codec) for s in range(view.manifest.count)
