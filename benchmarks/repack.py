@@ -45,7 +45,11 @@ def snapshot(catalogue: Catalogue) -> dict[str, object]:
     info = catalogue.info()
     return {
         "codecs": codec_counts(catalogue.directory),
-        "mb_per_audio_hour": sum(info["bytes_by_part"].values()) / 1e6 / info["audio_hours"],
+        "mb_per_audio_hour": (
+            sum(info["bytes_by_part"].values()) / 1e6 / info["audio_hours"]
+            if info["audio_hours"]
+            else None
+        ),
         "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
     }
 
@@ -97,8 +101,8 @@ def markdown(result: dict) -> str:
         by_part = entry["mb_per_audio_hour_by_part"]
         lines.append(
             f"| {label} | {codecs} | "
-            + " | ".join(f"{by_part[p]:.2f}" for p in parts)
-            + f" | {entry['mb_per_audio_hour']:.2f} |"
+            + " | ".join(f"{by_part[p] or 0:.2f}" for p in parts)
+            + f" | {entry['mb_per_audio_hour'] or 0:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
