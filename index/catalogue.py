@@ -424,10 +424,16 @@ class Catalogue:
         -------
         count : int
         """
+        return sum(
+            count for name, count in self._rows_by_codec().items() if _another_codec(name, codec)
+        )
+
+    def _rows_by_codec(self) -> dict[str, int]:
+        """Number of references stored by each codec name (as the rows name them)."""
         counts = self._db.execute(
             f"SELECT {self._codec_column}, count(*) FROM refs GROUP BY 1"
         ).fetchall()
-        return sum(int(count) for name, count in counts if _another_codec(name, codec))
+        return {name: int(count) for name, count in counts}
 
     def _warn_if_legacy_rows(self) -> None:
         if self._meta("index_outdated") is not None:
@@ -437,9 +443,7 @@ class Catalogue:
                 self.directory, self.directory,
             )  # fmt: skip
         # rows of another compact packing are a choice (index migrate --codec): no warning
-        legacy = self._db.execute(
-            f"SELECT count(*) FROM refs WHERE {self._codec_column} = ?", (LEGACY_CODEC.name,)
-        ).fetchone()[0]
+        legacy = self._rows_by_codec().get(LEGACY_CODEC.name, 0)
         if legacy:
             logger.warning(
                 "catalogue %s keeps %d reference(s) in the earlier format, about 5 times "
@@ -1040,8 +1044,8 @@ class Catalogue:
                             f"reference {reference_id!r} cannot be read ({exc}): remove it or "
                             "add it again from its audio, then migrate again"
                         ) from exc
-                    compact, compact_scale = codec.encode(spectrum)
-                    _checked_pack(codec, codec.codes(compact, n_bins, n_frames), reference_id)
+                    codes, compact_scale = codec.quantise(spectrum)
+                    compact = _checked_pack(codec, codes, reference_id)
                     self._db.execute(
                         "UPDATE refs SET spectrum = ?, spectrum_scale = ?, spectrum_codec = ?,"
                         " vectors = x'' WHERE key = ?",

@@ -225,9 +225,9 @@ def _fill_generation(
         Catalogue(d, params=manifest.params, create=True) for d in manifest.shard_dirs(directory)
     ]
     try:
-        packing = sources[0].spectrum_codec if sources else None
-        for target in targets:  # the sources' packing stays the catalogue's
-            if packing is not None:
+        if sources:  # the sources' packing stays the catalogue's
+            packing = sources[0].spectrum_codec
+            for target in targets:
                 target.choose_spectrum_codec(packing)
         for copied, (record, data) in enumerate(_all_references(sources), start=1):
             target = targets[shard_of(record.reference_id, manifest.count)]

@@ -95,13 +95,29 @@ class SpectrumCodec:
         scale : float
             The value of the top code.
         """
+        codes, scale = self.quantise(spectrum)
+        return self.pack(codes), scale
+
+    def quantise(self, spectrum: np.ndarray) -> tuple[np.ndarray, float]:
+        """The codes :meth:`encode` packs, and their scale factor.
+
+        Parameters
+        ----------
+        spectrum : np.ndarray [shape=(n_bins, n_frames)]
+            Non-negative.
+
+        Returns
+        -------
+        codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
+        scale : float
+            The value of the top code.
+        """
         spectrum = np.asarray(spectrum, dtype=np.float32)
         scale = float(max(spectrum.max(initial=0.0), 1e-6))
         relative = np.clip(spectrum / np.float32(scale), 0.0, 1.0)
         if self.exponent != 1.0:
             relative = relative ** np.float32(self.exponent)
-        codes = np.round(relative * np.float32(self.top_code)).astype(np.uint8)
-        return self.pack(codes), scale
+        return np.round(relative * np.float32(self.top_code)).astype(np.uint8), scale
 
     def pack(self, codes: np.ndarray) -> bytes:
         """Pack codes (of this codec's bit depth) as this codec stores them.
