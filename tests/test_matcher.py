@@ -8,6 +8,7 @@ import librosa
 import numpy as np
 import pytest
 import soxr
+from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import Catalogue
 
 import tunetrace.matcher as matcher_module
@@ -187,3 +188,15 @@ def test_only_the_best_chroma_alignments_are_screened(
     assert len(all_similarities) > 2
     assert sorted(screened, reverse=True) == all_similarities[:2]
     assert verifications[0].reference_key == everything.verify(features)[0].reference_key
+
+
+def test_longer_queries_send_more_references_to_alignment(matcher: Matcher) -> None:
+    settings = MatchSettings(max_candidates=16, candidates_per_minute=16.0, most_candidates=32)
+    counting = Matcher(matcher.catalogue, settings=settings)
+
+    def count(seconds: float) -> int:
+        frames = int(seconds * 10)
+        silent = np.zeros((216, frames), np.float32)
+        return counting.candidate_count(Features(silent, silent[:36], 10.0))
+
+    assert [count(s) for s in (10, 60, 90, 120, 600)] == [16, 16, 24, 32, 32]

@@ -51,7 +51,14 @@ class MatchSettings:
     n_neighbours : int
         Nearest patches retrieved per query patch.
     max_candidates : int
-        References whose vote peaks go on to chroma alignment and a quick spectral screening.
+        References whose vote peaks go on to chroma alignment and a quick spectral screening
+        (for a query of up to a minute; see ``candidates_per_minute``).
+    candidates_per_minute : float
+        A longer query sends this many references per minute of it, up to ...
+    most_candidates : int
+        ... this many: a copied section's votes compete with every coincidence the rest of a
+        long upload offers, so its reference ranks lower the longer the upload (an 8-s
+        section in a 4-minute upload ranks 40th to 60th where alone it ranks first).
     verify_top : int
         Screened alignments (best first) verified in full; more than one leaves room for the
         second piece of a cut copy.
@@ -109,6 +116,8 @@ class MatchSettings:
 
     n_neighbours: int = 20
     max_candidates: int = 16
+    candidates_per_minute: float = 16.0
+    most_candidates: int = 32
     verify_top: int = 3
     min_vote_ratio: float = 0.2
     other_tempo_ratios: int = 3
@@ -255,13 +264,31 @@ class Matcher:
             searcher,
             params=self.catalogue.params,
             n_neighbours=self.settings.n_neighbours,
-            max_candidates=self.settings.max_candidates,
+            max_candidates=self.candidate_count(features),
             min_vote_ratio=self.settings.min_vote_ratio,
             other_rates=self.settings.other_tempo_ratios,
             per_reference=self.settings.places_per_reference,
             exclude_keys=exclude_keys,
             patches=patches,
         )
+
+    def candidate_count(self, features: Features) -> int:
+        """References a query's vote sends on to alignment: ``max_candidates`` for a query
+        of up to a minute, ``candidates_per_minute`` for each minute of a longer one, at most
+        ``most_candidates``.
+
+        Parameters
+        ----------
+        features : Features
+            The query.
+
+        Returns
+        -------
+        count : int
+        """
+        settings = self.settings
+        by_length = int(np.ceil(settings.candidates_per_minute * features.duration_s / 60.0))
+        return max(settings.max_candidates, min(by_length, settings.most_candidates))
 
     def search_effort(self, features: Features) -> float:
         """Share of an IVF index's probed lists a query's patches search

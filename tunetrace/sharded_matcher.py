@@ -150,7 +150,7 @@ class ShardedMatcher(Matcher):
             merged,
             params=params,
             n_neighbours=k,
-            max_candidates=self.settings.max_candidates,
+            max_candidates=self.candidate_count(features),
             min_vote_ratio=self.settings.min_vote_ratio,
             other_rates=self.settings.other_tempo_ratios,
             per_reference=self.settings.places_per_reference,
