@@ -339,3 +339,36 @@ def test_a_repeat_is_looked_for_at_the_found_tempo_and_two_offsets_per_part(
     places = matcher._repeat_places(features, key, found, patches)
     assert [p.offset_frames for p in places] == [100, 300, 900]  # not a third, not on found
     assert sent["rates"] and all(abs(r / 0.8 - 1) <= 0.06 for r in sent["rates"])
+
+
+def faded_out(samples: np.ndarray, seconds: float) -> np.ndarray:
+    """``samples`` with their last ``seconds`` faded to silence."""
+    gain = np.ones(len(samples), dtype=np.float32)
+    n = int(seconds * SR)
+    gain[-n:] = np.linspace(1.0, 0.0, n, dtype=np.float32) ** 2
+    return samples * gain
+
+
+@pytest.mark.parametrize("edges_followed", [True, False])
+def test_a_padded_copy_is_located_through_its_fade_out(
+    partial_matcher, monkeypatch: pytest.MonkeyPatch, edges_followed: bool
+) -> None:
+    """A whole work copied after other music, fading out as it ends: its segment reaches the
+    copy's end (the reference's), where the quiet fade no longer fits well enough to grow
+    over; a section from near the reference's start, after other music, is not carried back
+    into that music."""
+    if not edges_followed:  # the check fails without the step that follows the edges
+        monkeypatch.setattr("tunetrace.segment_edges.EDGE_REACH_S", 0.0)
+    matcher, folder = partial_matcher
+    before_s = 40.0
+    copy = faded_out(altered("work62", 0, 80, 1.1, 2), 20.0)
+    end_s = before_s + len(copy) / SR
+    matches = match(matcher, folder, "faded", [filler(92, before_s), copy])
+    assert [m.reference_id for m in matches] == ["work62"], matches
+    reaches_end = located(matches[0], before_s, end_s)
+    assert reaches_end == edges_followed, (matches[0].segments, before_s, end_s)
+    section = altered("work63", 8, 20, 0.9, -2)
+    section_end_s = before_s + len(section) / SR
+    matches = match(matcher, folder, "near-start", [filler(93, before_s), section, filler(94, 20)])
+    assert [m.reference_id for m in matches] == ["work63"], matches
+    assert located(matches[0], before_s, section_end_s), matches[0].segments
