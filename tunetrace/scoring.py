@@ -59,12 +59,6 @@ class ScoreModel:
         A part of a long query judged alone had ``n`` such chances, one per window; its
         log-odds are lowered by ``tail_scale_logit * log(n)`` (see :meth:`score_section`).
         ``None`` (a model fitted before sections were judged alone): no correction.
-    window_penalty_logit : float or None
-        Log-odds a part of a long query loses per unit of ``log(n)``, fitted instead on the
-        best coincidences of long uploads of honest music (``benchmarks.window_penalty``):
-        the smallest penalty under which their fitted tail reaches the threshold no more
-        often than one query's does. ``None``: :attr:`tail_scale_logit` (every window
-        assumed an independent chance, which overstates a long upload's).
     """
 
     weights: tuple[float, ...]
@@ -72,28 +66,6 @@ class ScoreModel:
     threshold: float
     provenance: str = ""
     tail_scale_logit: float | None = None
-    window_penalty_logit: float | None = None
-
-    @property
-    def penalty_per_log_window(self) -> float | None:
-        """Log-odds a part of a query loses per unit of ``log(windows)``
-        (:attr:`window_penalty_logit`, else :attr:`tail_scale_logit`)."""
-        if self.window_penalty_logit is not None:
-            return self.window_penalty_logit
-        return self.tail_scale_logit
-
-    def raw_logit(self, verification: Verification) -> float:
-        """Log-odds of a verification before any correction for the parts of a query.
-
-        Parameters
-        ----------
-        verification : Verification
-
-        Returns
-        -------
-        logit : float
-        """
-        return float(np.dot(self.weights, measurement_vector(verification)) + self.bias)
 
     def score(self, verification: Verification) -> float:
         """Probability-like score of one verification."""
@@ -105,22 +77,18 @@ class ScoreModel:
         """Score of measurements given in :data:`FEATURE_NAMES` order (``windows``: see
         :meth:`score_section`)."""
         z = float(np.dot(self.weights, measurements) + self.bias)
-        penalty = self.penalty_per_log_window
-        if penalty is not None and windows > 1.0:
-            z -= penalty * float(np.log(windows))
+        if self.tail_scale_logit is not None and windows > 1.0:
+            z -= self.tail_scale_logit * float(np.log(windows))
         return float(1.0 / (1.0 + np.exp(-np.clip(z, -50, 50))))
 
     def score_section(self, verification: Verification, *, windows: float) -> float:
         """Score of a verification of one part of a query, chosen among ``windows`` parts.
 
         The best-fitting of ``n`` windows of honest music reaches a given coincidence level
-        at most about ``n`` times as often as one window does. With the exponential tail the
+        about ``n`` times as often as one window does. With the exponential tail the
         calibration fitted (:attr:`tail_scale_logit`), the chance of exceeding log-odds ``z``
         falls as ``exp(-z / scale)``, so lowering ``z`` by ``scale * log(n)`` gives a long
-        query at most the chance of a false match that one window has. Windows of one upload
-        are not independent chances, and only those the candidate vote points at are
-        verified: :attr:`window_penalty_logit`, where fitted, is the penalty long uploads of
-        honest music were measured to need.
+        query the chance of a false match that one window has.
 
         Parameters
         ----------
@@ -139,7 +107,6 @@ class ScoreModel:
             "threshold": self.threshold,
             "provenance": self.provenance,
             "tail_scale_logit": self.tail_scale_logit,
-            "window_penalty_logit": self.window_penalty_logit,
         }
 
     @classmethod
@@ -152,8 +119,9 @@ class ScoreModel:
             bias=float(values["bias"]),  # type: ignore[arg-type]
             threshold=float(values["threshold"]),  # type: ignore[arg-type]
             provenance=str(values.get("provenance", "")),
-            tail_scale_logit=_optional_float(values.get("tail_scale_logit")),
-            window_penalty_logit=_optional_float(values.get("window_penalty_logit")),
+            tail_scale_logit=None
+            if values.get("tail_scale_logit") is None
+            else float(values["tail_scale_logit"]),  # type: ignore[arg-type]
         )
 
     @classmethod
@@ -164,8 +132,3 @@ class ScoreModel:
         else:
             text = Path(path).read_text()
         return cls.from_dict(json.loads(text))
-
-
-def _optional_float(value: object) -> float | None:
-    """``value`` as a float, ``None`` kept."""
-    return None if value is None else float(value)  # type: ignore[arg-type]
