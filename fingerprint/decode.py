@@ -387,10 +387,19 @@ def planar_samples(frame: object, channels: int) -> np.ndarray:
 
 
 def mix_down_planar(samples: np.ndarray) -> np.ndarray:
-    """Average the channels of ``(channels, n)`` samples, float32 ``(n,)``."""
+    """Average the channels of ``(channels, n)`` samples, float32 ``(n,)``.
+
+    Channel by channel, sample by sample: every output sample is rounded the same way
+    however the file is cut into blocks (a matrix product's kernels sum in an order that
+    depends on the block's length and alignment on some processors).
+    """
     if samples.shape[0] == 1:
-        return np.ascontiguousarray(samples[0])
-    return np.full(samples.shape[0], 1.0 / samples.shape[0], dtype=np.float32) @ samples
+        return np.ascontiguousarray(samples[0], dtype=np.float32)
+    mixed = np.array(samples[0], dtype=np.float32)
+    for channel in samples[1:]:
+        mixed += channel
+    mixed *= np.float32(1.0 / samples.shape[0])
+    return mixed
 
 
 def _joined(blocks: list[np.ndarray]) -> np.ndarray:
@@ -412,8 +421,5 @@ def _av_channels(item: object) -> int:
 
 
 def _mix_down(data: np.ndarray) -> np.ndarray:
-    """Average the channels of ``(n, channels)`` samples (a matrix product: fast)."""
-    channels = data.shape[1]
-    if channels == 1:
-        return data[:, 0]
-    return data @ np.full(channels, 1.0 / channels, dtype=np.float32)
+    """Average the channels of ``(n, channels)`` samples (see :func:`mix_down_planar`)."""
+    return mix_down_planar(data.T)

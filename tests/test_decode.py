@@ -113,7 +113,7 @@ def _whole_file_reference(path: Path, sample_rate_hz: int) -> np.ndarray:
     """The file decoded in one piece: all frames, channels averaged, resampled at once."""
     if path.suffix in decode.SOUNDFILE_FIRST_SUFFIXES:
         data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-        mono = data @ np.full(data.shape[1], 1.0 / data.shape[1], dtype=np.float32)
+        mono = decode.mix_down_planar(data.T)
     else:  # FFmpeg's decoders: every frame at once
         import av
 
