@@ -349,26 +349,55 @@ def faded_out(samples: np.ndarray, seconds: float) -> np.ndarray:
     return samples * gain
 
 
+@pytest.fixture(scope="module")
+def fading_matcher(tmp_path_factory: pytest.TempPathFactory):
+    """A catalogue of a work that fades out over its last 20 s (and one that does not)."""
+    folder = tmp_path_factory.mktemp("fading")
+    works = {"fading66": faded_out(synth_song(66, duration_s=80), 20.0), "work60": WORKS["work60"]}
+    with Catalogue(folder / "catalogue", create=True) as catalogue:
+        for name, samples in works.items():
+            path = write_audio(folder / f"{name}.wav", samples)
+            catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
+    catalogue = Catalogue(folder / "catalogue", read_only=True)
+    yield Matcher(catalogue), folder, works["fading66"]
+    catalogue.close()
+
+
 @pytest.mark.parametrize("edges_followed", [True, False])
 def test_a_padded_copy_is_located_through_its_fade_out(
-    partial_matcher, monkeypatch: pytest.MonkeyPatch, edges_followed: bool
+    fading_matcher, monkeypatch: pytest.MonkeyPatch, edges_followed: bool
 ) -> None:
-    """A whole work copied after other music, fading out as it ends: its segment reaches the
-    copy's end (the reference's), where the quiet fade no longer fits well enough to grow
-    over; a section from near the reference's start, after other music, is not carried back
-    into that music."""
+    """A whole work copied after other music, fading out as its reference does: its segment
+    reaches the copy's end (the reference's), where the quiet fade no longer fits well enough
+    to grow over."""
     if not edges_followed:  # the check fails without the step that follows the edges
         monkeypatch.setattr("tunetrace.segment_edges.EDGE_REACH_S", 0.0)
-    matcher, folder = partial_matcher
+    matcher, folder, work = fading_matcher
     before_s = 40.0
-    copy = faded_out(altered("work62", 0, 80, 1.1, 2), 20.0)
+    copy = librosa.effects.pitch_shift(
+        librosa.effects.time_stretch(work, rate=1.1), sr=SR, n_steps=2
+    ).astype(np.float32)
     end_s = before_s + len(copy) / SR
     matches = match(matcher, folder, "faded", [filler(92, before_s), copy])
-    assert [m.reference_id for m in matches] == ["work62"], matches
+    assert [m.reference_id for m in matches] == ["fading66"], matches
     reaches_end = located(matches[0], before_s, end_s)
     assert reaches_end == edges_followed, (matches[0].segments, before_s, end_s)
+
+
+def test_a_copy_is_carried_neither_into_other_music_nor_over_silence(partial_matcher) -> None:
+    """A section from near its reference's start, after other music, is not carried back into
+    that music; a copy cut 10 s before its reference ends, then silence, is not carried over
+    the silence (the reference goes on sounding there)."""
+    matcher, folder = partial_matcher
+    before_s = 40.0
     section = altered("work63", 8, 20, 0.9, -2)
     section_end_s = before_s + len(section) / SR
     matches = match(matcher, folder, "near-start", [filler(93, before_s), section, filler(94, 20)])
     assert [m.reference_id for m in matches] == ["work63"], matches
     assert located(matches[0], before_s, section_end_s), matches[0].segments
+    cut = altered("work62", 0, 70, 1.1, 2)
+    cut_end_s = before_s + len(cut) / SR
+    silence = np.zeros(int(15 * SR), dtype=np.float32)
+    matches = match(matcher, folder, "cut", [filler(95, before_s), cut, silence])
+    assert [m.reference_id for m in matches] == ["work62"], matches
+    assert located(matches[0], before_s, cut_end_s), matches[0].segments

@@ -6,9 +6,12 @@ that window, though the copied section often does: the voters of a section are w
 patches matched best, not where it begins and ends. Once a verification has fixed the tempo
 ratio, the offset and the spectral shift, :func:`reach_segments` measures the same
 frame-by-frame fit and coincidence level over the whole query at that alignment and lets each
-segment grow to the run of matched frames it belongs to. The score, which judged the window's
-own evidence, is left as it was; only where the segments lie changes. The constants below
-were chosen on the partial-copy benchmark's calibration split.
+segment grow to the run of matched frames it belongs to. A segment that then stops within
+:data:`EDGE_REACH_S` of its reference's start or end is carried there when the query frames
+that part of the reference aligns with carry the copy on (a quiet intro or ending the copy
+shares with its reference, or music that fits it on average). The score, which judged the
+window's own evidence, is left as it was; only where the segments lie changes. The constants
+below were chosen on the partial-copy benchmark's calibration split.
 """
 
 from __future__ import annotations
@@ -41,12 +44,14 @@ REACH_LOW_MARGIN = 0.1
 #: ... over at least this many seconds.
 REACH_LOW_MIN_S = 4.0
 #: A segment within this many seconds of its reference's start or end is carried there when
-#: the query frames the part left out aligns with, and that part itself, sound at most this
-#: share of the time ...
+#: the query frames the part left out aligns with carry the copy on: silent where the reference
+#: sounds on at most this share of them (more is where a copy stopped) ...
 EDGE_REACH_S = 30.0
 EDGE_MAX_SOUNDING = 0.2
-#: ... or fit it by this much more than a misaligned reference, on average (coincidences
-#: around copied sections reached 0.16 on the calibration split, copies going on 0.2-0.9).
+#: ... and, where they sound, fitting it by this much more than a misaligned reference on
+#: average (coincidences around copied sections reached 0.16 on the calibration split, copies
+#: going on 0.2-0.9). Silence the reference shares (its quiet intro or ending, a fade both
+#: have) carries it.
 EDGE_MIN_EXCESS = 0.2
 
 
@@ -128,11 +133,14 @@ def reach_segments(
     ]
     reference_active = reference.active_frames()
     grown = [
-        _to_reference_edges(segment, positions, reference_active, excess, usable, fps)
+        _to_reference_edges(
+            segment, positions, reference_active, excess, usable, fps,
+            others=[other for other in grown if other is not segment],
+        )
         if segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
         else segment
         for segment in grown
-    ]
+    ]  # fmt: skip
     return replace(verification, segments=_without_overlaps(grown))
 
 
@@ -143,12 +151,21 @@ def _to_reference_edges(
     excess: np.ndarray,
     usable: np.ndarray,
     fps: float,
+    *,
+    others: list[Segment],
 ) -> Segment:
-    """``segment`` carried to the reference's first or last frame where the reference part
-    it leaves out there is at most :data:`EDGE_REACH_S` long and the query frames that part
-    aligns with carry the copy on (:func:`_fits_on_average`): a quiet intro, a fade-out.
-    ``reference_active`` marks the reference's sounding frames."""
+    """``segment`` carried to the first or last query frame aligned inside its reference,
+    where the reference part it leaves out there is at most :data:`EDGE_REACH_S` long, the
+    query frames that part aligns with carry the copy on (:func:`_fits_on_average`: a quiet
+    intro or ending, music that fits) and none of them lies in one of ``others`` (the
+    verification's other segments: a copy broken off between two of them is not joined
+    through the break). ``reference_active`` marks the reference's sounding frames."""
     reference_frames = len(reference_active)
+    if reference_frames == 0 or len(positions) == 0:
+        return segment
+    taken = np.zeros(len(positions), dtype=bool)
+    for other in others:
+        taken[int(other.query_start_s * fps) : int(np.ceil(other.query_end_s * fps))] = True
     inside = (positions >= 0) & (positions <= reference_frames - 1)
     at = np.clip(np.round(positions), 0, reference_frames - 1).astype(np.int64)
     sounding = reference_active[at] & inside
@@ -159,7 +176,9 @@ def _to_reference_edges(
     if len(before) and segment.reference_start_s <= EDGE_REACH_S:
         start = int(before[0])
         span = slice(start, first_frame)
-        if _fits_on_average(excess[span], usable[span], sounding[span]):
+        if not taken[span].any() and _fits_on_average(
+            excess[span], usable[span], sounding[span], fps
+        ):
             segment = replace(
                 segment,
                 query_start_s=start / fps,
@@ -170,7 +189,9 @@ def _to_reference_edges(
     if len(after) and 0 < left_out_s <= EDGE_REACH_S:
         stop = int(after[-1]) + 1
         span = slice(stop_frame, stop)
-        if _fits_on_average(excess[span], usable[span], sounding[span]):
+        if not taken[span].any() and _fits_on_average(
+            excess[span], usable[span], sounding[span], fps
+        ):
             segment = replace(
                 segment,
                 query_end_s=stop / fps,
@@ -180,21 +201,43 @@ def _to_reference_edges(
 
 
 def _fits_on_average(
-    excess: np.ndarray, usable: np.ndarray, reference_sounding: np.ndarray
+    excess: np.ndarray, usable: np.ndarray, reference_sounding: np.ndarray, fps: float
 ) -> bool:
-    """Whether query frames carry a copy on: silent where the reference they align with is
-    silent too (its own quiet intro or ending), or sounding and fitting the aligned reference
-    better than a misaligned one by :data:`EDGE_MIN_EXCESS` on average. Query frames silent
-    where the reference sounds are where a copy stopped."""
+    """Whether query frames carry a copy on.
+
+    Query frames silent where the reference sounds are where a copy stopped: more than
+    :data:`EDGE_MAX_SOUNDING` of them and the copy does not go on. Otherwise the sounding
+    query frames must fit the aligned reference better than a misaligned one by
+    :data:`EDGE_MIN_EXCESS` on average, and silence the reference shares (its quiet intro or
+    ending, the end of a fade both have) carries the copy.
+
+    Parameters
+    ----------
+    excess : np.ndarray [shape=(n,)]
+        Smoothed fit over the null level, per query frame.
+    usable : np.ndarray [shape=(n,), dtype=bool]
+        The query frames that sound.
+    reference_sounding : np.ndarray [shape=(n,), dtype=bool]
+        Whether the reference frame each query frame aligns with sounds.
+    fps : float
+        Frames per second.
+
+    Returns
+    -------
+    carried : bool
+    """
     if len(excess) == 0:
         return False
-    if usable.mean() <= EDGE_MAX_SOUNDING and reference_sounding.mean() <= EDGE_MAX_SOUNDING:
-        return True
-    if not usable.any():
+    if np.mean(reference_sounding & ~usable) > EDGE_MAX_SOUNDING:
         return False
+    if not usable.any():
+        return True
     mean = float(excess[usable].mean())
-    logger.debug("edge extension of %d frames: mean excess %.3f", len(excess), mean)
-    return mean >= EDGE_MIN_EXCESS
+    logger.debug(
+        "edge extension of %d frames (%d sounding): mean excess %.3f",
+        len(excess), int(usable.sum()), mean,
+    )  # fmt: skip
+    return bool(mean >= EDGE_MIN_EXCESS)
 
 
 def _grown(

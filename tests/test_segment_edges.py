@@ -1,0 +1,121 @@
+"""Carrying a segment to its reference's start or end: when the query frames carry the copy on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tunetrace.segment_edges import _fits_on_average, _to_reference_edges
+from tunetrace.types import Segment
+
+FPS = 10.0
+
+
+def frames(seconds: float, value: float | bool) -> np.ndarray:
+    return np.full(int(seconds * FPS), value)
+
+
+def test_silence_shared_with_the_reference_carries_the_copy() -> None:
+    silent = frames(5, False)
+    assert _fits_on_average(frames(5, 0.0), silent, silent, FPS)
+
+
+def test_a_copy_stops_where_the_query_falls_silent_and_the_reference_goes_on() -> None:
+    """Two sounding query frames fitting well, the rest silent where the reference sounds:
+    the copy stopped (cut, or faded out alone), whatever those two frames say."""
+    usable = frames(6.7, False)
+    usable[:2] = True
+    excess = np.where(usable, 0.9, 0.0)
+    assert not _fits_on_average(excess, usable, frames(6.7, True), FPS)
+
+
+@pytest.mark.parametrize(("tail_excess", "carried"), [(0.3, True), (-0.2, False)])
+def test_a_fade_both_share_carries_the_copy_if_its_last_sounds_fit(
+    tail_excess: float, carried: bool
+) -> None:
+    """The end of a fade in copy and reference alike: the query's last quiet frames sound,
+    the reference's sound a little longer; carried when those frames fit."""
+    query, reference = frames(6, False), frames(6, False)
+    query[:5], reference[:11] = True, True
+    excess = np.where(query, tail_excess, 0.0)
+    assert _fits_on_average(excess, query, reference, FPS) == carried
+
+
+@pytest.mark.parametrize(("mean_excess", "carried"), [(0.3, True), (0.1, False)])
+def test_sounding_frames_carry_the_copy_when_they_fit(mean_excess: float, carried: bool) -> None:
+    sounding = frames(3, True)
+    assert _fits_on_average(frames(3, mean_excess), sounding, sounding, FPS) == carried
+
+
+def test_silences_at_different_frames_are_not_a_shared_silence() -> None:
+    """The query sounds on a fifth of the frames where the reference is silent and is silent
+    on another fifth where the reference sounds: not silent together, and it does not fit."""
+    query = np.zeros(50, dtype=bool)
+    reference = np.zeros(50, dtype=bool)
+    query[:10], reference[10:20] = True, True
+    assert not _fits_on_average(np.full(50, -0.5), query, reference, FPS)
+
+
+def test_nothing_to_judge_is_not_a_copy() -> None:
+    empty = np.zeros(0, dtype=bool)
+    assert not _fits_on_average(np.zeros(0), empty, empty, FPS)
+
+
+def two_segments_of_one_alignment() -> tuple[np.ndarray, Segment, Segment]:
+    """Query frame 100 is reference frame 0 (an 80-s reference inside a 60-s query); the copy
+    is at query 12-20 s (reference 2-10 s) and 30-50 s (reference 20-40 s)."""
+    positions = np.arange(600, dtype=np.float64) - 100
+    first = Segment(12.0, 20.0, 2.0, 10.0)
+    second = Segment(30.0, 50.0, 20.0, 40.0)
+    return positions, first, second
+
+
+def test_a_segment_is_carried_to_its_reference_start_over_music_that_fits() -> None:
+    positions, first, second = two_segments_of_one_alignment()
+    excess = np.zeros(600)
+    excess[100:200] = 0.6  # reference 0-10 s: the copy
+    usable = np.ones(600, dtype=bool)
+    carried = _to_reference_edges(
+        first, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[second]
+    )
+    assert (carried.query_start_s, carried.reference_start_s) == (10.0, 0.0)
+    assert carried.query_end_s == first.query_end_s
+
+
+def test_a_segment_is_not_carried_through_a_break_to_another_segment() -> None:
+    """Between the two segments the query sounds and does not fit (the copy broke off):
+    the later segment is not carried back over the earlier one to the reference's start,
+    though the earlier one's fit would lift the span's mean above the margin."""
+    positions, first, second = two_segments_of_one_alignment()
+    excess = np.zeros(600)
+    excess[120:200] = 0.6
+    excess[300:500] = 0.6
+    usable = np.ones(600, dtype=bool)
+    carried = _to_reference_edges(
+        second, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[first]
+    )
+    assert carried == second
+    alone = _to_reference_edges(
+        second, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[]
+    )
+    assert alone.query_start_s == 10.0  # what the break guard prevents
+
+
+def test_a_segment_far_from_its_reference_edges_stays() -> None:
+    positions = np.arange(600, dtype=np.float64) + 400  # query 0 s is reference 40 s
+    segment = Segment(10.0, 20.0, 41.0, 51.0)
+    everything_fits = np.full(600, 0.9)
+    carried = _to_reference_edges(
+        segment, positions, np.ones(2000, dtype=bool), everything_fits,
+        np.ones(600, dtype=bool), FPS, others=[],
+    )  # fmt: skip
+    assert carried == segment
+
+
+def test_an_empty_reference_leaves_the_segment() -> None:
+    segment = Segment(1.0, 5.0, 1.0, 5.0)
+    carried = _to_reference_edges(
+        segment, np.arange(100.0), np.zeros(0, dtype=bool), np.zeros(100),
+        np.ones(100, dtype=bool), FPS, others=[],
+    )  # fmt: skip
+    assert carried == segment
