@@ -200,3 +200,13 @@ def test_longer_queries_send_more_references_to_alignment(matcher: Matcher) -> N
         return counting.candidate_count(Features(silent, silent[:36], 10.0))
 
     assert [count(s) for s in (10, 60, 90, 120, 600)] == [16, 16, 24, 32, 32]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"max_candidates": 0}, {"most_candidates": 0}, {"candidates_per_minute": float("inf")},
+     {"candidates_per_minute": float("nan")}, {"candidates_per_minute": -1.0}],
+)  # fmt: skip
+def test_candidate_counts_that_cannot_work_are_refused(changes: dict) -> None:
+    with pytest.raises(ValueError, match="candidates"):
+        MatchSettings(**changes)

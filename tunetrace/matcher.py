@@ -51,14 +51,16 @@ class MatchSettings:
     n_neighbours : int
         Nearest patches retrieved per query patch.
     max_candidates : int
-        References whose vote peaks go on to chroma alignment and a quick spectral screening
-        (for a query of up to a minute; see ``candidates_per_minute``).
+        References whose vote peaks go on to chroma alignment and a quick spectral screening,
+        at least (all a query of up to a minute sends with the defaults; see
+        :meth:`Matcher.candidate_count`).
     candidates_per_minute : float
         A longer query sends this many references per minute of it, up to ...
     most_candidates : int
-        ... this many: a copied section's votes compete with every coincidence the rest of a
-        long upload offers, so its reference ranks lower the longer the upload (an 8-s
-        section in a 4-minute upload ranks 40th to 60th where alone it ranks first).
+        ... this many (or ``max_candidates`` if that is more): a copied section's votes
+        compete with every coincidence the rest of a long upload offers, so its reference
+        ranks lower the longer the upload (an 8-s section in a 4-minute upload ranks 40th to
+        60th where alone it ranks first).
     verify_top : int
         Screened alignments (best first) verified in full; more than one leaves room for the
         second piece of a cut copy.
@@ -135,6 +137,18 @@ class MatchSettings:
     whole_query_fraction: float = 0.8
     long_query_s: float = 120.0
     long_query_search_effort: float = 0.125
+
+    def __post_init__(self) -> None:
+        if self.max_candidates < 1 or self.most_candidates < 1:
+            raise ValueError(
+                f"max_candidates ({self.max_candidates}) and most_candidates "
+                f"({self.most_candidates}) must be at least 1"
+            )
+        if not 0.0 <= self.candidates_per_minute < float("inf"):
+            raise ValueError(
+                f"candidates_per_minute must be a finite number >= 0, not "
+                f"{self.candidates_per_minute}"
+            )
 
 
 class Matcher:
@@ -273,9 +287,10 @@ class Matcher:
         )
 
     def candidate_count(self, features: Features) -> int:
-        """References a query's vote sends on to alignment: ``max_candidates`` for a query
-        of up to a minute, ``candidates_per_minute`` for each minute of a longer one, at most
-        ``most_candidates``.
+        """References a query's vote sends on to alignment: ``candidates_per_minute`` for
+        each minute of the query, at most ``most_candidates``, and never fewer than
+        ``max_candidates`` (with the defaults: 16 for a query of up to a minute, one more per
+        3.75 s past it, 32 from two minutes on).
 
         Parameters
         ----------
