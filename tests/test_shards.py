@@ -45,6 +45,7 @@ from tunetrace.errors import (
     ReferenceNotFoundError,
     ShardUnavailableError,
 )
+from tunetrace.matcher import MatchSettings
 from tunetrace.report import report_to_dict
 from tunetrace.scan import read_report
 from tunetrace.shard_access import ASSIGNMENT_TTL_S, assign_shards
@@ -233,6 +234,18 @@ def test_sharded_reports_equal_the_unsharded_ones(
     assert tops["stretched.wav"] == ["song1"] and tops["pitched.flac"] == ["song2"]
     assert tops["fast.wav"] == ["song3"] and tops["unknown.wav"] == []
     assert sorted(tops["medley.wav"]) == ["album/song5", "song4"]
+
+
+def test_shards_verify_with_the_matchers_settings(sharded: Path, queries: Path) -> None:
+    settings = MatchSettings(verify_top=1, max_extra_verifications=0, n_neighbours=10)
+    with ShardedCatalogue(sharded, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue, settings=settings)
+        assert [m.reference_id for m in matcher.match_path(queries / "stretched.wav").matches] == [
+            "song1"
+        ]
+        # shards holding candidates made a matcher to verify them: with these settings only
+        made = [list(shard._matchers) for shard in catalogue.shards.opened()]
+        assert any(made) and all(m in ([], [settings]) for m in made), made
 
 
 def test_cli_on_a_sharded_catalogue(

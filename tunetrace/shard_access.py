@@ -71,18 +71,26 @@ class OpenShard:
             self.catalogue = Catalogue(directory, read_only=read_only, params=params)
         except TunetraceError as exc:
             raise ShardUnavailableError(f"shard {directory} cannot be opened: {exc}") from exc
-        self._matcher: Any = None
+        self._matchers: dict[Any, Any] = {}
         self._lock = threading.Lock()
 
     @property
     def matcher(self) -> Any:
-        """A :class:`~tunetrace.matcher.Matcher` on this shard (made once)."""
-        with self._lock:
-            if self._matcher is None:
-                from tunetrace.matcher import Matcher
+        """A :class:`~tunetrace.matcher.Matcher` on this shard with the default settings."""
+        return self.matcher_with(None)
 
-                self._matcher = Matcher(self.catalogue)
-            return self._matcher
+    def matcher_with(self, settings: Any) -> Any:
+        """A :class:`~tunetrace.matcher.Matcher` on this shard with ``settings`` (a
+        :class:`~tunetrace.matcher.MatchSettings`; ``None``: the defaults), made once per
+        settings and kept."""
+        from tunetrace.matcher import Matcher, MatchSettings
+
+        settings = settings or MatchSettings()
+        with self._lock:
+            matcher = self._matchers.get(settings)
+            if matcher is None:
+                matcher = self._matchers[settings] = Matcher(self.catalogue, settings=settings)
+            return matcher
 
     def close(self) -> None:
         """Close the shard's catalogue."""

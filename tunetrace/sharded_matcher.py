@@ -39,7 +39,7 @@ import numpy as np
 from tunetrace.candidates import find_candidates, query_patch_vectors
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
-from tunetrace.matcher import Matcher
+from tunetrace.matcher import Matcher, MatchSettings
 from tunetrace.report import Match
 from tunetrace.shard_access import OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
@@ -53,8 +53,13 @@ Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
 class ShardedMatcher(Matcher):
     """A :class:`~tunetrace.matcher.Matcher` for a
     :class:`~tunetrace.sharded_catalogue.ShardedCatalogue` (``tunetrace.Matcher`` makes one
-    for such a catalogue). Reports give the verdicts of an unsharded catalogue holding the
-    same references; reference keys in verifications are global (they name their shard)."""
+    for such a catalogue). The vote runs once over all shards' nearest patches, so the
+    candidates are those an unsharded catalogue holding the same references would choose (for
+    exact indexes); each shard then screens and verifies its own share of them with the
+    matcher's settings. One catalogue verifies the best ``verify_top`` screened alignments of
+    all candidates, a sharded one the best of each shard's, so where candidates span shards it
+    can verify more of them and reports may differ (see the scaling guide). Reference keys in
+    verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
 
@@ -85,7 +90,10 @@ class ShardedMatcher(Matcher):
         view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
         found = view.access.call_many(
             _shard_matches,
-            {s: (features, patches, places, top, min_score) for s, places in chosen.items()},
+            {
+                s: (features, patches, places, top, min_score, self.settings)
+                for s, places in chosen.items()
+            },
         )
         merged = [match for matches in found.values() for match in matches]
         merged.sort(key=lambda match: (-match.score, match.reference_id))
@@ -115,12 +123,14 @@ class ShardedMatcher(Matcher):
             if patches is None:
                 patches = query_patch_vectors(features, params=view.manifest.params)
             shard, local = view.split_key(reference_key)
-            found = view.access.call(shard, _shard_verifications, features, patches, None, local)
+            found = view.access.call(
+                shard, _shard_verifications, features, patches, None, local, self.settings
+            )
             return [_globally(view, shard, v) for v in found]
         view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
         per_shard = view.access.call_many(
             _shard_verifications,
-            {s: (features, patches, places, None) for s, places in chosen.items()},
+            {s: (features, patches, places, None, self.settings) for s, places in chosen.items()},
         )
         merged = [_globally(view, s, v) for s, found in per_shard.items() for v in found]
         merged.sort(key=lambda v: -v.score)
@@ -260,8 +270,9 @@ def _shard_matches(
     candidates: list[Candidate],
     top: int,
     min_score: float | None,
+    settings: MatchSettings,
 ) -> list[Match]:
-    return shard.matcher.match_features(
+    return shard.matcher_with(settings).match_features(
         features, top=top, min_score=min_score, patches=patches, candidates=candidates
     )
 
@@ -272,7 +283,8 @@ def _shard_verifications(
     patches: Patches,
     candidates: list[Candidate] | None,
     reference_key: int | None,
+    settings: MatchSettings,
 ) -> list[Verification]:
-    return shard.matcher.verify(
+    return shard.matcher_with(settings).verify(
         features, reference_key=reference_key, patches=patches, candidates=candidates
     )
