@@ -282,7 +282,7 @@ def test_cli_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
     points = kill_points(durability_calls((tmp_path / "trace.txt").read_text()))
     assert len(points) >= 3, f"{write.name}: only {points} durability points seen"
 
-    def kill_at(point: tuple[str, int]) -> tuple[tuple[str, int], list[tuple[Path, bool]]]:
+    def kill_at(point: tuple[str, int]) -> tuple[tuple[str, int], list[tuple[Path, Completed]]]:
         syscall, n = point
         runs = []
         for attempt in range(KILL_ATTEMPTS):
@@ -292,19 +292,25 @@ def test_cli_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
                 *write.args(work, crash_audio)
             )
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-            runs.append((work, result.returncode == -signal.SIGKILL))
-            if runs[-1][1]:
+            runs.append((work, result))
+            if result.returncode == -signal.SIGKILL:
                 break
         return point, runs
 
-    killed = 0
+    missed = []
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         for (syscall, n), runs in pool.map(kill_at, points):
-            killed += runs[-1][1]
-            for work, _ in runs:  # a run the kill missed finished the write: whole too
-                check_recovery(work, write, crash_audio, f"{write.name} killed at {syscall} #{n}")
-    # a point the first run reached and a later one did not would be a thread-timing quirk
-    assert killed >= len(points) - 1, f"{write.name}: {killed} of {len(points)} runs were killed"
+            context = f"{write.name} killed at {syscall} #{n}"
+            for work, result in runs:
+                if result.returncode != -signal.SIGKILL:  # the kill missed: the write finished
+                    assert result.returncode == 0, f"{context} (not killed): {result.stderr}"
+                    assert_whole(work, [write.after], crash_audio, f"{context} (not killed)")
+                check_recovery(work, write, crash_audio, context)
+            if runs[-1][1].returncode != -signal.SIGKILL:
+                missed.append((syscall, n))
+    # strace counts a syscall's calls per thread, so a point the dry run numbered may fall to
+    # another thread in a later run: one point of many may be missed in every attempt
+    assert len(missed) <= 1, f"{write.name}: not killed at {missed} of {len(points)} points"
 
     def fail_at(point: tuple[str, int]) -> tuple[tuple[str, int], Path, Completed]:
         syscall, n = point
@@ -430,7 +436,9 @@ def test_http_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
     points = kill_points(durability_calls(trace.read_text()))
     assert len(points) >= 3, f"HTTP {name}: only {points} durability points seen"
 
-    def kill_at(point: tuple[str, int]) -> tuple[tuple[str, int], list[tuple[Path, bool]]]:
+    def kill_at(
+        point: tuple[str, int],
+    ) -> tuple[tuple[str, int], list[tuple[Path, int | None, bool]]]:
         syscall, n = point
         runs = []
         for attempt in range(KILL_ATTEMPTS):
@@ -441,21 +449,31 @@ def test_http_write_killed_at_every_durability_point_leaves_a_whole_catalogue(
             try:
                 answer: int | None = _http_write(name, server_url, crash_audio).status_code
             except httpx.HTTPError:
-                answer = None  # killed mid-request
-            if answer is not None:
+                answer = None  # the server went away mid-request
+            if answer is None:
+                server.wait(timeout=30)
+                injected = server.returncode == -signal.SIGKILL
+            else:
+                injected = False  # answered: the write is done, whatever happens next
                 server.kill()
-            server.wait(timeout=30)
+                server.wait(timeout=30)
             tracer.kill()
             tracer.wait()
-            runs.append((work, answer is None))
-            if answer is None:
+            runs.append((work, answer, injected))
+            if injected:
                 break
         return point, runs
 
-    killed = 0
+    missed = []
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
         for (syscall, n), runs in pool.map(kill_at, points):
-            killed += runs[-1][1]
-            for work, _ in runs:  # a run the kill missed finished the write: whole too
-                check_recovery(work, write, crash_audio, f"HTTP {name} killed at {syscall} #{n}")
-    assert killed >= len(points) - 1, f"HTTP {name}: {killed} of {len(points)} runs were killed"
+            context = f"HTTP {name} killed at {syscall} #{n}"
+            for work, answer, injected in runs:
+                if not injected:  # the kill missed: the write was answered, and is done
+                    assert answer in (201, 204), f"{context} (not killed): answered {answer}"
+                    assert_whole(work, [write.after], crash_audio, f"{context} (not killed)")
+                check_recovery(work, write, crash_audio, context)
+            if not runs[-1][2]:
+                missed.append((syscall, n))
+    # strace counts a syscall's calls per thread (see the CLI test): one point may be missed
+    assert len(missed) <= 1, f"HTTP {name}: not killed at {missed} of {len(points)} points"
