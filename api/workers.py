@@ -27,6 +27,7 @@ from tunetrace.ingest import fingerprint_reference
 from tunetrace.kernels import compile_kernels
 from tunetrace.matcher import Matcher
 from tunetrace.opening import open_catalogue
+from tunetrace.parent_watch import exit_with_parent
 from tunetrace.report import MatchReport
 from tunetrace.threads import use_one_thread
 
@@ -38,6 +39,7 @@ _matcher: Matcher | None = None
 
 def _init_worker(catalogue_dir: str, scheduler: str | None = None) -> None:
     global _matcher
+    exit_with_parent()  # a server killed outright must not leave its workers behind
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     use_one_thread()  # one process per core; threads inside them would only compete
     _matcher = Matcher(open_catalogue(catalogue_dir, read_only=True, scheduler=scheduler))

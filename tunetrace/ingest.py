@@ -21,6 +21,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData, validate_reference_id
 from tunetrace.index.spectrum_codec import COMPACT_CODEC, SpectrumCodec
 from tunetrace.index.storage import stored_reference_vectors
+from tunetrace.parent_watch import exit_with_parent
 from tunetrace.threads import use_one_thread
 
 logger = logging.getLogger(__name__)
@@ -290,7 +291,12 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
     As in the API's workers (:func:`tunetrace.threads.use_one_thread`): one process per core
     that also started a BLAS or OpenMP thread per core would oversubscribe the machine.
     """
-    return ProcessPoolExecutor(max_workers=workers, initializer=use_one_thread)
+    return ProcessPoolExecutor(max_workers=workers, initializer=_init_fingerprint_worker)
+
+
+def _init_fingerprint_worker() -> None:
+    exit_with_parent()  # an ``add`` killed outright must not leave its workers behind
+    use_one_thread()
 
 
 def _fingerprint_all(

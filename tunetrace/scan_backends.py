@@ -34,6 +34,7 @@ from tunetrace.errors import ScanWorkerError
 from tunetrace.index.shard_layout import is_sharded
 from tunetrace.matcher import Matcher
 from tunetrace.opening import open_catalogue
+from tunetrace.parent_watch import exit_with_parent
 from tunetrace.report import error_to_dict
 from tunetrace.scan import ScanJob, run_job
 from tunetrace.threads import use_one_thread
@@ -153,6 +154,7 @@ def _sharded_matcher_for(catalogue_dir: str, client: Any) -> Matcher:
 
 
 def _init_local_worker(catalogue_dir: str) -> None:
+    exit_with_parent()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     use_one_thread()
     _matcher_for(catalogue_dir)
