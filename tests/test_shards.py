@@ -9,6 +9,7 @@ tried on each.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -46,8 +47,10 @@ from tunetrace.errors import (
     ShardUnavailableError,
 )
 from tunetrace.matcher import MatchSettings
+from tunetrace.query import VerifySettings
 from tunetrace.report import report_to_dict
 from tunetrace.scan import read_report
+from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import ASSIGNMENT_TTL_S, assign_shards
 from tunetrace.sharded_catalogue import ShardedCatalogue
 from tunetrace.sharded_matcher import ShardedMatcher, merge_neighbours
@@ -236,16 +239,38 @@ def test_sharded_reports_equal_the_unsharded_ones(
     assert sorted(tops["medley.wav"]) == ["album/song5", "song4"]
 
 
-def test_shards_verify_with_the_matchers_settings(sharded: Path, queries: Path) -> None:
-    settings = MatchSettings(verify_top=1, max_extra_verifications=0, n_neighbours=10)
-    with ShardedCatalogue(sharded, read_only=True) as catalogue:
-        matcher = tunetrace.Matcher(catalogue, settings=settings)
-        assert [m.reference_id for m in matcher.match_path(queries / "stretched.wav").matches] == [
-            "song1"
-        ]
-        # shards holding candidates made a matcher to verify them: with these settings only
-        made = [list(shard._matchers) for shard in catalogue.shards.opened()]
-        assert any(made) and all(m in ([], [settings]) for m in made), made
+def test_shards_verify_and_score_as_the_matcher_is_configured(
+    sharded: Path, built_catalogue: Path, queries: Path, unsharded_reports: dict
+) -> None:
+    """A sharded matcher's own settings and score model (not the defaults) reach the shards:
+    reports equal an unsharded catalogue's under the same configuration, and differ from the
+    default configuration's."""
+    shipped = ScoreModel.load()
+    stricter = dataclasses.replace(shipped, bias=shipped.bias - 2.0, threshold=0.5)
+    # (settings that change how many alignments each shard verifies would differ by design:
+    # see ShardedMatcher; these travel with the score model and verification settings)
+    configuration = {
+        "settings": MatchSettings(n_neighbours=24),
+        "verify_settings": VerifySettings(min_segment_s=4.0),
+        "score_model": stricter,
+    }
+
+    def reports(directory: Path) -> dict[str, dict]:
+        with tunetrace.Catalogue(directory, read_only=True) as catalogue:
+            matcher = tunetrace.Matcher(catalogue, **configuration)
+            return {
+                path.name: _comparable(
+                    report_to_dict(matcher.match_path(path, query_name=path.name))
+                )
+                for path in sorted(queries.iterdir())
+            }
+
+    configured = reports(sharded)
+    assert configured == reports(built_catalogue)
+    assert configured != unsharded_reports
+    scores = [m["score"] for r in configured.values() for m in r["matches"]]
+    shipped_scores = [m["score"] for r in unsharded_reports.values() for m in r["matches"]]
+    assert scores and sum(scores) < sum(shipped_scores)  # strong copies saturate at 1.0
 
 
 def test_cli_on_a_sharded_catalogue(

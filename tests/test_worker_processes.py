@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.hostile_client import server_processes
-from tests.live_server import running_server
+from tests.live_server import free_port, running_server
 
 KEYS = "worker-test-read-key:read"
 
@@ -27,18 +27,19 @@ def alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def children(parent: int) -> list[int]:
-    """The processes ``parent`` started."""
+def children(parent: int, command_part: bytes = b"") -> list[int]:
+    """The processes ``parent`` started (whose command line holds ``command_part``)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
         ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(ppid) == parent:
+        if int(ppid) == parent and command_part in command:
             found.append(int(entry.name))
     return found
 
@@ -60,6 +61,35 @@ def test_a_server_killed_outright_leaves_no_worker_behind(
         assert len(workers) == 2, workers
         os.kill(server, signal.SIGKILL)
         assert_all_end(workers)
+
+
+def test_a_server_killed_while_its_workers_start_leaves_none_behind(
+    built_catalogue: Path, tmp_path: Path
+) -> None:
+    """Killed as soon as its worker processes exist, long before they have opened the
+    catalogue (they take seconds to import): they still end."""
+    catalogue = tmp_path / "catalogue"
+    shutil.copytree(built_catalogue, catalogue)
+    command = [sys.executable, "-m", "tunetrace.cli", "serve", "-c", str(catalogue),
+               "--host", "127.0.0.1", "--port", str(free_port())]  # fmt: skip
+    env = {**os.environ, "TUNETRACE_API_KEYS": KEYS, "TUNETRACE_WORKERS": "2"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    server = subprocess.Popen(command, env=env, **quiet)
+    try:
+        deadline = time.monotonic() + 60
+        workers: list[int] = []
+        while not workers and time.monotonic() < deadline and server.poll() is None:
+            time.sleep(0.02)
+            workers = children(server.pid, b"spawn_main")
+        assert workers, "the server started no worker process"
+        server.kill()
+        server.wait(timeout=30)
+        time.sleep(0.5)  # any worker spawned meanwhile is there now
+        assert_all_end(workers)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
 
 
 def test_an_add_killed_outright_leaves_no_worker_behind(song_folder: Path, tmp_path: Path) -> None:

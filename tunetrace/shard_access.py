@@ -54,7 +54,7 @@ SHARD_TASK_RETRIES = 1
 
 
 class OpenShard:
-    """One shard catalogue opened in this process, with a matcher made on first use.
+    """One shard catalogue opened in this process, with matchers made on first use.
 
     Parameters
     ----------
@@ -77,19 +77,22 @@ class OpenShard:
     @property
     def matcher(self) -> Any:
         """A :class:`~tunetrace.matcher.Matcher` on this shard with the default settings."""
-        return self.matcher_with(None)
+        return self.matcher_with(None, None, None)
 
-    def matcher_with(self, settings: Any) -> Any:
-        """A :class:`~tunetrace.matcher.Matcher` on this shard with ``settings`` (a
-        :class:`~tunetrace.matcher.MatchSettings`; ``None``: the defaults), made once per
-        settings and kept."""
-        from tunetrace.matcher import Matcher, MatchSettings
-
-        settings = settings or MatchSettings()
+    def matcher_with(self, settings: Any, verify_settings: Any, score_model: Any) -> Any:
+        """A :class:`~tunetrace.matcher.Matcher` on this shard configured as a sharded
+        matcher is (its ``MatchSettings``, ``VerifySettings`` and ``ScoreModel``; ``None``:
+        the defaults), made once per configuration and kept."""
+        key = (settings, verify_settings, score_model)
         with self._lock:
-            matcher = self._matchers.get(settings)
+            matcher = self._matchers.get(key)
             if matcher is None:
-                matcher = self._matchers[settings] = Matcher(self.catalogue, settings=settings)
+                from tunetrace.matcher import Matcher
+
+                matcher = self._matchers[key] = Matcher(
+                    self.catalogue, settings=settings, verify_settings=verify_settings,
+                    score_model=score_model,
+                )  # fmt: skip
             return matcher
 
     def close(self) -> None:

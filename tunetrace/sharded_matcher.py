@@ -40,7 +40,9 @@ from tunetrace.candidates import find_candidates, query_patch_vectors
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.matcher import Matcher, MatchSettings
+from tunetrace.query import VerifySettings
 from tunetrace.report import Match
+from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
 from tunetrace.types import Candidate, Verification
@@ -48,6 +50,8 @@ from tunetrace.types import Candidate, Verification
 logger = logging.getLogger(__name__)
 
 Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: A matcher's settings, verification settings and score model, sent to the shards.
+Configuration = tuple[MatchSettings, VerifySettings, ScoreModel]
 
 
 class ShardedMatcher(Matcher):
@@ -55,13 +59,18 @@ class ShardedMatcher(Matcher):
     :class:`~tunetrace.sharded_catalogue.ShardedCatalogue` (``tunetrace.Matcher`` makes one
     for such a catalogue). The vote runs once over all shards' nearest patches, so the
     candidates are those an unsharded catalogue holding the same references would choose (for
-    exact indexes); each shard then screens and verifies its own share of them with the
-    matcher's settings. One catalogue verifies the best ``verify_top`` screened alignments of
-    all candidates, a sharded one the best of each shard's, so where candidates span shards it
-    can verify more of them and reports may differ (see the scaling guide). Reference keys in
-    verifications are global (they name their shard)."""
+    exact indexes); each shard then screens and verifies its own share of them with this
+    matcher's settings and score model. One catalogue verifies the best ``verify_top``
+    screened alignments of all candidates, a sharded one the best of each shard's, so where
+    candidates span shards it can verify more of them and reports may differ (see the scaling
+    guide). Reference keys in verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
+
+    @property
+    def _configuration(self) -> Configuration:
+        """What a shard's matcher needs to verify and score as this one would."""
+        return (self.settings, self.verify_settings, self.score_model)
 
     def candidates(self, *args: object, **kwargs: object) -> list[Candidate]:
         """Not offered: a sharded catalogue's candidates are chosen from all shards' nearest
@@ -91,7 +100,7 @@ class ShardedMatcher(Matcher):
         found = view.access.call_many(
             _shard_matches,
             {
-                s: (features, patches, places, top, min_score, self.settings)
+                s: (features, patches, places, top, min_score, self._configuration)
                 for s, places in chosen.items()
             },
         )
@@ -124,13 +133,16 @@ class ShardedMatcher(Matcher):
                 patches = query_patch_vectors(features, params=view.manifest.params)
             shard, local = view.split_key(reference_key)
             found = view.access.call(
-                shard, _shard_verifications, features, patches, None, local, self.settings
+                shard, _shard_verifications, features, patches, None, local, self._configuration
             )
             return [_globally(view, shard, v) for v in found]
         view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
         per_shard = view.access.call_many(
             _shard_verifications,
-            {s: (features, patches, places, None, self.settings) for s, places in chosen.items()},
+            {
+                s: (features, patches, places, None, self._configuration)
+                for s, places in chosen.items()
+            },
         )
         merged = [_globally(view, s, v) for s, found in per_shard.items() for v in found]
         merged.sort(key=lambda v: -v.score)
@@ -270,9 +282,9 @@ def _shard_matches(
     candidates: list[Candidate],
     top: int,
     min_score: float | None,
-    settings: MatchSettings,
+    configuration: Configuration,
 ) -> list[Match]:
-    return shard.matcher_with(settings).match_features(
+    return shard.matcher_with(*configuration).match_features(
         features, top=top, min_score=min_score, patches=patches, candidates=candidates
     )
 
@@ -283,8 +295,8 @@ def _shard_verifications(
     patches: Patches,
     candidates: list[Candidate] | None,
     reference_key: int | None,
-    settings: MatchSettings,
+    configuration: Configuration,
 ) -> list[Verification]:
-    return shard.matcher_with(settings).verify(
+    return shard.matcher_with(*configuration).verify(
         features, reference_key=reference_key, patches=patches, candidates=candidates
     )
