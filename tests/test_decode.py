@@ -247,3 +247,10 @@ def test_a_wav_whose_header_overstates_its_data_decodes_what_is_there(tmp_path: 
     except AudioTooLongError:
         return  # refusing from the header is as good; never reading 4 GB is what matters
     assert audio.duration_s == pytest.approx(5.0, abs=0.01)
+
+
+def test_channels_are_averaged() -> None:
+    planar = np.array([[1.0, 3.0, -2.0], [3.0, 5.0, 2.0], [2.0, 1.0, 0.5]], dtype=np.float32)
+    np.testing.assert_allclose(decode.mix_down_planar(planar), [2.0, 3.0, 0.1666667], rtol=1e-6)
+    assert decode.mix_down_planar(planar[:1]).tolist() == [1.0, 3.0, -2.0]
+    assert decode.mix_down_planar(planar).dtype == np.float32
