@@ -33,12 +33,19 @@ def test_a_copy_stops_where_the_query_falls_silent_and_the_reference_goes_on() -
 def test_a_fade_both_share_carries_the_copy_if_its_last_sounds_fit(
     tail_excess: float, carried: bool
 ) -> None:
-    """The end of a fade in copy and reference alike: the query's last quiet frames sound,
-    the reference's sound a little longer; carried when those frames fit."""
+    """The end of a fade in copy and reference alike: the query's last quiet frames sound
+    (1.5 s), the reference's a little longer; carried when those frames fit."""
     query, reference = frames(6, False), frames(6, False)
-    query[:5], reference[:11] = True, True
+    query[:15], reference[:21] = True, True
     excess = np.where(query, tail_excess, 0.0)
     assert _fits_on_average(excess, query, reference, FPS) == carried
+
+
+def test_a_few_sounding_frames_in_a_shared_silence_are_too_few_to_judge() -> None:
+    """A silent intro shared with the reference, with 0.2 s of crackle that fits nothing."""
+    query, reference = frames(10, False), frames(10, False)
+    query[40:42] = True
+    assert _fits_on_average(np.where(query, -0.05, 0.0), query, reference, FPS)
 
 
 @pytest.mark.parametrize(("mean_excess", "carried"), [(0.3, True), (0.1, False)])
@@ -99,6 +106,17 @@ def test_a_segment_is_not_carried_through_a_break_to_another_segment() -> None:
         second, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[]
     )
     assert alone.query_start_s == 10.0  # what the break guard prevents
+
+
+def test_a_fragment_of_the_same_alignment_does_not_block_the_carry() -> None:
+    positions, first, _ = two_segments_of_one_alignment()
+    fragment = Segment(10.5, 11.5, 0.5, 1.5)
+    excess = np.full(600, 0.6)
+    carried = _to_reference_edges(
+        first, positions, np.ones(800, dtype=bool), excess, np.ones(600, dtype=bool), FPS,
+        others=[fragment],
+    )  # fmt: skip
+    assert (carried.query_start_s, carried.reference_start_s) == (10.0, 0.0)
 
 
 def test_a_segment_far_from_its_reference_edges_stays() -> None:

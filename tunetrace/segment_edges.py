@@ -48,10 +48,11 @@ REACH_LOW_MIN_S = 4.0
 #: sounds on at most this share of them (more is where a copy stopped) ...
 EDGE_REACH_S = 30.0
 EDGE_MAX_SOUNDING = 0.2
-#: ... and, where they sound, fitting it by this much more than a misaligned reference on
-#: average (coincidences around copied sections reached 0.16 on the calibration split, copies
-#: going on 0.2-0.9). Silence the reference shares (its quiet intro or ending, a fade both
-#: have) carries it.
+#: ... and, where they sound for at least this many seconds, fitting it by ...
+EDGE_MIN_JUDGED_S = 1.0
+#: ... this much more than a misaligned reference on average (coincidences around copied
+#: sections reached 0.16 on the calibration split, copies going on 0.2-0.9). Silence the
+#: reference shares (its quiet intro or ending, a fade both have) carries it.
 EDGE_MIN_EXCESS = 0.2
 
 
@@ -158,14 +159,16 @@ def _to_reference_edges(
     where the reference part it leaves out there is at most :data:`EDGE_REACH_S` long, the
     query frames that part aligns with carry the copy on (:func:`_fits_on_average`: a quiet
     intro or ending, music that fits) and none of them lies in one of ``others`` (the
-    verification's other segments: a copy broken off between two of them is not joined
-    through the break). ``reference_active`` marks the reference's sounding frames."""
+    verification's other sections: a copy broken off between two of them is not joined
+    through the break; fragments shorter than a section do not count). ``reference_active``
+    marks the reference's sounding frames."""
     reference_frames = len(reference_active)
     if reference_frames == 0 or len(positions) == 0:
         return segment
     taken = np.zeros(len(positions), dtype=bool)
     for other in others:
-        taken[int(other.query_start_s * fps) : int(np.ceil(other.query_end_s * fps))] = True
+        if other.query_end_s - other.query_start_s >= MIN_REPORTED_SEGMENT_S:
+            taken[int(other.query_start_s * fps) : int(np.ceil(other.query_end_s * fps))] = True
     inside = (positions >= 0) & (positions <= reference_frames - 1)
     at = np.clip(np.round(positions), 0, reference_frames - 1).astype(np.int64)
     sounding = reference_active[at] & inside
@@ -206,10 +209,11 @@ def _fits_on_average(
     """Whether query frames carry a copy on.
 
     Query frames silent where the reference sounds are where a copy stopped: more than
-    :data:`EDGE_MAX_SOUNDING` of them and the copy does not go on. Otherwise the sounding
-    query frames must fit the aligned reference better than a misaligned one by
-    :data:`EDGE_MIN_EXCESS` on average, and silence the reference shares (its quiet intro or
-    ending, the end of a fade both have) carries the copy.
+    :data:`EDGE_MAX_SOUNDING` of them and the copy does not go on. Otherwise silence the
+    reference shares (its quiet intro or ending, the end of a fade both have) carries the
+    copy, and query frames sounding for :data:`EDGE_MIN_JUDGED_S` or more must fit the
+    aligned reference better than a misaligned one by :data:`EDGE_MIN_EXCESS` on average
+    (fewer are too few to judge either way).
 
     Parameters
     ----------
@@ -230,7 +234,7 @@ def _fits_on_average(
         return False
     if np.mean(reference_sounding & ~usable) > EDGE_MAX_SOUNDING:
         return False
-    if not usable.any():
+    if usable.sum() < EDGE_MIN_JUDGED_S * fps:
         return True
     mean = float(excess[usable].mean())
     logger.debug(
