@@ -20,9 +20,17 @@ def test_silence_shared_with_the_reference_carries_the_copy() -> None:
     assert _fits_on_average(frames(5, 0.0), silent, silent, FPS)
 
 
+def test_quiet_passages_under_the_uploads_level_do_not_stop_a_copy_that_fits() -> None:
+    """The copy's quiet frames fall under the query's level of sound (louder music around
+    it) where the reference sounds; the 38% that sound fit well: the copy goes on."""
+    query, reference = frames(15, False), frames(15, True)
+    query[::3] = True
+    assert _fits_on_average(np.where(query, 0.6, 0.0), query, reference, FPS)
+
+
 def test_a_copy_stops_where_the_query_falls_silent_and_the_reference_goes_on() -> None:
     """Two sounding query frames fitting well, the rest silent where the reference sounds:
-    the copy stopped (cut, or faded out alone), whatever those two frames say."""
+    the copy stopped (cut, or faded out alone); two frames are too few to say otherwise."""
     usable = frames(6.7, False)
     usable[:2] = True
     excess = np.where(usable, 0.9, 0.0)
@@ -41,7 +49,7 @@ def test_a_fade_both_share_carries_the_copy_if_its_last_sounds_fit(
     assert _fits_on_average(excess, query, reference, FPS) == carried
 
 
-def test_a_few_sounding_frames_in_a_shared_silence_are_too_few_to_judge() -> None:
+def test_a_few_sounding_frames_do_not_break_a_shared_silence() -> None:
     """A silent intro shared with the reference, with 0.2 s of crackle that fits nothing."""
     query, reference = frames(10, False), frames(10, False)
     query[40:42] = True
