@@ -97,10 +97,7 @@ def reach_segments(
         aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
     )
     usable = aligned.usable > 0
-    inside = np.zeros(len(level), dtype=bool)
-    for segment in verification.segments:
-        inside[int(segment.query_start_s * fps) : int(np.ceil(segment.query_end_s * fps))] = True
-    inside &= usable
+    inside = _frames_of(verification.segments, len(level), fps) & usable
     if not inside.any():
         return verification
     # the copy goes on where the fit stays near what it is inside the segments and no worse
@@ -127,9 +124,7 @@ def reach_segments(
     runs = continuous_runs(going_on | matched, min_run=min_run, max_gap=0)
     # a fragment stays one (it is not reported beside a section): only sections grow
     grown = [
-        _grown(segment, runs, positions, fps)
-        if segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
-        else segment
+        _grown(segment, runs, positions, fps) if _is_section(segment) else segment
         for segment in verification.segments
     ]
     reference_active = reference.active_frames()
@@ -138,7 +133,7 @@ def reach_segments(
             segment, positions, reference_active, excess, usable, fps,
             others=[other for other in grown if other is not segment],
         )
-        if segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
+        if _is_section(segment)
         else segment
         for segment in grown
     ]  # fmt: skip
@@ -165,23 +160,23 @@ def _to_reference_edges(
     reference_frames = len(reference_active)
     if reference_frames == 0 or len(positions) == 0:
         return segment
-    taken = np.zeros(len(positions), dtype=bool)
-    for other in others:
-        if other.query_end_s - other.query_start_s >= MIN_REPORTED_SEGMENT_S:
-            taken[int(other.query_start_s * fps) : int(np.ceil(other.query_end_s * fps))] = True
+    taken = _frames_of([other for other in others if _is_section(other)], len(positions), fps)
     inside = (positions >= 0) & (positions <= reference_frames - 1)
     at = np.clip(np.round(positions), 0, reference_frames - 1).astype(np.int64)
     sounding = reference_active[at] & inside
-    first_frame = int(segment.query_start_s * fps)
-    stop_frame = min(int(np.ceil(segment.query_end_s * fps)), len(positions))
+
+    def carries(span: slice) -> bool:
+        return not taken[span].any() and _fits_on_average(
+            excess[span], usable[span], sounding[span], fps
+        )
+
+    first_frame, stop_frame = _frame_range(segment, fps)
+    stop_frame = min(stop_frame, len(positions))
     step = positions[1] - positions[0] if len(positions) > 1 else 1.0
     before = np.flatnonzero(inside[:first_frame])
     if len(before) and segment.reference_start_s <= EDGE_REACH_S:
         start = int(before[0])
-        span = slice(start, first_frame)
-        if not taken[span].any() and _fits_on_average(
-            excess[span], usable[span], sounding[span], fps
-        ):
+        if carries(slice(start, first_frame)):
             segment = replace(
                 segment,
                 query_start_s=start / fps,
@@ -191,10 +186,7 @@ def _to_reference_edges(
     left_out_s = reference_frames / fps - segment.reference_end_s
     if len(after) and 0 < left_out_s <= EDGE_REACH_S:
         stop = int(after[-1]) + 1
-        span = slice(stop_frame, stop)
-        if not taken[span].any() and _fits_on_average(
-            excess[span], usable[span], sounding[span], fps
-        ):
+        if carries(slice(stop_frame, stop)):
             segment = replace(
                 segment,
                 query_end_s=stop / fps,
@@ -246,12 +238,30 @@ def _fits_on_average(
     return bool(mean >= EDGE_MIN_EXCESS)
 
 
+def _is_section(segment: Segment) -> bool:
+    """Whether a segment is long enough to be reported (not a fragment)."""
+    return segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
+
+
+def _frame_range(segment: Segment, fps: float) -> tuple[int, int]:
+    """The query frames ``[first, stop)`` a segment covers."""
+    return int(segment.query_start_s * fps), int(np.ceil(segment.query_end_s * fps))
+
+
+def _frames_of(segments: list[Segment], n_frames: int, fps: float) -> np.ndarray:
+    """A mask of the ``n_frames`` query frames that ``segments`` cover."""
+    mask = np.zeros(n_frames, dtype=bool)
+    for segment in segments:
+        first, stop = _frame_range(segment, fps)
+        mask[first:stop] = True
+    return mask
+
+
 def _grown(
     segment: Segment, runs: list[tuple[int, int]], positions: np.ndarray, fps: float
 ) -> Segment:
     """``segment`` reaching to the outer edges of the runs (frame ranges) that overlap it."""
-    first_frame = int(segment.query_start_s * fps)
-    stop_frame = int(np.ceil(segment.query_end_s * fps))
+    first_frame, stop_frame = _frame_range(segment, fps)
     touching = [(a, b) for a, b in runs if b > first_frame and a < stop_frame]
     if not touching:
         return segment
