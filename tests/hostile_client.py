@@ -61,6 +61,30 @@ def write_silence_flac(path: Path, *, seconds: int, rate: int, channels: int) ->
     return path
 
 
+def processes() -> dict[int, tuple[int, str]]:
+    """Every running process: its parent's pid and its command line, by pid."""
+    found: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parent = int(_status_fields(int(entry.name))["PPid"])
+        except (OSError, KeyError, ValueError):
+            continue
+        found[int(entry.name)] = (parent, command)
+    return found
+
+
+def child_processes(parent: int, command_part: str = "") -> list[int]:
+    """The processes ``parent`` started whose command line holds ``command_part``, sorted."""
+    return sorted(
+        pid
+        for pid, (their_parent, command) in processes().items()
+        if their_parent == parent and command_part in command
+    )
+
+
 def server_processes(port: int) -> tuple[int, list[int]]:
     """The ``tunetrace serve`` process listening on ``port`` and its worker processes.
 
@@ -70,27 +94,14 @@ def server_processes(port: int) -> tuple[int, list[int]]:
     worker_pids : list of int
         Its children started by multiprocessing's spawn (not the resource tracker).
     """
-    server_pid = None
-    commands: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            parent = int(_status_fields(int(entry.name))["PPid"])
-        except (OSError, KeyError, ValueError):
-            continue
-        commands[int(entry.name)] = (parent, command)
-        if "tunetrace.cli serve" in command and f"--port {port}" in command:
-            server_pid = int(entry.name)
-    if server_pid is None:
-        raise RuntimeError(f"no tunetrace serve process on port {port}")
-    workers = [
+    servers = [
         pid
-        for pid, (parent, command) in commands.items()
-        if parent == server_pid and "spawn_main" in command
+        for pid, (_, command) in processes().items()
+        if "tunetrace.cli serve" in command and f"--port {port}" in command
     ]
-    return server_pid, sorted(workers)
+    if not servers:
+        raise RuntimeError(f"no tunetrace serve process on port {port}")
+    return servers[0], child_processes(servers[0], "spawn_main")
 
 
 def _status_fields(pid: int) -> dict[str, str]:

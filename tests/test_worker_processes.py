@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile_client import server_processes
+from tests.hostile_client import child_processes, server_processes
 from tests.live_server import free_port, running_server
 
 KEYS = "worker-test-read-key:read"
@@ -25,23 +25,6 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
-
-
-def children(parent: int, command_part: bytes = b"") -> list[int]:
-    """The processes ``parent`` started (whose command line holds ``command_part``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-            command = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ppid = next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:"))
-        if int(ppid) == parent and command_part in command:
-            found.append(int(entry.name))
-    return found
 
 
 def assert_all_end(pids: list[int], within_s: float = 15.0) -> None:
@@ -80,7 +63,7 @@ def test_a_server_killed_while_its_workers_start_leaves_none_behind(
         workers: list[int] = []
         while not workers and time.monotonic() < deadline and server.poll() is None:
             time.sleep(0.02)
-            workers = children(server.pid, b"spawn_main")
+            workers = child_processes(server.pid, "spawn_main")
         assert workers, "the server started no worker process"
         server.kill()
         server.wait(timeout=30)
@@ -104,7 +87,7 @@ def test_an_add_killed_outright_leaves_no_worker_behind(song_folder: Path, tmp_p
         workers: list[int] = []
         while len(workers) < 2 and time.monotonic() < deadline and adding.poll() is None:
             time.sleep(0.05)
-            workers = children(adding.pid)
+            workers = child_processes(adding.pid)
         if adding.poll() is not None:
             pytest.fail("add finished before its two workers were seen: give it more files")
         assert len(workers) == 2, workers
