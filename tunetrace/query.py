@@ -37,6 +37,13 @@ class VerifySettings:
         this much ...
     segment_floor : float
         ... and is at least this high.
+    near_perfect_fit : float
+        A frame whose smoothed aligned correlation reaches this is matched too when it
+        exceeds the null level by ...
+    near_perfect_share : float
+        ... this share of what the null leaves below a perfect fit (``1 - null``): where a
+        reference repeats itself, its misaligned copies fit almost as well as the aligned
+        one, and an exact copy cannot beat them by ``segment_margin``.
     smooth_s : float
         Length of the moving average applied to per-frame correlations.
     min_segment_s : float
@@ -62,6 +69,8 @@ class VerifySettings:
     local_offsets_s: tuple[float, ...] = (-2.0, -1.2, -0.6, 0.6, 1.2, 2.0)
     segment_margin: float = 0.2
     segment_floor: float = 0.4
+    near_perfect_fit: float = 0.85
+    near_perfect_share: float = 0.5
     smooth_s: float = 1.0
     min_segment_s: float = 1.0
     edge_join_min_s: float = 3.0

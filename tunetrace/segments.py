@@ -66,7 +66,15 @@ def matched_segments(
     """
     fps = params.frame_rate_hz
     level, excess = smoothed_fit(per_frame, null_curve, usable, params=params, settings=settings)
-    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & (usable > 0)
+    clear = excess >= settings.segment_margin
+    # Where the reference repeats itself its misaligned copies fit almost as well as the
+    # aligned one, leaving less than the margin above the null: a fit close to perfect that
+    # takes a share of what the null leaves counts there.
+    headroom = 1.0 - (level - excess)
+    near_perfect = (level >= settings.near_perfect_fit) & (
+        excess >= settings.near_perfect_share * headroom
+    )
+    matched = (clear | near_perfect) & (level >= settings.segment_floor) & (usable > 0)
     min_run = max(1, round(settings.min_segment_s * fps))
     matched = _bridge_gaps(matched, min_run)
     for start, stop in _runs(matched):
