@@ -13,6 +13,7 @@ from tunetrace.alignment import inverse_transform
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
     find_candidates,
+    local_totals,
     query_patch_vectors,
     run_starts,
     strongest_per_row,
@@ -123,6 +124,71 @@ def test_weak_vote_peaks_are_dropped_below_the_ratio() -> None:
 
     assert {c.reference_key for c in everything} == {1, 2}
     assert {c.reference_key for c in strong} == {1}
+
+
+def test_local_totals_are_each_places_best_two_neighbouring_windows() -> None:
+    # place 0 votes in windows 0, 1, 1, 3; place 1 in windows 2, 2
+    place_starts = np.array([True, False, False, False, True, False])
+    windows = np.array([0, 1, 1, 3, 2, 2])
+    votes = np.array([1.0, 0.5, 0.25, 2.0, 0.5, 0.5])
+
+    totals = local_totals(place_starts, windows, votes)
+
+    # place 0: windows 0+1 give 1.75, window 3 alone (no window 4) 2.0
+    np.testing.assert_allclose(totals, [2.0, 1.0])
+
+
+class _PositionalSearcher:
+    """Answers query patches at reference tempo: a steady weak coincidence with reference 2
+    all along the query, and a strong copy of reference 1 in one stretch of it."""
+
+    def __init__(self, features: Features, copied_frames: tuple[int, int]) -> None:
+        _, self.rate_index, self.starts = query_patch_vectors(features, params=PARAMS)
+        self.copied = copied_frames
+        self.unit = _rate_index(1.0)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = np.zeros((len(vectors), k), dtype=np.float32)
+        ids = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, (rate_i, start) in enumerate(zip(self.rate_index, self.starts, strict=True)):
+            if rate_i != self.unit:
+                continue
+            patch = round((start + OFFSET) / PARAMS.reference_patch_hop)
+            ids[row, 0] = vector_ids(2, patch + 1)[patch]
+            sims[row, 0] = 0.2
+            if self.copied[0] <= start < self.copied[1]:
+                ids[row, 1] = vector_ids(1, patch + 1)[patch]
+                sims[row, 1] = 0.9
+        return sims, ids
+
+
+def test_a_short_copy_in_a_long_query_is_not_outvoted_by_a_steady_coincidence() -> None:
+    fps = PARAMS.frame_rate_hz
+    long_query = _query(n_frames=int(180 * fps))
+    copied = (int(60 * fps), int(68 * fps))  # 8 s of the 3 minutes
+
+    (best,) = find_candidates(
+        long_query, _PositionalSearcher(long_query, copied), params=PARAMS, max_candidates=1
+    )
+
+    # Over the whole query the coincidence gathers 0.2 x 180 s of votes against the copy's
+    # 0.9 x 8 s; within the copy's own stretch of the query (two windows) the copy wins.
+    assert best.reference_key == 1
+    assert abs(best.offset_frames - OFFSET) <= PARAMS.reference_patch_hop
+    assert best.query_span_frames is not None
+    assert copied[0] <= best.query_span_frames[0] < best.query_span_frames[1] <= copied[1] + 32
+
+
+def test_a_short_query_is_ranked_by_all_its_votes() -> None:
+    fps = PARAMS.frame_rate_hz
+    short_query = _query(n_frames=int(25 * fps))
+    copied = (0, int(4 * fps))  # 4 s of strong votes against 25 s of weak ones
+
+    (best,) = find_candidates(
+        short_query, _PositionalSearcher(short_query, copied), params=PARAMS, max_candidates=1
+    )
+
+    assert best.reference_key == 2
 
 
 def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:

@@ -5,6 +5,11 @@ into patches; all patches of all rates are searched at once. A hit of query patc
 (starting at frame ``s_j`` of the resampled query) on reference patch ``p`` (starting at frame
 ``t_p`` of the reference) votes for the triple (reference, rate, offset ``t_p - s_j``). A real
 copy piles its votes on one triple; coincidental neighbours scatter theirs.
+
+A long query's triples are ranked by their votes within two neighbouring 15-s stretches of
+it, not over all of it: a copied section's votes lie in its own stretch, while the chance
+votes of a coincidence keep growing with the query, and had outvoted short sections of long
+uploads.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ SAME_PLACE_RATES = 2
 #: Voters of one place further apart than this (seconds of query) belong to different runs;
 #: a place's query span is its run with the most votes.
 VOTER_GAP_S = 8.0
+#: A query longer than two of these is ranked by its places' votes within two neighbouring
+#: stretches of this many seconds (see :func:`local_totals`).
+VOTE_WINDOW_S = 15.0
 
 
 class VectorSearcher(Protocol):
@@ -151,6 +159,14 @@ def find_candidates(
     run_end = np.append(run_begin[1:], len(keys))
     inverse = np.cumsum(place_starts) - 1
     totals = np.bincount(inverse, weights=sims, minlength=len(triples))
+    window_frames = VOTE_WINDOW_S * params.frame_rate_hz
+    if features.n_frames > 2 * window_frames:
+        # A short copied section's votes compete only with what its part of the query
+        # offers, not with every coincidence of a long upload.
+        query_frames = starts[keys[:, 3]] / rates[keys[:, 1]]
+        totals = local_totals(
+            place_starts, np.floor(query_frames / window_frames).astype(np.int64), sims
+        )
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
     totals = add_best_neighbour_bin(triples, totals)
 
@@ -217,6 +233,38 @@ def find_candidates(
         )
         for place in places
     ]
+
+
+def local_totals(place_starts: np.ndarray, windows: np.ndarray, votes: np.ndarray) -> np.ndarray:
+    """Each place's best votes within two neighbouring query windows.
+
+    Parameters
+    ----------
+    place_starts : np.ndarray [shape=(n,), dtype=bool]
+        Marks the first vote of each place (votes grouped by place).
+    windows : np.ndarray [shape=(n,), dtype=int64]
+        Query window of every vote, non-decreasing within a place.
+    votes : np.ndarray [shape=(n,)]
+
+    Returns
+    -------
+    totals : np.ndarray [shape=(place_starts.sum(),)]
+        For every place, the largest sum of its votes in windows ``w`` and ``w + 1``.
+    """
+    group_starts = place_starts.copy()
+    group_starts[1:] |= windows[1:] != windows[:-1]
+    first = np.flatnonzero(group_starts)
+    sums = np.add.reduceat(votes, first) if len(first) else np.zeros(0)
+    place_of_group = np.cumsum(place_starts)[first] - 1
+    window_of_group = windows[first]
+    paired = sums.copy()
+    follows = (place_of_group[1:] == place_of_group[:-1]) & (
+        window_of_group[1:] == window_of_group[:-1] + 1
+    )
+    paired[:-1] += np.where(follows, sums[1:], 0.0)
+    # every place has at least one group, and its groups follow each other
+    first_group_of_place = np.flatnonzero(place_starts[first])
+    return np.maximum.reduceat(paired, first_group_of_place)
 
 
 def densest_run(positions: np.ndarray, *, gap: float, length: float) -> tuple[float, float]:

@@ -57,10 +57,10 @@ class MatchSettings:
     candidates_per_minute : float
         A longer query sends this many references per minute of it, up to ...
     most_candidates : int
-        ... this many (or ``max_candidates`` if that is more): a copied section's votes
-        compete with every coincidence the rest of a long upload offers, so its reference
-        ranks lower the longer the upload (an 8-s section in a 4-minute upload ranks 40th to
-        60th where alone it ranks first).
+        ... this many (or ``max_candidates`` if that is more): a long upload has a part
+        for every work it holds, and more references that fit some part of it by chance
+        (places are ranked by their votes in their own part of a long query; see
+        :mod:`tunetrace.candidates`).
     verify_top : int
         Screened alignments (best first) verified in full; more than one leaves room for the
         second piece of a cut copy.

@@ -18,7 +18,8 @@ class Candidate:
     offset_frames : float
         Reference frame where the query's first frame lands.
     votes : float
-        Vote strength: summed similarity of consistent patch hits per query patch.
+        Vote strength: summed similarity of consistent patch hits per query patch (for a
+        query longer than 30 s, those within its best two neighbouring 15-s stretches).
     other_alignments : tuple of (float, float)
         ``(tempo_ratio, offset_frames)`` of weaker vote peaks at the same place with other
         tempo ratios, each with the offset its own votes chose (a ratio off by a few percent
