@@ -10,10 +10,19 @@ from pathlib import Path
 
 
 def run_info() -> dict[str, str]:
-    """``{"date", "machine", "commit"}`` for a results file (commit: short hash or "")."""
+    """``{"date", "machine", "commit"}`` for a results file (commit: short hash, with
+    ``+changes`` when the code run differs from it; "" outside a git checkout)."""
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if commit and changed:
+        commit += "+changes"
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
