@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import librosa
 import numpy as np
@@ -15,6 +16,7 @@ import tunetrace.matcher as matcher_module
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.alteration import classify_alteration
 from tunetrace.matcher import Matcher, MatchSettings
+from tunetrace.types import Candidate
 
 
 @pytest.fixture(scope="module")
@@ -210,3 +212,24 @@ def test_longer_queries_send_more_references_to_alignment(matcher: Matcher) -> N
 def test_candidate_counts_that_cannot_work_are_refused(changes: dict) -> None:
     with pytest.raises(ValueError, match="candidates"):
         MatchSettings(**changes)
+
+
+def test_a_reference_whose_verifications_came_to_nothing_gets_its_next_alignment(
+    matcher: Matcher,
+) -> None:
+    """Chosen alignments whose windows broke into pieces under the section minimum judged
+    nothing: the reference's next alignment (another window) is verified after them, while a
+    reference that was judged (and scored low) is not tried again."""
+    def screened(value: float, key: int) -> tuple[float, SimpleNamespace, None]:
+        return value, SimpleNamespace(candidate=Candidate(key, 1.0, 0.0, 1.0)), None
+
+    unjudged_first, unjudged_second = screened(1.5, 7), screened(1.4, 7)
+    judged = screened(1.3, 8)
+    unjudged_next, judged_next = screened(1.2, 7), screened(1.1, 8)
+    items = [unjudged_first, unjudged_second, judged, unjudged_next, judged_next]
+    windows = {id(item[1].candidate): (100 * n, 100 * n + 150) for n, item in enumerate(items)}
+    verified = [SimpleNamespace(reference_key=8, score=0.3)]
+
+    extra = matcher._more_places(items, items[:3], verified, windows)
+
+    assert extra == [unjudged_next]

@@ -526,7 +526,10 @@ class Matcher:
             return []
         done = {id(item[1]) for item in chosen}
         found = {v.reference_key for v in verified if v.score >= self.default_min_score}
-        tried = {item[1].candidate.reference_key for item in chosen}
+        # A reference whose every verification matched too little to be judged (its
+        # window broke into pieces under ``min_section_s``) was not judged: its next
+        # alignment may be (another place or ratio, a wider window).
+        tried = {v.reference_key for v in verified}
         floor = max(self.settings.other_work_screening,
                     self.settings.other_work_screening * screened[0][0])  # fmt: skip
         windows_seen: dict[int, list[tuple[int, int] | None]] = {}
