@@ -401,3 +401,56 @@ def test_a_copy_is_carried_neither_into_other_music_nor_over_silence(partial_mat
     matches = match(matcher, folder, "cut", [filler(95, before_s), cut, silence])
     assert [m.reference_id for m in matches] == ["work62"], matches
     assert located(matches[0], before_s, cut_end_s), matches[0].segments
+
+
+def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_matcher) -> None:
+    """The window a section is verified on holds seconds of other music on each side; its
+    measurements are averaged over them too. The section is judged again on its matched run
+    (with ``section_pad_s``), however little of the window lies outside it."""
+    from tunetrace.alignment import align_on_chroma
+    from tunetrace.matcher import _from_window, _with_score
+    from tunetrace.verification import verify_candidate
+
+    matcher, folder = partial_matcher
+    before_s, rate = 40.0, 1.1
+    section = altered("work62", 20, 22, rate, 0)
+    path = write_audio(
+        folder / "judged-alone.wav", np.concatenate([filler(80, before_s), section, filler(81, 40)])
+    )
+    features = matcher.load_query(path)
+    fps = features.frame_rate_hz
+    reference = matcher.catalogue.features(matcher.catalogue.get("work62").key)
+    span = (before_s * fps, (before_s + len(section) / SR) * fps)
+    truth = Candidate(
+        reference_key=matcher.catalogue.get("work62").key,
+        tempo_ratio=rate,
+        offset_frames=20 * fps - rate * before_s * fps,
+        votes=1.0,
+        query_span_frames=span,
+    )
+    window, moved = matcher._in_window(truth, features)
+    assert window is not None
+    query = prepare_query(features.frames(*window), matcher.verify_settings)
+    alignment = align_on_chroma(query, reference, moved, settings=matcher.verify_settings)
+    params = matcher.catalogue.params
+    in_window = verify_candidate(
+        query, reference, alignment, params=params, settings=matcher.verify_settings
+    )
+    in_window = _from_window(in_window, window[0], fps)
+    (run,) = [(s.query_start_s, s.query_end_s) for s in in_window.segments]
+    padded_s = run[1] - run[0] + 2 * matcher.settings.section_pad_s
+    # most of the window is the section: it held little else
+    assert padded_s >= matcher.settings.whole_query_fraction * (window[1] - window[0]) / fps
+
+    def by_fit(verification: Verification | None, windows: float = 1.0) -> Verification | None:
+        return None if verification is None else _with_score(
+            verification, verification.spectral_similarity
+        )
+
+    judged = matcher._judged_alone(
+        features, in_window, {truth.reference_key: reference}, window, by_fit
+    )
+
+    assert judged is not None
+    assert judged.spectral_similarity > in_window.spectral_similarity + 0.02
+    assert located(judged, before_s, before_s + len(section) / SR)

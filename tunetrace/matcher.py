@@ -92,7 +92,7 @@ class MatchSettings:
         seconds by coincidence.
     section_pad_s : float
         The longest matched section of such a window is judged again alone, with this much
-        around it, when the window held much else.
+        around it, when the window held anything else.
     section_gap_s : float
         Matched segments this close are one section.
     other_work_screening : float
@@ -653,9 +653,11 @@ class Matcher:
         scored: Callable[..., Verification | None],
     ) -> Verification | None:
         """A window's verification, judged again on its longest matched section alone (with
-        ``section_pad_s`` around it) when the window held much else; ``None`` when it matched
-        less than ``min_section_s``. Each is scored as one of the query's many windows
-        (:meth:`ScoreModel.score_section`)."""
+        ``section_pad_s`` around it) when the window held anything else; ``None`` when it
+        matched less than ``min_section_s``. Each is scored as one of the query's many
+        windows (:meth:`ScoreModel.score_section`). The measurements average over every
+        sounding frame they are made on: the window's 3-s margins of other music
+        took a 20-s section's onset agreement from 0.78 to 0.27, under the threshold."""
         fps = features.frame_rate_hz
         n_frames = features.n_frames
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
@@ -666,7 +668,7 @@ class Matcher:
         first = max(0, int((start_s - pad) * fps))
         stop = min(n_frames, int(np.ceil((end_s + pad) * fps)))
         wide_windows = n_frames / (window[1] - window[0])
-        if stop - first >= self.settings.whole_query_fraction * (window[1] - window[0]):
+        if stop - first >= window[1] - window[0]:
             return scored(verification, wide_windows)
         candidate = Candidate(
             reference_key=verification.reference_key,
