@@ -11,15 +11,23 @@ from pathlib import Path
 
 def run_info() -> dict[str, str]:
     """``{"date", "machine", "commit"}`` for a results file (commit: short hash, with
-    ``+changes`` when the code run differs from it; "" outside a git checkout)."""
+    ``+changes`` when the code or the score model run differ from it; "" outside a git
+    checkout)."""
+    root = Path(__file__).resolve().parent.parent
     commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
-    changed = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no", "--", "*.py"],
+        ["git", "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
         check=False,
+        cwd=root,
+    ).stdout.strip()
+    # the code and the shipped score model, tracked or new
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--", ":/*.py", ":/tunetrace/calibration.json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=root,
     ).stdout.strip()
     if commit and changed:
         commit += "+changes"

@@ -179,18 +179,6 @@ def test_a_short_copy_in_a_long_query_is_not_outvoted_by_a_steady_coincidence() 
     assert copied[0] <= best.query_span_frames[0] < best.query_span_frames[1] <= copied[1] + 32
 
 
-def test_a_short_query_is_ranked_by_all_its_votes() -> None:
-    fps = PARAMS.frame_rate_hz
-    short_query = _query(n_frames=int(25 * fps))
-    copied = (0, int(4 * fps))  # 4 s of strong votes against 25 s of weak ones
-
-    (best,) = find_candidates(
-        short_query, _PositionalSearcher(short_query, copied), params=PARAMS, max_candidates=1
-    )
-
-    assert best.reference_key == 2
-
-
 def test_only_the_strongest_candidates_are_split_into_one_per_ratio() -> None:
     first = Candidate(1, 1.0, 0.0, 2.0, other_alignments=((0.8, 16.0), (1.25, -8.0)))
     second = Candidate(2, 1.1, 0.0, 1.0, other_alignments=((0.9, 0.0),))

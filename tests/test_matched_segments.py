@@ -52,6 +52,7 @@ def test_a_near_perfect_fit_is_matched_where_the_reference_repeats_itself() -> N
     [
         (0.80, 0.72),  # a drone fitting everywhere, under the near-perfect level
         (0.90, 0.86),  # high, but hardly above what the misaligned reference gives
+        (1.00, 1.00),  # no headroom left, and no better than the misaligned reference
     ],
 )
 def test_a_fit_no_better_than_the_null_is_not_matched(fit: float, null: float) -> None:

@@ -112,7 +112,9 @@ def find_candidates(
         than two, the best other offset at the first place's tempo ratio (a copy with a
         section cut out or moved holds two far-apart parts of its reference).
     min_vote_ratio : float
-        Places with fewer votes than this fraction of the best place's are not returned.
+        Places with fewer votes than this fraction of the best place's are not returned
+        (votes within the best two neighbouring windows of a query longer than two; see
+        :func:`local_totals`).
     other_rates : int
         Other tempo ratios kept per place (see :attr:`Candidate.other_alignments`): vote
         peaks at the same offset with a tempo ratio more than ``SAME_PLACE_RATES`` grid steps
@@ -127,7 +129,9 @@ def find_candidates(
     Returns
     -------
     candidates : list of Candidate
-        Best first.
+        Best first: by votes over the whole query, or for a query longer than two
+        :data:`VOTE_WINDOW_S` windows, by votes within the place's best two neighbouring
+        windows.
     """
     vectors, rate_index, starts = patches or query_patch_vectors(features, params=params)
     similarities, ids = searcher.search(vectors, n_neighbours)
@@ -160,9 +164,13 @@ def find_candidates(
     inverse = np.cumsum(place_starts) - 1
     totals = np.bincount(inverse, weights=sims, minlength=len(triples))
     window_frames = VOTE_WINDOW_S * params.frame_rate_hz
+    # In a query of two windows or less, two neighbouring windows hold all of a place's
+    # votes: the local totals would equal these.
     if features.n_frames > 2 * window_frames:
         # A short copied section's votes compete only with what its part of the query
-        # offers, not with every coincidence of a long upload.
+        # offers, not with every coincidence of a long upload. Within a place (one
+        # reference, rate and offset bin) the rows are sorted by patch, and one rate's
+        # patches start in query order, so its windows never decrease, as local_totals needs.
         query_frames = starts[keys[:, 3]] / rates[keys[:, 1]]
         totals = local_totals(
             place_starts, np.floor(query_frames / window_frames).astype(np.int64), sims
@@ -245,6 +253,7 @@ def local_totals(place_starts: np.ndarray, windows: np.ndarray, votes: np.ndarra
     windows : np.ndarray [shape=(n,), dtype=int64]
         Query window of every vote, non-decreasing within a place.
     votes : np.ndarray [shape=(n,)]
+        Each vote's weight (its hit's similarity).
 
     Returns
     -------

@@ -98,8 +98,9 @@ class MatchSettings:
     other_work_screening : float
         After the first ``verify_top``, the best alignment of every other reference whose
         screening reaches this (and this fraction of the best screening) is verified too (a
-        medley's other works), as are other places of references found to be copied (a
-        looped or moved section).
+        medley's other works; a reference whose chosen verifications came to nothing counts
+        as other), as are other places of references found to be copied (a looped or moved
+        section).
     max_extra_verifications : int
         At most this many such verifications.
     max_repeats : int
@@ -519,16 +520,17 @@ class Matcher:
     ) -> list[tuple[float, ChromaAlignment, Screening]]:
         """Screened alignments to verify after the first ``verify_top``: the best of each
         other reference screened at least ``other_work_screening`` (and that fraction of the
-        best screening) in a part of the query, and other windows of references verified as
+        best screening) in a part of the query, including chosen references whose
+        verifications came to nothing, and other windows of references verified as
         copies. A query short enough to be judged whole gets no more verifications than
         before: each one more is one more chance of a coincidence."""
         if not screened:
             return []
         done = {id(item[1]) for item in chosen}
         found = {v.reference_key for v in verified if v.score >= self.default_min_score}
-        # A reference whose every verification matched too little to be judged (its
-        # window broke into pieces under ``min_section_s``) was not judged: its next
-        # alignment may be (another place or ratio, a wider window).
+        # A reference whose every chosen verification came to nothing (no section of
+        # ``min_section_s`` in its window: nothing matched, or only pieces) was not judged:
+        # its next alignment (another place or ratio, a wider window) may be, once.
         tried = {v.reference_key for v in verified}
         floor = max(self.settings.other_work_screening,
                     self.settings.other_work_screening * screened[0][0])  # fmt: skip
@@ -655,9 +657,10 @@ class Matcher:
         """A window's verification, judged again on its longest matched section alone (with
         ``section_pad_s`` around it) when the window held anything else; ``None`` when it
         matched less than ``min_section_s``. Each is scored as one of the query's many
-        windows (:meth:`ScoreModel.score_section`). The measurements average over every
-        sounding frame they are made on: the window's 3-s margins of other music
-        took a 20-s section's onset agreement from 0.78 to 0.27, under the threshold."""
+        windows (:meth:`ScoreModel.score_section`); the better of the two scores stands.
+        The measurements average over every sounding frame they are made on: the window's
+        3-s margins of other music took a 20-s section's onset agreement from 0.78 to 0.27
+        and its score under the threshold."""
         fps = features.frame_rate_hz
         n_frames = features.n_frames
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
@@ -668,7 +671,7 @@ class Matcher:
         first = max(0, int((start_s - pad) * fps))
         stop = min(n_frames, int(np.ceil((end_s + pad) * fps)))
         wide_windows = n_frames / (window[1] - window[0])
-        if stop - first >= window[1] - window[0]:
+        if first <= window[0] and stop >= window[1]:  # the window holds nothing else
             return scored(verification, wide_windows)
         candidate = Candidate(
             reference_key=verification.reference_key,

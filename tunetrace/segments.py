@@ -71,8 +71,10 @@ def matched_segments(
     # aligned one, leaving less than the margin above the null: a fit close to perfect that
     # takes a share of what the null leaves counts there.
     headroom = 1.0 - (level - excess)
-    near_perfect = (level >= settings.near_perfect_fit) & (
-        excess >= settings.near_perfect_share * headroom
+    near_perfect = (
+        (level >= settings.near_perfect_fit)
+        & (excess > 0.0)
+        & (excess >= settings.near_perfect_share * headroom)
     )
     matched = (clear | near_perfect) & (level >= settings.segment_floor) & (usable > 0)
     min_run = max(1, round(settings.min_segment_s * fps))
