@@ -24,7 +24,12 @@ import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.query import PreparedQuery, VerifySettings
-from tunetrace.segments import MIN_REPORTED_SEGMENT_S, continuous_runs, smoothed_fit
+from tunetrace.segments import (
+    MIN_REPORTED_SEGMENT_S,
+    continuous_runs,
+    matched_frames,
+    smoothed_fit,
+)
 from tunetrace.types import Segment, Verification
 from tunetrace.verification import SpectralFit
 
@@ -106,7 +111,7 @@ def reach_segments(
     floor = max(REACH_FLOOR, REACH_FRACTION * float(np.median(level[inside])))
     min_run = max(1, round(settings.min_segment_s * fps))
     going_on = usable & (level >= floor) & (excess >= REACH_MIN_EXCESS)
-    matched = (excess >= settings.segment_margin) & (level >= settings.segment_floor) & usable
+    matched = matched_frames(level, excess, usable, settings=settings)
     strong = np.zeros(len(level), dtype=bool)
     for start, stop in continuous_runs(going_on | matched, min_run=min_run, max_gap=0):
         strong[start:stop] = True

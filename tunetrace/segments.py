@@ -66,17 +66,7 @@ def matched_segments(
     """
     fps = params.frame_rate_hz
     level, excess = smoothed_fit(per_frame, null_curve, usable, params=params, settings=settings)
-    clear = excess >= settings.segment_margin
-    # Where the reference repeats itself its misaligned copies fit almost as well as the
-    # aligned one, leaving less than the margin above the null: a fit close to perfect that
-    # takes a share of what the null leaves counts there.
-    headroom = 1.0 - (level - excess)
-    near_perfect = (
-        (level >= settings.near_perfect_fit)
-        & (excess > 0.0)
-        & (excess >= settings.near_perfect_share * headroom)
-    )
-    matched = (clear | near_perfect) & (level >= settings.segment_floor) & (usable > 0)
+    matched = matched_frames(level, excess, usable > 0, settings=settings)
     min_run = max(1, round(settings.min_segment_s * fps))
     matched = _bridge_gaps(matched, min_run)
     for start, stop in _runs(matched):
@@ -105,6 +95,37 @@ def matched_segments(
             )
         )
     return segments, matched
+
+
+def matched_frames(
+    level: np.ndarray, excess: np.ndarray, usable: np.ndarray, *, settings: VerifySettings
+) -> np.ndarray:
+    """Frames whose smoothed fit clearly beats the coincidence level (before runs are
+    bridged and short ones dropped).
+
+    Parameters
+    ----------
+    level, excess : np.ndarray [shape=(n_frames,)]
+        From :func:`smoothed_fit`.
+    usable : np.ndarray [shape=(n_frames,), dtype=bool]
+        Frames that count.
+    settings : VerifySettings
+
+    Returns
+    -------
+    matched : np.ndarray [shape=(n_frames,), dtype=bool]
+    """
+    clear = excess >= settings.segment_margin
+    # Where the reference repeats itself its misaligned copies fit almost as well as the
+    # aligned one, leaving less than the margin above the null: a fit close to perfect that
+    # takes a share of what the null leaves counts there.
+    headroom = 1.0 - (level - excess)
+    near_perfect = (
+        (level >= settings.near_perfect_fit)
+        & (excess > 0.0)
+        & (excess >= settings.near_perfect_share * headroom)
+    )
+    return (clear | near_perfect) & (level >= settings.segment_floor) & usable
 
 
 def smoothed_fit(
