@@ -370,8 +370,9 @@ def test_a_padded_copy_is_located_through_its_fade_out(
     """A whole work copied after other music, fading out as its reference does: its segment
     reaches the copy's end (the reference's), where the quiet fade no longer fits well enough
     to grow over."""
-    if not edges_followed:  # the check fails without the step that follows the edges
+    if not edges_followed:  # the check fails without the steps that follow the edges
         monkeypatch.setattr("tunetrace.segment_edges.EDGE_REACH_S", 0.0)
+        monkeypatch.setattr("tunetrace.segment_edges.PAUSE_DB", 1000.0)
     matcher, folder, work = fading_matcher
     before_s = 40.0
     copy = librosa.effects.pitch_shift(
@@ -382,6 +383,72 @@ def test_a_padded_copy_is_located_through_its_fade_out(
     assert [m.reference_id for m in matches] == ["fading66"], matches
     reaches_end = located(matches[0], before_s, end_s)
     assert reaches_end == edges_followed, (matches[0].segments, before_s, end_s)
+
+
+def with_pause(samples: np.ndarray, start_s: float, seconds: float) -> np.ndarray:
+    """``samples`` silent for ``seconds`` from ``start_s``."""
+    out = samples.copy()
+    out[int(start_s * SR) : int((start_s + seconds) * SR)] = 0.0
+    return out
+
+
+def with_noise(samples: np.ndarray, below_db: float, seed: int) -> np.ndarray:
+    """``samples`` with white noise ``below_db`` decibels under their RMS level."""
+    rms = float(np.sqrt(np.mean(samples**2)))
+    noise = np.random.default_rng(seed).standard_normal(len(samples)).astype(np.float32)
+    return samples + noise * rms * 10.0 ** (-below_db / 20.0)
+
+
+@pytest.fixture(scope="module")
+def pausing_matcher(tmp_path_factory: pytest.TempPathFactory):
+    """A catalogue of a work with 8 s of silence at 35-43 s (and one without)."""
+    folder = tmp_path_factory.mktemp("pausing")
+    works = {"pausing67": with_pause(synth_song(67, duration_s=80), 35.0, 8.0),
+             "work60": WORKS["work60"]}  # fmt: skip
+    with Catalogue(folder / "catalogue", create=True) as catalogue:
+        for name, samples in works.items():
+            path = write_audio(folder / f"{name}.wav", samples)
+            catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
+    catalogue = Catalogue(folder / "catalogue", read_only=True)
+    yield Matcher(catalogue), folder, works["pausing67"]
+    catalogue.close()
+
+
+@pytest.mark.parametrize("pauses_followed", [True, False])
+def test_a_noisy_copy_is_one_segment_across_the_pause_it_shares(
+    pausing_matcher, monkeypatch: pytest.MonkeyPatch, pauses_followed: bool
+) -> None:
+    """A whole work copied with noise added between other music: where its reference pauses
+    the copy holds only the noise, which fits nothing, yet both are quiet together there, so
+    the copy is one segment from its first second to its last."""
+    if not pauses_followed:  # the check fails without the step that follows pauses
+        monkeypatch.setattr("tunetrace.segment_edges.PAUSE_DB", 1000.0)
+    matcher, folder, work = pausing_matcher
+    before_s, after_s = 30.0, 20.0
+    copy = with_noise(librosa.effects.time_stretch(work, rate=1.1), below_db=30.0, seed=5)
+    end_s = before_s + len(copy) / SR
+    matches = match(matcher, folder, "paused", [filler(97, before_s), copy, filler(98, after_s)])
+    assert [m.reference_id for m in matches] == ["pausing67"], matches
+    whole = located(matches[0], before_s, end_s)
+    assert whole == pauses_followed, (matches[0].segments, before_s, end_s)
+
+
+def test_other_music_in_a_references_pause_is_not_claimed(pausing_matcher) -> None:
+    """The same copy with other music where its reference pauses: the music is loud where the
+    reference is quiet, so no segment covers it."""
+    matcher, folder, work = pausing_matcher
+    before_s = 30.0
+    copy = with_noise(work, below_db=30.0, seed=6)
+    pause = slice(int(35.0 * SR), int(43.0 * SR))
+    copy[pause] += filler(99, 8.0)[: pause.stop - pause.start]
+    matches = match(matcher, folder, "filled-pause", [filler(97, before_s), copy])
+    assert [m.reference_id for m in matches] == ["pausing67"], matches
+    inserted = (before_s + 36.0, before_s + 42.0)
+    covering = [s for s in matches[0].segments
+                if s.query_start_s < inserted[1] and s.query_end_s > inserted[0]]  # fmt: skip
+    assert not covering, matches[0].segments
+    end_s = before_s + len(work) / SR
+    assert located(matches[0], before_s + 43.0, end_s), matches[0].segments
 
 
 def test_a_copy_is_carried_neither_into_other_music_nor_over_silence(partial_matcher) -> None:

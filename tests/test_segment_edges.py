@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tunetrace.fingerprint.features import Features
 
-from tunetrace.segment_edges import _fits_on_average, _to_reference_edges
+from tunetrace.segment_edges import (
+    EDGE_REACH_S,
+    PAUSE_DB,
+    _fits_on_average,
+    _to_reference_edges,
+    _trimmed_to,
+    quiet_together,
+)
 from tunetrace.types import Segment
 
 FPS = 10.0
@@ -145,3 +153,63 @@ def test_an_empty_reference_leaves_the_segment() -> None:
         np.ones(100, dtype=bool), FPS, others=[],
     )  # fmt: skip
     assert carried == segment
+
+
+def features_at_levels(levels: np.ndarray) -> Features:
+    """Features whose frames' loudest bin has the given linear levels (log1p-compressed, as
+    spectra are stored)."""
+    spectrum = np.full((4, len(levels)), 0.01, dtype=np.float32)
+    spectrum[1] = np.log1p(levels)
+    return Features(spectrum=spectrum, chroma=np.ones((12, len(levels))), frame_rate_hz=FPS)
+
+
+def test_a_pause_is_quiet_in_both_relative_to_the_copy_not_silent() -> None:
+    """Query frame t is reference frame t + 100. Reference frames 150-199 pause (40 dB under
+    its music); the query holds noise 25 dB under its music at 50-99, and loud other music at
+    60-69; the query's frames 0-9 align before the reference's start."""
+    reference = np.full(400, 2.0)
+    reference[150:200] = 0.02
+    query = np.full(300, 0.5)
+    query[50:100] = 0.5 * 10 ** (-25 / 20)
+    query[60:70] = 0.8
+    positions = np.arange(300, dtype=np.float64) + 100
+    positions[:10] = -1.0
+    inside = np.zeros(300, dtype=bool)
+    inside[100:300] = True
+    paused = quiet_together(features_at_levels(query), features_at_levels(reference),
+                            positions, inside)  # fmt: skip
+    expected = np.zeros(300, dtype=bool)
+    expected[50:100] = True
+    expected[60:70] = False
+    assert np.array_equal(paused, expected)
+    assert PAUSE_DB < 25  # the noise counts as quiet ...
+    louder = query.copy()
+    louder[50:100] = 0.5 * 10 ** (-(PAUSE_DB - 5) / 20)  # ... a softer passage does not
+    assert not quiet_together(features_at_levels(louder), features_at_levels(reference),
+                              positions, inside).any()  # fmt: skip
+
+
+def test_a_shared_pause_carries_a_copy_to_its_reference_end_however_long() -> None:
+    """Query frame t is reference frame t; the segment stops 40 s before the reference's
+    end, where the query holds only noise that fits nothing."""
+    positions = np.arange(1000, dtype=np.float64)
+    segment = Segment(10.0, 60.0, 10.0, 60.0)
+    excess = np.zeros(1000)
+    usable = np.ones(1000, dtype=bool)
+    assert EDGE_REACH_S < 40.0
+    for pause_share, carried in ((1.0, True), (0.7, False)):
+        paused = np.zeros(1000, dtype=bool)
+        paused[600 : 600 + int(400 * pause_share)] = True
+        moved = _to_reference_edges(
+            segment, positions, np.ones(1000, dtype=bool), excess, usable, FPS,
+            others=[], paused=paused,
+        )  # fmt: skip
+        assert (moved.query_end_s == 100.0) == carried, moved
+
+
+def test_a_pause_joins_stretches_of_a_copy_but_does_not_end_one() -> None:
+    fits = np.zeros(100, dtype=bool)
+    fits[20:40] = True
+    fits[60:70] = True
+    assert _trimmed_to(fits, (10, 90)) == (20, 70)
+    assert _trimmed_to(fits, (40, 60)) is None

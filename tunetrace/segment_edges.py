@@ -6,12 +6,15 @@ that window, though the copied section often does: the voters of a section are w
 patches matched best, not where it begins and ends. Once a verification has fixed the tempo
 ratio, the offset and the spectral shift, :func:`reach_segments` measures the same
 frame-by-frame fit and coincidence level over the whole query at that alignment and lets each
-segment grow to the run of matched frames it belongs to. A segment that then stops within
-:data:`EDGE_REACH_S` of its reference's start or end is carried there when the query frames
-that part of the reference aligns with carry the copy on (a quiet intro or ending the copy
-shares with its reference, or music that fits it on average). The score, which judged the
-window's own evidence, is left as it was; only where the segments lie changes. The constants
-below were chosen on the partial-copy benchmark's calibration split.
+segment grow to the run of matched frames it belongs to. A run goes on across a pause the
+query shares with its reference (:func:`quiet_together`: both far under their own level, as
+where the reference falls silent and the copy holds only added noise). A segment that then
+stops within :data:`EDGE_REACH_S` of its reference's start or end is carried there when the
+query frames that part of the reference aligns with carry the copy on (a quiet intro or
+ending the copy shares with its reference, or music that fits it on average), and over a
+shared pause of any length. The score, which judged the window's own evidence, is left as it
+was; only where the segments lie changes. The constants below were chosen on the
+partial-copy benchmark's calibration split.
 """
 
 from __future__ import annotations
@@ -59,6 +62,11 @@ EDGE_MIN_JUDGED_S = 0.3
 #: ... fitting it by this much more than a misaligned reference on average (coincidences
 #: around copied sections reached 0.16 on the calibration split, copies going on 0.2-0.9).
 EDGE_MIN_EXCESS = 0.2
+#: A query frame and the reference frame it aligns with pause together where both are at
+#: least this many decibels under their median level inside the verification's segments
+#: (added noise or a lossy codec keeps a copy's pauses from being silent; on the calibration
+#: split they lay 20-35 dB under the music around them).
+PAUSE_DB = 15.0
 
 
 def reach_segments(
@@ -125,8 +133,15 @@ def reach_segments(
         between = before.any() and after.any()
         if between or weaker[start:stop].sum() >= REACH_LOW_MIN_S * fps:
             going_on[start:stop] = True
-    # a copy is followed across a dip shorter than ``min_run``, not across a break in it
-    runs = continuous_runs(going_on | matched, min_run=min_run, max_gap=0)
+    # a copy is followed across a dip shorter than ``min_run``, not across a break in it,
+    # and across a pause it shares with its reference, whatever its length
+    fits = going_on | matched
+    paused = quiet_together(query.features, reference, positions, inside)
+    runs = [
+        trimmed
+        for run in continuous_runs(fits | paused, min_run=min_run, max_gap=0)
+        if (trimmed := _trimmed_to(fits, run)) is not None
+    ]
     # a fragment stays one (it is not reported beside a section): only sections grow
     grown = [
         _grown(segment, runs, positions, fps) if _is_section(segment) else segment
@@ -136,7 +151,7 @@ def reach_segments(
     grown = [
         _to_reference_edges(
             segment, positions, reference_active, excess, usable, fps,
-            others=[other for other in grown if other is not segment],
+            others=[other for other in grown if other is not segment], paused=paused,
         )
         if _is_section(segment)
         else segment
@@ -154,6 +169,7 @@ def _to_reference_edges(
     fps: float,
     *,
     others: list[Segment],
+    paused: np.ndarray | None = None,
 ) -> Segment:
     """``segment`` carried to the first or last query frame aligned inside its reference,
     where the reference part it leaves out there is at most :data:`EDGE_REACH_S` long, the
@@ -161,11 +177,16 @@ def _to_reference_edges(
     intro or ending, music that fits) and none of them lies in one of ``others`` (the
     verification's other sections: a copy broken off between two of them is not joined
     through the break; fragments shorter than a section do not count). ``reference_active``
-    marks the reference's sounding frames."""
+    marks the reference's sounding frames, ``paused`` the query frames quiet together with the
+    reference frame they align with (:func:`quiet_together`; none if not given): a stretch
+    paused on all but :data:`EDGE_MAX_SOUNDING` of its frames carries the copy whatever its
+    length."""
     reference_frames = len(reference_active)
     if reference_frames == 0 or len(positions) == 0:
         return segment
     taken = _frames_of([other for other in others if _is_section(other)], len(positions), fps)
+    if paused is None:
+        paused = np.zeros(len(positions), dtype=bool)
     inside = (positions >= 0) & (positions <= reference_frames - 1)
     at = np.clip(np.round(positions), 0, reference_frames - 1).astype(np.int64)
     sounding = reference_active[at] & inside
@@ -175,13 +196,17 @@ def _to_reference_edges(
             excess[span], usable[span], sounding[span], fps
         )
 
+    def quiet(span: slice) -> bool:  # a pause both share is the copy's, however long
+        return not taken[span].any() and bool(np.mean(~paused[span]) <= EDGE_MAX_SOUNDING)
+
     first_frame, stop_frame = _frame_range(segment, fps)
     stop_frame = min(stop_frame, len(positions))
     step = positions[1] - positions[0] if len(positions) > 1 else 1.0
     before = np.flatnonzero(inside[:first_frame])
-    if len(before) and segment.reference_start_s <= EDGE_REACH_S:
+    if len(before):
         start = int(before[0])
-        if carries(slice(start, first_frame)):
+        span = slice(start, first_frame)
+        if quiet(span) or (segment.reference_start_s <= EDGE_REACH_S and carries(span)):
             segment = replace(
                 segment,
                 query_start_s=start / fps,
@@ -189,15 +214,59 @@ def _to_reference_edges(
             )
     after = np.flatnonzero(inside[stop_frame:]) + stop_frame
     left_out_s = reference_frames / fps - segment.reference_end_s
-    if len(after) and 0 < left_out_s <= EDGE_REACH_S:
+    if len(after) and left_out_s > 0:
         stop = int(after[-1]) + 1
-        if carries(slice(stop_frame, stop)):
+        span = slice(stop_frame, stop)
+        if quiet(span) or (left_out_s <= EDGE_REACH_S and carries(span)):
             segment = replace(
                 segment,
                 query_end_s=stop / fps,
                 reference_end_s=min(float(positions[stop - 1] + step), reference_frames) / fps,
             )
     return segment
+
+
+def quiet_together(
+    query: Features, reference: Features, positions: np.ndarray, inside: np.ndarray
+) -> np.ndarray:
+    """The query frames where query and reference pause together: each frame's loudest bin at
+    least :data:`PAUSE_DB` under its median over the frames of ``inside`` (where the copy was
+    matched), in the query and in the reference frame it aligns with.
+
+    Parameters
+    ----------
+    query, reference : Features
+    positions : np.ndarray [shape=(query.n_frames,)]
+        Reference frame each query frame aligns with (fractional; outside the reference
+        before its start and past its end).
+    inside : np.ndarray [shape=(query.n_frames,), dtype=bool]
+        Query frames inside the matched segments; at least one.
+
+    Returns
+    -------
+    paused : np.ndarray [shape=(query.n_frames,), dtype=bool]
+        False for query frames aligned outside the reference.
+    """
+    n_reference = reference.n_frames
+    within = (positions >= 0) & (positions <= n_reference - 1)
+    at = np.clip(np.round(positions), 0, max(n_reference - 1, 0)).astype(np.int64)
+    # the spectra are log1p-compressed magnitudes: expm1 gives levels that ratios compare
+    query_level = np.expm1(query.spectrum.max(axis=0))
+    reference_level = np.expm1(reference.spectrum.max(axis=0))[at]
+    ratio = 10.0 ** (-PAUSE_DB / 20.0)
+    query_quiet = query_level <= ratio * np.median(query_level[inside])
+    reference_quiet = reference_level <= ratio * np.median(reference_level[inside])
+    return within & query_quiet & reference_quiet
+
+
+def _trimmed_to(fits: np.ndarray, run: tuple[int, int]) -> tuple[int, int] | None:
+    """``run`` cut to its first and last frame of ``fits`` (None when it has none): a pause
+    joins stretches of a copy, but does not begin or end one."""
+    start, stop = run
+    fitting = np.flatnonzero(fits[start:stop])
+    if len(fitting) == 0:
+        return None
+    return start + int(fitting[0]), start + int(fitting[-1]) + 1
 
 
 def _fits_on_average(
