@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,16 +30,25 @@ WORKS = {f"work{seed}": synth_song(seed, duration_s=80) for seed in range(60, 66
 EDGE_TOLERANCE_S = 2.0
 
 
-@pytest.fixture(scope="module")
-def partial_matcher(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("partial")
+@contextmanager
+def matcher_of(folder: Path, works: dict[str, np.ndarray]) -> Iterator[Matcher]:
+    """A matcher over a new catalogue, in ``folder``, of ``works`` (name: samples)."""
     with Catalogue(folder / "catalogue", create=True) as catalogue:
-        for name, samples in WORKS.items():
+        for name, samples in works.items():
             path = write_audio(folder / f"{name}.wav", samples)
             catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
     catalogue = Catalogue(folder / "catalogue", read_only=True)
-    yield Matcher(catalogue), folder
-    catalogue.close()
+    try:
+        yield Matcher(catalogue)
+    finally:
+        catalogue.close()
+
+
+@pytest.fixture(scope="module")
+def partial_matcher(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("partial")
+    with matcher_of(folder, WORKS) as matcher:
+        yield matcher, folder
 
 
 def altered(
@@ -354,13 +365,8 @@ def fading_matcher(tmp_path_factory: pytest.TempPathFactory):
     """A catalogue of a work that fades out over its last 20 s (and one that does not)."""
     folder = tmp_path_factory.mktemp("fading")
     works = {"fading66": faded_out(synth_song(66, duration_s=80), 20.0), "work60": WORKS["work60"]}
-    with Catalogue(folder / "catalogue", create=True) as catalogue:
-        for name, samples in works.items():
-            path = write_audio(folder / f"{name}.wav", samples)
-            catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
-    catalogue = Catalogue(folder / "catalogue", read_only=True)
-    yield Matcher(catalogue), folder, works["fading66"]
-    catalogue.close()
+    with matcher_of(folder, works) as matcher:
+        yield matcher, folder, works["fading66"]
 
 
 @pytest.mark.parametrize("edges_followed", [True, False])
@@ -392,6 +398,13 @@ def with_pause(samples: np.ndarray, start_s: float, seconds: float) -> np.ndarra
     return out
 
 
+def softened(samples: np.ndarray, start_s: float, end_s: float, by_db: float = 25.0) -> np.ndarray:
+    """``samples`` played ``by_db`` decibels softer from ``start_s`` to ``end_s``."""
+    out = samples.copy()
+    out[int(start_s * SR) : int(end_s * SR)] *= 10.0 ** (-by_db / 20.0)
+    return out
+
+
 def with_noise(samples: np.ndarray, below_db: float, seed: int) -> np.ndarray:
     """``samples`` with white noise ``below_db`` decibels under their RMS level."""
     rms = float(np.sqrt(np.mean(samples**2)))
@@ -401,17 +414,15 @@ def with_noise(samples: np.ndarray, below_db: float, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pausing_matcher(tmp_path_factory: pytest.TempPathFactory):
-    """A catalogue of a work with 8 s of silence at 35-43 s (and one without)."""
+    """A catalogue of a work with 8 s of silence at 35-43 s, one with a soft first 30 s, one
+    with soft last 20 s (and one with none)."""
     folder = tmp_path_factory.mktemp("pausing")
     works = {"pausing67": with_pause(synth_song(67, duration_s=80), 35.0, 8.0),
+             "soft_intro70": softened(synth_song(70, duration_s=80), 0.0, 30.0),
+             "soft_coda71": softened(synth_song(71, duration_s=80), 60.0, 80.0),
              "work60": WORKS["work60"]}  # fmt: skip
-    with Catalogue(folder / "catalogue", create=True) as catalogue:
-        for name, samples in works.items():
-            path = write_audio(folder / f"{name}.wav", samples)
-            catalogue.add(name, fingerprint_reference(path, params=FingerprintParams()))
-    catalogue = Catalogue(folder / "catalogue", read_only=True)
-    yield Matcher(catalogue), folder, works["pausing67"]
-    catalogue.close()
+    with matcher_of(folder, works) as matcher:
+        yield matcher, folder, works
 
 
 @pytest.mark.parametrize("pauses_followed", [True, False])
@@ -423,7 +434,8 @@ def test_a_noisy_copy_is_one_segment_across_the_pause_it_shares(
     the copy is one segment from its first second to its last."""
     if not pauses_followed:  # the check fails without the step that follows pauses
         monkeypatch.setattr("tunetrace.segment_edges.PAUSE_DB", 1000.0)
-    matcher, folder, work = pausing_matcher
+    matcher, folder, works = pausing_matcher
+    work = works["pausing67"]
     before_s, after_s = 30.0, 20.0
     copy = with_noise(librosa.effects.time_stretch(work, rate=1.1), below_db=30.0, seed=5)
     end_s = before_s + len(copy) / SR
@@ -436,7 +448,8 @@ def test_a_noisy_copy_is_one_segment_across_the_pause_it_shares(
 def test_other_music_in_a_references_pause_is_not_claimed(pausing_matcher) -> None:
     """The same copy with other music where its reference pauses: the music is loud where the
     reference is quiet, so no segment covers it."""
-    matcher, folder, work = pausing_matcher
+    matcher, folder, works = pausing_matcher
+    work = works["pausing67"]
     before_s = 30.0
     copy = with_noise(work, below_db=30.0, seed=6)
     pause = slice(int(35.0 * SR), int(43.0 * SR))
@@ -449,6 +462,43 @@ def test_other_music_in_a_references_pause_is_not_claimed(pausing_matcher) -> No
     assert not covering, matches[0].segments
     end_s = before_s + len(work) / SR
     assert located(matches[0], before_s + 43.0, end_s), matches[0].segments
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_other_music_beside_a_soft_passage_is_not_claimed(
+    pausing_matcher, where: str
+) -> None:
+    """Quiet music the catalogue does not hold, 25 dB softer than a copy, lies where the
+    copied work's soft passage would align: before a copy of a work with a soft intro (the
+    intro left out), or after a copy of a work with a soft ending (the ending left out, a
+    medley's next work opening softly). Both are quiet together, but the music is tonal and
+    fits nothing: it is not the copy's pause."""
+    matcher, folder, works = pausing_matcher
+    quiet = softened(filler(96, 30.0), 0.0, 30.0)
+    if where == "before":
+        work, parts = "soft_intro70", [filler(97, 20.0), quiet,
+                                       works["soft_intro70"][int(30 * SR) :]]  # fmt: skip
+        start_s, end_s = 50.0, 100.0
+    else:
+        work, parts = "soft_coda71", [filler(97, 30.0), works["soft_coda71"][: int(60 * SR)],
+                                      quiet[: int(20 * SR)], filler(95, 20.0)]  # fmt: skip
+        start_s, end_s = 30.0, 90.0
+    matches = match(matcher, folder, f"quiet-{where}", parts)
+    assert [m.reference_id for m in matches] == [work], matches
+    assert located(matches[0], start_s, end_s), matches[0].segments
+
+
+def test_a_noisy_copy_cut_short_before_a_soft_ending_is_not_carried_over_silence(
+    pausing_matcher,
+) -> None:
+    """A copy with noise added stops where its reference's soft ending begins, and silence
+    follows: the query is silent where the reference still sounds, so the copy stopped."""
+    matcher, folder, works = pausing_matcher
+    copy = with_noise(works["soft_coda71"][: int(60 * SR)], below_db=30.0, seed=7)
+    parts = [filler(97, 30.0), copy, np.zeros(int(20 * SR), dtype=np.float32)]
+    matches = match(matcher, folder, "cut-then-silence", parts)
+    assert [m.reference_id for m in matches] == ["soft_coda71"], matches
+    assert located(matches[0], 30.0, 90.0), matches[0].segments
 
 
 def test_a_copy_is_carried_neither_into_other_music_nor_over_silence(partial_matcher) -> None:

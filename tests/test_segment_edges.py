@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.params import FingerprintParams
 
 from tunetrace.segment_edges import (
     EDGE_REACH_S,
@@ -155,38 +156,88 @@ def test_an_empty_reference_leaves_the_segment() -> None:
     assert carried == segment
 
 
-def features_at_levels(levels: np.ndarray) -> Features:
-    """Features whose frames' loudest bin has the given linear levels (log1p-compressed, as
-    spectra are stored)."""
-    spectrum = np.full((4, len(levels)), 0.01, dtype=np.float32)
-    spectrum[1] = np.log1p(levels)
+PARAMS = FingerprintParams()
+
+
+def spectrum_of(levels: np.ndarray, *, tonal: bool = False) -> Features:
+    """Features whose frames' loudest bins have the given linear levels (log1p-compressed, as
+    spectra are stored): every bin alike (noise-like frames), or one pitch class alone."""
+    spectrum = np.zeros((PARAMS.n_bins, len(levels)), dtype=np.float32)
+    rows = slice(5, None, PARAMS.bins_per_octave) if tonal else slice(None)
+    spectrum[rows] = np.log1p(levels)
     return Features(spectrum=spectrum, chroma=np.ones((12, len(levels))), frame_rate_hz=FPS)
 
 
-def test_a_pause_is_quiet_in_both_relative_to_the_copy_not_silent() -> None:
-    """Query frame t is reference frame t + 100. Reference frames 150-199 pause (40 dB under
-    its music); the query holds noise 25 dB under its music at 50-99, and loud other music at
-    60-69; the query's frames 0-9 align before the reference's start."""
-    reference = np.full(400, 2.0)
-    reference[150:200] = 0.02
-    query = np.full(300, 0.5)
-    query[50:100] = 0.5 * 10 ** (-25 / 20)
-    query[60:70] = 0.8
+def pause_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Query frame t is reference frame t + 100 (frames 0-19 align before the reference's
+    start). The copy is matched at query frames 200-299, where the query's level is 50 and the
+    reference's 5; around it both are quieter (the query 15, the reference 1) or louder (the
+    query 200 at 20-49). Reference frames 0-99 and 150-199 pause, 20 dB under its level in
+    the copy, and the query too at 50-99 (and at 0-19, before the reference's start).
+
+    Returns query levels, reference levels, positions and the matched frames."""
+    query = np.full(300, 15.0)
+    query[200:] = 50.0
+    query[20:50] = 200.0
+    query[:20] = query[50:100] = 5.0
+    reference = np.ones(600)
+    reference[300:400] = 5.0
+    reference[:100] = reference[150:200] = 0.5
     positions = np.arange(300, dtype=np.float64) + 100
-    positions[:10] = -1.0
+    positions[:20] -= 200
     inside = np.zeros(300, dtype=bool)
-    inside[100:300] = True
-    paused = quiet_together(features_at_levels(query), features_at_levels(reference),
-                            positions, inside)  # fmt: skip
+    inside[200:] = True
+    return query, reference, positions, inside
+
+
+def test_a_pause_is_quiet_in_both_relative_to_the_copy_not_silent() -> None:
+    """Levels are compared as amplitudes (not their logarithms), to the medians inside the
+    copy (not over the whole query), and only where the query aligns inside the reference."""
+    query, reference, positions, inside = pause_scene()
+    paused = quiet_together(spectrum_of(query), spectrum_of(reference), positions, inside,
+                            np.zeros(300), params=PARAMS)  # fmt: skip
     expected = np.zeros(300, dtype=bool)
     expected[50:100] = True
-    expected[60:70] = False
     assert np.array_equal(paused, expected)
-    assert PAUSE_DB < 25  # the noise counts as quiet ...
     louder = query.copy()
-    louder[50:100] = 0.5 * 10 ** (-(PAUSE_DB - 5) / 20)  # ... a softer passage does not
-    assert not quiet_together(features_at_levels(louder), features_at_levels(reference),
-                              positions, inside).any()  # fmt: skip
+    louder[50:100] = 50.0 * 10 ** (-(PAUSE_DB - 5) / 20)  # a softer passage is no pause
+    assert PAUSE_DB < 20
+    assert not quiet_together(spectrum_of(louder), spectrum_of(reference), positions, inside,
+                              np.zeros(300), params=PARAMS).any()  # fmt: skip
+
+
+@pytest.mark.parametrize(("fit", "paused"), [(0.0, False), (0.5, True)])
+def test_quiet_music_is_a_pause_only_when_it_fits_the_reference(fit: float, paused: bool) -> None:
+    """Where the reference pauses the query holds quiet tonal music: other music, unless it
+    fits the reference (the copy's own quiet passage)."""
+    query, reference, positions, inside = pause_scene()
+    excess = np.zeros(300)
+    excess[50:100] = fit
+    found = quiet_together(spectrum_of(query, tonal=True), spectrum_of(reference), positions,
+                           inside, excess, params=PARAMS)  # fmt: skip
+    assert found[50:100].all() == paused and found[50:100].any() == paused
+
+
+def test_a_silent_query_where_the_reference_sounds_softly_is_no_pause() -> None:
+    """The query is silent at 50-99, where the reference sounds 20 dB under its music: the
+    copy stopped there. Where the reference is silent too, the silence is a shared pause."""
+    query, reference, positions, inside = pause_scene()
+    query[50:100] = 0.0
+    found = quiet_together(spectrum_of(query), spectrum_of(reference), positions, inside,
+                           np.zeros(300), params=PARAMS)  # fmt: skip
+    assert not found[50:100].any()
+    reference[150:200] = 0.0
+    found = quiet_together(spectrum_of(query), spectrum_of(reference), positions, inside,
+                           np.zeros(300), params=PARAMS)  # fmt: skip
+    assert found[50:100].all()
+
+
+def test_an_empty_reference_has_no_pause() -> None:
+    query, _, positions, inside = pause_scene()
+    empty = Features(np.zeros((PARAMS.n_bins, 0), dtype=np.float32), np.zeros((12, 0)), FPS)
+    found = quiet_together(spectrum_of(query), empty, positions, inside, np.zeros(300),
+                           params=PARAMS)  # fmt: skip
+    assert not found.any()
 
 
 def test_a_shared_pause_carries_a_copy_to_its_reference_end_however_long() -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.tonality import tonality
 from tunetrace.query import PreparedQuery, VerifySettings
 from tunetrace.segments import (
     MIN_REPORTED_SEGMENT_S,
@@ -53,7 +54,9 @@ REACH_LOW_MARGIN = 0.1
 REACH_LOW_MIN_S = 4.0
 #: A segment within this many seconds of its reference's start or end is carried there when
 #: the query frames the part left out aligns with carry the copy on: silent together with the
-#: reference (its quiet intro or ending, a fade both have) on all but this share of them ...
+#: reference (its quiet intro or ending, a fade both have) on all but this share of them
+#: (which also bounds the frames of a shared pause, see :data:`PAUSE_DB`, that may not
+#: pause) ...
 EDGE_REACH_S = 30.0
 EDGE_MAX_SOUNDING = 0.2
 #: ... or, sounding for at least this many seconds (0.5 lost a padded track on the calibration
@@ -65,8 +68,16 @@ EDGE_MIN_EXCESS = 0.2
 #: A query frame and the reference frame it aligns with pause together where both are at
 #: least this many decibels under their median level inside the verification's segments
 #: (added noise or a lossy codec keeps a copy's pauses from being silent; on the calibration
-#: split they lay 20-35 dB under the music around them).
+#: split the reference lay a median 20-40 dB under its music there) ...
 PAUSE_DB = 15.0
+#: ... and the query holds noise there (the median chroma peak-to-mean ratio of its sounding
+#: frames, at most this: 1.3-2.4 in most of the calibration split's pauses, 1.3 for white
+#: noise, 2.8 for the median query, 10 for quiet synthetic music) or music that fits the
+#: reference (:data:`EDGE_MIN_EXCESS`) ...
+PAUSE_MAX_TONALITY = 2.5
+#: ... and, where it is silent, the reference is silent too on at least this share of the
+#: frames.
+PAUSE_SILENT_SHARE = 0.5
 
 
 def reach_segments(
@@ -135,8 +146,12 @@ def reach_segments(
             going_on[start:stop] = True
     # a copy is followed across a dip shorter than ``min_run``, not across a break in it,
     # and across a pause it shares with its reference, whatever its length
-    fits = going_on | matched
-    paused = quiet_together(query.features, reference, positions, inside)
+    fits = np.zeros(len(level), dtype=bool)
+    for start, stop in continuous_runs(going_on | matched, min_run=min_run, max_gap=0):
+        fits[start:stop] = True
+    paused = quiet_together(
+        query.features, reference, positions, inside, excess, params=params
+    )
     runs = [
         trimmed
         for run in continuous_runs(fits | paused, min_run=min_run, max_gap=0)
@@ -171,16 +186,40 @@ def _to_reference_edges(
     others: list[Segment],
     paused: np.ndarray | None = None,
 ) -> Segment:
-    """``segment`` carried to the first or last query frame aligned inside its reference,
-    where the reference part it leaves out there is at most :data:`EDGE_REACH_S` long, the
-    query frames that part aligns with carry the copy on (:func:`_fits_on_average`: a quiet
-    intro or ending, music that fits) and none of them lies in one of ``others`` (the
-    verification's other sections: a copy broken off between two of them is not joined
-    through the break; fragments shorter than a section do not count). ``reference_active``
-    marks the reference's sounding frames, ``paused`` the query frames quiet together with the
-    reference frame they align with (:func:`quiet_together`; none if not given): a stretch
-    paused on all but :data:`EDGE_MAX_SOUNDING` of its frames carries the copy whatever its
-    length."""
+    """``segment`` carried to the first or last query frame aligned inside its reference.
+
+    It is carried where none of the query frames the part it leaves out aligns with lies in
+    one of ``others`` (the verification's other sections: a copy broken off between two of
+    them is not joined through the break; fragments shorter than a section do not count), and
+    where those frames either pause together with the reference on all but
+    :data:`EDGE_MAX_SOUNDING` of them, however long the part, or carry the copy on
+    (:func:`_fits_on_average`: a quiet intro or ending, music that fits) with the part at most
+    :data:`EDGE_REACH_S` long.
+
+    Parameters
+    ----------
+    segment : Segment
+    positions : np.ndarray [shape=(n,)]
+        Reference frame each query frame aligns with.
+    reference_active : np.ndarray [shape=(reference frames,), dtype=bool]
+        The reference's sounding frames.
+    excess : np.ndarray [shape=(n,)]
+        Smoothed fit over the null level, per query frame.
+    usable : np.ndarray [shape=(n,), dtype=bool]
+        The query frames that sound.
+    fps : float
+        Frames per second.
+    others : list of Segment
+        The verification's other segments.
+    paused : np.ndarray [shape=(n,), dtype=bool], optional
+        Query frames that pause together with the reference (:func:`quiet_together`); none
+        if not given.
+
+    Returns
+    -------
+    segment : Segment
+        Never shorter than ``segment``.
+    """
     reference_frames = len(reference_active)
     if reference_frames == 0 or len(positions) == 0:
         return segment
@@ -227,11 +266,26 @@ def _to_reference_edges(
 
 
 def quiet_together(
-    query: Features, reference: Features, positions: np.ndarray, inside: np.ndarray
+    query: Features,
+    reference: Features,
+    positions: np.ndarray,
+    inside: np.ndarray,
+    excess: np.ndarray,
+    *,
+    params: FingerprintParams,
 ) -> np.ndarray:
-    """The query frames where query and reference pause together: each frame's loudest bin at
-    least :data:`PAUSE_DB` under its median over the frames of ``inside`` (where the copy was
-    matched), in the query and in the reference frame it aligns with.
+    """The query frames where query and reference pause together.
+
+    A frame pauses where its loudest bin lies at least :data:`PAUSE_DB` under its median over
+    the frames of ``inside`` (where the copy was matched), in the query and in the reference
+    frame it aligns with. A stretch of such frames is the copy's own pause only when what the
+    query holds there is what a pause of a copy holds: noise (its sounding frames' median
+    chroma peak-to-mean ratio, :func:`~tunetrace.fingerprint.tonality.tonality`, at most
+    :data:`PAUSE_MAX_TONALITY`) or the reference's own quiet music (fitting it by
+    :data:`EDGE_MIN_EXCESS` more than a misaligned reference on average), not other quiet
+    music; and silence only where the reference is silent too (on at least
+    :data:`PAUSE_SILENT_SHARE` of the query's silent frames: a copy that stops where its
+    reference still sounds, softly, is a copy cut short).
 
     Parameters
     ----------
@@ -240,28 +294,62 @@ def quiet_together(
         Reference frame each query frame aligns with (fractional; outside the reference
         before its start and past its end).
     inside : np.ndarray [shape=(query.n_frames,), dtype=bool]
-        Query frames inside the matched segments; at least one.
+        Query frames inside the matched segments.
+    excess : np.ndarray [shape=(query.n_frames,)]
+        Smoothed fit over the null level, per query frame.
+    params : FingerprintParams
+        The parameters the features were computed with.
 
     Returns
     -------
     paused : np.ndarray [shape=(query.n_frames,), dtype=bool]
         False for query frames aligned outside the reference.
     """
+    paused = np.zeros(query.n_frames, dtype=bool)
     n_reference = reference.n_frames
+    if n_reference == 0 or not inside.any():
+        return paused
     within = (positions >= 0) & (positions <= n_reference - 1)
-    at = np.clip(np.round(positions), 0, max(n_reference - 1, 0)).astype(np.int64)
+    at = np.clip(np.round(positions), 0, n_reference - 1).astype(np.int64)
     # the spectra are log1p-compressed magnitudes: expm1 gives levels that ratios compare
     query_level = np.expm1(query.spectrum.max(axis=0))
     reference_level = np.expm1(reference.spectrum.max(axis=0))[at]
     ratio = 10.0 ** (-PAUSE_DB / 20.0)
-    query_quiet = query_level <= ratio * np.median(query_level[inside])
-    reference_quiet = reference_level <= ratio * np.median(reference_level[inside])
-    return within & query_quiet & reference_quiet
+    quiet = (
+        within
+        & (query_level <= ratio * np.median(query_level[inside]))
+        & (reference_level <= ratio * np.median(reference_level[inside]))
+    )
+    query_sounding = query.active_frames()
+    reference_silent = ~reference.active_frames()[at]
+    for start, stop in continuous_runs(quiet, min_run=1, max_gap=0):
+        sounding = query_sounding[start:stop]
+        # over its sounding frames (1 when there are none)
+        noise = tonality(query.frames(start, stop), params=params) <= PAUSE_MAX_TONALITY
+        if not noise and excess[start:stop][sounding].mean() < EDGE_MIN_EXCESS:
+            continue  # other quiet music
+        silent = ~sounding
+        if silent.any() and reference_silent[start:stop][silent].mean() < PAUSE_SILENT_SHARE:
+            continue  # the copy stopped where its reference goes on softly
+        logger.debug("pause shared with the reference at frames %d-%d", start, stop)
+        paused[start:stop] = True
+    return paused
 
 
 def _trimmed_to(fits: np.ndarray, run: tuple[int, int]) -> tuple[int, int] | None:
     """``run`` cut to its first and last frame of ``fits`` (None when it has none): a pause
-    joins stretches of a copy, but does not begin or end one."""
+    joins stretches of a copy, but does not begin or end one.
+
+    Parameters
+    ----------
+    fits : np.ndarray [shape=(n,), dtype=bool]
+    run : tuple of int
+        Half-open frame range.
+
+    Returns
+    -------
+    trimmed : tuple of int or None
+    """
     start, stop = run
     fitting = np.flatnonzero(fits[start:stop])
     if len(fitting) == 0:
