@@ -93,7 +93,8 @@ class Features:
         return sum(value.nbytes for value in vars(self).values() if isinstance(value, np.ndarray))
 
     def frames(self, first: int, stop: int) -> Features:
-        """The features of frames ``first`` to ``stop - 1`` (a part of the recording).
+        """The features of frames ``first`` to ``stop - 1`` (a part of the recording), views of
+        these; derived arrays already made here are sliced, not made again.
 
         Parameters
         ----------
@@ -102,11 +103,20 @@ class Features:
         """
         if not 0 <= first < stop <= self.n_frames:
             raise ValueError(f"frames {first}:{stop} are not inside 0:{self.n_frames}")
-        return Features(
+        part = Features(
             spectrum=self.spectrum[:, first:stop],
             chroma=self.chroma[:, first:stop],
             frame_rate_hz=self.frame_rate_hz,
         )
+        # every derived array is computed frame by frame: those already made are sliced (the
+        # same values; a one-frame part's own FFT may round its last bit otherwise)
+        derived = vars(self)
+        if "verification_spectrum" in derived:
+            part.__dict__["verification_spectrum"] = self.verification_spectrum[:, first:stop]
+        for name in ("chroma_bin_spectrum", "spectrum_frames"):  # frames first
+            if name in derived:
+                part.__dict__[name] = derived[name][first:stop]
+        return part
 
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""

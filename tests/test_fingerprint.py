@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tunetrace.fingerprint import spectrum
 from tunetrace.fingerprint.decode import Audio
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts, resample_time
-from tunetrace.fingerprint.features import extract_features
+from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
 from tunetrace.fingerprint.tonality import LOW_TONALITY, low_tonality_caution, tonality
@@ -241,3 +241,24 @@ def test_tonality_ignores_silent_frames() -> None:
     alone = tonality(extract_features(chord(0, duration_s=4.0), params=PARAMS), params=PARAMS)
     with_silence = tonality(extract_features(padded, params=PARAMS), params=PARAMS)
     assert with_silence == pytest.approx(alone, rel=0.05)
+
+
+def test_a_prepared_part_of_a_query_is_the_part_prepared() -> None:
+    """Slicing the whole query's prepared arrays (and derived features already made) gives
+    what preparing the part on its own gives: every array is made frame by frame."""
+    rng = np.random.default_rng(3)
+    sr = PARAMS.sample_rate_hz
+    features = extract_features(
+        Audio(0.1 * rng.standard_normal(sr * 12).astype(np.float32), sr), params=PARAMS
+    )
+    features.spectrum_frames  # noqa: B018  (made before the parts, so they slice it)
+    whole = prepare_query(features)
+    for first, stop in ((0, 50), (17, 61), (40, features.n_frames), (30, 31), (30, 32)):
+        part, alone = whole.frames(first, stop), prepare_query(features.frames(first, stop))
+        for name in ("weights", "white_frames", "white_changes", "raw_changes"):
+            assert np.array_equal(getattr(part, name), getattr(alone, name)), (name, first)
+        for name in ("verification_spectrum", "chroma_bin_spectrum", "spectrum_frames"):
+            made = Features(features.spectrum[:, first:stop], features.chroma[:, first:stop],
+                            features.frame_rate_hz)  # fmt: skip
+            # the same to the bit, but for the last bit of a one-frame FFT
+            assert np.allclose(getattr(part.features, name), getattr(made, name), atol=1e-6)

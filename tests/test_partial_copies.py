@@ -565,8 +565,9 @@ def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_m
         )
 
     judged = matcher._judged_alone(
-        features, in_window, {truth.reference_key: reference}, window, by_fit
-    )
+        prepare_query(features, matcher.verify_settings), in_window,
+        {truth.reference_key: reference}, window, by_fit,
+    )  # fmt: skip
 
     assert judged is not None
     assert judged.spectral_similarity > in_window.spectral_similarity + 0.02

@@ -353,7 +353,7 @@ class Matcher:
         # A candidate whose voters sit in one part of the query is judged on that part alone.
         windowed = [self._in_window(candidate, features) for candidate in retimed]
         prepared = {window: query if window is None else
-                    prepare_query(features.frames(*window), self.verify_settings)
+                    query.frames(*window)
                     for window in {window for window, _ in windowed}}  # fmt: skip
         window_of = {id(candidate): window for window, candidate in windowed}
         retimed = [candidate for _, candidate in windowed]
@@ -401,7 +401,7 @@ class Matcher:
             if verification is None or window is None:
                 return _scored(verification)
             verification = _from_window(verification, window[0], params.frame_rate_hz)
-            return self._judged_alone(features, verification, references, window, _scored)
+            return self._judged_alone(query, verification, references, window, _scored)
 
         def _scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
             if verification is None:
@@ -435,9 +435,7 @@ class Matcher:
                 if window is None:
                     continue
                 window_of[id(moved)] = window
-                prepared.setdefault(
-                    window, prepare_query(features.frames(*window), self.verify_settings)
-                )
+                prepared.setdefault(window, query.frames(*window))
                 repeats.append(moved)
         aligned = [a for a in map_in_threads(align, repeats) if a is not None]
         again = [v for v in map_in_threads(verify_screened, map_in_threads(screen, aligned))
@@ -648,7 +646,7 @@ class Matcher:
 
     def _judged_alone(
         self,
-        features: Features,
+        query: PreparedQuery,
         verification: Verification,
         references: dict[int, Features],
         window: tuple[int, int],
@@ -660,9 +658,9 @@ class Matcher:
         windows (:meth:`ScoreModel.score_section`); the better of the two scores stands.
         The measurements average over every sounding frame they are made on: the window's
         3-s margins of other music took a 20-s section's onset agreement from 0.78 to 0.27
-        and its score under the threshold."""
-        fps = features.frame_rate_hz
-        n_frames = features.n_frames
+        and its score under the threshold. ``query`` is the whole query, prepared."""
+        fps = query.features.frame_rate_hz
+        n_frames = query.features.n_frames
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
         if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
             return None
@@ -679,12 +677,12 @@ class Matcher:
             offset_frames=verification.offset_frames + verification.tempo_ratio * first,
             votes=verification.votes,
         )
-        query = prepare_query(features.frames(first, stop), self.verify_settings)
+        part = query.frames(first, stop)
         reference = references[verification.reference_key]
         params = self.catalogue.params
-        alignment = align_on_chroma(query, reference, candidate, settings=self.verify_settings)
+        alignment = align_on_chroma(part, reference, candidate, settings=self.verify_settings)
         section = None if alignment is None else verify_candidate(
-            query, reference, alignment, params=params, settings=self.verify_settings
+            part, reference, alignment, params=params, settings=self.verify_settings
         )  # fmt: skip
         if section is None or covered_seconds(section.segments) < self.settings.min_section_s:
             return scored(verification, wide_windows)

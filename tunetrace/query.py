@@ -111,6 +111,27 @@ class PreparedQuery:
         """:attr:`white_frames` bins first, shape ``(n_bins, n_frames)`` (a view)."""
         return self.white_frames.T
 
+    def frames(self, first: int, stop: int) -> PreparedQuery:
+        """The prepared frames ``first`` to ``stop - 1`` (views, no copies): what
+        :func:`prepare_query` makes of ``features.frames(first, stop)``, as every array is
+        computed frame by frame (whitening and blurring along frequency; changes two frames
+        apart within the part).
+
+        Parameters
+        ----------
+        first, stop : int
+            Frame range, half-open, ``0 <= first < stop <= n_frames``.
+        """
+        # aligned on chroma too: computed once for the whole query, each part slices it
+        self.features.chroma_bin_spectrum  # noqa: B018
+        return PreparedQuery(
+            features=self.features.frames(first, stop),
+            weights=self.weights[first:stop],
+            white_frames=self.white_frames[first:stop],
+            white_changes=self.white_changes[first : max(stop - 2, first)],
+            raw_changes=self.raw_changes[first : max(stop - 2, first)],
+        )
+
 
 def prepare_query(features: Features, settings: VerifySettings | None = None) -> PreparedQuery:
     """Compute the per-query arrays that verification of every candidate reuses."""
