@@ -13,6 +13,7 @@ from tunetrace.segment_edges import (
     _fits_on_average,
     _to_reference_edges,
     _trimmed_to,
+    copy_runs,
     quiet_together,
 )
 from tunetrace.types import Segment
@@ -232,6 +233,16 @@ def test_a_silent_query_where_the_reference_sounds_softly_is_no_pause() -> None:
     assert found[50:100].all()
 
 
+def test_a_few_silent_frames_do_not_cancel_a_noisy_pause() -> None:
+    """A codec's gate drops two frames of the noise to silence where the reference still
+    sounds, softly: the pause stands."""
+    query, reference, positions, inside = pause_scene()
+    query[70:72] = 0.0
+    found = quiet_together(spectrum_of(query), spectrum_of(reference), positions, inside,
+                           np.zeros(300), params=PARAMS)  # fmt: skip
+    assert found[50:100].all()
+
+
 def test_an_empty_reference_has_no_pause() -> None:
     query, _, positions, inside = pause_scene()
     empty = Features(np.zeros((PARAMS.n_bins, 0), dtype=np.float32), np.zeros((12, 0)), FPS)
@@ -256,6 +267,19 @@ def test_a_shared_pause_carries_a_copy_to_its_reference_end_however_long() -> No
             others=[], paused=paused,
         )  # fmt: skip
         assert (moved.query_end_s == 100.0) == carried, moved
+
+
+@pytest.mark.parametrize(("fragment", "joined"), [(5, False), (10, True)])
+def test_a_pause_joins_stretches_that_fit_for_a_second_or_more(fragment: int, joined: bool) -> None:
+    """A copy fits at frames 20-59, pauses at 60-89, then fits for ``fragment`` frames: a
+    fragment shorter than a second (10 frames) does not carry the copy on across the pause."""
+    fits = np.zeros(200, dtype=bool)
+    fits[20:60] = True
+    fits[90 : 90 + fragment] = True
+    paused = np.zeros(200, dtype=bool)
+    paused[60:90] = True
+    runs = copy_runs(fits, paused, min_run=10)
+    assert runs == ([(20, 90 + fragment)] if joined else [(20, 60)])
 
 
 def test_a_pause_joins_stretches_of_a_copy_but_does_not_end_one() -> None:

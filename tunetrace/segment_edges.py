@@ -75,9 +75,10 @@ PAUSE_DB = 15.0
 #: noise, 2.8 for the median query, 10 for quiet synthetic music) or music that fits the
 #: reference (:data:`EDGE_MIN_EXCESS`) ...
 PAUSE_MAX_TONALITY = 2.5
-#: ... and, where it is silent, the reference is silent too on at least this share of the
-#: frames.
-PAUSE_SILENT_SHARE = 0.5
+#: ... and silent where the reference sounds on at most this share of the frames. No fit is
+#: asked of noise: a quiet, non-tonal passage of other material (drums, applause) beside a
+#: soft passage of the reference passes for the copy's pause.
+PAUSE_MAX_CUT_SHARE = 0.5
 
 
 def reach_segments(
@@ -144,19 +145,10 @@ def reach_segments(
         between = before.any() and after.any()
         if between or weaker[start:stop].sum() >= REACH_LOW_MIN_S * fps:
             going_on[start:stop] = True
-    # a copy is followed across a dip shorter than ``min_run``, not across a break in it,
-    # and across a pause it shares with its reference, whatever its length
-    fits = np.zeros(len(level), dtype=bool)
-    for start, stop in continuous_runs(going_on | matched, min_run=min_run, max_gap=0):
-        fits[start:stop] = True
     paused = quiet_together(
         query.features, reference, positions, inside, excess, params=params
     )
-    runs = [
-        trimmed
-        for run in continuous_runs(fits | paused, min_run=min_run, max_gap=0)
-        if (trimmed := _trimmed_to(fits, run)) is not None
-    ]
+    runs = copy_runs(going_on | matched, paused, min_run=min_run)
     # a fragment stays one (it is not reported beside a section): only sections grow
     grown = [
         _grown(segment, runs, positions, fps) if _is_section(segment) else segment
@@ -283,9 +275,9 @@ def quiet_together(
     chroma peak-to-mean ratio, :func:`~tunetrace.fingerprint.tonality.tonality`, at most
     :data:`PAUSE_MAX_TONALITY`) or the reference's own quiet music (fitting it by
     :data:`EDGE_MIN_EXCESS` more than a misaligned reference on average), not other quiet
-    music; and silence only where the reference is silent too (on at least
-    :data:`PAUSE_SILENT_SHARE` of the query's silent frames: a copy that stops where its
-    reference still sounds, softly, is a copy cut short).
+    music; and silent where the reference sounds on at most :data:`PAUSE_MAX_CUT_SHARE` of
+    its frames (a copy that stops where its reference still sounds, softly, is a copy cut
+    short).
 
     Parameters
     ----------
@@ -321,19 +313,49 @@ def quiet_together(
         & (reference_level <= ratio * np.median(reference_level[inside]))
     )
     query_sounding = query.active_frames()
-    reference_silent = ~reference.active_frames()[at]
+    reference_sounding = reference.active_frames()[at]
     for start, stop in continuous_runs(quiet, min_run=1, max_gap=0):
         sounding = query_sounding[start:stop]
         # over its sounding frames (1 when there are none)
         noise = tonality(query.frames(start, stop), params=params) <= PAUSE_MAX_TONALITY
-        if not noise and excess[start:stop][sounding].mean() < EDGE_MIN_EXCESS:
+        if not noise and not excess[start:stop][sounding].mean() >= EDGE_MIN_EXCESS:
             continue  # other quiet music
-        silent = ~sounding
-        if silent.any() and reference_silent[start:stop][silent].mean() < PAUSE_SILENT_SHARE:
+        cut_short = ~sounding & reference_sounding[start:stop]
+        if cut_short.mean() > PAUSE_MAX_CUT_SHARE:
             continue  # the copy stopped where its reference goes on softly
         logger.debug("pause shared with the reference at frames %d-%d", start, stop)
         paused[start:stop] = True
     return paused
+
+
+def copy_runs(fits: np.ndarray, paused: np.ndarray, *, min_run: int) -> list[tuple[int, int]]:
+    """Where a copy goes on: runs of frames that fit, followed across dips shorter than
+    ``min_run`` (not across a break), each at least ``min_run`` long, and joined across
+    pauses shared with the reference whatever their length; a run never begins or ends on a
+    pause.
+
+    Parameters
+    ----------
+    fits : np.ndarray [shape=(n,), dtype=bool]
+        Frames where the copy fits.
+    paused : np.ndarray [shape=(n,), dtype=bool]
+        Frames where the query pauses with its reference (:func:`quiet_together`).
+    min_run : int > 0
+        Frames.
+
+    Returns
+    -------
+    runs : list of (int, int)
+        Half-open frame ranges, in order.
+    """
+    solid = np.zeros(len(fits), dtype=bool)
+    for start, stop in continuous_runs(fits, min_run=min_run, max_gap=0):
+        solid[start:stop] = True
+    return [
+        trimmed
+        for run in continuous_runs(solid | paused, min_run=min_run, max_gap=0)
+        if (trimmed := _trimmed_to(solid, run)) is not None
+    ]
 
 
 def _trimmed_to(fits: np.ndarray, run: tuple[int, int]) -> tuple[int, int] | None:
