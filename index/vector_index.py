@@ -39,6 +39,7 @@ from tunetrace.index.compact_vectors import (
     rounded,
     to_disk_form,
 )
+from tunetrace.index.list_assignment import flat_list_centroids, preassigned_search
 from tunetrace.index.projection import (
     discriminant_projection,
     packaged_noise,
@@ -292,6 +293,15 @@ class VectorIndex:
             if isinstance(inner, faiss.IndexRefine):
                 inner.k_factor = self.spec.refine_factor
 
+    def _flat_list_centroids(self) -> np.ndarray | None:
+        """The list centroids :mod:`~tunetrace.index.list_assignment` searches with, for an
+        IVF-Flat index (found once: training is the only thing that changes them)."""
+        try:
+            return self._centroids
+        except AttributeError:
+            self._centroids: np.ndarray | None = flat_list_centroids(self._index)
+            return self._centroids
+
     @property
     def supports_removal(self) -> bool:
         """Whether vectors can be removed in place (HNSW graphs and re-ranking copies cannot:
@@ -357,6 +367,10 @@ class VectorIndex:
             )
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ivf = faiss.try_extract_index_ivf(self._index)
+        centroids = self._flat_list_centroids()
+        if centroids is not None:  # an IVF-Flat index: its lists chosen outside FAISS
+            probes = max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
+            return preassigned_search(self._index, vectors, k, centroids, probes)
         if effort < 1.0 and ivf is not None:
             probes = max(1, round(min(ivf.nprobe, ivf.nlist) * effort))
             inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
