@@ -66,6 +66,7 @@ from tunetrace.index.writer_lock import WriterLock
 
 from tunetrace.errors import (
     CatalogueError,
+    DamagedReferenceError,
     DuplicateReferenceError,
     IncompatibleCatalogueError,
     InvalidReferenceIdError,
@@ -1194,7 +1195,7 @@ class Catalogue:
                 self._features_cache.move_to_end(key)
                 return cached
             row = self._db.execute(
-                f"SELECT spectrum, spectrum_scale, {self._codec_column}, n_frames FROM refs"
+                f"SELECT spectrum, spectrum_scale, {self._codec_column}, n_frames, id FROM refs"
                 " WHERE key = ?",
                 (key,),
             ).fetchone()
@@ -1205,8 +1206,12 @@ class Catalogue:
         # With what verification reads of a reference, so the cache counts it.
         try:
             features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3])
-        except (ValueError, TypeError) as exc:  # a damaged row
-            raise CatalogueError(f"reference with key {key} in {self.directory}: {exc}") from exc
+        except (ValueError, TypeError, OverflowError) as exc:  # a damaged row
+            raise DamagedReferenceError(
+                f"reference {row[4]!r} in {self.directory} is damaged ({exc}); remove it and"
+                " add it again",
+                str(row[4]),
+            ) from exc
         with self._lock:
             cached = self._features_cache.get(key)
             if cached is not None:

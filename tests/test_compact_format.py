@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -22,7 +23,7 @@ from tunetrace.index.spectrum_codec import (
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
-from tunetrace.errors import CatalogueError
+from tunetrace.errors import CatalogueError, DamagedReferenceError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
 
@@ -83,20 +84,26 @@ def test_a_damaged_row_gives_one_clear_error(
 ) -> None:
     directory = tmp_path / "catalogue"
     with Catalogue(directory, create=True) as catalogue:
-        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params))
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
         key = catalogue.get("a").key
     with sqlite3.connect(directory / "catalogue.sqlite") as db:
         db.execute(f"UPDATE refs SET {column} = ? WHERE key = ?", (value, key))
     with (
         Catalogue(directory, read_only=True) as catalogue,
-        pytest.raises(CatalogueError, match="reference with key"),
+        pytest.raises(DamagedReferenceError, match=r"reference 'a' in .* is damaged") as raised,
     ):
         catalogue.features(key)
-    command = [sys.executable, "-m", "tunetrace.cli", "match", "-c", str(directory)]
-    command.append(str(songs["a"]))
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode in (1, 2) and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.startswith("error: "), result.stderr
+    assert raised.value.reference_id == "a"
+    # matching goes on without it, and says which reference was left out
+    command = [sys.executable, "-m", "tunetrace.cli", "match", "-c", str(directory), "--json"]
+    for name, found in (("a", []), ("b", ["b"])):
+        result = subprocess.run([*command, str(songs[name])], capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert "reference 'a'" in result.stderr and "damaged" in result.stderr, result.stderr
+        matched = [m["reference_id"] for m in json.loads(result.stdout)["matches"]]
+        assert matched == found, (name, matched)
 
 
 def test_a_spectrum_that_its_named_codec_cannot_read_is_refused(songs: dict[str, Path]) -> None:

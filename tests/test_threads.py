@@ -40,6 +40,25 @@ def test_map_in_threads_passes_an_error_on(monkeypatch: pytest.MonkeyPatch) -> N
         threads.map_in_threads(fails_on_two, range(4))
 
 
+def test_map_in_threads_lets_running_items_finish_before_raising(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the caller may close what the other threads use (a database) as soon as it sees the error
+    monkeypatch.setattr(threads, "thread_count", lambda: 2)
+    finished: list[int] = []
+
+    def first_fails_fast(value: int) -> int:
+        if value == 0:
+            raise ValueError("zero")
+        time.sleep(0.3)
+        finished.append(value)
+        return value
+
+    with pytest.raises(ValueError, match="zero"):
+        threads.map_in_threads(first_fails_fast, range(2))
+    assert finished == [1]  # the other thread was done when the error reached the caller
+
+
 def test_map_in_threads_runs_in_the_caller_with_one_thread(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -47,6 +47,20 @@ class ReferenceNotFoundError(CatalogueError):
     """No reference with this id exists in the catalogue."""
 
 
+class DamagedReferenceError(CatalogueError):
+    """A reference's stored row cannot be read (its spectrum or its shape is damaged).
+
+    Attributes
+    ----------
+    reference_id : str
+        The damaged reference's id (remove it and add it again).
+    """
+
+    def __init__(self, message: str, reference_id: str) -> None:
+        super().__init__(message)
+        self.reference_id = reference_id
+
+
 class InvalidReferenceIdError(BadInputError):
     """A reference id breaks the id rules (1-200 characters, no control characters)."""
 

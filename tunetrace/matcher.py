@@ -16,7 +16,7 @@ import numpy as np
 from tunetrace.alignment import ChromaAlignment, align_on_chroma
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_vectors
-from tunetrace.errors import ReferenceNotFoundError
+from tunetrace.errors import DamagedReferenceError, ReferenceNotFoundError
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.tonality import tonality
@@ -188,6 +188,7 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
+        self._damaged_seen: set[str] = set()
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
 
     @property
@@ -722,10 +723,17 @@ class Matcher:
         )
 
     def _reference_features(self, key: int) -> Features | None:
-        """A candidate reference's stored features, ``None`` if it has been removed."""
+        """A candidate reference's stored features, ``None`` if it has been removed or its
+        row is damaged (logged once per reference, by id: one damaged row must not stop
+        every query)."""
         try:
             return self.catalogue.features(key)
         except ReferenceNotFoundError:
+            return None
+        except DamagedReferenceError as exc:
+            if exc.reference_id not in self._damaged_seen:
+                self._damaged_seen.add(exc.reference_id)
+                logger.warning("%s; it is left out of matching", exc)
             return None
 
     def match_features(

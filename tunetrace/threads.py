@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TypeVar
 
 import faiss
@@ -81,4 +81,13 @@ def map_in_threads(function: Callable[[T], R], items: Iterable[T]) -> list[R]:
             _executor.shutdown(wait=False)
         _executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="tunetrace")
         _executor_threads = threads
-    return list(_executor.map(function, items))
+    futures = [_executor.submit(function, item) for item in items]
+    try:
+        return [future.result() for future in futures]
+    except BaseException:
+        # Items not started are dropped; those running are waited for, so that nothing the
+        # caller closes next (a database connection, say) is still in use by a thread.
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        raise
