@@ -330,6 +330,61 @@ def test_excerpt_scan_decodes_the_whole_file_when_its_header_overstates_the_leng
     assert [m["reference_id"] for m in line["matches"]] == ["song2"]
 
 
+def test_excerpt_scan_of_a_file_nothing_of_which_matches_is_an_error_not_clean(
+    tmp_path: Path, built_catalogue: Path, songs: dict
+) -> None:
+    matcher = Matcher(Catalogue(built_catalogue, read_only=True))
+    silent = write_audio(tmp_path / "silence.wav", np.zeros(60 * SAMPLE_RATE, dtype=np.float32))
+    whole = run_job(matcher, ScanJob(str(silent), str(silent)), top=5, min_score=None)
+    excerpted = run_job(
+        matcher, ScanJob(str(silent), str(silent)), top=5, min_score=None, excerpts=2
+    )
+    assert "error" in whole
+    assert excerpted.get("error", {}).get("code") == whole["error"]["code"], excerpted
+    # one silent excerpt of a file whose other excerpt matches is skipped, as before
+    song = songs["song1"]  # 30 s, then 50 s of silence: excerpts at 16.7-36.7 s and 43.3-63.3 s
+    silence = np.zeros(50 * SAMPLE_RATE, dtype=song.dtype)
+    half = write_audio(tmp_path / "half.wav", np.concatenate([song, silence]))
+    line = run_job(matcher, ScanJob(str(half), str(half)), top=5, min_score=None, excerpts=2)
+    assert "error" not in line and [m["reference_id"] for m in line["matches"]] == ["song1"]
+
+
+def test_a_file_name_that_is_not_utf8_gets_its_line_and_reads_back(
+    tmp_path: Path, built_catalogue: Path, uploads: Path
+) -> None:
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    source = next(uploads.iterdir())
+    odd = os.fsencode(folder) + b"/bad\xffname" + os.fsencode(source.suffix)
+    shutil.copy(source, odd)
+    out = tmp_path / "report.jsonl"
+    csv_out = tmp_path / "report.csv"
+    result = _cli("scan", "-c", str(built_catalogue), str(folder), "--out", str(out),
+                  "--workers", "1", "--csv", str(csv_out))  # fmt: skip
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    (line,) = read_report(out)
+    assert os.fsencode(line["query"]) == odd  # the same name, escaped in valid JSON
+    out.read_bytes().decode("utf-8")  # the report stays UTF-8
+    assert "bad\\udcffname" in csv_out.read_text(encoding="utf-8")
+    again = _cli("scan", "-c", str(built_catalogue), str(folder), "--out", str(out),
+                 "--workers", "1", "--resume")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert len(read_report(out)) == 1  # resumed past it: not scanned twice
+
+
+@pytest.mark.parametrize("where", ["folder", "missing"])
+def test_a_csv_that_cannot_be_written_is_refused_before_scanning(
+    tmp_path: Path, built_catalogue: Path, uploads: Path, where: str
+) -> None:
+    csv_path = tmp_path if where == "folder" else tmp_path / "missing" / "report.csv"
+    out = tmp_path / "report.jsonl"
+    result = _cli("scan", "-c", str(built_catalogue), str(uploads), "--out", str(out),
+                  "--csv", str(csv_path), check=False)  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: cannot write the CSV"), result.stderr
+    assert not out.exists()  # refused before anything was scanned
+
+
 # --- workers that die, damaged reports, concurrent scans ---------------------------------
 
 KILLER = "g_unknown.wav"  # the upload whose job kills its worker (test hook, SIGKILL)

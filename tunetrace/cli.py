@@ -381,7 +381,7 @@ def scan(
     ] = 0,
 ) -> None:
     """Rescan many files (or the catalogue itself) and append one report line per file."""
-    from tunetrace.export import write_csv
+    from tunetrace.export import csv_problem, write_csv
     from tunetrace.scan import (
         ReportWriter,
         ScanSummary,
@@ -404,6 +404,9 @@ def scan(
         typer.echo(
             "error: give files, folders or --manifest to scan, or --self (not both)", err=True
         )
+        raise typer.Exit(2)
+    if csv_path is not None and (problem := csv_problem(csv_path)) is not None:
+        typer.echo(f"error: cannot write the CSV: {problem}", err=True)
         raise typer.Exit(2)
     store = _open_catalogue(catalogue)
     try:
@@ -452,7 +455,11 @@ def scan(
         for group in copy_groups(read_report(out)):
             typer.echo("copies: " + "  <->  ".join(group))
     if csv_path is not None:
-        rows = write_csv(read_report(out), csv_path)
+        try:
+            rows = write_csv(read_report(out), csv_path)
+        except OSError as exc:
+            typer.echo(f"error: cannot write the CSV {csv_path}: {exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"wrote {rows} row(s) to {csv_path}")
 
 

@@ -283,8 +283,15 @@ def _merged_excerpt_matches(
     min_score: float | None,
     exclude_keys: frozenset[int] = frozenset(),
 ) -> list[Match]:
-    """Match excerpts (start in seconds, features made on demand) and merge per reference."""
+    """Match excerpts (start in seconds, features made on demand) and merge per reference.
+
+    An excerpt that cannot be matched (a silent stretch, say) is skipped; when none can be,
+    the last one's error is raised, as matching the whole file would fail: a file nothing of
+    which was matched is not reported clean.
+    """
     best: dict[str, Match] = {}
+    failure: TunetraceError | None = None
+    matched = 0
     for shift_s, make_features in excerpts:
         try:
             found = matcher.match_features(
@@ -294,7 +301,9 @@ def _merged_excerpt_matches(
             raise  # a file that cannot be read fails as a whole
         except TunetraceError as exc:  # e.g. a silent stretch too short to fingerprint
             logger.info("excerpt at %.1f s skipped: %s", shift_s, exc)
+            failure = exc
             continue
+        matched += 1
         for match in found:
             moved = _shift_segments(match, shift_s)
             kept = best.get(match.reference_id)
@@ -305,6 +314,8 @@ def _merged_excerpt_matches(
                 best[match.reference_id] = _with_segments(
                     better, sorted([*better.segments, *other.segments], key=_query_start)
                 )
+    if not matched and failure is not None:
+        raise failure
     matches = sorted(best.values(), key=lambda m: -m.score)[:top]
     return [
         replace(m, coverage=min(1.0, covered_seconds(m.segments) / duration_s)) for m in matches
@@ -450,7 +461,12 @@ class ReportWriter:
 
     def write(self, line: dict[str, Any]) -> None:
         """Append one report line and flush it (fsync at most every few seconds)."""
-        self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+        text = json.dumps(line, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8 (its bytes as surrogates)
+            text = json.dumps(line)  # escaped: valid JSON that reads back as the same name
+        self._file.write(text + "\n")
         self._file.flush()
         self.done.add(self.key(str(line["query"])))
         if time.monotonic() - self._last_sync > SYNC_INTERVAL_S:
