@@ -76,8 +76,12 @@ class ApiSettings(BaseSettings):
     api_keys: SecretStr = Field(
         SecretStr(""), description="Comma-separated key:role pairs; roles are read and write."
     )
-    max_upload_mb: float = Field(200.0, gt=0, description="Largest accepted upload, in MB.")
-    max_duration_s: float = Field(1200.0, gt=0, description="Longest accepted audio, in seconds.")
+    max_upload_mb: float = Field(
+        200.0, gt=0, allow_inf_nan=False, description="Largest accepted upload, in MB."
+    )
+    max_duration_s: float = Field(
+        1200.0, gt=0, allow_inf_nan=False, description="Longest accepted audio, in seconds."
+    )
     workers: int = Field(
         default_factory=lambda: os.cpu_count() or 1,
         ge=1,
@@ -98,6 +102,7 @@ class ApiSettings(BaseSettings):
     upload_idle_timeout_s: float = Field(
         30.0,
         gt=0,
+        allow_inf_nan=False,
         description="An upload that sends nothing for this many seconds is refused (408) and "
         "frees its admission slot.",
     )

@@ -384,6 +384,20 @@ def test_api_key_messages_never_show_any_part_of_an_item() -> None:
     assert parse_api_keys("a-Z_0~!@#$%^&*():write") == {"a-Z_0~!@#$%^&*()": "write"}
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "0", "-1"])
+@pytest.mark.parametrize(
+    "variable", ["TUNETRACE_MAX_UPLOAD_MB", "TUNETRACE_MAX_DURATION_S",
+                 "TUNETRACE_UPLOAD_IDLE_TIMEOUT_S"],
+)  # fmt: skip
+def test_limits_that_are_not_finite_and_positive_are_refused_at_startup(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    # infinity had been taken, and every upload then failed (500) converting it to bytes
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError):
+        ApiSettings()
+
+
 def test_a_bad_replace_field_is_refused_even_when_the_query_asks_to_replace(
     client: TestClient, songs: dict, tmp_path: Path
 ) -> None:
