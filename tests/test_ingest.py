@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
+import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
+from tests.conftest import SAMPLE_RATE, write_audio
+from tunetrace.errors import BadInputError
 from tunetrace.ingest import items_from_manifest, worker_pool
+from tunetrace.scan import manifest_paths
 
 
 @pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["plain", "byte-order-mark"])
@@ -57,3 +63,33 @@ def test_worker_pool_limits_each_worker_to_one_thread() -> None:
     assert omp_threads == 1, f"FAISS uses {omp_threads} OpenMP threads in a worker"
     assert blas_threads, "no BLAS library found in the worker"
     assert all(n == 1 for n in blas_threads), f"BLAS threads in a worker: {blas_threads}"
+
+
+def test_a_manifest_that_is_not_utf8_or_is_a_folder_is_refused_clearly(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(b"path,id\na.wav,first\nb.wav,m\xe9lodie\n")  # as a spreadsheet saves it
+    for read in (items_from_manifest, manifest_paths):
+        with pytest.raises(BadInputError, match=r"latin1.csv:3: not UTF-8 text"):
+            read(latin1)
+        with pytest.raises(BadInputError, match="is a folder, not a manifest file"):
+            read(tmp_path)
+
+
+def test_two_files_that_would_be_one_reference_are_refused_before_anything_is_added(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "dup"
+    tone = np.sin(np.arange(5 * SAMPLE_RATE) * 0.05).astype(np.float32)
+    write_audio(folder / "a.wav", tone)
+    write_audio(folder / "a.flac", tone)
+    catalogue = tmp_path / "catalogue"
+    for extra in ([], ["--replace"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue), str(folder),
+             *extra],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert "a.flac" in result.stderr and "a.wav" in result.stderr, result.stderr
+        assert "would both be reference 'a'" in result.stderr
+        assert not catalogue.exists()

@@ -103,7 +103,12 @@ def add(
     """Fingerprint audio and add it to the catalogue as references."""
     from dataclasses import replace as with_fields
 
-    from tunetrace.ingest import ingest, items_from_manifest, items_from_paths
+    from tunetrace.ingest import (
+        check_distinct_ids,
+        ingest,
+        items_from_manifest,
+        items_from_paths,
+    )
 
     if not paths and manifest is None:
         typer.echo("error: give audio files or folders, --manifest, or both", err=True)
@@ -116,6 +121,7 @@ def add(
             items = [with_fields(items[0], title=title, artist=artist)]
         if manifest is not None:
             items += items_from_manifest(manifest)
+        check_distinct_ids(items)  # before the catalogue is opened (or made)
     except TunetraceError as exc:
         _fail(exc)
     if not items:

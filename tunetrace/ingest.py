@@ -7,7 +7,6 @@ reported and skipped without stopping the batch.
 
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -21,6 +20,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData, validate_reference_id
 from tunetrace.index.spectrum_codec import COMPACT_CODEC, SpectrumCodec
 from tunetrace.index.storage import stored_reference_vectors
+from tunetrace.manifests import manifest_rows
 from tunetrace.parent_watch import exit_with_parent
 from tunetrace.threads import use_one_thread
 
@@ -154,6 +154,29 @@ def items_from_paths(paths: Iterable[Path], *, explicit_id: str | None = None) -
     return items
 
 
+def check_distinct_ids(items: Iterable[IngestItem]) -> None:
+    """Refuse a batch in which two files would become the same reference.
+
+    Parameters
+    ----------
+    items : iterable of IngestItem
+
+    Raises
+    ------
+    BadInputError
+        Naming the first two files that share an id (``a.wav`` and ``a.flac`` in one folder
+        both become ``a``): which one the catalogue kept would depend on which finished last.
+    """
+    first_of: dict[str, Path] = {}
+    for item in items:
+        earlier = first_of.setdefault(item.reference_id, item.path)
+        if earlier != item.path:
+            raise BadInputError(
+                f"{earlier} and {item.path} would both be reference {item.reference_id!r}; "
+                "give them distinct ids (a manifest names each file's id)"
+            )
+
+
 def items_from_manifest(manifest: Path) -> list[IngestItem]:
     """Read ``path,id[,title,artist,isrc]`` rows (a header row is recognised and skipped).
 
@@ -162,26 +185,22 @@ def items_from_manifest(manifest: Path) -> list[IngestItem]:
     Raises
     ------
     BadInputError
-        If the manifest is missing or a row has fewer than two fields.
+        If the manifest is missing or not UTF-8 text (:func:`~tunetrace.manifests.manifest_rows`),
+        or a row has fewer than two fields.
     """
-    if not manifest.is_file():
-        raise BadInputError(f"{manifest}: no such manifest file")
     items = []
-    # utf-8-sig: spreadsheet programs save CSV with a byte-order mark, which would otherwise
-    # stick to the first field and hide the header row.
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            if not row or not "".join(row).strip():
-                continue
-            if number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "id"]:
-                continue
-            if len(row) < 2:
-                raise BadInputError(f"{manifest}:{number}: expected path,id[,title,artist,isrc]")
-            fields = [c.strip() or None for c in row] + [None] * 3
-            path = Path(fields[0] or "")
-            if not path.is_absolute():
-                path = manifest.parent / path
-            items.append(IngestItem(path, fields[1] or "", fields[2], fields[3], fields[4]))
+    for number, row in manifest_rows(manifest):
+        if not row or not "".join(row).strip():
+            continue
+        if number == 1 and [c.strip().lower() for c in row[:2]] == ["path", "id"]:
+            continue
+        if len(row) < 2:
+            raise BadInputError(f"{manifest}:{number}: expected path,id[,title,artist,isrc]")
+        fields = [c.strip() or None for c in row] + [None] * 3
+        path = Path(fields[0] or "")
+        if not path.is_absolute():
+            path = manifest.parent / path
+        items.append(IngestItem(path, fields[1] or "", fields[2], fields[3], fields[4]))
     return items
 
 
@@ -223,6 +242,7 @@ def ingest(
     -------
     summary : IngestSummary
     """
+    check_distinct_ids(items)
     summary = IngestSummary()
     params = catalogue.params
     pending = [item for item in items if _precheck(catalogue, item, replace, summary, on_done)]

@@ -10,7 +10,6 @@ Work runs in local processes or on a Dask cluster (:mod:`tunetrace.scan_backends
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import json
 import logging
@@ -28,6 +27,7 @@ from tunetrace.fingerprint.decode import load_audio_span, seekable_length
 from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.ingest import find_audio_files
+from tunetrace.manifests import manifest_rows
 from tunetrace.matcher import Matcher
 from tunetrace.report import Match, MatchReport, error_to_dict, report_to_dict
 from tunetrace.segments import covered_seconds
@@ -87,18 +87,15 @@ def manifest_paths(manifest: Path) -> list[Path]:
     Raises
     ------
     BadInputError
-        If the manifest does not exist.
+        If the manifest is missing or not UTF-8 text (:func:`~tunetrace.manifests.manifest_rows`).
     """
-    if not manifest.is_file():
-        raise BadInputError(f"{manifest}: no such manifest file")
     paths = []
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            first = row[0].strip() if row else ""
-            if not first or (number == 1 and first.lower() == "path"):
-                continue
-            path = Path(first)
-            paths.append(path if path.is_absolute() else manifest.parent / path)
+    for number, row in manifest_rows(manifest):
+        first = row[0].strip() if row else ""
+        if not first or (number == 1 and first.lower() == "path"):
+            continue
+        path = Path(first)
+        paths.append(path if path.is_absolute() else manifest.parent / path)
     return paths
 
 
