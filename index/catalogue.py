@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import sqlite3
 import stat
@@ -287,13 +288,16 @@ class Catalogue:
             if self.directory.exists() and not self.directory.is_dir():
                 raise CatalogueError(f"{self.directory} exists and is not a directory")
             self.directory.mkdir(parents=True, exist_ok=True)
+        elif not create and database.stat().st_size == 0:
+            # what a crash before the first write of a new catalogue, or a damaged copy,
+            # leaves: readers must not turn it into a new, empty catalogue
+            raise CatalogueError(
+                f"{database} is empty, not a catalogue: restore it from a backup, or remove "
+                "it and add the references again"
+            )
         self._lock = threading.RLock()
         try:
-            self._db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.executescript(_SCHEMA)
+            self._db = self._connect(database, read_only=read_only)
         except sqlite3.DatabaseError as exc:
             raise CatalogueError(f"{database} is not a readable catalogue: {exc}") from exc
         self.read_only = read_only
@@ -317,6 +321,27 @@ class Catalogue:
         self._searcher_generation = -1
         self._searcher_file: str | None = None
         self._searcher_delta_key = 0
+
+    def _connect(self, database: Path, *, read_only: bool) -> sqlite3.Connection:
+        """Open the database (WAL, full sync) and make sure its tables exist.
+
+        A reader of a catalogue in a folder it cannot write (a read-only mount, say) cannot
+        make SQLite's shared-memory and log files beside it; it opens the database as
+        immutable instead, which reads it without them (nothing can write there).
+        """
+        try:
+            db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=30000")
+            db.executescript(_SCHEMA)
+            return db
+        except sqlite3.OperationalError:
+            if not read_only or os.access(database.parent, os.W_OK):
+                raise
+        logger.info("%s: folder not writable; reading the catalogue as it is", database.parent)
+        uri = f"{database.resolve().as_uri()}?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
 
     # ----------------------------------------------------------------- metadata
     def _meta(self, key: str) -> str | None:

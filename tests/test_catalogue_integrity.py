@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -79,6 +83,58 @@ def test_readers_never_write_and_see_a_batch_before_it_is_published(
         assert after == {k: v for k, v in before.items() if k in after}, "a reader wrote a file"
         assert set(after) <= set(before)
     assert published  # the first write published an index file
+
+
+def test_an_empty_database_file_is_refused_by_readers_and_left_as_it_is(tmp_path: Path) -> None:
+    directory = tmp_path / "cat"
+    directory.mkdir()
+    (directory / "catalogue.sqlite").touch()
+    with pytest.raises(CatalogueError, match="is empty, not a catalogue"):
+        Catalogue(directory, read_only=True)
+    with pytest.raises(CatalogueError, match="is empty, not a catalogue"):
+        Catalogue(directory)
+    assert [p.name for p in directory.iterdir()] == ["catalogue.sqlite"]
+    assert (directory / "catalogue.sqlite").stat().st_size == 0  # not made a new catalogue
+
+
+def _without_root_privileges() -> list[str] | None:
+    """A command prefix that runs a program without the power to write what it may not (root
+    writes anywhere), or ``None`` when there is none here."""
+    if os.geteuid() != 0:
+        return []
+    capabilities = "-dac_override,-dac_read_search,-fowner"
+    if shutil.which("setpriv") is None:
+        return None
+    return ["setpriv", f"--bounding-set={capabilities}", f"--inh-caps={capabilities}", "--"]
+
+
+def test_a_catalogue_in_a_folder_that_cannot_be_written_is_read(
+    tmp_path: Path, three: dict
+) -> None:
+    prefix = _without_root_privileges()
+    if prefix is None:
+        pytest.skip("running as root without setpriv: a read-only folder cannot be made")
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+    files = {p: p.stat().st_mode for p in directory.iterdir()}
+    for path in [*files, directory]:
+        path.chmod(0o555 if path.is_dir() else 0o444)  # as on a read-only mount
+    try:
+        command = [*prefix, sys.executable, "-m", "tunetrace.cli"]
+        info = subprocess.run([*command, "info", "-c", str(directory)], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert info.returncode == 0, info.stderr
+        assert "references: 1" in info.stdout, info.stdout
+        query = [*command, "match", "-c", str(directory), "--json", str(three["x"][1])]
+        match = subprocess.run(query, capture_output=True, text=True, timeout=300)
+        assert match.returncode == 0, match.stderr
+        assert [m["reference_id"] for m in json.loads(match.stdout)["matches"]] == ["x"]
+        assert sorted(directory.iterdir()) == sorted(files)  # nothing made beside it
+    finally:
+        directory.chmod(0o755)
+        for path, mode in files.items():
+            path.chmod(mode)
 
 
 def test_a_writer_sweeps_files_a_killed_write_left(tmp_path: Path, three: dict) -> None:
