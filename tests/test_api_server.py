@@ -447,3 +447,24 @@ def test_bad_api_keys_stop_serve_without_showing_them(
     assert "API key #1" in output and expected in output, output
     for part in ("s3cr3t", "Qz", "991", "Qü", "admin"):
         assert part not in output, output
+
+
+@pytest.mark.parametrize("kind", ["garbage database", "a file"])
+def test_a_catalogue_that_cannot_be_opened_stops_serve_with_one_line(
+    tmp_path: Path, kind: str
+) -> None:
+    if kind == "a file":
+        target = tmp_path / "song.wav"
+        target.write_bytes(b"RIFF")
+    else:
+        target = tmp_path / "c"
+        target.mkdir()
+        (target / "catalogue.sqlite").write_bytes(bytes(range(256)) * 20)
+    result = subprocess.run(
+        [sys.executable, "-m", "tunetrace.cli", "serve", "-c", str(target), "--port", "9"],
+        env={**os.environ, "TUNETRACE_API_KEYS": "a-key:read"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # as every command given such a catalogue
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
+    assert str(target) in result.stderr

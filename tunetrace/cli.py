@@ -798,6 +798,9 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    # the service opens it as below when it starts: a bad catalogue is one error line here,
+    # not a failed startup inside the server
+    _open_catalogue(settings.catalogue, create=True).close()
     try:
         application = create_app(settings)
     except TunetraceError as exc:
