@@ -392,7 +392,10 @@ class VectorIndex:
         os.close(fd)
         os.chmod(temporary, FILE_MODE)
         try:
-            faiss.write_index(to_disk_form(self._index, self.grid), temporary)
+            try:
+                faiss.write_index(to_disk_form(self._index, self.grid), temporary)
+            except RuntimeError as exc:  # FAISS reports a full disk or an I/O error this way
+                raise OSError(f"could not write the index file ({exc})") from exc
             _fsync_file(temporary)
             os.replace(temporary, path)
         finally:

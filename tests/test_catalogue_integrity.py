@@ -11,6 +11,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from tunetrace.fingerprint.params import FingerprintParams
@@ -83,6 +84,27 @@ def test_readers_never_write_and_see_a_batch_before_it_is_published(
         assert after == {k: v for k, v in before.items() if k in after}, "a reader wrote a file"
         assert set(after) <= set(before)
     assert published  # the first write published an index file
+
+
+def test_an_index_file_that_cannot_be_written_fails_the_write_cleanly(
+    tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+
+        def disk_full(*args: object) -> None:
+            raise RuntimeError("Error in faiss::FileIOWriter: No space left on device")
+
+        with monkeypatch.context() as patched:
+            patched.setattr(faiss, "write_index", disk_full)
+            with pytest.raises(CatalogueError, match="No space left on device"):
+                catalogue.add("y", three["y"][0])
+        assert catalogue.count() == 1
+        catalogue.add("z", three["z"][0])  # the next write goes on from the state before
+    with Catalogue(tmp_path / "cat", read_only=True) as reader:
+        assert sorted(r.reference_id for r in reader.list()) == ["x", "z"]
+        for name in "xz":
+            assert _found(reader, three[name][1]) == [name]
 
 
 def test_an_empty_database_file_is_refused_by_readers_and_left_as_it_is(tmp_path: Path) -> None:
