@@ -279,7 +279,22 @@ def _decode_soundfile(path: Path, max_duration_s: float | None, sample_rate_hz: 
         else:
             most_frames = int(path.stat().st_size * 8 / MPEG_MIN_BITRATE_BPS + 1) * native_rate
         sink = _MonoSink(native_rate, sample_rate_hz)
-        for mono in _mono_blocks(handle, most_frames if _is_mpeg(handle) else None):
+        blocks = _mono_blocks(handle, most_frames if _is_mpeg(handle) else None)
+        while True:
+            try:
+                mono = next(blocks)
+            except StopIteration:
+                break
+            except soundfile.SoundFileRuntimeError as exc:
+                if sink.n_input == 0:
+                    raise
+                # a file cut short or damaged part-way (a FLAC that loses sync): what came
+                # before is audio, as it is for a cut WAV, whose header alone overstates it
+                logger.warning(
+                    "%s: decoding stopped after %.1f s (%s); using the audio before that",
+                    path, sink.n_input / native_rate, exc,
+                )  # fmt: skip
+                break
             sink.add(mono)
             _too_long(path, sink.n_input / native_rate, max_duration_s)
     return sink.finish()

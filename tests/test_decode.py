@@ -249,6 +249,24 @@ def test_a_wav_whose_header_overstates_its_data_decodes_what_is_there(tmp_path: 
     assert audio.duration_s == pytest.approx(5.0, abs=0.01)
 
 
+def test_a_flac_cut_short_decodes_what_is_there(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    samples = synth_song(7, duration_s=20)
+    whole = write_audio(tmp_path / "whole.flac", samples)
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    expected = load_audio(whole, sample_rate_hz=8000).samples
+    with caplog.at_level("WARNING", logger="tunetrace.fingerprint.decode"):
+        audio = load_audio(cut, sample_rate_hz=8000)
+    assert 5.0 < audio.duration_s < 15.0  # about the first half, not refused
+    np.testing.assert_allclose(audio.samples[: 4 * 8000], expected[: 4 * 8000], atol=1e-3)
+    assert "decoding stopped after" in caplog.text
+    with pytest.raises(AudioDecodeError):  # a header with nothing decodable after it still fails
+        cut.write_bytes(whole.read_bytes()[:200])
+        load_audio(cut, sample_rate_hz=8000)
+
+
 def test_channels_are_averaged() -> None:
     planar = np.array([[1.0, 3.0, -2.0], [3.0, 5.0, 2.0], [2.0, 1.0, 0.5]], dtype=np.float32)
     np.testing.assert_allclose(decode.mix_down_planar(planar), [2.0, 3.0, 0.1666667], rtol=1e-6)
