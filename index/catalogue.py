@@ -125,6 +125,9 @@ def _another_codec(name: object, codec: SpectrumCodec) -> bool:
     return True
 
 
+#: Frame counts above this (a day of audio) are damage, not a reference.
+MAX_STORED_FRAMES = 24 * 3600 * 10
+
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
 
@@ -908,6 +911,8 @@ class Catalogue:
         dim = self.params.embedding_dim
         counts = {
             int(key): patch_count(int(n_frames), self.params)
+            if isinstance(n_frames, int) and 0 < n_frames <= MAX_STORED_FRAMES
+            else 0  # a damaged frame count: the row is left out below
             for key, n_frames in self._db.execute(
                 "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)
             )
@@ -916,22 +921,30 @@ class Catalogue:
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
         rows = self._db.execute(
-            f"SELECT key, {self._stored_vector_columns} FROM refs WHERE key > ? ORDER BY key",
+            f"SELECT key, id, {self._stored_vector_columns} FROM refs WHERE key > ?"
+            " ORDER BY key",
             (after_key,),
         )
-        for key, *stored in rows:
+        for key, reference_id, *stored in rows:
             if int(key) not in counts:  # added by another process since the count
                 continue
-            block = self._stored_vectors(int(key), *stored)
-            if len(block) != counts[int(key)]:
-                raise CatalogueError(
-                    f"reference with key {key} in {self.directory} holds {len(block)} patch "
-                    f"vectors for {stored[-1]} frames"
-                )
+            try:
+                block = self._stored_vectors(int(key), *stored)
+                if len(block) != counts[int(key)]:
+                    raise CatalogueError(f"{len(block)} patch vectors for {stored[-1]} frames")
+            except CatalogueError as exc:
+                # one damaged row must not stop every rebuild, removal or reader (matching
+                # leaves it out too; see Matcher)
+                logger.warning(
+                    "reference %r in %s is damaged (%s); it is left out of the index: remove "
+                    "it and add it again", reference_id, self.directory, exc,
+                )  # fmt: skip
+                continue
             vectors[filled : filled + len(block)] = block
             ids[filled : filled + len(block)] = vector_ids(int(key), len(block))
             filled += len(block)
-        # references removed by another process since the count leave the end unfilled
+        # references removed by another process since the count, or damaged, leave the end
+        # unfilled
         return vectors[:filled], ids[:filled]
 
     def _build_index(self, spec: IndexSpec) -> VectorIndex:

@@ -106,6 +106,30 @@ def test_a_damaged_row_gives_one_clear_error(
         assert matched == found, (name, matched)
 
 
+def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name in ("a", "b", "c"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+        catalogue.rebuild_index(IndexSpec(kind="hnsw"))  # no removal in place: rebuilt
+        keys = {name: catalogue.get(name).key for name in ("a", "c")}
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (b"\x01" * 64, keys["a"]))
+        db.execute("UPDATE refs SET n_frames = -5 WHERE key = ?", (keys["c"],))
+    with Catalogue(directory) as catalogue:
+        catalogue.remove("c")  # the index is rebuilt from every other row, damaged or not
+        assert "reference 'a'" in caplog.text and "left out of the index" in caplog.text
+        catalogue.rebuild_index(IndexSpec(kind="hnsw"))
+        assert [m.reference_id for m in Matcher(catalogue).match_path(excerpts["b"]).matches] == [
+            "b"
+        ]
+        catalogue.remove("a")
+        assert sorted(r.reference_id for r in catalogue.list()) == ["b"]
+
+
 def test_a_spectrum_that_its_named_codec_cannot_read_is_refused(songs: dict[str, Path]) -> None:
     earlier = fingerprint_reference(songs["a"], params=FingerprintParams(), codec=LEGACY_CODEC)
     # 8-bit codes built the way callers built them before rows named their codec
