@@ -327,8 +327,47 @@ def _mono_blocks(handle: soundfile.SoundFile, n_frames: int | None) -> Iterator[
         yield _mix_down(block)
 
 
+#: Suffixes FFmpeg's MPEG audio demuxer is chosen for ...
+MPEG_SUFFIXES = frozenset({".mp1", ".mp2", ".mp3", ".mpga"})
+#: ... which looks for the first frame through the whole file, buffering what it passes:
+#: a file of zeros took twice its size in memory. One with no frame sync in this many bytes
+#: after its ID3 tag is refused before FFmpeg opens it.
+MPEG_SYNC_WINDOW_BYTES = 1 << 20
+
+
+def has_mpeg_frame_sync(path: Path, window: int = MPEG_SYNC_WINDOW_BYTES) -> bool:
+    """Whether an MPEG audio frame sync (11 set bits) lies in the first ``window`` bytes after
+    the file's ID3v2 tag, if it has one.
+
+    Parameters
+    ----------
+    path : Path
+    window : int
+
+    Returns
+    -------
+    found : bool
+    """
+    with path.open("rb") as handle:
+        header = handle.read(10)
+        start = 0
+        if len(header) == 10 and header[:3] == b"ID3":
+            size = 0
+            for byte in header[6:10]:  # a syncsafe integer: 7 bits a byte
+                size = (size << 7) | (byte & 0x7F)
+            start = 10 + size + (10 if header[5] & 0x10 else 0)  # the footer flag
+        handle.seek(start)
+        data = np.frombuffer(handle.read(window), dtype=np.uint8)
+    if len(data) < 2:
+        return False
+    return bool(np.any((data[:-1] == 0xFF) & ((data[1:] & 0xE0) == 0xE0)))
+
+
 def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) -> np.ndarray:
     import av  # imported lazily: its import is slower than libsndfile's
+
+    if path.suffix.lower() in MPEG_SUFFIXES and not has_mpeg_frame_sync(path):
+        raise AudioDecodeError("no MPEG audio frame near its start")
 
     with av.open(str(path), metadata_errors="ignore") as container:
         if not container.streams.audio:

@@ -267,6 +267,31 @@ def test_a_flac_cut_short_decodes_what_is_there(
         load_audio(cut, sample_rate_hz=8000)
 
 
+def _id3_tag(body_bytes: int) -> bytes:
+    """An ID3v2.3 tag of ``body_bytes`` of padding (zeros, as taggers leave room)."""
+    size = bytes((body_bytes >> shift) & 0x7F for shift in (21, 14, 7, 0))  # syncsafe
+    return b"ID3\x03\x00\x00" + size + bytes(body_bytes)
+
+
+def test_an_mpeg_file_with_no_frame_near_its_start_is_refused_before_ffmpeg_opens_it(
+    tmp_path: Path,
+) -> None:
+    zeros = tmp_path / "zeros.mp3"
+    zeros.write_bytes(bytes(4 << 20))  # FFmpeg had buffered all of it looking for a frame
+    assert not decode.has_mpeg_frame_sync(zeros)
+    with pytest.raises(AudioDecodeError, match="no MPEG audio frame near its start"):
+        load_audio(zeros, sample_rate_hz=8000)
+    # a real MP3 behind a tag larger than the window (cover art) is searched after the tag
+    song = write_audio(tmp_path / "song.mp3", synth_song(5, duration_s=6.0))
+    tagged = tmp_path / "tagged.mp3"
+    tagged.write_bytes(_id3_tag(2 * decode.MPEG_SYNC_WINDOW_BYTES) + song.read_bytes())
+    assert decode.has_mpeg_frame_sync(tagged)
+    assert load_audio(tagged, sample_rate_hz=8000).duration_s == pytest.approx(6.0, abs=0.2)
+    untagged_zeros = tmp_path / "late.mp3"  # a frame, but only past the window: refused
+    untagged_zeros.write_bytes(bytes(2 * decode.MPEG_SYNC_WINDOW_BYTES) + song.read_bytes())
+    assert not decode.has_mpeg_frame_sync(untagged_zeros)
+
+
 def test_channels_are_averaged() -> None:
     planar = np.array([[1.0, 3.0, -2.0], [3.0, 5.0, 2.0], [2.0, 1.0, 0.5]], dtype=np.float32)
     np.testing.assert_allclose(decode.mix_down_planar(planar), [2.0, 3.0, 0.1666667], rtol=1e-6)
