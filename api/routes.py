@@ -253,6 +253,7 @@ async def _admitted_upload(
             text_fields=text_fields,
             directory=settings.upload_dir,
             idle_timeout_s=settings.upload_idle_timeout_s,
+            min_bytes_per_s=settings.upload_min_bytes_per_s,
         ) as upload:
             yield upload
 

@@ -106,6 +106,13 @@ class ApiSettings(BaseSettings):
         description="An upload that sends nothing for this many seconds is refused (408) and "
         "frees its admission slot.",
     )
+    upload_min_bytes_per_s: float = Field(
+        1000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="After the idle timeout's first seconds, an upload slower than this on "
+        "average is refused (408): a client trickling bytes cannot hold a slot for ever.",
+    )
 
     @field_validator("api_keys")
     @classmethod

@@ -3,7 +3,8 @@
 The request body is parsed as it arrives (python-multipart's streaming parser): the audio part
 goes straight to disk, and the upload is cut off with 413 as soon as the file passes the limit
 or the whole body (every part, ignored ones too, and the framing) passes the limit plus
-:data:`FRAMING_SLACK_BYTES`. A body that stops sending for ``idle_timeout_s`` gets 408, one
+:data:`FRAMING_SLACK_BYTES`. A body that stops sending for ``idle_timeout_s``, or sends
+slower than ``min_bytes_per_s`` on average after that, gets 408, one
 that ends before its closing boundary 400, and a client that goes away is logged, not
 treated as a server error. The temporary file is removed when the request is done, whatever
 happened.
@@ -37,6 +38,8 @@ MAX_PARTS = 16
 FRAMING_SLACK_BYTES = 64 * 1024
 #: Default seconds an upload may send nothing before it is refused.
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+#: Slowest average upload rate, in bytes per second, after the first idle timeout's grace.
+DEFAULT_MIN_BYTES_PER_S = 1000.0
 _SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,5}$")
 
 
@@ -131,6 +134,15 @@ class _PartCollector:
                 ) from exc
 
 
+def _too_slow(received: int, elapsed_s: float, min_bytes_per_s: float) -> ApiError:
+    return ApiError(
+        408,
+        "upload_timeout",
+        f"the upload is too slow: {received} bytes in {elapsed_s:.0f} s; send at least "
+        f"{min_bytes_per_s / 1000:g} kB/s",
+    )
+
+
 def _too_large(max_bytes: int) -> ApiError:
     return ApiError(
         413, "upload_too_large", f"the upload is larger than the limit of {max_bytes / 1e6:g} MB"
@@ -138,28 +150,44 @@ def _too_large(max_bytes: int) -> ApiError:
 
 
 async def _body_chunks(
-    request: Request, *, max_bytes: int, idle_timeout_s: float
+    request: Request,
+    *,
+    max_bytes: int,
+    idle_timeout_s: float,
+    min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S,
 ) -> AsyncIterator[bytes]:
     """The request body's chunks as they arrive, refused past ``max_bytes`` plus framing.
+
+    A body must also keep up a rate: it may take ``idle_timeout_s`` plus one second for every
+    ``min_bytes_per_s`` bytes it has sent (as Apache's ``mod_reqtimeout`` counts), so that a
+    client trickling a byte now and then cannot hold an admission slot for ever.
 
     Raises
     ------
     ApiError
-        413 past the limit, 408 when nothing arrives for ``idle_timeout_s``.
+        413 past the limit, 408 when nothing arrives for ``idle_timeout_s`` or the body falls
+        behind the rate.
     ClientDisconnect
         When the client goes away before the body ends.
     """
     max_body_bytes = max_bytes + FRAMING_SLACK_BYTES
     received = 0
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     while True:
+        allowed = started + idle_timeout_s + received / min_bytes_per_s - loop.time()
+        timeout = max(0.0, min(idle_timeout_s, allowed))
         try:
-            message = await asyncio.wait_for(request.receive(), idle_timeout_s)
+            message = await asyncio.wait_for(request.receive(), timeout)
         except TimeoutError as exc:
-            raise ApiError(
-                408,
-                "upload_timeout",
-                f"the upload sent nothing for {idle_timeout_s:g} s; send the body without pauses",
-            ) from exc
+            if received == 0 or timeout >= idle_timeout_s:
+                raise ApiError(
+                    408,
+                    "upload_timeout",
+                    f"the upload sent nothing for {idle_timeout_s:g} s; send the body without "
+                    "pauses",
+                ) from exc
+            raise _too_slow(received, loop.time() - started, min_bytes_per_s) from exc
         if message["type"] == "http.disconnect":
             raise ClientDisconnect()
         chunk = message.get("body", b"")
@@ -180,6 +208,7 @@ async def receive_upload(
     text_fields: tuple[str, ...] = (),
     directory: Path | None = None,
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    min_bytes_per_s: float = DEFAULT_MIN_BYTES_PER_S,
 ) -> AsyncIterator[Upload]:
     """Stream a ``multipart/form-data`` request with one ``file`` part to a temporary file.
 
@@ -195,6 +224,8 @@ async def receive_upload(
         Where the temporary file goes (default: the system's temporary folder).
     idle_timeout_s : float
         Longest pause, in seconds, between two pieces of the body.
+    min_bytes_per_s : float
+        Slowest average rate after the first ``idle_timeout_s`` (see :func:`_body_chunks`).
 
     Yields
     ------
@@ -206,7 +237,7 @@ async def receive_upload(
     ApiError
         415 if the body is not multipart, 413 over the limit, 422 without a file or with bad
         fields, 400 for a malformed body or one that ends before its closing boundary, 408
-        for a body that stalls.
+        for a body that stalls or falls behind the rate.
     ClientDisconnect
         When the client goes away mid-upload (logged at info level).
     """
@@ -226,7 +257,12 @@ async def receive_upload(
         with os.fdopen(handle, "wb") as sink:
             collector = _PartCollector(sink, max_bytes, frozenset(text_fields))
             parser = MultipartParser(options[b"boundary"], collector.callbacks())
-            chunks = _body_chunks(request, max_bytes=max_bytes, idle_timeout_s=idle_timeout_s)
+            chunks = _body_chunks(
+                request,
+                max_bytes=max_bytes,
+                idle_timeout_s=idle_timeout_s,
+                min_bytes_per_s=min_bytes_per_s,
+            )
             try:
                 async for chunk in chunks:
                     parser.write(chunk)
