@@ -11,10 +11,11 @@ import faiss
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
+from tunetrace.index.catalogue import Catalogue
 
 from tests.conftest import SAMPLE_RATE, write_audio
-from tunetrace.errors import BadInputError
-from tunetrace.ingest import items_from_manifest, worker_pool
+from tunetrace.errors import BadInputError, CatalogueError
+from tunetrace.ingest import IngestItem, ingest, items_from_manifest, worker_pool
 from tunetrace.scan import manifest_paths
 
 
@@ -93,3 +94,31 @@ def test_two_files_that_would_be_one_reference_are_refused_before_anything_is_ad
         assert "a.flac" in result.stderr and "a.wav" in result.stderr, result.stderr
         assert "would both be reference 'a'" in result.stderr
         assert not catalogue.exists()
+
+
+def test_a_catalogue_that_fails_to_write_ends_the_batch_and_keeps_what_was_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = []
+    for number in range(4):
+        tone = np.sin(np.arange(6 * SAMPLE_RATE) * (0.03 + 0.01 * number)).astype(np.float32)
+        path = write_audio(tmp_path / f"t{number}.wav", tone)
+        items.append(IngestItem(path, f"t{number}"))
+    attempts = []
+    original = Catalogue.add
+
+    def full_after_one(self: Catalogue, reference_id: str, *args: object, **kwargs: object):
+        attempts.append(reference_id)
+        if len(attempts) > 1:
+            raise CatalogueError(f"could not write to {self.directory}: database or disk is full")
+        return original(self, reference_id, *args, **kwargs)
+
+    with Catalogue(tmp_path / "catalogue", create=True) as catalogue:
+        monkeypatch.setattr(Catalogue, "add", full_after_one)
+        with pytest.raises(CatalogueError, match="disk is full"):
+            ingest(catalogue, items)
+        monkeypatch.undo()
+        assert attempts == ["t0", "t1"]  # not every other file failed in turn
+        assert [r.reference_id for r in catalogue.list()] == ["t0"]
+    with Catalogue(tmp_path / "catalogue", read_only=True) as reader:
+        assert reader.count() == 1

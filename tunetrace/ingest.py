@@ -13,7 +13,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunetrace.errors import BadInputError, TunetraceError
+from tunetrace.errors import (
+    BadInputError,
+    CatalogueError,
+    DuplicateReferenceError,
+    TunetraceError,
+)
 from tunetrace.fingerprint.decode import load_audio
 from tunetrace.fingerprint.features import extract_features
 from tunetrace.fingerprint.params import FingerprintParams
@@ -246,6 +251,7 @@ def ingest(
     summary = IngestSummary()
     params = catalogue.params
     pending = [item for item in items if _precheck(catalogue, item, replace, summary, on_done)]
+    finished = False
     try:
         for item, result in _fingerprint_all(pending, params, workers, max_duration_s, codec):
             error = None
@@ -271,15 +277,23 @@ def ingest(
                     summary.added += 1
                     summary.replaced += int(existed)
                     summary.audio_s += result.duration_s
-                except TunetraceError as exc:
+                except (BadInputError, DuplicateReferenceError) as exc:  # this file's own
                     error = str(exc)
+                # any other catalogue error (a full disk, a folder that cannot be written)
+                # would fail every file after it too: it ends the batch
             if error is not None:
                 logger.warning("%s: %s", item.path, error)
                 summary.failed.append((str(item.path), error))
             if on_done is not None:
                 on_done(item, error)
+        finished = True
     finally:
-        catalogue.save_index()
+        try:
+            catalogue.save_index()  # publishes what was added, whatever ended the batch
+        except CatalogueError as exc:
+            if finished:
+                raise
+            logger.error("could not publish the index either: %s", exc)
     return summary
 
 
