@@ -10,6 +10,7 @@ from tunetrace.errors import (
     AudioTooLongError,
     AudioTooShortError,
     BadInputError,
+    CatalogueNotFoundError,
     DuplicateReferenceError,
     InvalidReferenceIdError,
     ReferenceNotFoundError,
@@ -47,6 +48,7 @@ _STATUS: list[tuple[type[TunetraceError], int, str]] = [
     (AudioDecodeError, 415, "unsupported_audio"),
     (AudioTooShortError, 422, "audio_too_short"),
     (InvalidReferenceIdError, 422, "invalid_reference_id"),
+    (CatalogueNotFoundError, 500, "catalogue_error"),  # the service's own catalogue is gone
     (BadInputError, 422, "bad_input"),
     (DuplicateReferenceError, 409, "reference_exists"),
     (ReferenceNotFoundError, 404, "reference_not_found"),

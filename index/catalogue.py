@@ -67,6 +67,7 @@ from tunetrace.index.writer_lock import WriterLock
 
 from tunetrace.errors import (
     CatalogueError,
+    CatalogueNotFoundError,
     DamagedReferenceError,
     DuplicateReferenceError,
     IncompatibleCatalogueError,
@@ -285,7 +286,7 @@ class Catalogue:
             )
         if not database.exists():
             if not create:
-                raise CatalogueError(
+                raise CatalogueNotFoundError(
                     f"no catalogue at {self.directory} (add references first to create one)"
                 )
             if self.directory.exists() and not self.directory.is_dir():

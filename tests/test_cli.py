@@ -70,7 +70,7 @@ def test_bad_queries_get_clear_errors_and_exit_code_2(
 
 def test_usage_errors(tmp_path: Path) -> None:
     done = tunetrace("match", "-c", str(tmp_path / "nothing"), str(tmp_path / "q.wav"))
-    assert done.returncode == 1 and "no catalogue" in done.stderr
+    assert done.returncode == 2 and "no catalogue" in done.stderr  # a mistyped -c: bad usage
     done = tunetrace("add", "-c", str(tmp_path / "cat"))
     assert done.returncode == 2 and "give audio files" in done.stderr
     done = tunetrace("match", "-c", str(tmp_path / "cat"), "--top", "zero", "x.wav")
@@ -91,6 +91,9 @@ def test_an_output_path_that_cannot_be_written_is_an_error_line(
     done = tunetrace("explain", "-c", catalogue, query, "--out", str(tmp_path / "x" / "e.json"))
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "cannot write" in done.stderr
+    done = tunetrace("explain", "-c", catalogue, query, "--reference", "no-such-work",
+                     "--out", str(tmp_path / "e.json"))  # fmt: skip
+    assert done.returncode == 2 and "no reference 'no-such-work'" in done.stderr, done.stderr
 
 
 def test_add_match_json_and_remove(tmp_path: Path, songs: dict[str, np.ndarray]) -> None:

@@ -90,6 +90,6 @@ def test_bad_values_exit_2_with_one_line(listed_catalogue: Path, option: str, va
 
 def test_missing_catalogue_fails_with_one_line(tmp_path: Path) -> None:
     done = tunetrace_cli("list", "-c", str(tmp_path / "nothing"))
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert done.stderr.startswith("error: no catalogue"), done.stderr
     assert done.stderr.count("\n") == 1

@@ -273,7 +273,7 @@ def test_scan_input_errors(tmp_path: Path, built_catalogue: Path) -> None:
     assert missing.returncode == 2 and "no such file" in missing.stderr
     no_catalogue = _cli("scan", "-c", str(tmp_path / "none"), str(tmp_path), "--out", str(out),
                         check=False)  # fmt: skip
-    assert no_catalogue.returncode == 1 and "no catalogue" in no_catalogue.stderr
+    assert no_catalogue.returncode == 2 and "no catalogue" in no_catalogue.stderr
     manifest = tmp_path / "list.csv"
     manifest.write_text("path\nmissing-file.wav\n")
     listed = _cli("scan", "-c", str(built_catalogue), "--manifest", str(manifest), "--out",

@@ -19,7 +19,7 @@ from typing import Annotated, NoReturn, TypeVar
 
 import typer
 
-from tunetrace.errors import BadInputError, TunetraceError
+from tunetrace.errors import BadInputError, ReferenceNotFoundError, TunetraceError
 
 app = typer.Typer(
     add_completion=False,
@@ -496,6 +496,11 @@ def explain(
         evidence = build_evidence(
             matcher, features, query_name=str(query), reference_id=reference_id
         )
+    except ReferenceNotFoundError as exc:
+        if reference_id is None:
+            _fail(exc)
+        typer.echo(f"error: {exc}", err=True)  # the --reference given names none: bad input
+        raise typer.Exit(2) from None
     except TunetraceError as exc:
         _fail(exc)
     finally:

@@ -43,6 +43,11 @@ class DuplicateReferenceError(CatalogueError):
     """A reference with this id already exists and replacing was not asked for."""
 
 
+class CatalogueNotFoundError(CatalogueError, BadInputError):
+    """The directory holds no catalogue (a mistyped path, or nothing added yet): bad input
+    to a command, a catalogue error to the service."""
+
+
 class ReferenceNotFoundError(CatalogueError):
     """No reference with this id exists in the catalogue."""
 
