@@ -106,6 +106,8 @@ def load_audio(
         If the audio is longer than ``max_duration_s`` (decoding stops there).
     """
     path = Path(path)
+    if path.is_dir():
+        raise AudioDecodeError(f"{path} is a folder, not an audio file")
     if not path.is_file():
         raise AudioDecodeError(f"{path}: no such file")
     if path.stat().st_size == 0:

@@ -55,6 +55,8 @@ def test_ffmpeg_formats_decode(tmp_path: Path, suffix: str, codec: str) -> None:
 def test_missing_empty_and_random_files_raise_decode_errors(tmp_path: Path) -> None:
     with pytest.raises(AudioDecodeError, match="no such file"):
         load_audio(tmp_path / "absent.wav", sample_rate_hz=8000)
+    with pytest.raises(AudioDecodeError, match="is a folder, not an audio file"):
+        load_audio(tmp_path, sample_rate_hz=8000)
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
     with pytest.raises(AudioDecodeError, match="empty"):
