@@ -120,6 +120,9 @@ def build_corpus(directory: Path) -> list[HostileUpload]:
     mp3_cut = directory / "truncated.mp3"
     mp3_cut.write_bytes(mp3.read_bytes()[:2000])
     add("mp3_truncated", "MP3 cut to 2 KB", mp3_cut)
+    zeros = directory / "zeros.mp3"
+    zeros.write_bytes(bytes(100_000_000))
+    add("mp3_zeros", "100 MB of zero bytes named .mp3 (no frame to find)", zeros)
     noise = directory / "random.wav"
     noise.write_bytes(np.random.default_rng(0).bytes(1_000_000))
     add("random_bytes", "1 MB of random bytes named .wav", noise)

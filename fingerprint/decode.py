@@ -45,6 +45,8 @@ MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 192_000
 #: Frames read, mixed down and resampled at a time (at most 2 MB of float32 at 8 channels).
 BLOCK_FRAMES = 65_536
+#: Blocks a damaged file is read again in, to keep the audio before the damage.
+SALVAGE_BLOCK_FRAMES = 1_024
 #: File suffixes libsndfile decodes first (PCM and FLAC: it reads them faster than FFmpeg).
 SOUNDFILE_FIRST_SUFFIXES = frozenset({".wav", ".wave", ".flac", ".aif", ".aiff", ".au", ".caf"})
 #: Lowest MPEG audio bit rate: bounds how much audio an MP3 of a given size can hold.
@@ -270,7 +272,12 @@ class _MonoSink:
         return samples
 
 
-def _decode_soundfile(path: Path, max_duration_s: float | None, sample_rate_hz: int) -> np.ndarray:
+def _decode_soundfile(
+    path: Path,
+    max_duration_s: float | None,
+    sample_rate_hz: int,
+    block_frames: int = BLOCK_FRAMES,
+) -> np.ndarray:
     with soundfile.SoundFile(str(path)) as handle:
         native_rate = int(handle.samplerate)
         _check_format(path, int(handle.channels), native_rate)
@@ -281,17 +288,24 @@ def _decode_soundfile(path: Path, max_duration_s: float | None, sample_rate_hz: 
         else:
             most_frames = int(path.stat().st_size * 8 / MPEG_MIN_BITRATE_BPS + 1) * native_rate
         sink = _MonoSink(native_rate, sample_rate_hz)
-        blocks = _mono_blocks(handle, most_frames if _is_mpeg(handle) else None)
+        mpeg = _is_mpeg(handle)
+        blocks = _mono_blocks(handle, most_frames if mpeg else None, block_frames)
         while True:
             try:
                 mono = next(blocks)
             except StopIteration:
                 break
             except soundfile.SoundFileRuntimeError as exc:
+                # a file cut short or damaged part-way (a FLAC that loses sync): what comes
+                # before the damage is audio, as it is for a cut WAV whose header overstates
+                # it. The failing block's own audio is lost, so the file is read again in
+                # small blocks, up to the damage.
+                if not mpeg and block_frames > SALVAGE_BLOCK_FRAMES:
+                    return _decode_soundfile(
+                        path, max_duration_s, sample_rate_hz, SALVAGE_BLOCK_FRAMES
+                    )
                 if sink.n_input == 0:
                     raise
-                # a file cut short or damaged part-way (a FLAC that loses sync): what came
-                # before is audio, as it is for a cut WAV, whose header alone overstates it
                 logger.warning(
                     "%s: decoding stopped after %.1f s (%s); using the audio before that",
                     path, sink.n_input / native_rate, exc,
@@ -306,8 +320,11 @@ def _is_mpeg(handle: soundfile.SoundFile) -> bool:
     return str(handle.subtype).startswith("MPEG_LAYER")
 
 
-def _mono_blocks(handle: soundfile.SoundFile, n_frames: int | None) -> Iterator[np.ndarray]:
-    """Mono float32 blocks of the next ``n_frames`` frames (``None``: to the end).
+def _mono_blocks(
+    handle: soundfile.SoundFile, n_frames: int | None, block_frames: int = BLOCK_FRAMES
+) -> Iterator[np.ndarray]:
+    """Mono float32 blocks of ``block_frames`` of the next ``n_frames`` frames (``None``: to
+    the end).
 
     MPEG audio comes in one block of at most ``n_frames`` (see the module's docstring); for
     MPEG, ``n_frames`` must be given.
@@ -320,7 +337,7 @@ def _mono_blocks(handle: soundfile.SoundFile, n_frames: int | None) -> Iterator[
         return
     remaining = n_frames
     while remaining is None or remaining > 0:
-        count = BLOCK_FRAMES if remaining is None else min(BLOCK_FRAMES, remaining)
+        count = block_frames if remaining is None else min(block_frames, remaining)
         block = handle.read(count, dtype="float32", always_2d=True)
         if len(block) == 0:
             return

@@ -264,6 +264,9 @@ def test_a_flac_cut_short_decodes_what_is_there(
     assert 5.0 < audio.duration_s < 15.0  # about the first half, not refused
     np.testing.assert_allclose(audio.samples[: 4 * 8000], expected[: 4 * 8000], atol=1e-3)
     assert "decoding stopped after" in caplog.text
+    # cut inside the first block read: the audio before the cut is kept all the same
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 20])
+    assert 0.3 < load_audio(cut, sample_rate_hz=8000).duration_s < 2.0
     with pytest.raises(AudioDecodeError):  # a header with nothing decodable after it still fails
         cut.write_bytes(whole.read_bytes()[:200])
         load_audio(cut, sample_rate_hz=8000)
