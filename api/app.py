@@ -30,6 +30,7 @@ from tunetrace.api.metrics import ServiceMetrics
 from tunetrace.api.routes import router
 from tunetrace.api.settings import ApiSettings
 from tunetrace.api.store import CatalogueService
+from tunetrace.api.upload import sweep_stale_uploads
 from tunetrace.api.workers import WorkerPool
 from tunetrace.index.shard_layout import is_sharded
 
@@ -85,6 +86,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if swept := sweep_stale_uploads(settings.upload_dir):
+            logger.info("removed %d upload file(s) a killed server left behind", swept)
         app.state.catalogue = CatalogueService(settings.catalogue)
         app.state.pool = WorkerPool(
             settings.catalogue,

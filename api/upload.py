@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,40 @@ class _PartCollector:
                 raise ApiError(
                     422, "invalid_field", f"form field {self._target!r} is not UTF-8 text"
                 ) from exc
+
+
+#: Prefix of the temporary files uploads are spooled to.
+UPLOAD_PREFIX = "tunetrace-upload-"
+#: Spooled uploads older than this when a server starts were left by one that was killed.
+STALE_UPLOAD_S = 3600.0
+
+
+def sweep_stale_uploads(directory: Path | None, older_than_s: float = STALE_UPLOAD_S) -> int:
+    """Remove spooled uploads a killed server left behind (each is removed when its request
+    ends, unless the process dies first).
+
+    Only files named as uploads are spooled and not changed for ``older_than_s`` are removed:
+    another server sharing the folder may be receiving or matching its own.
+
+    Parameters
+    ----------
+    directory : Path or None
+        The upload folder (``None``: the system's temporary folder).
+    older_than_s : float
+
+    Returns
+    -------
+    removed : int
+    """
+    folder = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in folder.glob(f"{UPLOAD_PREFIX}*"):
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to remove
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _too_slow(received: int, elapsed_s: float, min_bytes_per_s: float) -> ApiError:
@@ -251,7 +286,7 @@ async def receive_upload(
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > max_bytes + FRAMING_SLACK_BYTES:
         raise _too_large(max_bytes)
-    handle, name = tempfile.mkstemp(prefix="tunetrace-upload-", dir=directory)
+    handle, name = tempfile.mkstemp(prefix=UPLOAD_PREFIX, dir=directory)
     path = Path(name)
     try:
         with os.fdopen(handle, "wb") as sink:

@@ -1,13 +1,15 @@
-"""An upload's body must keep up a rate: a trickling client cannot hold a slot for ever."""
+"""Upload bodies must keep up a rate, and spooled uploads a killed server left are swept."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 import pytest
 from tunetrace.api.errors import ApiError
-from tunetrace.api.upload import _body_chunks
+from tunetrace.api.upload import _body_chunks, sweep_stale_uploads
 
 
 class _Trickle:
@@ -51,3 +53,16 @@ def test_a_pause_longer_than_the_idle_timeout_is_still_refused_as_a_pause() -> N
     with pytest.raises(ApiError) as refused:
         asyncio.run(_drain(_Trickle(10_000, 1.5, 3), idle_timeout_s=1.0, min_bytes_per_s=100.0))
     assert refused.value.status == 408 and "sent nothing for 1 s" in refused.value.message
+
+
+def test_uploads_a_killed_server_left_are_swept_and_others_kept(tmp_path: Path) -> None:
+    old = tmp_path / "tunetrace-upload-abc.flac"
+    fresh = tmp_path / "tunetrace-upload-def.mp3"  # another server's upload in progress
+    other = tmp_path / "notes.txt"
+    for path in (old, fresh, other):
+        path.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    for path in (old, other):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    assert sweep_stale_uploads(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "tunetrace-upload-def.mp3"]
