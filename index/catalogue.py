@@ -994,9 +994,14 @@ class Catalogue:
             If ``spec`` needs more vectors to train than the catalogue holds, or a projection
             the packaged alteration-noise model does not fit.
         """
+        spec = spec or self.index_spec
+        dim = self.params.embedding_dim
+        if spec.projection_dims > dim:
+            raise ValueError(
+                f"a projection keeps at most the vectors' {dim} dimensions, not "
+                f"{spec.projection_dims}"
+            )
         with self._write():
-            spec = spec or self.index_spec
-            dim = self.params.embedding_dim
             vectors, ids = self._all_vectors()
             if self._projection_unfit(spec, len(vectors)):
                 raise ValueError(

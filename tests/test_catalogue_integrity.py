@@ -17,6 +17,7 @@ import pytest
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.ids import PATCH_BITS
+from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import synth_song, write_audio
 from tunetrace.candidates import add_best_neighbour_bin
@@ -105,6 +106,17 @@ def test_an_index_file_that_cannot_be_written_fails_the_write_cleanly(
         assert sorted(r.reference_id for r in reader.list()) == ["x", "z"]
         for name in "xz":
             assert _found(reader, three[name][1]) == [name]
+
+
+def test_a_projection_wider_than_the_vectors_is_refused_before_anything_is_read(
+    tmp_path: Path, three: dict
+) -> None:
+    with Catalogue(tmp_path / "cat", create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+        generation = catalogue.generation
+        with pytest.raises(ValueError, match="at most the vectors' 190 dimensions, not 256"):
+            catalogue.rebuild_index(IndexSpec(kind="ivfpq", pq_m=64, projection_dims=256))
+        assert catalogue.generation == generation
 
 
 def test_an_empty_database_file_is_refused_by_readers_and_left_as_it_is(tmp_path: Path) -> None:
