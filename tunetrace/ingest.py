@@ -282,7 +282,8 @@ def ingest(
                 # any other catalogue error (a full disk, a folder that cannot be written)
                 # would fail every file after it too: it ends the batch
             if error is not None:
-                logger.warning("%s: %s", item.path, error)
+                # a caller told of each file reports it itself (the CLI's "skipped" lines)
+                logger.log(logging.INFO if on_done else logging.WARNING, "%s: %s", item.path, error)
                 summary.failed.append((str(item.path), error))
             if on_done is not None:
                 on_done(item, error)
