@@ -126,8 +126,8 @@ def _another_codec(name: object, codec: SpectrumCodec) -> bool:
     return True
 
 
-#: Frame counts above this (a day of audio) are damage, not a reference.
-MAX_STORED_FRAMES = 24 * 3600 * 10
+#: Frame counts of more than this many seconds (a day) are damage, not a reference.
+MAX_STORED_S = 24 * 3600
 
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
@@ -910,9 +910,10 @@ class Catalogue:
         joining them would need twice that.
         """
         dim = self.params.embedding_dim
+        most_frames = MAX_STORED_S * self.params.frame_rate_hz
         counts = {
             int(key): patch_count(int(n_frames), self.params)
-            if isinstance(n_frames, int) and 0 < n_frames <= MAX_STORED_FRAMES
+            if isinstance(n_frames, int) and 0 < n_frames <= most_frames
             else 0  # a damaged frame count: the row is left out below
             for key, n_frames in self._db.execute(
                 "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import sqlite3
 import subprocess
@@ -95,6 +96,8 @@ def test_a_damaged_row_gives_one_clear_error(
     ):
         catalogue.features(key)
     assert raised.value.reference_id == "a"
+    carried = pickle.loads(pickle.dumps(raised.value))  # as across a process or Dask boundary
+    assert (str(carried), carried.reference_id) == (str(raised.value), "a")
     # matching goes on without it, and says which reference was left out
     command = [sys.executable, "-m", "tunetrace.cli", "match", "-c", str(directory), "--json"]
     for name, found in (("a", []), ("b", ["b"])):

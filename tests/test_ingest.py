@@ -94,6 +94,23 @@ def test_two_files_that_would_be_one_reference_are_refused_before_anything_is_ad
         assert "a.flac" in result.stderr and "a.wav" in result.stderr, result.stderr
         assert "would both be reference 'a'" in result.stderr
         assert not catalogue.exists()
+    # one file named twice, however its path is written, is one reference, added once
+    again = [str(folder / "a.wav"), str(folder / ".." / "dup" / "a.wav")]
+    result = subprocess.run(
+        [sys.executable, "-m", "tunetrace.cli", "add", "-c", str(catalogue), *again],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "added 1 reference(s) (0 replaced), 0 failed" in result.stdout, result.stdout
+
+
+def test_a_manifest_line_that_is_not_utf8_is_named_after_a_byte_order_mark(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "bom.csv"
+    manifest.write_bytes(b"\xef\xbb\xbfpath,id\n\xe9a.wav,x\n")
+    with pytest.raises(BadInputError, match=r"bom.csv:2: not UTF-8 text"):
+        items_from_manifest(manifest)
 
 
 def test_a_catalogue_that_fails_to_write_ends_the_batch_and_keeps_what_was_added(

@@ -25,10 +25,13 @@ class _Trickle:
 
 
 async def _drain(request: _Trickle, **limits: float) -> int:
-    received = 0
-    async for chunk in _body_chunks(request, max_bytes=10**9, **limits):  # type: ignore[arg-type]
-        received += len(chunk)
-    return received
+    async def drained() -> int:
+        received = 0
+        async for chunk in _body_chunks(request, max_bytes=10**9, **limits):  # type: ignore[arg-type]
+            received += len(chunk)
+        return received
+
+    return await asyncio.wait_for(drained(), 30.0)  # without the rate rule: fails, not hangs
 
 
 def test_a_body_trickling_under_the_rate_is_cut_off_after_its_grace() -> None:

@@ -104,7 +104,7 @@ def add(
     from dataclasses import replace as with_fields
 
     from tunetrace.ingest import (
-        check_distinct_ids,
+        distinct_items,
         ingest,
         items_from_manifest,
         items_from_paths,
@@ -121,7 +121,7 @@ def add(
             items = [with_fields(items[0], title=title, artist=artist)]
         if manifest is not None:
             items += items_from_manifest(manifest)
-        check_distinct_ids(items)  # before the catalogue is opened (or made)
+        items = distinct_items(items)  # before the catalogue is opened (or made)
     except TunetraceError as exc:
         _fail(exc)
     if not items:

@@ -65,6 +65,10 @@ class DamagedReferenceError(CatalogueError):
         super().__init__(message)
         self.reference_id = reference_id
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # pickled as it is made (across process and Dask boundaries), not from its args alone
+        return (type(self), (str(self), self.reference_id))
+
 
 class InvalidReferenceIdError(BadInputError):
     """A reference id breaks the id rules (1-200 characters, no control characters)."""

@@ -159,12 +159,17 @@ def items_from_paths(paths: Iterable[Path], *, explicit_id: str | None = None) -
     return items
 
 
-def check_distinct_ids(items: Iterable[IngestItem]) -> None:
-    """Refuse a batch in which two files would become the same reference.
+def distinct_items(items: Iterable[IngestItem]) -> list[IngestItem]:
+    """The batch with each file once, refused if two files would become one reference.
 
     Parameters
     ----------
     items : iterable of IngestItem
+
+    Returns
+    -------
+    items : list of IngestItem
+        In order, a file named twice (however its path is written) kept the first time.
 
     Raises
     ------
@@ -172,14 +177,21 @@ def check_distinct_ids(items: Iterable[IngestItem]) -> None:
         Naming the first two files that share an id (``a.wav`` and ``a.flac`` in one folder
         both become ``a``): which one the catalogue kept would depend on which finished last.
     """
-    first_of: dict[str, Path] = {}
+    first_of: dict[str, tuple[Path, Path]] = {}  # id -> (resolved path, path as given)
+    kept = []
     for item in items:
-        earlier = first_of.setdefault(item.reference_id, item.path)
-        if earlier != item.path:
+        resolved = item.path.resolve()
+        if item.reference_id not in first_of:
+            first_of[item.reference_id] = (resolved, item.path)
+            kept.append(item)
+            continue
+        earlier, given = first_of[item.reference_id]
+        if earlier != resolved:
             raise BadInputError(
-                f"{earlier} and {item.path} would both be reference {item.reference_id!r}; "
+                f"{given} and {item.path} would both be reference {item.reference_id!r}; "
                 "give them distinct ids (a manifest names each file's id)"
             )
+    return kept
 
 
 def items_from_manifest(manifest: Path) -> list[IngestItem]:
@@ -246,8 +258,17 @@ def ingest(
     Returns
     -------
     summary : IngestSummary
+        A file that cannot be read or named is counted as failed and skipped.
+
+    Raises
+    ------
+    BadInputError
+        If two files would become one reference (:func:`distinct_items`).
+    CatalogueError
+        If the catalogue cannot be written (a full disk, a folder that cannot be written):
+        the batch stops there, keeping what it added.
     """
-    check_distinct_ids(items)
+    items = distinct_items(items)
     summary = IngestSummary()
     params = catalogue.params
     pending = [item for item in items if _precheck(catalogue, item, replace, summary, on_done)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from pathlib import Path
@@ -38,8 +39,9 @@ def manifest_rows(manifest: Path) -> list[tuple[int, list[str]]]:
         raw = manifest.read_bytes()
     except OSError as exc:
         raise BadInputError(f"{manifest}: cannot be read ({exc.strerror or exc})") from None
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        text = raw.decode("utf-8-sig")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise BadInputError(
