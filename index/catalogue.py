@@ -27,6 +27,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -128,6 +129,10 @@ def _another_codec(name: object, codec: SpectrumCodec) -> bool:
 
 #: Frame counts of more than this many seconds (a day) are damage, not a reference.
 MAX_STORED_S = 24 * 3600
+
+#: A process creating a catalogue leaves its database empty for an instant (between opening
+#: and its first write); a creator finding one empty for longer takes it for damage.
+EMPTY_DATABASE_GRACE_S = 10.0
 
 #: Default budget of a catalogue's cache of reference features.
 FEATURES_CACHE_BYTES = 2**30
@@ -292,9 +297,9 @@ class Catalogue:
             if self.directory.exists() and not self.directory.is_dir():
                 raise CatalogueError(f"{self.directory} exists and is not a directory")
             self.directory.mkdir(parents=True, exist_ok=True)
-        elif not create and database.stat().st_size == 0:
+        elif _empty_and_settled(database, create=create):
             # what a crash before the first write of a new catalogue, or a damaged copy,
-            # leaves: readers must not turn it into a new, empty catalogue
+            # leaves: no one may turn it into a new, empty catalogue that answers "no copy"
             raise CatalogueError(
                 f"{database} is empty, not a catalogue: restore it from a backup, or remove "
                 "it and add the references again"
@@ -648,7 +653,7 @@ class Catalogue:
                 )
             if old is not None:
                 self._db.execute("DELETE FROM refs WHERE key = ?", (old[0],))
-                index = self._forget(index, int(old[0]), int(old[1]))
+                index = self._forget(index, int(old[0]), old[1])
             cursor = self._db.execute(
                 "INSERT INTO refs (id, title, artist, isrc, source_path, duration_s, n_frames,"
                 " added_at, spectrum, spectrum_scale, vectors, spectrum_codec)"
@@ -694,18 +699,22 @@ class Catalogue:
             if row is None:
                 raise ReferenceNotFoundError(f"no reference {reference_id!r} in the catalogue")
             self._db.execute("DELETE FROM refs WHERE key = ?", (row[0],))
-            index = self._forget(index, int(row[0]), int(row[1]))
+            index = self._forget(index, int(row[0]), row[1])
             self._changed(index, publish=True)
 
-    def _forget(self, index: VectorIndex, key: int, n_frames: int) -> VectorIndex:
+    def _forget(self, index: VectorIndex, key: int, n_frames: object) -> VectorIndex:
         """Drop a deleted reference from the index and caches (call after its DELETE).
 
         Graph indexes cannot remove vectors: they are built anew from what SQLite now holds.
-        Returns the index to use from here on.
+        A damaged frame count (``n_frames`` as its row holds it) removes every id the
+        reference could have. Returns the index to use from here on.
         """
         self._forget_features(key)
         if index.supports_removal:
-            index.remove(vector_ids(key, patch_count(n_frames, self.params)))
+            if self._plausible_frames(n_frames):
+                index.remove(vector_ids(key, patch_count(int(n_frames), self.params)))
+            else:
+                index.remove_range(key << PATCH_BITS, (key + 1) << PATCH_BITS)
             return index
         return VectorIndex.build(
             self.params.embedding_dim,
@@ -902,6 +911,14 @@ class Catalogue:
         stored = self._meta("index_spec")
         return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
 
+    def _plausible_frames(self, n_frames: object) -> bool:
+        """Whether a row's frame count can be a reference's (not damage: text, negative,
+        more than :data:`MAX_STORED_S` of frames)."""
+        return (
+            isinstance(n_frames, int)
+            and 0 < n_frames <= MAX_STORED_S * self.params.frame_rate_hz
+        )
+
     def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Every stored reference's patch vectors (keys above ``after_key``) and their ids.
 
@@ -910,10 +927,9 @@ class Catalogue:
         joining them would need twice that.
         """
         dim = self.params.embedding_dim
-        most_frames = MAX_STORED_S * self.params.frame_rate_hz
         counts = {
             int(key): patch_count(int(n_frames), self.params)
-            if isinstance(n_frames, int) and 0 < n_frames <= most_frames
+            if self._plausible_frames(n_frames)
             else 0  # a damaged frame count: the row is left out below
             for key, n_frames in self._db.execute(
                 "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)
@@ -1427,3 +1443,16 @@ def _file_size(path: Path) -> int:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _empty_and_settled(database: Path, *, create: bool) -> bool:
+    """Whether ``database`` is an empty file that is not another process's catalogue in the
+    making (readers: any empty file; creators: one empty for more than
+    :data:`EMPTY_DATABASE_GRACE_S`)."""
+    try:
+        status = database.stat()
+    except OSError:
+        return False
+    if status.st_size != 0:
+        return False
+    return not create or time.time() - status.st_mtime > EMPTY_DATABASE_GRACE_S

@@ -330,16 +330,30 @@ class VectorIndex:
         NotImplementedError
             For kinds that cannot remove (see :attr:`supports_removal`).
         """
+        if len(ids):
+            self._remove(np.asarray(ids, dtype=np.int64))
+
+    def remove_range(self, first: int, stop: int) -> None:
+        """Remove the vectors whose ids lie in ``[first, stop)`` (all of one reference's,
+        however many it has).
+
+        Raises
+        ------
+        NotImplementedError
+            For kinds that cannot remove (see :attr:`supports_removal`).
+        """
+        self._remove(faiss.IDSelectorRange(first, stop))
+
+    def _remove(self, selection: np.ndarray | faiss.IDSelector) -> None:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
-        if len(ids):
-            self._index.remove_ids(np.asarray(ids, dtype=np.int64))
-            lists = _inverted_lists(self._index)
-            if isinstance(lists, faiss.BlockInvertedLists):
-                # FAISS's fast-scan lists drop the vectors but leave the index's count as it
-                # was (faiss 1.13): count what the lists hold.
-                remaining = sum(lists.list_size(n) for n in range(lists.nlist))
-                faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
+        self._index.remove_ids(selection)
+        lists = _inverted_lists(self._index)
+        if isinstance(lists, faiss.BlockInvertedLists):
+            # FAISS's fast-scan lists drop the vectors but leave the index's count as it
+            # was (faiss 1.13): count what the lists hold.
+            remaining = sum(lists.list_size(n) for n in range(lists.nlist))
+            faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
 
     def search(
         self, vectors: np.ndarray, k: int, *, effort: float = 1.0

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -127,8 +128,16 @@ def test_an_empty_database_file_is_refused_by_readers_and_left_as_it_is(tmp_path
         Catalogue(directory, read_only=True)
     with pytest.raises(CatalogueError, match="is empty, not a catalogue"):
         Catalogue(directory)
+    # nor by a writer (add, serve), once it is not another process's catalogue in the making
+    hour_ago = time.time() - 3600
+    os.utime(directory / "catalogue.sqlite", (hour_ago, hour_ago))
+    with pytest.raises(CatalogueError, match="is empty, not a catalogue"):
+        Catalogue(directory, create=True)
     assert [p.name for p in directory.iterdir()] == ["catalogue.sqlite"]
     assert (directory / "catalogue.sqlite").stat().st_size == 0  # not made a new catalogue
+    (directory / "catalogue.sqlite").touch()  # just made by a creator that has not written yet
+    with Catalogue(directory, create=True) as created:
+        assert created.count() == 0
 
 
 def _without_root_privileges() -> list[str] | None:

@@ -133,6 +133,26 @@ def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
         assert sorted(r.reference_id for r in catalogue.list()) == ["b"]
 
 
+@pytest.mark.parametrize("n_frames", ["abc", 10**12, -5, 2.5])
+def test_a_reference_with_a_damaged_frame_count_can_be_removed_or_replaced(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path, n_frames: object
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("UPDATE refs SET n_frames = ? WHERE id IN ('a', 'b')", (n_frames,))
+    with Catalogue(directory) as catalogue:
+        catalogue.remove("a")  # every id the reference could have leaves the index
+        catalogue.add("b", fingerprint_reference(songs["b"], params=catalogue.params),
+                      replace=True)  # fmt: skip
+        assert sorted(r.reference_id for r in catalogue.list()) == ["b"]
+        found = Matcher(catalogue).match_path(excerpts["b"]).matches
+        assert [m.reference_id for m in found] == ["b"]
+        assert Matcher(catalogue).match_path(excerpts["a"]).matches == []
+
+
 def test_a_spectrum_that_its_named_codec_cannot_read_is_refused(songs: dict[str, Path]) -> None:
     earlier = fingerprint_reference(songs["a"], params=FingerprintParams(), codec=LEGACY_CODEC)
     # 8-bit codes built the way callers built them before rows named their codec
