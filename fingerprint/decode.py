@@ -115,18 +115,28 @@ def load_audio(
     if path.stat().st_size == 0:
         raise AudioDecodeError(f"{path}: the file is empty")
     errors: list[str] = []
+    partial: _PartialAudio | None = None
     for decoder in _decoders_for(path):
         try:
             samples = decoder(path, max_duration_s, sample_rate_hz)
         except (AudioTooLongError, UnsupportedAudioError):
             raise  # the file says so itself: another decoder would only spend more on it
+        except _PartialAudio as cut:  # the audio before damage: another may read past it
+            if partial is None or cut.samples.size > partial.samples.size:
+                partial = cut
+            continue
         except Exception as exc:  # decoders raise many unrelated types on bad data
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {exc}")
             continue
         if samples.size == 0:
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: no audio samples")
             continue
+        if partial is not None and partial.samples.size > samples.size:
+            break  # the damaged read got further than this one
         return Audio(samples, sample_rate_hz)
+    if partial is not None:
+        logger.warning("%s: %s; using the audio before that", path, partial)
+        return Audio(partial.samples, sample_rate_hz)
     logger.debug("could not decode %s: %s", path, "; ".join(errors))
     raise AudioDecodeError(f"{path.name}: not a readable audio file ({'; '.join(errors)})")
 
@@ -306,14 +316,23 @@ def _decode_soundfile(
                     )
                 if sink.n_input == 0:
                     raise
-                logger.warning(
-                    "%s: decoding stopped after %.1f s (%s); using the audio before that",
-                    path, sink.n_input / native_rate, exc,
-                )  # fmt: skip
-                break
+                raise _PartialAudio(
+                    sink.finish(), f"decoding stopped after {sink.n_input / native_rate:.1f} s "
+                    f"({exc})"
+                ) from exc
             sink.add(mono)
             _too_long(path, sink.n_input / native_rate, max_duration_s)
     return sink.finish()
+
+
+class _PartialAudio(Exception):  # noqa: N818 (a result, not an error)
+    """A decoder read the audio up to damage in the file: ``samples`` are what came before
+    it. Another decoder may read past the damage (FFmpeg resynchronises on a damaged FLAC
+    frame where libsndfile stops), so the longest result wins."""
+
+    def __init__(self, samples: np.ndarray, reason: str) -> None:
+        super().__init__(reason)
+        self.samples = samples
 
 
 def _is_mpeg(handle: soundfile.SoundFile) -> bool:

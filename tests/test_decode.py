@@ -264,6 +264,12 @@ def test_a_flac_cut_short_decodes_what_is_there(
     assert 5.0 < audio.duration_s < 15.0  # about the first half, not refused
     np.testing.assert_allclose(audio.samples[: 4 * 8000], expected[: 4 * 8000], atol=1e-3)
     assert "decoding stopped after" in caplog.text
+    # damaged in the middle: FFmpeg reads past the damage where libsndfile stops at it
+    damaged = bytearray(whole.read_bytes())
+    middle = len(damaged) * 3 // 10
+    damaged[middle : middle + 64] = bytes(b ^ 0xFF for b in damaged[middle : middle + 64])
+    cut.write_bytes(bytes(damaged))
+    assert load_audio(cut, sample_rate_hz=8000).duration_s > 18.0
     # cut inside the first block read: the audio before the cut is kept all the same
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 20])
     assert 0.3 < load_audio(cut, sample_rate_hz=8000).duration_s < 2.0
