@@ -334,9 +334,18 @@ class Catalogue:
     def _connect(self, database: Path, *, read_only: bool) -> sqlite3.Connection:
         """Open the database (WAL, full sync) and make sure its tables exist.
 
-        A reader of a catalogue in a folder it cannot write (a read-only mount, say) cannot
-        make SQLite's shared-memory and log files beside it; it opens the database as
-        immutable instead, which reads it without them (nothing can write there).
+        A reader of a catalogue on a read-only file system cannot make SQLite's shared-memory
+        and log files beside it; there it opens the database as immutable, which reads it
+        without them (nothing can write there, so nothing changes under it), unless a log
+        file holds changes the database does not have yet. A folder this user merely may not
+        write is refused with the reason: another user may be writing the catalogue, and an
+        immutable reader would not see it.
+
+        Raises
+        ------
+        sqlite3.DatabaseError
+            If the database cannot be opened (or, on a read-only file system, its log holds
+            changes that only a writer can bring into it).
         """
         try:
             db = sqlite3.connect(database, check_same_thread=False, isolation_level=None)
@@ -345,10 +354,23 @@ class Catalogue:
             db.execute("PRAGMA busy_timeout=30000")
             db.executescript(_SCHEMA)
             return db
-        except sqlite3.OperationalError:
+        except sqlite3.OperationalError as exc:
             if not read_only or os.access(database.parent, os.W_OK):
                 raise
-        logger.info("%s: folder not writable; reading the catalogue as it is", database.parent)
+            if not _on_read_only_file_system(database):
+                raise sqlite3.OperationalError(
+                    f"{exc}: this user cannot write the folder {database.parent}, where "
+                    "SQLite keeps its lock and log files; give it write access, or mount the "
+                    "folder read-only"
+                ) from exc
+            log = database.with_name(database.name + "-wal")
+            if log.exists() and log.stat().st_size > 0:
+                raise sqlite3.OperationalError(
+                    f"{log} holds changes not yet in the database, and this read-only file "
+                    "system lets no one write them in; open the catalogue once where it can "
+                    "be written"
+                ) from exc
+        logger.info("%s is read-only: reading the catalogue as it is", database.parent)
         uri = f"{database.resolve().as_uri()}?mode=ro&immutable=1"
         return sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
 
@@ -1456,3 +1478,11 @@ def _empty_and_settled(database: Path, *, create: bool) -> bool:
     if status.st_size != 0:
         return False
     return not create or time.time() - status.st_mtime > EMPTY_DATABASE_GRACE_S
+
+
+def _on_read_only_file_system(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
