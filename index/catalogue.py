@@ -321,6 +321,8 @@ class Catalogue:
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
+        # references the last read of every row's vectors left out as damaged
+        self._skipped_references: list[str] = []
         self._writer_lock = WriterLock(self.directory)
         # A writer's exact index of what SQLite holds at ``_index_generation``.
         self._index: VectorIndex | None = None
@@ -696,6 +698,7 @@ class Catalogue:
                 ),
             )
             key = int(cursor.lastrowid or 0)
+            self._no_longer_damaged(reference_id)
             # Index exactly what a rebuild from SQLite gives.
             stored = (
                 vectors_from_bytes(vector_blob, self.params.embedding_dim)
@@ -741,7 +744,7 @@ class Catalogue:
         return VectorIndex.build(
             self.params.embedding_dim,
             index.spec,
-            *self._all_vectors(),
+            *self._all_rows_vectors(),
             grid=self._grid_for(index.spec),
         )
 
@@ -933,6 +936,52 @@ class Catalogue:
         stored = self._meta("index_spec")
         return IndexSpec.from_dict(json.loads(stored)) if stored else IndexSpec()
 
+    def _all_rows_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored reference's vectors for a whole rebuild (inside a write), with the
+        references left out as damaged recorded, so that readers can say which they are."""
+        vectors, ids = self._all_vectors()
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('damaged_references', ?)",
+            (json.dumps(self._skipped_references),),
+        )
+        return vectors, ids
+
+    def _no_longer_damaged(self, reference_id: str) -> None:
+        """Drop a reference added afresh from the recorded damaged ones (inside a write)."""
+        try:
+            recorded = json.loads(self._meta("damaged_references") or "[]")
+        except ValueError:
+            recorded = []
+        if isinstance(recorded, list) and reference_id in recorded:
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('damaged_references', ?)",
+                (json.dumps([item for item in recorded if item != reference_id]),),
+            )
+
+    def damaged_references(self) -> list[str]:
+        """Ids of the references the last index rebuild left out because their rows could not
+        be read (they cannot be found until removed and added again).
+
+        Returns
+        -------
+        ids : list of str
+            Those still in the catalogue, sorted.
+        """
+        try:
+            recorded = json.loads(self._meta("damaged_references") or "[]")
+        except ValueError:
+            return []
+        if not isinstance(recorded, list) or not recorded:
+            return []
+        present = {
+            str(row[0])
+            for row in self._db.execute(
+                f"SELECT id FROM refs WHERE id IN ({','.join('?' * len(recorded))})",
+                [str(item) for item in recorded],
+            )
+        }
+        return sorted(present)
+
     def _plausible_frames(self, n_frames: object) -> bool:
         """Whether a row's frame count can be a reference's (not damage: text, negative,
         more than :data:`MAX_STORED_S` of frames)."""
@@ -960,6 +1009,7 @@ class Catalogue:
         vectors = np.empty((sum(counts.values()), dim), dtype=np.float32)
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
+        self._skipped_references = []
         rows = self._db.execute(
             f"SELECT key, id, {self._stored_vector_columns} FROM refs WHERE key > ?"
             " ORDER BY key",
@@ -979,6 +1029,7 @@ class Catalogue:
                     "reference %r in %s is damaged (%s); it is left out of the index: remove "
                     "it and add it again", reference_id, self.directory, exc,
                 )  # fmt: skip
+                self._skipped_references.append(str(reference_id))
                 continue
             vectors[filled : filled + len(block)] = block
             ids[filled : filled + len(block)] = vector_ids(int(key), len(block))
@@ -991,7 +1042,7 @@ class Catalogue:
         """An index of ``spec``'s kind over every stored vector (exact search when the
         catalogue is too small to train it)."""
         dim = self.params.embedding_dim
-        vectors, ids = self._all_vectors()
+        vectors, ids = self._all_rows_vectors()
         if spec.resolved(len(vectors)).needs_training and len(vectors) < 10_000:
             logger.warning("too few vectors (%d) to train a %s index: exact search used",
                            len(vectors), spec.kind)  # fmt: skip
@@ -1041,7 +1092,7 @@ class Catalogue:
                 f"{spec.projection_dims}"
             )
         with self._write():
-            vectors, ids = self._all_vectors()
+            vectors, ids = self._all_rows_vectors()
             if self._projection_unfit(spec, len(vectors)):
                 raise ValueError(
                     "the packaged alteration-noise model was measured with other fingerprint "
@@ -1396,6 +1447,7 @@ class Catalogue:
         return {
             "catalogue": str(self.directory),
             "references": int(n_refs),
+            "damaged_references": self.damaged_references(),
             "audio_hours": round(hours, 3),
             "vectors": index.size,
             "index_kind": index.spec.kind,

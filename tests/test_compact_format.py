@@ -129,6 +129,20 @@ def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
         assert [m.reference_id for m in Matcher(catalogue).match_path(excerpts["b"]).matches] == [
             "b"
         ]
+    # a reader says which references cannot be found, every time it opens the catalogue
+    with Catalogue(directory, read_only=True) as reader:
+        assert reader.damaged_references() == ["a"]
+        assert reader.info()["damaged_references"] == ["a"]
+        caplog.clear()
+        Matcher(reader)
+        assert "1 damaged reference(s)" in caplog.text and "'a'" in caplog.text
+    with Catalogue(directory) as catalogue:  # added again, it is whole and found
+        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params),
+                      replace=True)  # fmt: skip
+        assert catalogue.damaged_references() == []
+        assert [m.reference_id for m in Matcher(catalogue).match_path(excerpts["a"]).matches] == [
+            "a"
+        ]
         catalogue.remove("a")
         assert sorted(r.reference_id for r in catalogue.list()) == ["b"]
 
