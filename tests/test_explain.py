@@ -107,7 +107,7 @@ def test_explain_against_a_named_reference(
     evidence = json.loads(out.read_text())
     assert evidence["reference_id"] == "song1" and not evidence["is_copy"]
     missing = _explain(built_catalogue, altered, out, "--reference", "nope")
-    assert missing.returncode == 1 and "nope" in missing.stderr
+    assert missing.returncode == 2 and "nope" in missing.stderr  # bad usage
     wrong_suffix = _explain(built_catalogue, altered, tmp_path / "e.txt")
     assert wrong_suffix.returncode == 2
 
