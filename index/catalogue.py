@@ -321,8 +321,6 @@ class Catalogue:
         self._features_cache: OrderedDict[int, Features] = OrderedDict()
         self._features_cache_bytes = 0
         self.features_cache_bytes = features_cache_bytes
-        # references the last read of every row's vectors left out as damaged
-        self._skipped_references: list[str] = []
         self._writer_lock = WriterLock(self.directory)
         # A writer's exact index of what SQLite holds at ``_index_generation``.
         self._index: VectorIndex | None = None
@@ -896,7 +894,7 @@ class Catalogue:
         # References newer than the published file, added to what an earlier call found.
         delta = previous.delta if previous is not None else None
         since = max(covered, self._searcher_delta_key if previous is not None else 0)
-        vectors, ids = self._all_vectors(after_key=since)
+        vectors, ids, _ = self._all_vectors(after_key=since)
         if delta is None and len(vectors):
             # rounded as the published file keeps its vectors
             delta = VectorIndex(self.params.embedding_dim, grid=self._grid_for(self.index_spec))
@@ -939,24 +937,30 @@ class Catalogue:
     def _all_rows_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored reference's vectors for a whole rebuild (inside a write), with the
         references left out as damaged recorded, so that readers can say which they are."""
-        vectors, ids = self._all_vectors()
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('damaged_references', ?)",
-            (json.dumps(self._skipped_references),),
-        )
+        vectors, ids, damaged = self._all_vectors()
+        self._record_damaged(damaged)
         return vectors, ids
 
-    def _no_longer_damaged(self, reference_id: str) -> None:
-        """Drop a reference added afresh from the recorded damaged ones (inside a write)."""
+    def _recorded_damaged(self) -> list[str]:
+        """The ids the last rebuild recorded as damaged (none if the record is unreadable)."""
         try:
             recorded = json.loads(self._meta("damaged_references") or "[]")
         except ValueError:
-            recorded = []
-        if isinstance(recorded, list) and reference_id in recorded:
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('damaged_references', ?)",
-                (json.dumps([item for item in recorded if item != reference_id]),),
-            )
+            return []
+        return [str(item) for item in recorded] if isinstance(recorded, list) else []
+
+    def _record_damaged(self, reference_ids: list[str]) -> None:
+        """Record the damaged references (inside a write)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('damaged_references', ?)",
+            (json.dumps(reference_ids),),
+        )
+
+    def _no_longer_damaged(self, reference_id: str) -> None:
+        """Drop a reference added afresh from the recorded damaged ones (inside a write)."""
+        recorded = self._recorded_damaged()
+        if reference_id in recorded:
+            self._record_damaged([item for item in recorded if item != reference_id])
 
     def damaged_references(self) -> list[str]:
         """Ids of the references the last index rebuild left out because their rows could not
@@ -967,20 +971,14 @@ class Catalogue:
         ids : list of str
             Those still in the catalogue, sorted.
         """
-        try:
-            recorded = json.loads(self._meta("damaged_references") or "[]")
-        except ValueError:
+        recorded = self._recorded_damaged()
+        if not recorded:
             return []
-        if not isinstance(recorded, list) or not recorded:
-            return []
-        present = {
-            str(row[0])
-            for row in self._db.execute(
-                f"SELECT id FROM refs WHERE id IN ({','.join('?' * len(recorded))})",
-                [str(item) for item in recorded],
-            )
-        }
-        return sorted(present)
+        rows = self._db.execute(
+            "SELECT id FROM refs WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id",
+            (json.dumps(recorded),),
+        )
+        return [str(row[0]) for row in rows]
 
     def _plausible_frames(self, n_frames: object) -> bool:
         """Whether a row's frame count can be a reference's (not damage: text, negative,
@@ -990,8 +988,9 @@ class Catalogue:
             and 0 < n_frames <= MAX_STORED_S * self.params.frame_rate_hz
         )
 
-    def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Every stored reference's patch vectors (keys above ``after_key``) and their ids.
+    def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Every stored reference's patch vectors (keys above ``after_key``), their ids, and the
+        ids of the references left out because their rows are damaged.
 
         The result is allocated once from the rows' frame counts and filled a reference at a
         time: at 100,000 works the vectors alone take 5.5 GB, and gathering blocks before
@@ -1009,7 +1008,7 @@ class Catalogue:
         vectors = np.empty((sum(counts.values()), dim), dtype=np.float32)
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
-        self._skipped_references = []
+        damaged: list[str] = []
         rows = self._db.execute(
             f"SELECT key, id, {self._stored_vector_columns} FROM refs WHERE key > ?"
             " ORDER BY key",
@@ -1029,14 +1028,14 @@ class Catalogue:
                     "reference %r in %s is damaged (%s); it is left out of the index: remove "
                     "it and add it again", reference_id, self.directory, exc,
                 )  # fmt: skip
-                self._skipped_references.append(str(reference_id))
+                damaged.append(str(reference_id))
                 continue
             vectors[filled : filled + len(block)] = block
             ids[filled : filled + len(block)] = vector_ids(int(key), len(block))
             filled += len(block)
         # references removed by another process since the count, or damaged, leave the end
         # unfilled
-        return vectors[:filled], ids[:filled]
+        return vectors[:filled], ids[:filled], damaged
 
     def _build_index(self, spec: IndexSpec) -> VectorIndex:
         """An index of ``spec``'s kind over every stored vector (exact search when the

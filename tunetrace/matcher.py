@@ -189,14 +189,14 @@ class Matcher:
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
         self._damaged_seen: set[str] = set()
-        limit_blas_threads()
+        limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
         damaged = getattr(catalogue, "damaged_references", lambda: [])()
         if damaged:  # left out of the index when it was last rebuilt: never candidates
             shown = ", ".join(map(repr, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
             logger.warning(
                 "%d damaged reference(s) in %s cannot be found: %s; remove them and add them "
                 "again", len(damaged), catalogue.directory, shown,
-            )  # fmt: skip  # small products: a spinning BLAS thread only takes a core away
+            )  # fmt: skip
 
     @property
     def default_min_score(self) -> float:
