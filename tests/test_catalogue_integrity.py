@@ -15,6 +15,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
+import tunetrace.index.catalogue as catalogue_module
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue, ReferenceData
 from tunetrace.index.ids import PATCH_BITS
@@ -39,6 +40,14 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Reference
         excerpt = write_audio(folder / f"{name}-excerpt.wav", samples[3 * 22050 : 12 * 22050])
         out[name] = (data, excerpt)
     return out
+
+
+def _holding_x(tmp_path: Path, three: dict) -> Path:
+    """A catalogue in ``tmp_path / "cat"``, closed, holding reference ``x``."""
+    directory = tmp_path / "cat"
+    with Catalogue(directory, create=True) as catalogue:
+        catalogue.add("x", three["x"][0])
+    return directory
 
 
 def _found(catalogue: Catalogue, excerpt: Path) -> list[str]:
@@ -157,9 +166,7 @@ def test_a_folder_this_user_cannot_write_is_refused_with_the_reason(
     prefix = _without_root_privileges()
     if prefix is None:
         pytest.skip("running as root without setpriv: a folder root cannot write is not made")
-    directory = tmp_path / "cat"
-    with Catalogue(directory, create=True) as catalogue:
-        catalogue.add("x", three["x"][0])
+    directory = _holding_x(tmp_path, three)
     files = {p: p.stat().st_mode for p in directory.iterdir()}
     for path in [*files, directory]:
         path.chmod(0o555 if path.is_dir() else 0o444)
@@ -185,11 +192,7 @@ class _ReadOnlyMount:
 def test_a_catalogue_on_a_read_only_file_system_is_read_as_it_is(
     tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tunetrace.index.catalogue as catalogue_module
-
-    directory = tmp_path / "cat"
-    with Catalogue(directory, create=True) as catalogue:
-        catalogue.add("x", three["x"][0])
+    directory = _holding_x(tmp_path, three)
     real_connect, real_statvfs = sqlite3.connect, os.statvfs
 
     def read_only_file_system(database: object, *args: object, **kwargs: object):
@@ -233,9 +236,7 @@ def test_a_writer_sweeps_files_a_killed_write_left(tmp_path: Path, three: dict) 
 def test_info_while_another_process_sweeps_the_index_file(
     tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    directory = tmp_path / "cat"
-    with Catalogue(directory, create=True) as writer:
-        writer.add("x", three["x"][0])
+    directory = _holding_x(tmp_path, three)
     with Catalogue(directory, read_only=True) as reader:
         swept = reader.index_path
         listed = list(directory.iterdir())
@@ -381,9 +382,7 @@ def test_neighbour_votes_do_not_overflow_with_large_reference_keys() -> None:
 
 
 def test_lock_file_is_released_when_a_writer_closes(tmp_path: Path, three: dict) -> None:
-    directory = tmp_path / "cat"
-    with Catalogue(directory, create=True) as writer:
-        writer.add("x", three["x"][0])
+    directory = _holding_x(tmp_path, three)
     lock = directory / "catalogue.lock"
     assert lock.exists()
     import fcntl
