@@ -894,7 +894,7 @@ class Catalogue:
         # References newer than the published file, added to what an earlier call found.
         delta = previous.delta if previous is not None else None
         since = max(covered, self._searcher_delta_key if previous is not None else 0)
-        vectors, ids, _ = self._all_vectors(after_key=since)
+        vectors, ids = self._all_vectors(after_key=since)
         if delta is None and len(vectors):
             # rounded as the published file keeps its vectors
             delta = VectorIndex(self.params.embedding_dim, grid=self._grid_for(self.index_spec))
@@ -937,7 +937,8 @@ class Catalogue:
     def _all_rows_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored reference's vectors for a whole rebuild (inside a write), with the
         references left out as damaged recorded, so that readers can say which they are."""
-        vectors, ids, damaged = self._all_vectors()
+        damaged: list[str] = []
+        vectors, ids = self._all_vectors(damaged=damaged)
         self._record_damaged(damaged)
         return vectors, ids
 
@@ -988,9 +989,11 @@ class Catalogue:
             and 0 < n_frames <= MAX_STORED_S * self.params.frame_rate_hz
         )
 
-    def _all_vectors(self, after_key: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Every stored reference's patch vectors (keys above ``after_key``), their ids, and the
-        ids of the references left out because their rows are damaged.
+    def _all_vectors(
+        self, after_key: int = 0, *, damaged: list[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Every stored reference's patch vectors (keys above ``after_key``) and their ids;
+        the ids of references left out because their rows are damaged go to ``damaged``.
 
         The result is allocated once from the rows' frame counts and filled a reference at a
         time: at 100,000 works the vectors alone take 5.5 GB, and gathering blocks before
@@ -1008,7 +1011,6 @@ class Catalogue:
         vectors = np.empty((sum(counts.values()), dim), dtype=np.float32)
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
-        damaged: list[str] = []
         rows = self._db.execute(
             f"SELECT key, id, {self._stored_vector_columns} FROM refs WHERE key > ?"
             " ORDER BY key",
@@ -1028,14 +1030,15 @@ class Catalogue:
                     "reference %r in %s is damaged (%s); it is left out of the index: remove "
                     "it and add it again", reference_id, self.directory, exc,
                 )  # fmt: skip
-                damaged.append(str(reference_id))
+                if damaged is not None:
+                    damaged.append(str(reference_id))
                 continue
             vectors[filled : filled + len(block)] = block
             ids[filled : filled + len(block)] = vector_ids(int(key), len(block))
             filled += len(block)
         # references removed by another process since the count, or damaged, leave the end
         # unfilled
-        return vectors[:filled], ids[:filled], damaged
+        return vectors[:filled], ids[:filled]
 
     def _build_index(self, spec: IndexSpec) -> VectorIndex:
         """An index of ``spec``'s kind over every stored vector (exact search when the
