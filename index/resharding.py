@@ -38,7 +38,7 @@ from tunetrace.index.shard_layout import (
 from tunetrace.index.vector_index import IndexSpec
 from tunetrace.index.writer_lock import LOCK_NAME, WriterLock
 
-from tunetrace.errors import CatalogueError
+from tunetrace.errors import CatalogueError, NotShardableError
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +78,14 @@ def init_sharded(
 
     Raises
     ------
+    NotShardableError
+        If the directory is already sharded, is a file, or holds other files.
     CatalogueError
-        If the directory is already sharded, or is a file, or the shards cannot be written.
+        If the shards cannot be written.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise CatalogueError(f"{directory} exists and is not a directory")
+        raise NotShardableError(f"{directory} exists and is not a directory")
     with _storage_errors(directory, "shard"):
         directory.mkdir(parents=True, exist_ok=True)
         return _init_locked(directory, shards, params, progress)
@@ -94,7 +96,7 @@ def _init_locked(
 ) -> ShardManifest:
     with WriterLock(directory):
         if is_sharded(directory):
-            raise CatalogueError(
+            raise NotShardableError(
                 f"{directory} is already a sharded catalogue; 'tunetrace shards split' changes "
                 "its number of shards"
             )
@@ -280,7 +282,7 @@ def _check_only_a_catalogue(directory: Path) -> None:
         )
     ]
     if others:
-        raise CatalogueError(
+        raise NotShardableError(
             f"{directory} holds other files ({', '.join(sorted(others)[:3])}"
             f"{' ...' if len(others) > 3 else ''}); shard an empty directory or a catalogue's"
         )

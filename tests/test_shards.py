@@ -365,7 +365,7 @@ def test_misuse_is_refused_and_loses_nothing(
     (folder / "g1").mkdir(parents=True)
     (folder / "g1" / "photo.jpg").write_text("precious")
     refused = _cli("shards", "init", "-c", str(folder), "--shards", "2", check=False)
-    assert refused.returncode == 1 and "holds other files" in refused.stderr
+    assert refused.returncode == 2 and "holds other files" in refused.stderr
     assert (folder / "g1" / "photo.jpg").read_text() == "precious"
     # a process that opened the unsharded catalogue before it was sharded cannot write to it
     plain = tmp_path / "plain"
@@ -459,7 +459,7 @@ def test_an_unavailable_shard_is_a_503_over_http() -> None:
 
 def test_bad_shard_requests_get_clear_errors(sharded: Path, tmp_path: Path) -> None:
     again = _cli("shards", "init", "-c", str(sharded), "--shards", "2", check=False)
-    assert again.returncode == 1 and "already a sharded catalogue" in again.stderr
+    assert again.returncode == 2 and "already a sharded catalogue" in again.stderr
     plain = tmp_path / "plain"
     Catalogue(plain, create=True).close()
     split = _cli("shards", "split", "-c", str(plain), "--shards", "2", check=False)

@@ -48,6 +48,11 @@ class CatalogueNotFoundError(CatalogueError, BadInputError):
     to a command, a catalogue error to the service."""
 
 
+class NotShardableError(CatalogueError, BadInputError):
+    """The directory cannot be sharded as asked: it is sharded already, is not a directory,
+    or holds files other than a catalogue's (bad input to a command)."""
+
+
 class ReferenceNotFoundError(CatalogueError):
     """No reference with this id exists in the catalogue."""
 
