@@ -468,3 +468,20 @@ def test_a_catalogue_that_cannot_be_opened_stops_serve_with_one_line(
     assert result.returncode == 1, result.stderr  # as every command given such a catalogue
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr, result.stderr
     assert str(target) in result.stderr
+
+
+def test_a_port_in_use_stops_serve_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "tunetrace.cli", "serve", "-c", str(tmp_path / "c"),
+             "--port", str(port)],
+            env={**os.environ, "TUNETRACE_API_KEYS": "a-key:read"},
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr  # a failure, as the CLI contract numbers them
+    assert result.stderr.strip() == (
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ), result.stderr
