@@ -77,6 +77,11 @@ class MatchReportModel(BaseModel):
     duration_s: float = Field(ge=0)
     elapsed_s: float = Field(ge=0)
     matches: list[MatchModel]
+    damaged_references: list[str] | None = Field(
+        default=None,
+        description="Present only when the catalogue holds references whose stored rows are "
+        "damaged: no upload is compared with them until they are removed and added again.",
+    )
 
 
 class ReferenceModel(BaseModel):

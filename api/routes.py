@@ -144,6 +144,7 @@ async def health(request: Request) -> HealthModel:
 @router.post(
     "/match",
     response_model=MatchReportModel,
+    response_model_exclude_unset=True,  # damaged_references only when there are some
     tags=["match"],
     responses=_errors(400, 401, 403, 408, 413, 415, 422, 503),
     openapi_extra=_upload_body(),

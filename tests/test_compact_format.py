@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import zstandard
@@ -24,6 +25,7 @@ from tunetrace.index.spectrum_codec import (
 from tunetrace.index.vector_index import IndexSpec
 
 from tests.conftest import make_format_1_catalogue, synth_song, write_audio
+from tests.live_server import running_server
 from tunetrace.errors import CatalogueError, DamagedReferenceError
 from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import Matcher
@@ -105,8 +107,11 @@ def test_a_damaged_row_gives_one_clear_error(
                                 timeout=300)  # fmt: skip
         assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
         assert "reference 'a'" in result.stderr and "damaged" in result.stderr, result.stderr
-        matched = [m["reference_id"] for m in json.loads(result.stdout)["matches"]]
+        report = json.loads(result.stdout)
+        matched = [m["reference_id"] for m in report["matches"]]
         assert matched == found, (name, matched)
+        if name == "a":  # its own excerpt makes it a candidate: the report names what it missed
+            assert report["damaged_references"] == ["a"], report
 
 
 def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
@@ -134,15 +139,25 @@ def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
         assert reader.damaged_references() == ["a"]
         assert reader.info()["damaged_references"] == ["a"]
         caplog.clear()
-        Matcher(reader)
+        report = Matcher(reader).match_path(excerpts["b"])
         assert "1 damaged reference(s)" in caplog.text and "'a'" in caplog.text
+        # and every report says which references no query is compared with, over HTTP too
+        assert report.to_dict()["damaged_references"] == ["a"]
+    with running_server(directory, api_keys="reader-key:read", workers=1) as base_url:
+        answer = httpx.post(
+            f"{base_url}/v1/match", headers={"Authorization": "Bearer reader-key"},
+            files={"file": ("b.wav", excerpts["b"].read_bytes())}, timeout=120,
+        )  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    assert [m["reference_id"] for m in answer.json()["matches"]] == ["b"]
+    assert answer.json()["damaged_references"] == ["a"]
     with Catalogue(directory) as catalogue:  # added again, it is whole and found
         catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params),
                       replace=True)  # fmt: skip
         assert catalogue.damaged_references() == []
-        assert [m.reference_id for m in Matcher(catalogue).match_path(excerpts["a"]).matches] == [
-            "a"
-        ]
+        report = Matcher(catalogue).match_path(excerpts["a"])
+        assert [m.reference_id for m in report.matches] == ["a"]
+        assert "damaged_references" not in report.to_dict()
         catalogue.remove("a")
         assert sorted(r.reference_id for r in catalogue.list()) == ["b"]
 
@@ -372,3 +387,24 @@ def test_index_migrate_takes_only_packings_of_the_current_codes(
     assert result.returncode == 2 and "not a packing" in result.stderr, result.stderr
     with sqlite3.connect(directory / "catalogue.sqlite") as db:
         assert db.execute("SELECT spectrum_codec FROM refs").fetchall() == [(COMPACT_CODEC.name,)]
+
+
+def test_a_report_stops_naming_a_damaged_row_once_it_is_added_again(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+        key = catalogue.get("a").key
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (b"\x01" * 64, key))
+    with Catalogue(directory) as catalogue:
+        matcher = Matcher(catalogue)
+        damaged = matcher.match_path(excerpts["a"])  # found damaged by matching, not recorded
+        assert (damaged.matches, damaged.damaged_references) == ([], ("a",))
+        catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params),
+                      replace=True)  # fmt: skip
+        whole = matcher.match_path(excerpts["a"])
+        assert [m.reference_id for m in whole.matches] == ["a"]
+        assert whole.damaged_references == ()

@@ -6,6 +6,7 @@ Both front ends (CLI and HTTP API) call :class:`Matcher`; it knows nothing of ei
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -188,7 +189,8 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
-        self._damaged_seen: set[str] = set()
+        self._damaged_seen: dict[int, str] = {}  # key -> id of rows found damaged
+        self._damaged_lock = threading.Lock()  # verification threads add to the set
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
         damaged = getattr(catalogue, "damaged_references", lambda: [])()
         if damaged:  # left out of the index when it was last rebuilt: never candidates
@@ -253,6 +255,7 @@ class Matcher:
             elapsed_s=time.perf_counter() - started,
             matches=matches,
             query_tonality=query_tonality,
+            damaged_references=self.damaged_references(),
         )
 
     def candidates(
@@ -738,10 +741,35 @@ class Matcher:
         except ReferenceNotFoundError:
             return None
         except DamagedReferenceError as exc:
-            if exc.reference_id not in self._damaged_seen:
-                self._damaged_seen.add(exc.reference_id)
+            with self._damaged_lock:
+                first_time = key not in self._damaged_seen
+                self._damaged_seen[key] = exc.reference_id
+            if first_time:
                 logger.warning("%s; it is left out of matching", exc)
             return None
+
+    def damaged_references(self) -> tuple[str, ...]:
+        """Ids of the catalogue's references that no query is compared with because their
+        stored rows are damaged: those the last index rebuild left out, and those whose rows
+        this matcher has failed to read since.
+
+        Returns
+        -------
+        ids : tuple of str
+            Sorted; empty for a sound catalogue (and for a sharded one, whose shards log
+            theirs).
+        """
+        recorded = getattr(self.catalogue, "damaged_references", lambda: [])()
+        with self._damaged_lock:
+            seen = dict(self._damaged_seen)
+        return tuple(sorted(set(recorded) | {i for k, i in seen.items() if self._holds(k, i)}))
+
+    def _holds(self, key: int, reference_id: str) -> bool:
+        """Whether the catalogue still holds this row (not removed, nor added again)."""
+        try:
+            return self.catalogue.record_by_key(key).reference_id == reference_id
+        except ReferenceNotFoundError:
+            return False
 
     def match_features(
         self,

@@ -62,6 +62,10 @@ class MatchReport:
         Probable copies, best first; empty when nothing passes the threshold.
     query_tonality : float or None
         How tonal the query is (see below).
+    damaged_references : tuple of str
+        Ids of catalogue references whose stored rows are damaged: no query is compared with
+        them until they are removed and added again, so an empty ``matches`` says nothing
+        about them. Empty for a sound catalogue (and then left out of the JSON form).
 
     ``query_tonality`` (see :func:`tunetrace.fingerprint.tonality.tonality`) serves the
     human-readable output only; the JSON form does not carry it.
@@ -72,6 +76,7 @@ class MatchReport:
     elapsed_s: float
     matches: list[Match]
     query_tonality: float | None = None
+    damaged_references: tuple[str, ...] = ()
 
     @property
     def caution(self) -> str | None:
@@ -87,7 +92,7 @@ class MatchReport:
 
 def report_to_dict(report: MatchReport) -> dict[str, Any]:
     """The JSON form of a report (see the report section of the user guide, docs/guide.md)."""
-    return {
+    form = {
         "query": report.query,
         "duration_s": round(report.duration_s, 2),
         "elapsed_s": round(report.elapsed_s, 3),
@@ -106,6 +111,9 @@ def report_to_dict(report: MatchReport) -> dict[str, Any]:
             for m in report.matches
         ],
     }
+    if report.damaged_references:
+        form["damaged_references"] = list(report.damaged_references)
+    return form
 
 
 def segment_to_dict(segment: Segment) -> dict[str, float]:

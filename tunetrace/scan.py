@@ -152,6 +152,7 @@ def run_job(
             duration_s=duration_s,
             elapsed_s=time.perf_counter() - started,
             matches=matches,
+            damaged_references=matcher.damaged_references(),
         )
         return report_to_dict(report)
     except TunetraceError as exc:
