@@ -194,6 +194,38 @@ def test_shards_nearest_patches_merge_into_one_catalogues() -> None:
     assert [int(i) & 0xFF for i in merged.ids[0]] == [0, 0, 1]  # patch numbers kept
 
 
+def test_merged_patches_are_each_rows_best_over_shards_for_any_key() -> None:
+    rng = np.random.default_rng(5)
+    n, k, shards = 40, 6, 12
+    largest_key = (1 << (63 - PATCH_BITS)) - 1  # the largest a vector id can carry
+    per_shard = []
+    for _ in range(shards):
+        keys = rng.choice([1, 2, 1000, largest_key], size=(n, k))
+        ids = (keys.astype(np.int64) << PATCH_BITS) | rng.integers(0, 50, (n, k))
+        ids[rng.random((n, k)) < 0.2] = -1
+        similarities = rng.integers(-50, 50, (n, k)).astype(np.float32) / 50  # with ties
+        per_shard.append((similarities, ids))
+    merged = merge_neighbours(per_shard, k)
+    assert merged.places == sorted(set(merged.places))  # in (shard, key) order
+    for row in range(n):
+        entries = [
+            (-float(sims[row, j]), shard, int(ids[row, j]))
+            for shard, (sims, ids) in enumerate(per_shard)
+            for j in range(k)
+            if ids[row, j] >= 0
+        ]
+        best = sorted(entries, key=lambda e: e[0])[:k]  # stable: ties keep shard order
+        found = [
+            (-float(s), *merged.places[int(i) >> PATCH_BITS], int(i) & ((1 << PATCH_BITS) - 1))
+            for s, i in zip(merged.similarities[row], merged.ids[row], strict=True)
+        ]
+        expected = [
+            (s, shard, int(i) >> PATCH_BITS, int(i) & ((1 << PATCH_BITS) - 1))
+            for s, shard, i in best
+        ]
+        assert found == expected, row
+
+
 def test_sharding_moves_every_reference_once(sharded: Path, built_catalogue: Path) -> None:
     manifest = read_manifest(sharded)
     assert manifest.count == 3

@@ -50,6 +50,10 @@ from tunetrace.types import Candidate, Verification
 logger = logging.getLogger(__name__)
 
 Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: Bits a reference key can take in a vector id (the rest of a non-negative int64 after the
+#: patch number); a shard's number goes above them in :func:`merge_neighbours`.
+KEY_BITS = 63 - PATCH_BITS
+KEY_MASK = (1 << KEY_BITS) - 1
 #: A matcher's settings, verification settings and score model, sent to the shards.
 Configuration = tuple[MatchSettings, VerifySettings, ScoreModel]
 
@@ -239,11 +243,12 @@ def merge_neighbours(per_shard: list[tuple[np.ndarray, np.ndarray]], k: int) -> 
     shards = np.take_along_axis(shards, best, axis=1)
     valid = ids >= 0
     keys, patch_numbers = split_vector_ids(ids[valid])
-    pairs = np.stack([shards[valid], keys], axis=1)
-    distinct, numbers = np.unique(pairs, axis=0, return_inverse=True)
+    # one integer per (shard, key), ordered as the pairs are: a 1-D unique, not a row-wise one
+    codes = (shards[valid] << KEY_BITS) | keys
+    distinct, numbers = np.unique(codes, return_inverse=True)
     renumbered = np.full(ids.shape, -1, dtype=np.int64)
     renumbered[valid] = (numbers.reshape(-1).astype(np.int64) << PATCH_BITS) | patch_numbers
-    places = [(int(shard), int(key)) for shard, key in distinct]
+    places = [(int(code >> KEY_BITS), int(code & KEY_MASK)) for code in distinct]
     return MergedNeighbours(
         similarities, renumbered, places, {place: n for n, place in enumerate(places)}
     )
