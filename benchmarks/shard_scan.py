@@ -144,16 +144,23 @@ def markdown(result: dict[str, Any]) -> str:
         f"median of {result['rounds']} rounds.",
         "",
         "| files | 1 worker, files/s | 2 workers, files/s | speed-up (median) | rounds' speed-ups "
-        "| CPU busy with 2 workers (all processes) | reports agree |",
-        "|---|---|---|---|---|---|---|",
+        "| cores busy with 2 workers | other processes' CPU share, 1 / 2 workers "
+        "| reports agree |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, scan in result["scans"].items():
-        two_cores = [share["ours"] * 2 for share in scan["cpu_shares"]["2"]]
+        shares = scan["cpu_shares"]
+        two_cores = [share["ours"] * 2 for share in shares["2"]]
+        others = [
+            f"{one['others']:.0%} / {two['others']:.0%}"
+            for one, two in zip(shares["1"], shares["2"], strict=True)
+        ]
         lines.append(
             f"| {name} ({scan['files']}) | {scan['median_files_per_s']['1']} "
             f"| {scan['median_files_per_s']['2']} | {scan['ratio_two_to_one']} "
             f"| {', '.join(map(str, scan['ratios']))} "
-            f"| {', '.join(f'{c:.2f}' for c in two_cores)} cores | {scan['reports_agree']} |"
+            f"| {', '.join(f'{c:.2f}' for c in two_cores)} | {', '.join(others)} "
+            f"| {scan['reports_agree']} |"
         )
     if not result["local"]:
         return "\n".join(lines) + "\n"
