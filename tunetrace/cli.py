@@ -10,7 +10,6 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -807,35 +806,21 @@ def serve(
     # the service opens it as below when it starts: a bad catalogue is one error line here,
     # not a failed startup inside the server
     _open_catalogue(settings.catalogue, create=True).close()
-    listening = _listening_socket(host, port)
     try:
         application = create_app(settings)
     except TunetraceError as exc:
-        listening.close()
         _fail(exc)
     logging.getLogger("tunetrace").setLevel(logging.INFO)
-    server = uvicorn.Server(
-        uvicorn.Config(application, host=host, port=port, access_log=False, log_level="info")
-    )
-    server.run(sockets=[listening])
-    if not server.started:  # uvicorn has logged why
-        raise typer.Exit(1)
-
-
-def _listening_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` as uvicorn binds one, or the command's end with a
-    one-line error (a port in use, an unknown host) before the service starts anything."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listening = socket.socket(family=family)
-    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listening.bind((host, port))
-    except OSError as exc:
-        listening.close()
-        reason = exc.strerror or str(exc)
-        typer.echo(f"error: cannot listen on {host}:{port}: {reason}", err=True)
+        uvicorn.run(application, host=host, port=port, access_log=False, log_level="info")
+    except SystemExit as exc:  # uvicorn's own code for a server that did not start (3)
+        if exc.code in (0, None):
+            raise
+        typer.echo(
+            f"error: the HTTP server did not start on {host}:{port} (the line above says why)",
+            err=True,
+        )
         raise typer.Exit(1) from None
-    return listening
 
 
 def _tree_bytes(directory: Path) -> int:

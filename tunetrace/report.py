@@ -63,9 +63,11 @@ class MatchReport:
     query_tonality : float or None
         How tonal the query is (see below).
     damaged_references : tuple of str
-        Ids of catalogue references whose stored rows are damaged: no query is compared with
-        them until they are removed and added again, so an empty ``matches`` says nothing
-        about them. Empty for a sound catalogue (and then left out of the JSON form).
+        Ids of catalogue references known to have damaged stored rows (recorded by the last
+        index rebuild, or found by this matcher): no query is compared with them until they
+        are removed and added again, so an empty ``matches`` says nothing about them. Empty
+        when none is known (and then left out of the JSON form); a sharded catalogue's shards
+        log theirs instead.
 
     ``query_tonality`` (see :func:`tunetrace.fingerprint.tonality.tonality`) serves the
     human-readable output only; the JSON form does not carry it.
