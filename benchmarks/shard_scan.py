@@ -43,7 +43,7 @@ from benchmarks import corpus
 from benchmarks.queries import in_catalogue
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
-from benchmarks.shards import measure_scan
+from benchmarks.shards import log_without_dask_chatter, measure_scan
 from tunetrace.scan import ScanJob
 from tunetrace.scan_backends import run_local
 from tunetrace.sharded_catalogue import ShardedCatalogue
@@ -191,11 +191,7 @@ def main() -> None:
     parser.add_argument("--quiet-wait", type=float, default=60.0)
     parser.add_argument("--skip-local", action="store_true", help="no local-pool comparison")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import distributed  # noqa: F401  (its import sets its loggers' levels: override them after)
-
-    for noisy in ("distributed", "tornado", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_without_dask_chatter()
     tracks = corpus.installed_or_exit(corpus.tracks())
     catalogue, stats = build_catalogue(tracks)
     directory = sharded_copy(catalogue, SHARDS)

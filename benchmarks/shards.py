@@ -676,6 +676,15 @@ def compare_verdicts(
 # ------------------------------------------------------------------------- the cluster
 
 
+def log_without_dask_chatter() -> None:
+    """A benchmark's logging: this package's progress at INFO, Dask's own at WARNING."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import distributed  # noqa: F401  (its import sets its loggers' levels: override them after)
+
+    for noisy in ("distributed", "tornado", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def dask_cluster(workers: int) -> Iterator[Any]:
     """A ``LocalCluster`` of ``workers`` single-threaded worker processes, and a client of
@@ -1128,11 +1137,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="skip stages measured already")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    import distributed  # noqa: F401  (its import sets its loggers' levels: override them after)
-
-    for noisy in ("distributed", "tornado", "asyncio"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_without_dask_chatter()
     tracks = corpus.installed_or_exit(corpus.tracks())
     source = source_catalogue(tracks, args.seed)
     root = CACHE / f"shards-{source.name.removeprefix('latency-')}"

@@ -53,6 +53,20 @@ def excerpts(songs: dict[str, Path], tmp_path: Path) -> dict[str, Path]:
     return found
 
 
+def _with_reference_a_damaged(
+    songs: dict[str, Path], directory: Path, column: str, value: object
+) -> int:
+    """Make a closed catalogue of songs a and b with ``column`` of a's row set to ``value``;
+    a's key."""
+    with Catalogue(directory, create=True) as catalogue:
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+        key = catalogue.get("a").key
+    with sqlite3.connect(directory / "catalogue.sqlite") as db:
+        db.execute(f"UPDATE refs SET {column} = ? WHERE key = ?", (value, key))
+    return key
+
+
 def test_a_compressed_blob_never_inflates_past_the_size_its_row_records() -> None:
     bomb = zstandard.ZstdCompressor(level=19).compress(bytes(N_BINS * 2**20))
     assert len(bomb) < 20_000  # a few kilobytes that would inflate to 226 MB
@@ -86,12 +100,7 @@ def test_a_damaged_row_gives_one_clear_error(
     songs: dict[str, Path], tmp_path: Path, column: str, value: object
 ) -> None:
     directory = tmp_path / "catalogue"
-    with Catalogue(directory, create=True) as catalogue:
-        for name in ("a", "b"):
-            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
-        key = catalogue.get("a").key
-    with sqlite3.connect(directory / "catalogue.sqlite") as db:
-        db.execute(f"UPDATE refs SET {column} = ? WHERE key = ?", (value, key))
+    key = _with_reference_a_damaged(songs, directory, column, value)
     with (
         Catalogue(directory, read_only=True) as catalogue,
         pytest.raises(DamagedReferenceError, match=r"reference 'a' in .* is damaged") as raised,
@@ -393,12 +402,7 @@ def test_a_report_stops_naming_a_damaged_row_once_it_is_added_again(
     songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
 ) -> None:
     directory = tmp_path / "catalogue"
-    with Catalogue(directory, create=True) as catalogue:
-        for name in ("a", "b"):
-            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
-        key = catalogue.get("a").key
-    with sqlite3.connect(directory / "catalogue.sqlite") as db:
-        db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (b"\x01" * 64, key))
+    _with_reference_a_damaged(songs, directory, "spectrum", b"\x01" * 64)
     with Catalogue(directory) as catalogue:
         matcher = Matcher(catalogue)
         damaged = matcher.match_path(excerpts["a"])  # found damaged by matching, not recorded
