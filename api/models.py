@@ -79,8 +79,9 @@ class MatchReportModel(BaseModel):
     matches: list[MatchModel]
     damaged_references: list[str] | None = Field(
         default=None,
-        description="Present only when the catalogue holds references whose stored rows are "
-        "damaged: no upload is compared with them until they are removed and added again.",
+        description="Present only when references with damaged stored rows are known (see "
+        "the user guide): no upload is compared with them until they are removed and added "
+        "again.",
     )
 
 

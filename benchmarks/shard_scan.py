@@ -40,7 +40,7 @@ from tunetrace.index.resharding import init_sharded
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus
-from benchmarks.queries import in_catalogue
+from benchmarks.queries import in_catalogue, read_excerpt
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
 from benchmarks.shards import log_without_dask_chatter, measure_scan
@@ -95,10 +95,8 @@ def middle_excerpts(tracks: list[corpus.Track], count: int) -> list[ScanFile]:
     for number, track in enumerate(_spread(tracks, count)):
         path = folder / f"{number:04d}_{track.track_id.replace('/', '_')}.wav"
         if not path.is_file():
-            with soundfile.SoundFile(str(track.path)) as source:
-                source.seek(max(0, int((track.duration_s - EXCERPT_S) / 2 * source.samplerate)))
-                samples = source.read(int(EXCERPT_S * source.samplerate), dtype="float32")
-                rate = source.samplerate
+            start_s = max(0.0, (track.duration_s - EXCERPT_S) / 2)
+            samples, rate = read_excerpt(track.path, start_s, EXCERPT_S)
             partial = path.with_suffix(".part.wav")
             soundfile.write(str(partial), samples, rate)
             partial.replace(path)

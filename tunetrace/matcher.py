@@ -190,9 +190,9 @@ class Matcher:
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
         self._damaged_seen: dict[int, str] = {}  # key -> id of rows found damaged
-        self._damaged_lock = threading.Lock()  # verification threads add to the set
+        self._damaged_lock = threading.Lock()  # verification threads add to the record
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
-        damaged = getattr(catalogue, "damaged_references", lambda: [])()
+        damaged = self.damaged_references()
         if damaged:  # left out of the index when it was last rebuilt: never candidates
             shown = ", ".join(map(repr, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
             logger.warning(
