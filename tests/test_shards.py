@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ from tunetrace.errors import (
     ReferenceNotFoundError,
     ShardUnavailableError,
 )
+from tunetrace.ingest import fingerprint_reference
 from tunetrace.matcher import MatchSettings
 from tunetrace.query import VerifySettings
 from tunetrace.report import report_to_dict
@@ -482,6 +484,41 @@ def test_a_missing_shard_is_an_error_never_a_partial_answer(
     )
 
 
+def _copy_with_song2_damaged(sharded: Path, directory: Path) -> None:
+    """Copy the sharded catalogue to ``directory`` with song2's stored spectrum damaged."""
+    shutil.copytree(sharded, directory)
+    manifest = read_manifest(directory)
+    shard = manifest.shard_dirs(directory)[shard_of("song2", manifest.count)]
+    with sqlite3.connect(shard / "catalogue.sqlite") as db:
+        db.execute("UPDATE refs SET spectrum = ? WHERE id = 'song2'", (b"\x01" * 64,))
+
+
+def test_sharded_reports_name_damaged_rows_as_one_catalogues_do(
+    sharded: Path, queries: Path, song_folder: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    _copy_with_song2_damaged(sharded, directory)
+    with ShardedCatalogue(directory) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        assert matcher.damaged_references() == ()  # nothing known before a shard answers
+        copy_of_it = matcher.match_path(queries / "pitched.flac")  # its candidate cannot be read
+        assert (copy_of_it.matches, copy_of_it.damaged_references) == ([], ("song2",))
+        other = matcher.match_path(queries / "stretched.wav")  # still named, others still found
+        assert [m.reference_id for m in other.matches] == ["song1"]
+        assert other.damaged_references == ("song2",)
+        catalogue.add("song2", fingerprint_reference(song_folder / "song2.flac",
+                      params=catalogue.params), replace=True)  # fmt: skip
+        again = matcher.match_path(queries / "pitched.flac")
+        assert [m.reference_id for m in again.matches] == ["song2"]
+        assert again.damaged_references == ()
+    # a new process learns it from the shard that holds the row, and the JSON report says so
+    shutil.rmtree(directory)
+    _copy_with_song2_damaged(sharded, directory)
+    result = _cli("match", "-c", str(directory), "--json", str(queries / "pitched.flac"))
+    assert json.loads(result.stdout)["damaged_references"] == ["song2"], result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_an_unavailable_shard_is_a_503_over_http() -> None:
     from tunetrace.api.errors import status_for
 
@@ -550,6 +587,22 @@ def test_local_cluster_gives_the_unsharded_reports_and_keeps_shards_where_assign
     everywhere = [shard for shards in opened.values() for shard in shards]
     assert sorted(everywhere) == sorted(set(everywhere)) and len(everywhere) == 3
     assert all(opened.values()), opened
+
+
+@pytest.mark.slow
+def test_shards_on_dask_workers_name_their_damaged_rows(
+    cluster, sharded: Path, queries: Path, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    directory = tmp_path / "catalogue"
+    _copy_with_song2_damaged(sharded, directory)
+    with (
+        Client(cluster) as client,
+        ShardedCatalogue(directory, read_only=True, scheduler=client) as catalogue,
+    ):
+        report = tunetrace.Matcher(catalogue).match_path(queries / "pitched.flac")
+    assert (report.matches, report.damaged_references) == ([], ("song2",))
 
 
 @pytest.mark.slow

@@ -756,10 +756,9 @@ class Matcher:
         Returns
         -------
         ids : tuple of str
-            Sorted; empty for a sound catalogue (and for a sharded one, whose shards log
-            theirs).
+            Sorted; empty for a sound catalogue.
         """
-        recorded = getattr(self.catalogue, "damaged_references", lambda: [])()
+        recorded = self.catalogue.damaged_references()
         with self._damaged_lock:
             seen = dict(self._damaged_seen)
         return tuple(sorted(set(recorded) | {i for k, i in seen.items() if self._holds(k, i)}))

@@ -95,6 +95,23 @@ class OpenShard:
                 )  # fmt: skip
             return matcher
 
+    def damaged_references(self) -> tuple[str, ...]:
+        """Ids of this shard's references known to have damaged stored rows: those its last
+        index rebuild recorded, and those any of its matchers has failed to read since (see
+        :meth:`~tunetrace.matcher.Matcher.damaged_references`).
+
+        Returns
+        -------
+        ids : tuple of str
+            Sorted; empty for a sound shard.
+        """
+        with self._lock:
+            matchers = list(self._matchers.values())
+        known = set(self.catalogue.damaged_references())
+        for matcher in matchers:
+            known.update(matcher.damaged_references())
+        return tuple(sorted(known))
+
     def close(self) -> None:
         """Close the shard's catalogue."""
         self.catalogue.close()

@@ -26,13 +26,16 @@ index also ranks neighbours by each shard's own quantiser or graph.
 
 A shard that cannot answer makes the whole query fail with
 :class:`~tunetrace.errors.ShardUnavailableError` (an error line in reports, HTTP 503): never a
-silent partial answer.
+silent partial answer. Every shard's answer also carries the ids of its references known to
+have damaged rows, so a sharded report names them as one catalogue's does.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
@@ -48,6 +51,7 @@ from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
 from tunetrace.types import Candidate, Verification
 
 logger = logging.getLogger(__name__)
+R = TypeVar("R")
 
 Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: Bits a reference key can take in a vector id (the rest of a non-negative int64 after the
@@ -70,6 +74,54 @@ class ShardedMatcher(Matcher):
     guide). Reference keys in verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
+
+    def __init__(
+        self,
+        catalogue: ShardedCatalogue,
+        *,
+        score_model: ScoreModel | None = None,
+        settings: MatchSettings | None = None,
+        verify_settings: VerifySettings | None = None,
+    ) -> None:
+        # what each shard last said of its damaged rows, for one generation of the shards
+        self._shards_damaged: dict[int, tuple[str, ...]] = {}
+        self._damaged_generation: int | None = None
+        self._shards_damaged_lock = threading.Lock()
+        super().__init__(
+            catalogue,  # type: ignore[arg-type]
+            score_model=score_model, settings=settings, verify_settings=verify_settings,
+        )  # fmt: skip
+
+    def damaged_references(self) -> tuple[str, ...]:
+        """Ids of references with damaged stored rows, as the shards said in their latest
+        answers to this matcher (each shard's recorded ones and those its matchers found);
+        empty before the first query.
+
+        Returns
+        -------
+        ids : tuple of str
+            Sorted.
+        """
+        with self._shards_damaged_lock:
+            known = {i for ids in self._shards_damaged.values() for i in ids}
+        return tuple(sorted(known))
+
+    def _note_damaged(self, view: ShardView, shard: int, ids: tuple[str, ...]) -> None:
+        """Keep what ``shard`` of ``view`` last said of its damaged rows (a reshard's new
+        shards replace every earlier answer)."""
+        with self._shards_damaged_lock:
+            if self._damaged_generation != view.manifest.generation:
+                self._shards_damaged = {}
+                self._damaged_generation = view.manifest.generation
+            self._shards_damaged[shard] = ids
+
+    def _answers(
+        self, view: ShardView, answered: dict[int, tuple[R, tuple[str, ...]]]
+    ) -> dict[int, R]:
+        """Shards' answers without the damaged ids each carried (noted on the way)."""
+        for shard, (_, damaged) in answered.items():
+            self._note_damaged(view, shard, damaged)
+        return {shard: answer for shard, (answer, _) in answered.items()}
 
     @property
     def _configuration(self) -> Configuration:
@@ -101,12 +153,15 @@ class ShardedMatcher(Matcher):
             If any shard could not answer.
         """
         view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
-        found = view.access.call_many(
-            _shard_matches,
-            {
-                s: (features, patches, places, top, min_score, self._configuration)
-                for s, places in chosen.items()
-            },
+        found = self._answers(
+            view,
+            view.access.call_many(
+                _shard_matches,
+                {
+                    s: (features, patches, places, top, min_score, self._configuration)
+                    for s, places in chosen.items()
+                },
+            ),
         )
         merged = [match for matches in found.values() for match in matches]
         merged.sort(key=lambda match: (-match.score, match.reference_id))
@@ -136,17 +191,21 @@ class ShardedMatcher(Matcher):
             if patches is None:
                 patches = query_patch_vectors(features, params=view.manifest.params)
             shard, local = view.split_key(reference_key)
-            found = view.access.call(
+            answer = view.access.call(
                 shard, _shard_verifications, features, patches, None, local, self._configuration
             )
+            found = self._answers(view, {shard: answer})[shard]
             return [_globally(view, shard, v) for v in found]
         view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
-        per_shard = view.access.call_many(
-            _shard_verifications,
-            {
-                s: (features, patches, places, None, self._configuration)
-                for s, places in chosen.items()
-            },
+        per_shard = self._answers(
+            view,
+            view.access.call_many(
+                _shard_verifications,
+                {
+                    s: (features, patches, places, None, self._configuration)
+                    for s, places in chosen.items()
+                },
+            ),
         )
         merged = [_globally(view, s, v) for s, found in per_shard.items() for v in found]
         merged.sort(key=lambda v: -v.score)
@@ -165,10 +224,17 @@ class ShardedMatcher(Matcher):
             patches = query_patch_vectors(features, params=params)
         k = self.settings.n_neighbours
         effort = self.search_effort(features)
-        found = view.access.call_all(
-            _shard_neighbours, [(patches[0], k, effort)] * view.manifest.count
+        found = self._answers(
+            view,
+            dict(
+                enumerate(
+                    view.access.call_all(
+                        _shard_neighbours, [(patches[0], k, effort)] * view.manifest.count
+                    )
+                )
+            ),
         )
-        merged = merge_neighbours(found, k)
+        merged = merge_neighbours([found[s] for s in range(view.manifest.count)], k)
         places = _places_of(view, exclude_keys)
         excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
         candidates = find_candidates(
@@ -273,11 +339,15 @@ def _globally(view: ShardView, shard: int, verification: Verification) -> Verifi
 # Functions run where a shard is open (in this process or on a Dask worker).
 
 
+# Each returns its answer and the shard's damaged references (OpenShard.damaged_references).
+Damaged = tuple[str, ...]
+
+
 def _shard_neighbours(
     shard: OpenShard, vectors: np.ndarray, k: int, effort: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[tuple[np.ndarray, np.ndarray], Damaged]:
     shard.catalogue.refresh()
-    return shard.catalogue.search(vectors, k, effort=effort)
+    return shard.catalogue.search(vectors, k, effort=effort), shard.damaged_references()
 
 
 def _shard_matches(
@@ -288,10 +358,11 @@ def _shard_matches(
     top: int,
     min_score: float | None,
     configuration: Configuration,
-) -> list[Match]:
-    return shard.matcher_with(*configuration).match_features(
+) -> tuple[list[Match], Damaged]:
+    matches = shard.matcher_with(*configuration).match_features(
         features, top=top, min_score=min_score, patches=patches, candidates=candidates
     )
+    return matches, shard.damaged_references()
 
 
 def _shard_verifications(
@@ -301,7 +372,8 @@ def _shard_verifications(
     candidates: list[Candidate] | None,
     reference_key: int | None,
     configuration: Configuration,
-) -> list[Verification]:
-    return shard.matcher_with(*configuration).verify(
+) -> tuple[list[Verification], Damaged]:
+    verifications = shard.matcher_with(*configuration).verify(
         features, reference_key=reference_key, patches=patches, candidates=candidates
     )
+    return verifications, shard.damaged_references()
