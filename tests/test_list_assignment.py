@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 import pytest
 from tunetrace.index import list_assignment
+from tunetrace.index._kernels import largest_per_row
 from tunetrace.index.list_assignment import flat_list_centroids, nearest_lists
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
@@ -40,6 +41,18 @@ def test_nearest_lists_are_the_quantisers_own(ivfflat: tuple[VectorIndex, np.nda
         np.testing.assert_allclose(
             np.sort(similarities, axis=1), np.sort(expected_similarities, axis=1), atol=1e-5
         )
+
+
+def test_each_rows_largest_are_kept_in_one_pass_as_argpartition_finds_them() -> None:
+    rng = np.random.default_rng(5)
+    values = rng.normal(size=(300, 57)).astype(np.float32)
+    values[:, 0] = 9.0  # the first column best in every row, and one row falling throughout
+    values[7] = -np.arange(57, dtype=np.float32)
+    for count in (1, 2, 5, 16, 56, 57):
+        columns, largest = largest_per_row(values, count)
+        expected = np.argpartition(-values, count - 1, axis=1)[:, :count]
+        np.testing.assert_array_equal(np.sort(columns, axis=1), np.sort(expected, axis=1))
+        np.testing.assert_array_equal(largest, np.take_along_axis(values, columns, axis=1))
 
 
 @pytest.mark.parametrize("effort", [1.0, 0.5, 0.125])
