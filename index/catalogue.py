@@ -1242,13 +1242,22 @@ class Catalogue:
         Raises
         ------
         ReferenceNotFoundError
+        DamagedReferenceError
+            If its stored row cannot be read.
         """
         row = self._db.execute(
-            f"SELECT {self._stored_vector_columns} FROM refs WHERE key = ?", (key,)
+            f"SELECT id, {self._stored_vector_columns} FROM refs WHERE key = ?", (key,)
         ).fetchone()
         if row is None:
             raise ReferenceNotFoundError(f"no reference with key {key}")
-        vectors = self._stored_vectors(key, *row)
+        try:
+            vectors = self._stored_vectors(key, *row[1:])
+        except CatalogueError as exc:
+            raise DamagedReferenceError(
+                f"reference {row[0]!r} in {self.directory} is damaged ({exc.__cause__ or exc});"
+                " remove it and add it again",
+                str(row[0]),
+            ) from exc
         # searched for one query's places in this reference alone, never saved: full vectors
         index = VectorIndex(self.params.embedding_dim, in_memory_only=True)
         index.add(vectors, vector_ids(key, len(vectors)))

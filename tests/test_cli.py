@@ -152,3 +152,18 @@ def test_a_non_tonal_query_without_matches_carries_a_caution(
     assert "no probable copy found" in tonal_part and "caution" not in tonal_part
     as_json = tunetrace("match", "-c", str(built_catalogue), "--json", str(noise))
     assert set(json.loads(as_json.stdout)) == {"query", "duration_s", "elapsed_s", "matches"}
+
+
+def test_help_shows_each_options_default_and_environment_variable() -> None:
+    # the help is rich text: a bracketed note would be taken for markup and vanish
+    expected = {
+        ("match", "--help"): ["TUNETRACE_CATALOGUE"],
+        ("list", "--help"): ["TUNETRACE_CATALOGUE", "(default: all)"],
+        ("explain", "--help"): ["(default: the", "best)"],
+        ("serve", "--help"): ["TUNETRACE_CATALOGUE", "TUNETRACE_WORKERS"],
+    }
+    for command, shown in expected.items():
+        result = tunetrace(*command, env={"COLUMNS": "200"})
+        assert result.returncode == 0, result.stderr
+        for text in shown:
+            assert text in result.stdout, (command, text, result.stdout)

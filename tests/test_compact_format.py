@@ -412,3 +412,23 @@ def test_a_report_stops_naming_a_damaged_row_once_it_is_added_again(
         whole = matcher.match_path(excerpts["a"])
         assert [m.reference_id for m in whole.matches] == ["a"]
         assert whole.damaged_references == ()
+
+
+def test_a_row_damaged_after_its_features_were_read_is_named_not_fatal(
+    songs: dict[str, Path], excerpts: dict[str, Path], tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    with Catalogue(directory, create=True) as catalogue:
+        for name in ("a", "b"):
+            catalogue.add(name, fingerprint_reference(songs[name], params=catalogue.params))
+    with Catalogue(directory, read_only=True) as catalogue:
+        matcher = Matcher(catalogue)
+        first = matcher.match_path(excerpts["a"])  # its features are now in the cache
+        assert [m.reference_id for m in first.matches] == ["a"]
+        with sqlite3.connect(directory / "catalogue.sqlite") as db:  # damaged on disk since
+            db.execute("UPDATE refs SET spectrum = ? WHERE id = 'a'", (b"\x01" * 64,))
+        # the search for its repeats reads the row again: the report names it, matching goes on
+        again = matcher.match_path(excerpts["a"])
+        assert again.damaged_references == ("a",)
+        with pytest.raises(DamagedReferenceError, match=r"reference 'a' in .* is damaged"):
+            catalogue.reference_index(catalogue.get("a").key)

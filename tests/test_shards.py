@@ -517,6 +517,39 @@ def test_sharded_reports_name_damaged_rows_as_one_catalogues_do(
     result = _cli("match", "-c", str(directory), "--json", str(queries / "pitched.flac"))
     assert json.loads(result.stdout)["damaged_references"] == ["song2"], result.stdout
     assert "Traceback" not in result.stderr
+    # explain against it names the reference, as one catalogue does (not a shard's fault)
+    explained = _cli("explain", "-c", str(directory), str(queries / "pitched.flac"),
+                     "--reference", "song2", "--out", str(tmp_path / "e.json"),
+                     check=False)  # fmt: skip
+    assert explained.returncode == 1 and "Traceback" not in explained.stderr
+    assert "reference 'song2'" in explained.stderr and "damaged" in explained.stderr
+    assert "unavailable" not in explained.stderr, explained.stderr
+    # a rebuild records it, and info lists it over all shards
+    _cli("index", "build", "-c", str(directory))
+    info = json.loads(_cli("info", "-c", str(directory), "--json").stdout)
+    assert info["damaged_references"] == ["song2"], info
+
+
+def test_late_or_foreign_shard_answers_change_no_report(sharded: Path) -> None:
+    with ShardedCatalogue(sharded, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        assert isinstance(matcher, ShardedMatcher)
+        view = catalogue.view
+
+        def of_generation(generation: int) -> object:
+            manifest = dataclasses.replace(view.manifest, generation=generation)
+            return dataclasses.replace(view, manifest=manifest)
+
+        now = view.manifest.generation
+        matcher._answers(view, {0: ("answer", ("current",))})
+        # a query begun before a reshard answers late: the newer shards' word stands
+        assert matcher._answers(of_generation(now - 1), {1: ("late", ("gone",))}) == {1: "late"}
+        assert matcher.damaged_references() == ("current",)
+        matcher._answers(of_generation(now + 1), {2: ("answer", ())})  # a reshard since
+        assert matcher.damaged_references() == ()
+        # a worker running another tunetrace answers neighbours as (similarities, ids)
+        with pytest.raises(ShardUnavailableError, match="same tunetrace version"):
+            matcher._answers(view, {0: (np.zeros((1, 2)), np.zeros((1, 2), dtype=np.int64))})
 
 
 def test_an_unavailable_shard_is_a_503_over_http() -> None:

@@ -40,7 +40,7 @@ CatalogueOption = Annotated[
     typer.Option(
         "--catalogue",
         "-c",
-        help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue]",
+        help="Catalogue directory (env TUNETRACE_CATALOGUE, else ./catalogue)",
         default_factory=_default_catalogue,
         show_default=False,
     ),
@@ -252,7 +252,7 @@ def list_references(
     limit: Annotated[
         str | None,
         typer.Option(
-            metavar="N", help="List at most N references [default: all].", show_default=False
+            metavar="N", help="List at most N references (default: all).", show_default=False
         ),
     ] = None,
 ) -> None:
@@ -478,7 +478,7 @@ def explain(
     catalogue: CatalogueOption = ...,  # type: ignore[assignment]
     reference_id: Annotated[
         str | None,
-        typer.Option("--reference", help="Explain against this reference [default: the best]."),
+        typer.Option("--reference", help="Explain against this reference (default: the best)."),
     ] = None,
 ) -> None:
     """Draw the evidence: aligned chroma, similarity over time, alignment path, report fields."""
@@ -758,14 +758,15 @@ def serve(
         typer.Option(
             "--catalogue",
             "-c",
-            help="Catalogue directory [env TUNETRACE_CATALOGUE, else ./catalogue].",
+            help="Catalogue directory (env TUNETRACE_CATALOGUE, else ./catalogue).",
             show_default=False,
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Worker processes [env TUNETRACE_WORKERS, cores].")
+        int | None,
+        typer.Option(min=1, help="Worker processes (env TUNETRACE_WORKERS, else the cores)."),
     ] = None,
     scheduler: Annotated[
         str | None,

@@ -8,9 +8,10 @@ on); the compiled code is cached on disk, so only the first run on a machine pay
 compiling.
 
 The loops sit beside the stages that call them: ``tunetrace.index._kernels`` (a stored
-reference's arrays, read from the catalogue; it also holds the fast-math flags every kernel
-is compiled with), :mod:`tunetrace.alignment_kernels`, :mod:`tunetrace.screening_kernels` and
-:mod:`tunetrace.verification_kernels`. :func:`compile_kernels` compiles all of them up front.
+reference's arrays, read from the catalogue, and a long query's choice of IVF lists; it also
+holds the fast-math flags every kernel is compiled with), :mod:`tunetrace.alignment_kernels`,
+:mod:`tunetrace.screening_kernels` and :mod:`tunetrace.verification_kernels`.
+:func:`compile_kernels` compiles all of them up front.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def compile_kernels() -> None:
     screening_kernels.alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
     verification_kernels.spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
     verification_kernels.paired_bins(8, 0.0)  # also called on its own, by the spectral fit
+    catalogue_kernels.largest_per_row(frames, 2)  # a long query's IVF lists
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

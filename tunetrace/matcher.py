@@ -583,6 +583,9 @@ class Matcher:
             searcher = self.catalogue.reference_index(key)
         except ReferenceNotFoundError:  # removed since it was verified
             return []
+        except DamagedReferenceError as exc:  # damaged since its features were read
+            self._note_damaged_row(key, exc)
+            return []
         # only the patches resampled to about the best's tempo ratio can vote for a repeat
         rates = self.catalogue.params.rate_grid()
         near = np.abs(np.log(rates / best.tempo_ratio)) <= np.log1p(REPEAT_TEMPO_TOLERANCE) + 1e-9
@@ -741,12 +744,16 @@ class Matcher:
         except ReferenceNotFoundError:
             return None
         except DamagedReferenceError as exc:
-            with self._damaged_lock:
-                first_time = key not in self._damaged_seen
-                self._damaged_seen[key] = exc.reference_id
-            if first_time:
-                logger.warning("%s; it is left out of matching", exc)
+            self._note_damaged_row(key, exc)
             return None
+
+    def _note_damaged_row(self, key: int, exc: DamagedReferenceError) -> None:
+        """Record a row found damaged (for :meth:`damaged_references`), logged once."""
+        with self._damaged_lock:
+            first_time = key not in self._damaged_seen
+            self._damaged_seen[key] = exc.reference_id
+        if first_time:
+            logger.warning("%s; it is left out of matching", exc)
 
     def damaged_references(self) -> tuple[str, ...]:
         """Ids of the catalogue's references that no query is compared with because their

@@ -29,6 +29,7 @@ from typing import Any, Protocol, TypeVar
 from tunetrace.errors import (
     BadInputError,
     CatalogueError,
+    DamagedReferenceError,
     DuplicateReferenceError,
     ReferenceNotFoundError,
     ShardUnavailableError,
@@ -507,5 +508,8 @@ def _unavailable_message(failures: list[str], shards: int) -> str:
     )
 
 
-#: Errors that are about the request, not the shard: they pass through unchanged.
-_NOT_SHARD_FAULTS = (BadInputError, ReferenceNotFoundError, DuplicateReferenceError)
+#: Errors that are about the request or one reference, not the shard: they pass through
+#: unchanged.
+_NOT_SHARD_FAULTS = (
+    BadInputError, ReferenceNotFoundError, DuplicateReferenceError, DamagedReferenceError
+)

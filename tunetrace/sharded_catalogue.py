@@ -325,6 +325,9 @@ class ShardedCatalogue(AudioFiles):
             "size_on_disk_bytes": size,
             "mb_per_audio_hour": round(size / 1e6 / hours, 3) if hours else None,
             "params_digest": self.params.digest(),
+            "damaged_references": sorted(
+                {str(i) for part in parts for i in _listed(part.get("damaged_references"))}
+            ),
             "shards": per_shard,
             "params": self.params.to_dict(),
         }
@@ -427,3 +430,8 @@ def _list(shard: OpenShard, offset: int, limit: int) -> list[ReferenceRecord]:
 
 def _info(shard: OpenShard) -> dict[str, object]:
     return shard.catalogue.info()
+
+
+def _listed(value: object) -> list[object]:
+    """A list field of a shard's info (empty if it lacks it)."""
+    return list(value) if isinstance(value, list | tuple) else []

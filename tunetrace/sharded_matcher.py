@@ -35,11 +35,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 
 from tunetrace.candidates import find_candidates, query_patch_vectors
+from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.matcher import Matcher, MatchSettings
@@ -51,7 +52,6 @@ from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
 from tunetrace.types import Candidate, Verification
 
 logger = logging.getLogger(__name__)
-R = TypeVar("R")
 
 Patches = tuple[np.ndarray, np.ndarray, np.ndarray]
 #: Bits a reference key can take in a vector id (the rest of a non-negative int64 after the
@@ -107,21 +107,41 @@ class ShardedMatcher(Matcher):
         return tuple(sorted(known))
 
     def _note_damaged(self, view: ShardView, shard: int, ids: tuple[str, ...]) -> None:
-        """Keep what ``shard`` of ``view`` last said of its damaged rows (a reshard's new
-        shards replace every earlier answer)."""
+        """Keep what ``shard`` of ``view`` last said of its damaged rows. A reshard's new
+        shards replace every earlier answer; a late answer from shards a reshard has since
+        replaced (a query that began before it) is dropped."""
+        generation = view.manifest.generation
         with self._shards_damaged_lock:
-            if self._damaged_generation != view.manifest.generation:
+            if self._damaged_generation is not None and generation < self._damaged_generation:
+                return
+            if self._damaged_generation != generation:
                 self._shards_damaged = {}
-                self._damaged_generation = view.manifest.generation
+                self._damaged_generation = generation
             self._shards_damaged[shard] = ids
 
-    def _answers(
-        self, view: ShardView, answered: dict[int, tuple[R, tuple[str, ...]]]
-    ) -> dict[int, R]:
-        """Shards' answers without the damaged ids each carried (noted on the way)."""
-        for shard, (_, damaged) in answered.items():
-            self._note_damaged(view, shard, damaged)
-        return {shard: answer for shard, (answer, _) in answered.items()}
+    def _answers(self, view: ShardView, answered: dict[int, object]) -> dict[int, Any]:
+        """Shards' answers without the damaged ids each carried (noted on the way).
+
+        Raises
+        ------
+        ShardUnavailableError
+            If a shard answered in another form (a worker running another tunetrace).
+        """
+        answers = {}
+        for shard, answer in answered.items():
+            if not (
+                isinstance(answer, tuple)
+                and len(answer) == 2
+                and isinstance(answer[1], tuple)
+                and all(isinstance(i, str) for i in answer[1])
+            ):
+                raise ShardUnavailableError(
+                    f"shard {shard} answered in a form this tunetrace does not know: the Dask "
+                    "workers must run the same tunetrace version as the client"
+                )
+            self._note_damaged(view, shard, answer[1])
+            answers[shard] = answer[0]
+        return answers
 
     @property
     def _configuration(self) -> Configuration:
