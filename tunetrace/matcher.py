@@ -130,7 +130,7 @@ class MatchSettings:
     screen_top: int | None = None
     section_margin_s: float = 3.0
     min_section_s: float = 6.0
-    section_pad_s: float = 1.0
+    section_pad_s: float = 0.5
     section_gap_s: float = 2.0
     other_work_screening: float = 0.5
     max_extra_verifications: int = 6
