@@ -11,6 +11,7 @@ from tunetrace.errors import (
     AudioTooShortError,
     BadInputError,
     CatalogueNotFoundError,
+    DamagedReferenceError,
     DuplicateReferenceError,
     InvalidReferenceIdError,
     ReferenceNotFoundError,
@@ -49,6 +50,7 @@ _STATUS: list[tuple[type[TunetraceError], int, str]] = [
     (AudioTooShortError, 422, "audio_too_short"),
     (InvalidReferenceIdError, 422, "invalid_reference_id"),
     (CatalogueNotFoundError, 500, "catalogue_error"),  # the service's own catalogue is gone
+    (DamagedReferenceError, 409, "reference_damaged"),  # remove it and add it again
     (BadInputError, 422, "bad_input"),
     (DuplicateReferenceError, 409, "reference_exists"),
     (ReferenceNotFoundError, 404, "reference_not_found"),

@@ -52,7 +52,8 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         401: "No API key, or not a valid one.",
         403: "The API key's role does not allow this.",
         404: "No such reference.",
-        409: "A reference with this id exists (send replace=true to overwrite it).",
+        409: "A reference with this id exists (send replace=true to overwrite it); for "
+        "explain, the reference's stored row is damaged (remove it and add it again).",
         413: "Upload over the size limit, or audio over the duration limit.",
         415: "Not multipart/form-data, or audio that cannot be decoded (or that has more "
         "channels or another sample rate than accepted).",
@@ -201,10 +202,10 @@ async def match(
             "description": "The evidence image (format=png) or the data behind it (json).",
             "content": {"image/png": {}, "application/json": {}},
         },
-        **_errors(400, 401, 403, 404, 408, 413, 415, 422, 503),
+        **_errors(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
     },
     openapi_extra=_upload_body(
-        ("reference_id", _text_field("Explain against this reference [default: the best]."))
+        ("reference_id", _text_field("Explain against this reference (default: the best)."))
     ),
 )
 async def explain(

@@ -160,7 +160,7 @@ def test_help_shows_each_options_default_and_environment_variable() -> None:
         ("match", "--help"): ["TUNETRACE_CATALOGUE"],
         ("list", "--help"): ["TUNETRACE_CATALOGUE", "(default: all)"],
         ("explain", "--help"): ["(default: the", "best)"],
-        ("serve", "--help"): ["TUNETRACE_CATALOGUE", "TUNETRACE_WORKERS"],
+        ("serve", "--help"): ["TUNETRACE_CATALOGUE", "TUNETRACE_WORKERS", "TUNETRACE_SCHEDULER"],
     }
     for command, shown in expected.items():
         result = tunetrace(*command, env={"COLUMNS": "200"})

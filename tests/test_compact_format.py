@@ -157,9 +157,18 @@ def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
             f"{base_url}/v1/match", headers={"Authorization": "Bearer reader-key"},
             files={"file": ("b.wav", excerpts["b"].read_bytes())}, timeout=120,
         )  # fmt: skip
+        explained = httpx.post(
+            f"{base_url}/v1/explain?format=json&reference_id=a",
+            headers={"Authorization": "Bearer reader-key"},
+            files={"file": ("a.wav", excerpts["a"].read_bytes())}, timeout=120,
+        )  # fmt: skip
     assert answer.status_code == 200, answer.text
     assert [m["reference_id"] for m in answer.json()["matches"]] == ["b"]
     assert answer.json()["damaged_references"] == ["a"]
+    # asked for by name, it is a conflict the client can resolve: add it again
+    assert explained.status_code == 409, explained.text
+    assert explained.json()["error"]["code"] == "reference_damaged"
+    assert "'a'" in explained.json()["error"]["message"]
     with Catalogue(directory) as catalogue:  # added again, it is whole and found
         catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params),
                       replace=True)  # fmt: skip
@@ -430,5 +439,8 @@ def test_a_row_damaged_after_its_features_were_read_is_named_not_fatal(
         # the search for its repeats reads the row again: the report names it, matching goes on
         again = matcher.match_path(excerpts["a"])
         assert again.damaged_references == ("a",)
+        # from then on it is left out, though its features are still cached
+        later = matcher.match_path(excerpts["a"])
+        assert (later.matches, later.damaged_references) == ([], ("a",))
         with pytest.raises(DamagedReferenceError, match=r"reference 'a' in .* is damaged"):
             catalogue.reference_index(catalogue.get("a").key)

@@ -772,7 +772,7 @@ def serve(
         str | None,
         typer.Option(
             help="Dask scheduler address (tcp://host:8786): search a sharded catalogue's "
-            "shards on its workers [env TUNETRACE_SCHEDULER]."
+            "shards on its workers (env TUNETRACE_SCHEDULER)."
         ),
     ] = None,
 ) -> None:

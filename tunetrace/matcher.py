@@ -507,8 +507,11 @@ class Matcher:
     ) -> list[Verification]:
         """A reported reference's verifications with their segments grown over the whole query
         (:func:`~tunetrace.segment_edges.reach_segments`): a section verified on a window of
-        the query may reach past it. Scores unchanged."""
-        reference = self.catalogue.features(verifications[0].reference_key)
+        the query may reach past it. Scores unchanged (and segments too, if the reference
+        can no longer be read)."""
+        reference = self._reference_features(verifications[0].reference_key)
+        if reference is None:
+            return verifications
         return map_in_threads(
             lambda verification: reach_segments(
                 query,
@@ -739,6 +742,9 @@ class Matcher:
         """A candidate reference's stored features, ``None`` if it has been removed or its
         row is damaged (logged once per reference, by id: one damaged row must not stop
         every query)."""
+        with self._damaged_lock:
+            if key in self._damaged_seen:  # even if its features are still cached (a row
+                return None  # added again gets a new key)
         try:
             return self.catalogue.features(key)
         except ReferenceNotFoundError:
