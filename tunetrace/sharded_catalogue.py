@@ -326,7 +326,7 @@ class ShardedCatalogue(AudioFiles):
             "mb_per_audio_hour": round(size / 1e6 / hours, 3) if hours else None,
             "params_digest": self.params.digest(),
             "damaged_references": sorted(
-                {str(i) for part in parts for i in _listed(part.get("damaged_references"))}
+                {str(i) for part in parts for i in _items(part.get("damaged_references"))}
             ),
             "shards": per_shard,
             "params": self.params.to_dict(),
@@ -432,6 +432,6 @@ def _info(shard: OpenShard) -> dict[str, object]:
     return shard.catalogue.info()
 
 
-def _listed(value: object) -> list[object]:
+def _items(value: object) -> list[object]:
     """A list field of a shard's info (empty if it lacks it)."""
     return list(value) if isinstance(value, list | tuple) else []
