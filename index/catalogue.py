@@ -1253,15 +1253,19 @@ class Catalogue:
         try:
             vectors = self._stored_vectors(key, *row[1:])
         except CatalogueError as exc:
-            raise DamagedReferenceError(
-                f"reference {row[0]!r} in {self.directory} is damaged ({exc.__cause__ or exc});"
-                " remove it and add it again",
-                str(row[0]),
-            ) from exc
+            raise self._damaged(row[0], exc.__cause__ or exc) from exc
         # searched for one query's places in this reference alone, never saved: full vectors
         index = VectorIndex(self.params.embedding_dim, in_memory_only=True)
         index.add(vectors, vector_ids(key, len(vectors)))
         return index
+
+    def _damaged(self, reference_id: object, reason: BaseException) -> DamagedReferenceError:
+        """The error for a reference whose stored row cannot be read, saying what to do."""
+        return DamagedReferenceError(
+            f"reference {reference_id!r} in {self.directory} is damaged ({reason}); remove it"
+            " and add it again",
+            str(reference_id),
+        )
 
     def _stored_vectors(
         self,
@@ -1352,11 +1356,7 @@ class Catalogue:
         try:
             features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3])
         except (ValueError, TypeError, OverflowError) as exc:  # a damaged row
-            raise DamagedReferenceError(
-                f"reference {row[4]!r} in {self.directory} is damaged ({exc}); remove it and"
-                " add it again",
-                str(row[4]),
-            ) from exc
+            raise self._damaged(row[4], exc) from exc
         with self._lock:
             cached = self._features_cache.get(key)
             if cached is not None:

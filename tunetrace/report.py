@@ -66,8 +66,8 @@ class MatchReport:
         Ids of catalogue references known to have damaged stored rows (recorded by the last
         index rebuild, or found by this matcher): no query is compared with them until they
         are removed and added again, so an empty ``matches`` says nothing about them. Empty
-        when none is known (and then left out of the JSON form); a sharded catalogue's shards
-        log theirs instead.
+        when none is known (and then left out of the JSON form); a sharded catalogue's come
+        from its shards' answers.
 
     ``query_tonality`` (see :func:`tunetrace.fingerprint.tonality.tonality`) serves the
     human-readable output only; the JSON form does not carry it.

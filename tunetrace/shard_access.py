@@ -108,10 +108,10 @@ class OpenShard:
         """
         with self._lock:
             matchers = list(self._matchers.values())
-        known = set(self.catalogue.damaged_references())
-        for matcher in matchers:
-            known.update(matcher.damaged_references())
-        return tuple(sorted(known))
+        if not matchers:
+            return tuple(self.catalogue.damaged_references())
+        # each matcher's own list holds the catalogue's recorded ones too
+        return tuple(sorted({i for matcher in matchers for i in matcher.damaged_references()}))
 
     def close(self) -> None:
         """Close the shard's catalogue."""

@@ -300,7 +300,7 @@ class ShardedCatalogue(AudioFiles):
         """Totals over the shards and one entry per shard (``shards``)."""
         self.refresh()
         view = self.view
-        parts = view.access.call_all(_info, [()] * view.manifest.count)
+        parts: list[dict[str, Any]] = view.access.call_all(_info, [()] * view.manifest.count)
         per_shard = [
             {
                 "shard": shard_name(directory),
@@ -326,7 +326,7 @@ class ShardedCatalogue(AudioFiles):
             "mb_per_audio_hour": round(size / 1e6 / hours, 3) if hours else None,
             "params_digest": self.params.digest(),
             "damaged_references": sorted(
-                {str(i) for part in parts for i in _items(part.get("damaged_references"))}
+                {str(i) for part in parts for i in part["damaged_references"]}
             ),
             "shards": per_shard,
             "params": self.params.to_dict(),
@@ -430,8 +430,3 @@ def _list(shard: OpenShard, offset: int, limit: int) -> list[ReferenceRecord]:
 
 def _info(shard: OpenShard) -> dict[str, object]:
     return shard.catalogue.info()
-
-
-def _items(value: object) -> list[object]:
-    """A list field of a shard's info (empty if it lacks it)."""
-    return list(value) if isinstance(value, list | tuple) else []

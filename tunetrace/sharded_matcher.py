@@ -244,17 +244,10 @@ class ShardedMatcher(Matcher):
             patches = query_patch_vectors(features, params=params)
         k = self.settings.n_neighbours
         effort = self.search_effort(features)
-        found = self._answers(
-            view,
-            dict(
-                enumerate(
-                    view.access.call_all(
-                        _shard_neighbours, [(patches[0], k, effort)] * view.manifest.count
-                    )
-                )
-            ),
-        )
-        merged = merge_neighbours([found[s] for s in range(view.manifest.count)], k)
+        shards = range(view.manifest.count)
+        asked = dict.fromkeys(shards, (patches[0], k, effort))
+        found = self._answers(view, view.access.call_many(_shard_neighbours, asked))
+        merged = merge_neighbours([found[s] for s in shards], k)
         places = _places_of(view, exclude_keys)
         excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
         candidates = find_candidates(
