@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 from tunetrace.errors import (
     AudioDecodeError,
     AudioTooLongError,
@@ -72,6 +76,28 @@ def status_for(exc: TunetraceError, message: str | None = None) -> ApiError:
         if isinstance(exc, error_type):
             return ApiError(status, code, text)
     return ApiError(500, "catalogue_error", text)
+
+
+def without_server_paths(message: str, catalogue: Path) -> str:
+    """``message`` with the catalogue's directory, and every path inside it, called "the
+    catalogue": a client is told what went wrong, not where the server keeps its files.
+
+    Parameters
+    ----------
+    message : str
+    catalogue : Path
+        The served catalogue's directory, absolute (as the settings make it).
+
+    Returns
+    -------
+    message : str
+    """
+    forms = {str(catalogue), str(catalogue.resolve())}
+    path_character = r"""[^\s'",:;()]"""
+    for form in sorted(forms, key=len, reverse=True):
+        inside = f"{re.escape(form)}(?:{re.escape(os.sep)}{path_character}*)?(?!{path_character})"
+        message = re.sub(inside, "the catalogue", message)
+    return message
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from tunetrace.api.errors import ApiError, status_for
+from tunetrace.api.errors import ApiError, status_for, without_server_paths
 from tunetrace.api.models import (
     ErrorModel,
     HealthModel,
@@ -115,12 +115,14 @@ def _reference_model(record: ReferenceRecord) -> ReferenceModel:
     return ReferenceModel(**record.to_dict())
 
 
-async def _library_call(awaitable: Awaitable[T], upload: Upload | None = None) -> T:
+async def _library_call(
+    request: Request, awaitable: Awaitable[T], upload: Upload | None = None
+) -> T:
     """Await library work; its errors become HTTP errors naming the upload, not server paths."""
     try:
         return await awaitable
     except TunetraceError as exc:
-        message = str(exc)
+        message = without_server_paths(str(exc), request.app.state.settings.catalogue)
         if upload is not None:
             for server_name in (str(upload.path), upload.path.name):
                 message = message.replace(server_name, upload.filename)
@@ -172,6 +174,7 @@ async def match(
         async with _admitted_upload(request) as upload:
             state.metrics.upload_bytes.inc(upload.size_bytes)
             report = await _library_call(
+                request,
                 state.pool.run(
                     match_job,
                     str(upload.path),
@@ -224,6 +227,7 @@ async def explain(
     async with _admitted_upload(request, ("reference_id",)) as upload:
         wanted = reference_id or upload.fields.get("reference_id") or None
         result = await _library_call(
+            request,
             state.pool.run(
                 explain_job,
                 str(upload.path),
@@ -327,9 +331,12 @@ async def add_reference(
             )
         state.metrics.upload_bytes.inc(upload.size_bytes)
         data = await _library_call(
-            state.pool.run(fingerprint_job, str(upload.path), settings.max_duration_s), upload
+            request,
+            state.pool.run(fingerprint_job, str(upload.path), settings.max_duration_s),
+            upload,
         )
         record = await _library_call(
+            request,
             state.catalogue.add(
                 reference_id,
                 data,
@@ -338,7 +345,7 @@ async def add_reference(
                 isrc=fields.get("isrc") or None,
                 source_path=upload.filename,
                 replace=replace,
-            )
+            ),
         )
     return _reference_model(record)
 
@@ -373,7 +380,7 @@ async def list_references(
 )
 async def get_reference(request: Request, reference_id: str, _: ReadAccess) -> ReferenceModel:
     """One reference's metadata."""
-    record = await _library_call(request.app.state.catalogue.get(reference_id))
+    record = await _library_call(request, request.app.state.catalogue.get(reference_id))
     return _reference_model(record)
 
 
@@ -385,5 +392,5 @@ async def get_reference(request: Request, reference_id: str, _: ReadAccess) -> R
 )
 async def delete_reference(request: Request, reference_id: str, _: WriteAccess) -> Response:
     """Delete a reference (204)."""
-    await _library_call(request.app.state.catalogue.remove(reference_id))
+    await _library_call(request, request.app.state.catalogue.remove(reference_id))
     return Response(status_code=204)

@@ -114,6 +114,12 @@ class ApiSettings(BaseSettings):
         "average is refused (408): a client trickling bytes cannot hold a slot for ever.",
     )
 
+    @field_validator("catalogue")
+    @classmethod
+    def _catalogue_absolute(cls, value: Path) -> Path:
+        # absolute, so that error messages name it in one form the API can take out of them
+        return value.absolute()
+
     @field_validator("api_keys")
     @classmethod
     def _keys_parse(cls, value: SecretStr) -> SecretStr:

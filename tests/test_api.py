@@ -410,3 +410,18 @@ def test_a_bad_replace_field_is_refused_even_when_the_query_asks_to_replace(
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_field"
+
+
+def test_error_messages_call_the_catalogue_by_no_server_path(tmp_path: Path) -> None:
+    from tunetrace.api.errors import without_server_paths
+
+    catalogue = ApiSettings(catalogue=tmp_path / "cat", api_keys="k:read").catalogue
+    assert catalogue.is_absolute()
+    message = (
+        f"could not write to {catalogue}: [Errno 28] No space left on device: "
+        f"'{catalogue}/g2/s01/catalogue.sqlite-wal'; {catalogue}2 is another directory"
+    )
+    assert without_server_paths(message, catalogue) == (
+        "could not write to the catalogue: [Errno 28] No space left on device: "
+        f"'the catalogue'; {catalogue}2 is another directory"
+    )

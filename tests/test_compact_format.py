@@ -169,6 +169,7 @@ def test_a_damaged_row_is_left_out_of_index_rebuilds_and_can_be_removed(
     assert explained.status_code == 409, explained.text
     assert explained.json()["error"]["code"] == "reference_damaged"
     assert "'a'" in explained.json()["error"]["message"]
+    assert str(tmp_path) not in explained.text  # a client is not told where the files are
     with Catalogue(directory) as catalogue:  # added again, it is whole and found
         catalogue.add("a", fingerprint_reference(songs["a"], params=catalogue.params),
                       replace=True)  # fmt: skip
