@@ -264,6 +264,21 @@ def test_a_consistent_alignment_elsewhere_keeps_what_the_best_leaves_of_it() -> 
     assert [(s.query_start_s, s.query_end_s) for s in merge_segments(best, [short])] == [(10, 30)]
 
 
+def test_stretches_of_one_copy_are_one_segment_across_a_passage_that_did_not_verify() -> None:
+    """Two long segments at the same alignment (a padded whole track whose noisy bridge did
+    not verify) are one copied section, across a fragment between them too; a gap longer
+    than either, or a section of another place between them, keeps them apart."""
+    copy = _verification(0.99, 1.25, 0.0, (10, 40), (48, 48.8), (57, 90))
+    merged = merge_segments(copy, [])
+    assert [(s.query_start_s, s.query_end_s) for s in merged] == [(10, 90)]
+    assert merged[0].reference_end_s == pytest.approx(90 * 1.25)
+    apart = _verification(0.99, 1.25, 0.0, (10, 20), (40, 52))  # 20 s between 10 and 12
+    assert len(merge_segments(apart, [])) == 2
+    elsewhere = replace(copy, score=0.98, segments=[Segment(44.0, 53.0, 200.0, 211.25)])
+    kept = merge_segments(_verification(0.99, 1.25, 0.0, (10, 40), (57, 90)), [elsewhere])
+    assert [(s.query_start_s, s.query_end_s) for s in kept] == [(10, 40), (44, 53), (57, 90)]
+
+
 def test_self_similar_places_find_where_a_stretch_recurs() -> None:
     rng = np.random.default_rng(3)
     chroma = rng.normal(size=(12, 400))

@@ -249,8 +249,9 @@ MIN_REPORTED_SEGMENT_S = 3.0
 #: Overlapping segments whose alignments put the query's start this close on the reference
 #: are the same stretch seen twice: they are joined.
 SAME_PLACE_OFFSET_S = 2.0
-#: Segments of the same place this close in the query (a dip in one copied stretch) are joined
-#: when both are at least :data:`MIN_REPORTED_SEGMENT_S` long.
+#: Segments of the same place this close in the query (a dip in one copied stretch), or no
+#: farther apart than the shorter one is long, are joined when both are at least
+#: :data:`MIN_REPORTED_SEGMENT_S` long.
 SAME_PLACE_GAP_S = 5.0
 
 
@@ -388,8 +389,9 @@ def _offset_s(segment: Segment, tempo_ratio: float) -> float:
 
 
 def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]:
-    """Overlapping segments of the same place joined into one (their alignments put the
-    query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the reference); the
+    """Segments of the same place (their alignments put the query's start within
+    :data:`SAME_PLACE_OFFSET_S` of each other on the reference) joined into one where they
+    overlap or lie close enough (:func:`_gap_joined`), over fragments between them; the
     joined reference times follow the query's first and last segments.
 
     Parameters
@@ -401,31 +403,48 @@ def union_segments(segments: list[Segment], tempo_ratio: float) -> list[Segment]
     Returns
     -------
     joined : list of Segment
-        In query order.
+        In query order. A fragment (under :data:`MIN_REPORTED_SEGMENT_S`) between two
+        segments joined is part of the stretch they make; a longer segment of another place
+        between them keeps them apart.
     """
     joined: list[Segment] = []
     for segment in sorted(segments, key=lambda s: s.query_start_s):
-        last = joined[-1] if joined else None
+        number = _joined_with(joined, segment, tempo_ratio)
+        if number is None:
+            joined.append(segment)
+            continue
+        last = joined[number]
+        del joined[number + 1 :]  # fragments inside the stretch now joined
+        if segment.query_end_s > last.query_end_s:
+            joined[number] = replace(last, query_end_s=segment.query_end_s,
+                                     reference_end_s=segment.reference_end_s)  # fmt: skip
+    return joined
+
+
+def _joined_with(joined: list[Segment], segment: Segment, tempo_ratio: float) -> int | None:
+    """Index of the segment in ``joined`` (sorted by start) that ``segment`` joins: the
+    latest of its place close enough before it, past fragments only."""
+    for number in range(len(joined) - 1, -1, -1):
+        kept = joined[number]
         if (
-            last is not None
-            and segment.query_start_s <= last.query_end_s + _gap_joined(last, segment)
-            and abs(_offset_s(segment, tempo_ratio) - _offset_s(last, tempo_ratio))
+            segment.query_start_s <= kept.query_end_s + _gap_joined(kept, segment)
+            and abs(_offset_s(segment, tempo_ratio) - _offset_s(kept, tempo_ratio))
             <= SAME_PLACE_OFFSET_S
         ):
-            if segment.query_end_s > last.query_end_s:
-                joined[-1] = replace(last, query_end_s=segment.query_end_s,
-                                     reference_end_s=segment.reference_end_s)  # fmt: skip
-        else:
-            joined.append(segment)
-    return joined
+            return number
+        if kept.query_end_s - kept.query_start_s >= MIN_REPORTED_SEGMENT_S:
+            return None
+    return None
 
 
 def _gap_joined(first: Segment, second: Segment) -> float:
     """Query seconds between two segments of one place that still make them one stretch:
-    :data:`SAME_PLACE_GAP_S` between two of at least :data:`MIN_REPORTED_SEGMENT_S` (a dip
-    inside a copy), none when either is a fragment (a passing likeness after it)."""
-    long_enough = min(s.query_end_s - s.query_start_s for s in (first, second))
-    return SAME_PLACE_GAP_S if long_enough >= MIN_REPORTED_SEGMENT_S else 0.0
+    between two of at least :data:`MIN_REPORTED_SEGMENT_S`, :data:`SAME_PLACE_GAP_S` (a dip
+    inside a copy) or the shorter one's length if more (a passage of the copy that did not
+    verify, a noisy bridge or a breakdown, with the copy going on at the same alignment on
+    both sides of it); none when either is a fragment (a passing likeness after it)."""
+    shorter = min(s.query_end_s - s.query_start_s for s in (first, second))
+    return max(SAME_PLACE_GAP_S, shorter) if shorter >= MIN_REPORTED_SEGMENT_S else 0.0
 
 
 def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
