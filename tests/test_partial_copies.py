@@ -20,7 +20,7 @@ from tunetrace.matcher import MIN_SCORE_OF_OTHER_SECTIONS, Matcher
 from tunetrace.query import prepare_query
 from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match
-from tunetrace.segment_edges import reach_segments
+from tunetrace.segment_edges import join_across_passages, reach_segments
 from tunetrace.segments import continuous_runs, merge_segments
 from tunetrace.types import Candidate, Segment, Verification
 
@@ -264,19 +264,40 @@ def test_a_consistent_alignment_elsewhere_keeps_what_the_best_leaves_of_it() -> 
     assert [(s.query_start_s, s.query_end_s) for s in merge_segments(best, [short])] == [(10, 30)]
 
 
-def test_stretches_of_one_copy_are_one_segment_across_a_passage_that_did_not_verify() -> None:
-    """Two long segments at the same alignment (a padded whole track whose noisy bridge did
-    not verify) are one copied section, across a fragment between them too; a gap longer
-    than either, or a section of another place between them, keeps them apart."""
-    copy = _verification(0.99, 1.25, 0.0, (10, 40), (48, 48.8), (57, 90))
-    merged = merge_segments(copy, [])
-    assert [(s.query_start_s, s.query_end_s) for s in merged] == [(10, 90)]
-    assert merged[0].reference_end_s == pytest.approx(90 * 1.25)
-    apart = _verification(0.99, 1.25, 0.0, (10, 20), (40, 52))  # 20 s between 10 and 12
-    assert len(merge_segments(apart, [])) == 2
-    elsewhere = replace(copy, score=0.98, segments=[Segment(44.0, 53.0, 200.0, 211.25)])
-    kept = merge_segments(_verification(0.99, 1.25, 0.0, (10, 40), (57, 90)), [elsewhere])
-    assert [(s.query_start_s, s.query_end_s) for s in kept] == [(10, 40), (44, 53), (57, 90)]
+def test_sections_of_one_place_are_joined_across_a_passage_only_where_it_carries_the_copy(
+    partial_matcher,
+) -> None:
+    """Two sections of one alignment are one across the passage between them where its
+    frames fit the reference (a noisy bridge that did not verify); not where other music
+    replaced that passage, and not across a passage longer than the shorter section."""
+    matcher, folder = partial_matcher
+    copy = librosa.effects.time_stretch(WORKS["work61"], rate=1.1)
+    passage = slice(int(30.0 * SR), int(40.0 * SR))  # of the copy: 50-60 s of the upload
+    replaced = copy.copy()
+    replaced[passage] = filler(92, 10.0)[: passage.stop - passage.start]
+    end_s = 20.0 + len(copy) / SR
+    params, settings = matcher.catalogue.params, matcher.verify_settings
+
+    def joined(samples: np.ndarray, name: str, spans: list[tuple[float, float]]) -> list:
+        upload = np.concatenate([filler(90, 20.0), samples, filler(91, 15.0)])
+        path = write_audio(folder / f"{name}.wav", upload)
+        features = matcher.load_query(path)
+        best = matcher.verify(features)[0]
+        ratio = best.tempo_ratio  # each section at the copy's own alignment
+        sections = [Segment(a, b, (a - 20.0) * ratio, (b - 20.0) * ratio) for a, b in spans]
+        reference = matcher.catalogue.features(best.reference_key)
+        query = prepare_query(features, settings)
+        segments = join_across_passages(
+            query, reference, sections, best, params=params, settings=settings
+        )
+        return [(round(s.query_start_s, 1), round(s.query_end_s, 1)) for s in segments]
+
+    assert joined(copy, "bridged", [(20.0, 50.0), (60.0, end_s)]) == [(20.0, round(end_s, 1))]
+    assert joined(copy, "far", [(20.0, 25.0), (35.0, end_s)]) == [(20.0, 25.0),
+                                                                   (35.0, round(end_s, 1))]
+    assert joined(replaced, "replaced", [(20.0, 50.0), (60.0, end_s)]) == [
+        (20.0, 50.0), (60.0, round(end_s, 1))
+    ]
 
 
 def test_self_similar_places_find_where_a_stretch_recurs() -> None:
@@ -323,7 +344,9 @@ def test_a_place_tried_where_the_work_did_not_verify_adds_no_section(partial_mat
     features = matcher.load_query(write_audio(folder / "sixty.wav", filler(98, 60)))
     low = 0.4  # below the score segments grow at: the segments are compared as given
     best = replace(_verification(low, 1.0, 0.0, (10, 30)), reference_key=key)
-    tried = replace(_verification(0.0, 1.0, 0.0, (40, 52)), reference_key=key)
+    tried = replace(  # another place of the reference (a repeat 60 s further on)
+        _verification(0.0, 1.0, 0.0), reference_key=key, segments=[Segment(40, 52, 100, 112)]
+    )
     verified = replace(tried, score=MIN_SCORE_OF_OTHER_SECTIONS)
 
     def spans(others: list[Verification]) -> list[tuple[float, float]]:
@@ -440,15 +463,21 @@ def pausing_matcher(tmp_path_factory: pytest.TempPathFactory):
         yield matcher, folder, works
 
 
-@pytest.mark.parametrize("pauses_followed", [True, False])
+@pytest.mark.parametrize(
+    ("pauses_followed", "passages_joined"), [(True, False), (False, True), (False, False)]
+)
 def test_a_noisy_copy_is_one_segment_across_the_pause_it_shares(
-    pausing_matcher, monkeypatch: pytest.MonkeyPatch, pauses_followed: bool
-) -> None:
+    pausing_matcher, monkeypatch: pytest.MonkeyPatch, pauses_followed: bool,
+    passages_joined: bool,
+) -> None:  # fmt: skip
     """A whole work copied with noise added between other music: where its reference pauses
     the copy holds only the noise, which fits nothing, yet both are quiet together there, so
-    the copy is one segment from its first second to its last."""
-    if not pauses_followed:  # the check fails without the step that follows pauses
+    the copy is one segment from its first second to its last. Either step makes it one:
+    following the pause as a segment grows, or joining the stretches on both sides of it."""
+    if not pauses_followed:
         monkeypatch.setattr("tunetrace.segment_edges.PAUSE_DB", 1000.0)
+    if not passages_joined:
+        monkeypatch.setattr("tunetrace.matcher.join_across_passages", lambda _q, _r, s, *_, **__: s)
     matcher, folder, works = pausing_matcher
     work = works["pausing67"]
     before_s, after_s = 30.0, 20.0
@@ -457,7 +486,7 @@ def test_a_noisy_copy_is_one_segment_across_the_pause_it_shares(
     matches = match(matcher, folder, "paused", [filler(97, before_s), copy, filler(98, after_s)])
     assert [m.reference_id for m in matches] == ["pausing67"], matches
     whole = located(matches[0], before_s, end_s)
-    assert whole == pauses_followed, (matches[0].segments, before_s, end_s)
+    assert whole == (pauses_followed or passages_joined), (matches[0].segments, before_s, end_s)
 
 
 def test_other_music_in_a_references_pause_is_not_claimed(pausing_matcher) -> None:

@@ -27,7 +27,7 @@ from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
-from tunetrace.segment_edges import reach_segments
+from tunetrace.segment_edges import join_across_passages, reach_segments
 from tunetrace.segments import (
     consistent,
     covered_seconds,
@@ -842,7 +842,14 @@ class Matcher:
                 continue  # removed while this query was verified
             # a place tried where the work was not verified adds no section
             sure = [other for other in others if other.score >= MIN_SCORE_OF_OTHER_SECTIONS]
-            segments = without_fragments(merge_segments(best, sure))
+            segments = merge_segments(best, sure)
+            reference = self._reference_features(best.reference_key)
+            if reference is not None:  # its stretches of one place, across what they leave
+                segments = join_across_passages(
+                    query, reference, segments, best,
+                    params=self.catalogue.params, settings=self.verify_settings,
+                )  # fmt: skip
+            segments = without_fragments(segments)
             covered = covered_seconds(segments)
             try:
                 record = self.catalogue.record_by_key(best.reference_key)

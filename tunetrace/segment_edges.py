@@ -30,6 +30,7 @@ from tunetrace.fingerprint.tonality import tonality
 from tunetrace.query import PreparedQuery, VerifySettings
 from tunetrace.segments import (
     MIN_REPORTED_SEGMENT_S,
+    SAME_PLACE_OFFSET_S,
     continuous_runs,
     matched_frames,
     smoothed_fit,
@@ -79,6 +80,10 @@ PAUSE_MAX_TONALITY = 2.5
 #: asked of noise: a quiet, non-tonal passage of other material (drums, applause) beside a
 #: soft passage of the reference passes for the copy's pause.
 PAUSE_MAX_CUT_SHARE = 0.5
+#: Two sections of one copy at the same place are one across a passage between them no longer
+#: than the shorter of them (a noisy bridge, a breakdown that did not verify) when the passage
+#: carries the copy on (:func:`_passage_carries`); the shorter section's length bounds the
+#: passage so that a short likeness cannot claim long stretches of other music.
 
 
 def reach_segments(
@@ -165,6 +170,120 @@ def reach_segments(
         for segment in grown
     ]  # fmt: skip
     return replace(verification, segments=_without_overlaps(grown))
+
+
+def join_across_passages(
+    query: PreparedQuery,
+    reference: Features,
+    segments: list[Segment],
+    verification: Verification,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> list[Segment]:
+    """A reported work's segments with consecutive sections of the same place joined across
+    the passage between them, where it carries the copy on.
+
+    Sections are segments of at least :data:`~tunetrace.segments.MIN_REPORTED_SEGMENT_S`;
+    two are of the same place when their alignments, at the verification's tempo ratio, put
+    the query's start within :data:`~tunetrace.segments.SAME_PLACE_OFFSET_S` of each other
+    on the reference. The passage between them must be no longer than the shorter of them
+    and carry the copy on at the first one's alignment (:func:`_passage_carries`); fragments
+    inside it become part of the joined section, and a section of another place between the
+    two keeps them apart.
+
+    Parameters
+    ----------
+    query : PreparedQuery
+        The whole query.
+    reference : Features
+        The work's reference.
+    segments : list of Segment
+        Its merged segments (:func:`~tunetrace.segments.merge_segments`).
+    verification : Verification
+        The verification its report follows (tempo ratio and spectral shift).
+    params : FingerprintParams
+    settings : VerifySettings
+
+    Returns
+    -------
+    segments : list of Segment
+        In query order.
+    """
+    fps = params.frame_rate_hz
+    ratio = verification.tempo_ratio
+    shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
+    fit: SpectralFit | None = None
+    joined: list[Segment] = []
+    for segment in sorted(segments, key=lambda s: s.query_start_s):
+        sections = [n for n, kept in enumerate(joined) if _is_section(kept)]
+        if not _is_section(segment) or not sections:
+            joined.append(segment)
+            continue
+        number = sections[-1]
+        kept = joined[number]
+        passage_s = segment.query_start_s - kept.query_end_s
+        shorter_s = min(s.query_end_s - s.query_start_s for s in (kept, segment))
+        offsets = [s.reference_start_s - s.query_start_s * ratio for s in (kept, segment)]
+        if (
+            passage_s <= 0
+            or passage_s > shorter_s
+            or abs(offsets[0] - offsets[1]) > SAME_PLACE_OFFSET_S
+        ):
+            joined.append(segment)
+            continue
+        if fit is None:
+            fit = SpectralFit(query, reference, settings.whiten_bins)
+        offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
+        passage = slice(int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
+        if not _passage_carries(fit, ratio, offset_frames, shift, passage,
+                                params=params, settings=settings):  # fmt: skip
+            joined.append(segment)
+            continue
+        logger.debug("sections at %.1f s and %.1f s joined across the passage between them",
+                     kept.query_start_s, segment.query_start_s)  # fmt: skip
+        del joined[number + 1 :]  # fragments inside the passage
+        joined[number] = replace(kept, query_end_s=segment.query_end_s,
+                                 reference_end_s=segment.reference_end_s)  # fmt: skip
+    return joined
+
+
+def _passage_carries(
+    fit: SpectralFit,
+    ratio: float,
+    offset_frames: float,
+    shift: float,
+    passage: slice,
+    *,
+    params: FingerprintParams,
+    settings: VerifySettings,
+) -> bool:
+    """Whether the query frames of ``passage`` carry a copy on at an alignment.
+
+    They do where the reference sounds under all but :data:`EDGE_MAX_SOUNDING` of the
+    passage's sounding frames (other music in a pause of the reference is not the copy) and
+    those frames fit the aligned reference by :data:`REACH_LOW_MARGIN` more than a misaligned
+    one on average (the fit a copy keeps where it is altered more, or noisier, than around
+    it); or where query and reference pause together on all but that share of the frames.
+    """
+    aligned = fit.similarity(ratio, offset_frames, shift)
+    null_curve = fit.null_curve(aligned.positions, shift, settings.null_offsets_s)
+    _, excess = smoothed_fit(
+        aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
+    )
+    sounding = aligned.usable[passage] > 0
+    if len(sounding) == 0:
+        return True
+    reference_active = fit.reference.active_frames()
+    at = np.clip(np.round(aligned.positions[passage]), 0, len(reference_active) - 1)
+    reference_sounding = reference_active[at.astype(np.int64)]
+    if np.mean(sounding | reference_sounding) <= EDGE_MAX_SOUNDING:  # a pause of both
+        return True
+    if sounding.sum() < EDGE_MIN_JUDGED_S * params.frame_rate_hz:
+        return False
+    if np.mean(~reference_sounding[sounding]) > EDGE_MAX_SOUNDING:
+        return False
+    return bool(excess[passage][sounding].mean() >= REACH_LOW_MARGIN)
 
 
 def _to_reference_edges(

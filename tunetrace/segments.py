@@ -249,9 +249,8 @@ MIN_REPORTED_SEGMENT_S = 3.0
 #: Overlapping segments whose alignments put the query's start this close on the reference
 #: are the same stretch seen twice: they are joined.
 SAME_PLACE_OFFSET_S = 2.0
-#: Segments of the same place this close in the query (a dip in one copied stretch), or no
-#: farther apart than the shorter one is long, are joined when both are at least
-#: :data:`MIN_REPORTED_SEGMENT_S` long.
+#: Segments of the same place this close in the query (a dip in one copied stretch) are joined
+#: when both are at least :data:`MIN_REPORTED_SEGMENT_S` long.
 SAME_PLACE_GAP_S = 5.0
 
 
@@ -439,12 +438,12 @@ def _joined_with(joined: list[Segment], segment: Segment, tempo_ratio: float) ->
 
 def _gap_joined(first: Segment, second: Segment) -> float:
     """Query seconds between two segments of one place that still make them one stretch:
-    between two of at least :data:`MIN_REPORTED_SEGMENT_S`, :data:`SAME_PLACE_GAP_S` (a dip
-    inside a copy) or the shorter one's length if more (a passage of the copy that did not
-    verify, a noisy bridge or a breakdown, with the copy going on at the same alignment on
-    both sides of it); none when either is a fragment (a passing likeness after it)."""
-    shorter = min(s.query_end_s - s.query_start_s for s in (first, second))
-    return max(SAME_PLACE_GAP_S, shorter) if shorter >= MIN_REPORTED_SEGMENT_S else 0.0
+    :data:`SAME_PLACE_GAP_S` between two of at least :data:`MIN_REPORTED_SEGMENT_S` (a dip
+    inside a copy), none when either is a fragment (a passing likeness after it). Longer
+    passages between them are judged on the query's frames
+    (:func:`~tunetrace.segment_edges.join_across_passages`)."""
+    long_enough = min(s.query_end_s - s.query_start_s for s in (first, second))
+    return SAME_PLACE_GAP_S if long_enough >= MIN_REPORTED_SEGMENT_S else 0.0
 
 
 def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, float]]:
