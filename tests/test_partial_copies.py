@@ -214,6 +214,62 @@ def test_a_segment_grows_to_the_edges_of_its_section(partial_matcher) -> None:
     assert located(reported, before_s, end_s), reported.segments
 
 
+@pytest.mark.parametrize(
+    ("passage_holds", "resumed_taken"),
+    [("the copy under noise", True), ("the copy under noise", False), ("other music", True)],
+)
+def test_a_copy_resumed_after_a_passage_that_did_not_verify_is_a_segment_too(
+    partial_matcher, monkeypatch: pytest.MonkeyPatch, passage_holds: str, resumed_taken: bool
+) -> None:
+    """A verification whose segments end before a passage of the copy buried in noise (too
+    deep for the segment to grow through it) gets a segment where the copy resumes at its
+    alignment after it; not where the passage holds other music (the other repeat of a
+    loop, from a reference that repeats itself, would fit at that alignment too), and the
+    music around the copy gets none."""
+    if not resumed_taken:  # the check fails without the step
+        monkeypatch.setattr("tunetrace.segment_edges.RESUMED_MIN_S", float("inf"))
+    matcher, folder = partial_matcher
+    before_s, after_s = 30.0, 20.0
+    copy = altered("work62", 0, 70, 1.1, 0)
+    passage = slice(int(25.0 * SR), int(35.0 * SR))  # of the copy
+    if passage_holds == "other music":
+        copy[passage] = filler(83, 10.0)[: passage.stop - passage.start]
+    else:  # noise 18 dB over the music
+        copy[passage] = with_noise(copy[passage], below_db=-18.0, seed=3)
+    end_s = before_s + len(copy) / SR
+    upload = np.concatenate([filler(82, before_s), copy, filler(84, after_s)])
+    name = f"resumed-{passage_holds.replace(' ', '-')}.wav"
+    features = matcher.load_query(write_audio(folder / name, upload))
+    best = matcher.verify(features)[0]
+    assert matcher.catalogue.record_by_key(best.reference_key).reference_id == "work62"
+    fps = features.frame_rate_hz
+    first_part = Segment(  # as a window on the copy's first part would have verified it
+        query_start_s=before_s + 5.0,
+        query_end_s=before_s + 15.0,
+        reference_start_s=best.offset_frames / fps + (before_s + 5.0) * best.tempo_ratio,
+        reference_end_s=best.offset_frames / fps + (before_s + 15.0) * best.tempo_ratio,
+    )
+    grown = reach_segments(
+        prepare_query(features, matcher.verify_settings),
+        matcher.catalogue.features(best.reference_key),
+        replace(best, segments=[first_part]),
+        params=matcher.catalogue.params,
+        settings=matcher.verify_settings,
+    )
+    spans = [(s.query_start_s, s.query_end_s) for s in grown.segments]
+    assert abs(spans[0][0] - before_s) <= EDGE_TOLERANCE_S, spans
+    assert spans[0][1] < before_s + 35.0, spans  # the passage is not grown through
+    resumed = [s for s in grown.segments if s.query_start_s > before_s + 30.0]
+    found = passage_holds != "other music" and resumed_taken
+    assert bool(resumed) == found, spans
+    if found:
+        (segment,) = resumed
+        assert abs(segment.query_start_s - (before_s + 35.0)) <= EDGE_TOLERANCE_S, spans
+        assert abs(segment.query_end_s - end_s) <= EDGE_TOLERANCE_S, spans
+        assert segment.reference_start_s == pytest.approx(35.0 * 1.1, abs=EDGE_TOLERANCE_S)
+    assert len(grown.segments) == 1 + found, spans
+
+
 def _verification(score: float, tempo: float, semitones: float, *spans: tuple[float, float]):
     return Verification(
         reference_key=1, tempo_ratio=tempo, pitch_shift_semitones=semitones,

@@ -20,6 +20,7 @@ partial-copy benchmark's calibration split.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -80,6 +81,16 @@ PAUSE_MAX_TONALITY = 2.5
 #: asked of noise: a quiet, non-tonal passage of other material (drums, applause) beside a
 #: soft passage of the reference passes for the copy's pause.
 PAUSE_MAX_CUT_SHARE = 0.5
+#: A run at a verification's alignment apart from its segments is the copy resumed (after a
+#: passage that did not verify, see :func:`_resumed`) where it holds this many seconds of
+#: strong fit (:data:`REACH_FLOOR` and :data:`REACH_FRACTION`): the shortest section looked for.
+RESUMED_MIN_S = 8.0
+#: A passage carries the copy on where its sounding frames fit the aligned reference at least
+#: this well on average (and by :data:`REACH_LOW_MARGIN` more than a misaligned one): on the
+#: calibration split, passages of copies that did not verify fit at 0.20-0.39, other music
+#: between the repeats of a loop from a reference that repeats itself at 0.11 (its misaligned
+#: reference fitting worse still).
+PASSAGE_MIN_LEVEL = 0.15
 #: Two sections of one copy at the same place are one across a passage between them no longer
 #: than the shorter of them (a noisy bridge, a breakdown that did not verify) when the passage
 #: carries the copy on (:func:`_passage_carries`); the shorter section's length bounds the
@@ -113,7 +124,9 @@ def reach_segments(
     -------
     verification : Verification
         Score and estimates unchanged; a segment no run overlaps is kept as it was, and a
-        segment is never shortened.
+        segment is never shortened. A run apart from every segment is added where it holds
+        :data:`RESUMED_MIN_S` of strong fit and the passage between it and a section carries
+        the copy on: the copy resumed at the same alignment (:func:`_resumed`).
     """
     if not verification.segments:
         return verification
@@ -159,6 +172,14 @@ def reach_segments(
         _grown(segment, runs, positions, fps) if _is_section(segment) else segment
         for segment in verification.segments
     ]
+    # the copy resumed at the same alignment after a passage that did not verify: a long run
+    # of strong fit apart from every segment (the verification's window did not reach it)
+    reference_sounding = _reference_sounding(reference, positions)
+
+    def carried(passage: slice) -> bool:
+        return _carries_over(level, excess, usable, reference_sounding, passage, fps)
+
+    grown += _resumed(runs, strong, grown, positions, fps, carried)
     reference_active = reference.active_frames()
     grown = [
         _to_reference_edges(
@@ -262,28 +283,53 @@ def _passage_carries(
 
     They do where the reference sounds under all but :data:`EDGE_MAX_SOUNDING` of the
     passage's sounding frames (other music in a pause of the reference is not the copy) and
-    those frames fit the aligned reference by :data:`REACH_LOW_MARGIN` more than a misaligned
-    one on average (the fit a copy keeps where it is altered more, or noisier, than around
-    it); or where query and reference pause together on all but that share of the frames.
+    those frames fit the aligned reference at :data:`PASSAGE_MIN_LEVEL` and by
+    :data:`REACH_LOW_MARGIN` more than a misaligned one on average (the fit a copy keeps
+    where it is altered more, or noisier, than around it); or where query and reference
+    pause together on all but that share of the frames.
     """
     aligned = fit.similarity(ratio, offset_frames, shift)
     null_curve = fit.null_curve(aligned.positions, shift, settings.null_offsets_s)
-    _, excess = smoothed_fit(
+    level, excess = smoothed_fit(
         aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
     )
-    sounding = aligned.usable[passage] > 0
+    reference_sounding = _reference_sounding(fit.reference, aligned.positions)
+    return _carries_over(
+        level, excess, aligned.usable > 0, reference_sounding, passage, params.frame_rate_hz
+    )
+
+
+def _reference_sounding(reference: Features, positions: np.ndarray) -> np.ndarray:
+    """Whether the reference frame each query frame aligns with sounds (its nearest frame)."""
+    active = reference.active_frames()
+    if len(active) == 0:
+        return np.zeros(len(positions), dtype=bool)
+    return active[np.clip(np.round(positions), 0, len(active) - 1).astype(np.int64)]
+
+
+def _carries_over(
+    level: np.ndarray,
+    excess: np.ndarray,
+    usable: np.ndarray,
+    reference_sounding: np.ndarray,
+    passage: slice,
+    fps: float,
+) -> bool:
+    """The test of :func:`_passage_carries`, on one alignment's per-frame arrays."""
+    sounding = usable[passage]
     if len(sounding) == 0:
         return True
-    reference_active = fit.reference.active_frames()
-    at = np.clip(np.round(aligned.positions[passage]), 0, len(reference_active) - 1)
-    reference_sounding = reference_active[at.astype(np.int64)]
-    if np.mean(sounding | reference_sounding) <= EDGE_MAX_SOUNDING:  # a pause of both
+    under = reference_sounding[passage]
+    if np.mean(sounding | under) <= EDGE_MAX_SOUNDING:  # a pause of both
         return True
-    if sounding.sum() < EDGE_MIN_JUDGED_S * params.frame_rate_hz:
+    if sounding.sum() < EDGE_MIN_JUDGED_S * fps:
         return False
-    if np.mean(~reference_sounding[sounding]) > EDGE_MAX_SOUNDING:
+    if np.mean(~under[sounding]) > EDGE_MAX_SOUNDING:
         return False
-    return bool(excess[passage][sounding].mean() >= REACH_LOW_MARGIN)
+    return bool(
+        level[passage][sounding].mean() >= PASSAGE_MIN_LEVEL
+        and excess[passage][sounding].mean() >= REACH_LOW_MARGIN
+    )
 
 
 def _to_reference_edges(
@@ -584,6 +630,52 @@ def _grown(
             reference_end_s=max(float(positions[stop - 1] + step), 0.0) / fps,
         )
     return segment
+
+
+def _resumed(
+    runs: list[tuple[int, int]],
+    strong: np.ndarray,
+    segments: list[Segment],
+    positions: np.ndarray,
+    fps: float,
+    carried: Callable[[slice], bool],
+) -> list[Segment]:
+    """Segments for the runs (frame ranges) where the copy resumes: a run overlapping none
+    of ``segments``, holding at least :data:`RESUMED_MIN_S` of ``strong`` frames, with a
+    passage no longer than itself or the section on its other side between it and the
+    nearest section before or after it that ``carried`` says carries the copy on (another
+    repeat of a looped section matches a reference that repeats itself at this alignment
+    too, but the other music between repeats does not)."""
+    taken = _frames_of(segments, len(strong), fps)
+    sections = [_frame_range(s, fps) for s in segments if _is_section(s)]
+    step = positions[1] - positions[0] if len(positions) > 1 else 1.0
+    out = []
+    for start, stop in runs:
+        if taken[start:stop].any() or strong[start:stop].sum() < RESUMED_MIN_S * fps:
+            continue
+        before = [(a, b) for a, b in sections if b <= start]
+        after = [(a, b) for a, b in sections if a >= stop]
+        passages = []
+        if before:
+            a, b = max(before, key=lambda section: section[1])
+            passages.append((slice(b, start), min(b - a, stop - start)))
+        if after:
+            a, b = min(after, key=lambda section: section[0])
+            passages.append((slice(stop, a), min(b - a, stop - start)))
+        if not any(
+            passage.stop - passage.start <= longest and carried(passage)
+            for passage, longest in passages
+        ):
+            continue
+        out.append(
+            Segment(
+                query_start_s=start / fps,
+                query_end_s=stop / fps,
+                reference_start_s=max(float(positions[start]), 0.0) / fps,
+                reference_end_s=max(float(positions[stop - 1] + step), 0.0) / fps,
+            )
+        )
+    return out
 
 
 def _without_overlaps(segments: list[Segment]) -> list[Segment]:
