@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -78,26 +79,68 @@ def status_for(exc: TunetraceError, message: str | None = None) -> ApiError:
     return ApiError(500, "catalogue_error", text)
 
 
-def without_server_paths(message: str, catalogue: Path) -> str:
+def without_server_paths(message: str, catalogue: Path, *, echoed: tuple[str, ...] = ()) -> str:
     """``message`` with the catalogue's directory, and every path inside it, called "the
     catalogue": a client is told what went wrong, not where the server keeps its files.
+
+    A path is replaced where it stands on its own (after a space, a quote or a bracket, or
+    at the start), in the forms the server may print it: as given, resolved, quoted by
+    ``repr``, and the resolved targets of symbolic links among the catalogue's files and
+    shard directories. Where the message quotes what the client sent (``echoed``: a
+    reference id), that is left as it was, so that a message never tells a client whether a
+    path it guessed is the server's.
 
     Parameters
     ----------
     message : str
     catalogue : Path
         The served catalogue's directory, absolute (as the settings make it).
+    echoed : tuple of str
+        Strings from the request that the message may quote.
 
     Returns
     -------
     message : str
     """
-    forms = {str(catalogue), str(catalogue.resolve())}
-    path_character = r"""[^\s'",:;()]"""
-    for form in sorted(forms, key=len, reverse=True):
-        inside = f"{re.escape(form)}(?:{re.escape(os.sep)}{path_character}*)?(?!{path_character})"
-        message = re.sub(inside, "the catalogue", message)
+    for form in sorted(_server_forms(catalogue), key=len, reverse=True):
+        pattern = (
+            rf"""(?:(?<=[\s'"(\[=<])|^){re.escape(form)}"""
+            rf"""(?:{re.escape(os.sep)}[^\s'",:;()\[\]<>]*)?(?![\w\-])"""
+        )
+        sent = _spans_of(message, echoed)
+
+        def replaced(found: re.Match[str], sent: list[tuple[int, int]] = sent) -> str:
+            if any(start <= found.start() and found.end() <= end for start, end in sent):
+                return found.group(0)  # the client's own text, as it sent it
+            return "the catalogue." if found.group(0).endswith(".") else "the catalogue"
+
+        message = re.sub(pattern, replaced, message)
     return message
+
+
+def _spans_of(message: str, texts: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Where ``message`` quotes any of ``texts`` (as ``repr`` prints it, or in quotes)."""
+    spans = []
+    for text in texts:
+        for form in {repr(text), f"'{text}'", f'"{text}"'}:
+            spans += [(m.start(), m.end()) for m in re.finditer(re.escape(form), message)]
+    return spans
+
+
+def _server_forms(catalogue: Path) -> set[str]:
+    """Every form in which a message may name the catalogue or a directory it uses."""
+    paths = {catalogue, catalogue.resolve()}
+    # shard directories and files may be links to other disks; a catalogue directory that
+    # went away still has its own forms
+    with contextlib.suppress(OSError):
+        paths |= {
+            entry.resolve()
+            for pattern in ("*", "*/*")
+            for entry in catalogue.glob(pattern)
+            if entry.is_symlink()
+        }
+    forms = {str(path) for path in paths if str(path) not in ("", os.sep)}
+    return forms | {repr(form)[1:-1] for form in forms}
 
 
 def error_body(code: str, message: str) -> dict[str, dict[str, str]]:

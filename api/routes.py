@@ -116,17 +116,31 @@ def _reference_model(record: ReferenceRecord) -> ReferenceModel:
 
 
 async def _library_call(
-    request: Request, awaitable: Awaitable[T], upload: Upload | None = None
+    request: Request,
+    awaitable: Awaitable[T],
+    upload: Upload | None = None,
+    *,
+    echoed: tuple[str, ...] = (),
 ) -> T:
-    """Await library work; its errors become HTTP errors naming the upload, not server paths."""
+    """Await library work; its errors become HTTP errors naming the upload, not server
+    paths. ``echoed``: what else of the request a message may quote (a reference id)."""
     try:
         return await awaitable
     except TunetraceError as exc:
-        message = without_server_paths(str(exc), request.app.state.settings.catalogue)
-        if upload is not None:
+        message = str(exc)
+        if upload is not None:  # named by the client's file name, which nothing rewrites
             for server_name in (str(upload.path), upload.path.name):
-                message = message.replace(server_name, upload.filename)
+                message = message.replace(server_name, _UPLOAD_NAME)
+        message = without_server_paths(
+            message, request.app.state.settings.catalogue, echoed=echoed
+        )
+        if upload is not None:
+            message = message.replace(_UPLOAD_NAME, upload.filename)
         raise status_for(exc, message) from exc
+
+
+#: Stands for the upload's file name while a message's server paths are taken out.
+_UPLOAD_NAME = "\x00upload\x00"
 
 
 @router.get("/health", response_model=HealthModel, tags=["service"])
@@ -237,6 +251,7 @@ async def explain(
                 settings.max_duration_s,
             ),
             upload,
+            echoed=(wanted or "",),
         )
     if format == "png":
         return Response(content=result, media_type="image/png")
@@ -346,6 +361,8 @@ async def add_reference(
                 source_path=upload.filename,
                 replace=replace,
             ),
+            upload,
+            echoed=(reference_id,),
         )
     return _reference_model(record)
 
@@ -380,7 +397,9 @@ async def list_references(
 )
 async def get_reference(request: Request, reference_id: str, _: ReadAccess) -> ReferenceModel:
     """One reference's metadata."""
-    record = await _library_call(request, request.app.state.catalogue.get(reference_id))
+    record = await _library_call(
+        request, request.app.state.catalogue.get(reference_id), echoed=(reference_id,)
+    )
     return _reference_model(record)
 
 
@@ -392,5 +411,7 @@ async def get_reference(request: Request, reference_id: str, _: ReadAccess) -> R
 )
 async def delete_reference(request: Request, reference_id: str, _: WriteAccess) -> Response:
     """Delete a reference (204)."""
-    await _library_call(request, request.app.state.catalogue.remove(reference_id))
+    await _library_call(
+        request, request.app.state.catalogue.remove(reference_id), echoed=(reference_id,)
+    )
     return Response(status_code=204)

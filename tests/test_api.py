@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import librosa
 import numpy as np
@@ -417,11 +418,40 @@ def test_error_messages_call_the_catalogue_by_no_server_path(tmp_path: Path) -> 
 
     catalogue = ApiSettings(catalogue=tmp_path / "cat", api_keys="k:read").catalogue
     assert catalogue.is_absolute()
+    disk = tmp_path / "other-disk" / "s01"
+    disk.mkdir(parents=True)
+    (catalogue / "g2").mkdir(parents=True)
+    (catalogue / "g2" / "s01").symlink_to(disk)  # a shard kept on another disk
     message = (
         f"could not write to {catalogue}: [Errno 28] No space left on device: "
-        f"'{catalogue}/g2/s01/catalogue.sqlite-wal'; {catalogue}2 is another directory"
+        f"'{catalogue}/g2/s00/catalogue.sqlite-wal'; {catalogue}2 and x{catalogue} are other "
+        f"paths; shard {disk} is not on this worker's disk; no catalogue at {catalogue}."
     )
     assert without_server_paths(message, catalogue) == (
         "could not write to the catalogue: [Errno 28] No space left on device: "
-        f"'the catalogue'; {catalogue}2 is another directory"
+        f"'the catalogue'; {catalogue}2 and x{catalogue} are other paths; shard the catalogue "
+        "is not on this worker's disk; no catalogue at the catalogue."
     )
+    # what the client sent is repeated as sent: a guessed path is not confirmed
+    for guess in (str(catalogue), str(tmp_path / "elsewhere")):
+        answer = without_server_paths(
+            f"no reference {guess!r} in {catalogue}", catalogue, echoed=(guess,)
+        )
+        assert answer == f"no reference {guess!r} in the catalogue"
+
+
+def test_errors_over_http_name_no_server_path(client: TestClient) -> None:
+    """A reference id is repeated as sent and the catalogue is never named by its path,
+    whether or not the id guesses that path: the answers to a right and a wrong guess have
+    the same shape."""
+    directory = str(client.app.state.settings.catalogue)
+    shapes = set()
+    for guess in (directory, directory + "-not-it"):
+        response = client.get(f"/v1/references/{quote(guess, safe='')}", headers=READ)
+        assert response.status_code == 404, response.text
+        message = response.json()["error"]["message"]
+        assert repr(guess) in message, message
+        without_id = message.replace(repr(guess), "ID")
+        assert directory not in without_id and "the catalogue" in without_id, message
+        shapes.add(without_id)
+    assert len(shapes) == 1, shapes
