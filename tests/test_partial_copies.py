@@ -216,7 +216,12 @@ def test_a_segment_grows_to_the_edges_of_its_section(partial_matcher) -> None:
 
 @pytest.mark.parametrize(
     ("passage_holds", "resumed_taken"),
-    [("the copy under noise", True), ("the copy under noise", False), ("other music", True)],
+    [
+        ("the copy under noise", True),
+        ("the copy under noise", False),
+        ("other music", True),
+        ("more of the copy under noise than follows it", True),
+    ],
 )
 def test_a_copy_resumed_after_a_passage_that_did_not_verify_is_a_segment_too(
     partial_matcher, monkeypatch: pytest.MonkeyPatch, passage_holds: str, resumed_taken: bool
@@ -225,13 +230,14 @@ def test_a_copy_resumed_after_a_passage_that_did_not_verify_is_a_segment_too(
     deep for the segment to grow through it) gets a segment where the copy resumes at its
     alignment after it; not where the passage holds other music (the other repeat of a
     loop, from a reference that repeats itself, would fit at that alignment too), and the
-    music around the copy gets none."""
+    music around the copy gets none; nor after a passage longer than what follows it."""
     if not resumed_taken:  # the check fails without the step
         monkeypatch.setattr("tunetrace.segment_edges.RESUMED_MIN_S", float("inf"))
     matcher, folder = partial_matcher
     before_s, after_s = 30.0, 20.0
     copy = altered("work62", 0, 70, 1.1, 0)
-    passage = slice(int(25.0 * SR), int(35.0 * SR))  # of the copy
+    long = passage_holds.startswith("more")
+    passage = slice(int(25.0 * SR), int((50.0 if long else 35.0) * SR))  # of the copy
     if passage_holds == "other music":
         copy[passage] = filler(83, 10.0)[: passage.stop - passage.start]
     else:  # noise 18 dB over the music
@@ -260,7 +266,7 @@ def test_a_copy_resumed_after_a_passage_that_did_not_verify_is_a_segment_too(
     assert abs(spans[0][0] - before_s) <= EDGE_TOLERANCE_S, spans
     assert spans[0][1] < before_s + 35.0, spans  # the passage is not grown through
     resumed = [s for s in grown.segments if s.query_start_s > before_s + 30.0]
-    found = passage_holds != "other music" and resumed_taken
+    found = passage_holds == "the copy under noise" and resumed_taken
     assert bool(resumed) == found, spans
     if found:
         (segment,) = resumed
@@ -331,6 +337,8 @@ def test_sections_of_one_place_are_joined_across_a_passage_only_where_it_carries
     passage = slice(int(30.0 * SR), int(40.0 * SR))  # of the copy: 50-60 s of the upload
     replaced = copy.copy()
     replaced[passage] = filler(92, 10.0)[: passage.stop - passage.start]
+    bridged = copy.copy()  # the passage buried in noise 18 dB over the music
+    bridged[passage] = with_noise(copy[passage], below_db=-18.0, seed=4)
     end_s = 20.0 + len(copy) / SR
     params, settings = matcher.catalogue.params, matcher.verify_settings
 
@@ -348,12 +356,28 @@ def test_sections_of_one_place_are_joined_across_a_passage_only_where_it_carries
         )
         return [(round(s.query_start_s, 1), round(s.query_end_s, 1)) for s in segments]
 
-    assert joined(copy, "bridged", [(20.0, 50.0), (60.0, end_s)]) == [(20.0, round(end_s, 1))]
+    assert joined(bridged, "bridged", [(20.0, 50.0), (60.0, end_s)]) == [
+        (20.0, round(end_s, 1))
+    ]
     assert joined(copy, "far", [(20.0, 25.0), (35.0, end_s)]) == [(20.0, 25.0),
                                                                    (35.0, round(end_s, 1))]
+    # each passage is held to the sections on its sides, not to the stretch joined so far
+    steps = [(20.0, 25.0), (29.0, 34.0), (37.0, 45.0), (55.0, end_s)]
+    assert joined(copy, "steps", steps) == [(20.0, 45.0), (55.0, round(end_s, 1))]
     assert joined(replaced, "replaced", [(20.0, 50.0), (60.0, end_s)]) == [
         (20.0, 50.0), (60.0, round(end_s, 1))
     ]
+
+
+def test_stretches_of_one_place_join_over_a_fragment_between_them() -> None:
+    """A fragment between two sections of one place, within the dip joined inside a copy,
+    no longer keeps them apart; a section of another place still does."""
+    copy = _verification(0.99, 1.0, 0.0, (10, 30), (31.5, 32.5), (34, 50))
+    assert [(s.query_start_s, s.query_end_s) for s in merge_segments(copy, [])] == [(10, 50)]
+    other_place = replace(copy, score=0.98, segments=[Segment(30.5, 33.5, 200.0, 203.0)])
+    apart = merge_segments(_verification(0.99, 1.0, 0.0, (10, 30), (34, 50)), [other_place])
+    assert [(s.query_start_s, s.query_end_s) for s in apart] == [(10, 30), (30.5, 33.5),
+                                                                  (34, 50)]  # fmt: skip
 
 
 def test_self_similar_places_find_where_a_stretch_recurs() -> None:
@@ -411,6 +435,10 @@ def test_a_place_tried_where_the_work_did_not_verify_adds_no_section(partial_mat
 
     assert spans([tried]) == [(10, 30)]
     assert spans([verified]) == [(10, 30), (40, 52)]
+    # at the best one's own place too: the other music between them is no passage of a copy
+    # (it fits that alignment at under PASSAGE_MIN_LEVEL, though above a misaligned one)
+    same_place = replace(verified, segments=[Segment(40, 52, 40, 52)])
+    assert spans([same_place]) == [(10, 30), (40, 52)]
 
 
 def test_a_repeat_is_looked_for_at_the_found_tempo_and_two_offsets_per_part(

@@ -91,10 +91,6 @@ RESUMED_MIN_S = 8.0
 #: between the repeats of a loop from a reference that repeats itself at 0.11 (its misaligned
 #: reference fitting worse still).
 PASSAGE_MIN_LEVEL = 0.15
-#: Two sections of one copy at the same place are one across a passage between them no longer
-#: than the shorter of them (a noisy bridge, a breakdown that did not verify) when the passage
-#: carries the copy on (:func:`_passage_carries`); the shorter section's length bounds the
-#: passage so that a short likeness cannot claim long stretches of other music.
 
 
 def reach_segments(
@@ -208,8 +204,10 @@ def join_across_passages(
     Sections are segments of at least :data:`~tunetrace.segments.MIN_REPORTED_SEGMENT_S`;
     two are of the same place when their alignments, at the verification's tempo ratio, put
     the query's start within :data:`~tunetrace.segments.SAME_PLACE_OFFSET_S` of each other
-    on the reference. The passage between them must be no longer than the shorter of them
-    and carry the copy on at the first one's alignment (:func:`_passage_carries`); fragments
+    on the reference. The passage between them must be no longer than the shorter of the
+    two sections on its sides (not of the stretch joined so far: a short likeness does not
+    claim long stretches of other music) and carry the copy on at the first one's alignment
+    (:func:`_passage_carries`); fragments
     inside it become part of the joined section, and a section of another place between the
     two keeps them apart.
 
@@ -234,68 +232,82 @@ def join_across_passages(
     fps = params.frame_rate_hz
     ratio = verification.tempo_ratio
     shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
-    fit: SpectralFit | None = None
     joined: list[Segment] = []
+    # the length of the last section each joined stretch was made of: a passage is held to
+    # the sections on its two sides, not to the stretch they have joined so far
+    last_section_s: list[float] = []
     for segment in sorted(segments, key=lambda s: s.query_start_s):
+        length_s = segment.query_end_s - segment.query_start_s
         sections = [n for n, kept in enumerate(joined) if _is_section(kept)]
         if not _is_section(segment) or not sections:
             joined.append(segment)
+            last_section_s.append(length_s)
             continue
         number = sections[-1]
         kept = joined[number]
         passage_s = segment.query_start_s - kept.query_end_s
-        shorter_s = min(s.query_end_s - s.query_start_s for s in (kept, segment))
         offsets = [s.reference_start_s - s.query_start_s * ratio for s in (kept, segment)]
         if (
             passage_s <= 0
-            or passage_s > shorter_s
+            or passage_s > min(last_section_s[number], length_s)
             or abs(offsets[0] - offsets[1]) > SAME_PLACE_OFFSET_S
         ):
             joined.append(segment)
+            last_section_s.append(length_s)
             continue
-        if fit is None:
-            fit = SpectralFit(query, reference, settings.whiten_bins)
         offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
-        passage = slice(int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
-        if not _passage_carries(fit, ratio, offset_frames, shift, passage,
+        passage = (int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
+        if not _passage_carries(query, reference, ratio, offset_frames, shift, passage,
                                 params=params, settings=settings):  # fmt: skip
             joined.append(segment)
+            last_section_s.append(length_s)
             continue
         logger.debug("sections at %.1f s and %.1f s joined across the passage between them",
                      kept.query_start_s, segment.query_start_s)  # fmt: skip
-        del joined[number + 1 :]  # fragments inside the passage
+        del joined[number + 1 :], last_section_s[number + 1 :]  # fragments in the passage
         joined[number] = replace(kept, query_end_s=segment.query_end_s,
                                  reference_end_s=segment.reference_end_s)  # fmt: skip
+        last_section_s[number] = length_s
     return joined
 
 
 def _passage_carries(
-    fit: SpectralFit,
+    query: PreparedQuery,
+    reference: Features,
     ratio: float,
     offset_frames: float,
     shift: float,
-    passage: slice,
+    passage: tuple[int, int],
     *,
     params: FingerprintParams,
     settings: VerifySettings,
 ) -> bool:
-    """Whether the query frames of ``passage`` carry a copy on at an alignment.
+    """Whether the query frames ``passage`` (first, stop) carry a copy on at an alignment
+    (``offset_frames``: the reference frame of the query's first frame).
 
     They do where the reference sounds under all but :data:`EDGE_MAX_SOUNDING` of the
     passage's sounding frames (other music in a pause of the reference is not the copy) and
     those frames fit the aligned reference at :data:`PASSAGE_MIN_LEVEL` and by
     :data:`REACH_LOW_MARGIN` more than a misaligned one on average (the fit a copy keeps
     where it is altered more, or noisier, than around it); or where query and reference
-    pause together on all but that share of the frames.
+    pause together on all but that share of the frames. The fit is measured on the passage
+    with the smoothing's width of frames around it, not on the whole query.
     """
-    aligned = fit.similarity(ratio, offset_frames, shift)
+    margin = int(np.ceil(settings.smooth_s * params.frame_rate_hz))
+    first = max(0, passage[0] - margin)
+    stop = min(query.features.n_frames, passage[1] + margin)
+    if passage[1] <= passage[0] or stop <= first:
+        return True
+    fit = SpectralFit(query.frames(first, stop), reference, settings.whiten_bins)
+    aligned = fit.similarity(ratio, offset_frames + ratio * first, shift)
     null_curve = fit.null_curve(aligned.positions, shift, settings.null_offsets_s)
     level, excess = smoothed_fit(
         aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
     )
-    reference_sounding = _reference_sounding(fit.reference, aligned.positions)
+    reference_sounding = _reference_sounding(reference, aligned.positions)
+    inside = slice(passage[0] - first, min(passage[1], stop) - first)
     return _carries_over(
-        level, excess, aligned.usable > 0, reference_sounding, passage, params.frame_rate_hz
+        level, excess, aligned.usable > 0, reference_sounding, inside, params.frame_rate_hz
     )
 
 
