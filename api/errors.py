@@ -83,12 +83,12 @@ def without_server_paths(message: str, catalogue: Path, *, echoed: tuple[str, ..
     """``message`` with the catalogue's directory, and every path inside it, called "the
     catalogue": a client is told what went wrong, not where the server keeps its files.
 
-    A path is replaced where it stands on its own (after a space, a quote or a bracket, or
-    at the start), in the forms the server may print it: as given, resolved, quoted by
-    ``repr``, and the resolved targets of symbolic links among the catalogue's files and
-    shard directories. Where the message quotes what the client sent (``echoed``: a
-    reference id), that is left as it was, so that a message never tells a client whether a
-    path it guessed is the server's.
+    A path is replaced wherever it does not continue a longer name (any character but a
+    letter, digit, ``.`` or ``-`` before it), in the forms the server may print it: as
+    given, resolved, quoted by ``repr``, and the resolved targets of symbolic links among
+    the catalogue's files and shard directories. A reference id the client sent
+    (``echoed``) is left as it was where the message names it (``reference 'id'``), so that
+    a message never tells a client whether a path it guessed is the server's.
 
     Parameters
     ----------
@@ -96,7 +96,7 @@ def without_server_paths(message: str, catalogue: Path, *, echoed: tuple[str, ..
     catalogue : Path
         The served catalogue's directory, absolute (as the settings make it).
     echoed : tuple of str
-        Strings from the request that the message may quote.
+        Reference ids from the request that the message may name.
 
     Returns
     -------
@@ -104,41 +104,54 @@ def without_server_paths(message: str, catalogue: Path, *, echoed: tuple[str, ..
     """
     for form in sorted(_server_forms(catalogue), key=len, reverse=True):
         pattern = (
-            rf"""(?:(?<=[\s'"(\[=<])|^){re.escape(form)}"""
-            rf"""(?:{re.escape(os.sep)}[^\s'",:;()\[\]<>]*)?(?![\w\-])"""
+            rf"(?<![\w.\-]){re.escape(form)}"
+            rf"(?:{re.escape(os.sep)}{_PATH_CHARACTER}*)?(?![\w\-~]|\.\w)"
         )
-        sent = _spans_of(message, echoed)
+        named = _spans_of(message, echoed)
 
-        def replaced(found: re.Match[str], sent: list[tuple[int, int]] = sent) -> str:
-            if any(start <= found.start() and found.end() <= end for start, end in sent):
-                return found.group(0)  # the client's own text, as it sent it
-            return "the catalogue." if found.group(0).endswith(".") else "the catalogue"
+        def replaced(found: re.Match[str], named: list[tuple[int, int]] = named) -> str:
+            if any(start <= found.start() and found.end() <= end for start, end in named):
+                return found.group(0)  # the client's own id, as it sent it
+            path = found.group(0)
+            return "the catalogue" + path[len(path.rstrip(".")) :]  # a full stop stays
 
         message = re.sub(pattern, replaced, message)
     return message
 
 
-def _spans_of(message: str, texts: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Where ``message`` quotes any of ``texts`` (as ``repr`` prints it, or in quotes)."""
+#: What may follow a directory in a path printed in a message: not spaces, quotes,
+#: brackets, separators of a sentence or a URI's query, nor the placeholder of an upload.
+_PATH_CHARACTER = r"""[^\s'",:;()\[\]<>{}?!*`\x00\u00ab\u00bb\u2018\u2019\u201c\u201d]"""
+
+
+def _spans_of(message: str, ids: tuple[str, ...]) -> list[tuple[int, int]]:
+    """Where ``message`` names any of ``ids`` (``reference 'id'`` or ``reference id 'id'``,
+    as the library does), and only there: the same text elsewhere is the server's."""
     spans = []
-    for text in texts:
-        for form in {repr(text), f"'{text}'", f'"{text}"'}:
-            spans += [(m.start(), m.end()) for m in re.finditer(re.escape(form), message)]
+    for reference_id in ids:
+        named = rf"(?<=reference ){re.escape(repr(reference_id))}"
+        spans += [(m.start(), m.end()) for m in re.finditer(named, message)]
+        named = rf"(?<=reference id ){re.escape(repr(reference_id))}"
+        spans += [(m.start(), m.end()) for m in re.finditer(named, message)]
     return spans
 
 
 def _server_forms(catalogue: Path) -> set[str]:
     """Every form in which a message may name the catalogue or a directory it uses."""
-    paths = {catalogue, catalogue.resolve()}
+    paths = {catalogue}
+    candidates = [catalogue]
     # shard directories and files may be links to other disks; a catalogue directory that
-    # went away still has its own forms
+    # went away, or a link that cannot be followed (a loop), leaves the other forms
     with contextlib.suppress(OSError):
-        paths |= {
-            entry.resolve()
-            for pattern in ("*", "*/*")
+        candidates += [
+            entry
+            for pattern in ("*", "*/*", "*/*/*")
             for entry in catalogue.glob(pattern)
             if entry.is_symlink()
-        }
+        ]
+    for path in candidates:
+        with contextlib.suppress(OSError, RuntimeError):
+            paths.add(path.resolve())
     forms = {str(path) for path in paths if str(path) not in ("", os.sep)}
     return forms | {repr(form)[1:-1] for form in forms}
 

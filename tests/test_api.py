@@ -432,12 +432,26 @@ def test_error_messages_call_the_catalogue_by_no_server_path(tmp_path: Path) -> 
         f"'the catalogue'; {catalogue}2 and x{catalogue} are other paths; shard the catalogue "
         "is not on this worker's disk; no catalogue at the catalogue."
     )
-    # what the client sent is repeated as sent: a guessed path is not confirmed
-    for guess in (str(catalogue), str(tmp_path / "elsewhere")):
+    assert without_server_paths(
+        f"is {catalogue}/g2 gone? file://{catalogue}/catalogue.sqlite?mode=ro, {catalogue}.bak",
+        catalogue,
+    ) == f"is the catalogue gone? file://the catalogue?mode=ro, {catalogue}.bak"
+    # the id the client sent is repeated as sent where the message names it, and only there:
+    # neither answer tells whether a guessed path is the server's
+    wal = catalogue / "g2" / "s00" / "catalogue.sqlite-wal"
+    for guess in (str(wal), str(tmp_path / "elsewhere")):
         answer = without_server_paths(
-            f"no reference {guess!r} in {catalogue}", catalogue, echoed=(guess,)
+            f"reference {guess!r} was not added: could not write to {catalogue}: "
+            f"[Errno 28] No space left on device: {str(wal)!r}",
+            catalogue,
+            echoed=(guess,),
         )
-        assert answer == f"no reference {guess!r} in the catalogue"
+        assert answer == (
+            f"reference {guess!r} was not added: could not write to the catalogue: "
+            "[Errno 28] No space left on device: 'the catalogue'"
+        )
+    (catalogue / "g2" / "s09").symlink_to(catalogue / "g2" / "s09")  # a loop: no 500
+    assert without_server_paths(f"at {catalogue}", catalogue) == "at the catalogue"
 
 
 def test_errors_over_http_name_no_server_path(client: TestClient) -> None:
