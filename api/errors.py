@@ -127,13 +127,13 @@ _PATH_CHARACTER = r"""[^\s'",:;()\[\]<>{}?!*`\x00\u00ab\u00bb\u2018\u2019\u201c\
 def _spans_of(message: str, ids: tuple[str, ...]) -> list[tuple[int, int]]:
     """Where ``message`` names any of ``ids`` (``reference 'id'`` or ``reference id 'id'``,
     as the library does), and only there: the same text elsewhere is the server's."""
-    spans = []
-    for reference_id in ids:
-        named = rf"(?<=reference ){re.escape(repr(reference_id))}"
-        spans += [(m.start(), m.end()) for m in re.finditer(named, message)]
-        named = rf"(?<=reference id ){re.escape(repr(reference_id))}"
-        spans += [(m.start(), m.end()) for m in re.finditer(named, message)]
-    return spans
+    return [
+        (m.start(), m.end())
+        for reference_id in ids
+        for m in re.finditer(
+            rf"(?:(?<=reference )|(?<=reference id )){re.escape(repr(reference_id))}", message
+        )
+    ]
 
 
 def _server_forms(catalogue: Path) -> set[str]:

@@ -31,9 +31,9 @@ from tunetrace.fingerprint.tonality import tonality
 from tunetrace.query import PreparedQuery, VerifySettings
 from tunetrace.segments import (
     MIN_REPORTED_SEGMENT_S,
-    SAME_PLACE_OFFSET_S,
     continuous_runs,
     matched_frames,
+    same_place_of,
     smoothed_fit,
 )
 from tunetrace.types import Segment, Verification
@@ -170,13 +170,13 @@ def reach_segments(
     ]
     # the copy resumed at the same alignment after a passage that did not verify: a long run
     # of strong fit apart from every segment (the verification's window did not reach it)
-    reference_sounding = _reference_sounding(reference, positions)
+    reference_active = reference.active_frames()
+    reference_sounding = _reference_sounding(reference_active, positions)
 
     def carried(passage: slice) -> bool:
         return _carries_over(level, excess, usable, reference_sounding, passage, fps)
 
     grown += _resumed(runs, strong, grown, positions, fps, carried)
-    reference_active = reference.active_frames()
     grown = [
         _to_reference_edges(
             segment, positions, reference_active, excess, usable, fps,
@@ -201,15 +201,13 @@ def join_across_passages(
     """A reported work's segments with consecutive sections of the same place joined across
     the passage between them, where it carries the copy on.
 
-    Sections are segments of at least :data:`~tunetrace.segments.MIN_REPORTED_SEGMENT_S`;
-    two are of the same place when their alignments, at the verification's tempo ratio, put
-    the query's start within :data:`~tunetrace.segments.SAME_PLACE_OFFSET_S` of each other
-    on the reference. The passage between them must be no longer than the shorter of the
-    two sections on its sides (not of the stretch joined so far: a short likeness does not
-    claim long stretches of other music) and carry the copy on at the first one's alignment
-    (:func:`_passage_carries`); fragments
-    inside it become part of the joined section, and a section of another place between the
-    two keeps them apart.
+    Sections are segments of at least :data:`~tunetrace.segments.MIN_REPORTED_SEGMENT_S`,
+    of the same place at the verification's tempo ratio
+    (:func:`~tunetrace.segments.same_place_of`). The passage between two must be no longer
+    than the shorter of the sections on its sides (not of the stretch joined so far: a short
+    likeness does not claim long stretches of other music) and carry the copy on at the
+    first one's alignment (:func:`_passage_carries`); fragments inside it become part of the
+    joined section, and a section of another place between the two keeps them apart.
 
     Parameters
     ----------
@@ -246,11 +244,10 @@ def join_across_passages(
         number = sections[-1]
         kept = joined[number]
         passage_s = segment.query_start_s - kept.query_end_s
-        offsets = [s.reference_start_s - s.query_start_s * ratio for s in (kept, segment)]
         if (
             passage_s <= 0
             or passage_s > min(last_section_s[number], length_s)
-            or abs(offsets[0] - offsets[1]) > SAME_PLACE_OFFSET_S
+            or not same_place_of(kept, segment, ratio)
         ):
             joined.append(segment)
             last_section_s.append(length_s)
@@ -304,16 +301,16 @@ def _passage_carries(
     level, excess = smoothed_fit(
         aligned.per_frame, null_curve, aligned.usable, params=params, settings=settings
     )
-    reference_sounding = _reference_sounding(reference, aligned.positions)
+    reference_sounding = _reference_sounding(reference.active_frames(), aligned.positions)
     inside = slice(passage[0] - first, min(passage[1], stop) - first)
     return _carries_over(
         level, excess, aligned.usable > 0, reference_sounding, inside, params.frame_rate_hz
     )
 
 
-def _reference_sounding(reference: Features, positions: np.ndarray) -> np.ndarray:
-    """Whether the reference frame each query frame aligns with sounds (its nearest frame)."""
-    active = reference.active_frames()
+def _reference_sounding(active: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Whether the reference frame each query frame aligns with sounds (its nearest frame),
+    from the reference's sounding frames ``active``."""
     if len(active) == 0:
         return np.zeros(len(positions), dtype=bool)
     return active[np.clip(np.round(positions), 0, len(active) - 1).astype(np.int64)]
@@ -327,21 +324,22 @@ def _carries_over(
     passage: slice,
     fps: float,
 ) -> bool:
-    """The test of :func:`_passage_carries`, on one alignment's per-frame arrays."""
-    sounding = usable[passage]
+    """The test of :func:`_passage_carries`, on one alignment's per-frame arrays: where
+    the passage is no pause of both and has sounding frames enough to judge, the reference
+    must sound under them at a level; then they carry the copy on as :func:`_fits_on_average`
+    says, by :data:`REACH_LOW_MARGIN`."""
+    sounding, under = usable[passage], reference_sounding[passage]
     if len(sounding) == 0:
         return True
-    under = reference_sounding[passage]
-    if np.mean(sounding | under) <= EDGE_MAX_SOUNDING:  # a pause of both
-        return True
-    if sounding.sum() < EDGE_MIN_JUDGED_S * fps:
-        return False
-    if np.mean(~under[sounding]) > EDGE_MAX_SOUNDING:
-        return False
-    return bool(
-        level[passage][sounding].mean() >= PASSAGE_MIN_LEVEL
-        and excess[passage][sounding].mean() >= REACH_LOW_MARGIN
+    judged = np.mean(sounding | under) > EDGE_MAX_SOUNDING and (
+        sounding.sum() >= EDGE_MIN_JUDGED_S * fps
     )
+    if judged and (
+        np.mean(~under[sounding]) > EDGE_MAX_SOUNDING
+        or level[passage][sounding].mean() < PASSAGE_MIN_LEVEL
+    ):
+        return False
+    return _fits_on_average(excess[passage], sounding, under, fps, min_excess=REACH_LOW_MARGIN)
 
 
 def _to_reference_edges(
@@ -396,8 +394,7 @@ def _to_reference_edges(
     if paused is None:
         paused = np.zeros(len(positions), dtype=bool)
     inside = (positions >= 0) & (positions <= reference_frames - 1)
-    at = np.clip(np.round(positions), 0, reference_frames - 1).astype(np.int64)
-    sounding = reference_active[at] & inside
+    sounding = _reference_sounding(reference_active, positions) & inside
 
     def carries(span: slice) -> bool:
         return not taken[span].any() and _fits_on_average(
@@ -557,15 +554,20 @@ def _trimmed_to(fits: np.ndarray, run: tuple[int, int]) -> tuple[int, int] | Non
 
 
 def _fits_on_average(
-    excess: np.ndarray, usable: np.ndarray, reference_sounding: np.ndarray, fps: float
+    excess: np.ndarray,
+    usable: np.ndarray,
+    reference_sounding: np.ndarray,
+    fps: float,
+    *,
+    min_excess: float = EDGE_MIN_EXCESS,
 ) -> bool:
     """Whether query frames carry a copy on.
 
     They do where query and reference are silent together on all but
     :data:`EDGE_MAX_SOUNDING` of the frames (the reference's quiet intro or ending, the end of
     a fade both have), or where the query sounds for :data:`EDGE_MIN_JUDGED_S` or more and
-    fits the aligned reference better than a misaligned one by :data:`EDGE_MIN_EXCESS` on
-    average. A query silent where its reference sounds, with too few sounding frames to
+    fits the aligned reference better than a misaligned one by ``min_excess`` on average.
+    A query silent where its reference sounds, with too few sounding frames to
     judge, is where a copy stopped. Its quiet passages can fall under the query's own level
     of sound (set by louder music around the copy) where the reference still sounds, so a
     copy that goes on is judged by how its sounding frames fit, however many are silent.
@@ -580,6 +582,8 @@ def _fits_on_average(
         Whether the reference frame each query frame aligns with sounds.
     fps : float
         Frames per second.
+    min_excess : float
+        Default :data:`EDGE_MIN_EXCESS`.
 
     Returns
     -------
@@ -593,10 +597,10 @@ def _fits_on_average(
         return False
     mean = float(excess[usable].mean())
     logger.debug(
-        "edge extension of %d frames (%d sounding): mean excess %.3f",
+        "copy going on over %d frames (%d sounding)? mean excess %.3f",
         len(excess), int(usable.sum()), mean,
     )  # fmt: skip
-    return bool(mean >= EDGE_MIN_EXCESS)
+    return bool(mean >= min_excess)
 
 
 def _is_section(segment: Segment) -> bool:

@@ -302,9 +302,7 @@ def merge_segments(best: Verification, others: list[Verification]) -> list[Segme
             # the same stretch of both recordings, seen by another alignment: extend it
             same_place = [
                 number for number, kept in enumerate(segments)
-                if _shared_s(segment, kept) > 0
-                and abs(_offset_s(segment, best.tempo_ratio) - _offset_s(kept, best.tempo_ratio))
-                <= SAME_PLACE_OFFSET_S
+                if _shared_s(segment, kept) > 0 and same_place_of(segment, kept, best.tempo_ratio)
             ]  # fmt: skip
             if same_place:
                 number = same_place[0]
@@ -382,6 +380,23 @@ def _shared_s(a: Segment, b: Segment) -> float:
     return min(a.query_end_s, b.query_end_s) - max(a.query_start_s, b.query_start_s)
 
 
+def same_place_of(one: Segment, other: Segment, tempo_ratio: float) -> bool:
+    """Whether two segments are of the same place: their alignments, at ``tempo_ratio``,
+    put the query's start within :data:`SAME_PLACE_OFFSET_S` of each other on the
+    reference.
+
+    Parameters
+    ----------
+    one, other : Segment
+    tempo_ratio : float
+
+    Returns
+    -------
+    same : bool
+    """
+    return abs(_offset_s(one, tempo_ratio) - _offset_s(other, tempo_ratio)) <= SAME_PLACE_OFFSET_S
+
+
 def _offset_s(segment: Segment, tempo_ratio: float) -> float:
     """Reference time where the query's start would land, by this segment's alignment."""
     return segment.reference_start_s - segment.query_start_s * tempo_ratio
@@ -425,11 +440,9 @@ def _joined_with(joined: list[Segment], segment: Segment, tempo_ratio: float) ->
     latest of its place close enough before it, past fragments only."""
     for number in range(len(joined) - 1, -1, -1):
         kept = joined[number]
-        if (
-            segment.query_start_s <= kept.query_end_s + _gap_joined(kept, segment)
-            and abs(_offset_s(segment, tempo_ratio) - _offset_s(kept, tempo_ratio))
-            <= SAME_PLACE_OFFSET_S
-        ):
+        if segment.query_start_s <= kept.query_end_s + _gap_joined(
+            kept, segment
+        ) and same_place_of(segment, kept, tempo_ratio):
             return number
         if kept.query_end_s - kept.query_start_s >= MIN_REPORTED_SEGMENT_S:
             return None
