@@ -183,3 +183,47 @@ def largest_per_row(values: np.ndarray, count: int) -> tuple[np.ndarray, np.ndar
                     if kept[q] < kept[least]:
                         least = q
     return columns, largest
+
+
+@numba.njit(cache=True, nogil=True)
+def keep_best(
+    best_similarities: np.ndarray,
+    best_ids: np.ndarray,
+    rows: np.ndarray,
+    similarities: np.ndarray,
+    ids: np.ndarray,
+) -> None:
+    """Merge one inverted list's similarities into the best ``k`` kept for each query row.
+
+    Equals (ties aside) appending ``similarities[i]`` and ``ids`` to row ``rows[i]`` of the
+    kept arrays and keeping its ``k`` largest, sorted best first; an equal value never
+    displaces one kept before it.
+
+    Parameters
+    ----------
+    best_similarities : np.ndarray [shape=(n, k), dtype=float32]
+        Each row sorted best first; updated in place.
+    best_ids : np.ndarray [shape=(n, k), dtype=int64]
+        Updated in place with ``best_similarities``.
+    rows : np.ndarray [shape=(m,), dtype=int64]
+        The query row of each row of ``similarities``.
+    similarities : np.ndarray [shape=(m, size), dtype=float32]
+        Of those queries with the list's vectors.
+    ids : np.ndarray [shape=(size,), dtype=int64]
+        The list's vector ids.
+    """
+    k = best_similarities.shape[1]
+    for i in range(len(rows)):
+        kept = best_similarities[rows[i]]
+        kept_ids = best_ids[rows[i]]
+        row = similarities[i]
+        for j in range(len(ids)):
+            value = row[j]
+            if value > kept[k - 1]:
+                place = k - 1
+                while place > 0 and kept[place - 1] < value:
+                    kept[place] = kept[place - 1]
+                    kept_ids[place] = kept_ids[place - 1]
+                    place -= 1
+                kept[place] = value
+                kept_ids[place] = ids[j]

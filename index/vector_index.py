@@ -22,6 +22,7 @@ to matter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from tunetrace.index.compact_vectors import (
     rounded,
     to_disk_form,
 )
-from tunetrace.index.list_assignment import flat_list_centroids, preassigned_search
+from tunetrace.index.list_assignment import ListViews, flat_list_centroids, preassigned_search
 from tunetrace.index.projection import (
     discriminant_projection,
     packaged_noise,
@@ -302,6 +303,19 @@ class VectorIndex:
             self._centroids: np.ndarray | None = flat_list_centroids(self._index)
             return self._centroids
 
+    def _list_views(self) -> ListViews | None:
+        """Views of an IVF-Flat index's lists for :func:`preassigned_search`, made anew after
+        every change (an add or a removal may move a list's memory)."""
+        try:
+            return self._views
+        except AttributeError:
+            self._views: ListViews | None = ListViews.of(self._index)
+            return self._views
+
+    def _forget_list_views(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self._views
+
     @property
     def supports_removal(self) -> bool:
         """Whether vectors can be removed in place (HNSW graphs and re-ranking copies cannot:
@@ -318,6 +332,7 @@ class VectorIndex:
         if len(vectors):
             if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
+            self._forget_list_views()
             self._index.add_with_ids(
                 np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
             )
@@ -347,6 +362,7 @@ class VectorIndex:
     def _remove(self, selection: np.ndarray | faiss.IDSelector) -> None:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
+        self._forget_list_views()
         self._index.remove_ids(selection)
         lists = _inverted_lists(self._index)
         if isinstance(lists, faiss.BlockInvertedLists):
@@ -384,7 +400,9 @@ class VectorIndex:
         centroids = self._flat_list_centroids()
         if centroids is not None:  # an IVF-Flat index: its lists chosen outside FAISS
             probes = max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
-            return preassigned_search(self._index, vectors, k, centroids, probes)
+            return preassigned_search(
+                self._index, vectors, k, centroids, probes, self._list_views()
+            )
         if effort < 1.0 and ivf is not None:
             probes = max(1, round(min(ivf.nprobe, ivf.nlist) * effort))
             inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index

@@ -1,4 +1,5 @@
-"""An IVF-Flat index's lists chosen by NumPy, then searched by FAISS: FAISS's own answers."""
+"""An IVF-Flat index's lists chosen by NumPy, then searched by FAISS or by one matrix product
+per list: FAISS's own answers."""
 
 from __future__ import annotations
 
@@ -6,8 +7,13 @@ import faiss
 import numpy as np
 import pytest
 from tunetrace.index import list_assignment
-from tunetrace.index._kernels import largest_per_row
-from tunetrace.index.list_assignment import flat_list_centroids, nearest_lists
+from tunetrace.index._kernels import keep_best, largest_per_row
+from tunetrace.index.list_assignment import (
+    NO_NEIGHBOUR,
+    ListViews,
+    flat_list_centroids,
+    nearest_lists,
+)
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 DIM = 24
@@ -111,3 +117,129 @@ def test_other_kinds_are_searched_by_faiss_alone() -> None:
     assert flat_list_centroids(l2) is None
     untrained = faiss.IndexIVFFlat(faiss.IndexFlatIP(DIM), DIM, 8, faiss.METRIC_INNER_PRODUCT)
     assert flat_list_centroids(untrained) is None
+
+
+def _faiss_preassigned(
+    index: faiss.IndexIVFFlat, queries: np.ndarray, k: int, lists: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's own search of the given lists."""
+    similarities = np.empty((len(queries), k), dtype=np.float32)
+    ids = np.empty((len(queries), k), dtype=np.int64)
+    index.search_preassigned_c(
+        len(queries),
+        faiss.swig_ptr(queries),
+        k,
+        faiss.swig_ptr(lists),
+        faiss.swig_ptr(np.zeros(lists.shape, dtype=np.float32)),
+        faiss.swig_ptr(similarities),
+        faiss.swig_ptr(ids),
+        False,
+        faiss.SearchParametersIVF(nprobe=lists.shape[1]),
+    )
+    return similarities, ids
+
+
+@pytest.mark.parametrize(("probes", "k"), [(1, 10), (3, 20), (8, 5), (40, 1)])
+def test_each_lists_product_finds_what_faiss_finds_in_the_same_lists(
+    ivfflat: tuple[VectorIndex, np.ndarray], probes: int, k: int
+) -> None:
+    index, _ = ivfflat
+    faiss_index = index._index
+    views = ListViews.of(faiss_index)
+    assert views is not None
+    queries = _unit_vectors(400, seed=6)
+    lists, _ = nearest_lists(queries, flat_list_centroids(faiss_index), probes)
+    expected_similarities, expected = _faiss_preassigned(faiss_index, queries, k, lists)
+
+    similarities, found = views.search(queries, k, lists)
+
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+    # the same neighbours, best first, wherever the similarities tell them apart
+    gaps = np.abs(np.diff(expected_similarities, axis=1))
+    distinct = (gaps > 1e-5).all(axis=1)
+    assert distinct.mean() > 0.9
+    np.testing.assert_array_equal(found[distinct], expected[distinct])
+
+
+def test_lists_too_small_or_empty_leave_neighbours_missing_as_faiss_does() -> None:
+    vectors = _unit_vectors(60, seed=7)
+    index = VectorIndex.build(
+        DIM,
+        IndexSpec(kind="ivfflat", nlist=20, nprobe=2, vector_bits=16),
+        vectors,
+        np.arange(60, dtype=np.int64),
+    )
+    faiss_index = index._index
+    sizes = [faiss_index.invlists.list_size(n) for n in range(20)]
+    empty = sizes.index(0) if 0 in sizes else None
+    queries = vectors[:6]
+    lists, _ = nearest_lists(queries, flat_list_centroids(faiss_index), 2)
+    if empty is not None:
+        lists[0, 1] = empty  # one query sent to an empty list too
+    expected_similarities, expected = _faiss_preassigned(faiss_index, queries, 40, lists)
+
+    similarities, found = ListViews.of(faiss_index).search(queries, 40, lists)
+
+    np.testing.assert_array_equal(found == -1, expected == -1)
+    assert (found == -1).any()
+    assert (similarities[found == -1] == NO_NEIGHBOUR).all()
+    np.testing.assert_array_equal(similarities[found == -1], expected_similarities[found == -1])
+    kept = found >= 0
+    np.testing.assert_allclose(similarities[kept], expected_similarities[kept], atol=1e-5)
+    empty_result = ListViews.of(faiss_index).search(queries[:0], 40, lists[:0])
+    assert empty_result[0].shape == (0, 40) and empty_result[1].shape == (0, 40)
+
+
+def test_the_lists_are_read_anew_after_vectors_are_added_or_removed() -> None:
+    vectors = _unit_vectors(3_000, seed=8)
+    spec = IndexSpec(kind="ivfflat", nlist=16, nprobe=16, vector_bits=16)
+    index = VectorIndex.build(DIM, spec, vectors[:500], np.arange(500, dtype=np.int64))
+    queries = vectors[2_500:2_600]
+    index.search(queries, 5)  # the lists' views made
+    # enough vectors that every list's memory moves
+    index.add(vectors[500:], np.arange(500, 3_000, dtype=np.int64))
+    similarities, found = index.search(queries, 5)
+    np.testing.assert_array_equal(found[:, 0], np.arange(2_500, 2_600))  # each finds itself
+    np.testing.assert_allclose(similarities[:, 0], 1.0, atol=1e-3)  # kept at 16 bits
+
+    index.remove_range(2_500, 2_600)
+    similarities, found = index.search(queries, 5)
+    assert not np.isin(found, np.arange(2_500, 2_600)).any()
+    expected_similarities, _ = index._index.search(queries, 5)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+
+
+def test_only_in_memory_ivf_flat_lists_are_viewed(ivfflat: tuple[VectorIndex, np.ndarray]) -> None:
+    index, vectors = ivfflat
+    assert ListViews.of(index._index) is not None
+    ids = np.arange(len(vectors), dtype=np.int64)
+    for spec in (IndexSpec(kind="flat"), IndexSpec(kind="hnsw")):
+        assert ListViews.of(VectorIndex.build(DIM, spec, vectors, ids)._index) is None
+    fast_scan = faiss.index_factory(DIM, "IVF16,PQ8x4fs", faiss.METRIC_INNER_PRODUCT)
+    fast_scan.train(vectors)
+    assert ListViews.of(fast_scan) is None
+
+
+def test_keeping_each_rows_best_merges_lists_as_sorting_them_together_would() -> None:
+    rng = np.random.default_rng(9)
+    n, k = 50, 7
+    best = np.full((n, k), NO_NEIGHBOUR, dtype=np.float32)
+    best_ids = np.full((n, k), -1, dtype=np.int64)
+    seen: list[list[tuple[float, int]]] = [[] for _ in range(n)]
+    next_id = 0
+    for size in (3, 20, 1, 12):
+        rows = np.sort(rng.choice(n, 30, replace=False)).astype(np.int64)
+        # coarse values, so that ties between lists and within a list occur
+        similarities = rng.integers(-5, 6, size=(30, size)).astype(np.float32) / 4
+        ids = np.arange(next_id, next_id + size, dtype=np.int64)
+        next_id += size
+        keep_best(best, best_ids, rows, similarities, ids)
+        for i, row in enumerate(rows):
+            seen[row] += list(zip(similarities[i].tolist(), ids.tolist(), strict=True))
+    for row in range(n):
+        # best first; of equal values, the one met first
+        expected = sorted(seen[row], key=lambda pair: -pair[0])[:k]
+        expected += [(float(NO_NEIGHBOUR), -1)] * (k - len(expected))
+        assert best[row].tolist() == [value for value, _ in expected]
+        assert best_ids[row].tolist() == [found for _, found in expected]
+

@@ -67,6 +67,13 @@ def compile_kernels() -> None:
     verification_kernels.spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
     verification_kernels.paired_bins(8, 0.0)  # also called on its own, by the spectral fit
     catalogue_kernels.largest_per_row(frames, 2)  # a long query's IVF lists
+    catalogue_kernels.keep_best(  # an IVF-Flat index's lists, searched here
+        np.zeros((3, 2), dtype=np.float32),
+        np.zeros((3, 2), dtype=np.int64),
+        np.arange(2, dtype=np.int64),
+        np.zeros((2, 4), dtype=np.float32),
+        np.arange(4, dtype=np.int64),
+    )
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
