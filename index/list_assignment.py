@@ -9,7 +9,7 @@ the neighbours are FAISS's, or, where the index keeps its lists in memory, its l
 searched here: the query vectors sent to each list are multiplied with its vectors in one
 matrix product, and a compiled pass keeps each vector's best (:class:`ListViews`). FAISS
 takes the lists one query vector at a time; a long upload sends ~40 vectors to each list,
-and one product per list does their work in about a third of the time. Only an
+and one product per list does their work in about half the time (see the design notes). Only an
 inner-product IVF-Flat index with a flat quantiser qualifies (the kind a catalogue of about
 10,000 to 500,000 vectors uses); larger indexes find their lists through an HNSW graph.
 """
@@ -141,6 +141,9 @@ def preassigned_search(
 
 #: The similarity FAISS reports where a query has fewer than ``k`` neighbours (inner product).
 NO_NEIGHBOUR = -np.finfo(np.float32).max
+#: Most similarities one matrix product makes (query vectors times list vectors): a list
+#: that many query vectors probe, a large one (silence, say), is taken in parts.
+MOST_PRODUCTS_AT_ONCE = 1 << 22
 
 
 class ListViews:
@@ -154,6 +157,13 @@ class ListViews:
     ----------
     index : faiss.IndexIVFFlat
         One whose lists are held in memory (:meth:`of` says which qualify).
+
+    Attributes
+    ----------
+    vectors : list of np.ndarray [shape=(size, d), dtype=float32]
+        Each list's vectors.
+    ids : list of np.ndarray [shape=(size,), dtype=int64]
+        Each list's vector ids.
     """
 
     def __init__(self, index: faiss.IndexIVFFlat) -> None:
@@ -174,9 +184,21 @@ class ListViews:
 
     @classmethod
     def of(cls, index: faiss.Index) -> ListViews | None:
-        """Views of ``index``'s lists, or ``None`` unless it is an IVF-Flat index whose lists
-        are kept in one in-memory array each (not on disk, not in blocks)."""
-        if not isinstance(index, faiss.IndexIVFFlat):
+        """Views of an index's lists, where they can be searched here.
+
+        Parameters
+        ----------
+        index : faiss.Index
+
+        Returns
+        -------
+        views : ListViews or None
+            ``None`` unless ``index`` is an inner-product IVF-Flat index whose lists are
+            kept in one in-memory array each (not on disk, not in blocks).
+        """
+        if type(index) is not faiss.IndexIVFFlat:
+            return None
+        if index.metric_type != faiss.METRIC_INNER_PRODUCT:
             return None
         lists = faiss.downcast_InvertedLists(index.invlists)
         if type(lists) is not faiss.ArrayInvertedLists:
@@ -193,7 +215,8 @@ class ListViews:
         vectors : np.ndarray [shape=(n, d), dtype=float32]
         k : int
         lists : np.ndarray [shape=(n, probes), dtype=int64]
-            The lists each vector searches (:func:`nearest_lists`); each at most once.
+            The lists each vector searches (:func:`nearest_lists`); each at most once, and
+            none where the number is negative (as FAISS skips them).
 
         Returns
         -------
@@ -201,7 +224,14 @@ class ListViews:
             Best first; :data:`NO_NEIGHBOUR` where the lists hold fewer than ``k`` vectors.
         ids : np.ndarray [shape=(n, k), dtype=int64]
             -1 there.
+
+        Raises
+        ------
+        ValueError
+            If ``k`` is less than 1.
         """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
         n, probes = lists.shape
         similarities = np.full((n, k), NO_NEIGHBOUR, dtype=np.float32)
         ids = np.full((n, k), -1, dtype=np.int64)
@@ -216,10 +246,11 @@ class ListViews:
             np.concatenate(([0], edges)), np.concatenate((edges, [len(chosen)])), strict=True
         ):
             number = int(chosen[first])
-            if len(self.ids[number]) == 0:
+            if number < 0 or len(self.ids[number]) == 0:
                 continue
-            group = rows[first:stop]
-            keep_best(
-                similarities, ids, group, vectors[group] @ self.vectors[number].T, self.ids[number]
-            )
+            step = max(1, MOST_PRODUCTS_AT_ONCE // len(self.ids[number]))
+            for part in range(first, stop, step):
+                group = rows[part : min(part + step, stop)]
+                products = vectors[group] @ self.vectors[number].T
+                keep_best(similarities, ids, group, products, self.ids[number])
         return similarities, ids

@@ -27,6 +27,8 @@ import json
 import logging
 import os
 import tempfile
+import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -216,6 +218,13 @@ class VectorIndex:
     grid: VectorGrid | None = None
     #: Never saved: vectors are kept at full precision.
     in_memory_only: bool = False
+    #: Changes of the FAISS index begun and ended (odd while one is under way), the views of
+    #: its lists kept for searches (``None`` also when it has none) and whether they were
+    #: made; one lock, shared by every index, guards the three (it is held for moments).
+    _changes: int = 0
+    _views: ListViews | None = None
+    _views_checked: bool = False
+    _views_lock = threading.Lock()
 
     def __init__(
         self,
@@ -305,16 +314,32 @@ class VectorIndex:
 
     def _list_views(self) -> ListViews | None:
         """Views of an IVF-Flat index's lists for :func:`preassigned_search`, made anew after
-        every change (an add or a removal may move a list's memory)."""
-        try:
-            return self._views
-        except AttributeError:
-            self._views: ListViews | None = ListViews.of(self._index)
-            return self._views
+        every change (an add or a removal may move a list's memory). Views made while a
+        change was under way in another thread are used once and not kept."""
+        with self._views_lock:
+            views, checked, changes = self._views, self._views_checked, self._changes
+        if checked:
+            return views
+        views = ListViews.of(self._index)
+        with self._views_lock:
+            if changes == self._changes and changes % 2 == 0:
+                self._views, self._views_checked = views, True
+        return views
 
-    def _forget_list_views(self) -> None:
-        with contextlib.suppress(AttributeError):
-            del self._views
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """Around every change of the FAISS index's lists: the views are forgotten, and the
+        count of changes begun and ended tells :meth:`_list_views` not to keep views made
+        meanwhile."""
+        with self._views_lock:
+            self._changes += 1
+            self._views, self._views_checked = None, False
+        try:
+            yield
+        finally:
+            with self._views_lock:
+                self._changes += 1
+                self._views, self._views_checked = None, False
 
     @property
     def supports_removal(self) -> bool:
@@ -332,10 +357,11 @@ class VectorIndex:
         if len(vectors):
             if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
-            self._forget_list_views()
-            self._index.add_with_ids(
-                np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64)
-            )
+            with self._changing():
+                self._index.add_with_ids(
+                    np.ascontiguousarray(vectors, dtype=np.float32),
+                    np.asarray(ids, dtype=np.int64),
+                )
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove the vectors with these ids (missing ids are ignored).
@@ -362,8 +388,8 @@ class VectorIndex:
     def _remove(self, selection: np.ndarray | faiss.IDSelector) -> None:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
-        self._forget_list_views()
-        self._index.remove_ids(selection)
+        with self._changing():
+            self._index.remove_ids(selection)
         lists = _inverted_lists(self._index)
         if isinstance(lists, faiss.BlockInvertedLists):
             # FAISS's fast-scan lists drop the vectors but leave the index's count as it
@@ -389,7 +415,14 @@ class VectorIndex:
         similarities : np.ndarray [shape=(n, k), dtype=float32]
         ids : np.ndarray [shape=(n, k), dtype=int64]
             -1 where fewer than ``k`` vectors exist.
+
+        Raises
+        ------
+        ValueError
+            If ``k`` is less than 1.
         """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, not {k}")
         if self.size == 0 or len(vectors) == 0:
             return (
                 np.zeros((len(vectors), k), dtype=np.float32),

@@ -26,6 +26,13 @@ def _unit_vectors(n: int, seed: int) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
+def _small_ivfflat(n: int, *, nlist: int, nprobe: int, seed: int) -> tuple[VectorIndex, np.ndarray]:
+    """An IVF-Flat index of ``n`` vectors with ids ``0..n-1``, and the vectors."""
+    vectors = _unit_vectors(n, seed=seed)
+    spec = IndexSpec(kind="ivfflat", nlist=nlist, nprobe=nprobe, vector_bits=16)
+    return VectorIndex.build(DIM, spec, vectors, np.arange(n, dtype=np.int64)), vectors
+
+
 @pytest.fixture(scope="module")
 def ivfflat() -> tuple[VectorIndex, np.ndarray]:
     vectors = _unit_vectors(4_000, seed=0)
@@ -88,13 +95,7 @@ def test_search_answers_as_faiss_does_and_takes_the_numpy_lists(
 
 
 def test_too_few_vectors_in_the_probed_lists_leave_ids_missing() -> None:
-    vectors = _unit_vectors(200, seed=3)
-    index = VectorIndex.build(
-        DIM,
-        IndexSpec(kind="ivfflat", nlist=20, nprobe=1, vector_bits=16),
-        vectors,
-        np.arange(200, dtype=np.int64),
-    )
+    index, vectors = _small_ivfflat(200, nlist=20, nprobe=1, seed=3)
     similarities, found = index.search(vectors[:5], 150)
     assert (found == -1).any()  # one list holds fewer than 150
     np.testing.assert_array_equal(found[:, 0], np.arange(5))  # each its own list's first
@@ -162,20 +163,15 @@ def test_each_lists_product_finds_what_faiss_finds_in_the_same_lists(
 
 
 def test_lists_too_small_or_empty_leave_neighbours_missing_as_faiss_does() -> None:
-    vectors = _unit_vectors(60, seed=7)
-    index = VectorIndex.build(
-        DIM,
-        IndexSpec(kind="ivfflat", nlist=20, nprobe=2, vector_bits=16),
-        vectors,
-        np.arange(60, dtype=np.int64),
-    )
+    index, vectors = _small_ivfflat(60, nlist=20, nprobe=2, seed=7)
     faiss_index = index._index
-    sizes = [faiss_index.invlists.list_size(n) for n in range(20)]
-    empty = sizes.index(0) if 0 in sizes else None
     queries = vectors[:6]
     lists, _ = nearest_lists(queries, flat_list_centroids(faiss_index), 2)
-    if empty is not None:
-        lists[0, 1] = empty  # one query sent to an empty list too
+    # one list emptied, and one query sent to it too
+    empty = next(n for n in range(20) if n not in lists[0] and faiss_index.invlists.list_size(n))
+    index.remove(ListViews.of(faiss_index).ids[empty].copy())
+    assert faiss_index.invlists.list_size(empty) == 0
+    lists[0, 1] = empty
     expected_similarities, expected = _faiss_preassigned(faiss_index, queries, 40, lists)
 
     similarities, found = ListViews.of(faiss_index).search(queries, 40, lists)
@@ -218,6 +214,10 @@ def test_only_in_memory_ivf_flat_lists_are_viewed(ivfflat: tuple[VectorIndex, np
     fast_scan = faiss.index_factory(DIM, "IVF16,PQ8x4fs", faiss.METRIC_INNER_PRODUCT)
     fast_scan.train(vectors)
     assert ListViews.of(fast_scan) is None
+    l2 = faiss.IndexIVFFlat(faiss.IndexFlatL2(DIM), DIM, 8, faiss.METRIC_L2)
+    l2.train(vectors)
+    l2.add(vectors)
+    assert ListViews.of(l2) is None  # its answers would be inner products
 
 
 def test_keeping_each_rows_best_merges_lists_as_sorting_them_together_would() -> None:
@@ -243,3 +243,95 @@ def test_keeping_each_rows_best_merges_lists_as_sorting_them_together_would() ->
         assert best[row].tolist() == [value for value, _ in expected]
         assert best_ids[row].tolist() == [found for _, found in expected]
 
+
+def test_the_catalogues_ivf_flat_index_is_searched_through_its_lists_views(
+    ivfflat: tuple[VectorIndex, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index, _ = ivfflat
+    searched = []
+    original = ListViews.search
+
+    def spied(self: ListViews, *args: object) -> tuple[np.ndarray, np.ndarray]:
+        searched.append(self)
+        return original(self, *args)
+
+    monkeypatch.setattr(ListViews, "search", spied)
+    index.search(_unit_vectors(20, seed=11), 5)
+    index.search(_unit_vectors(20, seed=12), 5)
+    assert len(searched) == 2
+    assert searched[0] is searched[1]  # made once, kept while the index is unchanged
+
+
+def test_views_made_while_the_index_changed_are_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    index, vectors = _small_ivfflat(500, nlist=16, nprobe=16, seed=13)
+    more = _unit_vectors(3_000, seed=14)
+    original = ListViews.of
+
+    def with_an_add_meanwhile(faiss_index: faiss.Index) -> ListViews | None:
+        views = original(faiss_index)  # of the lists as they were
+        # another thread's add, between the views being made and being kept
+        index.add(more, np.arange(10_000, 13_000, dtype=np.int64))
+        return views
+
+    monkeypatch.setattr(ListViews, "of", with_an_add_meanwhile)
+    index.search(vectors[:5], 5)  # answered from the old views once, at worst
+    monkeypatch.setattr(ListViews, "of", original)
+
+    similarities, found = index.search(more[:50], 5)
+    np.testing.assert_array_equal(found[:, 0], np.arange(10_000, 10_050))  # each finds itself
+    expected_similarities, _ = index._index.search(more[:50], 5)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+
+
+def test_a_list_many_vectors_probe_is_multiplied_in_parts(
+    ivfflat: tuple[VectorIndex, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index, _ = ivfflat
+    faiss_index = index._index
+    queries = _unit_vectors(300, seed=15)
+    lists, _ = nearest_lists(queries, flat_list_centroids(faiss_index), 4)
+    expected_similarities, expected = _faiss_preassigned(faiss_index, queries, 10, lists)
+    products = []
+    original = list_assignment.keep_best
+
+    def counted(*args: np.ndarray) -> None:
+        products.append(args[3].size)
+        original(*args)
+
+    monkeypatch.setattr(list_assignment, "keep_best", counted)
+    monkeypatch.setattr(list_assignment, "MOST_PRODUCTS_AT_ONCE", 2_000)
+    similarities, found = ListViews.of(faiss_index).search(queries, 10, lists)
+
+    longest = max(faiss_index.invlists.list_size(n) for n in range(40))
+    assert max(products) <= max(2_000, longest)  # a part is one query vector at least
+    assert len(products) > 40  # lists were split
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+    distinct = (np.abs(np.diff(expected_similarities, axis=1)) > 1e-5).all(axis=1)
+    np.testing.assert_array_equal(found[distinct], expected[distinct])
+
+
+def test_no_neighbours_asked_for_is_an_error_not_a_write_past_the_arrays(
+    ivfflat: tuple[VectorIndex, np.ndarray],
+) -> None:
+    index, _ = ivfflat
+    queries = _unit_vectors(3, seed=16)
+    with pytest.raises(ValueError, match="at least 1"):
+        index.search(queries, 0)
+    lists, _ = nearest_lists(queries, flat_list_centroids(index._index), 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        ListViews.of(index._index).search(queries, 0, lists)
+
+
+def test_lists_numbered_negative_are_skipped_as_faiss_skips_them(
+    ivfflat: tuple[VectorIndex, np.ndarray],
+) -> None:
+    index, _ = ivfflat
+    queries = _unit_vectors(20, seed=17)
+    lists, _ = nearest_lists(queries, flat_list_centroids(index._index), 3)
+    lists[:, 1] = -1
+    expected_similarities, expected = _faiss_preassigned(index._index, queries, 5, lists)
+    similarities, found = ListViews.of(index._index).search(queries, 5, lists)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)

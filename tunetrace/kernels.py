@@ -8,7 +8,8 @@ on); the compiled code is cached on disk, so only the first run on a machine pay
 compiling.
 
 The loops sit beside the stages that call them: ``tunetrace.index._kernels`` (a stored
-reference's arrays, read from the catalogue, and a long query's choice of IVF lists; it also
+reference's arrays, read from the catalogue, a long query's choice of IVF lists and each
+vector's best neighbours in them; it also
 holds the fast-math flags every kernel is compiled with), :mod:`tunetrace.alignment_kernels`,
 :mod:`tunetrace.screening_kernels` and :mod:`tunetrace.verification_kernels`.
 :func:`compile_kernels` compiles all of them up front.
