@@ -214,6 +214,12 @@ def test_candidate_counts_that_cannot_work_are_refused(changes: dict) -> None:
         MatchSettings(**changes)
 
 
+@pytest.mark.parametrize("n_neighbours", [0, -3])
+def test_no_neighbours_per_patch_is_refused(n_neighbours: int) -> None:
+    with pytest.raises(ValueError, match="n_neighbours"):
+        MatchSettings(n_neighbours=n_neighbours)
+
+
 def test_a_reference_whose_verifications_came_to_nothing_gets_its_next_alignment(
     matcher: Matcher,
 ) -> None:

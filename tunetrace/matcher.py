@@ -50,7 +50,7 @@ class MatchSettings:
     Attributes
     ----------
     n_neighbours : int
-        Nearest patches retrieved per query patch.
+        Nearest patches retrieved per query patch (at least 1).
     max_candidates : int
         References whose vote peaks go on to chroma alignment and a quick spectral screening,
         at least (all a query of up to a minute sends with the defaults; see
@@ -141,6 +141,11 @@ class MatchSettings:
     long_query_search_effort: float = 0.125
 
     def __post_init__(self) -> None:
+        if self.n_neighbours < 1:
+            raise ValueError(
+                f"n_neighbours (nearest indexed patches per query patch) must be at least 1, "
+                f"not {self.n_neighbours}"
+            )
         if self.max_candidates < 1 or self.most_candidates < 1:
             raise ValueError(
                 f"max_candidates ({self.max_candidates}) and most_candidates "
