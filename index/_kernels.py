@@ -5,8 +5,8 @@ Reading a reference back for verification turns its stored codes into the spectr
 octave fold and its blurred frames; these loops do that arithmetic in one pass, compiled by
 Numba and cached on disk. A long query's search keeps each patch vector's few nearest IVF
 lists (:func:`largest_per_row`), and each vector's best neighbours as every list's matrix
-product comes in (:func:`keep_best`). Each function states the NumPy expression it equals; the tests
-compare them.
+product comes in (:func:`keep_best`). Each function states the NumPy expression it equals;
+the tests compare them.
 """
 
 from __future__ import annotations

@@ -4,14 +4,14 @@ FAISS's flat coarse quantiser picks each query vector's nearest lists with a mat
 and a heap per vector; for a long upload's ~10,000 patch vectors against ~900 list
 centroids, NumPy's product and a compiled pass keeping each row's few best
 (``argpartition`` for many) do the same in about a third of the time (see the design
-notes). The lists so chosen are then searched by FAISS itself (``search_preassigned``), so
-the neighbours are FAISS's, or, where the index keeps its lists in memory, its lists are
-searched here: the query vectors sent to each list are multiplied with its vectors in one
-matrix product, and a compiled pass keeps each vector's best (:class:`ListViews`). FAISS
-takes the lists one query vector at a time; a long upload sends ~40 vectors to each list,
-and one product per list does their work in about half the time (see the design notes). Only an
-inner-product IVF-Flat index with a flat quantiser qualifies (the kind a catalogue of about
-10,000 to 500,000 vectors uses); larger indexes find their lists through an HNSW graph.
+notes). Where the index keeps its lists in memory, the lists so chosen are searched here:
+the query vectors sent to each list are multiplied with its vectors in one matrix product,
+and a compiled pass keeps each vector's best (:class:`ListViews`). FAISS takes the lists one
+query vector at a time; a long upload sends ~40 vectors to each list, and one product per
+list does their work in about half the time (see the design notes). Other lists are searched
+by FAISS itself (``search_preassigned``). Only an inner-product IVF-Flat index with a flat
+quantiser qualifies (the kind a catalogue of about 10,000 to 500,000 vectors uses); larger
+indexes find their lists through an HNSW graph.
 """
 
 from __future__ import annotations
@@ -146,6 +146,19 @@ NO_NEIGHBOUR = -np.finfo(np.float32).max
 MOST_PRODUCTS_AT_ONCE = 1 << 22
 
 
+def require_neighbours(k: int) -> None:
+    """Refuse a search for fewer than one neighbour per vector (FAISS raises its own error
+    for it, and :meth:`ListViews.search`'s compiled merge would write past its arrays).
+
+    Raises
+    ------
+    ValueError
+        If ``k`` is less than 1.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+
+
 class ListViews:
     """The vectors and ids of an IVF-Flat index's inverted lists, as NumPy arrays that share
     the index's memory (nothing is copied).
@@ -230,8 +243,7 @@ class ListViews:
         ValueError
             If ``k`` is less than 1.
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
+        require_neighbours(k)
         n, probes = lists.shape
         similarities = np.full((n, k), NO_NEIGHBOUR, dtype=np.float32)
         ids = np.full((n, k), -1, dtype=np.int64)

@@ -42,7 +42,12 @@ from tunetrace.index.compact_vectors import (
     rounded,
     to_disk_form,
 )
-from tunetrace.index.list_assignment import ListViews, flat_list_centroids, preassigned_search
+from tunetrace.index.list_assignment import (
+    ListViews,
+    flat_list_centroids,
+    preassigned_search,
+    require_neighbours,
+)
 from tunetrace.index.projection import (
     discriminant_projection,
     packaged_noise,
@@ -218,12 +223,11 @@ class VectorIndex:
     grid: VectorGrid | None = None
     #: Never saved: vectors are kept at full precision.
     in_memory_only: bool = False
-    #: Changes of the FAISS index begun and ended (odd while one is under way), the views of
-    #: its lists kept for searches (``None`` also when it has none) and whether they were
-    #: made; one lock, shared by every index, guards the three (it is held for moments).
+    #: Changes of the FAISS index begun and ended, and the views of its lists kept for
+    #: searches with the count they were made at (``None``: it has none); one lock, shared by
+    #: every index, guards both (it is held for moments).
     _changes: int = 0
-    _views: ListViews | None = None
-    _views_checked: bool = False
+    _views: tuple[int, ListViews | None] = (-1, None)
     _views_lock = threading.Lock()
 
     def __init__(
@@ -314,32 +318,29 @@ class VectorIndex:
 
     def _list_views(self) -> ListViews | None:
         """Views of an IVF-Flat index's lists for :func:`preassigned_search`, made anew after
-        every change (an add or a removal may move a list's memory). Views made while a
-        change was under way in another thread are used once and not kept."""
+        every change (an add or a removal may move a list's memory): views are kept with the
+        count of changes they were made at and used only while the count stays there, so
+        views made while another thread changed the index are not used again."""
         with self._views_lock:
-            views, checked, changes = self._views, self._views_checked, self._changes
-        if checked:
+            changes, (made_at, views) = self._changes, self._views
+        if made_at == changes:
             return views
         views = ListViews.of(self._index)
         with self._views_lock:
-            if changes == self._changes and changes % 2 == 0:
-                self._views, self._views_checked = views, True
+            self._views = (changes, views)
         return views
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
-        """Around every change of the FAISS index's lists: the views are forgotten, and the
-        count of changes begun and ended tells :meth:`_list_views` not to keep views made
-        meanwhile."""
+        """Around every change of the FAISS index's lists: the count of changes begun and
+        ended moves on, so that :meth:`_list_views` uses no views made before or meanwhile."""
         with self._views_lock:
             self._changes += 1
-            self._views, self._views_checked = None, False
         try:
             yield
         finally:
             with self._views_lock:
                 self._changes += 1
-                self._views, self._views_checked = None, False
 
     @property
     def supports_removal(self) -> bool:
@@ -421,8 +422,7 @@ class VectorIndex:
         ValueError
             If ``k`` is less than 1.
         """
-        if k < 1:
-            raise ValueError(f"k must be at least 1, not {k}")
+        require_neighbours(k)
         if self.size == 0 or len(vectors) == 0:
             return (
                 np.zeros((len(vectors), k), dtype=np.float32),

@@ -262,7 +262,7 @@ def test_the_catalogues_ivf_flat_index_is_searched_through_its_lists_views(
     assert searched[0] is searched[1]  # made once, kept while the index is unchanged
 
 
-def test_views_made_while_the_index_changed_are_not_kept(
+def test_views_made_while_the_index_changed_are_not_used_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     index, vectors = _small_ivfflat(500, nlist=16, nprobe=16, seed=13)
@@ -278,6 +278,19 @@ def test_views_made_while_the_index_changed_are_not_kept(
     monkeypatch.setattr(ListViews, "of", with_an_add_meanwhile)
     index.search(vectors[:5], 5)  # answered from the old views once, at worst
     monkeypatch.setattr(ListViews, "of", original)
+
+    similarities, found = index.search(more[:50], 5)
+    np.testing.assert_array_equal(found[:, 0], np.arange(10_000, 10_050))  # each finds itself
+    expected_similarities, _ = index._index.search(more[:50], 5)
+    np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
+
+
+def test_views_made_during_a_change_are_not_used_after_it() -> None:
+    index, vectors = _small_ivfflat(500, nlist=16, nprobe=16, seed=18)
+    more = _unit_vectors(3_000, seed=19)
+    with index._changing():  # as add does, with another thread's search inside the change
+        index.search(vectors[:5], 5)
+        index._index.add_with_ids(more, np.arange(10_000, 13_000, dtype=np.int64))
 
     similarities, found = index.search(more[:50], 5)
     np.testing.assert_array_equal(found[:, 0], np.arange(10_000, 10_050))  # each finds itself

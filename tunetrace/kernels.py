@@ -9,9 +9,9 @@ compiling.
 
 The loops sit beside the stages that call them: ``tunetrace.index._kernels`` (a stored
 reference's arrays, read from the catalogue, a long query's choice of IVF lists and each
-vector's best neighbours in them; it also
-holds the fast-math flags every kernel is compiled with), :mod:`tunetrace.alignment_kernels`,
-:mod:`tunetrace.screening_kernels` and :mod:`tunetrace.verification_kernels`.
+vector's best neighbours in them; it also holds the fast-math flags every kernel is compiled
+with), :mod:`tunetrace.alignment_kernels`, :mod:`tunetrace.screening_kernels` and
+:mod:`tunetrace.verification_kernels`.
 :func:`compile_kernels` compiles all of them up front.
 """
 
