@@ -18,6 +18,11 @@ memory-map the file (``mmap=True``) so that several processes share one copy of 
 the page cache. FAISS searches a mapped inverted-list index through ``OnDiskInvertedLists``,
 slower than the same lists in memory, so the catalogue maps only files big enough for sharing
 to matter.
+
+An index can be searched by many threads at once while another adds or removes vectors: a
+change waits for the searches under way and holds new ones back until it is done (a
+readers-writer lock per index). FAISS itself gives no such guarantee: an add may move a
+list's memory under a search reading it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import faiss
+import fasteners
 import numpy as np
 from tunetrace.index.compact_vectors import (
     COMPACT_KINDS,
@@ -229,6 +235,14 @@ class VectorIndex:
     _changes: int = 0
     _views: tuple[int, ListViews | None] = (-1, None)
     _views_lock = threading.Lock()
+    #: Searches and saves share it; adds and removals take it alone (see the module text).
+    _access: fasteners.ReaderWriterLock
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> VectorIndex:
+        # Every way of making an index (the constructor, build, read) passes through here.
+        index = super().__new__(cls)
+        index._access = fasteners.ReaderWriterLock()
+        return index
 
     def __init__(
         self,
@@ -358,7 +372,7 @@ class VectorIndex:
         if len(vectors):
             if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
-            with self._changing():
+            with self._access.write_lock(), self._changing():
                 self._index.add_with_ids(
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(ids, dtype=np.int64),
@@ -389,14 +403,15 @@ class VectorIndex:
     def _remove(self, selection: np.ndarray | faiss.IDSelector) -> None:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
-        with self._changing():
-            self._index.remove_ids(selection)
-        lists = _inverted_lists(self._index)
-        if isinstance(lists, faiss.BlockInvertedLists):
-            # FAISS's fast-scan lists drop the vectors but leave the index's count as it
-            # was (faiss 1.13): count what the lists hold.
-            remaining = sum(lists.list_size(n) for n in range(lists.nlist))
-            faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
+        with self._access.write_lock():
+            with self._changing():
+                self._index.remove_ids(selection)
+            lists = _inverted_lists(self._index)
+            if isinstance(lists, faiss.BlockInvertedLists):
+                # FAISS's fast-scan lists drop the vectors but leave the index's count as it
+                # was (faiss 1.13): count what the lists hold.
+                remaining = sum(lists.list_size(n) for n in range(lists.nlist))
+                faiss.extract_index_ivf(self._index).ntotal = self._index.ntotal = remaining
 
     def search(
         self, vectors: np.ndarray, k: int, *, effort: float = 1.0
@@ -423,12 +438,17 @@ class VectorIndex:
             If ``k`` is less than 1.
         """
         require_neighbours(k)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self._access.read_lock():
+            return self._search(vectors, k, effort)
+
+    def _search(self, vectors: np.ndarray, k: int, effort: float) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` (its read lock held)."""
         if self.size == 0 or len(vectors) == 0:
             return (
                 np.zeros((len(vectors), k), dtype=np.float32),
                 np.full((len(vectors), k), -1, dtype=np.int64),
             )
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         ivf = faiss.try_extract_index_ivf(self._index)
         centroids = self._flat_list_centroids()
         if centroids is not None:  # an IVF-Flat index: its lists chosen outside FAISS
@@ -458,7 +478,9 @@ class VectorIndex:
         os.chmod(temporary, FILE_MODE)
         try:
             try:
-                faiss.write_index(to_disk_form(self._index, self.grid), temporary)
+                with self._access.read_lock():
+                    disk_form = to_disk_form(self._index, self.grid)
+                    faiss.write_index(disk_form, temporary)
             except RuntimeError as exc:  # FAISS reports a full disk or an I/O error this way
                 raise OSError(f"could not write the index file ({exc})") from exc
             _fsync_file(temporary)

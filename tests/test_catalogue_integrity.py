@@ -344,6 +344,79 @@ def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
     assert all(found in ([], ["x"]) for name, found in results if name == "x")
 
 
+#: Run in a child process, so that a crash is a failed test rather than the end of the run:
+#: one Catalogue object searched and matched by two threads while a third adds, replaces and
+#: removes references in it, for a few seconds.
+SHARED_CATALOGUE_CHILD = """
+import sys, threading, time
+from pathlib import Path
+import numpy as np
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.index.catalogue import Catalogue
+from tunetrace.ingest import fingerprint_reference
+from tunetrace.matcher import Matcher
+
+directory, x_song, y_song, x_excerpt = sys.argv[1:5]
+params = FingerprintParams()
+x, y = (fingerprint_reference(Path(p), params=params) for p in (x_song, y_song))
+catalogue = Catalogue(directory, create=True)
+catalogue.add("y", y)
+for copy in range(150):  # an index big enough for searches to take a while
+    catalogue.add(f"copy{copy}", x, save_index=False)
+catalogue.save_index()
+matcher = Matcher(catalogue)
+queries = np.tile(x.vectors, (40, 1))
+done = threading.Event()
+failures, counts = [], {"searches": 0, "matches": 0}
+
+def search():
+    while not done.is_set():
+        similarities, ids = catalogue.search(queries, 10)
+        if similarities.shape != (len(queries), 10) or not np.isfinite(similarities).all():
+            failures.append("search gave a malformed answer")
+        counts["searches"] += 1
+
+def match():
+    while not done.is_set():
+        found = [m.reference_id for m in matcher.match_path(x_excerpt).matches]
+        if any(reference == "y" for reference in found):
+            failures.append(f"matched {found}")
+        counts["matches"] += 1
+
+threads = [threading.Thread(target=search), threading.Thread(target=match)]
+for thread in threads:
+    thread.start()
+started, cycle = time.monotonic(), 0
+while time.monotonic() - started < 6.0 or counts["matches"] < 3:
+    catalogue.add("x", x, replace=True, save_index=cycle % 4 == 0)
+    catalogue.add(f"x{cycle}", x)  # the index grows, so FAISS reallocates its arrays ...
+    if cycle % 3 == 2:
+        catalogue.remove(f"x{cycle - 1}")  # ... and shrinks
+    cycle += 1
+done.set()
+for thread in threads:
+    thread.join()
+print(cycle, counts["searches"], counts["matches"], failures)
+"""
+
+
+def test_one_catalogue_object_searched_while_another_thread_writes_to_it(
+    tmp_path: Path, three: dict
+) -> None:
+    """FAISS's own add may move an index's memory under a search reading it (a segmentation
+    fault): searches and writes of one in-process index take turns."""
+    excerpt = three["x"][1]
+    completed = subprocess.run(
+        [sys.executable, "-c", SHARED_CATALOGUE_CHILD, str(tmp_path / "cat"),
+         str(excerpt.parent / "x.wav"), str(excerpt.parent / "y.wav"), str(excerpt)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, f"exit {completed.returncode}: {completed.stderr[-2000:]}"
+    cycles, searches, matches, failures = completed.stdout.split(maxsplit=3)
+    assert failures.strip() == "[]"
+    assert int(cycles) >= 5 and int(searches) >= 5 and int(matches) >= 3
+
+
 def test_a_reference_removed_after_its_verification_ends_the_search_for_repeats(
     tmp_path: Path, three: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,6 +3,9 @@ per list: FAISS's own answers."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import faiss
 import numpy as np
 import pytest
@@ -269,15 +272,24 @@ def test_views_made_while_the_index_changed_are_not_used_again(
     more = _unit_vectors(3_000, seed=14)
     original = ListViews.of
 
+    adders: list[threading.Thread] = []
+
     def with_an_add_meanwhile(faiss_index: faiss.Index) -> ListViews | None:
         views = original(faiss_index)  # of the lists as they were
-        # another thread's add, between the views being made and being kept
-        index.add(more, np.arange(10_000, 13_000, dtype=np.int64))
+        # another thread's add, between the views being made and being kept ...
+        adder = threading.Thread(
+            target=index.add, args=(more, np.arange(10_000, 13_000, dtype=np.int64))
+        )
+        adder.start()
+        adders.append(adder)
+        time.sleep(0.2)
+        assert adder.is_alive(), "an add ran while a search was reading the lists"
         return views
 
     monkeypatch.setattr(ListViews, "of", with_an_add_meanwhile)
-    index.search(vectors[:5], 5)  # answered from the old views once, at worst
+    index.search(vectors[:5], 5)  # ... waits for this search, then changes the lists
     monkeypatch.setattr(ListViews, "of", original)
+    adders[0].join()
 
     similarities, found = index.search(more[:50], 5)
     np.testing.assert_array_equal(found[:, 0], np.arange(10_000, 10_050))  # each finds itself
