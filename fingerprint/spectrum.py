@@ -56,12 +56,18 @@ def log_frequency_filterbank(
     return scipy.sparse.csr_matrix(weights.astype(np.float32))
 
 
+#: Frames transformed at a time: a few megabytes of work at once, however long the audio.
+STFT_BLOCK_FRAMES = 256
+
+
 def stft_magnitude(samples: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
     """Magnitude of a Hann-windowed STFT with centred frames (zero padding at both ends).
 
     The same frames as ``librosa.stft(samples, n_fft=n_fft, hop_length=hop_length)`` with its
     default zero padding, computed with NumPy alone so that no command-line run pays for a
-    JIT warm-up on its first call.
+    JIT warm-up on its first call. Frames are transformed in blocks of
+    :data:`STFT_BLOCK_FRAMES` and each block's magnitudes written straight into their
+    columns: a 20-minute upload needs no transient copies of its whole spectrum.
 
     Parameters
     ----------
@@ -72,13 +78,18 @@ def stft_magnitude(samples: np.ndarray, *, n_fft: int, hop_length: int) -> np.nd
     Returns
     -------
     magnitude : np.ndarray [shape=(1 + n_fft // 2, 1 + n // hop_length), dtype=float32]
+        C-contiguous.
     """
     padded = np.pad(np.asarray(samples, dtype=np.float32), n_fft // 2)
     if len(padded) < n_fft:
         padded = np.pad(padded, (0, n_fft - len(padded)))
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop_length]
     window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
-    return np.abs(scipy.fft.rfft(frames * window, axis=1)).T.astype(np.float32)
+    magnitude = np.empty((n_fft // 2 + 1, len(frames)), dtype=np.float32)
+    for first in range(0, len(frames), STFT_BLOCK_FRAMES):
+        block = slice(first, first + STFT_BLOCK_FRAMES)
+        np.abs(scipy.fft.rfft(frames[block] * window, axis=1), out=magnitude[:, block].T)
+    return magnitude
 
 
 def log_spectrogram(samples: np.ndarray, *, params: FingerprintParams) -> np.ndarray:
@@ -95,8 +106,8 @@ def log_spectrogram(samples: np.ndarray, *, params: FingerprintParams) -> np.nda
     spectrum : np.ndarray [shape=(params.n_bins, n_frames), dtype=float32]
         ``log1p(log_gain * magnitude)``, frame ``t`` centred at ``t / params.frame_rate_hz`` s.
     """
-    stft = stft_magnitude(samples, n_fft=params.n_fft, hop_length=params.hop_length)
-    magnitude = stft * (2.0 / params.n_fft)
+    magnitude = stft_magnitude(samples, n_fft=params.n_fft, hop_length=params.hop_length)
+    magnitude *= np.float32(2.0 / params.n_fft)  # in place (a power of two: exact)
     filterbank = log_frequency_filterbank(
         sample_rate_hz=params.sample_rate_hz,
         n_fft=params.n_fft,

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -37,6 +38,18 @@ def chord(semitones_above_a3: float, duration_s: float = 6.0) -> Audio:
         np.sin(2 * np.pi * root * 2 ** (i / 12) * h * t) / h for i in (0, 4, 7) for h in (1, 2, 3)
     )
     return Audio((0.1 * samples).astype(np.float32), sr)
+
+
+@pytest.mark.parametrize("n_samples", [0, 100, 4096, 800 * spectrum.STFT_BLOCK_FRAMES + 1234])
+def test_stft_magnitude_is_librosas_stft_block_by_block(n_samples: int) -> None:
+    samples = np.random.default_rng(n_samples).standard_normal(n_samples).astype(np.float32)
+    magnitude = spectrum.stft_magnitude(samples, n_fft=4096, hop_length=800)
+    # the whole spectrum in one transform, as librosa computes it
+    expected = np.abs(librosa.stft(samples, n_fft=4096, hop_length=800, center=True,
+                                   pad_mode="constant"))  # fmt: skip
+    assert magnitude.shape == expected.shape and magnitude.dtype == np.float32
+    assert magnitude.flags.c_contiguous
+    np.testing.assert_allclose(magnitude, expected, rtol=1e-4, atol=1e-3)
 
 
 def test_chord_shift_rolls_chroma_by_three_bins_per_semitone() -> None:
