@@ -21,8 +21,8 @@ to matter.
 
 An index can be searched by many threads at once while another adds or removes vectors: a
 change waits for the searches under way and holds new ones back until it is done (a
-readers-writer lock per index). FAISS itself gives no such guarantee: an add may move a
-list's memory under a search reading it.
+readers-writer lock per index, :mod:`tunetrace.index.readers_writer`). FAISS itself gives no
+such guarantee: an add may move a list's memory under a search reading it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import faiss
-import fasteners
 import numpy as np
 from tunetrace.index.compact_vectors import (
     COMPACT_KINDS,
@@ -59,6 +58,7 @@ from tunetrace.index.projection import (
     packaged_noise,
     projection_transforms,
 )
+from tunetrace.index.readers_writer import ReadersWriterLock
 
 logger = logging.getLogger(__name__)
 
@@ -236,13 +236,22 @@ class VectorIndex:
     _views: tuple[int, ListViews | None] = (-1, None)
     _views_lock = threading.Lock()
     #: Searches and saves share it; adds and removals take it alone (see the module text).
-    _access: fasteners.ReaderWriterLock
+    _access: ReadersWriterLock
 
     def __new__(cls, *args: Any, **kwargs: Any) -> VectorIndex:
         # Every way of making an index (the constructor, build, read) passes through here.
         index = super().__new__(cls)
-        index._access = fasteners.ReaderWriterLock()
+        index._access = ReadersWriterLock()
         return index
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (pickled, deep-copied) gets a lock of its own, not this one's state
+        with self._access.reading():
+            return {name: value for name, value in self.__dict__.items() if name != "_access"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._access = ReadersWriterLock()
 
     def __init__(
         self,
@@ -372,7 +381,7 @@ class VectorIndex:
         if len(vectors):
             if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
-            with self._access.write_lock(), self._changing():
+            with self._access.writing(), self._changing():
                 self._index.add_with_ids(
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(ids, dtype=np.int64),
@@ -403,7 +412,7 @@ class VectorIndex:
     def _remove(self, selection: np.ndarray | faiss.IDSelector) -> None:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
-        with self._access.write_lock():
+        with self._access.writing():
             with self._changing():
                 self._index.remove_ids(selection)
             lists = _inverted_lists(self._index)
@@ -439,7 +448,7 @@ class VectorIndex:
         """
         require_neighbours(k)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        with self._access.read_lock():
+        with self._access.reading():
             return self._search(vectors, k, effort)
 
     def _search(self, vectors: np.ndarray, k: int, effort: float) -> tuple[np.ndarray, np.ndarray]:
@@ -478,9 +487,7 @@ class VectorIndex:
         os.chmod(temporary, FILE_MODE)
         try:
             try:
-                with self._access.read_lock():
-                    disk_form = to_disk_form(self._index, self.grid)
-                    faiss.write_index(disk_form, temporary)
+                self._write_disk_form(temporary)
             except RuntimeError as exc:  # FAISS reports a full disk or an I/O error this way
                 raise OSError(f"could not write the index file ({exc})") from exc
             _fsync_file(temporary)
@@ -489,6 +496,17 @@ class VectorIndex:
             if os.path.exists(temporary):
                 os.unlink(temporary)
         _fsync_directory(path.parent)
+
+    def _write_disk_form(self, path: str) -> None:
+        """Write the index's file form: a compact twin is a copy, made under the read lock and
+        written after it (searches do not wait behind a change waiting for the write); other
+        kinds are their own file form, written under it."""
+        with self._access.reading():
+            disk_form = to_disk_form(self._index, self.grid)
+            if disk_form is self._index:
+                faiss.write_index(disk_form, path)
+                return
+        faiss.write_index(disk_form, path)
 
     @classmethod
     def read(cls, path: Path, *, dim: int, spec: IndexSpec, mmap: bool = False) -> VectorIndex:

@@ -345,7 +345,7 @@ def test_matching_never_fails_while_a_reference_is_deleted_and_added_again(
 
 
 #: Run in a child process, so that a crash is a failed test rather than the end of the run:
-#: one Catalogue object searched and matched by two threads while a third adds, replaces and
+#: one Catalogue object searched and matched by three threads while a fourth adds, replaces and
 #: removes references in it, for a few seconds.
 SHARED_CATALOGUE_CHILD = """
 import sys, threading, time
@@ -383,11 +383,11 @@ def match():
             failures.append(f"matched {found}")
         counts["matches"] += 1
 
-threads = [threading.Thread(target=search), threading.Thread(target=match)]
+threads = [threading.Thread(target=f) for f in (search, search, match)]
 for thread in threads:
     thread.start()
 started, cycle = time.monotonic(), 0
-while time.monotonic() - started < 6.0 or counts["matches"] < 3:
+while time.monotonic() - started < 8.0 or counts["matches"] < 3:
     catalogue.add("x", x, replace=True, save_index=cycle % 4 == 0)
     catalogue.add(f"x{cycle}", x)  # the index grows, so FAISS reallocates its arrays ...
     if cycle % 3 == 2:

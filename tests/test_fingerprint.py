@@ -9,6 +9,8 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
+import scipy.fft
+import scipy.signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tunetrace.fingerprint import spectrum
@@ -40,15 +42,24 @@ def chord(semitones_above_a3: float, duration_s: float = 6.0) -> Audio:
     return Audio((0.1 * samples).astype(np.float32), sr)
 
 
-@pytest.mark.parametrize("n_samples", [0, 100, 4096, 800 * spectrum.STFT_BLOCK_FRAMES + 1234])
-def test_stft_magnitude_is_librosas_stft_block_by_block(n_samples: int) -> None:
-    samples = np.random.default_rng(n_samples).standard_normal(n_samples).astype(np.float32)
-    magnitude = spectrum.stft_magnitude(samples, n_fft=4096, hop_length=800)
-    # the whole spectrum in one transform, as librosa computes it
-    expected = np.abs(librosa.stft(samples, n_fft=4096, hop_length=800, center=True,
-                                   pad_mode="constant"))  # fmt: skip
-    assert magnitude.shape == expected.shape and magnitude.dtype == np.float32
-    assert magnitude.flags.c_contiguous
+@pytest.mark.parametrize(
+    "n_frames", [1, 6, spectrum.STFT_BLOCK_FRAMES, spectrum.STFT_BLOCK_FRAMES + 1,
+                 2 * spectrum.STFT_BLOCK_FRAMES, 2 * spectrum.STFT_BLOCK_FRAMES + 3],
+)  # fmt: skip
+def test_stft_magnitude_block_by_block_is_the_whole_transform_bit_for_bit(n_frames: int) -> None:
+    hop, n_fft = 800, 4096
+    samples = np.random.default_rng(n_frames).standard_normal((n_frames - 1) * hop)
+    magnitude = spectrum.stft_magnitude(samples.astype(np.float32), n_fft=n_fft, hop_length=hop)
+    # every frame in one transform
+    padded = np.pad(samples.astype(np.float32), n_fft // 2)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop]
+    window = scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    whole = np.abs(scipy.fft.rfft(frames * window, axis=1)).T
+    assert magnitude.shape == (n_fft // 2 + 1, n_frames) and magnitude.flags.c_contiguous
+    np.testing.assert_array_equal(magnitude, whole)
+    # and librosa's frames
+    expected = np.abs(librosa.stft(samples.astype(np.float32), n_fft=n_fft, hop_length=hop,
+                                   center=True, pad_mode="constant"))  # fmt: skip
     np.testing.assert_allclose(magnitude, expected, rtol=1e-4, atol=1e-3)
 
 
