@@ -245,9 +245,14 @@ class VectorIndex:
         return index
 
     def __getstate__(self) -> dict[str, Any]:
-        # a copy (pickled, deep-copied) gets a lock of its own, not this one's state
+        # A copy (pickled, deep-copied) gets a lock of its own, and makes its own list views
+        # of its own lists (these views are of this index's memory).
         with self._access.reading():
-            return {name: value for name, value in self.__dict__.items() if name != "_access"}
+            return {
+                name: value
+                for name, value in self.__dict__.items()
+                if name not in ("_access", "_views")
+            }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)

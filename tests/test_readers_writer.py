@@ -124,9 +124,10 @@ def test_an_index_pickled_or_copied_searches_as_the_original() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     index = VectorIndex.build(32, IndexSpec(kind="ivfflat", nlist=16, nprobe=4), vectors,
                               np.arange(2_000, dtype=np.int64))  # fmt: skip
-    expected = index.search(vectors[:20], 5)
+    expected = index.search(vectors[:20], 5)  # the original has list views now
     for twin in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
         assert twin._access is not index._access
+        assert twin._views[1] is None  # views of its own lists are made when it searches
         found = twin.search(vectors[:20], 5)
         np.testing.assert_array_equal(found[1], expected[1])
         np.testing.assert_allclose(found[0], expected[0], atol=1e-6)
