@@ -27,13 +27,10 @@ such guarantee: an add may move a list's memory under a search reading it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -229,12 +226,10 @@ class VectorIndex:
     grid: VectorGrid | None = None
     #: Never saved: vectors are kept at full precision.
     in_memory_only: bool = False
-    #: Changes of the FAISS index begun and ended, and the views of its lists kept for
-    #: searches with the count they were made at (``None``: it has none); one lock, shared by
-    #: every index, guards both (it is held for moments).
-    _changes: int = 0
-    _views: tuple[int, ListViews | None] = (-1, None)
-    _views_lock = threading.Lock()
+    #: The views of an IVF-Flat index's lists that searches use (:meth:`_list_views`), in a
+    #: tuple (``(None,)``: its lists cannot be viewed); ``None`` until the first search after
+    #: a change makes them.
+    _views: tuple[ListViews | None] | None = None
     #: Searches and saves share it; adds and removals take it alone (see the module text).
     _access: ReadersWriterLock
 
@@ -345,30 +340,14 @@ class VectorIndex:
             return self._centroids
 
     def _list_views(self) -> ListViews | None:
-        """Views of an IVF-Flat index's lists for :func:`preassigned_search`, made anew after
-        every change (an add or a removal may move a list's memory): views are kept with the
-        count of changes they were made at and used only while the count stays there, so
-        views made while another thread changed the index are not used again."""
-        with self._views_lock:
-            changes, (made_at, views) = self._changes, self._views
-        if made_at == changes:
-            return views
-        views = ListViews.of(self._index)
-        with self._views_lock:
-            self._views = (changes, views)
-        return views
-
-    @contextlib.contextmanager
-    def _changing(self) -> Iterator[None]:
-        """Around every change of the FAISS index's lists: the count of changes begun and
-        ended moves on, so that :meth:`_list_views` uses no views made before or meanwhile."""
-        with self._views_lock:
-            self._changes += 1
-        try:
-            yield
-        finally:
-            with self._views_lock:
-                self._changes += 1
+        """Views of an IVF-Flat index's lists for :func:`preassigned_search` (call under the
+        read lock). Every change drops them under the write lock (an add or a removal may
+        move a list's memory), so the first search after it makes them anew; two searches
+        that both do make the same views."""
+        made = self._views
+        if made is None:
+            made = self._views = (ListViews.of(self._index),)
+        return made[0]
 
     @property
     def supports_removal(self) -> bool:
@@ -386,7 +365,8 @@ class VectorIndex:
         if len(vectors):
             if self.spec.kind in COMPACT_KINDS and not self.in_memory_only:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
-            with self._access.writing(), self._changing():
+            with self._access.writing():
+                self._views = None
                 self._index.add_with_ids(
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(ids, dtype=np.int64),
@@ -418,8 +398,8 @@ class VectorIndex:
         if not self.supports_removal:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
         with self._access.writing():
-            with self._changing():
-                self._index.remove_ids(selection)
+            self._views = None
+            self._index.remove_ids(selection)
             lists = _inverted_lists(self._index)
             if isinstance(lists, faiss.BlockInvertedLists):
                 # FAISS's fast-scan lists drop the vectors but leave the index's count as it

@@ -265,7 +265,7 @@ def test_the_catalogues_ivf_flat_index_is_searched_through_its_lists_views(
     assert searched[0] is searched[1]  # made once, kept while the index is unchanged
 
 
-def test_views_made_while_the_index_changed_are_not_used_again(
+def test_an_add_waits_for_a_search_reading_the_lists_and_drops_its_views(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     index, vectors = _small_ivfflat(500, nlist=16, nprobe=16, seed=13)
@@ -276,7 +276,7 @@ def test_views_made_while_the_index_changed_are_not_used_again(
 
     def with_an_add_meanwhile(faiss_index: faiss.Index) -> ListViews | None:
         views = original(faiss_index)  # of the lists as they were
-        # another thread's add, between the views being made and being kept ...
+        # another thread's add, while a search makes and uses the views ...
         adder = threading.Thread(
             target=index.add, args=(more, np.arange(10_000, 13_000, dtype=np.int64))
         )
@@ -297,16 +297,15 @@ def test_views_made_while_the_index_changed_are_not_used_again(
     np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
 
 
-def test_views_made_during_a_change_are_not_used_after_it() -> None:
-    index, vectors = _small_ivfflat(500, nlist=16, nprobe=16, seed=18)
-    more = _unit_vectors(3_000, seed=19)
-    with index._changing():  # as add does, with another thread's search inside the change
-        index.search(vectors[:5], 5)
-        index._index.add_with_ids(more, np.arange(10_000, 13_000, dtype=np.int64))
+def test_views_made_before_a_removal_are_not_used_after_it() -> None:
+    index, vectors = _small_ivfflat(3_000, nlist=16, nprobe=16, seed=18)
+    index.search(vectors[:5], 5)  # views of the lists as they are
+    index.remove(np.arange(100, dtype=np.int64))  # moves most lists' vectors
 
-    similarities, found = index.search(more[:50], 5)
-    np.testing.assert_array_equal(found[:, 0], np.arange(10_000, 10_050))  # each finds itself
-    expected_similarities, _ = index._index.search(more[:50], 5)
+    similarities, found = index.search(vectors[:200], 5)
+    assert not np.isin(found, np.arange(100)).any()  # nothing removed is found ...
+    np.testing.assert_array_equal(found[100:, 0], np.arange(100, 200))  # ... the rest are
+    expected_similarities, _ = index._index.search(vectors[:200], 5)
     np.testing.assert_allclose(similarities, expected_similarities, atol=1e-5)
 
 
