@@ -7,6 +7,8 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import numpy as np
 import pytest
@@ -24,6 +26,18 @@ def _started(target: object) -> threading.Thread:
     return thread
 
 
+def _under(
+    hold: Callable[[], AbstractContextManager[None]], action: Callable[[], object]
+) -> Callable[[], None]:
+    """A thread's work: ``action`` with the lock held as ``hold`` holds it."""
+
+    def run() -> None:
+        with hold():
+            action()
+
+    return run
+
+
 def test_readers_share_the_lock_and_a_writer_waits_for_them() -> None:
     lock = ReadersWriterLock()
     events: list[str] = []
@@ -35,10 +49,7 @@ def test_readers_share_the_lock_and_a_writer_waits_for_them() -> None:
             release.wait()
         events.append(f"{name} out")
 
-    def write() -> None:
-        with lock.writing():
-            events.append("writer in")
-
+    write = _under(lock.writing, lambda: events.append("writer in"))
     readers = [_started(lambda name=name: read(name)) for name in "ab"]
     assert sorted(events) == ["a in", "b in"]  # both read at once
     writer = _started(write)
@@ -54,18 +65,9 @@ def test_a_waiting_writer_goes_before_readers_that_come_after_it() -> None:
     events: list[str] = []
     release = threading.Event()
 
-    def first_reader() -> None:
-        with lock.reading():
-            release.wait()
-
-    def write() -> None:
-        with lock.writing():
-            events.append("writer")
-
-    def late_reader() -> None:
-        with lock.reading():
-            events.append("late reader")
-
+    first_reader = _under(lock.reading, release.wait)
+    write = _under(lock.writing, lambda: events.append("writer"))
+    late_reader = _under(lock.reading, lambda: events.append("late reader"))
     threads = [_started(first_reader), _started(write), _started(late_reader)]
     assert events == []  # the late reader waits behind the waiting writer
     release.set()
@@ -79,21 +81,13 @@ def test_a_writer_interrupted_while_waiting_leaves_the_lock_usable() -> None:
     release = threading.Event()
     late_read = threading.Event()
 
-    def reader() -> None:
-        with lock.reading():
-            release.wait()
-
-    def late_reader() -> None:
-        with lock.reading():
-            late_read.set()
-
-    holder = _started(reader)
+    holder = _started(_under(lock.reading, release.wait))
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     # while the writer below waits (for the reader), a reader comes and waits behind it ...
-    comer = threading.Timer(SETTLE_S / 2, late_reader)
+    comer = threading.Timer(SETTLE_S / 2, _under(lock.reading, late_read.set))
     comer.daemon = True
     comer.start()
     previous = signal.signal(signal.SIGALRM, interrupt)
@@ -109,12 +103,7 @@ def test_a_writer_interrupted_while_waiting_leaves_the_lock_usable() -> None:
     release.set()
     holder.join(5)
     wrote = threading.Event()
-
-    def write() -> None:
-        with lock.writing():
-            wrote.set()
-
-    _started(write).join(5)
+    _started(_under(lock.writing, wrote.set)).join(5)
     assert wrote.is_set()
 
 
@@ -127,7 +116,7 @@ def test_an_index_pickled_or_copied_searches_as_the_original() -> None:
     expected = index.search(vectors[:20], 5)  # the original has list views now
     for twin in (pickle.loads(pickle.dumps(index)), copy.deepcopy(index)):
         assert twin._access is not index._access
-        assert twin._views[1] is None  # views of its own lists are made when it searches
+        assert twin._views is None  # views of its own lists are made when it searches
         found = twin.search(vectors[:20], 5)
         np.testing.assert_array_equal(found[1], expected[1])
         np.testing.assert_allclose(found[0], expected[0], atol=1e-6)
