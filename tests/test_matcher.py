@@ -9,7 +9,7 @@ import librosa
 import numpy as np
 import pytest
 import soxr
-from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.features import Features, features_from_spectrum
 from tunetrace.index.catalogue import Catalogue
 
 import tunetrace.matcher as matcher_module
@@ -212,6 +212,24 @@ def test_longer_queries_send_more_references_to_alignment(matcher: Matcher) -> N
 def test_candidate_counts_that_cannot_work_are_refused(changes: dict) -> None:
     with pytest.raises(ValueError, match="candidates"):
         MatchSettings(**changes)
+
+
+def test_long_queries_are_embedded_with_patches_further_apart(matcher: Matcher) -> None:
+    params = matcher.catalogue.params
+    spaced = Matcher(matcher.catalogue, settings=MatchSettings(long_query_patch_hop=9))
+
+    def patch_starts(seconds: float) -> np.ndarray:
+        frames = int(seconds * params.frame_rate_hz)
+        spectrum = np.random.default_rng(3).random((params.n_bins, frames), dtype=np.float32)
+        _, rate_index, starts = spaced.query_patches(
+            features_from_spectrum(spectrum, params=params), params
+        )
+        return starts[rate_index == rate_index[0]]
+
+    assert set(np.diff(patch_starts(100.0))) == {params.query_patch_hop}
+    assert set(np.diff(patch_starts(130.0))) == {9}
+    with pytest.raises(ValueError, match="long_query_patch_hop"):
+        MatchSettings(long_query_patch_hop=0)
 
 
 @pytest.mark.parametrize("n_neighbours", [0, -3])

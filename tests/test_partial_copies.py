@@ -88,7 +88,7 @@ def test_densest_run_ignores_stray_voters() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "before_s", "after_s", "rate", "semitones"),
-    [(10, 25, 25, 1.2, -1), (20, 20, 20, 1.08, 0), (30, 60, 60, 0.9, 2)],
+    [(10, 25, 25, 1.2, -1), (10, 70, 70, 1.2, -1), (20, 20, 20, 1.08, 0), (30, 60, 60, 0.9, 2)],
 )
 def test_a_section_inside_other_music_is_found_and_located(
     partial_matcher, seconds: float, before_s: float, after_s: float, rate: float, semitones: float

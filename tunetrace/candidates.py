@@ -51,9 +51,18 @@ class VectorSearcher(Protocol):
 
 
 def query_patch_vectors(
-    features: Features, *, params: FingerprintParams
+    features: Features, *, params: FingerprintParams, hop: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Embed the query's patches at every tempo ratio of the grid.
+
+    Parameters
+    ----------
+    features : Features
+        The query.
+    params : FingerprintParams
+    hop : int, optional
+        Frames between the starts of neighbouring patches (default:
+        ``params.query_patch_hop``).
 
     Returns
     -------
@@ -73,7 +82,7 @@ def query_patch_vectors(
             resample_time(folded, rate, normalise=False), params.chroma_smooth_frames
         )
         starts = patch_starts(
-            chroma.shape[1], patch_frames=params.patch_frames, hop=params.query_patch_hop
+            chroma.shape[1], patch_frames=params.patch_frames, hop=hop or params.query_patch_hop
         )
         all_vectors.append(embed_patches(chroma, starts, params=params))
         all_rates.append(np.full(len(starts), index))
@@ -206,6 +215,7 @@ def find_candidates(
         place = _Place(ref_key, [off_bin], [rate_i], float(totals[position]), int(position))
         chosen.append(place)
         places.append(place)
+
     def span(place: _Place) -> tuple[float, float]:
         """Query frames covered by the place's voters (its triple and the offset bins
         either side, at its first tempo ratio)."""

@@ -20,6 +20,7 @@ from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_ve
 from tunetrace.errors import DamagedReferenceError, ReferenceNotFoundError
 from tunetrace.fingerprint.decode import DEFAULT_MAX_DURATION_S, load_audio
 from tunetrace.fingerprint.features import Features, extract_features
+from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
@@ -115,7 +116,12 @@ class MatchSettings:
         A query longer than this is searched with ...
     long_query_search_effort : float
         ... this share of an IVF index's probed lists (each of its many patches needs fewer:
-        a copied section's patches find it among the nearest lists).
+        a copied section's patches find it among the nearest lists) ...
+    long_query_patch_hop : int
+        ... and with patches this many frames apart (the catalogue's ``query_patch_hop``
+        for shorter queries): a third fewer patches to embed, search and count votes of. A
+        hop that leaves one frame over the reference's patch hop still meets every phase of
+        the reference's patches; a section of 8 s still has a few patches at every ratio.
     """
 
     n_neighbours: int = 20
@@ -139,6 +145,7 @@ class MatchSettings:
     whole_query_fraction: float = 0.8
     long_query_s: float = 120.0
     long_query_search_effort: float = 0.125
+    long_query_patch_hop: int = 9
 
     def __post_init__(self) -> None:
         if self.n_neighbours < 1:
@@ -150,6 +157,11 @@ class MatchSettings:
             raise ValueError(
                 f"max_candidates ({self.max_candidates}) and most_candidates "
                 f"({self.most_candidates}) must be at least 1"
+            )
+        if self.long_query_patch_hop < 1:
+            raise ValueError(
+                f"long_query_patch_hop (frames between patches) must be at least 1, not "
+                f"{self.long_query_patch_hop}"
             )
         if not 0.0 <= self.candidates_per_minute < float("inf"):
             raise ValueError(
@@ -290,6 +302,8 @@ class Matcher:
         """
         if searcher is None:
             searcher = _AtEffort(self.catalogue, self.search_effort(features))
+        if patches is None:
+            patches = self.query_patches(features, self.catalogue.params)
         return find_candidates(
             features,
             searcher,
@@ -329,6 +343,20 @@ class Matcher:
             return self.settings.long_query_search_effort
         return 1.0
 
+    def patch_hop(self, features: Features, params: FingerprintParams) -> int:
+        """Frames between a query's patches: :attr:`MatchSettings.long_query_patch_hop` for
+        long queries, else the catalogue's ``query_patch_hop``."""
+        if features.duration_s > self.settings.long_query_s:
+            return self.settings.long_query_patch_hop
+        return params.query_patch_hop
+
+    def query_patches(
+        self, features: Features, params: FingerprintParams
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The query's :func:`~tunetrace.candidates.query_patch_vectors`, at
+        :meth:`patch_hop`."""
+        return query_patch_vectors(features, params=params, hop=self.patch_hop(features, params))
+
     def verify(
         self,
         features: Features,
@@ -357,7 +385,7 @@ class Matcher:
             searcher = self.catalogue.reference_index(reference_key)
         # embedded once: searched here and, for works found, again in their own vectors
         if patches is None:
-            patches = query_patch_vectors(features, params=params)
+            patches = self.query_patches(features, params)
         if candidates is None:
             candidates = self.candidates(
                 features, searcher, exclude_keys=exclude_keys, patches=patches

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from tunetrace.candidates import find_candidates, query_patch_vectors
+from tunetrace.candidates import find_candidates
 from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
@@ -209,7 +209,7 @@ class ShardedMatcher(Matcher):
             self.catalogue.refresh()
             view = self.catalogue.view
             if patches is None:
-                patches = query_patch_vectors(features, params=view.manifest.params)
+                patches = self.query_patches(features, view.manifest.params)
             shard, local = view.split_key(reference_key)
             answer = view.access.call(
                 shard, _shard_verifications, features, patches, None, local, self._configuration
@@ -241,7 +241,7 @@ class ShardedMatcher(Matcher):
         view = self.catalogue.view
         params = view.manifest.params
         if patches is None:
-            patches = query_patch_vectors(features, params=params)
+            patches = self.query_patches(features, params)
         k = self.settings.n_neighbours
         effort = self.search_effort(features)
         shards = range(view.manifest.count)
