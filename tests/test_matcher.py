@@ -228,8 +228,9 @@ def test_long_queries_are_embedded_with_patches_further_apart(matcher: Matcher) 
 
     assert set(np.diff(patch_starts(100.0))) == {params.query_patch_hop}
     assert set(np.diff(patch_starts(130.0))) == {9}
-    with pytest.raises(ValueError, match="long_query_patch_hop"):
-        MatchSettings(long_query_patch_hop=0)
+    for hop in (0, 9.5, True):
+        with pytest.raises(ValueError, match="long_query_patch_hop"):
+            MatchSettings(long_query_patch_hop=hop)
 
 
 @pytest.mark.parametrize("n_neighbours", [0, -3])

@@ -158,10 +158,11 @@ class MatchSettings:
                 f"max_candidates ({self.max_candidates}) and most_candidates "
                 f"({self.most_candidates}) must be at least 1"
             )
-        if self.long_query_patch_hop < 1:
+        hop = self.long_query_patch_hop
+        if isinstance(hop, bool) or not isinstance(hop, int | np.integer) or hop < 1:
             raise ValueError(
-                f"long_query_patch_hop (frames between patches) must be at least 1, not "
-                f"{self.long_query_patch_hop}"
+                f"long_query_patch_hop (frames between patches) must be a whole number of at "
+                f"least 1, not {hop!r}"
             )
         if not 0.0 <= self.candidates_per_minute < float("inf"):
             raise ValueError(
