@@ -30,7 +30,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 from tunetrace.fingerprint.embedding import embed_patches, patch_starts
-from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.ids import vector_ids
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
@@ -39,7 +38,6 @@ from benchmarks import corpus
 from benchmarks.queries import make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
-from tunetrace.candidates import query_patch_vectors
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 
@@ -106,17 +104,21 @@ class QuerySet:
     queries: list
     vectors: np.ndarray
     bounds: np.ndarray
+    patches: list
 
     def rows(self, number: int) -> slice:
         """Rows of query ``number`` in :attr:`vectors`."""
         return slice(int(self.bounds[number]), int(self.bounds[number + 1]))
 
 
-def query_set(queries: list, params: FingerprintParams) -> QuerySet:
-    """Stack the patch vectors of every query (as candidate search makes them)."""
-    vectors = [query_patch_vectors(features, params=params)[0] for _, features in queries]
+def query_set(queries: list, matcher: Matcher) -> QuerySet:
+    """Stack the patch vectors of every query (as ``matcher``'s candidate search makes them,
+    :meth:`~tunetrace.matcher.Matcher.query_patches`)."""
+    params = matcher.catalogue.params
+    patches = [matcher.query_patches(features, params) for _, features in queries]
+    vectors = [vectors for vectors, _, _ in patches]
     bounds = np.cumsum([0] + [len(v) for v in vectors])
-    return QuerySet(queries, np.concatenate(vectors).astype(np.float32), bounds)
+    return QuerySet(queries, np.concatenate(vectors).astype(np.float32), bounds, patches)
 
 
 def exact_index(vectors: np.ndarray) -> faiss.IndexFlatIP:
@@ -165,7 +167,9 @@ def candidates_found(
     found = []
     for number, (query, features) in enumerate(queries.queries):
         rows = queries.rows(number)
-        candidates = matcher.candidates(features, _Answers(similarities[rows], ids[rows]))
+        candidates = matcher.candidates(
+            features, _Answers(similarities[rows], ids[rows]), patches=queries.patches[number]
+        )
         found.append(key_of[query.source_id] in {c.reference_key for c in candidates})
     return np.array(found, dtype=bool)
 
@@ -335,7 +339,7 @@ def main() -> None:
                 positives.append((query, matcher.load_query(query.path)))
         except TunetraceError as exc:  # e.g. an excerpt that fell on silence
             logger.info("query %s skipped: %s", query.path, exc)
-    queries = query_set(positives, catalogue.params)
+    queries = query_set(positives, matcher)
     real_vectors, real_ids = catalogue._all_vectors()
     real_hours = sum(r.duration_s for r in _records(catalogue)) / 3600
     info = run_info()

@@ -67,7 +67,6 @@ from benchmarks.match_rows import timed_features
 from benchmarks.queries import Query
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
-from tunetrace.candidates import query_patch_vectors
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
 from tunetrace.scan import ScanJob
@@ -463,7 +462,7 @@ def run_query(matcher: Matcher, query: Query) -> dict[str, Any]:
     except TunetraceError as exc:
         return {"path": query.path, "error": str(exc)}
     embedding = time.perf_counter()
-    patches = query_patch_vectors(features, params=catalogue.params)
+    patches = matcher.query_patches(features, catalogue.params)
     searching = time.perf_counter()
     verifications = matcher.verify(features, timings=stages, patches=patches)
     elapsed = time.perf_counter() - started
@@ -534,7 +533,7 @@ def profile_pass(store: ShardedCatalogue, queries: list[Query]) -> dict[str, Any
             features = matcher.load_query(query.path)
         except TunetraceError:
             continue
-        patches = query_patch_vectors(features, params=store.params)
+        patches = matcher.query_patches(features, store.params)
         clear_feature_caches(store)
         started = time.perf_counter()
         found = store.shards.call_all(_profiled_shard, [(features, patches)] * store.shard_count)

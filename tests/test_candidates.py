@@ -357,3 +357,16 @@ def test_strongest_per_row_keeps_each_distinct_row_once_with_its_largest_value(
     np.maximum.at(expected_largest, inverse.reshape(-1), values)
     np.testing.assert_array_equal(distinct, expected)
     np.testing.assert_array_equal(largest, expected_largest)
+
+
+@pytest.mark.parametrize("hop", [0, -9])
+def test_patches_less_than_a_frame_apart_are_refused(hop: int) -> None:
+    with pytest.raises(ValueError, match="at least 1 frame apart"):
+        query_patch_vectors(_query(n_frames=200), params=PARAMS, hop=hop)
+
+
+def test_patches_are_the_hop_apart_at_every_tempo_ratio() -> None:
+    _, rate_index, starts = query_patch_vectors(_query(n_frames=400), params=PARAMS, hop=9)
+    gaps = [set(np.diff(starts[rate_index == rate])) for rate in np.unique(rate_index)]
+    assert len(gaps) == len(PARAMS.rate_grid())
+    assert all(gap == {9} for gap in gaps)  # every ratio has several patches here

@@ -214,23 +214,54 @@ def test_candidate_counts_that_cannot_work_are_refused(changes: dict) -> None:
         MatchSettings(**changes)
 
 
+def _spectrum_of(seconds: float, params) -> Features:
+    frames = int(seconds * params.frame_rate_hz)
+    spectrum = np.random.default_rng(3).random((params.n_bins, frames), dtype=np.float32)
+    return features_from_spectrum(spectrum, params=params)
+
+
 def test_long_queries_are_embedded_with_patches_further_apart(matcher: Matcher) -> None:
     params = matcher.catalogue.params
-    spaced = Matcher(matcher.catalogue, settings=MatchSettings(long_query_patch_hop=9))
+    spaced = Matcher(matcher.catalogue, settings=MatchSettings(long_query_patch_hop=7))
 
     def patch_starts(seconds: float) -> np.ndarray:
-        frames = int(seconds * params.frame_rate_hz)
-        spectrum = np.random.default_rng(3).random((params.n_bins, frames), dtype=np.float32)
-        _, rate_index, starts = spaced.query_patches(
-            features_from_spectrum(spectrum, params=params), params
-        )
+        _, rate_index, starts = spaced.query_patches(_spectrum_of(seconds, params), params)
         return starts[rate_index == rate_index[0]]
 
     assert set(np.diff(patch_starts(100.0))) == {params.query_patch_hop}
-    assert set(np.diff(patch_starts(130.0))) == {9}
-    for hop in (0, 9.5, True):
-        with pytest.raises(ValueError, match="long_query_patch_hop"):
-            MatchSettings(long_query_patch_hop=hop)
+    assert set(np.diff(patch_starts(120.0))) == {params.query_patch_hop}  # not longer
+    assert set(np.diff(patch_starts(130.0))) == {7}
+
+
+def test_the_candidate_search_and_verification_vote_with_the_long_query_hop(
+    matcher: Matcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spaced = Matcher(matcher.catalogue, settings=MatchSettings(long_query_patch_hop=7))
+    hops = []
+    real_find_candidates = matcher_module.find_candidates
+
+    def recording(features, searcher, *, patches, **kwargs):
+        _, rate_index, starts = patches
+        hops.append(set(np.diff(starts[rate_index == rate_index[0]]).tolist()))
+        return real_find_candidates(features, searcher, patches=patches, **kwargs)
+
+    monkeypatch.setattr(matcher_module, "find_candidates", recording)
+    features = _spectrum_of(130.0, matcher.catalogue.params)
+    spaced.candidates(features)
+    spaced.verify(features)
+    assert hops and all(hop == {7} for hop in hops), hops
+
+
+@pytest.mark.parametrize("hop", [0, 9.5, True, -9])
+def test_a_long_query_hop_that_cannot_work_is_refused(hop: object) -> None:
+    with pytest.raises(ValueError, match="long_query_patch_hop"):
+        MatchSettings(long_query_patch_hop=hop)
+
+
+def test_a_long_query_hop_longer_than_a_patch_is_refused(matcher: Matcher) -> None:
+    too_far = matcher.catalogue.params.patch_frames + 1
+    with pytest.raises(ValueError, match="patch length"):
+        Matcher(matcher.catalogue, settings=MatchSettings(long_query_patch_hop=too_far))
 
 
 @pytest.mark.parametrize("n_neighbours", [0, -3])

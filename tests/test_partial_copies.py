@@ -96,7 +96,7 @@ def test_a_section_inside_other_music_is_found_and_located(
     matcher, folder = partial_matcher
     section = altered("work61", 30, seconds, rate, semitones)
     end_s = before_s + len(section) / SR
-    matches = match(matcher, folder, f"section{seconds}",
+    matches = match(matcher, folder, f"section{seconds}-{before_s}",
                     [filler(90, before_s), section, filler(91, after_s)])  # fmt: skip
     assert [m.reference_id for m in matches] == ["work61"], matches
     found = matches[0]

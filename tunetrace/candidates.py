@@ -61,8 +61,9 @@ def query_patch_vectors(
         The query.
     params : FingerprintParams
     hop : int, optional
-        Frames between the starts of neighbouring patches (default:
-        ``params.query_patch_hop``).
+        Frames between the starts of neighbouring patches, at least 1 (default:
+        ``params.query_patch_hop``; the matcher chooses it by the query's length, see
+        :meth:`tunetrace.matcher.Matcher.query_patches`).
 
     Returns
     -------
@@ -72,6 +73,9 @@ def query_patch_vectors(
     starts : np.ndarray [shape=(n,)]
         First frame of each patch in the resampled (reference-tempo) query.
     """
+    hop = params.query_patch_hop if hop is None else hop
+    if hop < 1:
+        raise ValueError(f"patches must be at least 1 frame apart, not {hop}")
     # The query is brought to reference tempo before its chroma is smoothed, so that every
     # patch is smoothed over the same stretch of music as the reference's patches are (a
     # copy twice as fast, smoothed at its own tempo, would be smoothed over twice as much).
@@ -82,7 +86,7 @@ def query_patch_vectors(
             resample_time(folded, rate, normalise=False), params.chroma_smooth_frames
         )
         starts = patch_starts(
-            chroma.shape[1], patch_frames=params.patch_frames, hop=hop or params.query_patch_hop
+            chroma.shape[1], patch_frames=params.patch_frames, hop=hop
         )
         all_vectors.append(embed_patches(chroma, starts, params=params))
         all_rates.append(np.full(len(starts), index))
@@ -133,7 +137,9 @@ def find_candidates(
         catalogue must not find itself).
     patches : tuple of np.ndarray, optional
         The query's :func:`query_patch_vectors`, when already computed (a query searched in
-        several indexes is embedded once).
+        several indexes is embedded once); without them the query is embedded at the
+        catalogue's ``query_patch_hop`` whatever its length (the matcher passes its own,
+        :meth:`tunetrace.matcher.Matcher.query_patches`).
 
     Returns
     -------

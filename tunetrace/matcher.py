@@ -118,10 +118,11 @@ class MatchSettings:
         ... this share of an IVF index's probed lists (each of its many patches needs fewer:
         a copied section's patches find it among the nearest lists) ...
     long_query_patch_hop : int
-        ... and with patches this many frames apart (the catalogue's ``query_patch_hop``
-        for shorter queries): a third fewer patches to embed, search and count votes of. A
-        hop that leaves one frame over the reference's patch hop still meets every phase of
-        the reference's patches; a section of 8 s still has a few patches at every ratio.
+        ... and with patches this many frames (at reference tempo) apart, at least 1 and at
+        most the catalogue's ``patch_frames`` (the catalogue's ``query_patch_hop`` for
+        shorter queries): a third fewer patches to embed, search and count votes of than
+        at 6. A hop with no common factor with the catalogue's ``reference_patch_hop`` (9
+        against 8) still meets every phase of the reference's patches.
     """
 
     n_neighbours: int = 20
@@ -207,6 +208,11 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
+        if self.settings.long_query_patch_hop > catalogue.params.patch_frames:
+            raise ValueError(
+                f"long_query_patch_hop ({self.settings.long_query_patch_hop}) must be at most "
+                f"the catalogue's patch length ({catalogue.params.patch_frames} frames)"
+            )
         self._damaged_seen: dict[int, str] = {}  # key -> id of rows found damaged
         self._damaged_lock = threading.Lock()  # verification threads add to the record
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
@@ -294,7 +300,7 @@ class Matcher:
         exclude_keys : frozenset of int
             References left out of the search.
         patches : tuple of np.ndarray, optional
-            The query's :func:`~tunetrace.candidates.query_patch_vectors`, if already made.
+            The query's :meth:`query_patches`, if already made.
 
         Returns
         -------
@@ -345,17 +351,56 @@ class Matcher:
         return 1.0
 
     def patch_hop(self, features: Features, params: FingerprintParams) -> int:
-        """Frames between a query's patches: :attr:`MatchSettings.long_query_patch_hop` for
-        long queries, else the catalogue's ``query_patch_hop``."""
-        if features.duration_s > self.settings.long_query_s:
-            return self.settings.long_query_patch_hop
-        return params.query_patch_hop
+        """Frames between a query's patches.
+
+        Parameters
+        ----------
+        features : Features
+            The query.
+        params : FingerprintParams
+            The catalogue's.
+
+        Returns
+        -------
+        hop : int
+            :attr:`MatchSettings.long_query_patch_hop` for a query longer than
+            :attr:`MatchSettings.long_query_s`, else ``params.query_patch_hop``.
+
+        Raises
+        ------
+        ValueError
+            If the long-query hop is longer than a patch (music between patches would be
+            searched by none).
+        """
+        if features.duration_s <= self.settings.long_query_s:
+            return params.query_patch_hop
+        hop = self.settings.long_query_patch_hop
+        if hop > params.patch_frames:
+            raise ValueError(
+                f"long_query_patch_hop ({hop}) must be at most the catalogue's patch length "
+                f"({params.patch_frames} frames)"
+            )
+        return hop
 
     def query_patches(
         self, features: Features, params: FingerprintParams
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The query's :func:`~tunetrace.candidates.query_patch_vectors`, at
-        :meth:`patch_hop`."""
+        """A query's patch vectors as this matcher searches them: every call that takes
+        ``patches`` (:meth:`verify`, :meth:`candidates`, :meth:`match_features`) expects these.
+
+        Parameters
+        ----------
+        features : Features
+            The query.
+        params : FingerprintParams
+            The catalogue's.
+
+        Returns
+        -------
+        vectors, rate_index, starts : np.ndarray
+            As :func:`~tunetrace.candidates.query_patch_vectors` makes them, at
+            :meth:`patch_hop`.
+        """
         return query_patch_vectors(features, params=params, hop=self.patch_hop(features, params))
 
     def verify(
@@ -374,7 +419,7 @@ class Matcher:
         When ``timings`` is given, the seconds spent in the candidate search and in the
         verification are stored in it under ``"search"`` and ``"verification"``.
         ``reference_key`` limits the search to that reference; ``patches`` are the query's
-        :func:`~tunetrace.candidates.query_patch_vectors` if already made (a sharded
+        :meth:`query_patches` if already made (a sharded
         catalogue's shards all search the same ones); ``candidates`` replace the candidate
         search (a sharded catalogue's shards verify those the whole catalogue's votes chose).
         """
