@@ -12,10 +12,12 @@ from tunetrace.index.ids import vector_ids
 from tunetrace.alignment import inverse_transform
 from tunetrace.candidates import (
     SAME_PLACE_RATES,
+    add_best_neighbour_bin,
     find_candidates,
     local_totals,
     query_patch_vectors,
     run_starts,
+    strongest_first,
     strongest_per_row,
 )
 from tunetrace.matcher import one_ratio_each
@@ -370,3 +372,42 @@ def test_patches_are_the_hop_apart_at_every_tempo_ratio() -> None:
     gaps = [set(np.diff(starts[rate_index == rate])) for rate in np.unique(rate_index)]
     assert len(gaps) == len(PARAMS.rate_grid())
     assert all(gap == {9} for gap in gaps)  # every ratio has several patches here
+
+
+def test_tied_places_go_stronger_bin_first_then_earlier_row() -> None:
+    totals = np.array([0.5, 0.9, 0.9, 0.2, 0.9])
+    own_votes = np.array([0.5, 0.4, 0.5, 0.2, 0.5])
+    assert strongest_first(totals, own_votes, 3).tolist() == [2, 4, 1]
+    assert strongest_first(totals, own_votes, 10).tolist() == [2, 4, 1, 0, 3]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 300, 5001])
+def test_the_strongest_places_are_a_full_stable_sorts_first_ones(n: int) -> None:
+    rng = np.random.default_rng(n)
+    for _ in range(10):
+        totals = rng.integers(0, 20, n) / 7.0  # many exact ties
+        own_votes = rng.integers(0, 4, n) / 7.0
+        for count in (1, 5, 5000):
+            expected = np.lexsort((-own_votes, -totals))[:count]
+            assert np.array_equal(strongest_first(totals, own_votes, count), expected)
+
+
+def test_the_walk_order_of_places_does_not_depend_on_reference_keys() -> None:
+    # 60 references whose first two offset bins tie (each holds both bins' votes, and the
+    # same votes of its own); a shard numbers the same references otherwise, so their rows
+    # lie elsewhere
+    rng = np.random.default_rng(4)
+    strength = 1.0 + rng.permutation(60) / 100.0
+    own = {(name, bin_): strength[name] * (0.5 if bin_ == 2 else 1.0)
+           for name in range(60) for bin_ in range(3)}  # fmt: skip
+
+    def order_with(keys: np.ndarray) -> list[tuple[int, int]]:
+        rows = sorted(own, key=lambda place: (keys[place[0]], place[1]))
+        triples = np.array([(keys[name], 0, bin_) for name, bin_ in rows])
+        own_votes = np.array([own[place] for place in rows])
+        totals = add_best_neighbour_bin(triples, own_votes)
+        return [rows[i] for i in strongest_first(totals, own_votes, len(rows))]
+
+    walk = order_with(np.arange(60))
+    assert walk == order_with(rng.permutation(60) + 100)
+    assert walk[:2] == [(int(np.argmax(strength)), 0), (int(np.argmax(strength)), 1)]

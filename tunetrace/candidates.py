@@ -191,12 +191,13 @@ def find_candidates(
             place_starts, np.floor(query_frames / window_frames).astype(np.int64), sims
         )
     totals = totals / np.maximum(n_patches_per_rate[triples[:, 1]], 1.0)
+    own_votes = totals
     totals = add_best_neighbour_bin(triples, totals)
 
     places: list[_Place] = []
     places_by_reference: dict[int, list[_Place]] = {}
     min_votes = min_vote_ratio * float(totals.max())
-    walked = np.argsort(-totals)[:MAX_TRIPLES_CONSIDERED]
+    walked = strongest_first(totals, own_votes, MAX_TRIPLES_CONSIDERED)
     walked = walked[totals[walked] >= min_votes]  # the walk stops at the first weaker triple
     walked = walked[_among_first_references(triples[walked, 0], max_candidates)]
     for position in walked:
@@ -328,6 +329,37 @@ class _Place:
     rate_indices: list[int]
     votes: float
     triple: int
+
+
+def strongest_first(totals: np.ndarray, own_votes: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` places with the most votes, best first.
+
+    Neighbouring offset bins of one place often tie exactly (each holds both bins' votes):
+    the bin with more votes of its own goes first, then the earlier row. The order is the
+    same whatever keys the references have (a shard's differ from the whole catalogue's,
+    and an unstable sort would break such ties by where the rows happen to lie).
+
+    Parameters
+    ----------
+    totals : np.ndarray [shape=(n,)]
+        Votes of each place, with its better neighbour bin's added.
+    own_votes : np.ndarray [shape=(n,)]
+        Its votes alone.
+    count : int
+
+    Returns
+    -------
+    positions : np.ndarray [shape=(min(count, n),), dtype=int64]
+        Equal to ``np.lexsort((-own_votes, -totals))[:count]``, without sorting every place.
+    """
+    if len(totals) > count > 0:
+        # every place at least as strong as the count-th strongest, in row order
+        kth = np.partition(totals, len(totals) - count)[len(totals) - count]
+        chosen = np.flatnonzero(totals >= kth)
+    else:
+        chosen = np.arange(len(totals))
+    order = np.lexsort((-own_votes[chosen], -totals[chosen]))
+    return chosen[order][:count]
 
 
 def _among_first_references(reference_keys: np.ndarray, count: int) -> np.ndarray:
