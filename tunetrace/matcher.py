@@ -208,11 +208,7 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
-        if self.settings.long_query_patch_hop > catalogue.params.patch_frames:
-            raise ValueError(
-                f"long_query_patch_hop ({self.settings.long_query_patch_hop}) must be at most "
-                f"the catalogue's patch length ({catalogue.params.patch_frames} frames)"
-            )
+        _refuse_hops_past_a_patch(self.settings.long_query_patch_hop, catalogue.params)
         self._damaged_seen: dict[int, str] = {}  # key -> id of rows found damaged
         self._damaged_lock = threading.Lock()  # verification threads add to the record
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
@@ -374,26 +370,15 @@ class Matcher:
         """
         if features.duration_s <= self.settings.long_query_s:
             return params.query_patch_hop
-        hop = self.settings.long_query_patch_hop
-        if hop > params.patch_frames:
-            raise ValueError(
-                f"long_query_patch_hop ({hop}) must be at most the catalogue's patch length "
-                f"({params.patch_frames} frames)"
-            )
-        return hop
+        _refuse_hops_past_a_patch(self.settings.long_query_patch_hop, params)
+        return self.settings.long_query_patch_hop
 
     def query_patches(
         self, features: Features, params: FingerprintParams
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A query's patch vectors as this matcher searches them: every call that takes
         ``patches`` (:meth:`verify`, :meth:`candidates`, :meth:`match_features`) expects these.
-
-        Parameters
-        ----------
-        features : Features
-            The query.
-        params : FingerprintParams
-            The catalogue's.
+        Parameters as :meth:`patch_hop`'s.
 
         Returns
         -------
@@ -987,6 +972,16 @@ def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]
                 for ratio, offset in candidate.other_alignments
             )
     return out
+
+
+def _refuse_hops_past_a_patch(hop: int, params: FingerprintParams) -> None:
+    """Refuse a long-query patch hop longer than a patch: music between patches would be
+    searched by none."""
+    if hop > params.patch_frames:
+        raise ValueError(
+            f"long_query_patch_hop ({hop}) must be at most the catalogue's patch length "
+            f"({params.patch_frames} frames)"
+        )
 
 
 class _AtEffort:
