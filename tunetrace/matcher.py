@@ -208,7 +208,12 @@ class Matcher:
         self.score_model = score_model or ScoreModel.load()
         self.settings = settings or MatchSettings()
         self.verify_settings = verify_settings or VerifySettings()
-        _refuse_hops_past_a_patch(self.settings.long_query_patch_hop, catalogue.params)
+        hop, patch_frames = self.settings.long_query_patch_hop, catalogue.params.patch_frames
+        if hop > patch_frames:  # music between patches would be searched by none
+            raise ValueError(
+                f"long_query_patch_hop ({hop}) must be at most the catalogue's patch length "
+                f"({patch_frames} frames)"
+            )
         self._damaged_seen: dict[int, str] = {}  # key -> id of rows found damaged
         self._damaged_lock = threading.Lock()  # verification threads add to the record
         limit_blas_threads()  # small products: a spinning BLAS thread only takes a core away
@@ -360,17 +365,11 @@ class Matcher:
         -------
         hop : int
             :attr:`MatchSettings.long_query_patch_hop` for a query longer than
-            :attr:`MatchSettings.long_query_s`, else ``params.query_patch_hop``.
-
-        Raises
-        ------
-        ValueError
-            If the long-query hop is longer than a patch (music between patches would be
-            searched by none).
+            :attr:`MatchSettings.long_query_s` (checked against the catalogue's patch length
+            when the matcher was made), else ``params.query_patch_hop``.
         """
         if features.duration_s <= self.settings.long_query_s:
             return params.query_patch_hop
-        _refuse_hops_past_a_patch(self.settings.long_query_patch_hop, params)
         return self.settings.long_query_patch_hop
 
     def query_patches(
@@ -972,16 +971,6 @@ def one_ratio_each(candidates: list[Candidate], retimed: int) -> list[Candidate]
                 for ratio, offset in candidate.other_alignments
             )
     return out
-
-
-def _refuse_hops_past_a_patch(hop: int, params: FingerprintParams) -> None:
-    """Refuse a long-query patch hop longer than a patch: music between patches would be
-    searched by none."""
-    if hop > params.patch_frames:
-        raise ValueError(
-            f"long_query_patch_hop ({hop}) must be at most the catalogue's patch length "
-            f"({params.patch_frames} frames)"
-        )
 
 
 class _AtEffort:
