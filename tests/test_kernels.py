@@ -19,7 +19,12 @@ from tests.conftest import SAMPLE_RATE, write_audio
 from tunetrace.alignment import grid_pattern, inverse_transform
 from tunetrace.alignment_kernels import chroma_cross_spectra, chroma_grid_search
 from tunetrace.query import whiten_spectrum
-from tunetrace.verification_kernels import aligned_frames, shifted_fit
+from tunetrace.verification_kernels import (
+    aligned_frames,
+    interpolate_rows,
+    shifted_fit,
+    whitened_rows,
+)
 
 
 def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
@@ -164,6 +169,33 @@ def test_aligned_frames_interpolate_then_whiten(n_bins: int, whiten_bins: int) -
     expected_raw = interpolate_frames(spectrum, positions)
     np.testing.assert_allclose(raw.T, expected_raw, atol=1e-5)
     np.testing.assert_allclose(white.T, whiten_spectrum(expected_raw, whiten_bins), atol=1e-5)
+
+
+def test_whitened_rows_whiten_each_frame_read_once_for_every_row_of_positions() -> None:
+    rng = np.random.default_rng(3)
+    spectrum = rng.random((216, 300)).astype(np.float32)
+    frames = np.ascontiguousarray(spectrum.T)
+    # three alignments over overlapping stretches, one past the end (clipped to the last frame)
+    positions = np.stack(
+        [_positions(50, 1.0, 10.0), _positions(50, 1.3, 20.5), _positions(50, 2.0, 250.0)]
+    )
+
+    row_of, white_rows = whitened_rows(frames, positions, 13)
+
+    clipped = np.clip(positions, 0, 299)
+    read = np.union1d(np.floor(clipped), np.minimum(np.floor(clipped) + 1, 299)).astype(int)
+    np.testing.assert_array_equal(np.flatnonzero(row_of >= 0), read)  # those read, no others
+    assert len(white_rows) == len(read)  # each once, however many rows read it
+    np.testing.assert_array_equal(row_of[read], np.arange(len(read)))
+    np.testing.assert_allclose(white_rows, whiten_spectrum(spectrum[:, read], 13).T, atol=1e-5)
+    # each row of positions interpolates into the same frames aligned_frames makes alone
+    raw = np.empty((50, 216), dtype=np.float32)
+    white = np.empty((50, 216), dtype=np.float32)
+    for row in positions:
+        interpolate_rows(frames, white_rows, row_of, row, raw, white)
+        expected_raw, expected_white = aligned_frames(frames, row, 13)
+        np.testing.assert_array_equal(raw, expected_raw)
+        np.testing.assert_allclose(white, expected_white, atol=1e-6)
 
 
 @pytest.mark.parametrize("shift", [0.0, 5.5, -30.25])

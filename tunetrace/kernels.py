@@ -53,6 +53,9 @@ def compile_kernels() -> None:
         transform,
     )
     raw, white = verification_kernels.aligned_frames(frames, positions, 3)
+    # called from the kernels above; compiled for Python callers too, as every kernel is
+    row_of, white_rows = verification_kernels.whitened_rows(frames, positions[None], 3)
+    verification_kernels.interpolate_rows(frames, white_rows, row_of, positions, raw, white)
     catalogue_kernels.chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
     catalogue_kernels.stored_spectrum_arrays(
         _read_only(np.zeros((6, 3), dtype=np.uint8)),

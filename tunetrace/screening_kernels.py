@@ -16,7 +16,12 @@ import numba
 import numpy as np
 
 from tunetrace.index._kernels import FASTMATH
-from tunetrace.verification_kernels import aligned_frames, paired_bins, shifted_fit
+from tunetrace.verification_kernels import (
+    interpolate_rows,
+    paired_bins,
+    shifted_fit,
+    whitened_rows,
+)
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -35,7 +40,9 @@ def alignment_objectives(
 
     For alignment ``a`` query frame ``t`` reads reference frame ``offsets[a] + rates[a] * t``;
     frames that fall outside the reference do not count. Each alignment's reference frames are
-    interpolated and whitened once (:func:`~tunetrace.verification_kernels.aligned_frames`);
+    interpolated and whitened once (:func:`~tunetrace.verification_kernels.whitened_rows`,
+    :func:`~tunetrace.verification_kernels.interpolate_rows`; the reference frames a grid of
+    alignments reads are whitened once for all of them);
     each shift then pairs query bins with shifted reference bins
     (:func:`~tunetrace.verification_kernels.shifted_fit`) and scores the weighted mean of the
     per-frame correlations plus the onset correlation, the objective of
@@ -65,16 +72,22 @@ def alignment_objectives(
     n_bins = query_white.shape[1]
     last_frame = spectrum_frames.shape[0] - 1
     objectives = np.zeros((rates.shape[0], shifts.shape[0]), dtype=np.float64)
-    positions = np.empty(n_frames, dtype=np.float64)
+    positions = np.empty((rates.shape[0], n_frames), dtype=np.float64)
+    for a in range(rates.shape[0]):
+        for t in range(n_frames):
+            positions[a, t] = offsets[a] + rates[a] * t
+    # the alignments of a grid read much the same reference frames: each is whitened once
+    row_of, white_rows = whitened_rows(spectrum_frames, positions, whiten_bins)
+    raw = np.empty((n_frames, n_bins), dtype=np.float32)
+    white = np.empty((n_frames, n_bins), dtype=np.float32)
     usable = np.empty(n_frames, dtype=np.float32)
     for a in range(rates.shape[0]):
         total = 0.0
         for t in range(n_frames):
-            position = offsets[a] + rates[a] * t
-            positions[t] = position
+            position = positions[a, t]
             usable[t] = weights[t] if 0.0 <= position <= last_frame else np.float32(0.0)
             total += usable[t]
-        raw, white = aligned_frames(spectrum_frames, positions, whiten_bins)
+        interpolate_rows(spectrum_frames, white_rows, row_of, positions[a], raw, white)
         for i in range(shifts.shape[0]):
             first, stop = paired_bins(n_bins, shifts[i])
             if stop - first < n_bins // 4:

@@ -27,9 +27,12 @@ def aligned_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """A reference's spectrum interpolated at fractional frames, raw and whitened.
 
-    Equals :func:`~tunetrace.fingerprint.embedding.interpolate_frames` of the spectrum at
-    ``positions`` and :func:`~tunetrace.query.whiten_spectrum` of that (the local mean over
-    ``whiten_bins`` bins, edge bins repeated, removed from every frame).
+    Equals (to float rounding) :func:`~tunetrace.fingerprint.embedding.interpolate_frames` of
+    the spectrum at ``positions`` and :func:`~tunetrace.query.whiten_spectrum` of that (the
+    local mean over ``whiten_bins`` bins, edge bins repeated, removed from every frame).
+    Whitening along frequency and interpolating between frames commute, so the reference
+    frames read are whitened (:func:`whitened_rows`), then interpolated
+    (:func:`interpolate_rows`).
 
     Parameters
     ----------
@@ -43,14 +46,109 @@ def aligned_frames(
     -------
     raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
     """
+    row_of, white_rows = whitened_rows(spectrum_frames, positions.reshape(1, -1), whiten_bins)
     n_frames = positions.shape[0]
-    last = spectrum_frames.shape[0] - 1
     n_bins = spectrum_frames.shape[1]
-    half = whiten_bins // 2
     raw = np.empty((n_frames, n_bins), dtype=np.float32)
     white = np.empty((n_frames, n_bins), dtype=np.float32)
-    prefix = np.empty(n_bins + 1, dtype=np.float64)
-    for t in range(n_frames):
+    interpolate_rows(spectrum_frames, white_rows, row_of, positions, raw, white)
+    return raw, white
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def whitened_rows(
+    spectrum_frames: np.ndarray, positions: np.ndarray, whiten_bins: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The whitened reference frames that interpolating at ``positions`` reads, each once.
+
+    A grid of alignments, or the misaligned copies a null level measures, read the same
+    reference frames many times over: whitening each frame once, before any is
+    interpolated, does that work once instead of at every alignment.
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+    positions : np.ndarray [shape=(n_rows, n_frames), dtype=float64]
+        Fractional reference frames (clipped to the reference), any number of rows.
+    whiten_bins : int > 0, odd
+
+    Returns
+    -------
+    row_of : np.ndarray [shape=(n_reference_frames,), dtype=int64]
+        Row of ``white_rows`` holding each reference frame whitened (-1: not read).
+    white_rows : np.ndarray [shape=(n_read, n_bins), dtype=float32]
+        Each read frame minus its local mean over ``whiten_bins`` bins, edge bins repeated
+        (:func:`~tunetrace.query.whiten_spectrum` of the frame).
+    """
+    n_reference, n_bins = spectrum_frames.shape
+    last = n_reference - 1
+    row_of = np.full(n_reference, -1, dtype=np.int64)
+    for r in range(positions.shape[0]):
+        for t in range(positions.shape[1]):
+            position = min(max(positions[r, t], 0.0), float(last))
+            left = int(np.floor(position))
+            row_of[left] = 0
+            row_of[min(left + 1, last)] = 0
+    n_read = 0
+    for frame in range(n_reference):
+        if row_of[frame] == 0:
+            row_of[frame] = n_read
+            n_read += 1
+        else:
+            row_of[frame] = -1
+    half = whiten_bins // 2
+    inverse = np.float32(1.0 / whiten_bins)
+    white_rows = np.empty((n_read, n_bins), dtype=np.float32)
+    extended = np.empty(n_bins + 2 * half, dtype=np.float32)
+    for frame in range(n_reference):
+        if row_of[frame] < 0:
+            continue
+        row = spectrum_frames[frame]
+        out = white_rows[row_of[frame]]
+        # the row with its edge bins repeated ``half`` times past each end, then the window
+        # sums of every bin added up shift by shift (each shift a vectorised pass)
+        for k in range(half):
+            extended[k] = row[0]
+            extended[half + n_bins + k] = row[n_bins - 1]
+        for k in range(n_bins):
+            extended[half + k] = row[k]
+            out[k] = extended[k]
+        for i in range(1, whiten_bins):
+            for k in range(n_bins):
+                out[k] += extended[k + i]
+        for k in range(n_bins):
+            out[k] = row[k] - out[k] * inverse
+    return row_of, white_rows
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def interpolate_rows(
+    spectrum_frames: np.ndarray,
+    white_rows: np.ndarray,
+    row_of: np.ndarray,
+    positions: np.ndarray,
+    raw: np.ndarray,
+    white: np.ndarray,
+) -> None:
+    """Write the reference's raw and whitened frames at ``positions`` into ``raw`` and ``white``.
+
+    Frame ``t`` is the linear interpolation between reference frames ``floor(p)`` and
+    ``floor(p) + 1`` (the last frame repeated) for ``p = positions[t]`` clipped to the
+    reference; the whitened frames come from :func:`whitened_rows` (``row_of``,
+    ``white_rows``), which must have been given these positions.
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+    white_rows, row_of : np.ndarray
+        From :func:`whitened_rows`.
+    positions : np.ndarray [shape=(n_frames,), dtype=float64]
+    raw, white : np.ndarray [shape=(>= n_frames, n_bins), dtype=float32]
+        Written in their first ``n_frames`` rows.
+    """
+    last = spectrum_frames.shape[0] - 1
+    n_bins = spectrum_frames.shape[1]
+    for t in range(positions.shape[0]):
         position = min(max(positions[t], 0.0), float(last))
         left = int(np.floor(position))
         right = min(left + 1, last)
@@ -61,26 +159,11 @@ def aligned_frames(
         right_row = spectrum_frames[right]
         for k in range(n_bins):
             row[k] = left_row[k] * left_weight + right_row[k] * right_weight
-        prefix[0] = 0.0
+        row = white[t]
+        left_row = white_rows[row_of[left]]
+        right_row = white_rows[row_of[right]]
         for k in range(n_bins):
-            prefix[k + 1] = prefix[k] + row[k]
-        # The window of bin k is k - half .. k + half, edge bins repeated past the ends; the
-        # interior loop has no edges to handle (and vectorises).
-        whitened = white[t]
-        first_value = row[0]
-        last_value = row[n_bins - 1]
-        for k in range(min(half, n_bins)):
-            high = k + half
-            total = prefix[min(high, n_bins - 1) + 1] + (half - k) * first_value
-            if high > n_bins - 1:
-                total += (high - n_bins + 1) * last_value
-            whitened[k] = row[k] - total / whiten_bins
-        for k in range(half, n_bins - half):
-            whitened[k] = row[k] - (prefix[k + half + 1] - prefix[k - half]) / whiten_bins
-        for k in range(max(n_bins - half, half), n_bins):
-            total = prefix[n_bins] - prefix[k - half] + (k + half - n_bins + 1) * last_value
-            whitened[k] = row[k] - total / whiten_bins
-    return raw, white
+            row[k] = left_row[k] * left_weight + right_row[k] * right_weight
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -285,8 +368,12 @@ def spectral_curves(
     curves : np.ndarray [shape=(n_rows, n_frames), dtype=float32]
     """
     curves = np.empty(positions.shape, dtype=np.float32)
+    row_of, white_rows = whitened_rows(spectrum_frames, positions, whiten_bins)
+    n_bins = spectrum_frames.shape[1]
+    raw = np.empty((positions.shape[1], n_bins), dtype=np.float32)
+    white = np.empty((positions.shape[1], n_bins), dtype=np.float32)
     for r in range(positions.shape[0]):
-        raw, white = aligned_frames(spectrum_frames, positions[r], whiten_bins)
+        interpolate_rows(spectrum_frames, white_rows, row_of, positions[r], raw, white)
         per_frame, _, _ = shifted_fit(
             raw,
             white,
