@@ -100,6 +100,9 @@ def whitened_rows(
     inverse = np.float32(1.0 / whiten_bins)
     white_rows = np.empty((n_read, n_bins), dtype=np.float32)
     extended = np.empty(n_bins + 2 * half, dtype=np.float32)
+    # (every index below is a loop counter or a view's: see shifted_fit on why)
+    middle = extended[half:]
+    tail = extended[half + n_bins :]
     for frame in range(n_reference):
         if row_of[frame] < 0:
             continue
@@ -109,13 +112,15 @@ def whitened_rows(
         # sums of every bin added up shift by shift (each shift a vectorised pass)
         for k in range(half):
             extended[k] = row[0]
-            extended[half + n_bins + k] = row[n_bins - 1]
+            tail[k] = row[n_bins - 1]
         for k in range(n_bins):
-            extended[half + k] = row[k]
+            middle[k] = row[k]
+        for k in range(n_bins):
             out[k] = extended[k]
         for i in range(1, whiten_bins):
+            window = extended[i:]
             for k in range(n_bins):
-                out[k] += extended[k + i]
+                out[k] += window[k]
         for k in range(n_bins):
             out[k] = row[k] - out[k] * inverse
     return row_of, white_rows
@@ -225,30 +230,29 @@ def shifted_fit(
     shifted_white = np.empty((n_frames, n_band), dtype=np.float32)
     shifted_raw = np.empty((n_frames, n_band), dtype=np.float32)
     per_frame = np.empty(n_frames, dtype=np.float32)
+    # Inner loops index views that start at the band with the loop counter alone: an index
+    # such as ``base + j`` may be negative as far as Numba knows, and the wraparound it then
+    # handles keeps LLVM from vectorising the loop (five times slower).
     for t in range(n_frames):
-        reference_row = white[t]
+        reference_row = white[t][base:]
         shifted = shifted_white[t]
         for j in range(last):
-            shifted[j] = (
-                reference_row[base + j] * lower_weight + reference_row[base + j + 1] * upper_weight
-            )
-        shifted[last] = (
-            reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
-        )
+            shifted[j] = reference_row[j] * lower_weight + reference_row[j + 1] * upper_weight
+        shifted[last] = reference_row[last] * lower_weight + white[t][last_upper] * upper_weight
         # single-precision sums of a few hundred values (vectorised; the same to ~1e-6)
         mean = np.float32(0.0)
         for j in range(n_band):
             mean += shifted[j]
         mean /= n_band
         # the reference side is centred, so the query's mean drops out of the product
-        query_row = query_white[t]
+        query_row = query_white[t][first_bin:]
         numerator = np.float32(0.0)
         square = np.float32(0.0)
         query_sum = np.float32(0.0)
         query_square = np.float32(0.0)
         for j in range(n_band):
             centred = shifted[j] - mean
-            query_value = query_row[first_bin + j]
+            query_value = query_row[j]
             numerator += query_value * centred
             square += centred * centred
             query_sum += query_value
@@ -256,16 +260,11 @@ def shifted_fit(
         query_square = max(query_square - query_sum * query_sum / n_band, 0.0)
         per_frame[t] = numerator / max(np.sqrt(query_square) * np.sqrt(square), 1e-9)
         if with_changes:
-            reference_row = raw[t]
+            reference_row = raw[t][base:]
             shifted = shifted_raw[t]
             for j in range(last):
-                shifted[j] = (
-                    reference_row[base + j] * lower_weight
-                    + reference_row[base + j + 1] * upper_weight
-                )
-            shifted[last] = (
-                reference_row[base + last] * lower_weight + reference_row[last_upper] * upper_weight
-            )
+                shifted[j] = reference_row[j] * lower_weight + reference_row[j + 1] * upper_weight
+            shifted[last] = reference_row[last] * lower_weight + raw[t][last_upper] * upper_weight
     onsets = 0.0
     dynamics = 0.0
     if with_changes and n_frames >= 3:
@@ -300,9 +299,12 @@ def _change_correlation(
         frame_product = np.float32(0.0)
         frame_query = np.float32(0.0)
         frame_reference = np.float32(0.0)
+        query_row = query_changes[t][first_bin:]  # indexed by the counter alone: vectorised
+        later = reference_frames[t + 2]
+        earlier = reference_frames[t]
         for j in range(n_band):
-            query_change = query_changes[t, first_bin + j]
-            change = reference_frames[t + 2, j] - reference_frames[t, j]
+            query_change = query_row[j]
+            change = later[j] - earlier[j]
             frame_product += query_change * change
             frame_query += query_change * query_change
             frame_reference += change * change
