@@ -22,10 +22,9 @@ from tunetrace.candidates import (
 )
 from tunetrace.matcher import one_ratio_each
 from tunetrace.query import prepare_query, whiten_spectrum
-from tunetrace.screening_kernels import alignment_objectives
 from tunetrace.types import Candidate
 from tunetrace.verification import SpectralFit
-from tunetrace.verification_kernels import paired_bins
+from tunetrace.verification_kernels import alignment_objectives, paired_bins
 
 PARAMS = FingerprintParams()
 OFFSET = 800  # reference frame where the query's first frame lands

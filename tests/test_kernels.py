@@ -253,7 +253,6 @@ def test_shifted_fit_measures_frame_and_change_correlations(shift: float) -> Non
 KERNEL_MODULES = (
     "tunetrace.index._kernels",
     "tunetrace.alignment_kernels",
-    "tunetrace.screening_kernels",
     "tunetrace.verification_kernels",
 )
 
@@ -320,6 +319,27 @@ def _kernel_dispatchers() -> dict[str, numba.core.registry.CPUDispatcher]:
         if isinstance(value, numba.core.registry.CPUDispatcher)
         and value.py_func.__module__ == module
     }
+
+
+def test_kernels_call_only_kernels_of_their_own_file() -> None:
+    # Numba's disk cache keys a kernel on its own file alone: one that called a kernel of
+    # another file would keep running that kernel's old compiled code after it changed.
+    dispatchers = _kernel_dispatchers()
+    callees = {
+        name: {
+            f"{value.py_func.__module__}.{called}"
+            for called in dispatcher.py_func.__code__.co_names
+            if isinstance(
+                value := dispatcher.py_func.__globals__.get(called),
+                numba.core.registry.CPUDispatcher,
+            )
+        }
+        for name, dispatcher in dispatchers.items()
+    }
+    assert any(callees.values())  # kernels do call kernels: the check can see them
+    for name, called in callees.items():
+        module = name.rsplit(".", 1)[0]
+        assert {callee.rsplit(".", 1)[0] for callee in called} <= {module}, name
 
 
 def test_no_kernel_may_assume_finite_or_non_nan_values() -> None:

@@ -10,8 +10,7 @@ compiling.
 The loops sit beside the stages that call them: ``tunetrace.index._kernels`` (a stored
 reference's arrays, read from the catalogue, a long query's choice of IVF lists and each
 vector's best neighbours in them; it also holds the fast-math flags every kernel is compiled
-with), :mod:`tunetrace.alignment_kernels`, :mod:`tunetrace.screening_kernels` and
-:mod:`tunetrace.verification_kernels`.
+with), :mod:`tunetrace.alignment_kernels` and :mod:`tunetrace.verification_kernels`.
 :func:`compile_kernels` compiles all of them up front.
 """
 
@@ -19,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tunetrace import alignment_kernels, screening_kernels, verification_kernels
+from tunetrace import alignment_kernels, verification_kernels
 from tunetrace.index import _kernels as catalogue_kernels
 
 
@@ -67,7 +66,9 @@ def compile_kernels() -> None:
     verification_kernels.shifted_fit(
         raw, white, 0.0, 0, 8, query, query[:1], query[:1], weights, True, True
     )
-    screening_kernels.alignment_objectives(frames, grid, grid, grid, weights, 3, query, query[:1])
+    verification_kernels.alignment_objectives(
+        frames, grid, grid, grid, weights, 3, query, query[:1]
+    )
     verification_kernels.spectral_curves(frames, np.zeros((2, 3)), 3, 0.0, 0, 8, query, weights)
     verification_kernels.paired_bins(8, 0.0)  # also called on its own, by the spectral fit
     catalogue_kernels.largest_per_row(frames, 2)  # a long query's IVF lists

@@ -3,9 +3,9 @@
 Every chroma alignment (:mod:`tunetrace.alignment`) gets one quick look at the spectra: its
 chroma roll profile gives the pitch shift modulo an octave, and each whole-octave
 alternative is scored at the alignment in one compiled call
-(:mod:`tunetrace.screening_kernels`). The best-screened alignments go on to full
-verification (:mod:`tunetrace.verification`), which refines them with the same objective
-(:func:`fit_objectives`).
+(:func:`~tunetrace.verification_kernels.alignment_objectives`). The best-screened
+alignments go on to full verification (:mod:`tunetrace.verification`), which refines them
+with the same objective (:func:`fit_objectives`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tunetrace.alignment import ChromaAlignment
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.query import PreparedQuery, VerifySettings
-from tunetrace.screening_kernels import alignment_objectives
+from tunetrace.verification_kernels import alignment_objectives
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ def fit_objectives(
 
     The objective is the one :meth:`~tunetrace.verification.SpectralFit.similarity` gives
     a single alignment (:attr:`~tunetrace.verification.Fit.objective`: spectral plus onset
-    similarity); :func:`~tunetrace.screening_kernels.alignment_objectives` computes it.
+    similarity); :func:`~tunetrace.verification_kernels.alignment_objectives` computes it.
 
     Parameters
     ----------

@@ -164,7 +164,7 @@ class SpectralFit:
     (:func:`~tunetrace.verification_kernels.shifted_fit`). The result equals shifting and
     whitening the interpolated frames. Screening and refinement, which measure
     many alignments and shifts, do the same in one call
-    (:func:`~tunetrace.screening_kernels.alignment_objectives`).
+    (:func:`~tunetrace.verification_kernels.alignment_objectives`).
 
     Parameters
     ----------

@@ -1,12 +1,17 @@
-"""Compiled inner loops of full verification (:mod:`tunetrace.verification`).
+"""Compiled inner loops of spectral screening and full verification
+(:mod:`tunetrace.screening`, :mod:`tunetrace.verification`).
 
 The spectral fit reads a reference's spectrum at an alignment's fractional frames, whitens
 it along frequency (:func:`aligned_frames`), shifts it along frequency and correlates it
 with the query frame by frame (:func:`shifted_fit`); :func:`spectral_curves` does the same
-for many rows of positions in one call (the null and local levels). Screening's kernel
-(:mod:`tunetrace.screening_kernels`) runs this fit over many alignments and shifts at once.
-Why verification's loops are compiled, and how they are compiled before the first query, is
-told in :mod:`tunetrace.kernels`.
+for many rows of positions in one call (the null and local levels), and
+:func:`alignment_objectives` scores many alignments at many shifts in one call (screening
+and spectral refinement). Why verification's loops are compiled, and how they are compiled
+before the first query, is told in :mod:`tunetrace.kernels`.
+
+They share one file because Numba's on-disk cache notices changes only to the file a kernel
+is defined in: a kernel that called one defined in another file would go on running that
+one's old code, compiled into its own cache entry, after the other file changed.
 
 Each function states the NumPy expression it equals; the tests compare them.
 """
@@ -391,3 +396,93 @@ def spectral_curves(
         )
         curves[r] = per_frame
     return curves
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def alignment_objectives(
+    spectrum_frames: np.ndarray,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+    shifts: np.ndarray,
+    weights: np.ndarray,
+    whiten_bins: int,
+    query_white: np.ndarray,
+    query_raw_changes: np.ndarray,
+) -> np.ndarray:
+    """Spectral plus onset similarity of the query with a reference at several alignments,
+    each at several spectral shifts.
+
+    For alignment ``a`` query frame ``t`` reads reference frame ``offsets[a] + rates[a] * t``;
+    frames that fall outside the reference do not count. Each alignment's reference frames are
+    interpolated and whitened once (:func:`whitened_rows`,
+    :func:`interpolate_rows`; the reference frames a grid of
+    alignments reads are whitened once for all of them);
+    each shift then pairs query bins with shifted reference bins
+    (:func:`shifted_fit`) and scores the weighted mean of the
+    per-frame correlations plus the onset correlation, the objective of
+    :meth:`~tunetrace.verification.SpectralFit.similarity`. A shift that pairs fewer than a
+    quarter of the bins scores 0. Screening (one alignment, every octave) and spectral
+    refinement (a grid of alignments, one shift) each take one call, so that threads working
+    side by side spend their time here rather than taking turns at the interpreter between
+    many short calls.
+
+    Parameters
+    ----------
+    spectrum_frames : np.ndarray [shape=(n_reference_frames, n_bins), dtype=float32]
+    rates, offsets : np.ndarray [shape=(n_alignments,), dtype=float64]
+    shifts : np.ndarray [shape=(n_shifts,), dtype=float64]
+        Spectral shifts in bins (query up by ``shift`` relative to the reference).
+    weights : np.ndarray [shape=(n_frames,), dtype=float32]
+        The query's frame weights.
+    whiten_bins : int > 0, odd
+    query_white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    query_raw_changes : np.ndarray [shape=(n_frames - 2, n_bins), dtype=float32]
+
+    Returns
+    -------
+    objectives : np.ndarray [shape=(n_alignments, n_shifts), dtype=float64]
+    """
+    n_frames = weights.shape[0]
+    n_bins = query_white.shape[1]
+    last_frame = spectrum_frames.shape[0] - 1
+    objectives = np.zeros((rates.shape[0], shifts.shape[0]), dtype=np.float64)
+    positions = np.empty((rates.shape[0], n_frames), dtype=np.float64)
+    for a in range(rates.shape[0]):
+        for t in range(n_frames):
+            positions[a, t] = offsets[a] + rates[a] * t
+    # the alignments of a grid read much the same reference frames: each is whitened once
+    row_of, white_rows = whitened_rows(spectrum_frames, positions, whiten_bins)
+    raw = np.empty((n_frames, n_bins), dtype=np.float32)
+    white = np.empty((n_frames, n_bins), dtype=np.float32)
+    usable = np.empty(n_frames, dtype=np.float32)
+    for a in range(rates.shape[0]):
+        total = 0.0
+        for t in range(n_frames):
+            position = positions[a, t]
+            usable[t] = weights[t] if 0.0 <= position <= last_frame else np.float32(0.0)
+            total += usable[t]
+        interpolate_rows(spectrum_frames, white_rows, row_of, positions[a], raw, white)
+        for i in range(shifts.shape[0]):
+            first, stop = paired_bins(n_bins, shifts[i])
+            if stop - first < n_bins // 4:
+                continue
+            per_frame, onsets, _ = shifted_fit(
+                raw,
+                white,
+                shifts[i],
+                first,
+                stop - first,
+                query_white,
+                query_raw_changes,  # stands in for the whitened changes: no dynamics measured
+                query_raw_changes,
+                usable,
+                True,
+                False,
+            )
+            spectral = 0.0
+            if total > 0:
+                for t in range(n_frames):
+                    spectral += per_frame[t] * usable[t]
+                spectral /= total
+            objectives[a, i] = spectral + onsets
+    return objectives
