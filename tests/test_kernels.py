@@ -31,13 +31,30 @@ def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
     return offset + rate * np.arange(n_frames, dtype=np.float64)
 
 
-def test_chroma_cross_spectra_give_the_circular_cross_correlation() -> None:
+# Three alignments at three rates; then a search grid of rates by offsets whole frames apart
+# (summed off one spreading of the query per rate), with an offset half a frame off the grid
+# and members that run off either end of the reference (those two summed frame by frame).
+_STEPS = np.array([-6.0, -2.0, 0.0, 1.0, 5.0])
+_GRID = {1.0: 34.6 + _STEPS, 1.37: 40.6 + _STEPS, 0.55: 1.6 + _STEPS, 1.9: 228.3 + _STEPS}
+
+
+@pytest.mark.parametrize(
+    ("rates", "offsets"),
+    [
+        (np.array([0.8, 1.0, 1.31]), np.array([-20.0, 100.5, 290.0])),
+        (
+            np.array([rate for rate, row in _GRID.items() for _ in row] + [1.0]),
+            np.array([offset for row in _GRID.values() for offset in row] + [43.1]),
+        ),
+    ],
+)
+def test_chroma_cross_spectra_give_the_circular_cross_correlation(
+    rates: np.ndarray, offsets: np.ndarray
+) -> None:
     rng = np.random.default_rng(0)
     reference = rng.random((36, 400)).astype(np.float32)
     query = rng.random((36, 90)).astype(np.float32)
     weights = (rng.random(90) > 0.2).astype(np.float32)
-    rates = np.array([0.8, 1.0, 1.31])
-    offsets = np.array([-20.0, 100.5, 290.0])  # the last runs past the reference's end
 
     sums, totals = chroma_cross_spectra(
         np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
