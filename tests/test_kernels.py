@@ -78,6 +78,59 @@ def test_chroma_cross_spectra_give_the_circular_cross_correlation(
         np.testing.assert_allclose(per_roll[p], expected, rtol=1e-4, atol=1e-3)
 
 
+def _direct_sums(
+    reference: np.ndarray, query: np.ndarray, weights: np.ndarray, rate: float, offset: float
+) -> tuple[np.ndarray, float]:
+    """One alignment's chroma sums and weight total by definition (frames inside only)."""
+    positions = _positions(query.shape[1], rate, offset)
+    inside = (positions >= 0) & (positions <= reference.shape[1] - 1)
+    frame_weights = weights * inside
+    aligned = interpolate_frames(reference, np.where(inside, positions, 0.0))
+    bins = np.fft.rfft(aligned * frame_weights, axis=0) * np.conj(np.fft.rfft(query, axis=0))
+    return bins.sum(axis=1), float(frame_weights.sum())
+
+
+def test_chroma_cross_spectra_keep_odd_alignments_to_themselves() -> None:
+    # NaN and huge offsets in a grid's group, a leader that is itself NaN, and members a
+    # hair's breadth outside either end: none may corrupt the others (or memory), and the
+    # members outside are summed as the definition says, a frame fewer
+    rng = np.random.default_rng(4)
+    reference = rng.random((36, 100)).astype(np.float32)
+    query = rng.random((36, 20)).astype(np.float32)
+    weights = np.ones(20, dtype=np.float32)
+    rates = np.ones(9)
+    offsets = np.array([np.nan, 3.0, np.nan, 4.0, 5.0, -1e-10, 6.0, 80.0 + 1e-10, -1e30])
+
+    sums, totals = chroma_cross_spectra(
+        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
+        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
+        weights,
+        rates,
+        offsets,
+    )
+
+    for p in (1, 3, 4, 5, 6, 7, 8):
+        expected, total = _direct_sums(reference, query, weights, rates[p], offsets[p])
+        assert totals[p] == pytest.approx(total), p
+        np.testing.assert_allclose(sums[p], expected, rtol=1e-4, atol=1e-3)
+    assert totals[5] == 19 and totals[7] == 19  # first or last frame just outside
+    assert totals[8] == 0
+
+
+def test_aligned_frames_clip_nan_positions_and_refuse_an_empty_reference() -> None:
+    rng = np.random.default_rng(5)
+    frames = rng.random((30, 216)).astype(np.float32)
+    positions = np.array([np.nan, 2.5, -np.inf, np.inf, 29.0])
+    raw, _ = aligned_frames(frames, positions, 13)
+    np.testing.assert_array_equal(raw[0], frames[0])  # NaN read as the first frame
+    np.testing.assert_array_equal(raw[2], frames[0])
+    np.testing.assert_array_equal(raw[3], frames[29])
+    strided = np.arange(20, dtype=np.float64)[::2]  # a view, not contiguous
+    np.testing.assert_array_equal(aligned_frames(frames, strided, 13)[0], frames[0:20:2])
+    with pytest.raises(ValueError, match="no frames"):
+        aligned_frames(frames[:0], positions, 13)
+
+
 def _roll_scores(
     reference: np.ndarray,
     query: np.ndarray,

@@ -32,7 +32,7 @@ def chroma_cross_spectra(
 
     A search grid holds many alignments at one tempo ratio whose offsets differ by whole
     frames. Those read the reference with the same interpolation weights, shifted by whole
-    frames, so the query's weighted frames are spread onto reference frames once per ratio
+    frames, so the query's weighted frames are spread onto reference frames once for them
     (:func:`_spread_query`) and each such alignment lying wholly inside the reference is a
     dot product per coefficient along the reference frames it spans (:func:`_planes`,
     :func:`_shifted_products`: contiguous, so vectorised) instead of an interpolation and a
@@ -72,20 +72,23 @@ def chroma_cross_spectra(
     highest = 0
     members = np.empty(n_pairs, dtype=np.int64)
     for p in range(n_pairs):
-        if group_of[p] >= 0 or n_frames == 0 or not rates[p] > 0.0:
-            continue
-        # the alignments at this rate whose offsets are this one's plus whole frames, with
-        # every query frame inside the reference
         rate = rates[p]
+        # (written so that NaN fails: such alignments are summed frame by frame)
+        if group_of[p] >= 0 or n_frames == 0 or not (0.0 < rate < np.inf):
+            continue
+        if not abs(offsets[p]) < 1e15:
+            continue
+        low = int(np.floor(offsets[p]))
+        # the alignments at this rate whose offsets are this one's plus whole frames, with
+        # every query frame inside the reference (by their own offsets, as summed directly)
         n_members = 0
         for q in range(p, n_pairs):
             if group_of[q] >= 0 or rates[q] != rate:
                 continue
             shift = offsets[q] - offsets[p]
             whole = np.round(shift)
-            first = offsets[p] + whole
-            final = offsets[p] + whole + rate * (n_frames - 1)
-            if abs(shift - whole) > 1e-9 or first < 0.0 or final > last:
+            inside = offsets[q] >= 0.0 and offsets[q] + rate * (n_frames - 1) <= last
+            if not (abs(shift - whole) <= 1e-9 and inside and low + whole >= 0):
                 continue
             members[n_members] = q
             n_members += 1
@@ -94,7 +97,6 @@ def chroma_cross_spectra(
         span = rate * (n_frames - 1) + 2.0
         if n_members < 2 or n_frames * (n_members - 0.1) < 0.1 * n_members * span:
             continue
-        low = int(np.floor(offsets[p]))
         rows = int(span) + 1
         for m in range(n_members):
             q = members[m]

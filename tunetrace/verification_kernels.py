@@ -51,13 +51,22 @@ def aligned_frames(
     -------
     raw, white : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
     """
-    row_of, white_rows = whitened_rows(spectrum_frames, positions.reshape(1, -1), whiten_bins)
+    rows = np.ascontiguousarray(positions).reshape(1, -1)
+    row_of, white_rows = whitened_rows(spectrum_frames, rows, whiten_bins)
     n_frames = positions.shape[0]
     n_bins = spectrum_frames.shape[1]
     raw = np.empty((n_frames, n_bins), dtype=np.float32)
     white = np.empty((n_frames, n_bins), dtype=np.float32)
     interpolate_rows(spectrum_frames, white_rows, row_of, positions, raw, white)
     return raw, white
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def _clipped(position: float, last: int) -> float:
+    """``position`` clipped to ``0 .. last`` (NaN to 0: never an index outside)."""
+    if not position >= 0.0:
+        return 0.0
+    return min(position, float(last))
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
@@ -86,11 +95,13 @@ def whitened_rows(
         (:func:`~tunetrace.query.whiten_spectrum` of the frame).
     """
     n_reference, n_bins = spectrum_frames.shape
+    if n_reference == 0:
+        raise ValueError("a reference with no frames has nothing to align with")
     last = n_reference - 1
     row_of = np.full(n_reference, -1, dtype=np.int64)
     for r in range(positions.shape[0]):
         for t in range(positions.shape[1]):
-            position = min(max(positions[r, t], 0.0), float(last))
+            position = _clipped(positions[r, t], last)
             left = int(np.floor(position))
             row_of[left] = 0
             row_of[min(left + 1, last)] = 0
@@ -159,7 +170,7 @@ def interpolate_rows(
     last = spectrum_frames.shape[0] - 1
     n_bins = spectrum_frames.shape[1]
     for t in range(positions.shape[0]):
-        position = min(max(positions[t], 0.0), float(last))
+        position = _clipped(positions[t], last)
         left = int(np.floor(position))
         right = min(left + 1, last)
         right_weight = np.float32(position - left)
@@ -224,6 +235,8 @@ def shifted_fit(
     """
     n_frames = query_white.shape[0]
     n_bins = raw.shape[1]
+    if n_band < 1:  # no bin pairs: nothing fits
+        return np.zeros(n_frames, dtype=np.float32), 0.0, 0.0
     # The shift is the same for every bin: query bin first_bin + j reads reference bins
     # base + j and base + j + 1 with the same weights (the top one clipped to the last bin).
     source = first_bin - shift
@@ -237,7 +250,7 @@ def shifted_fit(
     per_frame = np.empty(n_frames, dtype=np.float32)
     # Inner loops index views that start at the band with the loop counter alone: an index
     # such as ``base + j`` may be negative as far as Numba knows, and the wraparound it then
-    # handles keeps LLVM from vectorising the loop (five times slower).
+    # handles keeps LLVM from vectorising the loop (three times slower).
     for t in range(n_frames):
         reference_row = white[t][base:]
         shifted = shifted_white[t]
@@ -413,12 +426,10 @@ def alignment_objectives(
     each at several spectral shifts.
 
     For alignment ``a`` query frame ``t`` reads reference frame ``offsets[a] + rates[a] * t``;
-    frames that fall outside the reference do not count. Each alignment's reference frames are
-    interpolated and whitened once (:func:`whitened_rows`,
-    :func:`interpolate_rows`; the reference frames a grid of
-    alignments reads are whitened once for all of them);
-    each shift then pairs query bins with shifted reference bins
-    (:func:`shifted_fit`) and scores the weighted mean of the
+    frames that fall outside the reference do not count. The reference frames that all the
+    alignments read are whitened once (:func:`whitened_rows`), each alignment's frames
+    interpolated once (:func:`interpolate_rows`); each shift then pairs query bins with
+    shifted reference bins (:func:`shifted_fit`) and scores the weighted mean of the
     per-frame correlations plus the onset correlation, the objective of
     :meth:`~tunetrace.verification.SpectralFit.similarity`. A shift that pairs fewer than a
     quarter of the bins scores 0. Screening (one alignment, every octave) and spectral
@@ -464,7 +475,7 @@ def alignment_objectives(
         interpolate_rows(spectrum_frames, white_rows, row_of, positions[a], raw, white)
         for i in range(shifts.shape[0]):
             first, stop = paired_bins(n_bins, shifts[i])
-            if stop - first < n_bins // 4:
+            if stop - first < max(n_bins // 4, 1):
                 continue
             per_frame, onsets, _ = shifted_fit(
                 raw,
