@@ -31,6 +31,23 @@ def _positions(n_frames: int, rate: float, offset: float) -> np.ndarray:
     return offset + rate * np.arange(n_frames, dtype=np.float64)
 
 
+def _cross_spectra(
+    reference: np.ndarray,
+    query: np.ndarray,
+    weights: np.ndarray,
+    rates: np.ndarray,
+    offsets: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`chroma_cross_spectra` of chroma given bins first, as alignment transforms it."""
+    return chroma_cross_spectra(
+        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
+        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
+        weights,
+        rates,
+        offsets,
+    )
+
+
 # Three alignments at three rates; then a search grid of rates by offsets whole frames apart
 # (summed off one spreading of the query per rate), with an offset half a frame off the grid
 # and members that run off either end of the reference (those two summed frame by frame).
@@ -56,13 +73,7 @@ def test_chroma_cross_spectra_give_the_circular_cross_correlation(
     query = rng.random((36, 90)).astype(np.float32)
     weights = (rng.random(90) > 0.2).astype(np.float32)
 
-    sums, totals = chroma_cross_spectra(
-        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
-        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
-        weights,
-        rates,
-        offsets,
-    )
+    sums, totals = _cross_spectra(reference, query, weights, rates, offsets)
     per_roll = np.fft.irfft(np.conj(sums), n=36, axis=1)
 
     for p, (rate, offset) in enumerate(zip(rates, offsets, strict=True)):
@@ -101,13 +112,7 @@ def test_chroma_cross_spectra_keep_odd_alignments_to_themselves() -> None:
     rates = np.ones(9)
     offsets = np.array([np.nan, 3.0, np.nan, 4.0, 5.0, -1e-10, 6.0, 80.0 + 1e-10, -1e30])
 
-    sums, totals = chroma_cross_spectra(
-        np.ascontiguousarray(np.fft.rfft(reference, axis=0).T, dtype=np.complex64),
-        np.ascontiguousarray(np.conj(np.fft.rfft(query, axis=0).T), dtype=np.complex64),
-        weights,
-        rates,
-        offsets,
-    )
+    sums, totals = _cross_spectra(reference, query, weights, rates, offsets)
 
     for p in (1, 3, 4, 5, 6, 7, 8):
         expected, total = _direct_sums(reference, query, weights, rates[p], offsets[p])
