@@ -85,9 +85,7 @@ def query_patch_vectors(
         chroma = smooth_chroma(
             resample_time(folded, rate, normalise=False), params.chroma_smooth_frames
         )
-        starts = patch_starts(
-            chroma.shape[1], patch_frames=params.patch_frames, hop=hop
-        )
+        starts = patch_starts(chroma.shape[1], patch_frames=params.patch_frames, hop=hop)
         all_vectors.append(embed_patches(chroma, starts, params=params))
         all_rates.append(np.full(len(starts), index))
         all_starts.append(starts)
@@ -200,15 +198,22 @@ def find_candidates(
     walked = strongest_first(totals, own_votes, MAX_TRIPLES_CONSIDERED)
     walked = walked[totals[walked] >= min_votes]  # the walk stops at the first weaker triple
     walked = walked[_among_first_references(triples[walked, 0], max_candidates)]
-    for position in walked:
-        ref_key, rate_i, off_bin = (int(v) for v in triples[position])
+    # plain Python integers: the walk visits thousands of triples of a long query
+    for position, (ref_key, rate_i, off_bin) in zip(
+        walked.tolist(), triples[walked].tolist(), strict=True
+    ):
         chosen = places_by_reference.setdefault(ref_key, [])
-        here = [place for place in chosen if abs(off_bin - place.offset_bins[0]) <= SAME_PLACE_BINS]
-        if here:
+        here = next(
+            (place for place in chosen if abs(off_bin - place.offset_bins[0]) <= SAME_PLACE_BINS),
+            None,
+        )
+        if here is not None:
             # The same place: a new tempo ratio there becomes one more ratio to align with.
-            place = here[0]
+            place = here
+            if len(place.rate_indices) > other_rates:
+                continue
             known = any(abs(rate_i - r) <= SAME_PLACE_RATES for r in place.rate_indices)
-            if not known and len(place.rate_indices) <= other_rates:
+            if not known:
                 place.rate_indices.append(rate_i)
                 place.offset_bins.append(off_bin)
             continue
