@@ -209,13 +209,11 @@ def find_candidates(
         )
         if here is not None:
             # The same place: a new tempo ratio there becomes one more ratio to align with.
-            place = here
-            if len(place.rate_indices) > other_rates:
+            if len(here.rate_indices) > other_rates:
                 continue
-            known = any(abs(rate_i - r) <= SAME_PLACE_RATES for r in place.rate_indices)
-            if not known:
-                place.rate_indices.append(rate_i)
-                place.offset_bins.append(off_bin)
+            if not any(abs(rate_i - r) <= SAME_PLACE_RATES for r in here.rate_indices):
+                here.rate_indices.append(rate_i)
+                here.offset_bins.append(off_bin)
             continue
         if len(chosen) >= per_reference:
             continue
