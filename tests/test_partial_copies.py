@@ -10,6 +10,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 import pytest
+from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import Catalogue
 
@@ -648,30 +649,32 @@ def test_a_copy_is_carried_neither_into_other_music_nor_over_silence(partial_mat
     assert located(matches[0], before_s, cut_end_s), matches[0].segments
 
 
-def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_matcher) -> None:
-    """The window a section is verified on holds seconds of other music on each side; its
-    measurements are averaged over them too. The section is judged again on its matched run
-    (with ``section_pad_s``), however little of the window lies outside it."""
+def _verified_in_window(
+    matcher: Matcher, folder: Path, name: str, work: str, before_s: float, rate: float
+) -> tuple[Features, Features, Verification, tuple[int, int], float]:
+    """A 22-s section of ``work`` (from 20 s, ``rate`` times faster) placed after
+    ``before_s`` of other music and followed by 40 s more, verified on the window the
+    matcher judges its true place on: the query's features, the reference's, the
+    verification (offsets from the query's first frame), the window and the section's end."""
     from tunetrace.alignment import align_on_chroma
-    from tunetrace.matcher import _from_window, _with_score
+    from tunetrace.matcher import _from_window
     from tunetrace.verification import verify_candidate
 
-    matcher, folder = partial_matcher
-    before_s, rate = 40.0, 1.1
-    section = altered("work62", 20, 22, rate, 0)
+    section = altered(work, 20, 22, rate, 0)
     path = write_audio(
-        folder / "judged-alone.wav", np.concatenate([filler(80, before_s), section, filler(81, 40)])
+        folder / f"{name}.wav", np.concatenate([filler(80, before_s), section, filler(81, 40)])
     )
     features = matcher.load_query(path)
     fps = features.frame_rate_hz
-    reference = matcher.catalogue.features(matcher.catalogue.get("work62").key)
-    span = (before_s * fps, (before_s + len(section) / SR) * fps)
+    key = matcher.catalogue.get(work).key
+    reference = matcher.catalogue.features(key)
+    end_s = before_s + len(section) / SR
     truth = Candidate(
-        reference_key=matcher.catalogue.get("work62").key,
+        reference_key=key,
         tempo_ratio=rate,
         offset_frames=20 * fps - rate * before_s * fps,
         votes=1.0,
-        query_span_frames=span,
+        query_span_frames=(before_s * fps, end_s * fps),
     )
     window, moved = matcher._in_window(truth, features)
     assert window is not None
@@ -681,7 +684,21 @@ def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_m
     in_window = verify_candidate(
         query, reference, alignment, params=params, settings=matcher.verify_settings
     )
-    in_window = _from_window(in_window, window[0], fps)
+    return features, reference, _from_window(in_window, window[0], fps), window, end_s
+
+
+def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_matcher) -> None:
+    """The window a section is verified on holds seconds of other music on each side; its
+    measurements are averaged over them too. The section is judged again on its matched run
+    (with ``section_pad_s``), however little of the window lies outside it."""
+    from tunetrace.matcher import _with_score
+
+    matcher, folder = partial_matcher
+    before_s = 40.0
+    features, reference, in_window, window, end_s = _verified_in_window(
+        matcher, folder, "judged-alone", "work62", before_s, 1.1
+    )
+    fps = features.frame_rate_hz
     (run,) = [(s.query_start_s, s.query_end_s) for s in in_window.segments]
     padded_s = run[1] - run[0] + 2 * matcher.settings.section_pad_s
     # most of the window is the section: it held little else
@@ -694,9 +711,69 @@ def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_m
 
     judged = matcher._judged_alone(
         prepare_query(features, matcher.verify_settings), in_window,
-        {truth.reference_key: reference}, window, by_fit,
+        {in_window.reference_key: reference}, window, by_fit,
     )  # fmt: skip
 
     assert judged is not None
     assert judged.spectral_similarity > in_window.spectral_similarity + 0.02
-    assert located(judged, before_s, before_s + len(section) / SR)
+    assert located(judged, before_s, end_s)
+
+
+def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_sure(
+    partial_matcher,
+) -> None:
+    """In music that repeats itself a misaligned reference fits almost as well as the
+    aligned one, and a real copy's verification can match only short pieces of it, none of
+    ``min_section_s``. When its measurements score it as a copy anyway, the pieces grow at
+    their alignment to the section's edges and the section is judged; when they do not, the
+    window comes to nothing, as before."""
+    from tunetrace.matcher import MIN_SCORE_TO_GROW
+
+    matcher, folder = partial_matcher
+    before_s = 40.0
+    features, reference, in_window, window, end_s = _verified_in_window(
+        matcher, folder, "pieces", "work63", before_s, 1.12
+    )
+    fps = features.frame_rate_hz
+    assert located(in_window, before_s, end_s)
+    # what repetitive music leaves of it: a 3.2-s piece every 7 s
+    pieces = [
+        Segment(
+            query_start_s=start,
+            query_end_s=start + 3.2,
+            reference_start_s=(in_window.offset_frames + start * fps * in_window.tempo_ratio) / fps,
+            reference_end_s=(
+                in_window.offset_frames + (start + 3.2) * fps * in_window.tempo_ratio
+            ) / fps,
+        )
+        for start in np.arange(before_s + 1.0, end_s - 4.0, 7.0)
+    ]
+    in_pieces = replace(in_window, segments=pieces)
+    query = prepare_query(features, matcher.verify_settings)
+    references = {in_window.reference_key: reference}
+    windows = features.n_frames / (window[1] - window[0])
+    assert matcher.score_model.score_section(in_pieces, windows=windows) >= MIN_SCORE_TO_GROW
+
+    def scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
+        if verification is None:
+            return None
+        score = matcher.score_model.score_section(verification, windows=windows)
+        return replace(verification, score=score)
+
+    judged = matcher._judged_alone(query, in_pieces, references, window, scored)
+
+    assert judged is not None
+    assert located(judged, before_s, end_s), judged.segments
+    assert judged.score >= matcher.default_min_score
+
+    # the same pieces with a coincidence's measurements are not grown, nor judged
+    unsure = replace(
+        in_pieces,
+        spectral_similarity=in_pieces.null_similarity,
+        local_similarity=in_pieces.null_similarity,
+        chroma_similarity=0.3,
+        dynamics_similarity=0.0,
+        onset_similarity=0.0,
+    )
+    assert matcher.score_model.score_section(unsure, windows=windows) < MIN_SCORE_TO_GROW
+    assert matcher._judged_alone(query, unsure, references, window, scored) is None
