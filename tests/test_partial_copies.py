@@ -752,7 +752,7 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     query = prepare_query(features, matcher.verify_settings)
     references = {in_window.reference_key: reference}
     windows = features.n_frames / (window[1] - window[0])
-    assert matcher.score_model.score_section(in_pieces, windows=windows) >= MIN_SCORE_TO_GROW
+    assert matcher.score_model.score_section(in_pieces, windows=1.0) >= MIN_SCORE_TO_GROW
 
     def scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
         if verification is None:
@@ -767,13 +767,36 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     assert judged.score >= matcher.default_min_score
 
     # the same pieces with a coincidence's measurements are not grown, nor judged
-    unsure = replace(
-        in_pieces,
-        spectral_similarity=in_pieces.null_similarity,
-        local_similarity=in_pieces.null_similarity,
-        chroma_similarity=0.3,
-        dynamics_similarity=0.0,
-        onset_similarity=0.0,
-    )
-    assert matcher.score_model.score_section(unsure, windows=windows) < MIN_SCORE_TO_GROW
+    measured = ("spectral_similarity", "local_similarity", "chroma_similarity",
+                "dynamics_similarity", "onset_similarity")  # fmt: skip
+    coincidence = dict.fromkeys(measured[2:], 0.0) | {
+        "spectral_similarity": in_pieces.null_similarity,
+        "local_similarity": in_pieces.null_similarity,
+        "chroma_similarity": 0.3,
+    }
+    unsure = replace(in_pieces, **coincidence)
+    assert matcher.score_model.score_section(unsure, windows=1.0) < MIN_SCORE_TO_GROW
     assert matcher._judged_alone(query, unsure, references, window, scored) is None
+
+    # how sure the pieces are is judged as if their window were the whole upload: pieces
+    # that the query's length alone takes under MIN_SCORE_TO_GROW still grow (the section
+    # they make is scored with that length penalty)
+    def between(share: float) -> Verification:
+        return replace(in_pieces, **{
+            name: (1 - share) * getattr(in_pieces, name) + share * getattr(unsure, name)
+            for name in measured
+        })  # fmt: skip
+
+    low, high = 0.0, 1.0  # sure at 0, unsure at 1
+    for _ in range(30):
+        share = (low + high) / 2
+        if matcher.score_model.score_section(between(share), windows=1.0) >= 0.55:
+            low = share
+        else:
+            high = share
+    borderline = between(low)
+    assert matcher.score_model.score_section(borderline, windows=1.0) >= MIN_SCORE_TO_GROW
+    assert matcher.score_model.score_section(borderline, windows=windows) < MIN_SCORE_TO_GROW
+    judged = matcher._judged_alone(query, borderline, references, window, scored)
+    assert judged is not None
+    assert located(judged, before_s, end_s), judged.segments
