@@ -17,7 +17,7 @@ from tunetrace.index.catalogue import Catalogue
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.candidates import densest_run, query_patch_vectors
 from tunetrace.ingest import fingerprint_reference
-from tunetrace.matcher import MIN_SCORE_OF_OTHER_SECTIONS, Matcher
+from tunetrace.matcher import MIN_SCORE_OF_OTHER_SECTIONS, MIN_WINDOW_SCORE_TO_GROW, Matcher
 from tunetrace.query import prepare_query
 from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match
@@ -725,10 +725,9 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     """In music that repeats itself a misaligned reference fits almost as well as the
     aligned one, and a real copy's verification can match only short pieces of it, none of
     ``min_section_s``. When its measurements score it as a copy anyway, the pieces grow at
-    their alignment to the section's edges and the section is judged; when they do not, the
-    window comes to nothing, as before."""
-    from tunetrace.matcher import MIN_SCORE_TO_GROW
-
+    their alignment to the section's edges and the section is judged, with a length
+    penalty no smaller than its window's; when they do not, or the window holds a single
+    piece, it comes to nothing, as before."""
     matcher, folder = partial_matcher
     before_s = 40.0
     features, reference, in_window, window, end_s = _verified_in_window(
@@ -736,27 +735,30 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     )
     fps = features.frame_rate_hz
     assert located(in_window, before_s, end_s)
-    # what repetitive music leaves of it: a 3.2-s piece every 7 s
-    pieces = [
-        Segment(
+
+    def piece(start: float, length: float) -> Segment:
+        """The copy's matched frames from ``start`` (query seconds), at its alignment."""
+        at = in_window.offset_frames / fps
+        return Segment(
             query_start_s=start,
-            query_end_s=start + 3.2,
-            reference_start_s=(in_window.offset_frames + start * fps * in_window.tempo_ratio) / fps,
-            reference_end_s=(
-                in_window.offset_frames + (start + 3.2) * fps * in_window.tempo_ratio
-            ) / fps,
+            query_end_s=start + length,
+            reference_start_s=at + start * in_window.tempo_ratio,
+            reference_end_s=at + (start + length) * in_window.tempo_ratio,
         )
-        for start in np.arange(before_s + 1.0, end_s - 4.0, 7.0)
-    ]
+
+    # what repetitive music leaves of it: a 3.2-s piece every 7 s
+    pieces = [piece(start, 3.2) for start in np.arange(before_s + 1.0, end_s - 4.0, 7.0)]
     in_pieces = replace(in_window, segments=pieces)
     query = prepare_query(features, matcher.verify_settings)
     references = {in_window.reference_key: reference}
     windows = features.n_frames / (window[1] - window[0])
-    assert matcher.score_model.score_section(in_pieces, windows=1.0) >= MIN_SCORE_TO_GROW
+    assert matcher.score_model.score_section(in_pieces, windows=1.0) >= MIN_WINDOW_SCORE_TO_GROW
+    penalties: list[float] = []
 
     def scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
         if verification is None:
             return None
+        penalties.append(windows)
         score = matcher.score_model.score_section(verification, windows=windows)
         return replace(verification, score=score)
 
@@ -765,8 +767,28 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     assert judged is not None
     assert located(judged, before_s, end_s), judged.segments
     assert judged.score >= matcher.default_min_score
+    # scored as one of at least as many windows as the window it was found in
+    assert penalties and min(penalties) >= windows - 1e-9, (penalties, windows)
 
-    # the same pieces with a coincidence's measurements are not grown, nor judged
+    # pieces found in a window over the section's start grow past the window's end: the
+    # section is still scored as one of at least as many windows as that window
+    narrow = (int((before_s - 3.0) * fps), int((before_s + 10.0) * fps))
+    # (more than section_gap_s apart: no run of min_section_s)
+    early = replace(in_pieces, segments=[piece(before_s + 1.0, 3.2), piece(before_s + 6.6, 3.2)])
+    penalties.clear()
+    judged = matcher._judged_alone(query, early, references, narrow, scored)
+    assert judged is not None
+    assert max(s.query_end_s for s in judged.segments) > narrow[1] / fps + 3.0, judged.segments
+    narrow_windows = features.n_frames / (narrow[1] - narrow[0])
+    assert penalties and min(penalties) >= narrow_windows - 1e-9, (penalties, narrow_windows)
+
+    # one piece of it, however sure, is what min_section_s keeps out
+    alone = replace(in_pieces, segments=[piece(before_s + 8.0, 5.5)])
+    assert matcher.score_model.score_section(alone, windows=1.0) >= MIN_WINDOW_SCORE_TO_GROW
+    assert matcher._judged_alone(query, alone, references, window, scored) is None
+
+    # the same pieces with a coincidence's measurements are not grown, nor judged; nor are
+    # pieces whose measurements are not numbers
     measured = ("spectral_similarity", "local_similarity", "chroma_similarity",
                 "dynamics_similarity", "onset_similarity")  # fmt: skip
     coincidence = dict.fromkeys(measured[2:], 0.0) | {
@@ -775,12 +797,14 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
         "chroma_similarity": 0.3,
     }
     unsure = replace(in_pieces, **coincidence)
-    assert matcher.score_model.score_section(unsure, windows=1.0) < MIN_SCORE_TO_GROW
+    assert matcher.score_model.score_section(unsure, windows=1.0) < MIN_WINDOW_SCORE_TO_GROW
     assert matcher._judged_alone(query, unsure, references, window, scored) is None
+    broken = replace(in_pieces, spectral_similarity=float("nan"))
+    assert matcher._judged_alone(query, broken, references, window, scored) is None
 
     # how sure the pieces are is judged as if their window were the whole upload: pieces
-    # that the query's length alone takes under MIN_SCORE_TO_GROW still grow (the section
-    # they make is scored with that length penalty)
+    # that the query's length alone takes under the gate still grow, and the section they
+    # make keeps that length penalty
     def between(share: float) -> Verification:
         return replace(in_pieces, **{
             name: (1 - share) * getattr(in_pieces, name) + share * getattr(unsure, name)
@@ -795,8 +819,10 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
         else:
             high = share
     borderline = between(low)
-    assert matcher.score_model.score_section(borderline, windows=1.0) >= MIN_SCORE_TO_GROW
-    assert matcher.score_model.score_section(borderline, windows=windows) < MIN_SCORE_TO_GROW
+    assert matcher.score_model.score_section(borderline, windows=1.0) >= MIN_WINDOW_SCORE_TO_GROW
+    assert matcher.score_model.score_section(borderline, windows=windows) < MIN_WINDOW_SCORE_TO_GROW
+    penalties.clear()
     judged = matcher._judged_alone(query, borderline, references, window, scored)
     assert judged is not None
     assert located(judged, before_s, end_s), judged.segments
+    assert penalties and min(penalties) >= windows - 1e-9, (penalties, windows)

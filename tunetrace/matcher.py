@@ -604,8 +604,9 @@ class Matcher:
         done = {id(item[1]) for item in chosen}
         found = {v.reference_key for v in verified if v.score >= self.default_min_score}
         # A reference whose every chosen verification came to nothing (no section of
-        # ``min_section_s`` in its window: nothing matched, or only pieces) was not judged:
-        # its next alignment (another place or ratio, a wider window) may be, once.
+        # ``min_section_s`` in its window: nothing matched, or only pieces that did not
+        # grow into one) was not judged: its next alignment (another place or ratio, a wider
+        # window) may be, once. Pieces grown into a section were judged.
         tried = {v.reference_key for v in verified}
         floor = max(self.settings.other_work_screening,
                     self.settings.other_work_screening * screened[0][0])  # fmt: skip
@@ -740,18 +741,22 @@ class Matcher:
         3-s margins of other music took a 20-s section's onset agreement from 0.78 to 0.27
         and its score under the threshold. ``query`` is the whole query, prepared.
 
-        A window that matched only pieces, yet whose measurements already score it at least
-        :data:`MIN_SCORE_TO_GROW`, has its pieces grown at their own alignment first
-        (:func:`~tunetrace.segment_edges.reach_segments`), as a reported work's are: in music
-        that repeats itself a misaligned reference fits almost as well as the aligned one,
-        and a copy stretched by 1.13 matched only 2-3-s pieces every 7 s of its 45 s while
-        scoring 0.999."""
+        A window that matched only pieces, yet whose measurements already score it as a
+        copy, has its pieces grown at their own alignment first (:meth:`_pieces_grown`): in
+        music that repeats itself a misaligned reference fits almost as well as the aligned
+        one, and a copy stretched by 1.13 matched only 2-3-s pieces every 7 s of its 45 s
+        while scoring 0.999. A section grown so may reach past its window; its length
+        penalty is never less than its window's."""
         fps = query.features.frame_rate_hz
         n_frames = query.features.n_frames
         wide_windows = n_frames / (window[1] - window[0])
+        least_windows = 0.0
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
         if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
-            verification = self._pieces_grown(query, verification, references)
+            grown = self._pieces_grown(query, verification, references)
+            if grown is None:
+                return None
+            verification, least_windows = grown, wide_windows
             runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
             if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
                 return None
@@ -781,7 +786,8 @@ class Matcher:
         in_run = [seg for seg in verification.segments
                   if seg.query_end_s > start_s and seg.query_start_s < end_s]  # fmt: skip
         joined = union_segments(section.segments + in_run, section.tempo_ratio)
-        section = scored(replace(section, segments=joined), n_frames / (stop - first))
+        section_windows = max(least_windows, n_frames / (stop - first))
+        section = scored(replace(section, segments=joined), section_windows)
         widest = scored(verification, wide_windows)
         return section if section.score >= widest.score else widest
 
@@ -790,18 +796,22 @@ class Matcher:
         query: PreparedQuery,
         verification: Verification,
         references: dict[int, Features],
-    ) -> Verification:
-        """A verification of pieces with its segments grown over the whole query when its
-        measurements score it at least :data:`MIN_SCORE_TO_GROW` (as if its window were the
-        whole query); otherwise as it is. ``query`` is the whole query, prepared.
+    ) -> Verification | None:
+        """A window's verification of pieces with its segments grown over the whole query
+        (:func:`~tunetrace.segment_edges.reach_segments`, as a reported work's are), or
+        ``None`` when it is no such thing: fewer than :data:`MIN_PIECES_TO_GROW` pieces, or
+        measurements that score it under :data:`MIN_WINDOW_SCORE_TO_GROW` as if its window
+        were the whole query. Only pieces of 3 s or more grow (a shorter fragment stays
+        one). ``query`` is the whole query, prepared.
 
         Growing decides only whether a section is judged: the section is then scored as one
         of the query's many windows, with the length penalty that brings (pieces of a 20-s
         section of a 4.5-minute upload scored 0.87 as one window, 0.44 as one of 15)."""
-        if not verification.segments:
-            return verification
-        if self.score_model.score_section(verification, windows=1.0) < MIN_SCORE_TO_GROW:
-            return verification
+        if len(verification.segments) < MIN_PIECES_TO_GROW:
+            return None
+        score = self.score_model.score_section(verification, windows=1.0)
+        if not score >= MIN_WINDOW_SCORE_TO_GROW:  # a NaN measurement grows nothing either
+            return None
         return reach_segments(
             query,
             references[verification.reference_key],
@@ -1022,6 +1032,12 @@ class _AtEffort:
 #: scores at least this (below, a report asked for with a low ``min_score`` shows them as
 #: verified: the work is unlikely to be a copy).
 MIN_SCORE_TO_GROW = 0.5
+#: A window matched only in pieces (no run of ``min_section_s``) has them grown when it holds
+#: at least this many (the pieces a reference that repeats itself leaves of a copy; one piece
+#: just short of a section is what ``min_section_s`` keeps out) ...
+MIN_PIECES_TO_GROW = 2
+#: ... and its measurements score it at least this as if the window were the whole query.
+MIN_WINDOW_SCORE_TO_GROW = 0.5
 #: Verifications of one reference scoring this close to its best are equally sure of it.
 SAME_SCORE = 0.01
 #: Another verification of a reported reference adds its segments to the report when it is
