@@ -782,10 +782,22 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     narrow_windows = features.n_frames / (narrow[1] - narrow[0])
     assert penalties and min(penalties) >= narrow_windows - 1e-9, (penalties, narrow_windows)
 
-    # one piece of it, however sure, is what min_section_s keeps out
-    alone = replace(in_pieces, segments=[piece(before_s + 8.0, 5.5)])
-    assert matcher.score_model.score_section(alone, windows=1.0) >= MIN_WINDOW_SCORE_TO_GROW
-    assert matcher._judged_alone(query, alone, references, window, scored) is None
+    # one piece of it, however sure, is what min_section_s keeps out, a stray fragment
+    # beside it or not; pieces too short to grow are no section either
+    for segments in (
+        [piece(before_s + 8.0, 5.5)],
+        [piece(before_s + 2.0, 5.5), piece(before_s + 11.0, 1.0)],
+        [piece(before_s + 2.0, 2.8), piece(before_s + 8.0, 2.8), piece(before_s + 14.0, 2.8)],
+    ):
+        few = replace(in_pieces, segments=segments)
+        assert matcher.score_model.score_section(few, windows=1.0) >= MIN_WINDOW_SCORE_TO_GROW
+        assert matcher._pieces_grown(query, few, references) is None, segments
+        assert matcher._judged_alone(query, few, references, window, scored) is None, segments
+    # sure pieces where the upload holds other music grow nothing there: no section
+    astray = replace(in_pieces, segments=[piece(5.0, 3.2), piece(12.0, 3.2)])
+    other_window = (int(2.0 * fps), int(20.0 * fps))
+    assert matcher._pieces_grown(query, astray, references) is not None  # it passed the gate
+    assert matcher._judged_alone(query, astray, references, other_window, scored) is None
 
     # the same pieces with a coincidence's measurements are not grown, nor judged; nor are
     # pieces whose measurements are not numbers

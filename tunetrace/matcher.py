@@ -30,6 +30,7 @@ from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
 from tunetrace.segment_edges import join_across_passages, reach_segments
 from tunetrace.segments import (
+    MIN_REPORTED_SEGMENT_S,
     consistent,
     covered_seconds,
     merge_segments,
@@ -745,27 +746,31 @@ class Matcher:
         copy, has its pieces grown at their own alignment first (:meth:`_pieces_grown`): in
         music that repeats itself a misaligned reference fits almost as well as the aligned
         one, and a copy stretched by 1.13 matched only 2-3-s pieces every 7 s of its 45 s
-        while scoring 0.999. A section grown so may reach past its window; its length
-        penalty is never less than its window's."""
+        while scoring 0.999. Growing decides only whether a section is judged: the grown
+        run that overlaps the window is verified again on its own frames, and judged on
+        that alone (``None`` if it matches less than ``min_section_s`` there), with a length
+        penalty never less than its window's (a grown run may reach past the window)."""
         fps = query.features.frame_rate_hz
         n_frames = query.features.n_frames
         wide_windows = n_frames / (window[1] - window[0])
-        least_windows = 0.0
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
+        grown = None
         if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
             grown = self._pieces_grown(query, verification, references)
             if grown is None:
                 return None
-            verification, least_windows = grown, wide_windows
-            runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
+            verification = grown
+            gap_s, window_s = self.settings.section_gap_s, (window[0] / fps, window[1] / fps)
+            runs = [(start, end) for start, end in section_runs(grown.segments, gap_s=gap_s)
+                    if start < window_s[1] and end > window_s[0]]  # fmt: skip
             if not runs or runs[0][1] - runs[0][0] < self.settings.min_section_s:
                 return None
         start_s, end_s = runs[0]
         pad = self.settings.section_pad_s
         first = max(0, int((start_s - pad) * fps))
         stop = min(n_frames, int(np.ceil((end_s + pad) * fps)))
-        if first <= window[0] and stop >= window[1]:  # the window holds nothing else
-            return scored(verification, wide_windows)
+        if grown is None and first <= window[0] and stop >= window[1]:
+            return scored(verification, wide_windows)  # the window holds nothing else
         candidate = Candidate(
             reference_key=verification.reference_key,
             tempo_ratio=verification.tempo_ratio,
@@ -780,14 +785,16 @@ class Matcher:
             part, reference, alignment, params=params, settings=self.verify_settings
         )  # fmt: skip
         if section is None or covered_seconds(section.segments) < self.settings.min_section_s:
-            return scored(verification, wide_windows)
+            return None if grown is not None else scored(verification, wide_windows)
         section = _from_window(section, first, fps)
         # where the section lies: what either look matched of it
         in_run = [seg for seg in verification.segments
                   if seg.query_end_s > start_s and seg.query_start_s < end_s]  # fmt: skip
         joined = union_segments(section.segments + in_run, section.tempo_ratio)
-        section_windows = max(least_windows, n_frames / (stop - first))
-        section = scored(replace(section, segments=joined), section_windows)
+        if grown is not None:
+            windows = max(wide_windows, n_frames / (stop - first))
+            return scored(replace(section, segments=joined), windows)
+        section = scored(replace(section, segments=joined), n_frames / (stop - first))
         widest = scored(verification, wide_windows)
         return section if section.score >= widest.score else widest
 
@@ -799,15 +806,20 @@ class Matcher:
     ) -> Verification | None:
         """A window's verification of pieces with its segments grown over the whole query
         (:func:`~tunetrace.segment_edges.reach_segments`, as a reported work's are), or
-        ``None`` when it is no such thing: fewer than :data:`MIN_PIECES_TO_GROW` pieces, or
-        measurements that score it under :data:`MIN_WINDOW_SCORE_TO_GROW` as if its window
-        were the whole query. Only pieces of 3 s or more grow (a shorter fragment stays
-        one). ``query`` is the whole query, prepared.
+        ``None`` when it is no such thing: fewer than :data:`MIN_PIECES_TO_GROW` pieces of
+        :data:`MIN_PIECE_S` or more (segments joined across ``section_gap_s``), none of them
+        3 s long (shorter pieces cannot grow), or measurements that score it under
+        :data:`MIN_WINDOW_SCORE_TO_GROW` as if its window were the whole query. ``query``
+        is the whole query, prepared.
 
-        Growing decides only whether a section is judged: the section is then scored as one
-        of the query's many windows, with the length penalty that brings (pieces of a 20-s
-        section of a 4.5-minute upload scored 0.87 as one window, 0.44 as one of 15)."""
-        if len(verification.segments) < MIN_PIECES_TO_GROW:
+        The gate leaves out the query's length: the section then judged is scored as one of
+        its many windows, with the length penalty that brings (pieces of a 20-s section of
+        a 4.5-minute upload scored 0.87 as one window, 0.44 as one of 15)."""
+        runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
+        if sum(end - start >= MIN_PIECE_S for start, end in runs) < MIN_PIECES_TO_GROW:
+            return None
+        if not any(segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
+                   for segment in verification.segments):  # fmt: skip
             return None
         score = self.score_model.score_section(verification, windows=1.0)
         if not score >= MIN_WINDOW_SCORE_TO_GROW:  # a NaN measurement grows nothing either
@@ -1033,9 +1045,12 @@ class _AtEffort:
 #: verified: the work is unlikely to be a copy).
 MIN_SCORE_TO_GROW = 0.5
 #: A window matched only in pieces (no run of ``min_section_s``) has them grown when it holds
-#: at least this many (the pieces a reference that repeats itself leaves of a copy; one piece
-#: just short of a section is what ``min_section_s`` keeps out) ...
+#: at least this many pieces (runs of its segments joined across ``section_gap_s``) of
+#: ``MIN_PIECE_S`` or more: the 2-3-s pieces a reference that repeats itself leaves of a copy,
+#: not one piece just short of a section (what ``min_section_s`` keeps out) with a stray
+#: fragment beside it ...
 MIN_PIECES_TO_GROW = 2
+MIN_PIECE_S = 2.0
 #: ... and its measurements score it at least this as if the window were the whole query.
 MIN_WINDOW_SCORE_TO_GROW = 0.5
 #: Verifications of one reference scoring this close to its best are equally sure of it.
