@@ -720,7 +720,7 @@ def test_a_section_is_judged_on_its_own_frames_not_its_windows_margins(partial_m
 
 
 def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_sure(
-    partial_matcher,
+    partial_matcher, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In music that repeats itself a misaligned reference fits almost as well as the
     aligned one, and a real copy's verification can match only short pieces of it, none of
@@ -838,3 +838,24 @@ def test_a_section_verified_only_in_pieces_is_judged_when_its_measurements_are_s
     assert judged is not None
     assert located(judged, before_s, end_s), judged.segments
     assert penalties and min(penalties) >= windows - 1e-9, (penalties, windows)
+
+    # grown pieces are judged only on the section verified again on its own frames, even
+    # when the grown run covers their whole window; a section that does not verify again
+    # is nothing, whatever the grown segments and the window's measurements say
+    import tunetrace.matcher as matcher_module
+
+    inner = (int((before_s + 3.5) * fps), int((before_s + 13.5) * fps))
+    inside = replace(in_pieces, segments=[piece(before_s + 4.0, 3.2), piece(before_s + 9.5, 3.2)])
+    verified_again: list[int] = []
+    real_verify = matcher_module.verify_candidate
+
+    def counted(*args, **kwargs):
+        verified_again.append(1)
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(matcher_module, "verify_candidate", counted)
+    judged = matcher._judged_alone(query, inside, references, inner, scored)
+    assert judged is not None and located(judged, before_s, end_s), judged
+    assert verified_again, "the grown section was not verified again"
+    monkeypatch.setattr(matcher_module, "verify_candidate", lambda *args, **kwargs: None)
+    assert matcher._judged_alone(query, inside, references, inner, scored) is None
