@@ -30,9 +30,9 @@ from tunetrace.scoring import ScoreModel
 from tunetrace.screening import Screening, screen_alignment
 from tunetrace.segment_edges import join_across_passages, reach_segments
 from tunetrace.segments import (
-    MIN_REPORTED_SEGMENT_S,
     consistent,
     covered_seconds,
+    is_section,
     merge_segments,
     section_runs,
     union_segments,
@@ -818,8 +818,7 @@ class Matcher:
         runs = section_runs(verification.segments, gap_s=self.settings.section_gap_s)
         if sum(end - start >= MIN_PIECE_S for start, end in runs) < MIN_PIECES_TO_GROW:
             return None
-        if not any(segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
-                   for segment in verification.segments):  # fmt: skip
+        if not any(is_section(segment) for segment in verification.segments):
             return None
         score = self.score_model.score_section(verification, windows=1.0)
         if not score >= MIN_WINDOW_SCORE_TO_GROW:  # a NaN measurement grows nothing either

@@ -30,8 +30,8 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.query import PreparedQuery, VerifySettings
 from tunetrace.segments import (
-    MIN_REPORTED_SEGMENT_S,
     continuous_runs,
+    is_section,
     matched_frames,
     same_place_of,
     smoothed_fit,
@@ -165,7 +165,7 @@ def reach_segments(
     runs = copy_runs(going_on | matched, paused, min_run=min_run)
     # a fragment stays one (it is not reported beside a section): only sections grow
     grown = [
-        _grown(segment, runs, positions, fps) if _is_section(segment) else segment
+        _grown(segment, runs, positions, fps) if is_section(segment) else segment
         for segment in verification.segments
     ]
     # the copy resumed at the same alignment after a passage that did not verify: a long run
@@ -182,7 +182,7 @@ def reach_segments(
             segment, positions, reference_active, excess, usable, fps,
             others=[other for other in grown if other is not segment], paused=paused,
         )
-        if _is_section(segment)
+        if is_section(segment)
         else segment
         for segment in grown
     ]  # fmt: skip
@@ -236,8 +236,8 @@ def join_across_passages(
     last_section_s: list[float] = []
     for segment in sorted(segments, key=lambda s: s.query_start_s):
         length_s = segment.query_end_s - segment.query_start_s
-        sections = [n for n, kept in enumerate(joined) if _is_section(kept)]
-        if not _is_section(segment) or not sections:
+        sections = [n for n, kept in enumerate(joined) if is_section(kept)]
+        if not is_section(segment) or not sections:
             joined.append(segment)
             last_section_s.append(length_s)
             continue
@@ -390,7 +390,7 @@ def _to_reference_edges(
     reference_frames = len(reference_active)
     if reference_frames == 0 or len(positions) == 0:
         return segment
-    taken = _frames_of([other for other in others if _is_section(other)], len(positions), fps)
+    taken = _frames_of([other for other in others if is_section(other)], len(positions), fps)
     if paused is None:
         paused = np.zeros(len(positions), dtype=bool)
     inside = (positions >= 0) & (positions <= reference_frames - 1)
@@ -603,11 +603,6 @@ def _fits_on_average(
     return bool(mean >= min_excess)
 
 
-def _is_section(segment: Segment) -> bool:
-    """Whether a segment is long enough to be reported (not a fragment)."""
-    return segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
-
-
 def _frame_range(segment: Segment, fps: float) -> tuple[int, int]:
     """The query frames ``[first, stop)`` a segment covers."""
     return int(segment.query_start_s * fps), int(np.ceil(segment.query_end_s * fps))
@@ -663,7 +658,7 @@ def _resumed(
     repeat of a looped section matches a reference that repeats itself at this alignment
     too, but the other music between repeats does not)."""
     taken = _frames_of(segments, len(strong), fps)
-    sections = [_frame_range(s, fps) for s in segments if _is_section(s)]
+    sections = [_frame_range(s, fps) for s in segments if is_section(s)]
     step = positions[1] - positions[0] if len(positions) > 1 else 1.0
     out = []
     for start, stop in runs:

@@ -311,8 +311,7 @@ def merge_segments(best: Verification, others: list[Verification]) -> list[Segme
                 segments.append(segment)
             else:  # another place of the reference beside kept ones: what they leave of it
                 segments += [
-                    piece for piece in _outside(segment, segments)
-                    if piece.query_end_s - piece.query_start_s >= MIN_REPORTED_SEGMENT_S
+                    piece for piece in _outside(segment, segments) if is_section(piece)
                 ]  # fmt: skip
     return union_segments(segments, best.tempo_ratio)
 
@@ -371,7 +370,7 @@ def without_fragments(segments: list[Segment]) -> list[Segment]:
     kept : list of Segment
         All of ``segments`` when none is that long.
     """
-    kept = [s for s in segments if s.query_end_s - s.query_start_s >= MIN_REPORTED_SEGMENT_S]
+    kept = [s for s in segments if is_section(s)]
     return kept or segments
 
 
@@ -444,7 +443,7 @@ def _joined_with(joined: list[Segment], segment: Segment, tempo_ratio: float) ->
             kept, segment
         ) and same_place_of(segment, kept, tempo_ratio):
             return number
-        if kept.query_end_s - kept.query_start_s >= MIN_REPORTED_SEGMENT_S:
+        if is_section(kept):
             return None
     return None
 
@@ -480,3 +479,9 @@ def section_runs(segments: list[Segment], *, gap_s: float) -> list[tuple[float, 
         else:
             runs.append([segment.query_start_s, segment.query_end_s])
     return sorted(((a, b) for a, b in runs), key=lambda run: run[0] - run[1])
+
+
+def is_section(segment: Segment) -> bool:
+    """Whether a segment is long enough to be reported beside others (at least
+    :data:`MIN_REPORTED_SEGMENT_S`), not a fragment."""
+    return segment.query_end_s - segment.query_start_s >= MIN_REPORTED_SEGMENT_S
