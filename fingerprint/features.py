@@ -118,6 +118,46 @@ class Features:
                 part.__dict__[name] = derived[name][first:stop]
         return part
 
+    def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
+        """Features whose arrays hold frames ``first`` to ``stop`` at least, for code that
+        reads no others.
+
+        Features made from audio hold every frame and return themselves. A reference stored
+        in tiles (:class:`~tunetrace.index.tiled_features.TiledFeatures`) derives the frames
+        asked for, and returns its arrays as they stand: frames not asked for may hold NaN.
+
+        Parameters
+        ----------
+        first, stop : float
+            Frame range, clipped to the recording (fractional ends are widened to whole
+            frames).
+        chroma : bool
+            Whether the chroma arrays (:attr:`chroma`, :attr:`chroma_bin_spectrum`) are read
+            too, or only the spectra (:attr:`spectrum`, :attr:`spectrum_frames`).
+
+        Returns
+        -------
+        features : Features
+        """
+        return self
+
+    def positions_read(self, positions: np.ndarray) -> Features:
+        """Features whose spectra (:attr:`spectrum`, :attr:`spectrum_frames`) hold the
+        frames around every one of ``positions`` at least, as :meth:`frames_read` does for a
+        range.
+
+        Parameters
+        ----------
+        positions : np.ndarray
+            Fractional frames, any shape, clipped to the recording; a position reads its
+            frame and the next.
+
+        Returns
+        -------
+        features : Features
+        """
+        return self
+
     def active_frames(self) -> np.ndarray:
         """Boolean mask of frames that are not silent, shape ``(n_frames,)``."""
         return self.spectrum.max(axis=0) > SILENCE_LEVEL

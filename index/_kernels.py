@@ -125,6 +125,69 @@ def chroma_and_blurred_frames(
 
 
 @numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def moving_average_part(folded: np.ndarray, first: int, stop: int, width: int) -> np.ndarray:
+    """Frames ``first`` to ``stop - 1`` of the moving average along time of ``folded``.
+
+    Equals (to float rounding) ``moving_average_frames(folded, width)[:, first:stop]``
+    (zero-padded at both ends, centred as ``np.convolve(..., mode="same")`` is), each frame
+    summed on its own: a frame's value does not depend on which others are computed with it,
+    so a reference derived a part at a time holds the same values whatever the order of its
+    parts. Only the frames within ``width`` of the range are read.
+
+    Parameters
+    ----------
+    folded : np.ndarray [shape=(n_bins, n_frames), dtype=float32]
+    first, stop : int
+        ``0 <= first <= stop <= n_frames``.
+    width : int > 0
+
+    Returns
+    -------
+    averaged : np.ndarray [shape=(n_bins, stop - first), dtype=float32]
+    """
+    n_bins, n_frames = folded.shape
+    averaged = np.empty((n_bins, stop - first), dtype=np.float32)
+    before = width // 2
+    for b in range(n_bins):
+        row = folded[b]
+        for t in range(first, stop):
+            total = 0.0
+            for s in range(t - before, t - before + width):
+                if 0 <= s < n_frames:
+                    total += row[s]
+            averaged[b, t - first] = np.float32(total / width)
+    return averaged
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
+def frames_times_table(frames: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``frames @ table`` computed frame by frame, in the same order for every frame.
+
+    Equals (to float rounding) the matrix product, whose blocked sums BLAS orders by the
+    number of frames: here a frame's row does not depend on the frames computed with it.
+
+    Parameters
+    ----------
+    frames : np.ndarray [shape=(n_frames, n_bins), dtype=float32]
+    table : np.ndarray [shape=(n_bins, n_columns), dtype=float32]
+
+    Returns
+    -------
+    product : np.ndarray [shape=(n_frames, n_columns), dtype=float32]
+    """
+    n_frames, n_bins = frames.shape
+    n_columns = table.shape[1]
+    product = np.empty((n_frames, n_columns), dtype=np.float32)
+    for t in range(n_frames):
+        for c in range(n_columns):
+            total = np.float32(0.0)
+            for b in range(n_bins):
+                total += frames[t, b] * table[b, c]
+            product[t, c] = total
+    return product
+
+
+@numba.njit(cache=True, nogil=True, fastmath=FASTMATH)
 def _normalise(values: np.ndarray) -> None:
     """Zero mean and unit L2 norm in place (norms below 1e-6 divide by 1e-6), as
     :func:`~tunetrace.fingerprint.spectrum.normalise_frames` does to a frame."""

@@ -1336,13 +1336,31 @@ class Catalogue:
         """
         return self._layered_index().search(vectors, k, effort=effort)
 
-    def features(self, key: int) -> Features:
-        """Stored feature sequences of the reference with internal ``key`` (cached)."""
+    def features(self, key: int, *, whole: bool = True) -> Features:
+        """Stored feature sequences of the reference with internal ``key`` (cached).
+
+        Parameters
+        ----------
+        key : int
+        whole : bool
+            Whether every frame is derived before they are returned (a damaged row is then
+            found here). Verification, which says which frames it reads
+            (:meth:`~tunetrace.fingerprint.features.Features.frames_read`), reads a reference
+            stored in tiles a part at a time: its damaged tiles raise
+            :class:`~tunetrace.errors.DamagedReferenceError` where they are read.
+
+        Raises
+        ------
+        ReferenceNotFoundError
+        DamagedReferenceError
+        """
         with self._lock:
             cached = self._features_cache.get(key)
             if cached is not None:
                 self._features_cache.move_to_end(key)
-                return cached
+        if cached is not None:
+            return self._derived(cached, whole)
+        with self._lock:
             row = self._db.execute(
                 f"SELECT spectrum, spectrum_scale, {self._codec_column}, n_frames, id FROM refs"
                 " WHERE key = ?",
@@ -1353,15 +1371,30 @@ class Catalogue:
         # Derived outside the lock, so that a query's threads derive their references side by
         # side (two threads that miss the same reference both derive it; the first is kept).
         # With what verification reads of a reference, so the cache counts it.
+        reference_id = row[4]
+
+        def damaged(exc: ValueError) -> DamagedReferenceError:
+            return self._damaged(reference_id, exc)
+
         try:
-            features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3])
+            features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3],
+                                       on_damage=damaged)  # fmt: skip
+            if whole:
+                features.frames_read(0, features.n_frames)
         except (ValueError, TypeError, OverflowError) as exc:  # a damaged row
-            raise self._damaged(row[4], exc) from exc
+            raise self._damaged(reference_id, exc) from exc
         with self._lock:
             cached = self._features_cache.get(key)
-            if cached is not None:
-                return cached
-            self._cache_features(key, features)
+            if cached is None:
+                self._cache_features(key, features)
+        return features if cached is None else self._derived(cached, whole)
+
+    @staticmethod
+    def _derived(features: Features, whole: bool) -> Features:
+        """``features``, every frame derived first when ``whole`` (a reference stored in tiles
+        and read in part so far derives the rest)."""
+        if whole:
+            features.frames_read(0, features.n_frames)
         return features
 
     def clear_features_cache(self) -> None:

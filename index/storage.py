@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 from tunetrace.fingerprint.embedding import patch_starts
@@ -11,6 +12,7 @@ from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights, moving_average_frames
 from tunetrace.index._kernels import chroma_and_blurred_frames, stored_spectrum_arrays
 from tunetrace.index.spectrum_codec import SpectrumCodec
+from tunetrace.index.tiled_features import TiledFeatures
 
 
 def stored_reference_vectors(
@@ -63,13 +65,20 @@ def vectors_from_bytes(blob: bytes, dim: int) -> np.ndarray:
 
 
 def stored_features(
-    blob: bytes, scale: float, codec: SpectrumCodec, params: FingerprintParams, n_frames: int
+    blob: bytes,
+    scale: float,
+    codec: SpectrumCodec,
+    params: FingerprintParams,
+    n_frames: int,
+    *,
+    on_damage: Callable[[ValueError], Exception] | None = None,
 ) -> Features:
     """A stored reference's features, with the arrays verification reads already derived.
 
     Equals ``features_from_spectrum(codec.decode(blob, scale, params.n_bins, n_frames))``, with its
     ``spectrum_frames`` and ``chroma_bin_spectrum`` computed, to float rounding, in a fraction
-    of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`).
+    of the time (:func:`~tunetrace.index._kernels.stored_spectrum_arrays`). A spectrum stored
+    in tiles is decoded as it is read (:class:`~tunetrace.index.tiled_features.TiledFeatures`).
 
     Parameters
     ----------
@@ -81,6 +90,9 @@ def stored_features(
     params : FingerprintParams
     n_frames : int
         Frames the row records.
+    on_damage : callable, optional
+        What a tiled spectrum's damaged tile raises, when it is read (see
+        :class:`~tunetrace.index.tiled_features.TiledFeatures`).
 
     Returns
     -------
@@ -89,8 +101,17 @@ def stored_features(
     Raises
     ------
     ValueError
-        If the blob is not a spectrum ``codec`` stored with these parameters.
+        If the blob is not a spectrum ``codec`` stored with these parameters (a tiled one's
+        tiles are checked as they are read).
     """
+    if codec.tiled:
+        return TiledFeatures(
+            codec.tiles(blob, params.n_bins, n_frames),
+            codec.levels(scale),
+            params,
+            _bin_transform(params.bins_per_octave),
+            on_damage,
+        )
     spectrum, folded, frames = stored_spectrum_arrays(
         codec.codes(blob, params.n_bins, n_frames),
         codec.levels(scale),

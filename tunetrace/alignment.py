@@ -160,6 +160,9 @@ def _refine_alignment(
         settings.rate_search, float(settings.offset_search_frames)
     )
     cosines, sines = inverse_transform(query.chroma.shape[0])
+    reference = reference.frames_read(
+        *_frames_searched(candidate, query.n_frames, factors, deltas, stage_ends)
+    )
     # The circular cross-correlation over chroma bins is computed in the Fourier domain of the
     # bins (each recording's transform is cached on its features). Interpolating frames is
     # linear, so the reference's transform is interpolated directly; the conjugate of the
@@ -178,6 +181,33 @@ def _refine_alignment(
         sines,
     )
     return (float(rate), float(offset), scores) if found else (rate, offset, None)
+
+
+def _frames_searched(
+    candidate: Candidate,
+    n_query: int,
+    factors: np.ndarray,
+    deltas: np.ndarray,
+    stage_ends: np.ndarray,
+) -> tuple[float, float]:
+    """The reference frames :func:`~tunetrace.alignment_kernels.chroma_grid_search` can read
+    searching from ``candidate``'s alignment (a range that holds them all).
+
+    Every stage keeps the query's centre frame where the best point before put it, moved by
+    one of its offset steps, and multiplies that point's ratio by one of its factors: the
+    centre stays within the sum of the stages' largest steps of where the candidate puts it,
+    and the ratio within the product of their largest factors.
+    """
+    stages = np.split(np.arange(len(factors)), stage_ends[:-1])
+    drift = sum(float(np.abs(deltas[s]).max()) for s in stages)
+    fastest = float(candidate.tempo_ratio) * float(
+        np.exp(sum(float(np.abs(np.log(factors[s])).max()) for s in stages))
+    )
+    centre = n_query / 2
+    middle = float(candidate.offset_frames) + float(candidate.tempo_ratio) * centre
+    # a position reads its frame and the next
+    first = middle - drift - fastest * centre
+    return first, middle + drift + fastest * (n_query - 1 - centre) + 2
 
 
 @functools.lru_cache(maxsize=4)

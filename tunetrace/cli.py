@@ -654,7 +654,7 @@ def index_migrate(
 
     # packings of the codes new references get; another bit depth would quantise every row
     packings = {compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, packing)
-                for packing in ("j", "z")}  # fmt: skip
+                for packing in ("j", "t", "z")}  # fmt: skip
     chosen = next((c for c in packings if c.name == codec), None)
     if codec is not None and chosen is None:
         names = " or ".join(sorted(c.name for c in packings))

@@ -56,6 +56,9 @@ def compile_kernels() -> None:
     row_of, white_rows = verification_kernels.whitened_rows(frames, positions[None], 3)
     verification_kernels.interpolate_rows(frames, white_rows, row_of, positions, raw, white)
     catalogue_kernels.chroma_and_blurred_frames(frames[:, :3].T.copy(), weights)
+    # a reference stored in tiles, derived a part at a time
+    catalogue_kernels.moving_average_part(frames, 1, 3, 3)
+    catalogue_kernels.frames_times_table(frames, _read_only(frames[:, :2].T.copy()))
     catalogue_kernels.stored_spectrum_arrays(
         _read_only(np.zeros((6, 3), dtype=np.uint8)),
         _read_only(np.zeros(256, dtype=np.float32)),

@@ -5,10 +5,11 @@ Both front ends (CLI and HTTP API) call :class:`Matcher`; it knows nothing of ei
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -436,7 +437,9 @@ class Matcher:
         # reference's places and tempo ratios follow each other in ``retimed``, and threads
         # aligning them together would each derive it.
         keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
-        read = dict(zip(keys, map_in_threads(self._reference_features, keys), strict=True))
+        # Read in part: most are only aligned and screened, which read the frames around one
+        # alignment (a part damaged there leaves the reference out where it is found).
+        read = dict(zip(keys, map_in_threads(self._features_in_part, keys), strict=True))
         # a reference removed (or replaced) since the index was searched is no candidate
         references = {key: features for key, features in read.items() if features is not None}
         retimed = [c for c in retimed if c.reference_key in references]
@@ -446,22 +449,31 @@ class Matcher:
 
         def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = references[candidate.reference_key]
-            return align_on_chroma(
-                query_of(candidate), reference, candidate, settings=self.verify_settings
-            )
+            with self._skipping_damaged(candidate.reference_key):
+                return align_on_chroma(
+                    query_of(candidate), reference, candidate, settings=self.verify_settings
+                )
+            return None
 
-        def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening]:
+        def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening] | None:
             reference = references[alignment.candidate.reference_key]
-            screening = screen_alignment(
-                query_of(alignment.candidate),
-                reference,
-                alignment,
-                params=params,
-                settings=self.verify_settings,
-            )
-            return screening.value, alignment, screening
+            with self._skipping_damaged(alignment.candidate.reference_key):
+                screening = screen_alignment(
+                    query_of(alignment.candidate),
+                    reference,
+                    alignment,
+                    params=params,
+                    settings=self.verify_settings,
+                )
+                return screening.value, alignment, screening
+            return None
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
+            with self._skipping_damaged(item[1].candidate.reference_key):
+                return verify_one(item)
+            return None
+
+        def verify_one(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
             _, alignment, screening = item
             candidate = alignment.candidate
             verification = verify_candidate(
@@ -489,7 +501,7 @@ class Matcher:
         if self.settings.screen_top is not None:
             alignments.sort(key=lambda a: -a.chroma_similarity)  # stable: ties keep their order
             alignments = alignments[: self.settings.screen_top]
-        screened = map_in_threads(screen, alignments)
+        screened = [s for s in map_in_threads(screen, alignments) if s is not None]
         screened.sort(key=lambda item: -item[0])
         chosen = screened[: self.settings.verify_top]
         verifications = [v for v in map_in_threads(verify_screened, chosen) if v is not None]
@@ -513,8 +525,8 @@ class Matcher:
                 prepared.setdefault(window, query.frames(*window))
                 repeats.append(moved)
         aligned = [a for a in map_in_threads(align, repeats) if a is not None]
-        again = [v for v in map_in_threads(verify_screened, map_in_threads(screen, aligned))
-                 if v is not None]  # fmt: skip
+        rescreened = [s for s in map_in_threads(screen, aligned) if s is not None]
+        again = [v for v in map_in_threads(verify_screened, rescreened) if v is not None]
         verifications += again
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
@@ -857,20 +869,34 @@ class Matcher:
             ),
         )
 
-    def _reference_features(self, key: int) -> Features | None:
+    def _reference_features(self, key: int, *, whole: bool = True) -> Features | None:
         """A candidate reference's stored features, ``None`` if it has been removed or its
         row is damaged (logged once per reference, by id: one damaged row must not stop
-        every query)."""
+        every query). Unless ``whole``, a reference stored in tiles is derived as it is read
+        (see :meth:`~tunetrace.index.catalogue.Catalogue.features`)."""
         with self._damaged_lock:
             if key in self._damaged_seen:  # even if its features are still cached (a row
                 return None  # added again gets a new key)
         try:
-            return self.catalogue.features(key)
+            return self.catalogue.features(key, whole=whole)
         except ReferenceNotFoundError:
             return None
         except DamagedReferenceError as exc:
             self._note_damaged_row(key, exc)
             return None
+
+    def _features_in_part(self, key: int) -> Features | None:
+        """:meth:`_reference_features`, derived as read."""
+        return self._reference_features(key, whole=False)
+
+    @contextlib.contextmanager
+    def _skipping_damaged(self, key: int) -> Iterator[None]:
+        """Record a damaged part of reference ``key`` found inside the block, which is left
+        (its function then returns what follows the block)."""
+        try:
+            yield
+        except DamagedReferenceError as exc:
+            self._note_damaged_row(key, exc)
 
     def _note_damaged_row(self, key: int, exc: DamagedReferenceError) -> None:
         """Record a row found damaged (for :meth:`damaged_references`), logged once."""

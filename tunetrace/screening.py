@@ -119,10 +119,18 @@ def fit_objectives(
     -------
     objectives : np.ndarray [shape=(n_alignments, n_shifts), dtype=float64]
     """
+    rates = np.asarray(rates, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.float64)
+    last = offsets + rates * (query.features.n_frames - 1)
+    reference = reference.frames_read(  # a position reads its frame and the next
+        float(np.minimum(offsets, last).min()),
+        float(np.maximum(offsets, last).max()) + 2,
+        chroma=False,
+    )
     return alignment_objectives(
         reference.spectrum_frames,
-        np.asarray(rates, dtype=np.float64),
-        np.asarray(offsets, dtype=np.float64),
+        rates,
+        offsets,
         np.asarray(shifts, dtype=np.float64),
         query.weights,
         settings.whiten_bins,

@@ -257,11 +257,13 @@ class ShardedCatalogue(AudioFiles):
         shard, local = view.split_key(key)
         return view.globally(shard, view.access.call(shard, _record_by_key, local))
 
-    def features(self, key: int) -> Features:
-        """Stored features of the reference with (global) ``key``."""
+    def features(self, key: int, *, whole: bool = True) -> Features:
+        """Stored features of the reference with (global) ``key`` (``whole``: see
+        :meth:`~tunetrace.index.catalogue.Catalogue.features`; features sent from another
+        process arrive whole)."""
         view = self.view
         shard, local = view.split_key(key)
-        return view.access.call(shard, _features, local)
+        return view.access.call(shard, _features, local, whole)
 
     def count(self) -> int:
         """Number of references in all shards."""
@@ -416,8 +418,8 @@ def _record_by_key(shard: OpenShard, key: int) -> ReferenceRecord:
     return shard.catalogue.record_by_key(key)
 
 
-def _features(shard: OpenShard, key: int) -> Features:
-    return shard.catalogue.features(key)
+def _features(shard: OpenShard, key: int, whole: bool) -> Features:
+    return shard.catalogue.features(key, whole=whole)
 
 
 def _count(shard: OpenShard) -> int:

@@ -214,7 +214,8 @@ class SpectralFit:
         if band is None:
             zeros = np.zeros(len(positions), dtype=np.float32)
             return Fit(0.0, 0.0 if with_dynamics else None, 0.0, zeros, usable, positions)
-        raw, white = aligned_frames(self.reference.spectrum_frames, positions, self.whiten_bins)
+        read = self.reference.positions_read(positions)
+        raw, white = aligned_frames(read.spectrum_frames, positions, self.whiten_bins)
         first, stop = band
         query = self.query
         per_frame, onsets, dynamics = shifted_fit(
@@ -263,7 +264,7 @@ class SpectralFit:
         else:
             first, stop = band
             curves = spectral_curves(
-                self.reference.spectrum_frames,
+                self.reference.positions_read(rows).spectrum_frames,
                 np.ascontiguousarray(rows),
                 self.whiten_bins,
                 float(shift),

@@ -1,0 +1,220 @@
+"""A stored reference derived a tile at a time, as verification reads it.
+
+Most candidates of a query are aligned and screened and go no further: they read the
+reference's frames around one alignment, a few tens of seconds of a song. A reference whose
+spectrum is stored in tiles (:class:`~tunetrace.index.spectrum_codec.PackedTiles`) is decoded
+and derived only where it is read. Code that knows what it reads asks for those frames
+(:meth:`~tunetrace.fingerprint.features.Features.frames_read`,
+:meth:`~tunetrace.fingerprint.features.Features.positions_read`); everything else reads the
+attributes, which derive the whole reference first, so nothing reads a frame not yet derived.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from tunetrace.fingerprint.features import Features
+from tunetrace.fingerprint.params import FingerprintParams
+from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights
+from tunetrace.index._kernels import (
+    chroma_and_blurred_frames,
+    frames_times_table,
+    moving_average_part,
+    stored_spectrum_arrays,
+)
+from tunetrace.index.spectrum_codec import PackedTiles
+
+
+class TiledFeatures(Features):
+    """The features of a reference stored in tiles, derived as they are read.
+
+    The arrays are allocated whole and filled where read (NaN elsewhere); every frame's values
+    equal those of the whole reference derived at once (:func:`~tunetrace.index.storage.
+    stored_features`) to float rounding, and do not depend on the order the parts are read
+    in. Safe to share between threads.
+
+    Parameters
+    ----------
+    tiles : PackedTiles
+    levels : np.ndarray [shape=(256,), dtype=float32]
+        Value of each code.
+    params : FingerprintParams
+    bin_table : np.ndarray [shape=(bins_per_octave, bins_per_octave + 2), dtype=float32]
+        Real FFT along chroma bins as a matrix (real and imaginary parts interleaved).
+    on_damage : callable, optional
+        Turns the ``ValueError`` of a damaged tile into the error to raise (the catalogue's
+        names the reference); by default the ``ValueError`` is raised.
+
+    Raises
+    ------
+    Exception
+        When a tile read is damaged: what ``on_damage`` made of it, from the attribute or
+        method that read the tile.
+    """
+
+    def __init__(
+        self,
+        tiles: PackedTiles,
+        levels: np.ndarray,
+        params: FingerprintParams,
+        bin_table: np.ndarray,
+        on_damage: Callable[[ValueError], Exception] | None = None,
+    ) -> None:
+        n_bins, n_frames, bins = tiles.n_bins, tiles.n_frames, params.bins_per_octave
+        arrays = {
+            "spectrum": np.full((n_bins, n_frames), np.nan, dtype=np.float32),
+            "chroma": np.full((bins, n_frames), np.nan, dtype=np.float32),
+            "spectrum_frames": np.full((n_frames, n_bins), np.nan, dtype=np.float32),
+            "chroma_bin_spectrum": np.full((n_frames, bins // 2 + 1), np.nan, dtype=np.complex64),
+        }
+        read = Features(arrays["spectrum"], arrays["chroma"], params.frame_rate_hz)
+        vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
+        vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
+        state = {
+            "frame_rate_hz": params.frame_rate_hz,
+            "_tiles": tiles,
+            "_levels": levels,
+            "_weights": chroma_weights(params),
+            "_smooth_frames": params.chroma_smooth_frames,
+            "_bin_table": bin_table,
+            "_arrays": arrays,
+            "_read": read,  # the arrays as they stand, for code that asked for its frames
+            "_folded": np.full((bins, n_frames), np.nan, dtype=np.float32),
+            "_tile_done": np.zeros(tiles.count, dtype=bool),
+            "_chroma_done": np.zeros(n_frames, dtype=bool),
+            "_lock": threading.Lock(),
+            "_on_damage": on_damage,
+        }
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+
+    # -- what code that does not say what it reads gets: the whole reference
+
+    @property  # type: ignore[override]
+    def spectrum(self) -> np.ndarray:
+        """The whole spectrum (see :attr:`Features.spectrum`)."""
+        return self._whole()._arrays["spectrum"]
+
+    @property  # type: ignore[override]
+    def chroma(self) -> np.ndarray:
+        """The whole chroma (see :attr:`Features.chroma`)."""
+        return self._whole()._arrays["chroma"]
+
+    @property  # type: ignore[override]
+    def spectrum_frames(self) -> np.ndarray:
+        """See :attr:`Features.spectrum_frames`; derives the whole reference."""
+        return self._whole()._arrays["spectrum_frames"]
+
+    @property  # type: ignore[override]
+    def chroma_bin_spectrum(self) -> np.ndarray:
+        """See :attr:`Features.chroma_bin_spectrum`; derives the whole reference."""
+        return self._whole()._arrays["chroma_bin_spectrum"]
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames (known without deriving any)."""
+        return self._tiles.n_frames
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays (allocated whole from the start)."""
+        return sum(a.nbytes for a in self._arrays.values()) + self._folded.nbytes
+
+    @property
+    def derived_fraction(self) -> float:
+        """Share of the reference's tiles decoded so far."""
+        return float(self._tile_done.mean())
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Pickled (to another process) as the whole reference's plain features."""
+        return Features, (self.spectrum, self.chroma, self.frame_rate_hz)
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    __hash__ = object.__hash__
+
+    # -- what code that says what it reads gets
+
+    def frames(self, first: int, stop: int) -> Features:
+        """See :meth:`Features.frames`; derives only those frames."""
+        return self.frames_read(first, stop).frames(first, stop)
+
+    def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
+        """See :meth:`Features.frames_read`."""
+        n_frames = self.n_frames
+        first = int(np.clip(np.floor(first), 0, n_frames))
+        stop = int(np.clip(np.ceil(stop), first, n_frames))
+        if stop > first:
+            tile_frames = self._tiles.tile_frames
+            with self._lock:
+                self._decode(range(first // tile_frames, (stop - 1) // tile_frames + 1))
+                if chroma:
+                    self._derive_chroma(first, stop)
+        return self._read
+
+    def positions_read(self, positions: np.ndarray) -> Features:
+        """See :meth:`Features.positions_read`."""
+        where = np.asarray(positions, dtype=np.float64).ravel()
+        if where.size:
+            last = self.n_frames - 1
+            below = np.floor(np.clip(np.nan_to_num(where, nan=0.0), 0, last)).astype(np.int64)
+            frames = np.concatenate([below, np.minimum(below + 1, last)])
+            tiles = np.flatnonzero(np.bincount(frames // self._tiles.tile_frames,
+                                               minlength=self._tiles.count))  # fmt: skip
+            with self._lock:
+                self._decode(tiles.tolist())
+        return self._read
+
+    # -- deriving
+
+    def _whole(self) -> TiledFeatures:
+        """Derive every frame not derived yet."""
+        if not self._chroma_done.all():
+            self.frames_read(0, self.n_frames)
+        return self
+
+    def _decode(self, tiles: Iterable[int]) -> None:
+        """Decode the tiles not yet decoded and derive their spectra (lock held)."""
+        arrays = self._arrays
+        bins = self._folded.shape[0]
+        for tile in tiles:
+            if self._tile_done[tile]:
+                continue
+            first, stop = self._tiles.frame_range(int(tile))
+            try:
+                codes = self._tiles.codes(int(tile))
+            except ValueError as exc:
+                if self._on_damage is None:
+                    raise
+                raise self._on_damage(exc) from exc
+            spectrum, folded, frames = stored_spectrum_arrays(
+                codes, self._levels, self._weights, bins
+            )
+            arrays["spectrum"][:, first:stop] = spectrum
+            arrays["spectrum_frames"][first:stop] = frames
+            self._folded[:, first:stop] = folded
+            self._tile_done[tile] = True
+
+    def _derive_chroma(self, first: int, stop: int) -> None:
+        """Derive the chroma arrays of frames ``first`` to ``stop - 1`` not derived yet
+        (lock held; their tiles decoded)."""
+        missing = np.flatnonzero(~self._chroma_done[first:stop])
+        if missing.size == 0:
+            return
+        first, stop = first + int(missing[0]), first + int(missing[-1]) + 1
+        # the moving average reads the frames around these: their tiles too
+        width = self._smooth_frames
+        tile_frames = self._tiles.tile_frames
+        around = max(first - width, 0), min(stop + width, self.n_frames)
+        self._decode(range(around[0] // tile_frames, (around[1] - 1) // tile_frames + 1))
+        smoothed = moving_average_part(self._folded, first, stop, width)
+        chroma, blurred = chroma_and_blurred_frames(
+            smoothed, np.asarray(FREQUENCY_BLUR, dtype=np.float32)
+        )
+        product = frames_times_table(blurred, self._bin_table)
+        self._arrays["chroma"][:, first:stop] = chroma
+        self._arrays["chroma_bin_spectrum"][first:stop] = product.view(np.complex64)
+        self._chroma_done[first:stop] = True
