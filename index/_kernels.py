@@ -177,13 +177,14 @@ def frames_times_table(frames: np.ndarray, table: np.ndarray) -> np.ndarray:
     """
     n_frames, n_bins = frames.shape
     n_columns = table.shape[1]
-    product = np.empty((n_frames, n_columns), dtype=np.float32)
+    product = np.zeros((n_frames, n_columns), dtype=np.float32)
     for t in range(n_frames):
-        for c in range(n_columns):
-            total = np.float32(0.0)
-            for b in range(n_bins):
-                total += frames[t, b] * table[b, c]
-            product[t, c] = total
+        row = product[t]
+        for b in range(n_bins):  # bin after bin, every column at once (contiguous: vectorised)
+            value = frames[t, b]
+            weights = table[b]
+            for c in range(n_columns):
+                row[c] += value * weights[c]
     return product
 
 

@@ -590,7 +590,8 @@ class Catalogue:
         Parameters
         ----------
         codec : SpectrumCodec
-            A packing of the codes new references get (``b5e0.7j`` or ``b5e0.7z``).
+            A packing of the codes new references get (``b5e0.7t``, ``b5e0.7j`` or
+            ``b5e0.7z``).
 
         Raises
         ------

@@ -520,5 +520,5 @@ def codec_named(name: str) -> SpectrumCodec:
 
 
 #: What new references are stored with (bits and exponent chosen on the calibration split,
-#: packing on bytes per hour: docs/benchmarks.md).
-COMPACT_CODEC = compact_codec(5, 0.7)
+#: packing on bytes per hour and on what a query costs to read: docs/benchmarks.md).
+COMPACT_CODEC = compact_codec(5, 0.7, "t")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 from tunetrace.fingerprint.features import Features
 from tunetrace.fingerprint.params import FingerprintParams
-from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, chroma_weights
+from tunetrace.fingerprint.spectrum import FREQUENCY_BLUR, blur_bins, chroma_weights
 from tunetrace.index._kernels import (
     chroma_and_blurred_frames,
     frames_times_table,
@@ -25,6 +25,16 @@ from tunetrace.index._kernels import (
     stored_spectrum_arrays,
 )
 from tunetrace.index.spectrum_codec import PackedTiles
+
+
+class _PartlyDerived(Features):
+    """Arrays still being filled: what they derive is computed afresh each time, never kept
+    (a value kept now would miss the frames filled later)."""
+
+    @property  # type: ignore[override]
+    def verification_spectrum(self) -> np.ndarray:
+        """See :attr:`Features.verification_spectrum` (not kept)."""
+        return blur_bins(self.spectrum, circular=False)
 
 
 class TiledFeatures(Features):
@@ -69,7 +79,7 @@ class TiledFeatures(Features):
             "spectrum_frames": np.full((n_frames, n_bins), np.nan, dtype=np.float32),
             "chroma_bin_spectrum": np.full((n_frames, bins // 2 + 1), np.nan, dtype=np.complex64),
         }
-        read = Features(arrays["spectrum"], arrays["chroma"], params.frame_rate_hz)
+        read = _PartlyDerived(arrays["spectrum"], arrays["chroma"], params.frame_rate_hz)
         vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
         vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
         state = {

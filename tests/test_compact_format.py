@@ -73,16 +73,16 @@ def test_a_compressed_blob_never_inflates_past_the_size_its_row_records() -> Non
     with pytest.raises(ValueError, match="declares"):
         codec_named("b5e0.7z").codes(bomb, N_BINS, 100)
     with pytest.raises(ValueError, match="no JPEG-LS image header"):
-        COMPACT_CODEC.codes(bomb, N_BINS, 100)
+        ONE_IMAGE_CODEC.codes(bomb, N_BINS, 100)
     spectrum = np.random.default_rng(3).random((N_BINS, 100)).astype(np.float32)
-    blob, _ = COMPACT_CODEC.encode(spectrum)
-    assert COMPACT_CODEC.codes(blob, N_BINS, 100).shape == (N_BINS, 100)
+    blob, _ = ONE_IMAGE_CODEC.encode(spectrum)
+    assert ONE_IMAGE_CODEC.codes(blob, N_BINS, 100).shape == (N_BINS, 100)
     with pytest.raises(ValueError):
-        COMPACT_CODEC.codes(blob, N_BINS, 99)  # the row's frame count must agree
+        ONE_IMAGE_CODEC.codes(blob, N_BINS, 99)  # the row's frame count must agree
     with pytest.raises(ValueError, match="not bytes"):
-        COMPACT_CODEC.codes("text", N_BINS, 100)  # type: ignore[arg-type]
+        ONE_IMAGE_CODEC.codes("text", N_BINS, 100)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="positive"):
-        COMPACT_CODEC.levels(float("nan"))
+        ONE_IMAGE_CODEC.levels(float("nan"))
 
 
 @pytest.mark.parametrize("name", ["b5e0.0z", "b9e0.7z", "b5e2.0z", "", "u16", b"u8", 5])
@@ -278,16 +278,18 @@ def test_eight_bit_index_vectors_take_half_the_bytes_of_float16_and_find_every_e
 
 
 ZSTD_CODEC = compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "z")
+#: The same codes as one JPEG-LS image (new references get them in tiles of such images).
+ONE_IMAGE_CODEC = compact_codec(COMPACT_CODEC.bits, COMPACT_CODEC.exponent, "j")
 
 
 def test_jpeg_ls_packing_holds_the_codes_zstandard_held_and_refuses_damage() -> None:
     spectrum = np.random.default_rng(4).gamma(2.0, size=(N_BINS, 300)).astype(np.float32)
-    packed, scale = COMPACT_CODEC.encode(spectrum)
+    packed, scale = ONE_IMAGE_CODEC.encode(spectrum)
     zstd_packed, zstd_scale = ZSTD_CODEC.encode(spectrum)
-    assert COMPACT_CODEC.name.endswith("j") and scale == zstd_scale
-    codes = COMPACT_CODEC.codes(packed, N_BINS, 300)
+    assert ONE_IMAGE_CODEC.name.endswith("j") and scale == zstd_scale
+    codes = ONE_IMAGE_CODEC.codes(packed, N_BINS, 300)
     np.testing.assert_array_equal(codes, ZSTD_CODEC.codes(zstd_packed, N_BINS, 300))
-    assert COMPACT_CODEC.pack(codes) == packed
+    assert ONE_IMAGE_CODEC.pack(codes) == packed
     # a frame header claiming a huge image is refused before anything is decoded
     header = packed.index(b"\xff\xf7")
     huge = bytearray(packed)
@@ -296,9 +298,9 @@ def test_jpeg_ls_packing_holds_the_codes_zstandard_held_and_refuses_damage() -> 
                b"\xff\xd8" + bytes(200), zstd_packed, b""]  # fmt: skip
     for blob in damaged:
         with pytest.raises(ValueError, match="damaged"):
-            COMPACT_CODEC.codes(blob, N_BINS, 300)
+            ONE_IMAGE_CODEC.codes(blob, N_BINS, 300)
     with pytest.raises(ValueError, match="declares"):
-        COMPACT_CODEC.codes(packed, N_BINS, 299)
+        ONE_IMAGE_CODEC.codes(packed, N_BINS, 299)
 
 
 def test_migration_repacks_zstandard_rows_without_touching_the_index(
@@ -365,10 +367,10 @@ def test_a_spectrum_over_65535_frames_is_packed_and_read_back() -> None:
     """JPEG-LS declares a width over 16 bits in an extra header segment (a reference of
     two hours has 72,000 frames)."""
     codes = np.random.default_rng(6).integers(0, 32, size=(N_BINS, 66_001), dtype=np.uint8)
-    packed = COMPACT_CODEC.pack(codes)
-    np.testing.assert_array_equal(COMPACT_CODEC.codes(packed, N_BINS, 66_001), codes)
+    packed = ONE_IMAGE_CODEC.pack(codes)
+    np.testing.assert_array_equal(ONE_IMAGE_CODEC.codes(packed, N_BINS, 66_001), codes)
     with pytest.raises(ValueError, match="declares"):
-        COMPACT_CODEC.codes(packed, N_BINS, 66_000)
+        ONE_IMAGE_CODEC.codes(packed, N_BINS, 66_000)
 
 
 def test_migrate_keeps_the_catalogue_s_packing_and_sharding_keeps_it_too(

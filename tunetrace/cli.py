@@ -636,11 +636,11 @@ def index_migrate(
     codec: Annotated[
         str | None,
         typer.Option(
-            help="How to pack every spectrum, and those of references added later: b5e0.7j "
-            "(JPEG-LS) or b5e0.7z (the same codes packed by Zstandard: 1.1-1.5x the bytes, a "
-            "reference read about 3x faster). Default: the catalogue's current choice "
-            "(b5e0.7j unless chosen otherwise). Rows of the same codes are repacked without "
-            "loss.",
+            help="How to pack every spectrum, and those of references added later: b5e0.7t "
+            "(JPEG-LS tiles, read a part at a time), b5e0.7j (one JPEG-LS image: 5% fewer "
+            "bytes, read whole) or b5e0.7z (Zstandard: 1.1-1.5x the bytes, read whole 3x "
+            "faster than one image). Default: the catalogue's current choice (b5e0.7t unless "
+            "chosen otherwise). Rows of the same codes are repacked without loss.",
             show_default=False,
         ),
     ] = None,
