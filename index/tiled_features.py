@@ -72,28 +72,20 @@ class TiledFeatures(Features):
         bin_table: np.ndarray,
         on_damage: Callable[[ValueError], Exception] | None = None,
     ) -> None:
-        n_bins, n_frames, bins = tiles.n_bins, tiles.n_frames, params.bins_per_octave
-        arrays = {
-            "spectrum": np.full((n_bins, n_frames), np.nan, dtype=np.float32),
-            "chroma": np.full((bins, n_frames), np.nan, dtype=np.float32),
-            "spectrum_frames": np.full((n_frames, n_bins), np.nan, dtype=np.float32),
-            "chroma_bin_spectrum": np.full((n_frames, bins // 2 + 1), np.nan, dtype=np.complex64),
-        }
-        read = _PartlyDerived(arrays["spectrum"], arrays["chroma"], params.frame_rate_hz)
-        vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
-        vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
         state = {
             "frame_rate_hz": params.frame_rate_hz,
             "_tiles": tiles,
             "_levels": levels,
             "_weights": chroma_weights(params),
+            "_bins": params.bins_per_octave,
             "_smooth_frames": params.chroma_smooth_frames,
             "_bin_table": bin_table,
-            "_arrays": arrays,
-            "_read": read,  # the arrays as they stand, for code that asked for its frames
-            "_folded": np.full((bins, n_frames), np.nan, dtype=np.float32),
+            # allocated at the first read: a reference read whole is derived in one pass
+            "_arrays": None,
+            "_read": None,  # the arrays as they stand, for code that asked for its frames
+            "_folded": None,
             "_tile_done": np.zeros(tiles.count, dtype=bool),
-            "_chroma_done": np.zeros(n_frames, dtype=bool),
+            "_chroma_done": np.zeros(tiles.n_frames, dtype=bool),
             "_lock": threading.Lock(),
             "_on_damage": on_damage,
         }
@@ -129,8 +121,9 @@ class TiledFeatures(Features):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the arrays (allocated whole from the start)."""
-        return sum(a.nbytes for a in self._arrays.values()) + self._folded.nbytes
+        """Bytes the arrays hold once read (allocated whole at the first read)."""
+        n_frames, n_bins, bins = self.n_frames, self._tiles.n_bins, self._bins
+        return 4 * n_frames * (2 * n_bins + 2 * bins) + 8 * n_frames * (bins // 2 + 1)
 
     @property
     def derived_fraction(self) -> float:
@@ -157,12 +150,16 @@ class TiledFeatures(Features):
         n_frames = self.n_frames
         first = int(np.clip(np.floor(first), 0, n_frames))
         stop = int(np.clip(np.ceil(stop), first, n_frames))
-        if stop > first:
-            tile_frames = self._tiles.tile_frames
-            with self._lock:
-                self._decode(range(first // tile_frames, (stop - 1) // tile_frames + 1))
-                if chroma:
-                    self._derive_chroma(first, stop)
+        tile_frames = self._tiles.tile_frames
+        with self._lock:
+            if self._arrays is None and chroma and (first, stop) == (0, n_frames):
+                self._derive_whole()
+            else:
+                self._allocate()
+                if stop > first:
+                    self._decode(range(first // tile_frames, (stop - 1) // tile_frames + 1))
+                    if chroma:
+                        self._derive_chroma(first, stop)
         return self._read
 
     def positions_read(self, positions: np.ndarray) -> Features:
@@ -174,8 +171,11 @@ class TiledFeatures(Features):
             frames = np.concatenate([below, np.minimum(below + 1, last)])
             tiles = np.flatnonzero(np.bincount(frames // self._tiles.tile_frames,
                                                minlength=self._tiles.count))  # fmt: skip
-            with self._lock:
-                self._decode(tiles.tolist())
+        else:
+            tiles = np.zeros(0, dtype=np.int64)
+        with self._lock:
+            self._allocate()
+            self._decode(tiles.tolist())
         return self._read
 
     # -- deriving
@@ -186,22 +186,78 @@ class TiledFeatures(Features):
             self.frames_read(0, self.n_frames)
         return self
 
+    def _allocate(self) -> None:
+        """Allocate the arrays, NaN until derived (lock held)."""
+        if self._arrays is not None:
+            return
+        n_bins, n_frames, bins = self._tiles.n_bins, self.n_frames, self._bins
+        self._install(
+            {
+                "spectrum": np.full((n_bins, n_frames), np.nan, dtype=np.float32),
+                "chroma": np.full((bins, n_frames), np.nan, dtype=np.float32),
+                "spectrum_frames": np.full((n_frames, n_bins), np.nan, dtype=np.float32),
+                "chroma_bin_spectrum": np.full(
+                    (n_frames, bins // 2 + 1), np.nan, dtype=np.complex64
+                ),
+            },
+            np.full((bins, n_frames), np.nan, dtype=np.float32),
+        )
+
+    def _install(self, arrays: dict[str, np.ndarray], folded: np.ndarray) -> None:
+        """Keep ``arrays`` and ``folded`` as the reference's (lock held)."""
+        read = _PartlyDerived(arrays["spectrum"], arrays["chroma"], self.frame_rate_hz)
+        vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
+        vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
+        object.__setattr__(self, "_folded", folded)
+        object.__setattr__(self, "_arrays", arrays)
+        object.__setattr__(self, "_read", read)
+
+    def _derive_whole(self) -> None:
+        """Derive every frame in one pass, before anything else was (lock held): the same
+        kernels, frame by frame, as the parts, without their copies."""
+        codes = np.concatenate([self._codes(t) for t in range(self._tiles.count)], axis=1)
+        spectrum, folded, frames = stored_spectrum_arrays(
+            codes, self._levels, self._weights, self._bins
+        )
+        chroma, bin_spectrum = self._chroma_arrays(folded, 0, self.n_frames)
+        self._install(
+            {"spectrum": spectrum, "chroma": chroma, "spectrum_frames": frames,
+             "chroma_bin_spectrum": bin_spectrum},
+            folded,
+        )  # fmt: skip
+        self._tile_done[:] = True
+        self._chroma_done[:] = True
+
+    def _codes(self, tile: int) -> np.ndarray:
+        """The codes of one tile; a damaged tile raises what ``on_damage`` makes of it."""
+        try:
+            return self._tiles.codes(tile)
+        except ValueError as exc:
+            if self._on_damage is None:
+                raise
+            raise self._on_damage(exc) from exc
+
+    def _chroma_arrays(
+        self, folded: np.ndarray, first: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Chroma and its transform along bins of frames ``first`` to ``stop - 1``, from the
+        octave fold of every frame within the moving average's reach."""
+        smoothed = moving_average_part(folded, first, stop, self._smooth_frames)
+        chroma, blurred = chroma_and_blurred_frames(
+            smoothed, np.asarray(FREQUENCY_BLUR, dtype=np.float32)
+        )
+        return chroma, frames_times_table(blurred, self._bin_table).view(np.complex64)
+
     def _decode(self, tiles: Iterable[int]) -> None:
-        """Decode the tiles not yet decoded and derive their spectra (lock held)."""
+        """Decode the tiles not yet decoded and derive their spectra (lock held, arrays
+        allocated)."""
         arrays = self._arrays
-        bins = self._folded.shape[0]
         for tile in tiles:
             if self._tile_done[tile]:
                 continue
             first, stop = self._tiles.frame_range(int(tile))
-            try:
-                codes = self._tiles.codes(int(tile))
-            except ValueError as exc:
-                if self._on_damage is None:
-                    raise
-                raise self._on_damage(exc) from exc
             spectrum, folded, frames = stored_spectrum_arrays(
-                codes, self._levels, self._weights, bins
+                self._codes(int(tile)), self._levels, self._weights, self._bins
             )
             arrays["spectrum"][:, first:stop] = spectrum
             arrays["spectrum_frames"][first:stop] = frames
@@ -220,11 +276,7 @@ class TiledFeatures(Features):
         tile_frames = self._tiles.tile_frames
         around = max(first - width, 0), min(stop + width, self.n_frames)
         self._decode(range(around[0] // tile_frames, (around[1] - 1) // tile_frames + 1))
-        smoothed = moving_average_part(self._folded, first, stop, width)
-        chroma, blurred = chroma_and_blurred_frames(
-            smoothed, np.asarray(FREQUENCY_BLUR, dtype=np.float32)
-        )
-        product = frames_times_table(blurred, self._bin_table)
+        chroma, bin_spectrum = self._chroma_arrays(self._folded, first, stop)
         self._arrays["chroma"][:, first:stop] = chroma
-        self._arrays["chroma_bin_spectrum"][first:stop] = product.view(np.complex64)
+        self._arrays["chroma_bin_spectrum"][first:stop] = bin_spectrum
         self._chroma_done[first:stop] = True

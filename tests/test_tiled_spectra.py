@@ -110,9 +110,13 @@ def test_a_reference_read_in_parts_equals_the_reference_derived_whole() -> None:
     np.testing.assert_array_equal(unread, np.arange(3 * TILE_FRAMES, 6 * TILE_FRAMES))
     for first, stop in reversed(ranges):
         backwards.frames_read(first, stop)
-    # every frame's values whatever order the parts were read in
+    # every frame's values whatever order the parts were read in, or read whole at once
+    at_once = read_in_parts()
+    assert at_once.nbytes == forwards.nbytes  # what the features cache counts, read or not
+    at_once.frames_read(0, n_frames)
     for name in ("spectrum", "chroma", "spectrum_frames", "chroma_bin_spectrum"):
         np.testing.assert_array_equal(getattr(forwards, name), getattr(backwards, name))
+        np.testing.assert_array_equal(getattr(forwards, name), getattr(at_once, name))
     assert forwards.derived_fraction == 1
     assert_close(forwards, 0, n_frames)
     np.testing.assert_array_equal(forwards.active_frames(), whole.active_frames())
