@@ -119,18 +119,18 @@ class Features:
         return part
 
     def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
-        """Features whose arrays hold frames ``first`` to ``stop`` at least, for code that
-        reads no others.
+        """Features whose arrays hold frames ``first`` to ``stop - 1`` at least, for code
+        that reads no others.
 
-        Features made from audio hold every frame and return themselves. A reference stored
-        in tiles (:class:`~tunetrace.index.tiled_features.TiledFeatures`) derives the frames
-        asked for, and returns its arrays as they stand: frames not asked for may hold NaN.
+        Features made from audio hold every frame and return themselves. A stored reference
+        read in parts (the catalogue's tiled packing) derives the frames asked for, and
+        returns its arrays as they stand: frames not asked for may hold NaN.
 
         Parameters
         ----------
         first, stop : float
-            Frame range, clipped to the recording (fractional ends are widened to whole
-            frames).
+            Frame range, half-open, clipped to the recording (fractional ends are widened to
+            whole frames; a range that is not a number reads every frame).
         chroma : bool
             Whether the chroma arrays (:attr:`chroma`, :attr:`chroma_bin_spectrum`) are read
             too, or only the spectra (:attr:`spectrum`, :attr:`spectrum_frames`).

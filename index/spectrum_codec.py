@@ -286,6 +286,8 @@ class SpectrumCodec:
 #: tile's length in bytes (unsigned 32-bit little-endian integers), then the tiles.
 _TILES_MAGIC = b"TJLS"
 _TILES_HEADER = struct.Struct("<4sII")
+#: Bytes of a tile read for its image header (start of image, frame header, parameters).
+_TILE_HEADER_BYTES = 256
 
 
 @dataclass(frozen=True)
@@ -311,12 +313,23 @@ class PackedTiles:
 
     @classmethod
     def parse(cls, blob: bytes, n_bins: int, n_frames: int) -> PackedTiles:
-        """Read the table of tiles of ``blob`` and check it against the row's shape.
+        """Read the table of tiles of ``blob`` and check it, and every tile's image header,
+        against the row's shape (before anything is allocated for it).
+
+        Parameters
+        ----------
+        blob : bytes
+        n_bins, n_frames : int
+            The spectrum's shape, as its row records it.
+
+        Returns
+        -------
+        tiles : PackedTiles
 
         Raises
         ------
         ValueError
-            If the table is damaged or describes another shape.
+            If the table or a tile's header is damaged or describes another shape.
         """
         if len(blob) < _TILES_HEADER.size:
             raise ValueError("stored spectrum is damaged (too short for its table of tiles)")
@@ -339,7 +352,17 @@ class PackedTiles:
                 f"stored spectrum is damaged (its tiles add up to {int(bounds[-1])} bytes, "
                 f"it has {len(blob)})"
             )
-        return cls(blob, n_bins, n_frames, tile_frames, tuple(int(b) for b in bounds))
+        tiles = cls(blob, n_bins, n_frames, tile_frames, tuple(int(b) for b in bounds))
+        for tile in range(count):  # a header each: at most one per four bytes of the blob
+            first, stop = tiles.frame_range(tile)
+            start = tiles.bounds[tile]  # the headers come first: a few dozen bytes
+            header = blob[start : min(start + _TILE_HEADER_BYTES, tiles.bounds[tile + 1])]
+            if _jpegls_frame_shape(header) != (n_bins, stop - first):
+                raise ValueError(
+                    f"stored spectrum is damaged (tile {tile} is not {n_bins} bins by "
+                    f"{stop - first} frames)"
+                )
+        return tiles
 
     @property
     def count(self) -> int:
@@ -347,7 +370,18 @@ class PackedTiles:
         return len(self.bounds) - 1
 
     def frame_range(self, tile: int) -> tuple[int, int]:
-        """First frame and stop of tile ``tile``."""
+        """First frame and stop of one tile.
+
+        Parameters
+        ----------
+        tile : int
+            From 0 to ``count - 1``.
+
+        Returns
+        -------
+        first, stop : int
+            Half-open range of the spectrum's frames.
+        """
         first = tile * self.tile_frames
         return first, min(first + self.tile_frames, self.n_frames)
 

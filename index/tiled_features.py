@@ -27,14 +27,37 @@ from tunetrace.index._kernels import (
 from tunetrace.index.spectrum_codec import PackedTiles
 
 
+def _plain_features(
+    spectrum: np.ndarray,
+    chroma: np.ndarray,
+    frame_rate_hz: float,
+    spectrum_frames: np.ndarray,
+    chroma_bin_spectrum: np.ndarray,
+) -> Features:
+    """Features of arrays already derived (how a reference read in tiles is unpickled)."""
+    features = Features(spectrum, chroma, frame_rate_hz)
+    vars(features)["spectrum_frames"] = spectrum_frames
+    vars(features)["chroma_bin_spectrum"] = chroma_bin_spectrum
+    return features
+
+
 class _PartlyDerived(Features):
-    """Arrays still being filled: what they derive is computed afresh each time, never kept
-    (a value kept now would miss the frames filled later)."""
+    """The arrays of a :class:`TiledFeatures` as they stand: what they derive is computed
+    afresh each time, never kept (a value kept now would miss the frames filled later), and
+    asking for more frames asks the reference."""
 
     @property  # type: ignore[override]
     def verification_spectrum(self) -> np.ndarray:
         """See :attr:`Features.verification_spectrum` (not kept)."""
         return blur_bins(self.spectrum, circular=False)
+
+    def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
+        """See :meth:`Features.frames_read` (the reference derives them)."""
+        return vars(self)["_owner"].frames_read(first, stop, chroma=chroma)
+
+    def positions_read(self, positions: np.ndarray) -> Features:
+        """See :meth:`Features.positions_read` (the reference derives them)."""
+        return vars(self)["_owner"].positions_read(positions)
 
 
 class TiledFeatures(Features):
@@ -131,10 +154,24 @@ class TiledFeatures(Features):
         return float(self._tile_done.mean())
 
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
-        """Pickled (to another process) as the whole reference's plain features."""
-        return Features, (self.spectrum, self.chroma, self.frame_rate_hz)
+        """Pickled (to another process) as the whole reference's plain features, with the
+        arrays derived here (not derived again there, to other float rounding)."""
+        self._whole()
+        arrays = self._arrays
+        return _plain_features, (
+            arrays["spectrum"], arrays["chroma"], self.frame_rate_hz,
+            arrays["spectrum_frames"], arrays["chroma_bin_spectrum"],
+        )  # fmt: skip
+
+    def __repr__(self) -> str:
+        """What it is, without deriving anything."""
+        return (
+            f"TiledFeatures(n_frames={self.n_frames}, frame_rate_hz={self.frame_rate_hz}, "
+            f"derived_fraction={self.derived_fraction:.2f})"
+        )
 
     def __eq__(self, other: object) -> bool:
+        """Equal to itself alone (its arrays are filled as it is read)."""
         return self is other
 
     __hash__ = object.__hash__
@@ -148,8 +185,9 @@ class TiledFeatures(Features):
     def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
         """See :meth:`Features.frames_read`."""
         n_frames = self.n_frames
-        first = int(np.clip(np.floor(first), 0, n_frames))
-        stop = int(np.clip(np.ceil(stop), first, n_frames))
+        # a range that is not a number reads everything (its readers skip such positions)
+        first = int(np.clip(np.floor(np.nan_to_num(first, nan=0.0)), 0, n_frames))
+        stop = int(np.clip(np.ceil(np.nan_to_num(stop, nan=n_frames)), first, n_frames))
         tile_frames = self._tiles.tile_frames
         with self._lock:
             if self._arrays is None and chroma and (first, stop) == (0, n_frames):
@@ -206,6 +244,7 @@ class TiledFeatures(Features):
     def _install(self, arrays: dict[str, np.ndarray], folded: np.ndarray) -> None:
         """Keep ``arrays`` and ``folded`` as the reference's (lock held)."""
         read = _PartlyDerived(arrays["spectrum"], arrays["chroma"], self.frame_rate_hz)
+        vars(read)["_owner"] = self
         vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
         vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
         object.__setattr__(self, "_folded", folded)
@@ -216,6 +255,7 @@ class TiledFeatures(Features):
         """Derive every frame in one pass, before anything else was (lock held): the same
         kernels, frame by frame, as the parts, without their copies."""
         codes = np.concatenate([self._codes(t) for t in range(self._tiles.count)], axis=1)
+        codes.flags.writeable = False  # as every codec's codes are: the kernels compiled for them
         spectrum, folded, frames = stored_spectrum_arrays(
             codes, self._levels, self._weights, self._bins
         )

@@ -65,14 +65,23 @@ def test_tiles_hold_the_codes_one_image_held_and_refuse_damaged_tables() -> None
         TILED.tiles(tiled, N_BINS, n_frames + TILE_FRAMES)  # another frame count
     with pytest.raises(ValueError, match="does not store spectra in tiles"):
         ONE_IMAGE.tiles(whole, N_BINS, n_frames)
-    # a tile's own damage is found when that tile is read, and only then
-    first_tile = tiles.bounds[0]
-    garbled = bytearray(tiled)
-    garbled[first_tile : first_tile + 8] = bytes(8)
-    garbled_tiles = TILED.tiles(bytes(garbled), N_BINS, n_frames)
+    # a tile's header is checked with the table, before anything is allocated for it
+    with pytest.raises(ValueError, match="tile 0 is not"):
+        TILED.tiles(_garbled(tiled, tiles.bounds[0], at_end=False), N_BINS, n_frames)
+    # the rest of a tile is checked when that tile is read, and only then
+    garbled_tiles = TILED.tiles(_garbled(tiled, tiles.bounds[1]), N_BINS, n_frames)
     np.testing.assert_array_equal(garbled_tiles.codes(2), codes[:, 2 * TILE_FRAMES :])
     with pytest.raises(ValueError, match="damaged"):
         garbled_tiles.codes(0)
+
+
+def _garbled(blob: bytes, end: int, *, at_end: bool = True) -> bytes:
+    """``blob`` with 8 bytes zeroed: the last of the tile ending at byte ``end``, or the
+    first of the tile starting there."""
+    garbled = bytearray(blob)
+    first = end - 8 if at_end else end
+    garbled[first : first + 8] = bytes(8)
+    return bytes(garbled)
 
 
 def test_a_reference_read_in_parts_equals_the_reference_derived_whole() -> None:
@@ -112,8 +121,11 @@ def test_a_reference_read_in_parts_equals_the_reference_derived_whole() -> None:
         backwards.frames_read(first, stop)
     # every frame's values whatever order the parts were read in, or read whole at once
     at_once = read_in_parts()
-    assert at_once.nbytes == forwards.nbytes  # what the features cache counts, read or not
-    at_once.frames_read(0, n_frames)
+    # what the features cache counts before anything is read: the arrays of the whole
+    # reference and the octave fold kept to derive chroma parts
+    fold_bytes = 4 * PARAMS.bins_per_octave * n_frames
+    assert at_once.nbytes == whole.nbytes + fold_bytes
+    assert at_once.frames_read(0, n_frames).nbytes + fold_bytes == at_once.nbytes
     for name in ("spectrum", "chroma", "spectrum_frames", "chroma_bin_spectrum"):
         np.testing.assert_array_equal(getattr(forwards, name), getattr(backwards, name))
         np.testing.assert_array_equal(getattr(forwards, name), getattr(at_once, name))
@@ -143,7 +155,7 @@ def test_a_reference_read_in_parts_equals_the_reference_derived_whole() -> None:
 def long_songs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tiled-songs")
     return {
-        name: write_audio(folder / f"{name}.wav", synth_song(seed, duration_s=70))
+        name: write_audio(folder / f"{name}.wav", synth_song(seed, duration_s=120))
         for seed, name in enumerate(("a", "b", "c"), start=61)
     }
 
@@ -199,28 +211,58 @@ def test_matching_a_catalogue_stored_in_tiles_reads_parts_and_finds_what_one_ima
             assert match.segments == same.segments
 
 
-def test_a_tile_damaged_where_a_query_reads_leaves_that_reference_out_without_failing(
-    long_songs: dict[str, Path], tmp_path: Path
+@pytest.mark.parametrize(
+    ("copy_at_s", "damaged_tile"), [(40, 4), (10, 7)], ids=["where-the-copy-is", "elsewhere"]
+)
+def test_a_damaged_tile_leaves_its_reference_out_of_every_query_without_failing(
+    long_songs: dict[str, Path], tmp_path: Path, copy_at_s: float, damaged_tile: int
 ) -> None:
+    """Tile 4 (40-50 s) is read by the alignment of a copy of 40-52 s; tile 7 (70-80 s) is
+    read by no alignment nor null model of a copy of 10-22 s, only by another place of the
+    repeating song, or when the work found is read whole: either way no query reports that
+    work, the first as every later one, and the damaged reference is named."""
     _, tiled = _catalogues(long_songs, tmp_path)
     with Catalogue(tiled) as catalogue:
         key = catalogue.get("a").key
     with sqlite3.connect(tiled / "catalogue.sqlite") as db:
         (blob,) = db.execute("SELECT spectrum FROM refs WHERE key = ?", (key,)).fetchone()
         tiles = TILED.tiles(blob, N_BINS, _frames(db, key))
-        garbled = bytearray(blob)
-        fourth = tiles.bounds[4]  # 40-50 s: where the excerpt from 40 s lies
-        garbled[fourth : fourth + 8] = bytes(8)
-        db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (bytes(garbled), key))
-    query = _excerpt(long_songs["a"], tmp_path, 40, 1.0)
+        garbled = _garbled(blob, tiles.bounds[damaged_tile + 1])
+        db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (garbled, key))
+    query = _excerpt(long_songs["a"], tmp_path, copy_at_s, 1.0)
     with Catalogue(tiled, read_only=True) as catalogue:
-        matcher = Matcher(catalogue)
-        assert matcher.match_path(query).matches == []
-        assert matcher.damaged_references() == ("a",)
+        for matcher in (Matcher(catalogue), Matcher(catalogue)):  # once, then again
+            for _ in range(2):
+                assert matcher.match_path(query).matches == []
+                assert matcher.damaged_references() == ("a",)
+            catalogue.clear_features_cache()
         other = matcher.match_path(_excerpt(long_songs["b"], tmp_path, 8, 1.0))
         assert [m.reference_id for m in other.matches] == ["b"]
         with pytest.raises(DamagedReferenceError, match="reference 'a'"):
             catalogue.features(key)  # read whole, the damage is found at once
+
+
+def test_a_work_verified_before_its_damage_was_read_is_not_reported(
+    long_songs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Verification read the parts of "a" around the copy; its row is damaged afterwards,
+    far from them: reporting the work reads it whole, finds the damage and leaves it out."""
+    _, tiled = _catalogues(long_songs, tmp_path)
+    query = _excerpt(long_songs["a"], tmp_path, 10, 1.0)
+    with Catalogue(tiled) as catalogue:
+        key = catalogue.get("a").key
+        matcher = Matcher(catalogue)
+        features = matcher.load_query(query)
+        verifications = matcher.verify(features)
+        assert [m.reference_id for m in matcher.matches_from(features, verifications)] == ["a"]
+        with sqlite3.connect(tiled / "catalogue.sqlite") as db:
+            (blob,) = db.execute("SELECT spectrum FROM refs WHERE key = ?", (key,)).fetchone()
+            tiles = TILED.tiles(blob, N_BINS, _frames(db, key))
+            garbled = _garbled(blob, tiles.bounds[tiles.count])  # the last tile, 110-120 s
+            db.execute("UPDATE refs SET spectrum = ? WHERE key = ?", (garbled, key))
+        catalogue.clear_features_cache()
+        assert matcher.matches_from(features, verifications) == []
+        assert matcher.damaged_references() == ("a",)
 
 
 def _frames(db: sqlite3.Connection, key: int) -> int:
@@ -273,3 +315,50 @@ def test_each_reader_of_a_reference_asks_for_every_frame_it_reads() -> None:
     np.testing.assert_allclose(ours_fit.null_curve(positions, 0.0, (-23.0, 9.0, 23.0)),
                                theirs_fit.null_curve(positions, 0.0, (-23.0, 9.0, 23.0)),
                                atol=1e-6)  # fmt: skip
+
+
+def test_the_alignment_search_asks_for_every_frame_it_can_read() -> None:
+    """Every reference frame the chroma grid search can read, at every point of every stage
+    laid around every point of the stage before (the worst case of its path), lies in the
+    range it asks for: a position reads its frame and the next, and alignments summed as a
+    group read up to ``floor(offset) + int(rate * (n - 1) + 2)``."""
+    from tunetrace.alignment import _alignment_grids, _frames_searched
+    from tunetrace.query import VerifySettings
+    from tunetrace.types import Candidate
+
+    settings = VerifySettings()
+    factors, deltas, ends = _alignment_grids(
+        settings.rate_search, float(settings.offset_search_frames)
+    )
+    stages = np.split(np.arange(len(factors)), ends[:-1])
+    widest = float(np.prod([factors[s].max() for s in stages]))
+    rng = np.random.default_rng(11)
+    cases = [(float(rng.uniform(0.45, 2.2)), float(rng.uniform(-40, 900)),
+              int(rng.integers(30, 300))) for _ in range(12)]  # fmt: skip
+    # corners: the search ending on the last point of every stage at ratio 1 and a whole
+    # offset, its last position a whole frame
+    for n_query in (100, 101, 121, 201):
+        for whole in (137.0, 300.0):
+            ratio, offset, centre = 1 / widest, whole, n_query / 2
+            for stage in stages:
+                faster = ratio * factors[stage].max()
+                offset -= (ratio - faster) * centre + deltas[stage].max()
+                ratio = faster
+            cases.append((1 / widest, offset, n_query))
+    for ratio, offset, n_query in cases:
+        candidate = Candidate(reference_key=0, tempo_ratio=ratio, offset_frames=offset, votes=1.0)
+        asked_first, asked_stop = _frames_searched(candidate, n_query, factors, deltas, ends)
+        rates, offsets = np.array([ratio]), np.array([offset])
+        centre = n_query / 2
+        lowest, highest = np.inf, -np.inf
+        for stage in stages:  # as the kernel lays each stage around a point of the last
+            grid_rates = rates[:, None] * factors[stage][None, :]
+            offsets = (offsets[:, None] + (rates[:, None] - grid_rates) * centre
+                       + deltas[stage][None, :]).ravel()  # fmt: skip
+            rates = grid_rates.ravel()
+            last_position = offsets + rates * (n_query - 1)
+            lowest = min(lowest, float(np.floor(np.minimum(offsets, last_position)).min()))
+            grouped = np.floor(offsets) + np.floor(rates * (n_query - 1) + 2.0)
+            highest = max(highest, float(np.maximum(np.floor(last_position) + 1, grouped).max()))
+        assert np.floor(asked_first) <= lowest, (ratio, offset, n_query)
+        assert np.ceil(asked_stop) - 1 >= highest, (ratio, offset, n_query)

@@ -205,9 +205,10 @@ def _frames_searched(
     )
     centre = n_query / 2
     middle = float(candidate.offset_frames) + float(candidate.tempo_ratio) * centre
-    # a position reads its frame and the next
+    # A position reads its frame and the next; alignments summed together (offsets whole
+    # frames apart) read one frame more, weighted zero, after their last position's next.
     first = middle - drift - fastest * centre
-    return first, middle + drift + fastest * (n_query - 1 - centre) + 2
+    return first, middle + drift + fastest * (n_query - 1 - centre) + 3
 
 
 @functools.lru_cache(maxsize=4)

@@ -433,12 +433,11 @@ class Matcher:
                     for window in {window for window, _ in windowed}}  # fmt: skip
         window_of = {id(candidate): window for window, candidate in windowed}
         retimed = [candidate for _, candidate in windowed]
-        # Each reference is read once, all of them side by side, before any is aligned: a
-        # reference's places and tempo ratios follow each other in ``retimed``, and threads
-        # aligning them together would each derive it.
+        # Each reference is opened once, before any is aligned, and read in part: most are
+        # only aligned and screened, which read the frames around one alignment (threads
+        # aligning the same reference derive its parts in turn). A part found damaged leaves
+        # the reference out of the rest of the query, and of every later one.
         keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
-        # Read in part: most are only aligned and screened, which read the frames around one
-        # alignment (a part damaged there leaves the reference out where it is found).
         read = dict(zip(keys, map_in_threads(self._features_in_part, keys), strict=True))
         # a reference removed (or replaced) since the index was searched is no candidate
         references = {key: features for key, features in read.items() if features is not None}
@@ -449,6 +448,8 @@ class Matcher:
 
         def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = references[candidate.reference_key]
+            if self._found_damaged(candidate.reference_key):
+                return None
             with self._skipping_damaged(candidate.reference_key):
                 return align_on_chroma(
                     query_of(candidate), reference, candidate, settings=self.verify_settings
@@ -457,6 +458,8 @@ class Matcher:
 
         def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening] | None:
             reference = references[alignment.candidate.reference_key]
+            if self._found_damaged(alignment.candidate.reference_key):
+                return None
             with self._skipping_damaged(alignment.candidate.reference_key):
                 screening = screen_alignment(
                     query_of(alignment.candidate),
@@ -469,7 +472,10 @@ class Matcher:
             return None
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
-            with self._skipping_damaged(item[1].candidate.reference_key):
+            key = item[1].candidate.reference_key
+            if self._found_damaged(key):
+                return None
+            with self._skipping_damaged(key):
                 return verify_one(item)
             return None
 
@@ -528,6 +534,8 @@ class Matcher:
         rescreened = [s for s in map_in_threads(screen, aligned) if s is not None]
         again = [v for v in map_in_threads(verify_screened, rescreened) if v is not None]
         verifications += again
+        # a part of a reference read after some of its places were verified was damaged
+        verifications = [v for v in verifications if not self._found_damaged(v.reference_key)]
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
@@ -885,6 +893,11 @@ class Matcher:
             self._note_damaged_row(key, exc)
             return None
 
+    def _found_damaged(self, key: int) -> bool:
+        """Whether reference ``key``'s row was found damaged (by any query)."""
+        with self._damaged_lock:
+            return key in self._damaged_seen
+
     def _features_in_part(self, key: int) -> Features | None:
         """:meth:`_reference_features`, derived as read."""
         return self._reference_features(key, whole=False)
@@ -988,12 +1001,14 @@ class Matcher:
             # a place tried where the work was not verified adds no section
             sure = [other for other in others if other.score >= MIN_SCORE_OF_OTHER_SECTIONS]
             segments = merge_segments(best, sure)
-            reference = self._reference_features(best.reference_key)
-            if reference is not None:  # its stretches of one place, across what they leave
-                segments = join_across_passages(
-                    query, reference, segments, best,
-                    params=self.catalogue.params, settings=self.verify_settings,
-                )  # fmt: skip
+            reference = self._reference_features(best.reference_key)  # read whole
+            if reference is None:
+                continue  # removed, or found damaged reading it whole (and named)
+            # its stretches of one place, across what they leave
+            segments = join_across_passages(
+                query, reference, segments, best,
+                params=self.catalogue.params, settings=self.verify_settings,
+            )  # fmt: skip
             segments = without_fragments(segments)
             covered = covered_seconds(segments)
             try:
