@@ -85,8 +85,13 @@ def main() -> None:
     works = renders.render_works(int(size["renders"]), CACHE, workers=os.cpu_count() or 1)  # type: ignore[arg-type]
     metrics.KNOWN_SHARED.update(renders.shared_tunes(works))
     base, _ = suite.suite_catalogue(tracks, works)
-    evaluation = suite._split_queries(
-        tracks, works, "evaluation", size["repeats"], size["negatives_per_kind"], 2027  # type: ignore[arg-type]
+    evaluation = suite.split_queries(
+        tracks,
+        works,
+        "evaluation",
+        size["repeats"],
+        size["negatives_per_kind"],
+        2027,  # type: ignore[arg-type]
     )
     grown = grown_catalogue(base, args.works, args.seed)
     copies = {p: repacked(grown, p) for p in PACKINGS}

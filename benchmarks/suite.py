@@ -271,7 +271,7 @@ def catalogue_footprint(directory: Path) -> dict[str, float]:
     }
 
 
-def _split_queries(
+def split_queries(
     tracks: list[Track],
     works: list[renders.RenderedWork],
     split: str,
@@ -279,6 +279,7 @@ def _split_queries(
     negatives_per_kind: int,
     seed: int,
 ) -> list[grid.SuiteQuery]:
+    """The suite's queries of one split (made once, cached under the benchmark cache)."""
     positives = [_source(t) for t in tracks if in_catalogue(t) and split_of(t) == split]
     plans = grid.plan_queries(
         positives,
@@ -326,7 +327,7 @@ def main() -> None:
         reference_paths = {
             r.reference_id: Path(r.source_path or "") for r in catalogue.list(limit=1_000_000)
         }
-    calibration = _split_queries(
+    calibration = split_queries(
         tracks,
         works,
         "calibration",
@@ -334,7 +335,7 @@ def main() -> None:
         size["cal_negatives_per_kind"],
         args.seed,  # type: ignore[arg-type]
     )
-    evaluation = _split_queries(
+    evaluation = split_queries(
         tracks,
         works,
         "evaluation",
