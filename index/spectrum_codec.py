@@ -146,15 +146,7 @@ class SpectrumCodec:
         """
         codes = np.ascontiguousarray(codes, dtype=np.uint8)
         if self.packing == "j":
-            import imagecodecs  # only where JPEG-LS is read or written (40 ms to import)
-
-            try:
-                blob = bytes(imagecodecs.jpegls_encode(codes))
-            except Exception as exc:  # CharLS reports each failure as its own error type
-                raise ValueError(f"{self.name} cannot pack these codes ({exc})") from exc
-            if _jpegls_frame_shape(blob) != codes.shape:
-                raise ValueError(f"{self.name} packed {codes.shape} codes unreadably")
-            return blob
+            return _jpegls_image(codes, self.name)
         if self.packing == "t":
             return _packed_tiles(codes, self.name)
         if self.packing == "z":
@@ -228,8 +220,9 @@ class SpectrumCodec:
         Raises
         ------
         ValueError
-            If the codec is not tiled, or the blob's table of tiles does not describe a
-            spectrum of that shape (the tiles themselves are checked as they are decoded).
+            If the codec is not tiled, or the blob's table of tiles or a tile's image header
+            does not describe a spectrum of that shape (the rest of each tile is checked as
+            it is decoded).
         """
         if not self.tiled:
             raise ValueError(f"{self.name} does not store spectra in tiles")
@@ -408,21 +401,26 @@ class PackedTiles:
         return _jpegls_codes(part, self.n_bins, stop - first)
 
 
+def _jpegls_image(codes: np.ndarray, name: str) -> bytes:
+    """Codes packed as one JPEG-LS image (by codec ``name``, for its errors)."""
+    import imagecodecs  # only where JPEG-LS is read or written (40 ms to import)
+
+    try:
+        blob = bytes(imagecodecs.jpegls_encode(codes))
+    except Exception as exc:  # CharLS reports each failure as its own error type
+        raise ValueError(f"{name} cannot pack these codes ({exc})") from exc
+    if _jpegls_frame_shape(blob) != codes.shape:
+        raise ValueError(f"{name} packed {codes.shape} codes unreadably")
+    return blob
+
+
 def _packed_tiles(codes: np.ndarray, name: str) -> bytes:
     """Codes packed as :data:`TILE_FRAMES`-frame JPEG-LS tiles behind their table."""
-    import imagecodecs
-
     n_frames = codes.shape[1]
-    tiles = []
-    for first in range(0, n_frames, TILE_FRAMES):
-        tile = np.ascontiguousarray(codes[:, first : first + TILE_FRAMES])
-        try:
-            packed = bytes(imagecodecs.jpegls_encode(tile))
-        except Exception as exc:  # CharLS reports each failure as its own error type
-            raise ValueError(f"{name} cannot pack these codes ({exc})") from exc
-        if _jpegls_frame_shape(packed) != tile.shape:
-            raise ValueError(f"{name} packed {tile.shape} codes unreadably")
-        tiles.append(packed)
+    tiles = [
+        _jpegls_image(np.ascontiguousarray(codes[:, first : first + TILE_FRAMES]), name)
+        for first in range(0, n_frames, TILE_FRAMES)
+    ]
     lengths = np.array([len(t) for t in tiles], dtype="<u4").tobytes()
     header = _TILES_HEADER.pack(_TILES_MAGIC, TILE_FRAMES, len(tiles))
     return b"".join([header, lengths, *tiles])
