@@ -1378,6 +1378,8 @@ class Catalogue:
             return self._damaged(reference_id, exc)
 
         try:
+            if not self._plausible_frames(row[3]):  # before anything is allocated for it
+                raise ValueError(f"its frame count {row[3]!r} is no reference's")
             features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3],
                                        on_damage=damaged)  # fmt: skip
             if whole:

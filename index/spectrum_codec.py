@@ -442,6 +442,8 @@ def _jpegls_codes(blob: bytes, n_bins: int, n_frames: int) -> np.ndarray:
 
     try:
         codes = imagecodecs.jpegls_decode(blob)
+    except MemoryError:  # the machine, not the row
+        raise
     except Exception as exc:  # CharLS reports every damage as its own error type
         raise ValueError(f"stored spectrum is damaged ({exc})") from exc
     if codes.dtype != np.uint8 or codes.shape != (n_bins, n_frames):

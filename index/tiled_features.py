@@ -12,6 +12,7 @@ attributes, which derive the whole reference first, so nothing reads a frame not
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -53,11 +54,23 @@ class _PartlyDerived(Features):
 
     def frames_read(self, first: float, stop: float, *, chroma: bool = True) -> Features:
         """See :meth:`Features.frames_read` (the reference derives them)."""
-        return vars(self)["_owner"].frames_read(first, stop, chroma=chroma)
+        return self._owner().frames_read(first, stop, chroma=chroma)
 
     def positions_read(self, positions: np.ndarray) -> Features:
         """See :meth:`Features.positions_read` (the reference derives them)."""
-        return vars(self)["_owner"].positions_read(positions)
+        return self._owner().positions_read(positions)
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        """Pickled as the whole reference is (see :meth:`TiledFeatures.__reduce__`)."""
+        return self._owner().__reduce__()
+
+    def _owner(self) -> TiledFeatures:
+        """The reference these arrays are of (held weakly: no cycle keeps it alive once
+        the features cache drops it)."""
+        owner = vars(self)["_owner_ref"]()
+        if owner is None:
+            raise RuntimeError("the reference these arrays were read from is gone")
+        return owner
 
 
 class TiledFeatures(Features):
@@ -244,7 +257,7 @@ class TiledFeatures(Features):
     def _install(self, arrays: dict[str, np.ndarray], folded: np.ndarray) -> None:
         """Keep ``arrays`` and ``folded`` as the reference's (lock held)."""
         read = _PartlyDerived(arrays["spectrum"], arrays["chroma"], self.frame_rate_hz)
-        vars(read)["_owner"] = self
+        vars(read)["_owner_ref"] = weakref.ref(self)
         vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
         vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
         object.__setattr__(self, "_folded", folded)

@@ -143,10 +143,28 @@ def test_a_reference_read_in_parts_equals_the_reference_derived_whole() -> None:
         first, stop = tile * TILE_FRAMES, min((tile + 1) * TILE_FRAMES, n_frames)
         assert_close(part, first, stop, chroma=False)
     assert np.isnan(part.chroma).all()
-    # across processes a reference travels whole
-    carried = pickle.loads(pickle.dumps(spectra))
-    assert type(carried) is Features
-    np.testing.assert_array_equal(carried.spectrum, whole.spectrum)
+    # across processes a reference travels whole, and so do the arrays read from it
+    for sent in (spectra, spectra.frames_read(3, 9)):
+        carried = pickle.loads(pickle.dumps(sent))
+        assert type(carried) is Features
+        np.testing.assert_array_equal(carried.spectrum, whole.spectrum)
+        np.testing.assert_allclose(carried.chroma_bin_spectrum, whole.chroma_bin_spectrum,
+                                   atol=2e-6)  # fmt: skip
+    # the arrays read do not keep their reference alive (the cache's budget frees it)
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        dropped = read_in_parts()
+        part = dropped.frames_read(0, 50)
+        gone = weakref.ref(dropped)
+        del dropped
+        assert gone() is None and part.n_frames == n_frames
+        with pytest.raises(RuntimeError, match="gone"):
+            part.frames_read(60, 80)
+    finally:
+        gc.enable()
     part_frames = read_in_parts().frames(250, 330)
     np.testing.assert_allclose(part_frames.chroma, whole.chroma[:, 250:330], atol=2e-6)
 
@@ -243,7 +261,7 @@ def test_a_damaged_tile_leaves_its_reference_out_of_every_query_without_failing(
 
 
 def test_a_work_verified_before_its_damage_was_read_is_not_reported(
-    long_songs: dict[str, Path], tmp_path: Path
+    long_songs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Verification read the parts of "a" around the copy; its row is damaged afterwards,
     far from them: reporting the work reads it whole, finds the damage and leaves it out."""
@@ -263,6 +281,14 @@ def test_a_work_verified_before_its_damage_was_read_is_not_reported(
         catalogue.clear_features_cache()
         assert matcher.matches_from(features, verifications) == []
         assert matcher.damaged_references() == ("a",)
+        # nor is it explained: the evidence is of no work rather than an error
+        from tunetrace.explain import build_evidence
+
+        catalogue.clear_features_cache()
+        explaining = Matcher(catalogue)
+        monkeypatch.setattr(explaining, "verify", lambda *args, **kwargs: verifications)
+        evidence = build_evidence(explaining, features, query_name="query")
+        assert evidence.reference_id != "a" and explaining.damaged_references() == ("a",)
 
 
 def _frames(db: sqlite3.Connection, key: int) -> int:
@@ -323,6 +349,7 @@ def test_the_alignment_search_asks_for_every_frame_it_can_read() -> None:
     range it asks for: a position reads its frame and the next, and alignments summed as a
     group read up to ``floor(offset) + int(rate * (n - 1) + 2)``."""
     from tunetrace.alignment import _alignment_grids, _frames_searched
+    from tunetrace.alignment_kernels import chroma_cross_spectra
     from tunetrace.query import VerifySettings
     from tunetrace.types import Candidate
 
@@ -362,3 +389,23 @@ def test_the_alignment_search_asks_for_every_frame_it_can_read() -> None:
             highest = max(highest, float(np.maximum(np.floor(last_position) + 1, grouped).max()))
         assert np.floor(asked_first) <= lowest, (ratio, offset, n_query)
         assert np.ceil(asked_stop) - 1 >= highest, (ratio, offset, n_query)
+        # and the kernel itself, every stage's points at once per ratio (as it groups
+        # them), reads nothing outside the range on a reference NaN everywhere else
+        first, stop = int(max(np.floor(asked_first), 0)), int(np.ceil(asked_stop))
+        reference = (rng.standard_normal((stop + 400, 7))
+                     + 1j * rng.standard_normal((stop + 400, 7))).astype(np.complex64)  # fmt: skip
+        reference[:first] = np.nan
+        reference[stop:] = np.nan
+        query = rng.standard_normal((n_query, 7)).astype(np.complex64)
+        weights = np.ones(n_query, dtype=np.float32)
+        rates, offsets = np.array([ratio]), np.array([offset])
+        for stage in stages:
+            grid_rates = rates[:, None] * factors[stage][None, :]
+            offsets = (offsets[:, None] + (rates[:, None] - grid_rates) * centre
+                       + deltas[stage][None, :]).ravel()  # fmt: skip
+            rates = grid_rates.ravel()
+            for rate in np.unique(rates):
+                chosen = rates == rate
+                sums, _ = chroma_cross_spectra(reference, query, weights, rates[chosen],
+                                               offsets[chosen])  # fmt: skip
+                assert np.isfinite(sums).all(), (ratio, offset, n_query, rate)

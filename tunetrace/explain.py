@@ -114,7 +114,9 @@ def build_evidence(
     wanted = catalogue.get(reference_id) if reference_id is not None else None
     verifications = matcher.verify(features)
     evidence.timeline = matcher.matches_from(features, verifications, top=20)
-    if wanted is not None:
+    if wanted is None:  # a work found damaged reading it whole is no evidence
+        verifications = [v for v in verifications if not matcher.found_damaged(v.reference_key)]
+    else:
         verifications = [v for v in verifications if v.reference_key == wanted.key]
         if not verifications:  # not among the best: align with that reference alone
             verifications = matcher.verify(features, reference_key=wanted.key)

@@ -448,7 +448,7 @@ class Matcher:
 
         def align(candidate: Candidate) -> ChromaAlignment | None:
             reference = references[candidate.reference_key]
-            if self._found_damaged(candidate.reference_key):
+            if self.found_damaged(candidate.reference_key):
                 return None
             with self._skipping_damaged(candidate.reference_key):
                 return align_on_chroma(
@@ -458,7 +458,7 @@ class Matcher:
 
         def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening] | None:
             reference = references[alignment.candidate.reference_key]
-            if self._found_damaged(alignment.candidate.reference_key):
+            if self.found_damaged(alignment.candidate.reference_key):
                 return None
             with self._skipping_damaged(alignment.candidate.reference_key):
                 screening = screen_alignment(
@@ -473,7 +473,7 @@ class Matcher:
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
             key = item[1].candidate.reference_key
-            if self._found_damaged(key):
+            if self.found_damaged(key):
                 return None
             with self._skipping_damaged(key):
                 return verify_one(item)
@@ -535,7 +535,7 @@ class Matcher:
         again = [v for v in map_in_threads(verify_screened, rescreened) if v is not None]
         verifications += again
         # a part of a reference read after some of its places were verified was damaged
-        verifications = [v for v in verifications if not self._found_damaged(v.reference_key)]
+        verifications = [v for v in verifications if not self.found_damaged(v.reference_key)]
         verifications.sort(key=lambda v: -v.score)
         if timings is not None:
             timings["search"] = searched - started
@@ -893,8 +893,18 @@ class Matcher:
             self._note_damaged_row(key, exc)
             return None
 
-    def _found_damaged(self, key: int) -> bool:
-        """Whether reference ``key``'s row was found damaged (by any query)."""
+    def found_damaged(self, key: int) -> bool:
+        """Whether this matcher has found reference ``key``'s row damaged (in any query).
+
+        Parameters
+        ----------
+        key : int
+            Internal key of a reference.
+
+        Returns
+        -------
+        damaged : bool
+        """
         with self._damaged_lock:
             return key in self._damaged_seen
 
@@ -1003,7 +1013,7 @@ class Matcher:
             segments = merge_segments(best, sure)
             reference = self._reference_features(best.reference_key)  # read whole
             if reference is None:
-                continue  # removed, or found damaged reading it whole (and named)
+                continue  # removed, or found damaged reading it whole
             # its stretches of one place, across what they leave
             segments = join_across_passages(
                 query, reference, segments, best,
