@@ -1380,10 +1380,11 @@ class Catalogue:
         try:
             if not self._plausible_frames(row[3]):  # before anything is allocated for it
                 raise ValueError(f"its frame count {row[3]!r} is no reference's")
-            features = stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3],
-                                       on_damage=damaged)  # fmt: skip
-            if whole:
-                features.frames_read(0, features.n_frames)
+            features = self._derived(
+                stored_features(row[0], row[1], codec_named(row[2]), self.params, row[3],
+                                on_damage=damaged),
+                whole,
+            )  # fmt: skip
         except (ValueError, TypeError, OverflowError) as exc:  # a damaged row
             raise self._damaged(reference_id, exc) from exc
         with self._lock:

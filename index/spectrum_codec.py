@@ -175,18 +175,12 @@ class SpectrumCodec:
         ValueError
             If the blob is not a spectrum of that shape stored by this codec.
         """
-        if not isinstance(blob, bytes):
-            raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
+        _check_row(blob, n_bins, n_frames)
         size = n_bins * n_frames
-        if size <= 0:
-            raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
         if self.packing == "j":
             return _jpegls_codes(blob, n_bins, n_frames)
         if self.packing == "t":
-            tiles = self.tiles(blob, n_bins, n_frames)
-            codes = np.concatenate([tiles.codes(i) for i in range(tiles.count)], axis=1)
-            codes.flags.writeable = False
-            return codes
+            return self.tiles(blob, n_bins, n_frames).all_codes()
         if self.compressed:
             try:
                 declared = zstandard.frame_content_size(blob)
@@ -226,10 +220,7 @@ class SpectrumCodec:
         """
         if not self.tiled:
             raise ValueError(f"{self.name} does not store spectra in tiles")
-        if not isinstance(blob, bytes):
-            raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
-        if n_bins <= 0 or n_frames <= 0:
-            raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
+        _check_row(blob, n_bins, n_frames)
         return PackedTiles.parse(blob, n_bins, n_frames)
 
     def levels(self, scale: float) -> np.ndarray:
@@ -273,6 +264,14 @@ class SpectrumCodec:
             See :meth:`codes` and :meth:`levels`.
         """
         return self.levels(scale)[self.codes(blob, n_bins, n_frames)]
+
+
+def _check_row(blob: object, n_bins: int, n_frames: int) -> None:
+    """Raise ``ValueError`` unless a row holds bytes for a spectrum of some frames."""
+    if not isinstance(blob, bytes):
+        raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
+    if n_bins * n_frames <= 0:
+        raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
 
 
 #: First bytes of a tiled spectrum, then the frames per tile, the number of tiles and each
@@ -399,6 +398,23 @@ class PackedTiles:
         first, stop = self.frame_range(tile)
         part = self.blob[self.bounds[tile] : self.bounds[tile + 1]]
         return _jpegls_codes(part, self.n_bins, stop - first)
+
+    def all_codes(self) -> np.ndarray:
+        """The codes of every tile, side by side.
+
+        Returns
+        -------
+        codes : np.ndarray [shape=(n_bins, n_frames), dtype=uint8]
+            Read-only.
+
+        Raises
+        ------
+        ValueError
+            If a tile is damaged.
+        """
+        codes = np.concatenate([self.codes(tile) for tile in range(self.count)], axis=1)
+        codes.flags.writeable = False  # as every codec's codes are: the kernels compiled for them
+        return codes
 
 
 def _jpegls_image(codes: np.ndarray, name: str) -> bytes:

@@ -11,9 +11,10 @@ attributes, which derive the whole reference first, so nothing reads a frame not
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 from tunetrace.fingerprint.features import Features
@@ -116,9 +117,9 @@ class TiledFeatures(Features):
             "_bins": params.bins_per_octave,
             "_smooth_frames": params.chroma_smooth_frames,
             "_bin_table": bin_table,
-            # allocated at the first read: a reference read whole is derived in one pass
-            "_arrays": None,
-            "_read": None,  # the arrays as they stand, for code that asked for its frames
+            # the arrays as they stand, for code that asked for its frames; allocated at the
+            # first read (a reference read whole is derived in one pass)
+            "_read": None,
             "_folded": None,
             "_tile_done": np.zeros(tiles.count, dtype=bool),
             "_chroma_done": np.zeros(tiles.n_frames, dtype=bool),
@@ -133,22 +134,22 @@ class TiledFeatures(Features):
     @property  # type: ignore[override]
     def spectrum(self) -> np.ndarray:
         """The whole spectrum (see :attr:`Features.spectrum`)."""
-        return self._whole()._arrays["spectrum"]
+        return self._whole()._read.spectrum
 
     @property  # type: ignore[override]
     def chroma(self) -> np.ndarray:
         """The whole chroma (see :attr:`Features.chroma`)."""
-        return self._whole()._arrays["chroma"]
+        return self._whole()._read.chroma
 
     @property  # type: ignore[override]
     def spectrum_frames(self) -> np.ndarray:
         """See :attr:`Features.spectrum_frames`; derives the whole reference."""
-        return self._whole()._arrays["spectrum_frames"]
+        return self._whole()._read.spectrum_frames
 
     @property  # type: ignore[override]
     def chroma_bin_spectrum(self) -> np.ndarray:
         """See :attr:`Features.chroma_bin_spectrum`; derives the whole reference."""
-        return self._whole()._arrays["chroma_bin_spectrum"]
+        return self._whole()._read.chroma_bin_spectrum
 
     @property
     def n_frames(self) -> int:
@@ -169,11 +170,10 @@ class TiledFeatures(Features):
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         """Pickled (to another process) as the whole reference's plain features, with the
         arrays derived here (not derived again there, to other float rounding)."""
-        self._whole()
-        arrays = self._arrays
+        read = self._whole()._read
         return _plain_features, (
-            arrays["spectrum"], arrays["chroma"], self.frame_rate_hz,
-            arrays["spectrum_frames"], arrays["chroma_bin_spectrum"],
+            read.spectrum, read.chroma, self.frame_rate_hz,
+            read.spectrum_frames, read.chroma_bin_spectrum,
         )  # fmt: skip
 
     def __repr__(self) -> str:
@@ -203,7 +203,7 @@ class TiledFeatures(Features):
         stop = int(np.clip(np.ceil(np.nan_to_num(stop, nan=n_frames)), first, n_frames))
         tile_frames = self._tiles.tile_frames
         with self._lock:
-            if self._arrays is None and chroma and (first, stop) == (0, n_frames):
+            if self._read is None and chroma and (first, stop) == (0, n_frames):
                 self._derive_whole()
             else:
                 self._allocate()
@@ -239,7 +239,7 @@ class TiledFeatures(Features):
 
     def _allocate(self) -> None:
         """Allocate the arrays, NaN until derived (lock held)."""
-        if self._arrays is not None:
+        if self._read is not None:
             return
         n_bins, n_frames, bins = self._tiles.n_bins, self.n_frames, self._bins
         self._install(
@@ -261,14 +261,13 @@ class TiledFeatures(Features):
         vars(read)["spectrum_frames"] = arrays["spectrum_frames"]
         vars(read)["chroma_bin_spectrum"] = arrays["chroma_bin_spectrum"]
         object.__setattr__(self, "_folded", folded)
-        object.__setattr__(self, "_arrays", arrays)
         object.__setattr__(self, "_read", read)
 
     def _derive_whole(self) -> None:
         """Derive every frame in one pass, before anything else was (lock held): the same
         kernels, frame by frame, as the parts, without their copies."""
-        codes = np.concatenate([self._codes(t) for t in range(self._tiles.count)], axis=1)
-        codes.flags.writeable = False  # as every codec's codes are: the kernels compiled for them
+        with self._damage_reported():
+            codes = self._tiles.all_codes()
         spectrum, folded, frames = stored_spectrum_arrays(
             codes, self._levels, self._weights, self._bins
         )
@@ -281,10 +280,11 @@ class TiledFeatures(Features):
         self._tile_done[:] = True
         self._chroma_done[:] = True
 
-    def _codes(self, tile: int) -> np.ndarray:
-        """The codes of one tile; a damaged tile raises what ``on_damage`` makes of it."""
+    @contextlib.contextmanager
+    def _damage_reported(self) -> Iterator[None]:
+        """A damaged tile decoded inside the block raises what ``on_damage`` makes of it."""
         try:
-            return self._tiles.codes(tile)
+            yield
         except ValueError as exc:
             if self._on_damage is None:
                 raise
@@ -304,16 +304,18 @@ class TiledFeatures(Features):
     def _decode(self, tiles: Iterable[int]) -> None:
         """Decode the tiles not yet decoded and derive their spectra (lock held, arrays
         allocated)."""
-        arrays = self._arrays
+        read = self._read
         for tile in tiles:
             if self._tile_done[tile]:
                 continue
             first, stop = self._tiles.frame_range(int(tile))
+            with self._damage_reported():
+                codes = self._tiles.codes(int(tile))
             spectrum, folded, frames = stored_spectrum_arrays(
-                self._codes(int(tile)), self._levels, self._weights, self._bins
+                codes, self._levels, self._weights, self._bins
             )
-            arrays["spectrum"][:, first:stop] = spectrum
-            arrays["spectrum_frames"][first:stop] = frames
+            read.spectrum[:, first:stop] = spectrum
+            read.spectrum_frames[first:stop] = frames
             self._folded[:, first:stop] = folded
             self._tile_done[tile] = True
 
@@ -330,6 +332,6 @@ class TiledFeatures(Features):
         around = max(first - width, 0), min(stop + width, self.n_frames)
         self._decode(range(around[0] // tile_frames, (around[1] - 1) // tile_frames + 1))
         chroma, bin_spectrum = self._chroma_arrays(self._folded, first, stop)
-        self._arrays["chroma"][:, first:stop] = chroma
-        self._arrays["chroma_bin_spectrum"][first:stop] = bin_spectrum
+        self._read.chroma[:, first:stop] = chroma
+        self._read.chroma_bin_spectrum[first:stop] = bin_spectrum
         self._chroma_done[first:stop] = True

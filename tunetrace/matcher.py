@@ -5,13 +5,14 @@ Both front ends (CLI and HTTP API) call :class:`Matcher`; it knows nothing of ei
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -44,6 +45,8 @@ from tunetrace.types import Candidate, Verification
 from tunetrace.verification import verify_candidate
 
 logger = logging.getLogger(__name__)
+#: What a step of verification returns (see :meth:`Matcher._unless_damaged`).
+_Read = TypeVar("_Read")
 
 
 @dataclass(frozen=True)
@@ -438,7 +441,8 @@ class Matcher:
         # aligning the same reference derive its parts in turn). A part found damaged leaves
         # the reference out of the rest of the query, and of every later one.
         keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
-        read = dict(zip(keys, map_in_threads(self._features_in_part, keys), strict=True))
+        in_part = functools.partial(self._reference_features, whole=False)
+        read = dict(zip(keys, map_in_threads(in_part, keys), strict=True))
         # a reference removed (or replaced) since the index was searched is no candidate
         references = {key: features for key, features in read.items() if features is not None}
         retimed = [c for c in retimed if c.reference_key in references]
@@ -447,37 +451,21 @@ class Matcher:
             return prepared[window_of[id(candidate)]]
 
         def align(candidate: Candidate) -> ChromaAlignment | None:
-            reference = references[candidate.reference_key]
-            if self.found_damaged(candidate.reference_key):
-                return None
-            with self._skipping_damaged(candidate.reference_key):
-                return align_on_chroma(
-                    query_of(candidate), reference, candidate, settings=self.verify_settings
-                )
-            return None
+            return self._unless_damaged(candidate.reference_key, lambda: align_on_chroma(
+                query_of(candidate), references[candidate.reference_key], candidate,
+                settings=self.verify_settings,
+            ))  # fmt: skip
 
         def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening] | None:
-            reference = references[alignment.candidate.reference_key]
-            if self.found_damaged(alignment.candidate.reference_key):
-                return None
-            with self._skipping_damaged(alignment.candidate.reference_key):
-                screening = screen_alignment(
-                    query_of(alignment.candidate),
-                    reference,
-                    alignment,
-                    params=params,
-                    settings=self.verify_settings,
-                )
-                return screening.value, alignment, screening
-            return None
+            key = alignment.candidate.reference_key
+            screening = self._unless_damaged(key, lambda: screen_alignment(
+                query_of(alignment.candidate), references[key], alignment,
+                params=params, settings=self.verify_settings,
+            ))  # fmt: skip
+            return None if screening is None else (screening.value, alignment, screening)
 
         def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
-            key = item[1].candidate.reference_key
-            if self.found_damaged(key):
-                return None
-            with self._skipping_damaged(key):
-                return verify_one(item)
-            return None
+            return self._unless_damaged(item[1].candidate.reference_key, lambda: verify_one(item))
 
         def verify_one(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
             _, alignment, screening = item
@@ -908,18 +896,16 @@ class Matcher:
         with self._damaged_lock:
             return key in self._damaged_seen
 
-    def _features_in_part(self, key: int) -> Features | None:
-        """:meth:`_reference_features`, derived as read."""
-        return self._reference_features(key, whole=False)
-
-    @contextlib.contextmanager
-    def _skipping_damaged(self, key: int) -> Iterator[None]:
-        """Record a damaged part of reference ``key`` found inside the block, which is left
-        (its function then returns what follows the block)."""
+    def _unless_damaged(self, key: int, read: Callable[[], _Read]) -> _Read | None:
+        """What ``read`` returns, or ``None`` when reference ``key`` was found damaged, before
+        or by ``read`` (a damaged part of a reference stored in tiles, recorded)."""
+        if self.found_damaged(key):
+            return None
         try:
-            yield
+            return read()
         except DamagedReferenceError as exc:
             self._note_damaged_row(key, exc)
+            return None
 
     def _note_damaged_row(self, key: int, exc: DamagedReferenceError) -> None:
         """Record a row found damaged (for :meth:`damaged_references`), logged once."""
