@@ -56,6 +56,7 @@ from tunetrace.index.projection import (
     projection_transforms,
 )
 from tunetrace.index.readers_writer import ReadersWriterLock
+from tunetrace.index.training_sample import training_rows
 
 logger = logging.getLogger(__name__)
 
@@ -304,12 +305,12 @@ class VectorIndex:
                     f"an {spec.kind} index with {spec.nlist} lists needs at least {needed} "
                     f"vectors to train; the catalogue has {len(vectors)}"
                 )
-            rng = np.random.default_rng(seed)
             centroids = max(spec.nlist, 2**spec.pq_bits) if spec.kind == "ivfpq" else spec.nlist
             wanted = centroids * TRAINING_POINTS_PER_LIST
             n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
+            # chosen by content: the same works added in any order train the same index
             sample = np.ascontiguousarray(
-                vectors[np.sort(rng.choice(len(vectors), n_train, replace=False))],
+                vectors[training_rows(np.asarray(vectors, np.float32), n_train, seed)],
                 dtype=np.float32,
             )
             index._index = _new_faiss_index(dim, spec, sample)

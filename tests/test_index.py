@@ -244,6 +244,31 @@ def test_index_stamps_written_before_projections_read_as_unprojected() -> None:
     assert IndexSpec.from_dict(IndexSpec(kind="ivfpq").to_dict()).projection_dims == 64
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [IndexSpec(kind="ivfflat", nlist=32, nprobe=2), replace(SMALL_IVFPQ, pq_m=2, nprobe=2)],
+    ids=["ivfflat", "ivfpq"],
+)
+def test_the_same_vectors_in_another_order_train_the_same_index(
+    vectors: np.ndarray, spec: IndexSpec
+) -> None:
+    # works added in another order (several ingest workers) reach the index in another order:
+    # the answers must not change. ivfflat trains on a subset of these vectors, ivfpq on all.
+    ids = np.arange(len(vectors), dtype=np.int64) * 3 + 5
+    order = np.random.default_rng(4).permutation(len(vectors))
+    _, queries = _noisy_copies(vectors, 200)
+    in_order = VectorIndex.build(DIM, spec, vectors, ids).search(queries, 10)
+    shuffled = VectorIndex.build(DIM, spec, vectors[order], ids[order]).search(queries, 10)
+    # (similarities are summed in another order when the lists hold vectors in another order)
+    np.testing.assert_allclose(in_order[0], shuffled[0], atol=1e-5)
+    if spec.kind == "ivfflat":  # product-quantised codes tie, and list order breaks the ties
+        assert [set(row) for row in in_order[1]] == [set(row) for row in shuffled[1]]
+    # another seed trains another index (the sample is not every vector in a fixed order)
+    if spec.kind == "ivfflat":
+        reseeded = VectorIndex.build(DIM, spec, vectors, ids, seed=1).search(queries, 10)
+        assert np.abs(in_order[0] - reseeded[0]).max() > 1e-3
+
+
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
     with pytest.raises(ValueError, match="needs at least"):
         VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))
@@ -358,7 +383,9 @@ def test_projected_ivfpq_index_of_real_patch_vectors_finds_a_stretched_copy(
         projected = VectorIndex.build(catalogue.params.embedding_dim, spec, vectors, ids)
         projected.save(tmp_path / "p.faiss")
         mapped = VectorIndex.read(
-            tmp_path / "p.faiss", dim=catalogue.params.embedding_dim, spec=spec.resolved(0),
+            tmp_path / "p.faiss",
+            dim=catalogue.params.embedding_dim,
+            spec=spec.resolved(0),
             mmap=True,
         )
         assert mapped.spec.projection_dims == 32

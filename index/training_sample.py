@@ -1,0 +1,85 @@
+"""Which vectors an inverted-list index is trained on, chosen by what they hold.
+
+A catalogue hands its vectors to the index in key order, and keys follow the order works were
+added: two catalogues of the same works added in another order (several ingest workers, a
+rebuilt catalogue, shards merged) hold the same vectors in a different order. A sample drawn
+by position would train different lists from the same works, and the two catalogues would
+answer some queries differently. Here each vector gets a 64-bit key hashed from its bytes
+(and a seed); the sample is the vectors with the lowest keys, in key order, so the same set of
+vectors always trains the same index. The keys are uniform whatever the vectors hold, so the
+sample is as good as a random one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Rows hashed at a time (bounds the temporary arrays to a few hundred megabytes).
+HASH_BLOCK_ROWS = 1 << 20
+
+_FNV_PRIME = np.uint64(0x100000001B3)
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def content_keys(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 64-bit hash of each row's bytes, mixed with ``seed``.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        Two-dimensional array of 4-byte values (float32 vectors).
+    seed : int
+        Another seed gives an unrelated set of keys.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint64`` key per row; equal rows get equal keys.
+    """
+    if vectors.ndim != 2 or vectors.dtype.itemsize != 4:
+        raise ValueError(f"expected rows of 4-byte values, got {vectors.dtype} {vectors.shape}")
+    keys = np.empty(len(vectors), dtype=np.uint64)
+    start_value = _FNV_OFFSET ^ _splitmix(np.asarray([seed], dtype=np.uint64))[0]
+    for start in range(0, len(vectors), HASH_BLOCK_ROWS):
+        words = np.ascontiguousarray(vectors[start : start + HASH_BLOCK_ROWS]).view(np.uint32)
+        hashed = np.full(len(words), start_value, dtype=np.uint64)
+        for column in words.T:
+            hashed ^= column.astype(np.uint64)
+            hashed *= _FNV_PRIME
+        keys[start : start + len(words)] = _splitmix(hashed)
+    return keys
+
+
+def training_rows(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
+    """Positions of the ``count`` rows of ``vectors`` to train on, in training order.
+
+    The rows chosen and their order depend on the rows' contents alone, not on where they
+    sit in ``vectors``.
+
+    Parameters
+    ----------
+    vectors : numpy.ndarray
+        The candidates (rows of 4-byte values).
+    count : int
+        Rows wanted (all of them when ``count >= len(vectors)``).
+    seed : int
+        Picks another sample of the same vectors.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` positions into ``vectors``.
+    """
+    keys = content_keys(vectors, seed)
+    chosen = np.argpartition(keys, count - 1)[:count] if count < len(keys) else np.arange(len(keys))
+    # rows with equal keys hold equal bytes, so their order among themselves does not matter
+    return chosen[np.argsort(keys[chosen], kind="stable")].astype(np.int64)
+
+
+def _splitmix(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: spreads every input bit over the whole key."""
+    mixed = values.astype(np.uint64) + _GOLDEN
+    mixed = (mixed ^ (mixed >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    mixed = (mixed ^ (mixed >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return mixed ^ (mixed >> np.uint64(31))
