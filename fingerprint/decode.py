@@ -20,9 +20,10 @@ boundaries: MPEG audio is read in one piece, which the format bounds (at most 2 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
@@ -253,6 +254,7 @@ class _MonoSink:
     """
 
     def __init__(self, from_hz: int, to_hz: int) -> None:
+        self.from_hz = from_hz
         self.n_input = 0
         self._chunks: list[np.ndarray] = []
         self._stream = (
@@ -417,28 +419,67 @@ def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) ->
         _check_format(path, _av_channels(stream.codec_context), native_rate)
         if container.duration is not None:
             _too_long(path, container.duration / 1_000_000, max_duration_s)
-        sink = _MonoSink(native_rate, sample_rate_hz)
-        pending: list[np.ndarray] = []
-        n_pending = 0
-        stream_channels = None
-        for frame in container.decode(stream):
-            channels = _av_channels(frame)
-            _check_format(path, channels, int(frame.sample_rate or native_rate))
-            if int(frame.sample_rate or native_rate) != native_rate:
-                raise AudioDecodeError("the sample rate changes inside the stream")
-            if channels != (stream_channels := stream_channels or channels):
-                raise AudioDecodeError("the number of channels changes inside the stream")
-            block = planar_samples(frame, channels)
-            pending.append(block)
-            n_pending += block.shape[1]
-            if n_pending >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
-                sink.add(mix_down_planar(_joined(pending)))
-                pending, n_pending = [], 0
-                _too_long(path, sink.n_input / native_rate, max_duration_s)
-        if pending:
-            sink.add(mix_down_planar(_joined(pending)))
-            _too_long(path, sink.n_input / native_rate, max_duration_s)
+        return _decode_frames(
+            path, container.decode(stream), native_rate, sample_rate_hz, max_duration_s
+        )
+
+
+def _decode_frames(
+    path: Path,
+    frames: Iterable[Any],
+    native_rate: int,
+    sample_rate_hz: int,
+    max_duration_s: float | None,
+) -> np.ndarray:
+    """Mono samples at ``sample_rate_hz`` from a stream's decoded PyAV frames.
+
+    Frames (a thousand samples or so each) gather in FFmpeg's own FIFO and come out a block at
+    a time: converting each frame in Python took as long as decoding it.
+    """
+    import av
+
+    sink = _MonoSink(native_rate, sample_rate_hz)
+    fifo, first = av.AudioFifo(), None
+    for frame in frames:
+        if first is None:
+            first = _first_frame_format(path, frame, native_rate)
+        elif _av_channels(frame) != first[0]:  # the FIFO does not check the layout
+            raise AudioDecodeError("the number of channels changes inside the stream")
+        frame.pts = None  # the FIFO would check timestamps, which need not be contiguous
+        try:
+            fifo.write(frame)
+        except ValueError:  # its sample format, rate or time base differs
+            if int(frame.sample_rate or native_rate) != first[1]:
+                raise AudioDecodeError("the sample rate changes inside the stream") from None
+            _flush_fifo(path, fifo, first[0], sink, max_duration_s)
+            fifo = av.AudioFifo()  # the same samples in another format: they go on
+            fifo.write(frame)
+        if fifo.samples >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
+            _flush_fifo(path, fifo, first[0], sink, max_duration_s)
+    if first is not None:
+        _flush_fifo(path, fifo, first[0], sink, max_duration_s)
     return sink.finish()
+
+
+def _first_frame_format(path: Path, frame: object, native_rate: int) -> tuple[int, int]:
+    """Check a stream's first decoded frame; its channels and sample rate, which every later
+    frame must keep."""
+    channels = _av_channels(frame)
+    rate = int(frame.sample_rate or native_rate)  # type: ignore[attr-defined]
+    _check_format(path, channels, rate)
+    if rate != native_rate:
+        raise AudioDecodeError("the sample rate changes inside the stream")
+    return channels, rate
+
+
+def _flush_fifo(
+    path: Path, fifo: object, channels: int, sink: _MonoSink, max_duration_s: float | None
+) -> None:
+    """Mix down and resample every sample waiting in ``fifo``; check the duration so far."""
+    if fifo.samples:  # type: ignore[attr-defined]
+        block = fifo.read()  # type: ignore[attr-defined]
+        sink.add(mix_down_planar(planar_samples(block, channels)))
+        _too_long(path, sink.n_input / sink.from_hz, max_duration_s)
 
 
 #: Divisors that bring FFmpeg's integer sample formats to [-1, 1].

@@ -308,3 +308,57 @@ def test_channels_are_averaged() -> None:
     np.testing.assert_allclose(decode.mix_down_planar(planar), [2.0, 3.0, 0.1666667], rtol=1e-6)
     assert decode.mix_down_planar(planar[:1]).tolist() == [1.0, 3.0, -2.0]
     assert decode.mix_down_planar(planar).dtype == np.float32
+
+
+def _mp3(path: Path, samples: np.ndarray, rate: int) -> bytes:
+    """``samples`` (channels first) encoded as bare MPEG frames: no tag, no Xing header, so
+    that files can be joined byte for byte the way some uploads are."""
+    av = pytest.importorskip("av")
+    bare = {"id3v2_version": "0", "write_xing": "0"}
+    with av.open(str(path), "w", format="mp3", options=bare) as container:
+        stream = container.add_stream("libmp3lame", rate=rate)
+        stream.layout = "mono" if len(samples) == 1 else "stereo"
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples, dtype=np.float32), format="fltp", layout=stream.layout
+        )
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("second_channels", "second_rate", "message"),
+    [(2, 22050, "number of channels changes"), (1, 44100, "sample rate changes")],
+)
+def test_a_stream_whose_channels_or_rate_change_part_way_is_refused_by_ffmpeg_decoding(
+    tmp_path: Path, second_channels: int, second_rate: int, message: str
+) -> None:
+    first = _mp3(tmp_path / "a.mp3", synth_song(1, duration_s=3.0, sample_rate=22050)[None], 22050)
+    song = synth_song(2, duration_s=3.0, sample_rate=second_rate)
+    second = _mp3(tmp_path / "b.mp3", np.tile(song, (second_channels, 1)), second_rate)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first + second)
+    with pytest.raises(AudioDecodeError, match=message):
+        decode._decode_av(joined, None, 8000)
+
+
+def test_frames_whose_sample_format_changes_part_way_decode_on(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    rate = 22050
+    # values an int16 holds exactly, so both formats carry the same samples
+    samples = np.round(synth_song(3, duration_s=8.0, sample_rate=rate) * 16384) / 32768
+    samples = samples.astype(np.float32)
+    frames = []
+    for number, start in enumerate(range(0, len(samples), 1152)):
+        part = samples[start : start + 1152]
+        if number % 40 < 20:
+            frame = av.AudioFrame.from_ndarray(part[None], format="fltp", layout="mono")
+        else:
+            frame = av.AudioFrame.from_ndarray(
+                np.round(part * 32768).astype(np.int16)[None], format="s16p", layout="mono"
+            )
+        frame.sample_rate = rate
+        frames.append(frame)
+    decoded = decode._decode_frames(tmp_path / "mixed.mp3", frames, rate, 8000, None)
+    assert np.array_equal(decoded, soxr.resample(samples, rate, 8000, quality="HQ"))
