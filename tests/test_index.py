@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.compact_vectors import VectorGrid
+from tunetrace.index.training_sample import content_keys, training_rows
 from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 from tests.conftest import SAMPLE_RATE, write_audio
@@ -267,6 +268,21 @@ def test_the_same_vectors_in_another_order_train_the_same_index(
     if spec.kind == "ivfflat":
         reseeded = VectorIndex.build(DIM, spec, vectors, ids, seed=1).search(queries, 10)
         assert np.abs(in_order[0] - reseeded[0]).max() > 1e-3
+
+
+def test_training_sample_follows_the_vectors_contents_alone(vectors: np.ndarray) -> None:
+    order = np.random.default_rng(5).permutation(len(vectors))
+    keys = content_keys(vectors)
+    assert np.array_equal(content_keys(vectors[order]), keys[order])
+    assert len(np.unique(keys)) == len(vectors)
+    nudged = vectors.copy()
+    nudged[7, 100] = np.nextafter(nudged[7, 100], np.float32(2))  # one bit of one word
+    changed = np.flatnonzero(content_keys(nudged) != keys)
+    assert changed.tolist() == [7]
+    assert not np.array_equal(content_keys(vectors, seed=1), keys)
+    chosen = training_rows(vectors, 300)
+    assert np.array_equal(order[training_rows(vectors[order], 300)], chosen)
+    assert len(set(chosen.tolist())) == 300
 
 
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
