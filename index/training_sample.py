@@ -5,9 +5,10 @@ added: two catalogues of the same works added in another order (several ingest w
 rebuilt catalogue, shards merged) hold the same vectors in a different order. A sample drawn
 by position would train different lists from the same works, and the two catalogues would
 answer some queries differently. Here each vector gets a 64-bit key hashed from its bytes
-(and a seed); the sample is the vectors with the lowest keys, in key order, so the same set of
-vectors always trains the same index. The keys are uniform whatever the vectors hold, so the
-sample is as good as a random one.
+(and a seed), and copies of one vector get keys of their own from their copy number; the
+sample is the vectors with the lowest keys, in key order, so the same set of vectors always
+trains the same index. The keys are uniform whatever the vectors hold, so the sample is as
+good as a random one.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def content_keys(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
 
     Each 4-byte word is multiplied by an odd 64-bit constant of its column (drawn from
     ``seed``), the products of a row are XORed together and SplitMix64's finaliser spreads the
-    result: rows that differ in any word get different sums, whatever their values.
+    result: rows that differ in one word always get different keys, rows that differ in more
+    collide about once in 2**64 pairs.
 
     Parameters
     ----------
@@ -76,9 +78,30 @@ def training_rows(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
         ``int64`` positions into ``vectors``.
     """
     keys = content_keys(vectors, seed)
-    chosen = np.argpartition(keys, count - 1)[:count] if count < len(keys) else np.arange(len(keys))
+    if count < len(keys):
+        keys = _copies_keyed_apart(keys)
+        chosen = np.argpartition(keys, count - 1)[:count]
+    else:
+        chosen = np.arange(len(keys))
     # rows with equal keys hold equal bytes, so their order among themselves does not matter
     return chosen[np.argsort(keys[chosen], kind="stable")].astype(np.int64)
+
+
+def _copies_keyed_apart(keys: np.ndarray) -> np.ndarray:
+    """``keys`` with the second and later copies of each key mixed with their copy number.
+
+    Identical rows (silence gives many all-zero patch vectors) would otherwise share a key and
+    enter the sample all together or not at all. Numbering copies keeps the keys independent
+    of the rows' order: which of two identical rows gets which number does not matter.
+    """
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    run_starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    copy = np.arange(len(keys)) - np.repeat(run_starts, np.diff(np.r_[run_starts, len(keys)]))
+    later = copy > 0
+    spread = keys.copy()
+    spread[order[later]] = _splitmix(ordered[later] ^ _splitmix(copy[later].astype(np.uint64)))
+    return spread
 
 
 def _splitmix(values: np.ndarray) -> np.ndarray:

@@ -280,9 +280,26 @@ def test_training_sample_follows_the_vectors_contents_alone(vectors: np.ndarray)
     changed = np.flatnonzero(content_keys(nudged) != keys)
     assert changed.tolist() == [7]
     assert not np.array_equal(content_keys(vectors, seed=1), keys)
+    swapped = vectors.copy()
+    swapped[7, [3, 4]] = swapped[7, [4, 3]]  # the same values in other columns
+    assert content_keys(swapped)[7] != keys[7]
     chosen = training_rows(vectors, 300)
     assert np.array_equal(order[training_rows(vectors[order], 300)], chosen)
     assert len(set(chosen.tolist())) == 300
+
+
+def test_copies_of_one_vector_enter_the_training_sample_like_any_other(
+    vectors: np.ndarray,
+) -> None:
+    # silence gives many all-zero patch vectors: they must not come all together or not at all
+    with_silence = np.concatenate([vectors, np.zeros((300, DIM), dtype=np.float32)])
+    order = np.random.default_rng(6).permutation(len(with_silence))
+    for seed in range(6):
+        chosen = training_rows(with_silence, 1100, seed)
+        silent = int((chosen >= len(vectors)).sum())
+        assert 60 <= silent <= 140, f"seed {seed}: {silent} of 1100 silent (100 expected)"
+        again = order[training_rows(with_silence[order], 1100, seed)]
+        assert np.array_equal(with_silence[again], with_silence[chosen])
 
 
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
