@@ -443,14 +443,14 @@ def _decode_frames(
     for frame in frames:
         if first is None:
             first = _first_frame_format(path, frame, native_rate)
-        elif _av_channels(frame) != first[0]:  # the FIFO does not check the layout
+        elif _av_channels(frame) != first[0]:  # the FIFO does not check the layout ...
             raise AudioDecodeError("the number of channels changes inside the stream")
+        elif int(frame.sample_rate or native_rate) != first[1]:  # ... nor empty frames
+            raise AudioDecodeError("the sample rate changes inside the stream")
         frame.pts = None  # the FIFO would check timestamps, which need not be contiguous
         try:
             fifo.write(frame)
-        except ValueError:  # its sample format, rate or time base differs
-            if int(frame.sample_rate or native_rate) != first[1]:
-                raise AudioDecodeError("the sample rate changes inside the stream") from None
+        except ValueError:  # its sample format or time base differs
             _flush_fifo(path, fifo, first[0], sink, max_duration_s)
             fifo = av.AudioFifo()  # the same samples in another format: they go on
             fifo.write(frame)

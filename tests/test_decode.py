@@ -362,3 +362,16 @@ def test_frames_whose_sample_format_changes_part_way_decode_on(tmp_path: Path) -
         frames.append(frame)
     decoded = decode._decode_frames(tmp_path / "mixed.mp3", frames, rate, 8000, None)
     assert np.array_equal(decoded, soxr.resample(samples, rate, 8000, quality="HQ"))
+
+
+def test_a_rate_change_after_an_empty_first_frame_is_refused(tmp_path: Path) -> None:
+    av = pytest.importorskip("av")
+    frames = []
+    for rate, samples in [(22050, 0), *[(44100, 1152)] * 20]:
+        frame = av.AudioFrame.from_ndarray(
+            np.full((1, samples), 0.1, dtype=np.float32), format="fltp", layout="mono"
+        )
+        frame.sample_rate = rate
+        frames.append(frame)
+    with pytest.raises(AudioDecodeError, match="sample rate changes"):
+        decode._decode_frames(tmp_path / "odd.mp3", frames, 22050, 8000, None)
