@@ -439,37 +439,26 @@ def _decode_frames(
     import av
 
     sink = _MonoSink(native_rate, sample_rate_hz)
-    fifo, first = av.AudioFifo(), None
+    fifo, channels = av.AudioFifo(), None
     for frame in frames:
-        if first is None:
-            first = _first_frame_format(path, frame, native_rate)
-        elif _av_channels(frame) != first[0]:  # the FIFO does not check the layout ...
-            raise AudioDecodeError("the number of channels changes inside the stream")
-        elif int(frame.sample_rate or native_rate) != first[1]:  # ... nor empty frames
+        # the FIFO compares neither layouts nor frames without samples: every frame is checked
+        frame_channels, rate = _av_channels(frame), int(frame.sample_rate or native_rate)
+        _check_format(path, frame_channels, rate)
+        if rate != native_rate:
             raise AudioDecodeError("the sample rate changes inside the stream")
+        if frame_channels != (channels := channels or frame_channels):
+            raise AudioDecodeError("the number of channels changes inside the stream")
         frame.pts = None  # the FIFO would check timestamps, which need not be contiguous
         try:
             fifo.write(frame)
         except ValueError:  # its sample format or time base differs
-            _flush_fifo(path, fifo, first[0], sink, max_duration_s)
+            _flush_fifo(path, fifo, channels, sink, max_duration_s)
             fifo = av.AudioFifo()  # the same samples in another format: they go on
             fifo.write(frame)
         if fifo.samples >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
-            _flush_fifo(path, fifo, first[0], sink, max_duration_s)
-    if first is not None:
-        _flush_fifo(path, fifo, first[0], sink, max_duration_s)
+            _flush_fifo(path, fifo, channels, sink, max_duration_s)
+    _flush_fifo(path, fifo, channels or 1, sink, max_duration_s)  # (nothing waits if no frame)
     return sink.finish()
-
-
-def _first_frame_format(path: Path, frame: object, native_rate: int) -> tuple[int, int]:
-    """Check a stream's first decoded frame; its channels and sample rate, which every later
-    frame must keep."""
-    channels = _av_channels(frame)
-    rate = int(frame.sample_rate or native_rate)  # type: ignore[attr-defined]
-    _check_format(path, channels, rate)
-    if rate != native_rate:
-        raise AudioDecodeError("the sample rate changes inside the stream")
-    return channels, rate
 
 
 def _flush_fifo(
@@ -533,10 +522,6 @@ def mix_down_planar(samples: np.ndarray) -> np.ndarray:
         mixed += channel
     mixed *= np.float32(1.0 / samples.shape[0])
     return mixed
-
-
-def _joined(blocks: list[np.ndarray]) -> np.ndarray:
-    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=1)
 
 
 def _decoders_for(path: Path) -> tuple[Callable[[Path, float | None, int], np.ndarray], ...]:
