@@ -270,7 +270,7 @@ def _check_row(blob: object, n_bins: int, n_frames: int) -> None:
     """Raise ``ValueError`` unless a row holds bytes for a spectrum of some frames."""
     if not isinstance(blob, bytes):
         raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
-    if n_bins * n_frames <= 0:
+    if n_bins <= 0 or n_frames <= 0:
         raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
 
 

@@ -309,10 +309,8 @@ class VectorIndex:
             wanted = centroids * TRAINING_POINTS_PER_LIST
             n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
             # chosen by content: the same works added in any order train the same index
-            sample = np.ascontiguousarray(
-                vectors[training_rows(np.asarray(vectors, np.float32), n_train, seed)],
-                dtype=np.float32,
-            )
+            as_float32 = np.asarray(vectors, dtype=np.float32)
+            sample = np.ascontiguousarray(as_float32[training_rows(as_float32, n_train, seed)])
             index._index = _new_faiss_index(dim, spec, sample)
             index._index.train(sample)
         index._configure()
