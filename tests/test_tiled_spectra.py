@@ -65,6 +65,10 @@ def test_tiles_hold_the_codes_one_image_held_and_refuse_damaged_tables() -> None
         TILED.tiles(tiled, N_BINS, n_frames + TILE_FRAMES)  # another frame count
     with pytest.raises(ValueError, match="does not store spectra in tiles"):
         ONE_IMAGE.tiles(whole, N_BINS, n_frames)
+    for bins, frames in [(0, n_frames), (N_BINS, 0), (-N_BINS, -n_frames)]:  # no spectrum's
+        for read in (TILED.tiles, TILED.codes, ONE_IMAGE.codes):
+            with pytest.raises(ValueError, match="is empty"):
+                read(tiled, bins, frames)
     # a tile's header is checked with the table, before anything is allocated for it
     with pytest.raises(ValueError, match="tile 0 is not"):
         TILED.tiles(_garbled(tiled, tiles.bounds[0], at_end=False), N_BINS, n_frames)
