@@ -136,6 +136,24 @@ def test_a_looped_section_gives_one_segment_per_repeat(partial_matcher) -> None:
         assert located(matches[0], start, start + len(hook) / SR)
 
 
+def test_repeats_on_one_alignment_stay_apart_across_other_music(tmp_path: Path) -> None:
+    """A work that plays its hook twice, 4 s apart (well inside it): an upload with the hook
+    twice and 4 s of other music between them puts both repeats on one alignment (the second
+    against the work's second playing). The passage between them is other music, not a dip
+    in one copy: two segments, one per repeat."""
+    song = synth_song(70, duration_s=100)
+    hook, bridge = song[40 * SR : 52 * SR], song[52 * SR : 56 * SR]
+    work = np.concatenate([song[: 56 * SR], hook, song[56 * SR :]])
+    with matcher_of(tmp_path, {"looped": work}) as matcher:
+        parts = [filler(120, 20), hook, filler(121, 4), hook, filler(122, 15)]
+        matches = match(matcher, tmp_path, "two-repeats", parts)
+    assert [m.reference_id for m in matches] == ["looped"]
+    spans = [(round(s.query_start_s, 1), round(s.query_end_s, 1)) for s in matches[0].segments]
+    assert len(spans) == 2, spans
+    for start in (20.0, 36.0):
+        assert located(matches[0], start, start + 12.0), spans
+
+
 def test_long_honest_music_is_not_flagged(partial_matcher) -> None:
     matcher, folder = partial_matcher
     assert match(matcher, folder, "honest", [filler(97, 240)]) == []
@@ -368,13 +386,27 @@ def test_sections_of_one_place_are_joined_across_a_passage_only_where_it_carries
     assert joined(replaced, "replaced", [(20.0, 50.0), (60.0, end_s)]) == [
         (20.0, 50.0), (60.0, round(end_s, 1))
     ]
+    # a short passage: too quiet to judge, a moment of the copy; other music, a break
+    short = slice(int(30.0 * SR), int(33.0 * SR))
+    hushed, interrupted = copy.copy(), copy.copy()
+    hushed[short] = 0.0
+    interrupted[short] = filler(93, 3.0)[: short.stop - short.start]
+    assert joined(hushed, "hushed", [(20.0, 50.0), (53.0, end_s)]) == [(20.0, round(end_s, 1))]
+    assert joined(interrupted, "interrupted", [(20.0, 50.0), (53.0, end_s)]) == [
+        (20.0, 50.0), (53.0, round(end_s, 1))
+    ]
 
 
 def test_stretches_of_one_place_join_over_a_fragment_between_them() -> None:
     """A fragment between two sections of one place, within the dip joined inside a copy,
-    no longer keeps them apart; a section of another place still does."""
-    copy = _verification(0.99, 1.0, 0.0, (10, 30), (31.5, 32.5), (34, 50))
+    no longer keeps them apart; a section of another place still does. A longer passage is
+    left to be judged on the query's frames (:func:`join_across_passages`)."""
+    copy = _verification(0.99, 1.0, 0.0, (10, 30), (30.6, 31.4), (31.9, 50))
     assert [(s.query_start_s, s.query_end_s) for s in merge_segments(copy, [])] == [(10, 50)]
+    farther = _verification(0.99, 1.0, 0.0, (10, 30), (34, 50))
+    assert [(s.query_start_s, s.query_end_s) for s in merge_segments(farther, [])] == [
+        (10, 30), (34, 50)
+    ]  # fmt: skip
     other_place = replace(copy, score=0.98, segments=[Segment(30.5, 33.5, 200.0, 203.0)])
     apart = merge_segments(_verification(0.99, 1.0, 0.0, (10, 30), (34, 50)), [other_place])
     assert [(s.query_start_s, s.query_end_s) for s in apart] == [(10, 30), (30.5, 33.5),

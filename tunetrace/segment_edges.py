@@ -91,6 +91,12 @@ RESUMED_MIN_S = 8.0
 #: between the repeats of a loop from a reference that repeats itself at 0.11 (its misaligned
 #: reference fitting worse still).
 PASSAGE_MIN_LEVEL = 0.15
+#: A passage this short between two sections of one place joins them unless its sounding
+#: frames show other music there (:func:`_passage_carries`): with too few sounding frames to
+#: judge, it is a quiet moment of the copy under the level of the music around it, as a
+#: reference's own pauses fall silent in a copy whose noise floor is higher. Longer passages
+#: must be shown to carry the copy on.
+SHORT_PASSAGE_S = 5.0
 
 
 def reach_segments(
@@ -205,9 +211,11 @@ def join_across_passages(
     of the same place at the verification's tempo ratio
     (:func:`~tunetrace.segments.same_place_of`). The passage between two must be no longer
     than the shorter of the sections on its sides (not of the stretch joined so far: a short
-    likeness does not claim long stretches of other music) and carry the copy on at the
-    first one's alignment (:func:`_passage_carries`); fragments inside it become part of the
-    joined section, and a section of another place between the two keeps them apart.
+    likeness does not claim long stretches of other music) or than
+    :data:`SHORT_PASSAGE_S`, and carry the copy on at the first one's alignment
+    (:func:`_passage_carries`; a short passage too quiet to judge does); fragments inside it
+    become part of the joined section, and a section of another place between the two keeps
+    them apart.
 
     Parameters
     ----------
@@ -246,7 +254,7 @@ def join_across_passages(
         passage_s = segment.query_start_s - kept.query_end_s
         if (
             passage_s <= 0
-            or passage_s > min(last_section_s[number], length_s)
+            or passage_s > max(min(last_section_s[number], length_s), SHORT_PASSAGE_S)
             or not same_place_of(kept, segment, ratio)
         ):
             joined.append(segment)
@@ -255,7 +263,8 @@ def join_across_passages(
         offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
         passage = (int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
         if not _passage_carries(query, reference, ratio, offset_frames, shift, passage,
-                                params=params, settings=settings):  # fmt: skip
+                                params=params, settings=settings,
+                                short=passage_s <= SHORT_PASSAGE_S):  # fmt: skip
             joined.append(segment)
             last_section_s.append(length_s)
             continue
@@ -278,6 +287,7 @@ def _passage_carries(
     *,
     params: FingerprintParams,
     settings: VerifySettings,
+    short: bool = False,
 ) -> bool:
     """Whether the query frames ``passage`` (first, stop) carry a copy on at an alignment
     (``offset_frames``: the reference frame of the query's first frame).
@@ -287,8 +297,10 @@ def _passage_carries(
     those frames fit the aligned reference at :data:`PASSAGE_MIN_LEVEL` and by
     :data:`REACH_LOW_MARGIN` more than a misaligned one on average (the fit a copy keeps
     where it is altered more, or noisier, than around it); or where query and reference
-    pause together on all but that share of the frames. The fit is measured on the passage
-    with the smoothing's width of frames around it, not on the whole query.
+    pause together on all but that share of the frames. A ``short`` passage (see
+    :data:`SHORT_PASSAGE_S`) also carries it where too few of its frames sound to judge. The
+    fit is measured on the passage with the smoothing's width of frames around it, not on the
+    whole query.
     """
     margin = int(np.ceil(settings.smooth_s * params.frame_rate_hz))
     first = max(0, passage[0] - margin)
@@ -304,8 +316,9 @@ def _passage_carries(
     reference_sounding = _reference_sounding(reference.active_frames(), aligned.positions)
     inside = slice(passage[0] - first, min(passage[1], stop) - first)
     return _carries_over(
-        level, excess, aligned.usable > 0, reference_sounding, inside, params.frame_rate_hz
-    )
+        level, excess, aligned.usable > 0, reference_sounding, inside, params.frame_rate_hz,
+        unjudged=short,
+    )  # fmt: skip
 
 
 def _reference_sounding(active: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -323,13 +336,18 @@ def _carries_over(
     reference_sounding: np.ndarray,
     passage: slice,
     fps: float,
+    *,
+    unjudged: bool = False,
 ) -> bool:
     """The test of :func:`_passage_carries`, on one alignment's per-frame arrays: where
     the passage is no pause of both and has sounding frames enough to judge, the reference
     must sound under them at a level; then they carry the copy on as :func:`_fits_on_average`
-    says, by :data:`REACH_LOW_MARGIN`."""
+    says, by :data:`REACH_LOW_MARGIN`. A passage with too few sounding frames to judge
+    carries it on when ``unjudged`` says so."""
     sounding, under = usable[passage], reference_sounding[passage]
     if len(sounding) == 0:
+        return True
+    if unjudged and sounding.sum() < EDGE_MIN_JUDGED_S * fps:
         return True
     judged = np.mean(sounding | under) > EDGE_MAX_SOUNDING and (
         sounding.sum() >= EDGE_MIN_JUDGED_S * fps
