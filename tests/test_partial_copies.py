@@ -136,14 +136,18 @@ def test_a_looped_section_gives_one_segment_per_repeat(partial_matcher) -> None:
         assert located(matches[0], start, start + len(hook) / SR)
 
 
-def test_repeats_on_one_alignment_stay_apart_across_other_music(tmp_path: Path) -> None:
-    """A work that plays its hook twice, 4 s apart (well inside it): an upload with the hook
-    twice and 4 s of other music between them puts both repeats on one alignment (the second
-    against the work's second playing). The passage between them is other music, not a dip
-    in one copy: two segments, one per repeat."""
+@pytest.mark.parametrize("hook_s", [0, 40])
+def test_repeats_on_one_alignment_stay_apart_across_other_music(
+    tmp_path: Path, hook_s: int
+) -> None:
+    """A work that plays its hook twice, 4 s apart (at its start, or well inside it): an
+    upload with the hook twice and 4 s of other music between them puts both repeats on one
+    alignment (the second against the work's second playing). The passage between them is
+    other music, not a dip in one copy, and no quiet intro to carry a segment to the work's
+    start over: two segments, one per repeat."""
     song = synth_song(70, duration_s=100)
-    hook, bridge = song[40 * SR : 52 * SR], song[52 * SR : 56 * SR]
-    work = np.concatenate([song[: 56 * SR], hook, song[56 * SR :]])
+    hook = song[hook_s * SR : (hook_s + 12) * SR]
+    work = np.concatenate([song[: (hook_s + 16) * SR], hook, song[(hook_s + 16) * SR :]])
     with matcher_of(tmp_path, {"looped": work}) as matcher:
         parts = [filler(120, 20), hook, filler(121, 4), hook, filler(122, 15)]
         matches = match(matcher, tmp_path, "two-repeats", parts)

@@ -126,6 +126,35 @@ def test_a_segment_is_not_carried_through_a_break_to_another_segment() -> None:
     assert alone.query_start_s == 10.0  # what the break guard prevents
 
 
+@pytest.mark.parametrize(("break_s", "carried"), [(0.0, True), (1.5, True), (3.0, False)])
+def test_a_segment_is_not_carried_over_other_music_that_fits_under_the_passage_level(
+    break_s: float, carried: bool
+) -> None:
+    """Other music between two repeats of a hook the reference plays twice: the segment's
+    own verification holds no other segment to stop the carry, and the earlier repeat's fit
+    lifts the span's mean, but seconds of sounding frames that do not fit the reference
+    are a break; a shorter dip inside a copy is not."""
+    positions, _, second = two_segments_of_one_alignment()
+    excess, level = np.zeros(600), np.full(600, 0.8)
+    excess[100:300] = 0.6
+    dip = slice(250, 250 + int(break_s * FPS))
+    excess[dip], level[dip] = -0.05, 0.05
+    usable = np.ones(600, dtype=bool)
+    moved = _to_reference_edges(
+        second, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[],
+        level=level,
+    )  # fmt: skip
+    assert (moved.query_start_s == 10.0) is carried, moved
+    assert moved.query_end_s == second.query_end_s
+    # frames that do not sound are no break, however they fit
+    usable[dip] = False
+    quiet = _to_reference_edges(
+        second, positions, np.ones(800, dtype=bool), excess, usable, FPS, others=[],
+        level=level,
+    )  # fmt: skip
+    assert quiet.query_start_s == 10.0
+
+
 def test_a_fragment_of_the_same_alignment_does_not_block_the_carry() -> None:
     positions, first, _ = two_segments_of_one_alignment()
     fragment = Segment(10.5, 11.5, 0.5, 1.5)

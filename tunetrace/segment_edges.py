@@ -97,6 +97,12 @@ PASSAGE_MIN_LEVEL = 0.15
 #: reference's own pauses fall silent in a copy whose noise floor is higher. Longer passages
 #: must be shown to carry the copy on.
 SHORT_PASSAGE_S = 5.0
+#: A segment is not carried to its reference's start or end across this many seconds whose
+#: sounding frames fit the aligned reference under :data:`PASSAGE_MIN_LEVEL` on average: other
+#: music (what lies between two repeats of a loop, where the reference plays its hook again
+#: further on), however well the rest of the part left out fits. The gap a verification
+#: bridges between its own runs (``VerifySettings.edge_gap_s``).
+BREAK_S = 2.0
 
 
 def reach_segments(
@@ -187,6 +193,7 @@ def reach_segments(
         _to_reference_edges(
             segment, positions, reference_active, excess, usable, fps,
             others=[other for other in grown if other is not segment], paused=paused,
+            level=level,
         )
         if is_section(segment)
         else segment
@@ -370,6 +377,7 @@ def _to_reference_edges(
     *,
     others: list[Segment],
     paused: np.ndarray | None = None,
+    level: np.ndarray | None = None,
 ) -> Segment:
     """``segment`` carried to the first or last query frame aligned inside its reference.
 
@@ -379,7 +387,7 @@ def _to_reference_edges(
     where those frames either pause together with the reference on all but
     :data:`EDGE_MAX_SOUNDING` of them, however long the part, or carry the copy on
     (:func:`_fits_on_average`: a quiet intro or ending, music that fits) with the part at most
-    :data:`EDGE_REACH_S` long.
+    :data:`EDGE_REACH_S` long and no break in it (:func:`_broken_off`: other music).
 
     Parameters
     ----------
@@ -399,6 +407,8 @@ def _to_reference_edges(
     paused : np.ndarray [shape=(n,), dtype=bool], optional
         Query frames that pause together with the reference (:func:`quiet_together`); none
         if not given.
+    level : np.ndarray [shape=(n,)], optional
+        Smoothed fit per query frame; without it no break is looked for.
 
     Returns
     -------
@@ -415,7 +425,8 @@ def _to_reference_edges(
     sounding = _reference_sounding(reference_active, positions) & inside
 
     def carries(span: slice) -> bool:
-        return not taken[span].any() and _fits_on_average(
+        broken = level is not None and _broken_off(level[span], usable[span], fps)
+        return not taken[span].any() and not broken and _fits_on_average(
             excess[span], usable[span], sounding[span], fps
         )
 
@@ -447,6 +458,33 @@ def _to_reference_edges(
                 reference_end_s=min(float(positions[stop - 1] + step), reference_frames) / fps,
             )
     return segment
+
+
+def _broken_off(level: np.ndarray, usable: np.ndarray, fps: float) -> bool:
+    """Whether :data:`BREAK_S` seconds of the frames, all but :data:`EDGE_MAX_SOUNDING` of
+    them sounding, fit the aligned reference under :data:`PASSAGE_MIN_LEVEL` on average.
+
+    Parameters
+    ----------
+    level : np.ndarray [shape=(n,)]
+        Smoothed fit per frame.
+    usable : np.ndarray [shape=(n,), dtype=bool]
+        The frames that sound.
+    fps : float
+        Frames per second.
+
+    Returns
+    -------
+    broken : bool
+    """
+    width = max(1, round(BREAK_S * fps))
+    if len(level) < width:
+        return False
+    window = np.ones(width)
+    sounding = np.convolve(usable.astype(np.float64), window, mode="valid")
+    fitted = np.convolve(np.where(usable, level, 0.0), window, mode="valid")
+    judged = sounding >= (1.0 - EDGE_MAX_SOUNDING) * width
+    return bool(np.any(judged & (fitted < PASSAGE_MIN_LEVEL * sounding)))
 
 
 def quiet_together(
