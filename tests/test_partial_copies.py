@@ -384,9 +384,12 @@ def test_sections_of_one_place_are_joined_across_a_passage_only_where_it_carries
     ]
     assert joined(copy, "far", [(20.0, 25.0), (35.0, end_s)]) == [(20.0, 25.0),
                                                                    (35.0, round(end_s, 1))]
-    # each passage is held to the sections on its sides, not to the stretch joined so far
-    steps = [(20.0, 25.0), (29.0, 34.0), (37.0, 45.0), (55.0, end_s)]
-    assert joined(copy, "steps", steps) == [(20.0, 45.0), (55.0, round(end_s, 1))]
+    # a passage over 5 s is held to the sections on its sides, not to the stretch joined
+    # so far; shorter ones are judged first, and what they join is one section
+    steps = [(20.0, 27.0), (33.0, 40.0), (48.0, end_s)]
+    assert joined(copy, "steps", steps) == [(20.0, 40.0), (48.0, round(end_s, 1))]
+    dipped = [(20.0, 40.0), (48.0, 51.0), (54.0, end_s)]
+    assert joined(copy, "dipped", dipped) == [(20.0, round(end_s, 1))]
     assert joined(replaced, "replaced", [(20.0, 50.0), (60.0, end_s)]) == [
         (20.0, 50.0), (60.0, round(end_s, 1))
     ]

@@ -91,11 +91,12 @@ RESUMED_MIN_S = 8.0
 #: between the repeats of a loop from a reference that repeats itself at 0.11 (its misaligned
 #: reference fitting worse still).
 PASSAGE_MIN_LEVEL = 0.15
-#: A passage this short between two sections of one place joins them unless its sounding
-#: frames show other music there (:func:`_passage_carries`): with too few sounding frames to
-#: judge, it is a quiet moment of the copy under the level of the music around it, as a
-#: reference's own pauses fall silent in a copy whose noise floor is higher. Longer passages
-#: must be shown to carry the copy on.
+#: A passage this short between two sections of one place is judged first, whatever the
+#: sections' lengths (:func:`join_across_passages`), and joins them where it carries the copy
+#: on (:func:`_passage_carries`) or has too few sounding frames to judge: a quiet moment of
+#: the copy under the level of the music around it, as a reference's own pauses fall silent
+#: in a copy whose noise floor is higher. A longer passage with too few sounding frames is
+#: where the copy stopped.
 SHORT_PASSAGE_S = 5.0
 #: A segment is not carried to its reference's start or end across this many seconds whose
 #: sounding frames fit the aligned reference under :data:`PASSAGE_MIN_LEVEL` on average: other
@@ -216,13 +217,13 @@ def join_across_passages(
 
     Sections are segments of at least :data:`~tunetrace.segments.MIN_REPORTED_SEGMENT_S`,
     of the same place at the verification's tempo ratio
-    (:func:`~tunetrace.segments.same_place_of`). The passage between two must be no longer
-    than the shorter of the sections on its sides (not of the stretch joined so far: a short
-    likeness does not claim long stretches of other music) or than
-    :data:`SHORT_PASSAGE_S`, and carry the copy on at the first one's alignment
-    (:func:`_passage_carries`; a short passage too quiet to judge does); fragments inside it
-    become part of the joined section, and a section of another place between the two keeps
-    them apart.
+    (:func:`~tunetrace.segments.same_place_of`). Passages of up to :data:`SHORT_PASSAGE_S`
+    are judged first (dips inside a copy); then a longer passage must be no longer than the
+    shorter of the sections on its sides as that first pass joined them (not of the stretch
+    joined so far: a short likeness does not claim long stretches of other music). Either
+    must carry the copy on at the first section's alignment (:func:`_passage_carries`; a
+    short passage too quiet to judge does); fragments inside it become part of the joined
+    section, and a section of another place between the two keeps them apart.
 
     Parameters
     ----------
@@ -245,6 +246,31 @@ def join_across_passages(
     fps = params.frame_rate_hz
     ratio = verification.tempo_ratio
     shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
+
+    def carries(kept: Segment, segment: Segment) -> bool:
+        offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
+        passage = (int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
+        short = segment.query_start_s - kept.query_end_s <= SHORT_PASSAGE_S
+        return _passage_carries(query, reference, ratio, offset_frames, shift, passage,
+                                params=params, settings=settings, short=short)  # fmt: skip
+
+    # short passages first (dips inside a copy), then longer ones held to the sections that
+    # pass has made: a short section beside a dip is not what a long passage is held to
+    within_copies = _joined_across(segments, ratio, carries, short_only=True)
+    return _joined_across(within_copies, ratio, carries, short_only=False)
+
+
+def _joined_across(
+    segments: list[Segment],
+    ratio: float,
+    carries: Callable[[Segment, Segment], bool],
+    *,
+    short_only: bool,
+) -> list[Segment]:
+    """One pass of :func:`join_across_passages`: consecutive sections of one place joined
+    where ``carries(before, after)`` says the passage between them carries the copy on, the
+    passage no longer than :data:`SHORT_PASSAGE_S` or (unless ``short_only``) than the
+    shorter of the sections on its sides."""
     joined: list[Segment] = []
     # the length of the last section each joined stretch was made of: a passage is held to
     # the sections on its two sides, not to the stretch they have joined so far
@@ -259,19 +285,15 @@ def join_across_passages(
         number = sections[-1]
         kept = joined[number]
         passage_s = segment.query_start_s - kept.query_end_s
+        longest_s = SHORT_PASSAGE_S if short_only else max(
+            min(last_section_s[number], length_s), SHORT_PASSAGE_S
+        )  # fmt: skip
         if (
             passage_s <= 0
-            or passage_s > max(min(last_section_s[number], length_s), SHORT_PASSAGE_S)
+            or passage_s > longest_s
             or not same_place_of(kept, segment, ratio)
+            or not carries(kept, segment)
         ):
-            joined.append(segment)
-            last_section_s.append(length_s)
-            continue
-        offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
-        passage = (int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
-        if not _passage_carries(query, reference, ratio, offset_frames, shift, passage,
-                                params=params, settings=settings,
-                                short=passage_s <= SHORT_PASSAGE_S):  # fmt: skip
             joined.append(segment)
             last_section_s.append(length_s)
             continue
