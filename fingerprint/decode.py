@@ -44,6 +44,8 @@ MAX_CHANNELS = 8
 #: Sample rates accepted, in Hz (telephone audio to high-resolution masters).
 MIN_SAMPLE_RATE_HZ = 8_000
 MAX_SAMPLE_RATE_HZ = 192_000
+#: Packets in a row FFmpeg cannot decode before a compressed stream is taken to end there.
+MAX_DAMAGED_PACKETS = 64
 #: Frames read, mixed down and resampled at a time (at most 2 MB of float32 at 8 channels).
 BLOCK_FRAMES = 65_536
 #: Blocks a damaged file is read again in, to keep the audio before the damage.
@@ -103,8 +105,14 @@ def load_audio(
         If the file is missing, empty, or no decoder can read it.
     UnsupportedAudioError
         If the file declares more than :data:`MAX_CHANNELS` channels or a sample rate outside
-        :data:`MIN_SAMPLE_RATE_HZ` .. :data:`MAX_SAMPLE_RATE_HZ` (a subclass of
+        :data:`MIN_SAMPLE_RATE_HZ` .. :data:`MAX_SAMPLE_RATE_HZ`, or its stream changes its
+        channel count or sample rate part-way (files joined byte for byte) (a subclass of
         :class:`AudioDecodeError`).
+
+    Notes
+    -----
+    Damage inside a compressed stream costs the packets it hits and is logged as a warning;
+    where no decoder reads past it, the audio before it is returned, with a warning.
     AudioTooLongError
         If the audio is longer than ``max_duration_s`` (decoding stops there).
     """
@@ -127,7 +135,7 @@ def load_audio(
                 partial = cut
             continue
         except Exception as exc:  # decoders raise many unrelated types on bad data
-            errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {exc}")
+            errors.append(f"{decoder.__name__.removeprefix('_decode_')}: {_reason(exc)}")
             continue
         if samples.size == 0:
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: no audio samples")
@@ -140,6 +148,15 @@ def load_audio(
         return Audio(partial.samples, sample_rate_hz)
     logger.debug("could not decode %s: %s", path, "; ".join(errors))
     raise AudioDecodeError(f"{path.name}: not a readable audio file ({'; '.join(errors)})")
+
+
+def _reason(exc: Exception) -> str:
+    """A decoder's error as a person reads it: libsndfile says a file that exists but that it
+    cannot identify "does not exist or is not a regular file"."""
+    message = str(exc)
+    if isinstance(exc, soundfile.LibsndfileError) and "does not exist" in message:
+        return "format not recognised"
+    return message
 
 
 def seekable_length(path: str | Path) -> tuple[int, int] | None:
@@ -420,7 +437,38 @@ def _decode_av(path: Path, max_duration_s: float | None, sample_rate_hz: int) ->
         if container.duration is not None:
             _too_long(path, container.duration / 1_000_000, max_duration_s)
         return _decode_frames(
-            path, container.decode(stream), native_rate, sample_rate_hz, max_duration_s
+            path, _frames_past_damage(path, container, stream), native_rate, sample_rate_hz,
+            max_duration_s,
+        )  # fmt: skip
+
+
+def _frames_past_damage(path: Path, container: Any, stream: Any) -> Iterator[Any]:
+    """A stream's decoded PyAV frames, packet by packet, past packets FFmpeg cannot decode.
+
+    Damage inside a compressed stream (bytes overwritten, a second file's tag where two files
+    were joined) costs the packets it hits, not the rest of the file: the audio goes on after
+    it, as FFmpeg's own command line goes on. After :data:`MAX_DAMAGED_PACKETS` in a row the
+    error is raised (the rest is no audio this decoder can read). Skipped packets are logged.
+    """
+    import av
+
+    in_a_row = skipped = 0
+    lost_s = 0.0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.InvalidDataError:
+            in_a_row, skipped = in_a_row + 1, skipped + 1
+            if packet.duration and packet.time_base:
+                lost_s += float(packet.duration * packet.time_base)
+            if in_a_row > MAX_DAMAGED_PACKETS:
+                raise
+            continue
+        in_a_row = 0
+        yield from frames
+    if skipped:
+        logger.warning(
+            "%s: %d damaged packet(s) skipped (about %.1f s of audio)", path.name, skipped, lost_s
         )
 
 
@@ -440,23 +488,35 @@ def _decode_frames(
 
     sink = _MonoSink(native_rate, sample_rate_hz)
     fifo, channels = av.AudioFifo(), None
-    for frame in frames:
-        # the FIFO compares neither layouts nor frames without samples: every frame is checked
-        frame_channels, rate = _av_channels(frame), int(frame.sample_rate or native_rate)
-        _check_format(path, frame_channels, rate)
-        if rate != native_rate:
-            raise AudioDecodeError("the sample rate changes inside the stream")
-        if frame_channels != (channels := channels or frame_channels):
-            raise AudioDecodeError("the number of channels changes inside the stream")
-        frame.pts = None  # the FIFO would check timestamps, which need not be contiguous
-        try:
-            fifo.write(frame)
-        except ValueError:  # its sample format or time base differs
-            _flush_fifo(path, fifo, channels, sink, max_duration_s)
-            fifo = av.AudioFifo()  # the same samples in another format: they go on
-            fifo.write(frame)
-        if fifo.samples >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
-            _flush_fifo(path, fifo, channels, sink, max_duration_s)
+    try:
+        for frame in frames:
+            # the FIFO compares neither layouts nor frames without samples: each is checked
+            frame_channels, rate = _av_channels(frame), int(frame.sample_rate or native_rate)
+            _check_format(path, frame_channels, rate)
+            if rate != native_rate:
+                raise UnsupportedAudioError(
+                    f"{path.name}: the sample rate changes inside the stream"
+                )
+            if frame_channels != (channels := channels or frame_channels):
+                raise UnsupportedAudioError(
+                    f"{path.name}: the number of channels changes inside the stream"
+                )
+            frame.pts = None  # the FIFO would check timestamps, which need not be contiguous
+            try:
+                fifo.write(frame)
+            except ValueError:  # its sample format or time base differs
+                _flush_fifo(path, fifo, channels, sink, max_duration_s)
+                fifo = av.AudioFifo()  # the same samples in another format: they go on
+                fifo.write(frame)
+            if fifo.samples >= BLOCK_FRAMES:  # mixed down and resampled a block at a time
+                _flush_fifo(path, fifo, channels, sink, max_duration_s)
+    except av.error.FFmpegError as exc:  # damage FFmpeg could not read past
+        _flush_fifo(path, fifo, channels or 1, sink, max_duration_s)
+        if sink.n_input == 0:
+            raise
+        raise _PartialAudio(
+            sink.finish(), f"decoding stopped after {sink.n_input / native_rate:.1f} s ({exc})"
+        ) from exc
     _flush_fifo(path, fifo, channels or 1, sink, max_duration_s)  # (nothing waits if no frame)
     return sink.finish()
 

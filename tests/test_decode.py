@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile
 import soxr
 from tunetrace.fingerprint import decode
@@ -63,8 +64,9 @@ def test_missing_empty_and_random_files_raise_decode_errors(tmp_path: Path) -> N
         load_audio(empty, sample_rate_hz=8000)
     noise = tmp_path / "noise.mp3"
     noise.write_bytes(np.random.default_rng(0).bytes(20000))
-    with pytest.raises(AudioDecodeError, match="not a readable audio file"):
+    with pytest.raises(AudioDecodeError, match="not a readable audio file") as refused:
         load_audio(noise, sample_rate_hz=8000)
+    assert "does not exist" not in str(refused.value)  # it does: libsndfile's words, mended
     text = tmp_path / "notes.wav"
     text.write_text("this is not audio\n" * 100)
     with pytest.raises(AudioDecodeError):
@@ -263,7 +265,8 @@ def test_a_flac_cut_short_decodes_what_is_there(
         audio = load_audio(cut, sample_rate_hz=8000)
     assert 5.0 < audio.duration_s < 15.0  # about the first half, not refused
     np.testing.assert_allclose(audio.samples[: 4 * 8000], expected[: 4 * 8000], atol=1e-3)
-    assert "decoding stopped after" in caplog.text
+    # said: libsndfile stops at the cut, FFmpeg skips the packet it cuts
+    assert "decoding stopped after" in caplog.text or "damaged packet" in caplog.text
     # damaged in the middle: FFmpeg reads past the damage where libsndfile stops at it
     damaged = bytearray(whole.read_bytes())
     middle = len(damaged) * 3 // 10
@@ -310,13 +313,17 @@ def test_channels_are_averaged() -> None:
     assert decode.mix_down_planar(planar).dtype == np.float32
 
 
-def _mp3(path: Path, samples: np.ndarray, rate: int) -> bytes:
-    """``samples`` (channels first) encoded as bare MPEG frames: no tag, no Xing header, so
-    that files can be joined byte for byte the way some uploads are."""
+def _mp3(
+    path: Path, samples: np.ndarray, rate: int, *, bare: bool = True, codec: str = "libmp3lame"
+) -> bytes:
+    """``samples`` (channels first) encoded as MPEG frames (``codec="aac"``: AAC in ADTS),
+    ``bare`` with no tag and no Xing header, so that files can be joined byte for byte the way
+    some uploads are; else as an encoder writes a file."""
     av = pytest.importorskip("av")
-    bare = {"id3v2_version": "0", "write_xing": "0"}
-    with av.open(str(path), "w", format="mp3", options=bare) as container:
-        stream = container.add_stream("libmp3lame", rate=rate)
+    options = {"id3v2_version": "0", "write_xing": "0"} if bare and codec != "aac" else {}
+    container_format = "adts" if codec == "aac" else "mp3"
+    with av.open(str(path), "w", format=container_format, options=options) as container:
+        stream = container.add_stream(codec, rate=rate)
         stream.layout = "mono" if len(samples) == 1 else "stereo"
         frame = av.AudioFrame.from_ndarray(
             np.ascontiguousarray(samples, dtype=np.float32), format="fltp", layout=stream.layout
@@ -341,6 +348,83 @@ def test_a_stream_whose_channels_or_rate_change_part_way_is_refused_by_ffmpeg_de
     joined.write_bytes(first + second)
     with pytest.raises(AudioDecodeError, match=message):
         decode._decode_av(joined, None, 8000)
+
+
+@pytest.mark.parametrize("codec", ["libmp3lame", "aac"])
+def test_damage_inside_a_compressed_stream_costs_only_the_packets_it_hits(
+    tmp_path: Path, codec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3 KB overwritten in the middle of an MP3 or an AAC stream: the audio after the damage
+    is decoded too (the copy in an upload's second half is still there), with a warning."""
+    rate = 22050
+    song = synth_song(4, duration_s=20.0, sample_rate=rate)
+    clean = tmp_path / f"clean.{codec}"
+    encoded = bytearray(_mp3(clean, song[None], rate, bare=False, codec=codec))
+    middle = len(encoded) // 2
+    encoded[middle : middle + 3000] = np.random.default_rng(5).bytes(3000)
+    damaged = tmp_path / f"damaged.{codec}"
+    damaged.write_bytes(bytes(encoded))
+    whole = load_audio(clean, sample_rate_hz=8000).samples
+    with caplog.at_level("WARNING", logger="tunetrace.fingerprint.decode"):
+        read = load_audio(damaged, sample_rate_hz=8000).samples
+    assert len(read) > 0.9 * len(whole), (len(read), len(whole))
+    assert "damaged packet" in caplog.text
+    # 5 s from after the damage are the clean file's (a little earlier: packets were lost)
+    after = read[-6 * 8000 : -1 * 8000]
+    assert _best_match(after, whole[len(whole) // 2 :]) > 0.95  # unrelated music: ~0.1
+
+
+def _best_match(segment: np.ndarray, signal: np.ndarray) -> float:
+    """The largest normalised correlation of ``segment`` with a stretch of ``signal``."""
+    products = scipy.signal.correlate(signal, segment, mode="valid")
+    energy = np.convolve(signal.astype(np.float64) ** 2, np.ones(len(segment)), mode="valid")
+    return float(np.max(products / np.sqrt(energy * np.dot(segment, segment) + 1e-12)))
+
+
+def test_a_stream_ffmpeg_cannot_read_past_keeps_the_audio_before(tmp_path: Path) -> None:
+    """Damage the decoder cannot resynchronise after (too many bad packets in a row, a
+    demuxer error): what came before it is audio, handed on as partial."""
+    av = pytest.importorskip("av")
+    rate = 22050
+    samples = synth_song(8, duration_s=6.0, sample_rate=rate).astype(np.float32)
+
+    def frames():
+        for start in range(0, len(samples), 1152):
+            frame = av.AudioFrame.from_ndarray(
+                samples[None, start : start + 1152].copy(), format="fltp", layout="mono"
+            )
+            frame.sample_rate = rate
+            yield frame
+            if start > len(samples) // 2:
+                raise av.error.InvalidDataError(1094995529, "Invalid data found")
+
+    with pytest.raises(decode._PartialAudio, match="decoding stopped after 3") as cut:
+        decode._decode_frames(tmp_path / "damaged.mp3", frames(), rate, 8000, None)
+    assert 2.9 < len(cut.value.samples) / 8000 < 3.2
+
+
+def test_two_mp3_files_joined_with_their_tags_decode_whole(tmp_path: Path) -> None:
+    """Files joined byte for byte, each with its ID3 tag and Xing header: both are decoded,
+    not only the first (libsndfile stops at the second tag)."""
+    rate = 22050
+    first = _mp3(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
+    second = _mp3(tmp_path / "b.mp3", synth_song(7, 8.0, rate)[None], rate, bare=False)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first + second)
+    assert load_audio(joined, sample_rate_hz=8000).duration_s == pytest.approx(16.0, abs=0.3)
+
+
+def test_a_channel_change_between_joined_files_is_refused_not_cut_short(tmp_path: Path) -> None:
+    """With their tags, joined files whose channel counts differ are refused with the reason
+    (no other decoder is tried: one would return the first file alone)."""
+    rate = 22050
+    first = _mp3(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
+    song = synth_song(7, 8.0, rate)
+    second = _mp3(tmp_path / "b.mp3", np.tile(song, (2, 1)), rate, bare=False)
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(first + second)
+    with pytest.raises(UnsupportedAudioError, match="number of channels changes"):
+        load_audio(joined, sample_rate_hz=8000)
 
 
 def test_frames_whose_sample_format_changes_part_way_decode_on(tmp_path: Path) -> None:
