@@ -61,11 +61,15 @@ class HostileUpload:
         What it claims or does, for the results table.
     body : callable
         Returns the request body: bytes, or an iterator of chunks (sent chunked).
+    readable : bool
+        Whether it holds audio to match all the same (damage a decoder reads past): answered
+        200, not refused.
     """
 
     name: str
     description: str
     body: Callable[[], bytes | Iterator[bytes]]
+    readable: bool = False
 
 
 def _song(seconds: float, rate: int = 22050) -> np.ndarray:
@@ -86,10 +90,12 @@ def build_corpus(directory: Path) -> list[HostileUpload]:
     uploads : list of HostileUpload
     """
     directory.mkdir(parents=True, exist_ok=True)
-    files: list[tuple[str, str, Path, bool]] = []
+    files: list[tuple[str, str, Path, bool, bool]] = []
 
-    def add(name: str, description: str, path: Path, close: bool = True) -> None:
-        files.append((name, description, path, close))
+    def add(
+        name: str, description: str, path: Path, close: bool = True, readable: bool = False
+    ) -> None:
+        files.append((name, description, path, close, readable))
 
     rate_bomb = write_silence_flac(
         directory / "rate_bomb.flac", seconds=64, rate=655350, channels=8
@@ -120,6 +126,13 @@ def build_corpus(directory: Path) -> list[HostileUpload]:
     mp3_cut = directory / "truncated.mp3"
     mp3_cut.write_bytes(mp3.read_bytes()[:2000])
     add("mp3_truncated", "MP3 cut to 2 KB", mp3_cut)
+    damaged = bytearray(mp3.read_bytes())
+    middle = len(damaged) // 2
+    damaged[middle : middle + 3000] = np.random.default_rng(1).bytes(3000)
+    mp3_damaged = directory / "damaged.mp3"
+    mp3_damaged.write_bytes(bytes(damaged))
+    add("mp3_damaged_middle", "20-s MP3 with 3 KB overwritten in its middle", mp3_damaged,
+        readable=True)  # fmt: skip
     zeros = directory / "zeros.mp3"
     zeros.write_bytes(bytes(100_000_000))
     add("mp3_zeros", "100 MB of zero bytes named .mp3 (no frame to find)", zeros)
@@ -131,9 +144,12 @@ def build_corpus(directory: Path) -> list[HostileUpload]:
     add("zero_length", "an empty file", empty)
     uploads = [
         HostileUpload(
-            name, description, lambda p=path, c=close: multipart(p.name, p.read_bytes(), close=c)
+            name,
+            description,
+            lambda p=path, c=close: multipart(p.name, p.read_bytes(), close=c),
+            readable,
         )
-        for name, description, path, close in files
+        for name, description, path, close, readable in files
     ]
     uploads.append(
         HostileUpload(
@@ -179,6 +195,7 @@ def send(port: int, upload: HostileUpload, workers: list[int]) -> dict[str, obje
         "code": answer.get("error", {}).get("code"),
         "seconds": round(seconds, 3),
         "worker_peak_growth_mb": round(growth, 1),
+        "readable": upload.readable,
     }
 
 
@@ -220,7 +237,10 @@ def run(directory: Path, *, workers: int, max_queue: int) -> dict[str, object]:
             "status_500_in_log": log.count('"status": 500'),
         },
         "goals": {
-            "all_4xx": all(400 <= int(r["status"]) < 500 for r in rows),
+            "unreadable_4xx": all(
+                400 <= int(r["status"]) < 500 for r in rows if not r["readable"]
+            ),
+            "readable_200": all(int(r["status"]) == 200 for r in rows if r["readable"]),
             "all_within_2s": all(float(r["seconds"]) <= ANSWER_GOAL_S for r in rows),
             "memory_within_200mb": all(
                 float(r["worker_peak_growth_mb"]) <= MEMORY_GOAL_MB for r in rows
