@@ -140,8 +140,8 @@ def load_audio(
         if samples.size == 0:
             errors.append(f"{decoder.__name__.removeprefix('_decode_')}: no audio samples")
             continue
-        if partial is not None and partial.samples.size > samples.size:
-            break  # the damaged read got further than this one
+        if partial is not None and partial.samples.size >= samples.size:
+            break  # the damaged read got as far as this one, which stopped there unsaid
         return Audio(samples, sample_rate_hz)
     if partial is not None:
         logger.warning("%s: %s; using the audio before that", path, partial)

@@ -403,6 +403,26 @@ def test_a_stream_ffmpeg_cannot_read_past_keeps_the_audio_before(tmp_path: Path)
     assert 2.9 < len(cut.value.samples) / 8000 < 3.2
 
 
+@pytest.mark.parametrize(("second_rate", "seconds"), [(SAMPLE_RATE, 16.0), (16000, 8.0)])
+def test_a_chained_ogg_file_is_read_whole_or_says_where_it_stopped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, second_rate: int, seconds: float
+) -> None:
+    """Ogg files joined byte for byte: links alike are read whole. FFmpeg stops at a link
+    of another sample rate ("not yet implemented") and libsndfile reads the first link alone
+    without a word; the first link is used, and the warning says decoding stopped there."""
+    parts = []
+    for seed, rate in ((9, SAMPLE_RATE), (10, second_rate)):
+        part = tmp_path / f"link{seed}.ogg"
+        soundfile.write(str(part), synth_song(seed, 8.0, sample_rate=rate), rate, format="OGG")
+        parts.append(part.read_bytes())
+    chained = tmp_path / "chained.ogg"
+    chained.write_bytes(b"".join(parts))
+    with caplog.at_level("WARNING", logger="tunetrace.fingerprint.decode"):
+        audio = load_audio(chained, sample_rate_hz=8000)
+    assert audio.duration_s == pytest.approx(seconds, abs=0.3)
+    assert ("decoding stopped after 8" in caplog.text) is (seconds < 16.0)
+
+
 def test_two_mp3_files_joined_with_their_tags_decode_whole(tmp_path: Path) -> None:
     """Files joined byte for byte, each with its ID3 tag and Xing header: both are decoded,
     not only the first (libsndfile stops at the second tag)."""
