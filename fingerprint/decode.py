@@ -574,6 +574,16 @@ def mix_down_planar(samples: np.ndarray) -> np.ndarray:
     Channel by channel, sample by sample: every output sample is rounded the same way
     however the file is cut into blocks (a matrix product's kernels sum in an order that
     depends on the block's length and alignment on some processors).
+
+    Parameters
+    ----------
+    samples : np.ndarray [shape=(channels, n)]
+        One row per channel, at least one.
+
+    Returns
+    -------
+    mono : np.ndarray [shape=(n,), dtype=float32]
+        C-contiguous.
     """
     if samples.shape[0] == 1:
         return np.ascontiguousarray(samples[0], dtype=np.float32)

@@ -271,7 +271,7 @@ def _check_row(blob: object, n_bins: int, n_frames: int) -> None:
     if not isinstance(blob, bytes):
         raise ValueError(f"stored spectrum is a {type(blob).__name__}, not bytes")
     if n_bins <= 0 or n_frames <= 0:
-        raise ValueError(f"a stored spectrum of {n_frames} frames is empty")
+        raise ValueError(f"a stored spectrum of {n_bins} bins by {n_frames} frames is empty")
 
 
 #: First bytes of a tiled spectrum, then the frames per tile, the number of tiles and each

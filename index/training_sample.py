@@ -67,7 +67,7 @@ def training_rows(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     ----------
     vectors : numpy.ndarray
         The candidates (rows of 4-byte values).
-    count : int
+    count : int >= 0
         Rows wanted (all of them when ``count >= len(vectors)``).
     seed : int
         Picks another sample of the same vectors.
@@ -76,7 +76,14 @@ def training_rows(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     -------
     numpy.ndarray
         ``int64`` positions into ``vectors``.
+
+    Raises
+    ------
+    ValueError
+        If ``count`` is negative.
     """
+    if count < 0:
+        raise ValueError(f"cannot train on {count} rows")
     keys = content_keys(vectors, seed)
     if count < len(keys):
         keys = _copies_keyed_apart(keys)

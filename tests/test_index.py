@@ -286,6 +286,9 @@ def test_training_sample_follows_the_vectors_contents_alone(vectors: np.ndarray)
     chosen = training_rows(vectors, 300)
     assert np.array_equal(order[training_rows(vectors[order], 300)], chosen)
     assert len(set(chosen.tolist())) == 300
+    assert len(training_rows(vectors, 0)) == 0
+    with pytest.raises(ValueError, match="cannot train on -1 rows"):
+        training_rows(vectors, -1)
 
 
 def test_copies_of_one_vector_enter_the_training_sample_like_any_other(

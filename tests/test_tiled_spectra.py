@@ -67,7 +67,7 @@ def test_tiles_hold_the_codes_one_image_held_and_refuse_damaged_tables() -> None
         ONE_IMAGE.tiles(whole, N_BINS, n_frames)
     for bins, frames in [(0, n_frames), (N_BINS, 0), (-N_BINS, -n_frames)]:  # no spectrum's
         for read in (TILED.tiles, TILED.codes, ONE_IMAGE.codes):
-            with pytest.raises(ValueError, match="is empty"):
+            with pytest.raises(ValueError, match=f"of {bins} bins by {frames} frames is empty"):
                 read(tiled, bins, frames)
     # a tile's header is checked with the table, before anything is allocated for it
     with pytest.raises(ValueError, match="tile 0 is not"):

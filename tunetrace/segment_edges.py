@@ -101,8 +101,8 @@ SHORT_PASSAGE_S = 5.0
 #: A segment is not carried to its reference's start or end across this many seconds whose
 #: sounding frames fit the aligned reference under :data:`PASSAGE_MIN_LEVEL` on average: other
 #: music (what lies between two repeats of a loop, where the reference plays its hook again
-#: further on), however well the rest of the part left out fits. The gap a verification
-#: bridges between its own runs (``VerifySettings.edge_gap_s``).
+#: further on), however well the rest of the part left out fits. As long as the gap a
+#: verification bridges between its own runs by default (``VerifySettings.edge_gap_s``).
 BREAK_S = 2.0
 
 
@@ -447,10 +447,11 @@ def _to_reference_edges(
     sounding = _reference_sounding(reference_active, positions) & inside
 
     def carries(span: slice) -> bool:
-        broken = level is not None and _broken_off(level[span], usable[span], fps)
-        return not taken[span].any() and not broken and _fits_on_average(
-            excess[span], usable[span], sounding[span], fps
-        )
+        if taken[span].any():
+            return False
+        if level is not None and _broken_off(level[span], usable[span], fps):
+            return False
+        return _fits_on_average(excess[span], usable[span], sounding[span], fps)
 
     def quiet(span: slice) -> bool:  # a pause both share is the copy's, however long
         return not taken[span].any() and bool(np.mean(~paused[span]) <= EDGE_MAX_SOUNDING)

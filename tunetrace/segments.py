@@ -250,10 +250,10 @@ MIN_REPORTED_SEGMENT_S = 3.0
 #: are the same stretch seen twice: they are joined.
 SAME_PLACE_OFFSET_S = 2.0
 #: Segments of the same place this close in the query (a dip in one copied stretch) are joined
-#: when both are at least :data:`MIN_REPORTED_SEGMENT_S` long: the gap a verification bridges
-#: between its own runs (``VerifySettings.edge_gap_s``). A longer passage between them may be
-#: other music (the filler between a loop's repeats, where the reference repeats itself), so
-#: it is judged on the query's frames instead
+#: when both are at least :data:`MIN_REPORTED_SEGMENT_S` long: as long as the gap a
+#: verification bridges between its own runs by default (``VerifySettings.edge_gap_s``). A
+#: longer passage between them may be other music (the filler between a loop's repeats, where
+#: the reference repeats itself), so it is judged on the query's frames instead
 #: (:func:`~tunetrace.segment_edges.join_across_passages`).
 SAME_PLACE_GAP_S = 2.0
 
