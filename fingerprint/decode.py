@@ -108,13 +108,13 @@ def load_audio(
         :data:`MIN_SAMPLE_RATE_HZ` .. :data:`MAX_SAMPLE_RATE_HZ`, or its stream changes its
         channel count or sample rate part-way (files joined byte for byte) (a subclass of
         :class:`AudioDecodeError`).
+    AudioTooLongError
+        If the audio is longer than ``max_duration_s`` (decoding stops there).
 
     Notes
     -----
     Damage inside a compressed stream costs the packets it hits and is logged as a warning;
     where no decoder reads past it, the audio before it is returned, with a warning.
-    AudioTooLongError
-        If the audio is longer than ``max_duration_s`` (decoding stops there).
     """
     path = Path(path)
     if path.is_dir():

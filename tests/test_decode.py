@@ -313,7 +313,7 @@ def test_channels_are_averaged() -> None:
     assert decode.mix_down_planar(planar).dtype == np.float32
 
 
-def _mp3(
+def _compressed(
     path: Path, samples: np.ndarray, rate: int, *, bare: bool = True, codec: str = "libmp3lame"
 ) -> bytes:
     """``samples`` (channels first) encoded as MPEG frames (``codec="aac"``: AAC in ADTS),
@@ -341,9 +341,10 @@ def _mp3(
 def test_a_stream_whose_channels_or_rate_change_part_way_is_refused_by_ffmpeg_decoding(
     tmp_path: Path, second_channels: int, second_rate: int, message: str
 ) -> None:
-    first = _mp3(tmp_path / "a.mp3", synth_song(1, duration_s=3.0, sample_rate=22050)[None], 22050)
+    first_song = synth_song(1, duration_s=3.0, sample_rate=22050)
+    first = _compressed(tmp_path / "a.mp3", first_song[None], 22050)
     song = synth_song(2, duration_s=3.0, sample_rate=second_rate)
-    second = _mp3(tmp_path / "b.mp3", np.tile(song, (second_channels, 1)), second_rate)
+    second = _compressed(tmp_path / "b.mp3", np.tile(song, (second_channels, 1)), second_rate)
     joined = tmp_path / "joined.mp3"
     joined.write_bytes(first + second)
     with pytest.raises(AudioDecodeError, match=message):
@@ -359,7 +360,7 @@ def test_damage_inside_a_compressed_stream_costs_only_the_packets_it_hits(
     rate = 22050
     song = synth_song(4, duration_s=20.0, sample_rate=rate)
     clean = tmp_path / f"clean.{codec}"
-    encoded = bytearray(_mp3(clean, song[None], rate, bare=False, codec=codec))
+    encoded = bytearray(_compressed(clean, song[None], rate, bare=False, codec=codec))
     middle = len(encoded) // 2
     encoded[middle : middle + 3000] = np.random.default_rng(5).bytes(3000)
     damaged = tmp_path / f"damaged.{codec}"
@@ -427,8 +428,8 @@ def test_two_mp3_files_joined_with_their_tags_decode_whole(tmp_path: Path) -> No
     """Files joined byte for byte, each with its ID3 tag and Xing header: both are decoded,
     not only the first (libsndfile stops at the second tag)."""
     rate = 22050
-    first = _mp3(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
-    second = _mp3(tmp_path / "b.mp3", synth_song(7, 8.0, rate)[None], rate, bare=False)
+    first = _compressed(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
+    second = _compressed(tmp_path / "b.mp3", synth_song(7, 8.0, rate)[None], rate, bare=False)
     joined = tmp_path / "joined.mp3"
     joined.write_bytes(first + second)
     assert load_audio(joined, sample_rate_hz=8000).duration_s == pytest.approx(16.0, abs=0.3)
@@ -438,9 +439,9 @@ def test_a_channel_change_between_joined_files_is_refused_not_cut_short(tmp_path
     """With their tags, joined files whose channel counts differ are refused with the reason
     (no other decoder is tried: one would return the first file alone)."""
     rate = 22050
-    first = _mp3(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
+    first = _compressed(tmp_path / "a.mp3", synth_song(6, 8.0, rate)[None], rate, bare=False)
     song = synth_song(7, 8.0, rate)
-    second = _mp3(tmp_path / "b.mp3", np.tile(song, (2, 1)), rate, bare=False)
+    second = _compressed(tmp_path / "b.mp3", np.tile(song, (2, 1)), rate, bare=False)
     joined = tmp_path / "joined.mp3"
     joined.write_bytes(first + second)
     with pytest.raises(UnsupportedAudioError, match="number of channels changes"):

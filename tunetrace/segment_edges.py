@@ -247,30 +247,30 @@ def join_across_passages(
     ratio = verification.tempo_ratio
     shift = verification.spectral_shift_semitones * params.bins_per_octave / 12.0
 
-    def carries(kept: Segment, segment: Segment) -> bool:
+    def carries(kept: Segment, segment: Segment, short: bool) -> bool:
         offset_frames = (kept.reference_end_s - ratio * kept.query_end_s) * fps
         passage = (int(kept.query_end_s * fps), int(np.ceil(segment.query_start_s * fps)))
-        short = segment.query_start_s - kept.query_end_s <= SHORT_PASSAGE_S
         return _passage_carries(query, reference, ratio, offset_frames, shift, passage,
                                 params=params, settings=settings, short=short)  # fmt: skip
 
     # short passages first (dips inside a copy), then longer ones held to the sections that
     # pass has made: a short section beside a dip is not what a long passage is held to
-    within_copies = _joined_across(segments, ratio, carries, short_only=True)
-    return _joined_across(within_copies, ratio, carries, short_only=False)
+    within_copies = _joined_across(segments, ratio, carries, short=True)
+    return _joined_across(within_copies, ratio, carries, short=False)
 
 
 def _joined_across(
     segments: list[Segment],
     ratio: float,
-    carries: Callable[[Segment, Segment], bool],
+    carries: Callable[[Segment, Segment, bool], bool],
     *,
-    short_only: bool,
+    short: bool,
 ) -> list[Segment]:
     """One pass of :func:`join_across_passages`: consecutive sections of one place joined
-    where ``carries(before, after)`` says the passage between them carries the copy on, the
-    passage no longer than :data:`SHORT_PASSAGE_S` or (unless ``short_only``) than the
-    shorter of the sections on its sides."""
+    where ``carries(before, after, short)`` says the passage between them carries the copy
+    on. The ``short`` pass judges passages of up to :data:`SHORT_PASSAGE_S`; the other, the
+    longer ones, each no longer than the shorter of the sections on its sides (short ones
+    left there were judged by the first pass and stay apart)."""
     joined: list[Segment] = []
     # the length of the last section each joined stretch was made of: a passage is held to
     # the sections on its two sides, not to the stretch they have joined so far
@@ -285,14 +285,14 @@ def _joined_across(
         number = sections[-1]
         kept = joined[number]
         passage_s = segment.query_start_s - kept.query_end_s
-        longest_s = SHORT_PASSAGE_S if short_only else max(
-            min(last_section_s[number], length_s), SHORT_PASSAGE_S
+        shortest_s, longest_s = (
+            (0.0, SHORT_PASSAGE_S) if short
+            else (SHORT_PASSAGE_S, min(last_section_s[number], length_s))
         )  # fmt: skip
         if (
-            passage_s <= 0
-            or passage_s > longest_s
+            not shortest_s < passage_s <= longest_s
             or not same_place_of(kept, segment, ratio)
-            or not carries(kept, segment)
+            or not carries(kept, segment, short)
         ):
             joined.append(segment)
             last_section_s.append(length_s)
@@ -376,11 +376,10 @@ def _carries_over(
     sounding, under = usable[passage], reference_sounding[passage]
     if len(sounding) == 0:
         return True
-    if unjudged and sounding.sum() < EDGE_MIN_JUDGED_S * fps:
+    enough_sound = sounding.sum() >= EDGE_MIN_JUDGED_S * fps
+    if unjudged and not enough_sound:
         return True
-    judged = np.mean(sounding | under) > EDGE_MAX_SOUNDING and (
-        sounding.sum() >= EDGE_MIN_JUDGED_S * fps
-    )
+    judged = np.mean(sounding | under) > EDGE_MAX_SOUNDING and enough_sound
     if judged and (
         np.mean(~under[sounding]) > EDGE_MAX_SOUNDING
         or level[passage][sounding].mean() < PASSAGE_MIN_LEVEL
