@@ -12,6 +12,7 @@ attributes, which derive the whole reference first, so nothing reads a frame not
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -199,8 +200,8 @@ class TiledFeatures(Features):
         """See :meth:`Features.frames_read`."""
         n_frames = self.n_frames
         # a range that is not a number reads everything (its readers skip such positions)
-        first = int(np.clip(np.floor(np.nan_to_num(first, nan=0.0)), 0, n_frames))
-        stop = int(np.clip(np.ceil(np.nan_to_num(stop, nan=n_frames)), first, n_frames))
+        first = 0 if math.isnan(first) else math.floor(min(max(first, 0), n_frames))
+        stop = n_frames if math.isnan(stop) else math.ceil(min(max(stop, first), n_frames))
         tile_frames = self._tiles.tile_frames
         with self._lock:
             if self._read is None and chroma and (first, stop) == (0, n_frames):
@@ -218,7 +219,8 @@ class TiledFeatures(Features):
         where = np.asarray(positions, dtype=np.float64).ravel()
         if where.size:
             last = self.n_frames - 1
-            below = np.floor(np.clip(np.nan_to_num(where, nan=0.0), 0, last)).astype(np.int64)
+            # fmax and fmin take the number where the other is NaN: NaN reads frame 0
+            below = np.floor(np.fmin(np.fmax(where, 0.0), last)).astype(np.int64)
             frames = np.concatenate([below, np.minimum(below + 1, last)])
             tiles = np.flatnonzero(np.bincount(frames // self._tiles.tile_frames,
                                                minlength=self._tiles.count))  # fmt: skip

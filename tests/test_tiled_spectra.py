@@ -204,6 +204,30 @@ def _catalogues(songs: dict[str, Path], folder: Path) -> tuple[Path, Path]:
     return one_image, tiled
 
 
+def test_ranges_and_positions_that_are_not_numbers_read_what_they_say() -> None:
+    spectrum = _spectrum(3 * TILE_FRAMES + 20, seed=9)
+    n_frames = spectrum.shape[1]
+    blob, scale = TILED.encode(spectrum)
+
+    def fresh() -> TiledFeatures:
+        return stored_features(blob, scale, TILED, PARAMS, n_frames)
+
+    # a range that is not a number reads everything; an infinite one stops at the ends
+    for first, stop in [(np.nan, np.nan), (-np.inf, np.inf), (np.float64("nan"), 15.5)]:
+        features = fresh()
+        features.frames_read(first, stop)
+        assert features.derived_fraction == (1 / 4 if stop == 15.5 else 1), (first, stop)
+    features = fresh()
+    features.frames_read(np.inf, np.inf)  # past the end: nothing
+    assert features.derived_fraction == 0
+    features.frames_read(-np.inf, 0.5)  # frame 0 only
+    assert features.derived_fraction == 1 / 4
+    # a position that is not a number reads frame 0, infinite ones the first or last frame
+    features = fresh()
+    features.positions_read(np.array([np.nan, -np.inf, np.inf]))
+    assert list(np.flatnonzero(features._tile_done)) == [0, 3]
+
+
 def test_matching_a_catalogue_stored_in_tiles_reads_parts_and_finds_what_one_image_finds(
     long_songs: dict[str, Path], tmp_path: Path
 ) -> None:
