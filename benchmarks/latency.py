@@ -221,6 +221,8 @@ def main() -> None:
             "works": info["references"],
             "audio_hours": info["audio_hours"],
             "index_mb": round(index_file_bytes(grown) / 1e6, 1),
+            "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
+            "mb_per_audio_hour": round(info["size_on_disk_bytes"] / 1e6 / info["audio_hours"], 3),
             **json.loads((grown / "complete.json").read_text()),
         },
         "passes": passes,
@@ -231,6 +233,14 @@ def main() -> None:
     (RESULTS / "latency.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "latency.md").write_text(markdown(result))
     print(markdown(result))
+
+
+def _on_disk(grown: dict) -> str:
+    """The grown catalogue's bytes on disk per hour of audio, by part (runs that kept them)."""
+    if "mb_per_audio_hour" not in grown:
+        return ""
+    parts = ", ".join(f"{part} {mb:.2f}" for part, mb in grown["mb_per_audio_hour_by_part"].items())
+    return f"; on disk {grown['mb_per_audio_hour']:.2f} MB per hour of audio ({parts})"
 
 
 def _describe(spec: dict) -> str:
@@ -252,7 +262,7 @@ def markdown(result: dict) -> str:
         f"End-to-end 10-s queries, {result['date']}, {result['machine']}, commit "
         f"{result['commit']}. Grown catalogue: {grown['works']:,} works, "
         f"{grown['audio_hours']:,.0f} h, index {_describe(grown['index'])} "
-        f"({grown['index_mb']} MB); "
+        f"({grown['index_mb']} MB){_on_disk(grown)}; "
         f"base: {result['base']['works']} works. Feature cache emptied before every query.",
         "",
         "| catalogue, threads | queries | p50 ms | p95 ms | decode | features | search "
