@@ -220,6 +220,11 @@ def main() -> None:
     )[::5][:60]
     if query_files:
         reading = reading_costs(formats, query_files)
+    else:
+        logger.warning(
+            "reading costs not measured: no calibration queries cached "
+            "(python -m benchmarks.run_benchmark makes them)"
+        )
     result = {
         **run_info(),
         "files": len(paths),
@@ -295,6 +300,12 @@ def markdown(result: dict) -> str:
             + " | ".join(f"{reading['read_ms'][name]:.2f} ms" for name in names) + " |",
             "| a whole query (decode, search, verification) | "
             + " | ".join(f"{reading['match_ms'][name]:.0f} ms" for name in names) + " |",
+        ]
+    else:
+        lines += [
+            "",
+            "Reading each format: not measured in this run (no calibration queries cached; "
+            "`python -m benchmarks.run_benchmark` makes them).",
         ]
     return "\n".join(lines) + "\n"
 
