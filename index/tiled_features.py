@@ -12,7 +12,6 @@ attributes, which derive the whole reference first, so nothing reads a frame not
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -28,6 +27,21 @@ from tunetrace.index._kernels import (
     stored_spectrum_arrays,
 )
 from tunetrace.index.spectrum_codec import PackedTiles
+
+
+def _clamped(
+    value: float, low: int, high: int, rounded: Callable[[float], float], *, nan: int
+) -> int:
+    """``value`` rounded by ``rounded`` into ``[low, high]``, ``nan`` when it is not a number;
+    compared before it is converted, so a value of any width (a huge integer, a long double)
+    lands where it lies."""
+    if value != value:  # NaN
+        return nan
+    if value <= low:
+        return low
+    if value >= high:
+        return high
+    return min(max(int(rounded(value)), low), high)
 
 
 def _plain_features(
@@ -200,8 +214,8 @@ class TiledFeatures(Features):
         """See :meth:`Features.frames_read`."""
         n_frames = self.n_frames
         # a range that is not a number reads everything (its readers skip such positions)
-        first = 0 if math.isnan(first) else math.floor(min(max(first, 0), n_frames))
-        stop = n_frames if math.isnan(stop) else math.ceil(min(max(stop, first), n_frames))
+        first = _clamped(first, 0, n_frames, np.floor, nan=0)
+        stop = _clamped(stop, first, n_frames, np.ceil, nan=n_frames)
         tile_frames = self._tiles.tile_frames
         with self._lock:
             if self._read is None and chroma and (first, stop) == (0, n_frames):

@@ -217,6 +217,16 @@ def test_ranges_and_positions_that_are_not_numbers_read_what_they_say() -> None:
         features = fresh()
         features.frames_read(first, stop)
         assert features.derived_fraction == (1 / 4 if stop == 15.5 else 1), (first, stop)
+    # values wider than a float land where they lie: a long double just under a tile's
+    # start reads the tile before it, integers too large for a float read to the ends
+    features = fresh()
+    features.frames_read(
+        np.longdouble(TILE_FRAMES) - np.longdouble(2) ** -55, TILE_FRAMES + 1, chroma=False
+    )
+    assert list(np.flatnonzero(features._tile_done)) == [0, 1]
+    features = fresh()
+    features.frames_read(-(10**400), 10**400)
+    assert features.derived_fraction == 1
     features = fresh()
     features.frames_read(np.inf, np.inf)  # past the end: nothing
     assert features.derived_fraction == 0
