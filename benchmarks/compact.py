@@ -41,7 +41,7 @@ from benchmarks.run_benchmark import (
     list_tracks,
     run_queries,
 )
-from benchmarks.run_info import run_info
+from benchmarks.run_info import disk_use, run_info
 from tunetrace.matcher import Matcher
 
 logger = logging.getLogger(__name__)
@@ -121,10 +121,7 @@ def main() -> None:
                 "codec": name,
                 "audio_hours": info["audio_hours"],
                 "index_kind": info["index_kind"],
-                "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
-                "mb_per_audio_hour": round(
-                    info["size_on_disk_bytes"] / 1e6 / info["audio_hours"], 3
-                ),
+                **disk_use(info),
                 "evaluation": evaluation,
                 **margins(rows, matcher),
             }

@@ -41,7 +41,7 @@ from benchmarks import corpus
 from benchmarks.match_rows import timed_features
 from benchmarks.queries import Query, make_queries
 from benchmarks.run_benchmark import CACHE, build_catalogue
-from benchmarks.run_info import index_file_bytes, run_info
+from benchmarks.run_info import disk_use, index_file_bytes, run_info
 from benchmarks.scale_sweep import grow_with_mosaics
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
@@ -221,8 +221,7 @@ def main() -> None:
             "works": info["references"],
             "audio_hours": info["audio_hours"],
             "index_mb": round(index_file_bytes(grown) / 1e6, 1),
-            "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
-            "mb_per_audio_hour": round(info["size_on_disk_bytes"] / 1e6 / info["audio_hours"], 3),
+            **disk_use(info),
             **json.loads((grown / "complete.json").read_text()),
         },
         "passes": passes,

@@ -46,3 +46,18 @@ def index_file_bytes(directory: Path) -> int:
     with Catalogue(directory, read_only=True) as catalogue:
         path = catalogue.index_path
     return path.stat().st_size if path is not None and path.exists() else 0
+
+
+def disk_use(info: dict) -> dict[str, object]:
+    """A catalogue's bytes on disk per hour of audio, in all and by part, from its
+    :meth:`~tunetrace.index.catalogue.Catalogue.info`.
+
+    Returns
+    -------
+    use : dict
+        ``{"mb_per_audio_hour_by_part": {part: MB}, "mb_per_audio_hour": MB}``.
+    """
+    return {
+        "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
+        "mb_per_audio_hour": round(info["size_on_disk_bytes"] / 1e6 / info["audio_hours"], 3),
+    }

@@ -47,7 +47,7 @@ from benchmarks import corpus
 from benchmarks.compact import codec_copy
 from benchmarks.queries import in_catalogue
 from benchmarks.run_benchmark import CACHE, RESULTS, build_catalogue, list_tracks
-from benchmarks.run_info import run_info
+from benchmarks.run_info import disk_use, run_info
 from tunetrace.ingest import MAX_REFERENCE_S, IngestItem, ingest, worker_pool
 
 logger = logging.getLogger(__name__)
@@ -179,8 +179,7 @@ def sizes(directory: Path) -> dict[str, object]:
 def _size_entry(info: dict) -> dict[str, object]:
     return {
         "index_kind": info["index_kind"],
-        "mb_per_audio_hour_by_part": info["mb_per_audio_hour_by_part"],
-        "mb_per_audio_hour": round(info["size_on_disk_bytes"] / 1e6 / info["audio_hours"], 3),
+        **disk_use(info),
     }
 
 
