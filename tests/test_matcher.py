@@ -16,6 +16,7 @@ import tunetrace.matcher as matcher_module
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tunetrace.alteration import classify_alteration
 from tunetrace.matcher import Matcher, MatchSettings
+from tunetrace.places import Place
 from tunetrace.types import Candidate
 
 
@@ -276,16 +277,25 @@ def test_a_reference_whose_verifications_came_to_nothing_gets_its_next_alignment
     """Chosen alignments whose windows broke into pieces under the section minimum judged
     nothing: the reference's next alignment (another window) is verified after them, while a
     reference that was judged (and scored low) is not tried again."""
-    def screened(value: float, key: int) -> tuple[float, SimpleNamespace, None]:
-        return value, SimpleNamespace(candidate=Candidate(key, 1.0, 0.0, 1.0)), None
+    def screened(value: float, key: int) -> Place:
+        rank = len(made)
+        made.append(
+            Place(
+                rank,
+                (100 * rank, 100 * rank + 150),
+                SimpleNamespace(candidate=Candidate(key, 1.0, 0.0, 1.0)),  # type: ignore[arg-type]
+                SimpleNamespace(value=value),  # type: ignore[arg-type]
+            )
+        )
+        return made[-1]
 
+    made: list[Place] = []
     unjudged_first, unjudged_second = screened(1.5, 7), screened(1.4, 7)
     judged = screened(1.3, 8)
     unjudged_next, judged_next = screened(1.2, 7), screened(1.1, 8)
     items = [unjudged_first, unjudged_second, judged, unjudged_next, judged_next]
-    windows = {id(item[1].candidate): (100 * n, 100 * n + 150) for n, item in enumerate(items)}
     verified = [SimpleNamespace(reference_key=8, score=0.3)]
 
-    extra = matcher._more_places(items, items[:3], verified, windows)
+    extra = matcher.more_places(items, items[:3], verified)  # type: ignore[arg-type]
 
     assert extra == [unjudged_next]

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from tunetrace.alignment import ChromaAlignment, align_on_chroma
+from tunetrace.alignment import align_on_chroma
 from tunetrace.alteration import classify_alteration
 from tunetrace.candidates import VectorSearcher, find_candidates, query_patch_vectors
 from tunetrace.errors import DamagedReferenceError, ReferenceNotFoundError
@@ -25,11 +25,13 @@ from tunetrace.fingerprint.features import Features, extract_features
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.fingerprint.tonality import tonality
 from tunetrace.index.catalogue import Catalogue
+from tunetrace.places import Place, Window, places_to_screen, verification_order
 from tunetrace.query import PreparedQuery, VerifySettings, prepare_query
+from tunetrace.query_work import QueryWork
 from tunetrace.repeats import self_similar_places
 from tunetrace.report import Match, MatchReport
 from tunetrace.scoring import ScoreModel
-from tunetrace.screening import Screening, screen_alignment
+from tunetrace.screening import screen_alignment
 from tunetrace.segment_edges import join_across_passages, reach_segments
 from tunetrace.segments import (
     consistent,
@@ -426,109 +428,241 @@ class Matcher:
                 features, searcher, exclude_keys=exclude_keys, patches=patches
             )
         searched = time.perf_counter()
-        query = prepare_query(features, self.verify_settings)
-
+        work = self.query_work(features)
         retimed = one_ratio_each(candidates, self.settings.retimed_candidates)
-        # A candidate whose voters sit in one part of the query is judged on that part alone.
-        windowed = [self._in_window(candidate, features) for candidate in retimed]
-        prepared = {window: query if window is None else
-                    query.frames(*window)
-                    for window in {window for window, _ in windowed}}  # fmt: skip
-        window_of = {id(candidate): window for window, candidate in windowed}
-        retimed = [candidate for _, candidate in windowed]
-        # Each reference is opened once, before any is aligned, and read in part: most are
-        # only aligned and screened, which read the frames around one alignment (threads
-        # aligning the same reference derive its parts in turn). A part found damaged leaves
-        # the reference out of the rest of the query, and of every later one.
-        keys = list(dict.fromkeys(candidate.reference_key for candidate in retimed))
-        in_part = functools.partial(self._reference_features, whole=False)
-        read = dict(zip(keys, map_in_threads(in_part, keys), strict=True))
-        # a reference removed (or replaced) since the index was searched is no candidate
-        references = {key: features for key, features in read.items() if features is not None}
-        retimed = [c for c in retimed if c.reference_key in references]
+        aligned = self.aligned_places(work, retimed)
+        selected = places_to_screen(aligned, self.settings.screen_top)
+        screened = verification_order(self.screened_places(work, selected))
+        chosen = screened[: self.settings.verify_top]
+        verifications = self.verified_places(work, chosen)
+        # More works (a medley) and more sections of a work found (a loop, a section cut and
+        # moved): the best place of every other clearly screened reference, and the other
+        # places of the references already found.
+        extra = self.more_places(screened, chosen, verifications)
+        verifications += self.verified_places(work, extra)
+        verifications += self.repeated_places(work, patches, verifications)
+        verifications = self.finished(verifications)
+        if timings is not None:
+            timings["search"] = searched - started
+            timings["verification"] = time.perf_counter() - searched
+        return verifications
 
-        def query_of(candidate: Candidate) -> PreparedQuery:
-            return prepared[window_of[id(candidate)]]
+    def query_work(self, features: Features) -> QueryWork:
+        """A query prepared for the verification stages (:meth:`aligned_places` to
+        :meth:`repeated_places`), which keep in it the references they read.
 
-        def align(candidate: Candidate) -> ChromaAlignment | None:
-            return self._unless_damaged(candidate.reference_key, lambda: align_on_chroma(
-                query_of(candidate), references[candidate.reference_key], candidate,
+        Parameters
+        ----------
+        features : Features
+
+        Returns
+        -------
+        work : QueryWork
+        """
+        return QueryWork(features, prepare_query(features, self.verify_settings))
+
+    def aligned_places(
+        self, work: QueryWork, candidates: list[Candidate], ranks: list[int] | None = None
+    ) -> list[Place]:
+        """Candidates aligned on chroma, each on its window of the query (a candidate whose
+        voters sit in one part of the query is judged on that part alone).
+
+        Each reference is read once, before any is aligned, and in part: most are only
+        aligned and screened, which read the frames around one alignment (threads aligning
+        the same reference derive its parts in turn). A part found damaged leaves the
+        reference out of the rest of the query, and of every later one; a reference removed
+        (or replaced) since the index was searched is no candidate.
+
+        Parameters
+        ----------
+        work : QueryWork
+        candidates : list of Candidate
+            Best first.
+        ranks : list of int, optional
+            Their ranks among all the query's candidates (default: their positions).
+
+        Returns
+        -------
+        places : list of Place
+            In candidate order.
+        """
+        if ranks is None:
+            ranks = list(range(len(candidates)))
+        windowed = [self._in_window(candidate, work.features) for candidate in candidates]
+        work.prepare(window for window, _ in windowed)
+        self._read_references(work, [candidate.reference_key for _, candidate in windowed])
+        items = [(rank, window, candidate)
+                 for rank, (window, candidate) in zip(ranks, windowed, strict=True)
+                 if candidate.reference_key in work.references]  # fmt: skip
+
+        def align(item: tuple[int, Window, Candidate]) -> Place | None:
+            rank, window, candidate = item
+            alignment = self._unless_damaged(candidate.reference_key, lambda: align_on_chroma(
+                work.part(window), work.references[candidate.reference_key], candidate,
                 settings=self.verify_settings,
             ))  # fmt: skip
+            return None if alignment is None else Place(rank, window, alignment)
 
-        def screen(alignment: ChromaAlignment) -> tuple[float, ChromaAlignment, Screening] | None:
-            key = alignment.candidate.reference_key
+        # in candidate order whatever the threads, so that ties resolve as in one thread
+        return [place for place in map_in_threads(align, items) if place is not None]
+
+    def screened_places(self, work: QueryWork, places: list[Place]) -> list[Place]:
+        """Aligned places with their spectral screening, those screened out left out.
+
+        Parameters
+        ----------
+        work : QueryWork
+            That aligned them.
+        places : list of Place
+
+        Returns
+        -------
+        screened : list of Place
+            In the order of ``places``.
+        """
+        params = self.catalogue.params
+
+        def screen(place: Place) -> Place | None:
+            key = place.reference_key
             screening = self._unless_damaged(key, lambda: screen_alignment(
-                query_of(alignment.candidate), references[key], alignment,
+                work.part(place.window), work.references[key], place.alignment,
                 params=params, settings=self.verify_settings,
             ))  # fmt: skip
-            return None if screening is None else (screening.value, alignment, screening)
+            return None if screening is None else replace(place, screening=screening)
 
-        def verify_screened(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
-            return self._unless_damaged(item[1].candidate.reference_key, lambda: verify_one(item))
+        return [place for place in map_in_threads(screen, places) if place is not None]
 
-        def verify_one(item: tuple[float, ChromaAlignment, Screening]) -> Verification | None:
-            _, alignment, screening = item
-            candidate = alignment.candidate
-            verification = verify_candidate(
-                query_of(candidate),
-                references[candidate.reference_key],
-                alignment,
-                params=params,
-                settings=self.verify_settings,
-                screening=screening,
-            )
-            window = window_of[id(candidate)]
-            if verification is None or window is None:
-                return _scored(verification)
-            verification = _from_window(verification, window[0], params.frame_rate_hz)
-            return self._judged_alone(query, verification, references, window, _scored)
+    def verified_places(self, work: QueryWork, places: list[Place]) -> list[Verification]:
+        """Screened places verified in full and scored (a window's verification judged as
+        one of the query's windows, see :meth:`_judged_alone`); those that verify nothing
+        left out.
 
-        def _scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
+        Parameters
+        ----------
+        work : QueryWork
+        places : list of Place
+            Screened (by this catalogue, or a shard of the same catalogue), with this
+            catalogue's reference keys.
+
+        Returns
+        -------
+        verifications : list of Verification
+            In the order of ``places``.
+        """
+        params = self.catalogue.params
+        work.prepare(place.window for place in places)
+        self._read_references(work, [place.reference_key for place in places])
+        places = [place for place in places if place.reference_key in work.references]
+
+        def scored(verification: Verification | None, windows: float = 1.0) -> Verification | None:
             if verification is None:
                 return None
             score = self.score_model.score_section(verification, windows=windows)
             return _with_score(verification, score)
 
-        # in candidate order whatever the threads, so that ties resolve as in one thread
-        alignments = [a for a in map_in_threads(align, retimed) if a is not None]
-        if self.settings.screen_top is not None:
-            alignments.sort(key=lambda a: -a.chroma_similarity)  # stable: ties keep their order
-            alignments = alignments[: self.settings.screen_top]
-        screened = [s for s in map_in_threads(screen, alignments) if s is not None]
-        screened.sort(key=lambda item: -item[0])
-        chosen = screened[: self.settings.verify_top]
-        verifications = [v for v in map_in_threads(verify_screened, chosen) if v is not None]
-        # More works (a medley) and more sections of a work found (a loop, a section cut and
-        # moved): the best place of every other clearly screened reference, and the other
-        # places of the references already found.
-        extra = self._more_places(screened, chosen, verifications, window_of)
-        verifications += [v for v in map_in_threads(verify_screened, extra) if v is not None]
-        # Every other occurrence of a found work's material (a looped section): candidate
-        # places searched in that reference alone, verified where nothing was found yet.
-        repeats = []
+        def verify_one(place: Place) -> Verification | None:
+            verification = verify_candidate(
+                work.part(place.window),
+                work.references[place.reference_key],
+                place.alignment,
+                params=params,
+                settings=self.verify_settings,
+                screening=place.screening,
+            )
+            if verification is None or place.window is None:
+                return scored(verification)
+            verification = _from_window(verification, place.window[0], params.frame_rate_hz)
+            return self._judged_alone(
+                work.query, verification, work.references, place.window, scored
+            )
+
+        def verify(place: Place) -> Verification | None:
+            return self._unless_damaged(place.reference_key, lambda: verify_one(place))
+
+        return [v for v in map_in_threads(verify, places) if v is not None]
+
+    def repeated_places(
+        self,
+        work: QueryWork,
+        patches: tuple[np.ndarray, np.ndarray, np.ndarray],
+        verifications: list[Verification],
+    ) -> list[Verification]:
+        """Every other occurrence of a found work's material (a looped section): candidate
+        places searched in that reference alone, verified where nothing was found yet.
+
+        Parameters
+        ----------
+        work : QueryWork
+        patches : tuple of np.ndarray
+            The query's :meth:`query_patches`.
+        verifications : list of Verification
+            The query's so far (of this catalogue's references); those scoring at least the
+            calibrated threshold are found works.
+
+        Returns
+        -------
+        verifications : list of Verification
+            Of the repeats, new ones only.
+        """
+        repeats: list[Candidate] = []
+        windows: list[Window] = []
         for key in {v.reference_key for v in verifications if v.score >= self.default_min_score}:
             found = [v for v in verifications if v.reference_key == key]
-            places = self._repeat_places(features, key, found, patches)
-            places += self._recurring_places(features, found)
+            places = self._repeat_places(work.features, key, found, patches)
+            places += self._recurring_places(work.features, found)
             for candidate in places:
-                window, moved = self._in_window(candidate, features)
+                window, moved = self._in_window(candidate, work.features)
                 if window is None:
                     continue
-                window_of[id(moved)] = window
-                prepared.setdefault(window, query.frames(*window))
+                windows.append(window)
                 repeats.append(moved)
-        aligned = [a for a in map_in_threads(align, repeats) if a is not None]
-        rescreened = [s for s in map_in_threads(screen, aligned) if s is not None]
-        again = [v for v in map_in_threads(verify_screened, rescreened) if v is not None]
-        verifications += again
-        # a part of a reference read after some of its places were verified was damaged
-        verifications = [v for v in verifications if not self.found_damaged(v.reference_key)]
-        verifications.sort(key=lambda v: -v.score)
-        if timings is not None:
-            timings["search"] = searched - started
-            timings["verification"] = time.perf_counter() - searched
-        return verifications
+        if not repeats:
+            return []
+        work.prepare(windows)
+        self._read_references(work, [candidate.reference_key for candidate in repeats])
+        aligned = [
+            place
+            for place in map_in_threads(
+                lambda item: self._aligned_at(work, *item), zip(windows, repeats, strict=True)
+            )
+            if place is not None
+        ]
+        return self.verified_places(work, self.screened_places(work, aligned))
+
+    def finished(self, verifications: list[Verification]) -> list[Verification]:
+        """A query's verifications as :meth:`verify` returns them: best first, without those
+        of references found damaged since they were verified (a part read later was).
+
+        Parameters
+        ----------
+        verifications : list of Verification
+
+        Returns
+        -------
+        verifications : list of Verification
+        """
+        kept = [v for v in verifications if not self.found_damaged(v.reference_key)]
+        kept.sort(key=lambda v: -v.score)
+        return kept
+
+    def _aligned_at(self, work: QueryWork, window: Window, candidate: Candidate) -> Place | None:
+        """One candidate already seen from its window, aligned (a repeat's place)."""
+        key = candidate.reference_key
+        if key not in work.references:
+            return None
+        alignment = self._unless_damaged(key, lambda: align_on_chroma(
+            work.part(window), work.references[key], candidate, settings=self.verify_settings,
+        ))  # fmt: skip
+        return None if alignment is None else Place(-1, window, alignment)
+
+    def _read_references(self, work: QueryWork, keys: list[int]) -> None:
+        """Read the references of ``keys`` not yet in ``work`` (in part, in threads); those
+        removed or damaged stay out."""
+        missing = [key for key in dict.fromkeys(keys) if key not in work.references]
+        in_part = functools.partial(self._reference_features, whole=False)
+        for key, features in zip(missing, map_in_threads(in_part, missing), strict=True):
+            if features is not None:
+                work.references[key] = features
 
     def reported_verification(
         self,
@@ -595,22 +729,32 @@ class Matcher:
             verifications,
         )
 
-    def _more_places(
-        self,
-        screened: list[tuple[float, ChromaAlignment, Screening]],
-        chosen: list[tuple[float, ChromaAlignment, Screening]],
-        verified: list[Verification],
-        window_of: dict[int, tuple[int, int] | None],
-    ) -> list[tuple[float, ChromaAlignment, Screening]]:
-        """Screened alignments to verify after the first ``verify_top``: the best of each
-        other reference screened at least ``other_work_screening`` (and that fraction of the
-        best screening) in a part of the query, including chosen references whose
-        verifications came to nothing, and other windows of references verified as
-        copies. A query short enough to be judged whole gets no more verifications than
-        before: each one more is one more chance of a coincidence."""
+    def more_places(
+        self, screened: list[Place], chosen: list[Place], verified: list[Verification]
+    ) -> list[Place]:
+        """Screened places to verify after the first ``verify_top``: the best of each other
+        reference screened at least ``other_work_screening`` (and that fraction of the best
+        screening) in a part of the query, including chosen references whose verifications
+        came to nothing, and other windows of references verified as copies. A query short
+        enough to be judged whole gets no more verifications than before: each one more is
+        one more chance of a coincidence.
+
+        Parameters
+        ----------
+        screened : list of Place
+            The query's screened places, in :func:`~tunetrace.places.verification_order`.
+        chosen : list of Place
+            The first ``verify_top`` of them, verified.
+        verified : list of Verification
+            Their verifications.
+
+        Returns
+        -------
+        places : list of Place
+        """
         if not screened:
             return []
-        done = {id(item[1]) for item in chosen}
+        done = {place.rank for place in chosen}
         found = {v.reference_key for v in verified if v.score >= self.default_min_score}
         # A reference whose every chosen verification came to nothing (no section of
         # ``min_section_s`` in its window: nothing matched, or only pieces that did not
@@ -618,18 +762,15 @@ class Matcher:
         # window) may be, once. Pieces grown into a section were judged.
         tried = {v.reference_key for v in verified}
         floor = max(self.settings.other_work_screening,
-                    self.settings.other_work_screening * screened[0][0])  # fmt: skip
-        windows_seen: dict[int, list[tuple[int, int] | None]] = {}
-        for item in chosen:
-            key = item[1].candidate.reference_key
-            windows_seen.setdefault(key, []).append(window_of[id(item[1].candidate)])
+                    self.settings.other_work_screening * screened[0].value)  # fmt: skip
+        windows_seen: dict[int, list[Window]] = {}
+        for place in chosen:
+            windows_seen.setdefault(place.reference_key, []).append(place.window)
         extra = []
-        for item in screened:
-            value, alignment, _ = item
-            key = alignment.candidate.reference_key
-            if id(alignment) in done:
+        for place in screened:
+            key, window = place.reference_key, place.window
+            if place.rank in done:
                 continue
-            window = window_of[id(alignment.candidate)]
             if key in found:
                 seen = windows_seen.setdefault(key, [])
                 if window is None or any(_overlap(window, w) > 0.5 for w in seen):
@@ -637,10 +778,10 @@ class Matcher:
                 if len(seen) >= self.settings.places_per_reference:
                     continue
                 seen.append(window)
-                extra.append(item)
-            elif key not in tried and value >= floor and window is not None:
+                extra.append(place)
+            elif key not in tried and place.value >= floor and window is not None:
                 tried.add(key)
-                extra.append(item)
+                extra.append(place)
             if len(extra) >= self.settings.max_extra_verifications:
                 break
         return extra

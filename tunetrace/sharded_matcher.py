@@ -2,27 +2,32 @@
 matches.
 
 The query is decoded and fingerprinted once, here, and its patch vectors are embedded once.
-Two rounds. First the patch vectors go to every shard, which returns each one's ``k``
-nearest patches in its own index (a few kilobytes); merged, these are the nearest patches one
-catalogue holding every shard would return (:func:`merge_neighbours`), and the vote over them
-chooses the candidate places as one catalogue's vote does (the same vote floor and candidate
-count). Then each shard holding candidates aligns and verifies them with its own stored
-spectra (vectors and spectra live together) and returns its verified matches; the gather
-keeps the best ``top`` by score. Verification, the costly part, runs about as often as in one
-catalogue, not once per shard, and a shard without candidates does none.
+Four rounds, each shard doing the work on its own references (its vectors and spectra live
+together) and every choice between references made here, as one catalogue makes it:
+
+1. the patch vectors go to every shard, which returns each one's ``k`` nearest patches in its
+   own index (a few kilobytes); merged, these are the nearest patches one catalogue holding
+   every shard would return (:func:`merge_neighbours`), and the vote over them chooses the
+   candidate places as one catalogue's vote does (the same vote floor and candidate count);
+2. each shard holding candidates aligns them on chroma and screens them on spectra, and
+   returns the small :class:`~tunetrace.places.Place` records;
+3. the best ``verify_top`` screened places of all shards (:mod:`tunetrace.places`) are
+   verified in full by their shards;
+4. further places chosen from all shards' (a medley's other works, other sections of the
+   works found: :meth:`~tunetrace.matcher.Matcher.more_places`) are verified, each shard
+   looks for repeats of its works found in its own references, and makes its matches.
+
+Verification, the costly part, runs as often as in one catalogue, not once per shard, and a
+shard without candidates does none. With exact indexes a sharded catalogue's reports are one
+catalogue's (ties of equal scores aside); with approximate (IVF, HNSW) indexes each shard's
+own quantiser or graph ranks its nearest patches, so the candidates can differ.
 
 Scores mean the same on every shard: a verification's score is the calibrated model applied to
 evidence about one query and one reference alone (aligned-spectrum similarities against that
 pair's own misaligned baseline), never normalised by the other references of a shard or by
 its size, and every shard applies the same shipped model and threshold. Each reference lives
-in one shard, so a reference's match (its best verification plus its other sections) is made
-by that shard alone. What can differ from one catalogue: when a query's candidates lie in
-several shards, each shard sends the best screened alignments of its own candidates to full
-verification (and its own extra places of a medley's other works), where one catalogue picks
-the best of all; a query can then get more, or other, verifications than in one catalogue,
-and a report can hold an extra work or slightly different estimates. Candidates in one shard
-(most queries) are verified exactly as one catalogue verifies them. An approximate (IVF, HNSW)
-index also ranks neighbours by each shard's own quantiser or graph.
+in one shard, so a reference's match (its verifications, its repeats, its grown segments) is
+made by that shard alone.
 
 A shard that cannot answer makes the whole query fail with
 :class:`~tunetrace.errors.ShardUnavailableError` (an error line in reports, HTTP 503): never a
@@ -43,7 +48,8 @@ from tunetrace.candidates import find_candidates
 from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
-from tunetrace.matcher import Matcher, MatchSettings
+from tunetrace.matcher import Matcher, MatchSettings, one_ratio_each
+from tunetrace.places import Place, places_to_screen, verification_order
 from tunetrace.query import VerifySettings
 from tunetrace.report import Match
 from tunetrace.scoring import ScoreModel
@@ -67,11 +73,10 @@ class ShardedMatcher(Matcher):
     :class:`~tunetrace.sharded_catalogue.ShardedCatalogue` (``tunetrace.Matcher`` makes one
     for such a catalogue). The vote runs once over all shards' nearest patches, so the
     candidates are those an unsharded catalogue holding the same references would choose (for
-    exact indexes); each shard then screens and verifies its own share of them with this
-    matcher's settings and score model. One catalogue verifies the best ``verify_top``
-    screened alignments of all candidates, a sharded one the best of each shard's, so where
-    candidates span shards it can verify more of them and reports may differ (see the scaling
-    guide). Reference keys in verifications are global (they name their shard)."""
+    exact indexes); each shard aligns, screens and verifies its own share of them with this
+    matcher's settings and score model, and the places verified are chosen among all shards'
+    as one catalogue chooses them (see the module's description). Reference keys in
+    verifications are global (they name their shard)."""
 
     catalogue: ShardedCatalogue
 
@@ -164,26 +169,16 @@ class ShardedMatcher(Matcher):
         candidates: list[Candidate] | None = None,
     ) -> list[Match]:
         """Probable copies among all shards' references, best first (see
-        :meth:`Matcher.match_features`; ``candidates`` is not taken: each shard finds its
-        own).
+        :meth:`Matcher.match_features`; ``candidates`` is not taken: they are chosen from all
+        shards' nearest patches).
 
         Raises
         ------
         ShardUnavailableError
             If any shard could not answer.
         """
-        view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
-        found = self._answers(
-            view,
-            view.access.call_many(
-                _shard_matches,
-                {
-                    s: (features, patches, places, top, min_score, self._configuration)
-                    for s, places in chosen.items()
-                },
-            ),
-        )
-        merged = [match for matches in found.values() for match in matches]
+        _, found = self._scattered(features, exclude_keys, patches, (top, min_score))
+        merged = [match for _, matches in found.values() for match in matches or []]
         merged.sort(key=lambda match: (-match.score, match.reference_id))
         return merged[:top]
 
@@ -216,27 +211,65 @@ class ShardedMatcher(Matcher):
             )
             found = self._answers(view, {shard: answer})[shard]
             return [_globally(view, shard, v) for v in found]
-        view, patches, chosen = self._chosen_candidates(features, exclude_keys, patches)
-        per_shard = self._answers(
-            view,
-            view.access.call_many(
-                _shard_verifications,
-                {
-                    s: (features, patches, places, None, self._configuration)
-                    for s, places in chosen.items()
-                },
-            ),
-        )
-        merged = [_globally(view, s, v) for s, found in per_shard.items() for v in found]
+        view, found = self._scattered(features, exclude_keys, patches, None)
+        merged = [_globally(view, s, v) for s, (verified, _) in found.items() for v in verified]
         merged.sort(key=lambda v: -v.score)
         return merged
 
+    def _scattered(
+        self,
+        features: Features,
+        exclude_keys: frozenset[int],
+        patches: Patches | None,
+        reported: tuple[int, float | None] | None,
+    ) -> tuple[ShardView, dict[int, tuple[list[Verification], list[Match] | None]]]:
+        """The query verified as one catalogue verifies it, in four rounds, each shard
+        doing the work on its own references and the choices between references made here
+        (:mod:`tunetrace.places`): the vote over all shards' nearest patches
+        (:meth:`_chosen_candidates`); the candidates aligned and screened by their shards;
+        the best ``verify_top`` screened places of all shards verified by theirs; then each
+        shard with verifications or further places (a medley's other works, other sections
+        of works found, chosen here as one catalogue chooses them) verifies those, looks for
+        repeats of its works found, and, when ``reported`` (``top``, ``min_score``) is
+        given, makes its matches. Returns each answering shard's verifications (its own
+        keys) and matches."""
+        view, patches, by_shard = self._chosen_candidates(features, exclude_keys, patches)
+        configuration = self._configuration
+        aligned = self._answers(view, view.access.call_many(_shard_places, {
+            shard: (features, [c for _, c in ranked], [r for r, _ in ranked], configuration)
+            for shard, ranked in by_shard.items()
+        }))  # fmt: skip
+        shard_of_rank = {place.rank: shard for shard, places in aligned.items() for place in places}
+        # the places of all shards, with global keys, chosen among as one catalogue does
+        every = [place.with_key(view.global_key(shard, place.reference_key))
+                 for shard, places in aligned.items() for place in places]  # fmt: skip
+        selected = places_to_screen(every, self.settings.screen_top)
+        screened = verification_order([p for p in selected if p.screening is not None])
+        chosen = screened[: self.settings.verify_top]
+        verified = self._answers(view, view.access.call_many(_shard_verified, {
+            shard: (features, places, configuration)
+            for shard, places in _by_shard(view, chosen, shard_of_rank).items()
+        }))  # fmt: skip
+        verifications = [_globally(view, s, v) for s, found in verified.items() for v in found]
+        verifications.sort(key=lambda v: -v.score)  # as one catalogue's, for the choice next
+        extra = _by_shard(
+            view, self.more_places(screened, chosen, verifications), shard_of_rank
+        )
+        finishing = {shard for shard, found in verified.items() if found} | set(extra)
+        finished = self._answers(view, view.access.call_many(_shard_finished, {
+            shard: (features, patches, extra.get(shard, []), verified.get(shard, []),
+                    reported, configuration)
+            for shard in sorted(finishing)
+        }))  # fmt: skip
+        return view, finished
+
     def _chosen_candidates(
         self, features: Features, exclude_keys: frozenset[int], patches: Patches | None
-    ) -> tuple[ShardView, Patches, dict[int, list[Candidate]]]:
+    ) -> tuple[ShardView, Patches, dict[int, list[tuple[int, Candidate]]]]:
         """First round: every shard's nearest patches to the query's; then the candidate
-        places the vote over all of them chooses (:func:`merge_neighbours`), by shard, in
-        rank order, with each shard's own keys."""
+        places the vote over all of them chooses (:func:`merge_neighbours`), one per tempo
+        ratio tried (:func:`~tunetrace.matcher.one_ratio_each`), by shard, each with its
+        rank among all and its shard's own key."""
         self.catalogue.refresh()
         view = self.catalogue.view
         params = view.manifest.params
@@ -262,11 +295,25 @@ class ShardedMatcher(Matcher):
             exclude_keys=excluded,
             patches=patches,
         )
-        chosen: dict[int, list[Candidate]] = {}
-        for candidate in candidates:
+        retimed = one_ratio_each(candidates, self.settings.retimed_candidates)
+        by_shard: dict[int, list[tuple[int, Candidate]]] = {}
+        for rank, candidate in enumerate(retimed):
             shard, local = merged.places[candidate.reference_key]
-            chosen.setdefault(shard, []).append(replace(candidate, reference_key=local))
-        return view, patches, chosen
+            by_shard.setdefault(shard, []).append((rank, replace(candidate, reference_key=local)))
+        return view, patches, by_shard
+
+
+def _by_shard(
+    view: ShardView, places: list[Place], shard_of_rank: dict[int, int]
+) -> dict[int, list[Place]]:
+    """Places (global keys) grouped by the shard that aligned them, with its own keys, in
+    their order."""
+    grouped: dict[int, list[Place]] = {}
+    for place in places:
+        shard = shard_of_rank[place.rank]
+        local = view.split_key(place.reference_key)[1]
+        grouped.setdefault(shard, []).append(place.with_key(local))
+    return grouped
 
 
 @dataclass
@@ -363,19 +410,55 @@ def _shard_neighbours(
     return shard.catalogue.search(vectors, k, effort=effort), shard.damaged_references()
 
 
-def _shard_matches(
+def _shard_places(
+    shard: OpenShard,
+    features: Features,
+    candidates: list[Candidate],
+    ranks: list[int],
+    configuration: Configuration,
+) -> tuple[list[Place], Damaged]:
+    """The shard's candidates aligned, those it would send to screening screened (every
+    place the whole catalogue's choice can screen is among them)."""
+    matcher = shard.matcher_with(*configuration)
+    work = matcher.query_work(features)
+    aligned = matcher.aligned_places(work, candidates, ranks)
+    screened = matcher.screened_places(
+        work, places_to_screen(aligned, matcher.settings.screen_top)
+    )
+    by_rank = {place.rank: place for place in screened}
+    return [by_rank.get(place.rank, place) for place in aligned], shard.damaged_references()
+
+
+def _shard_verified(
+    shard: OpenShard, features: Features, places: list[Place], configuration: Configuration
+) -> tuple[list[Verification], Damaged]:
+    matcher = shard.matcher_with(*configuration)
+    verified = matcher.verified_places(matcher.query_work(features), places)
+    return verified, shard.damaged_references()
+
+
+def _shard_finished(
     shard: OpenShard,
     features: Features,
     patches: Patches,
-    candidates: list[Candidate],
-    top: int,
-    min_score: float | None,
+    places: list[Place],
+    verified: list[Verification],
+    reported: tuple[int, float | None] | None,
     configuration: Configuration,
-) -> tuple[list[Match], Damaged]:
-    matches = shard.matcher_with(*configuration).match_features(
-        features, top=top, min_score=min_score, patches=patches, candidates=candidates
-    )
-    return matches, shard.damaged_references()
+) -> tuple[tuple[list[Verification], list[Match] | None], Damaged]:
+    """The shard's further places verified, repeats of its works found verified, and its
+    verifications (with those made before) finished; its matches too when ``reported``
+    (``top``, ``min_score``) is given."""
+    matcher = shard.matcher_with(*configuration)
+    work = matcher.query_work(features)
+    verifications = list(verified) + matcher.verified_places(work, places)
+    verifications += matcher.repeated_places(work, patches, verifications)
+    verifications = matcher.finished(verifications)
+    matches = None
+    if reported is not None:
+        top, min_score = reported
+        matches = matcher.matches_from(features, verifications, top=top, min_score=min_score)
+    return (verifications, matches), shard.damaged_references()
 
 
 def _shard_verifications(
