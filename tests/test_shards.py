@@ -310,6 +310,47 @@ def test_shards_verify_and_score_as_the_matcher_is_configured(
     assert scores and sum(scores) < sum(shipped_scores)  # strong copies saturate at 1.0
 
 
+def test_further_places_are_chosen_across_shards_and_verified_by_theirs(
+    sharded: Path,
+    built_catalogue: Path,
+    songs: dict,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one place verified first, a long medley's other works are found only as further
+    places: chosen at the gather from every shard's screened places, verified in a last round
+    by the shards holding them, with the same report as one catalogue's."""
+    from tunetrace import sharded_matcher
+
+    rounds: list[int] = []
+    last_round = sharded_matcher._shard_finished
+
+    def counted(shard: object, *args: object) -> object:
+        rounds.append(1)
+        return last_round(shard, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sharded_matcher, "_shard_finished", counted)
+    filler = synth_song(4242, duration_s=40)
+    medley = tmp_path / "long-medley.wav"
+    write_audio(medley, np.concatenate([
+        _part(filler, 0, 12), _part(songs["song1"], 4, 14), _part(filler, 12, 12),
+        _part(songs["song4"], 2, 14), _part(filler, 24, 12), _part(songs["song5"], 10, 14),
+    ]))  # fmt: skip
+    settings = MatchSettings(verify_top=1)
+
+    def report(catalogue: tunetrace.Catalogue) -> dict:
+        matcher = tunetrace.Matcher(catalogue, settings=settings)
+        return _comparable(report_to_dict(matcher.match_path(medley)))
+
+    with tunetrace.Catalogue(built_catalogue, read_only=True) as catalogue:
+        expected = report(catalogue)
+    with ShardedCatalogue(sharded, read_only=True) as catalogue:
+        found = report(catalogue)
+    assert found == expected
+    assert sorted(m["reference_id"] for m in found["matches"]) == ["album/song5", "song1", "song4"]
+    assert rounds  # two of them were further places, verified in the last round
+
+
 def test_cli_on_a_sharded_catalogue(
     sharded: Path, queries: Path, sharded_reports: dict, tmp_path: Path
 ) -> None:

@@ -2,8 +2,9 @@
 matches.
 
 The query is decoded and fingerprinted once, here, and its patch vectors are embedded once.
-Four rounds, each shard doing the work on its own references (its vectors and spectra live
-together) and every choice between references made here, as one catalogue makes it:
+Three rounds, and a fourth when needed; each shard does the work on its own references (its
+vectors and spectra live together) and every choice between references is made here, as one
+catalogue makes it:
 
 1. the patch vectors go to every shard, which returns each one's ``k`` nearest patches in its
    own index (a few kilobytes); merged, these are the nearest patches one catalogue holding
@@ -12,10 +13,11 @@ together) and every choice between references made here, as one catalogue makes 
 2. each shard holding candidates aligns them on chroma and screens them on spectra, and
    returns the small :class:`~tunetrace.places.Place` records;
 3. the best ``verify_top`` screened places of all shards (:mod:`tunetrace.places`) are
-   verified in full by their shards;
-4. further places chosen from all shards' (a medley's other works, other sections of the
-   works found: :meth:`~tunetrace.matcher.Matcher.more_places`) are verified, each shard
-   looks for repeats of its works found in its own references, and makes its matches.
+   verified in full by their shards, each of which then looks for repeats of its works found
+   in its own references and makes its matches;
+4. only if further places are chosen from all shards' verifications (a medley's other works,
+   other sections of the works found: :meth:`~tunetrace.matcher.Matcher.more_places`;
+   rare in short queries), the shards holding them verify them and finish again.
 
 Verification, the costly part, runs as often as in one catalogue, not once per shard, and a
 shard without candidates does none. With exact indexes a sharded catalogue's reports are one
@@ -51,6 +53,7 @@ from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.matcher import Matcher, MatchSettings, one_ratio_each
 from tunetrace.places import Place, places_to_screen, verification_order
 from tunetrace.query import VerifySettings
+from tunetrace.query_work import QueryWork
 from tunetrace.report import Match
 from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import OpenShard
@@ -222,17 +225,19 @@ class ShardedMatcher(Matcher):
         exclude_keys: frozenset[int],
         patches: Patches | None,
         reported: tuple[int, float | None] | None,
-    ) -> tuple[ShardView, dict[int, tuple[list[Verification], list[Match] | None]]]:
-        """The query verified as one catalogue verifies it, in four rounds, each shard
-        doing the work on its own references and the choices between references made here
-        (:mod:`tunetrace.places`): the vote over all shards' nearest patches
+    ) -> tuple[ShardView, dict[int, Finished]]:
+        """The query verified as one catalogue verifies it, each shard doing the work on its
+        own references and the choices between references made here
+        (:mod:`tunetrace.places`). Rounds: the vote over all shards' nearest patches
         (:meth:`_chosen_candidates`); the candidates aligned and screened by their shards;
-        the best ``verify_top`` screened places of all shards verified by theirs; then each
-        shard with verifications or further places (a medley's other works, other sections
-        of works found, chosen here as one catalogue chooses them) verifies those, looks for
-        repeats of its works found, and, when ``reported`` (``top``, ``min_score``) is
-        given, makes its matches. Returns each answering shard's verifications (its own
-        keys) and matches."""
+        the best ``verify_top`` screened places of all shards verified by theirs, each of
+        which also looks for repeats of its works found and, when ``reported`` (``top``,
+        ``min_score``) is given, makes its matches, as if nothing further were verified.
+        Further places (a medley's other works, other sections of works found: chosen here,
+        from every shard's verifications) are rare in short queries; only when there are
+        any, a last round has each shard holding some verify them and finish again from all
+        its verifications. Returns each answering shard's verifications (its own keys) and
+        matches."""
         view, patches, by_shard = self._chosen_candidates(features, exclude_keys, patches)
         configuration = self._configuration
         aligned = self._answers(view, view.access.call_many(_shard_places, {
@@ -247,20 +252,21 @@ class ShardedMatcher(Matcher):
         screened = verification_order([p for p in selected if p.screening is not None])
         chosen = screened[: self.settings.verify_top]
         verified = self._answers(view, view.access.call_many(_shard_verified, {
-            shard: (features, places, configuration)
+            shard: (features, patches, places, reported, configuration)
             for shard, places in _by_shard(view, chosen, shard_of_rank).items()
         }))  # fmt: skip
-        verifications = [_globally(view, s, v) for s, found in verified.items() for v in found]
+        verifications = [_globally(view, s, v) for s, (found, _) in verified.items() for v in found]
         verifications.sort(key=lambda v: -v.score)  # as one catalogue's, for the choice next
         extra = _by_shard(
             view, self.more_places(screened, chosen, verifications), shard_of_rank
         )
-        finishing = {shard for shard, found in verified.items() if found} | set(extra)
-        finished = self._answers(view, view.access.call_many(_shard_finished, {
-            shard: (features, patches, extra.get(shard, []), verified.get(shard, []),
-                    reported, configuration)
-            for shard in sorted(finishing)
-        }))  # fmt: skip
+        finished = {shard: answer for shard, (_, answer) in verified.items()}
+        if extra:  # those shards finish again, from all their verifications
+            finished |= self._answers(view, view.access.call_many(_shard_finished, {
+                shard: (features, patches, places, verified[shard][0] if shard in verified else [],
+                        reported, configuration)
+                for shard, places in sorted(extra.items())
+            }))  # fmt: skip
         return view, finished
 
     def _chosen_candidates(
@@ -401,6 +407,8 @@ def _globally(view: ShardView, shard: int, verification: Verification) -> Verifi
 
 # Each returns its answer and the shard's damaged references (OpenShard.damaged_references).
 Damaged = tuple[str, ...]
+#: A shard's verifications of a query, finished, and its matches (``None`` unless asked).
+Finished = tuple[list[Verification], list[Match] | None]
 
 
 def _shard_neighbours(
@@ -430,11 +438,21 @@ def _shard_places(
 
 
 def _shard_verified(
-    shard: OpenShard, features: Features, places: list[Place], configuration: Configuration
-) -> tuple[list[Verification], Damaged]:
+    shard: OpenShard,
+    features: Features,
+    patches: Patches,
+    places: list[Place],
+    reported: tuple[int, float | None] | None,
+    configuration: Configuration,
+) -> tuple[tuple[list[Verification], Finished], Damaged]:
+    """The shard's chosen places verified; and its verifications finished as if no further
+    place were verified (repeats of its works found, its matches when ``reported``)."""
     matcher = shard.matcher_with(*configuration)
-    verified = matcher.verified_places(matcher.query_work(features), places)
-    return verified, shard.damaged_references()
+    work = matcher.query_work(features)
+    verified = matcher.verified_places(work, places)
+    return (verified, _finished(matcher, work, patches, verified, reported)), (
+        shard.damaged_references()
+    )
 
 
 def _shard_finished(
@@ -445,20 +463,34 @@ def _shard_finished(
     verified: list[Verification],
     reported: tuple[int, float | None] | None,
     configuration: Configuration,
-) -> tuple[tuple[list[Verification], list[Match] | None], Damaged]:
-    """The shard's further places verified, repeats of its works found verified, and its
-    verifications (with those made before) finished; its matches too when ``reported``
-    (``top``, ``min_score``) is given."""
+) -> tuple[Finished, Damaged]:
+    """The shard's further places verified, then all its verifications (those of its chosen
+    places, ``verified``, and these) finished as :func:`_finished` does."""
     matcher = shard.matcher_with(*configuration)
     work = matcher.query_work(features)
     verifications = list(verified) + matcher.verified_places(work, places)
-    verifications += matcher.repeated_places(work, patches, verifications)
+    return _finished(matcher, work, patches, verifications, reported), shard.damaged_references()
+
+
+def _finished(
+    matcher: Matcher,
+    work: QueryWork,
+    patches: Patches,
+    verifications: list[Verification],
+    reported: tuple[int, float | None] | None,
+) -> Finished:
+    """Repeats of the works found verified, the verifications finished
+    (:meth:`Matcher.finished`), and the matches made from them when ``reported`` (``top``,
+    ``min_score``) is given, as :meth:`Matcher.verify` and :meth:`Matcher.matches_from` end."""
+    verifications = verifications + matcher.repeated_places(work, patches, verifications)
     verifications = matcher.finished(verifications)
     matches = None
     if reported is not None:
         top, min_score = reported
-        matches = matcher.matches_from(features, verifications, top=top, min_score=min_score)
-    return (verifications, matches), shard.damaged_references()
+        matches = matcher.matches_from(
+            work.features, verifications, top=top, min_score=min_score
+        )
+    return verifications, matches
 
 
 def _shard_verifications(
