@@ -310,6 +310,33 @@ def test_shards_verify_and_score_as_the_matcher_is_configured(
     assert scores and sum(scores) < sum(shipped_scores)  # strong copies saturate at 1.0
 
 
+def test_places_verified_ahead_are_used_only_when_they_are_the_chosen_ones(
+    sharded: Path, queries: Path, unsharded_reports: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shard holding the best-voted candidate verifies its own best places while it
+    screens; a query whose chosen places are all its own needs no round verifying them, the
+    others get one; both give one catalogue's reports."""
+    from tunetrace import sharded_matcher
+
+    rounds: list[str] = []
+    verify_round = sharded_matcher._shard_verified
+
+    def counted(shard: object, *args: object) -> object:
+        rounds.append(current)
+        return verify_round(shard, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sharded_matcher, "_shard_verified", counted)
+    reports = {}
+    with ShardedCatalogue(sharded, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        for path in sorted(queries.iterdir()):
+            current = path.name
+            report = matcher.match_path(path, query_name=path.name)
+            reports[path.name] = _comparable(report_to_dict(report))
+    assert reports == unsharded_reports
+    assert 0 < len(set(rounds)) < len(reports), rounds  # both ways taken
+
+
 def test_further_places_are_chosen_across_shards_and_verified_by_theirs(
     sharded: Path,
     built_catalogue: Path,

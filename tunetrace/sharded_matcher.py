@@ -2,7 +2,7 @@
 matches.
 
 The query is decoded and fingerprinted once, here, and its patch vectors are embedded once.
-Three rounds, and a fourth when needed; each shard does the work on its own references (its
+Two to four rounds; each shard does the work on its own references (its
 vectors and spectra live together) and every choice between references is made here, as one
 catalogue makes it:
 
@@ -14,7 +14,10 @@ catalogue makes it:
    returns the small :class:`~tunetrace.places.Place` records;
 3. the best ``verify_top`` screened places of all shards (:mod:`tunetrace.places`) are
    verified in full by their shards, each of which then looks for repeats of its works found
-   in its own references and makes its matches;
+   in its own references and makes its matches. The shard holding the best-voted candidate
+   does this for its own best places in round 2 already; when those are the chosen places
+   (always with one shard, and when a copy's places outscreen every other shard's), this
+   round is not needed;
 4. only if further places are chosen from all shards' verifications (a medley's other works,
    other sections of the works found: :meth:`~tunetrace.matcher.Matcher.more_places`;
    rare in short queries), the shards holding them verify them and finish again.
@@ -232,7 +235,9 @@ class ShardedMatcher(Matcher):
         (:meth:`_chosen_candidates`); the candidates aligned and screened by their shards;
         the best ``verify_top`` screened places of all shards verified by theirs, each of
         which also looks for repeats of its works found and, when ``reported`` (``top``,
-        ``min_score``) is given, makes its matches, as if nothing further were verified.
+        ``min_score``) is given, makes its matches, as if nothing further were verified (the
+        shard holding the best-voted candidate does this for its own best places while it
+        screens: when those are the chosen ones, that round is saved).
         Further places (a medley's other works, other sections of works found: chosen here,
         from every shard's verifications) are rare in short queries; only when there are
         any, a last round has each shard holding some verify them and finish again from all
@@ -240,10 +245,16 @@ class ShardedMatcher(Matcher):
         matches."""
         view, patches, by_shard = self._chosen_candidates(features, exclude_keys, patches)
         configuration = self._configuration
-        aligned = self._answers(view, view.access.call_many(_shard_places, {
-            shard: (features, [c for _, c in ranked], [r for r, _ in ranked], configuration)
+        # The shard holding the best-voted candidate verifies its own best places ahead: when
+        # they are the catalogue's (one shard, or a copy's places outscreening all others),
+        # the round that verifies the chosen places is not needed.
+        lead = next((s for s, ranked in by_shard.items() if ranked[0][0] == 0), None)
+        answered = self._answers(view, view.access.call_many(_shard_places, {
+            shard: (features, [c for _, c in ranked], [r for r, _ in ranked],
+                    (patches, reported) if shard == lead else None, configuration)
             for shard, ranked in by_shard.items()
         }))  # fmt: skip
+        aligned = {shard: places for shard, (places, _) in answered.items()}
         shard_of_rank = {place.rank: shard for shard, places in aligned.items() for place in places}
         # the places of all shards, with global keys, chosen among as one catalogue does
         every = [place.with_key(view.global_key(shard, place.reference_key))
@@ -251,10 +262,14 @@ class ShardedMatcher(Matcher):
         selected = places_to_screen(every, self.settings.screen_top)
         screened = verification_order([p for p in selected if p.screening is not None])
         chosen = screened[: self.settings.verify_top]
-        verified = self._answers(view, view.access.call_many(_shard_verified, {
-            shard: (features, patches, places, reported, configuration)
-            for shard, places in _by_shard(view, chosen, shard_of_rank).items()
-        }))  # fmt: skip
+        ahead = answered[lead][1] if lead is not None else None
+        if ahead is not None and ahead[0] == [place.rank for place in chosen]:
+            verified = {lead: ahead[1]}
+        else:
+            verified = self._answers(view, view.access.call_many(_shard_verified, {
+                shard: (features, patches, places, reported, configuration)
+                for shard, places in _by_shard(view, chosen, shard_of_rank).items()
+            }))  # fmt: skip
         verifications = [_globally(view, s, v) for s, (found, _) in verified.items() for v in found]
         verifications.sort(key=lambda v: -v.score)  # as one catalogue's, for the choice next
         extra = _by_shard(
@@ -409,6 +424,8 @@ def _globally(view: ShardView, shard: int, verification: Verification) -> Verifi
 Damaged = tuple[str, ...]
 #: A shard's verifications of a query, finished, and its matches (``None`` unless asked).
 Finished = tuple[list[Verification], list[Match] | None]
+#: A shard's best places verified ahead: their ranks, their verifications and the finish.
+Ahead = tuple[list[int], tuple[list[Verification], Finished]]
 
 
 def _shard_neighbours(
@@ -423,10 +440,14 @@ def _shard_places(
     features: Features,
     candidates: list[Candidate],
     ranks: list[int],
+    ahead: tuple[Patches, tuple[int, float | None] | None] | None,
     configuration: Configuration,
-) -> tuple[list[Place], Damaged]:
+) -> tuple[tuple[list[Place], Ahead | None], Damaged]:
     """The shard's candidates aligned, those it would send to screening screened (every
-    place the whole catalogue's choice can screen is among them)."""
+    place the whole catalogue's choice can screen is among them). With ``ahead``
+    (``patches``, ``reported``), also the shard's own best ``verify_top`` screened places
+    verified and finished as :func:`_shard_verified` does: their ranks, verifications and
+    what finishing gave."""
     matcher = shard.matcher_with(*configuration)
     work = matcher.query_work(features)
     aligned = matcher.aligned_places(work, candidates, ranks)
@@ -434,7 +455,15 @@ def _shard_places(
         work, places_to_screen(aligned, matcher.settings.screen_top)
     )
     by_rank = {place.rank: place for place in screened}
-    return [by_rank.get(place.rank, place) for place in aligned], shard.damaged_references()
+    places = [by_rank.get(place.rank, place) for place in aligned]
+    verified_ahead = None
+    if ahead is not None:
+        patches, reported = ahead
+        best = verification_order(screened)[: matcher.settings.verify_top]
+        verified = matcher.verified_places(work, best)
+        finished = _finished(matcher, work, patches, verified, reported)
+        verified_ahead = ([place.rank for place in best], (verified, finished))
+    return (places, verified_ahead), shard.damaged_references()
 
 
 def _shard_verified(
