@@ -14,10 +14,10 @@ catalogue makes it:
    returns the small :class:`~tunetrace.places.Place` records;
 3. the best ``verify_top`` screened places of all shards (:mod:`tunetrace.places`) are
    verified in full by their shards, each of which then looks for repeats of its works found
-   in its own references and makes its matches. The shard holding the best-voted candidate
-   does this for its own best places in round 2 already; when those are the chosen places
-   (always with one shard, and when a copy's places outscreen every other shard's), this
-   round is not needed;
+   in its own references and makes its matches. The shard holding the best-voted candidate,
+   when it holds at least half of the candidates, does this for its own best places in
+   round 2 already; when those are the chosen places (always with one shard, and when a
+   copy's places outscreen every other shard's), this round is not needed;
 4. only if further places are chosen from all shards' verifications (a medley's other works,
    other sections of the works found: :meth:`~tunetrace.matcher.Matcher.more_places`;
    rare in short queries), the shards holding them verify them and finish again.
@@ -236,8 +236,9 @@ class ShardedMatcher(Matcher):
         the best ``verify_top`` screened places of all shards verified by theirs, each of
         which also looks for repeats of its works found and, when ``reported`` (``top``,
         ``min_score``) is given, makes its matches, as if nothing further were verified (the
-        shard holding the best-voted candidate does this for its own best places while it
-        screens: when those are the chosen ones, that round is saved).
+        shard holding the best-voted candidate, if it holds at least half of them, does this
+        for its own best places while it screens: when those are the chosen ones, that round
+        is saved).
         Further places (a medley's other works, other sections of works found: chosen here,
         from every shard's verifications) are rare in short queries; only when there are
         any, a last round has each shard holding some verify them and finish again from all
@@ -245,10 +246,14 @@ class ShardedMatcher(Matcher):
         matches."""
         view, patches, by_shard = self._chosen_candidates(features, exclude_keys, patches)
         configuration = self._configuration
-        # The shard holding the best-voted candidate verifies its own best places ahead: when
-        # they are the catalogue's (one shard, or a copy's places outscreening all others),
-        # the round that verifies the chosen places is not needed.
+        # The shard holding the best-voted candidate verifies its own best places ahead when
+        # it holds most candidates: when they are the catalogue's (one shard, or a copy's
+        # places outscreening all others), the round that verifies the chosen places is not
+        # needed. Where candidates spread over many shards, its own best are seldom the
+        # chosen ones, and verifying them ahead only delays its worker's answer.
         lead = next((s for s, ranked in by_shard.items() if ranked[0][0] == 0), None)
+        if lead is not None and 2 * len(by_shard[lead]) < sum(map(len, by_shard.values())):
+            lead = None
         answered = self._answers(view, view.access.call_many(_shard_places, {
             shard: (features, [c for _, c in ranked], [r for r, _ in ranked],
                     (patches, reported) if shard == lead else None, configuration)
