@@ -682,6 +682,22 @@ def test_local_cluster_gives_the_unsharded_reports_and_keeps_shards_where_assign
 
 
 @pytest.mark.slow
+def test_workers_are_asked_of_the_scheduler_not_the_clients_cache(
+    cluster, sharded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The client's cached scheduler information lists no workers between its periodic
+    updates; the shards' assignment must not read it."""
+    from distributed import Client
+
+    with Client(cluster) as client:
+        # the cache as the client's periodic update leaves it: totals, no workers
+        monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})
+        with ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue:
+            assigned = catalogue.shards.assignment()
+    assert len(assigned) == 3 and all(assigned), assigned
+
+
+@pytest.mark.slow
 def test_shards_on_dask_workers_name_their_damaged_rows(
     cluster, sharded: Path, queries: Path, tmp_path: Path
 ) -> None:

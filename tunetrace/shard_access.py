@@ -394,7 +394,11 @@ class DaskShards(_Shards):
             future.release()
 
     def _workers(self) -> set[str]:
-        return set(self.client.scheduler_info(n_workers=-1).get("workers", {}))
+        # Asked of the scheduler itself: the client's cached ``scheduler_info`` is rewritten
+        # every few seconds by an update that lists no workers, and read at that moment it
+        # showed a cluster without any (a query then failed as if no worker were left).
+        identity = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+        return set(identity.get("workers", {}))
 
     def close(self) -> None:
         """Close the client if this object connected it."""
