@@ -694,7 +694,11 @@ def test_workers_are_asked_of_the_scheduler_not_the_clients_cache(
         monkeypatch.setattr(client, "scheduler_info", lambda *args, **kwargs: {"workers": {}})
         with ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue:
             assigned = catalogue.shards.assignment()
-    assert len(assigned) == 3 and all(assigned), assigned
+            assert len(assigned) == 3 and all(assigned), assigned
+            client.close()  # a query after the client is gone: a clear error, no traceback
+            catalogue.shards._assigned = None  # as when the assignment is next renewed
+            with pytest.raises(ShardUnavailableError, match="Dask client"):
+                catalogue.shards.assignment()
 
 
 @pytest.mark.slow

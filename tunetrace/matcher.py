@@ -412,7 +412,7 @@ class Matcher:
         ``reference_key`` limits the search to that reference; ``patches`` are the query's
         :meth:`query_patches` if already made (a sharded
         catalogue's shards all search the same ones); ``candidates`` replace the candidate
-        search (a sharded catalogue's shards verify those the whole catalogue's votes chose).
+        search (best first, as :meth:`candidates` returns them).
         """
         started = time.perf_counter()
         self.catalogue.refresh()

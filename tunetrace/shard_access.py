@@ -397,7 +397,15 @@ class DaskShards(_Shards):
         # Asked of the scheduler itself: the client's cached ``scheduler_info`` is rewritten
         # every few seconds by an update that lists no workers, and read at that moment it
         # showed a cluster without any (a query then failed as if no worker were left).
-        identity = self.client.sync(self.client.scheduler.identity, n_workers=-1)
+        scheduler = self.client.scheduler
+        if self.client.status != "running" or scheduler is None:
+            raise ShardUnavailableError(
+                f"the Dask client is {self.client.status}: no scheduler to run shards on"
+            )
+        try:
+            identity = self.client.sync(scheduler.identity, n_workers=-1)
+        except (OSError, TimeoutError) as exc:
+            raise ShardUnavailableError(f"lost the Dask scheduler: {exc}") from exc
         return set(identity.get("workers", {}))
 
     def close(self) -> None:

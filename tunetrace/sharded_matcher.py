@@ -22,7 +22,7 @@ catalogue makes it:
    other sections of the works found: :meth:`~tunetrace.matcher.Matcher.more_places`;
    rare in short queries), the shards holding them verify them and finish again.
 
-Verification, the costly part, runs as often as in one catalogue, not once per shard, and a
+Verification, the costly part, runs about as often as in one catalogue, not once per shard, and a
 shard without candidates does none. With exact indexes a sharded catalogue's reports are one
 catalogue's (ties of equal scores aside); with approximate (IVF, HNSW) indexes each shard's
 own quantiser or graph ranks its nearest patches, so the candidates can differ.
@@ -182,8 +182,13 @@ class ShardedMatcher(Matcher):
         ------
         ShardUnavailableError
             If any shard could not answer.
+        TypeError
+            If ``candidates`` is given.
         """
+        _refuse_candidates(candidates)
         _, found = self._scattered(features, exclude_keys, patches, (top, min_score))
+        if any(matches is None for _, matches in found.values()):  # never a partial answer
+            raise ShardUnavailableError("a shard answered without the matches it was asked for")
         merged = [match for _, matches in found.values() for match in matches or []]
         merged.sort(key=lambda match: (-match.score, match.reference_id))
         return merged[:top]
@@ -205,7 +210,10 @@ class ShardedMatcher(Matcher):
         ------
         ShardUnavailableError
             If any shard could not answer.
+        TypeError
+            If ``candidates`` is given.
         """
+        _refuse_candidates(candidates)
         if reference_key is not None:
             self.catalogue.refresh()
             view = self.catalogue.view
@@ -213,7 +221,7 @@ class ShardedMatcher(Matcher):
                 patches = self.query_patches(features, view.manifest.params)
             shard, local = view.split_key(reference_key)
             answer = view.access.call(
-                shard, _shard_verifications, features, patches, None, local, self._configuration
+                shard, _shard_verifications, features, patches, local, self._configuration
             )
             found = self._answers(view, {shard: answer})[shard]
             return [_globally(view, shard, v) for v in found]
@@ -247,10 +255,11 @@ class ShardedMatcher(Matcher):
         view, patches, by_shard = self._chosen_candidates(features, exclude_keys, patches)
         configuration = self._configuration
         # The shard holding the best-voted candidate verifies its own best places ahead when
-        # it holds most candidates: when they are the catalogue's (one shard, or a copy's
-        # places outscreening all others), the round that verifies the chosen places is not
-        # needed. Where candidates spread over many shards, its own best are seldom the
-        # chosen ones, and verifying them ahead only delays its worker's answer.
+        # it holds at least half of the candidates: when they are the catalogue's (one shard,
+        # or a copy's places outscreening all others), the round that verifies the chosen
+        # places is not needed. Where candidates spread over many shards, its own best are
+        # seldom the chosen ones, and verifying them ahead only delays its worker's answer.
+        # (Work done ahead and not used can still find a damaged row, as any read does.)
         lead = next((s for s, ranked in by_shard.items() if ranked[0][0] == 0), None)
         if lead is not None and 2 * len(by_shard[lead]) < sum(map(len, by_shard.values())):
             lead = None
@@ -276,7 +285,7 @@ class ShardedMatcher(Matcher):
                 for shard, places in _by_shard(view, chosen, shard_of_rank).items()
             }))  # fmt: skip
         verifications = [_globally(view, s, v) for s, (found, _) in verified.items() for v in found]
-        verifications.sort(key=lambda v: -v.score)  # as one catalogue's, for the choice next
+        verifications.sort(key=lambda v: -v.score)
         extra = _by_shard(
             view, self.more_places(screened, chosen, verifications), shard_of_rank
         )
@@ -327,6 +336,15 @@ class ShardedMatcher(Matcher):
             shard, local = merged.places[candidate.reference_key]
             by_shard.setdefault(shard, []).append((rank, replace(candidate, reference_key=local)))
         return view, patches, by_shard
+
+
+def _refuse_candidates(candidates: list[Candidate] | None) -> None:
+    """A sharded catalogue chooses its candidates from all shards' nearest patches: given
+    ones (with one catalogue's keys) would mean nothing here."""
+    if candidates is not None:
+        raise TypeError(
+            "a sharded catalogue chooses its own candidates; 'candidates' cannot be given"
+        )
 
 
 def _by_shard(
@@ -531,11 +549,10 @@ def _shard_verifications(
     shard: OpenShard,
     features: Features,
     patches: Patches,
-    candidates: list[Candidate] | None,
-    reference_key: int | None,
+    reference_key: int,
     configuration: Configuration,
 ) -> tuple[list[Verification], Damaged]:
     verifications = shard.matcher_with(*configuration).verify(
-        features, reference_key=reference_key, patches=patches, candidates=candidates
+        features, reference_key=reference_key, patches=patches
     )
     return verifications, shard.damaged_references()
