@@ -32,14 +32,11 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.resharding import init_sharded
-from tunetrace.index.shard_layout import is_sharded
 from tunetrace.index.vector_index import IndexSpec
 
 from benchmarks import corpus, partial_copies, renders, suite
@@ -48,9 +45,9 @@ from benchmarks.run_info import run_info
 from benchmarks.shards import dask_cluster, log_without_dask_chatter
 from tunetrace.errors import TunetraceError
 from tunetrace.matcher import Matcher
+from tunetrace.opening import open_catalogue
 from tunetrace.report import MatchReport, report_to_dict
 from tunetrace.scoring import ScoreModel
-from tunetrace.sharded_catalogue import ShardedCatalogue
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -73,12 +70,8 @@ def catalogue_copy(source: Path, index: str, shards: int) -> Path:
     if shards:
         init_sharded(directory, shards)
     if index == "exact":
-        if shards:
-            with ShardedCatalogue(directory) as sharded:
-                sharded.rebuild_index(IndexSpec(kind="flat"))
-        else:
-            with Catalogue(directory) as catalogue:
-                catalogue.rebuild_index(IndexSpec(kind="flat"))
+        with open_catalogue(directory) as catalogue:
+            catalogue.rebuild_index(IndexSpec(kind="flat"))
     (directory / COMPLETE).write_text(json.dumps({"source": source.name, "shards": shards}))
     return directory
 
@@ -152,18 +145,6 @@ def compare(
     }
 
 
-@contextmanager
-def _opened(directory: Path, scheduler: Any = None) -> Iterator[Matcher]:
-    with ExitStack() as stack:
-        if scheduler is None and not is_sharded(directory):
-            catalogue: Any = stack.enter_context(Catalogue(directory, read_only=True))
-        else:
-            catalogue = stack.enter_context(
-                ShardedCatalogue(directory, read_only=True, scheduler=scheduler)
-            )
-        yield Matcher(catalogue)
-
-
 def run(
     source: Path,
     queries: list[dict],
@@ -195,19 +176,22 @@ def run(
     }
     for index in indexes:
         started = time.perf_counter()
-        with _opened(catalogue_copy(source, index, 0)) as matcher:
-            unsharded = _reports(matcher, features)
+        with open_catalogue(catalogue_copy(source, index, 0), read_only=True) as opened:
+            unsharded = _reports(Matcher(opened), features)
         rows: dict[str, Any] = {}
         for shards in layouts:
             directory = catalogue_copy(source, index, shards)
-            with _opened(directory) as matcher:
+            with open_catalogue(directory, read_only=True) as opened:
                 rows[f"{shards} shards, in process"] = compare(
-                    _reports(matcher, features), unsharded, threshold
+                    _reports(Matcher(opened), features), unsharded, threshold
                 )
             if shards == dask_layout:
-                with dask_cluster(2) as client, _opened(directory, client) as matcher:
+                with (
+                    dask_cluster(2) as client,
+                    open_catalogue(directory, read_only=True, scheduler=client) as opened,
+                ):
                     rows[f"{shards} shards, Dask (2 workers)"] = compare(
-                        _reports(matcher, features), unsharded, threshold
+                        _reports(Matcher(opened), features), unsharded, threshold
                     )
             logger.info("%s indexes, %d shards: %s", index, shards, {
                 k: {n: v for n, v in row.items() if n != "differences"}

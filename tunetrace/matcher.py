@@ -492,19 +492,10 @@ class Matcher:
         work.prepare(window for window, _ in windowed)
         self._read_references(work, [candidate.reference_key for _, candidate in windowed])
         items = [(rank, window, candidate)
-                 for rank, (window, candidate) in zip(ranks, windowed, strict=True)
-                 if candidate.reference_key in work.references]  # fmt: skip
-
-        def align(item: tuple[int, Window, Candidate]) -> Place | None:
-            rank, window, candidate = item
-            alignment = self._unless_damaged(candidate.reference_key, lambda: align_on_chroma(
-                work.part(window), work.references[candidate.reference_key], candidate,
-                settings=self.verify_settings,
-            ))  # fmt: skip
-            return None if alignment is None else Place(rank, window, alignment)
-
+                 for rank, (window, candidate) in zip(ranks, windowed, strict=True)]  # fmt: skip
         # in candidate order whatever the threads, so that ties resolve as in one thread
-        return [place for place in map_in_threads(align, items) if place is not None]
+        aligned = map_in_threads(lambda item: self._aligned_at(work, *item), items)
+        return [place for place in aligned if place is not None]
 
     def screened_places(self, work: QueryWork, places: list[Place]) -> list[Place]:
         """Aligned places with their spectral screening, those screened out left out.
@@ -620,13 +611,9 @@ class Matcher:
             return []
         work.prepare(windows)
         self._read_references(work, [candidate.reference_key for candidate in repeats])
-        aligned = [
-            place
-            for place in map_in_threads(
-                lambda item: self._aligned_at(work, *item), zip(windows, repeats, strict=True)
-            )
-            if place is not None
-        ]
+        items = [(REPEAT_RANK, w, moved) for w, moved in zip(windows, repeats, strict=True)]
+        aligned = map_in_threads(lambda item: self._aligned_at(work, *item), items)
+        aligned = [place for place in aligned if place is not None]
         return self.verified_places(work, self.screened_places(work, aligned))
 
     def finished(self, verifications: list[Verification]) -> list[Verification]:
@@ -645,15 +632,18 @@ class Matcher:
         kept.sort(key=lambda v: -v.score)
         return kept
 
-    def _aligned_at(self, work: QueryWork, window: Window, candidate: Candidate) -> Place | None:
-        """One candidate already seen from its window, aligned (a repeat's place)."""
+    def _aligned_at(
+        self, work: QueryWork, rank: int, window: Window, candidate: Candidate
+    ) -> Place | None:
+        """One candidate already seen from its window, aligned; ``None`` if its reference
+        was not read (removed, damaged) or does not align."""
         key = candidate.reference_key
         if key not in work.references:
             return None
         alignment = self._unless_damaged(key, lambda: align_on_chroma(
             work.part(window), work.references[key], candidate, settings=self.verify_settings,
         ))  # fmt: skip
-        return None if alignment is None else Place(-1, window, alignment)
+        return None if alignment is None else Place(rank, window, alignment)
 
     def _read_references(self, work: QueryWork, keys: list[int]) -> None:
         """Read the references of ``keys`` not yet in ``work`` (in part, in threads); those
@@ -1170,6 +1160,8 @@ class Matcher:
         return matches
 
 
+#: Rank of a repeat's place: found after every candidate, never among those ranked.
+REPEAT_RANK = -1
 #: Places searched for in a found reference alone, before those on one part of the query are
 #: set aside (see :meth:`Matcher._repeat_places`).
 REPEAT_PLACES_SEARCHED = 48

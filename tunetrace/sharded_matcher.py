@@ -483,9 +483,10 @@ def _shard_places(
     if ahead is not None:
         patches, reported = ahead
         best = verification_order(screened)[: matcher.settings.verify_top]
-        verified = matcher.verified_places(work, best)
-        finished = _finished(matcher, work, patches, verified, reported)
-        verified_ahead = ([place.rank for place in best], (verified, finished))
+        verified_ahead = (
+            [place.rank for place in best],
+            _verified_and_finished(matcher, work, patches, best, reported),
+        )
     return (places, verified_ahead), shard.damaged_references()
 
 
@@ -501,10 +502,8 @@ def _shard_verified(
     place were verified (repeats of its works found, its matches when ``reported``)."""
     matcher = shard.matcher_with(*configuration)
     work = matcher.query_work(features)
-    verified = matcher.verified_places(work, places)
-    return (verified, _finished(matcher, work, patches, verified, reported)), (
-        shard.damaged_references()
-    )
+    answer = _verified_and_finished(matcher, work, patches, places, reported)
+    return answer, shard.damaged_references()
 
 
 def _shard_finished(
@@ -522,6 +521,19 @@ def _shard_finished(
     work = matcher.query_work(features)
     verifications = list(verified) + matcher.verified_places(work, places)
     return _finished(matcher, work, patches, verifications, reported), shard.damaged_references()
+
+
+def _verified_and_finished(
+    matcher: Matcher,
+    work: QueryWork,
+    patches: Patches,
+    places: list[Place],
+    reported: tuple[int, float | None] | None,
+) -> tuple[list[Verification], Finished]:
+    """Chosen places verified, and the verifications finished (:func:`_finished`) as if no
+    further place were verified."""
+    verified = matcher.verified_places(work, places)
+    return verified, _finished(matcher, work, patches, verified, reported)
 
 
 def _finished(
