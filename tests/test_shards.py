@@ -42,6 +42,7 @@ import tunetrace
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
 from tests.live_server import free_port, running_server
 from tunetrace.errors import (
+    BadInputError,
     CatalogueError,
     DuplicateReferenceError,
     ReferenceNotFoundError,
@@ -53,7 +54,7 @@ from tunetrace.query import VerifySettings
 from tunetrace.report import report_to_dict
 from tunetrace.scan import read_report
 from tunetrace.scoring import ScoreModel
-from tunetrace.shard_access import ASSIGNMENT_TTL_S, assign_shards
+from tunetrace.shard_access import ASSIGNMENT_TTL_S, OpenShard, assign_shards
 from tunetrace.sharded_catalogue import ShardedCatalogue
 from tunetrace.sharded_matcher import ShardedMatcher, merge_neighbours
 
@@ -715,6 +716,64 @@ def test_shards_on_dask_workers_name_their_damaged_rows(
     ):
         report = tunetrace.Matcher(catalogue).match_path(queries / "pitched.flac")
     assert (report.matches, report.damaged_references) == ([], ("song2",))
+
+
+def _count_after_one_failure(shard: OpenShard, marker: str) -> int:
+    """The shard's reference count, after an ``OSError`` the first time ``marker`` is seen."""
+    if not os.path.exists(marker):
+        Path(marker).write_text("failed once\n")
+        raise OSError("a read failed for a moment")
+    return shard.catalogue.count()
+
+
+def _count_or_fail(shard: OpenShard, failing: str, error: str) -> int:
+    """The shard's reference count, or the error ``error`` raised by the shard ``failing``."""
+    if shard.directory.name == failing:
+        raise {"os": OSError("the disk is gone"), "bad": BadInputError("a bad request")}[error]
+    return shard.catalogue.count()
+
+
+def test_one_shards_failure_in_a_workers_batch_leaves_the_others_answered(sharded: Path) -> None:
+    from tunetrace.shard_access import run_on_shards
+
+    directories = [str(d) for d in read_manifest(sharded).shard_dirs(sharded)]
+    params = read_manifest(sharded).params
+    outcomes = run_on_shards(
+        directories, True, params, _count_or_fail, [(Path(directories[1]).name, "os")] * 3
+    )
+    assert [answered for answered, _ in outcomes] == [True, False, True]
+    assert isinstance(outcomes[1][1], OSError)
+    for shard in (0, 2):
+        with Catalogue(Path(directories[shard]), read_only=True) as catalogue:
+            assert outcomes[shard][1] == catalogue.count()
+
+
+@pytest.mark.slow
+def test_shard_calls_send_one_task_per_worker_and_retry_a_shard_that_failed(
+    cluster, sharded: Path, tmp_path: Path
+) -> None:
+    from distributed import Client, get_task_stream
+
+    with (
+        Client(cluster) as client,
+        ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue,
+    ):
+        access = catalogue.shards
+        workers = set(access.assignment())
+        assert len(workers) == 2  # three shards on two workers
+        with get_task_stream(client) as stream:
+            counts = access.call_all(
+                _count_after_one_failure, [(str(tmp_path / f"marker-{i}"),) for i in range(3)]
+            )
+        assert sum(counts) == 5 and all((tmp_path / f"marker-{i}").exists() for i in range(3))
+        tasks = [task for task in stream.data if "run_on_shards" in str(task["key"])]
+        # one task per worker, and one more per worker for the shards sent again
+        assert len(tasks) == 2 * len(workers), [str(task["key"]) for task in tasks]
+        failing = read_manifest(sharded).shard_dirs(sharded)[2].name
+        with pytest.raises(ShardUnavailableError, match=r"1 of 3 shard.*the disk is gone"):
+            access.call_all(_count_or_fail, [(failing, "os")] * 3)
+        with pytest.raises(BadInputError, match="a bad request"):  # the request's own fault
+            access.call_all(_count_or_fail, [(failing, "bad")] * 3)
 
 
 @pytest.mark.slow

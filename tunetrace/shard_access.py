@@ -7,12 +7,13 @@ arguments and results travel (a query's fingerprint out, verified matches or met
 a shard's vectors and spectra stay where it is opened.
 
 On Dask, each shard is assigned to one worker (:func:`assign_shards`: balanced rendezvous
-hashing of the shard's directory over the workers the scheduler knows), and its tasks carry
-that worker as a strict restriction (``workers=[w]``), so that neither placement nor work
-stealing opens the shard anywhere else: it is opened once and stays open between tasks. When
-the worker leaves (or dies with the task), the task is sent to the shard's next worker by the
-same assignment; a task that raises is retried by Dask. A worker joining or leaving moves few
-shards besides its own.
+hashing of the shard's directory over the workers the scheduler knows). A call on many shards
+sends one task to each worker holding some (:func:`run_on_shards`: its shards one after the
+other, the query sent once), with that worker as a strict restriction (``workers=[w]``), so that
+neither placement nor work stealing opens a shard anywhere else: it is opened once and stays
+open between tasks. When the worker leaves (or dies with the task), its shards are sent to
+their next workers by the same assignment; a shard that raised is tried once more. A worker
+joining or leaving moves few shards besides its own.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ ASSIGNMENT_TTL_S = 2.0
 SHARD_TIMEOUT_ENV = "TUNETRACE_SHARD_TIMEOUT_S"
 #: Seconds between checks that the worker a shard task waits on is still in the cluster.
 WORKER_CHECK_S = 1.0
-#: Times a shard task is sent to another worker after its worker left, before giving up.
+#: Times a shard's work is sent to another worker after its worker left, before giving up.
 MAX_REASSIGNMENTS = 3
-#: Dask retries of a shard task that raised (a worker's death is counted by the scheduler
-#: instead, up to ``distributed.scheduler.allowed-failures``).
+#: Times a shard's work that raised is sent again (a worker's death is counted by the
+#: scheduler instead, up to ``distributed.scheduler.allowed-failures``).
 SHARD_TASK_RETRIES = 1
 
 
@@ -279,7 +280,7 @@ class DaskShards(_Shards):
         """The worker each shard is assigned to now (``None``: the cluster has no workers).
 
         The cluster's workers are asked for at most every :data:`ASSIGNMENT_TTL_S`; a task
-        sent to a worker that has left meanwhile is sent again (see :meth:`_result`).
+        sent to a worker that has left meanwhile is sent again (see :meth:`call_many`).
         """
         now = time.monotonic()
         with self._lock:
@@ -290,21 +291,21 @@ class DaskShards(_Shards):
             return self._assigned
 
     def _submit(
-        self, shard: int, worker: str | None, function: Callable[..., R], args: tuple[Any, ...]
+        self,
+        worker: str,
+        shards: list[int],
+        function: Callable[..., R],
+        args: dict[int, tuple[Any, ...]],
     ) -> Any:
-        if worker is None:
-            raise ShardUnavailableError(
-                f"shard {shard_name(Path(self.directories[shard]))}: the Dask cluster has no "
-                "workers"
-            )
+        """One task on ``worker`` running ``function`` on each of ``shards`` in turn."""
         return self.client.submit(
-            run_on_shard,
-            self.directories[shard],
+            run_on_shards,
+            [self.directories[shard] for shard in shards],
             self.read_only,
             self.params,
             function,
-            *args,
-            # strict: work stealing must not open the shard on a second worker
+            [args[shard] for shard in shards],  # one pickle: a shared query is sent once
+            # strict: work stealing must not open the shards on a second worker
             workers=[worker],
             retries=SHARD_TASK_RETRIES,
             pure=False,
@@ -317,81 +318,116 @@ class DaskShards(_Shards):
     def call_many(
         self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
     ) -> dict[int, R]:
-        """See :class:`ShardAccess` (every shard's task is sent before any result is awaited)."""
-        assigned = self.assignment()
-        results, failures, sent = {}, [], {}
-        for shard, shard_args in args.items():
-            try:
-                sent[shard] = (assigned[shard], self._submit(shard, assigned[shard], function,
-                                                             shard_args))  # fmt: skip
-            except ShardUnavailableError as exc:
-                failures.append(str(exc))
+        """See :class:`ShardAccess`: one task per worker holding some of the shards, every
+        task sent before any result is awaited. Shards whose worker left the cluster are sent
+        to their next workers (up to :data:`MAX_REASSIGNMENTS` times), shards that raised are
+        sent again (:data:`SHARD_TASK_RETRIES` times); errors about the request itself pass
+        through unchanged."""
+        results: dict[int, R] = {}
+        failures: dict[int, str] = {}
+        moves, retries = dict.fromkeys(args, 0), dict.fromkeys(args, 0)
+        pending = sorted(args)
         deadline = time.monotonic() + shard_timeout_s()
-        for shard, (worker, future) in sent.items():
-            try:
-                results[shard] = self._result(
-                    shard, worker, future, function, args[shard], deadline
-                )
-            except ShardUnavailableError as exc:
-                failures.append(str(exc))
+        while pending:
+            assigned = self.assignment()
+            by_worker: dict[str, list[int]] = {}
+            for shard in pending:
+                worker = assigned[shard]
+                if worker is None:
+                    failures[shard] = (
+                        f"shard {self._name(shard)}: the Dask cluster has no workers"
+                    )
+                else:
+                    by_worker.setdefault(worker, []).append(shard)
+            sent = [(worker, shards, self._submit(worker, shards, function, args))
+                    for worker, shards in by_worker.items()]  # fmt: skip
+            pending = []
+            for worker, shards, future in sent:
+                outcomes = self._outcomes(worker, shards, future, deadline, failures)
+                if outcomes is None:  # the worker left: its shards go to their next ones
+                    self._assigned = None  # ask the cluster again
+                    for shard in shards:
+                        moves[shard] += 1
+                        if moves[shard] > MAX_REASSIGNMENTS:
+                            failures[shard] = (
+                                f"shard {self._name(shard)}: its workers kept leaving the cluster"
+                            )
+                        else:
+                            pending.append(shard)
+                    continue
+                if not outcomes:  # failed as a whole (recorded for each shard)
+                    continue
+                for shard, (answered, value) in zip(shards, outcomes, strict=True):
+                    if answered:
+                        results[shard] = value
+                    elif isinstance(value, _NOT_SHARD_FAULTS):
+                        raise value
+                    elif retries[shard] < SHARD_TASK_RETRIES:
+                        retries[shard] += 1
+                        logger.info("shard %s raised %r; sent again", self._name(shard), value)
+                        pending.append(shard)
+                    elif isinstance(value, TunetraceError | OSError):
+                        failures[shard] = f"shard {self._name(shard)} failed: {value}"
+                    else:  # a fault of the code, not of the shard: as it was raised
+                        raise value
+            pending.sort()
         if failures:
-            raise ShardUnavailableError(_unavailable_message(failures, len(self.directories)))
+            raise ShardUnavailableError(
+                _unavailable_message([failures[s] for s in sorted(failures)],
+                                     len(self.directories))
+            )  # fmt: skip
         return results
 
-    def _result(
+    def _outcomes(
         self,
-        shard: int,
-        worker: str | None,
+        worker: str,
+        shards: list[int],
         future: Any,
-        function: Callable[..., R],
-        args: tuple[Any, ...],
         deadline: float,
-    ) -> Any:
-        """A shard task's result, the task sent again to the shard's next worker whenever the
-        one it waits for has left the cluster (up to :data:`MAX_REASSIGNMENTS` times).
+        failures: dict[int, str],
+    ) -> list[tuple[bool, Any]] | None:
+        """What a worker's task gave for each of its shards (:func:`run_on_shards`); ``None``
+        when the worker left the cluster before answering.
 
-        Failures other than the query's own, and no answer by ``deadline``
-        (:func:`shard_timeout_s`: a worker that hangs), become :class:`ShardUnavailableError`.
+        The task's own failures (its worker died each time it ran, the cluster was lost, no
+        answer by ``deadline``: :func:`shard_timeout_s`, a worker that hangs) are recorded in
+        ``failures`` for each of its shards, and an empty list returned.
         """
         from distributed.scheduler import KilledWorker
 
-        name = shard_name(Path(self.directories[shard]))
-        moves = 0
+        def failed(reason: str) -> list[tuple[bool, Any]]:
+            for shard in shards:
+                failures[shard] = f"shard {self._name(shard)}: {reason}"
+            return []
+
         try:
             while True:
                 try:
-                    return future.result(timeout=WORKER_CHECK_S)
+                    outcomes: list[tuple[bool, Any]] = future.result(timeout=WORKER_CHECK_S)
+                    return outcomes
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         future.cancel()
-                        raise ShardUnavailableError(
-                            f"shard {name}: no answer from its Dask worker within "
-                            f"{shard_timeout_s():g} s ({SHARD_TIMEOUT_ENV})"
-                        ) from None
+                        return failed(
+                            f"no answer from its Dask worker within {shard_timeout_s():g} s "
+                            f"({SHARD_TIMEOUT_ENV})"
+                        )
                     if worker in self._workers():
                         continue  # still running (or queued) where it belongs
-                if moves == MAX_REASSIGNMENTS:
-                    raise ShardUnavailableError(
-                        f"shard {name}: its workers kept leaving the cluster"
-                    )
-                moves += 1
                 future.cancel()
-                self._assigned = None  # ask the cluster again
-                worker = self.assignment()[shard]
-                logger.info("shard %s moves to worker %s", name, worker)
-                future = self._submit(shard, worker, function, args)
+                logger.info("worker %s left with shards %s", worker, shards)
+                return None
         except KilledWorker as exc:
-            raise ShardUnavailableError(
-                f"shard {name}: the Dask workers running it died each time ({exc})"
-            ) from exc
-        except _NOT_SHARD_FAULTS:
-            raise
-        except TunetraceError as exc:
-            raise ShardUnavailableError(f"shard {name} failed: {exc}") from exc
+            return failed(f"the Dask workers running it died each time ({exc})")
+        except ShardUnavailableError as exc:  # the scheduler is gone
+            return failed(str(exc))
         except OSError as exc:
-            raise ShardUnavailableError(f"shard {name}: lost the Dask cluster: {exc}") from exc
+            return failed(f"lost the Dask cluster: {exc}")
         finally:
             future.release()
+
+    def _name(self, shard: int) -> str:
+        return shard_name(Path(self.directories[shard]))
 
     def _workers(self) -> set[str]:
         # Asked of the scheduler itself: the client's cached ``scheduler_info`` is rewritten
@@ -489,6 +525,31 @@ def run_on_shard(
             opened = _opened[key] = OpenShard(Path(directory), read_only=read_only, params=params)
             share_features_cache(list(_opened.values()))
     return function(opened, *args)
+
+
+def run_on_shards(
+    directories: list[str],
+    read_only: bool,
+    params: FingerprintParams,
+    function: Callable[..., R],
+    args: list[tuple[Any, ...]],
+) -> list[tuple[bool, Any]]:
+    """A Dask task: :func:`run_on_shard` on each of a worker's shards in turn.
+
+    Returns
+    -------
+    outcomes : list of tuple of (bool, object)
+        One per shard: ``(True, answer)``, or ``(False, exception)`` for a shard that raised
+        (the others still answer; the caller decides what each exception means).
+    """
+    outcomes: list[tuple[bool, Any]] = []
+    for directory, shard_args in zip(directories, args, strict=True):
+        try:
+            outcomes.append((True, run_on_shard(directory, read_only, params, function,
+                                                *shard_args)))  # fmt: skip
+        except Exception as exc:  # sent back as a value: one shard's fault is not the others'
+            outcomes.append((False, exc))
+    return outcomes
 
 
 def share_features_cache(shards: list[OpenShard]) -> None:
