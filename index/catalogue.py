@@ -1327,6 +1327,15 @@ class Catalogue:
             out.append((record, data))
         return out
 
+    def inverted_lists(self) -> tuple[int, int] | None:
+        """The published index's inverted lists and vectors, ``(lists, vectors)``, when it is
+        an inverted-list kind (``ivfflat``, ``ivfpq``); ``None`` for the others and before an
+        index is published."""
+        base = self._layered_index().base
+        if base is None or base.spec.kind not in ("ivfflat", "ivfpq"):
+            return None
+        return base.spec.nlist, base.size
+
     def search(
         self, vectors: np.ndarray, k: int, *, effort: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray]:

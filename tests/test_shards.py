@@ -37,6 +37,7 @@ from tunetrace.index.shard_layout import (
     shard_of,
     split_key,
 )
+from tunetrace.index.vector_index import IndexSpec
 
 import tunetrace
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
@@ -56,7 +57,11 @@ from tunetrace.scan import read_report
 from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import ASSIGNMENT_TTL_S, OpenShard, assign_shards
 from tunetrace.sharded_catalogue import ShardedCatalogue
-from tunetrace.sharded_matcher import ShardedMatcher, merge_neighbours
+from tunetrace.sharded_matcher import (
+    ShardedMatcher,
+    merge_neighbours,
+    probe_share,
+)
 
 CLI = [sys.executable, "-m", "tunetrace.cli"]
 
@@ -171,6 +176,52 @@ def test_shards_are_spread_evenly_over_workers_and_few_move_when_one_leaves() ->
     kept = sum(a == b for a, b in zip(assigned, left, strict=True) if a != workers[3])
     assert kept >= 6, (assigned, left)  # most shards of the workers that stayed stay put
     assert assign_shards(shards, []) == [None] * 12
+
+
+def test_shards_probe_the_share_of_lists_one_index_of_the_whole_would() -> None:
+    auto = IndexSpec(kind="auto")
+    # four shards of 1M vectors have 4,000 lists each; one index of 4M would have 8,000
+    assert probe_share((4_000, 1_000_000), auto, 4) == pytest.approx(0.5)
+    assert probe_share((4_000, 1_000_000), auto, 1) == 1.0
+    # ten shards of 7.2M: 10,733 lists against 33,941
+    assert probe_share((10_733, 7_200_000), auto, 10) == pytest.approx(10_733 / 33_941)
+    # a set number of lists: one index's would be as many, each as long as all shards' together
+    assert probe_share((1_024, 1_000_000), IndexSpec(kind="ivfpq", nlist=1_024), 10) == 1.0
+    assert probe_share(None, auto, 10) == 1.0  # exact and graph indexes search as always
+
+
+def test_sharded_search_probes_each_shards_share_of_its_lists(
+    sharded: Path, queries: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "catalogue"
+    shutil.copytree(sharded, directory)
+    for shard_dir in read_manifest(directory).shard_dirs(directory):
+        with Catalogue(shard_dir) as catalogue:
+            if catalogue.count():  # (an empty shard keeps its exact index)
+                catalogue.rebuild_index(IndexSpec(kind="ivfflat", nprobe=8))
+    asked: list[float] = []
+    search = Catalogue.search
+
+    def recorded(self: Catalogue, vectors: np.ndarray, k: int, *, effort: float = 1.0):
+        asked.append(effort)
+        return search(self, vectors, k, effort=effort)
+
+    monkeypatch.setattr(Catalogue, "search", recorded)
+    with ShardedCatalogue(directory, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        features = matcher.load_query(queries / "stretched.wav")
+        matcher.match_features(features)
+        shard_lists = [
+            catalogue.shards.shard(s).catalogue.inverted_lists() for s in range(3)
+        ]
+    spec = IndexSpec(kind="ivfflat", nprobe=8)
+    effort = matcher.search_effort(features)
+    expected = [
+        effort if lists is None else effort * lists[0] / spec.resolved(3 * lists[1]).nlist
+        for lists in shard_lists
+    ]
+    assert sum(lists is not None for lists in shard_lists) == 2
+    assert asked == pytest.approx(expected) and min(expected) < effort
 
 
 def test_shards_nearest_patches_merge_into_one_catalogues() -> None:
