@@ -74,6 +74,7 @@ from tunetrace.scan_backends import run_dask
 from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import DaskShards, OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue
+from tunetrace.sharded_matcher import probe_share
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -332,13 +333,39 @@ def _clear_shard_cache(shard: OpenShard) -> None:
     shard.catalogue.clear_features_cache()
 
 
-def _profiled_shard(shard: OpenShard, features: Any, patches: Any) -> dict[str, Any]:
-    """One shard's search and verification of a query, timed on its worker."""
+class _ShardMatcher(Matcher):
+    """A shard's matcher searching its inverted lists as the sharded matcher has it search
+    them (:func:`~tunetrace.sharded_matcher.probe_share`)."""
+
+    def __init__(self, shard: OpenShard, shard_count: int) -> None:
+        super().__init__(shard.catalogue)
+        self.share = probe_share(
+            shard.catalogue.inverted_lists(), shard.catalogue.index_spec, shard_count
+        )
+
+    def search_effort(self, features: Any) -> float:
+        """The effort one catalogue uses, times the shard's share."""
+        return super().search_effort(features) * self.share
+
+
+#: Profiling matchers made on a worker, by shard directory and shard count.
+_shard_matchers: dict[tuple[str, int], _ShardMatcher] = {}
+
+
+def _profiled_shard(
+    shard: OpenShard, features: Any, patches: Any, shard_count: int
+) -> dict[str, Any]:
+    """One shard's search and verification of a query, timed on its worker (its lists
+    probed as the sharded matcher probes them among ``shard_count`` shards)."""
     from distributed import get_worker
 
+    key = (str(shard.directory), shard_count)
+    matcher = _shard_matchers.get(key) or _shard_matchers.setdefault(
+        key, _ShardMatcher(shard, shard_count)
+    )
     stages: dict[str, float] = {}
     started = time.perf_counter()
-    found = shard.matcher.verify(features, patches=patches, timings=stages)
+    found = matcher.verify(features, patches=patches, timings=stages)
     return {
         "seconds": time.perf_counter() - started,
         "search_s": stages.get("search", 0.0),
@@ -536,7 +563,9 @@ def profile_pass(store: ShardedCatalogue, queries: list[Query]) -> dict[str, Any
         patches = matcher.query_patches(features, store.params)
         clear_feature_caches(store)
         started = time.perf_counter()
-        found = store.shards.call_all(_profiled_shard, [(features, patches)] * store.shard_count)
+        found = store.shards.call_all(
+            _profiled_shard, [(features, patches, store.shard_count)] * store.shard_count
+        )
         wall = time.perf_counter() - started
         load: collections.Counter[str] = collections.Counter()
         for shard, part in enumerate(found):
@@ -855,29 +884,38 @@ def project(
     works are drawn from that query's own measured mosaic-shard times (plus its shard 0, the
     one with the real works), dealt evenly over the worker cores, and the busiest core's sum
     is the search time; to it are added the client's decoding and fingerprinting as measured
-    and a scatter/gather overhead growing linearly with the shard count, fitted to the
+    and a scatter/gather overhead growing linearly with the tasks of a round (one per worker
+    holding shards: the shard count or the worker cores, whichever is fewer), fitted to the
     do-nothing scatter/gathers of the measured layouts. Throughput is the worker cores' time
-    divided by the mean shard time a query takes, capped by the fitted per-shard overhead
+    divided by the mean shard time a query takes, capped by the fitted per-task overhead
     (the scheduler's share of each task). Assumes an even assignment, shard files in memory
-    and one thread per shard task, as measured here.
+    and one thread per worker, as measured here. The shard times are those measured, whose
+    inverted lists are probed for the measured layout's size: a larger catalogue's shards
+    probe a smaller share of theirs (:func:`~tunetrace.sharded_matcher.probe_share`), so the
+    search part of the projection is an upper bound.
     """
     largest = max(layouts, key=lambda layout: layout["shards"])
     times = np.array(largest["profile"]["shard_ms_by_query"])
     pool = times[:, 1:] if times.shape[1] > 1 else times
     stages = largest["latency"]["stage_p50_ms"]
     client_ms = stages["decode"] + stages["features"] + stages["embed"]
-    counts = np.array([layout["shards"] for layout in layouts], dtype=float)
+    # tasks per round: one per worker holding shards
+    counts = np.array(
+        [sum(1 for n in layout["shards_per_worker"] if n) for layout in layouts], dtype=float
+    )
     noop = np.array(
         [layout["profile"]["noop_scatter_gather_with_query_p50_ms"] for layout in layouts]
     )
-    slope, intercept = np.polyfit(counts, noop, 1) if len(counts) > 1 else (0.0, noop[0])
+    fitted = len(set(counts.tolist())) > 1
+    slope, intercept = np.polyfit(counts, noop, 1) if fitted else (0.0, float(noop.mean()))
     slope = max(0.0, float(slope))
     shards = target_works // SOURCE_WORKS
-    overhead_ms = float(intercept) + slope * shards
     mean_query_ms = float(np.mean(times[:, 0] + pool.mean(axis=1) * (shards - 1)))
     rng = np.random.default_rng(0)
     clusters = []
     for cores in worker_cores:
+        tasks = min(shards, cores)
+        overhead_ms = float(intercept) + slope * tasks
         busiest = []
         for row, mosaics in zip(times, pool, strict=True):
             draws = np.concatenate([row[:1], rng.choice(mosaics, size=shards - 1)])
@@ -885,7 +923,7 @@ def project(
             np.add.at(loads, np.arange(shards) % cores, draws)
             busiest.append(loads.max())
         worker_bound = cores * 1000 / mean_query_ms
-        scheduler_bound = 1000 / (slope * shards) if slope else float("inf")
+        scheduler_bound = 1000 / (slope * tasks) if slope else float("inf")
         clusters.append(
             {
                 "worker_cores": cores,
@@ -894,6 +932,7 @@ def project(
                 "latency_p95_ms": round(
                     client_ms + overhead_ms + float(np.percentile(busiest, 95)), 1
                 ),
+                "overhead_ms": round(overhead_ms, 1),
                 "queries_per_s": round(min(worker_bound, scheduler_bound), 2),
                 "worker_bound_queries_per_s": round(worker_bound, 2),
             }
@@ -905,9 +944,7 @@ def project(
         "shard_p50_ms": round(float(np.median(pool)), 1),
         "shard_mean_ms": round(float(pool.mean()), 1),
         "client_ms": round(client_ms, 1),
-        "overhead_fit_ms": {"per_shard": round(slope, 2), "fixed": round(float(intercept), 1)},
-        "overhead_ms": round(overhead_ms, 1),
-        "scheduler_bound_queries_per_s": (round(1000 / (slope * shards), 2) if slope else None),
+        "overhead_fit_ms": {"per_task": round(slope, 2), "fixed": round(float(intercept), 1)},
         "by_worker_cores": clusters,
         "index_gb": round(shards * index_bytes / 1e9, 1),
         "database_gb": round(shards * database_bytes / 1e9, 1),
@@ -1033,8 +1070,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"{projection['shard_p50_ms']} ms p50, {projection['shard_mean_ms']} ms mean, one "
             f"thread), client {projection['client_ms']} ms, scatter/gather overhead "
             f"{projection['overhead_fit_ms']['fixed']} ms + "
-            f"{projection['overhead_fit_ms']['per_shard']} ms per shard; even assignment, "
-            "shard files in memory.",
+            f"{projection['overhead_fit_ms']['per_task']} ms per task of a round (one per "
+            "worker core holding shards); even assignment, shard files in memory; the shard "
+            f"times probe their lists as at {projection['from_layout_shards']} shards, more "
+            f"than at {projection['shards']} (an upper bound on search).",
             "",
             "| worker cores | p50 ms | p95 ms | queries/s |",
             "|---|---|---|---|",
