@@ -337,11 +337,9 @@ class _ShardMatcher(Matcher):
     """A shard's matcher searching its inverted lists as the sharded matcher has it search
     them (:func:`~tunetrace.sharded_matcher.probe_share`)."""
 
-    def __init__(self, shard: OpenShard, shard_count: int) -> None:
-        super().__init__(shard.catalogue)
-        self.share = probe_share(
-            shard.catalogue.inverted_lists(), shard.catalogue.index_spec, shard_count
-        )
+    def __init__(self, catalogue: Catalogue, *, share: float) -> None:
+        super().__init__(catalogue)
+        self.share = share
 
     def search_effort(self, features: Any) -> float:
         """The effort one catalogue uses, times the shard's share."""
@@ -360,9 +358,11 @@ def _profiled_shard(
     from distributed import get_worker
 
     key = (str(shard.directory), shard_count)
-    matcher = _shard_matchers.get(key) or _shard_matchers.setdefault(
-        key, _ShardMatcher(shard, shard_count)
-    )
+    matcher = _shard_matchers.get(key)
+    if matcher is None:
+        catalogue = shard.catalogue
+        share = probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
+        matcher = _shard_matchers[key] = _ShardMatcher(catalogue, share=share)
     stages: dict[str, float] = {}
     started = time.perf_counter()
     found = matcher.verify(features, patches=patches, timings=stages)
