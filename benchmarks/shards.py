@@ -68,7 +68,7 @@ from benchmarks.queries import Query
 from benchmarks.run_benchmark import CACHE, build_catalogue
 from benchmarks.run_info import run_info
 from tunetrace.errors import TunetraceError
-from tunetrace.matcher import Matcher
+from tunetrace.matcher import Matcher, MatchSettings
 from tunetrace.scan import ScanJob
 from tunetrace.scan_backends import run_dask
 from tunetrace.scoring import ScoreModel
@@ -744,19 +744,25 @@ def measure_layout(
     unsharded: list[dict[str, Any]],
     threads: int,
     quiet_wait_s: float,
+    *,
+    probe_share: bool = False,
 ) -> dict[str, Any]:
-    """Latency, verdicts, per-shard costs and throughput of one sharded catalogue."""
+    """Latency, verdicts, per-shard costs and throughput of one sharded catalogue (with
+    ``probe_share``: its shards probing as one index of the whole would,
+    ``MatchSettings.shard_probe_share``; no per-shard pass then)."""
     with ShardedCatalogue(directory, scheduler=client) as store:
         count = store.shard_count
         per_worker = shards_per_worker(client, store)
         limit_feature_caches(store, SHARD_CACHE_BYTES)
-        label = f"{count} shard(s)"
-        matcher = Matcher(store)
+        label = f"{count} shard(s)" + (", probing as one index" if probe_share else "")
+        matcher = Matcher(store, settings=MatchSettings(shard_probe_share=probe_share))
         rows, load = timed_pass(matcher, queries, label, quiet_wait_s)
-        logger.info("%s: per-shard pass", label)
-        with OtherLoad() as profile_load:
-            profile = profile_pass(store, queries)
-        profile["other_cpu_share_during"] = profile_load.share
+        profile = None
+        if not probe_share:
+            logger.info("%s: per-shard pass", label)
+            with OtherLoad() as profile_load:
+                profile = profile_pass(store, queries)
+            profile["other_cpu_share_during"] = profile_load.share
         logger.info("%s: throughput pass", label)
         load["other_cpu_share_before_throughput"] = wait_for_quiet(quiet_wait_s)
         with OtherLoad() as throughput_load:
@@ -769,6 +775,7 @@ def measure_layout(
     logger.info("%s: %s; throughput %s", label, summary, throughput)
     return {
         "shards": count,
+        "probe_share": probe_share,
         "works": references,
         "shards_per_worker": per_worker,
         "worker_library_files": sorted({path for paths in imported.values() for path in paths}),
@@ -977,11 +984,12 @@ def markdown(result: dict[str, Any]) -> str:
             f"{latency['false_positives']} of {latency['negatives']} | - | "
             f"{unsharded['other_load']['other_cpu_share_during']:.0%} |"
         )
-    for layout in result["layouts"]:
+    for layout in result["layouts"] + result.get("probe_share_layouts", []):
         latency, verdicts = layout["latency"], layout["verdicts"]
         per_worker = "/".join(str(n) for n in layout["shards_per_worker"])
+        sharing = ", probing as one index" if layout.get("probe_share") else ""
         lines.append(
-            f"| {layout['shards']} ({layout['works']:,}) | {per_worker} | "
+            f"| {layout['shards']} ({layout['works']:,}){sharing} | {per_worker} | "
             f"{latency['p50_ms']} | {latency['p95_ms']} | "
             f"{layout['throughput']['queries_per_s']} | {latency['recall']:.1%} | "
             f"{latency['false_positives']} of {latency['negatives']} | "
@@ -996,9 +1004,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"with a score within {SCORE_TOLERANCE}. Flagged verdicts (the reference reported "
         "above the threshold, or none) identical: "
         + "; ".join(
-            f"{m['shards']} shards {m['verdicts']['same_flagged_verdict']} "
-            f"of {m['verdicts']['compared']}"
-            for m in result["layouts"]
+            f"{m['shards']} shards{', probing as one index' if m.get('probe_share') else ''} "
+            f"{m['verdicts']['same_flagged_verdict']} of {m['verdicts']['compared']}"
+            for m in result["layouts"] + result.get("probe_share_layouts", [])
         )
         + ". Shard 0's own best verification equals the unsharded top reference and score: "
         + "; ".join(
@@ -1007,16 +1015,43 @@ def markdown(result: dict[str, Any]) -> str:
         + ". Others' CPU share: of both cores, used by other processes during the timed "
         "pass and the throughput pass.",
     ]
-    differing = [d for m in result["layouts"] for d in m["verdicts"]["differing"]]
-    if differing:
-        highest = max(max(d["sharded"][1] or 0, d["unsharded"][1] or 0) for d in differing)
+    threshold = result["score_threshold"]
+    for m in result["layouts"] + result.get("probe_share_layouts", []):
+        differing = m["verdicts"]["differing"]
+        flagged = [
+            d for d in differing
+            if max(d["sharded"][1] or 0, d["unsharded"][1] or 0) >= threshold
+        ]  # fmt: skip
+        if not flagged:
+            continue
+        name = f"{m['shards']} shards" + (", probing as one index," if m.get("probe_share") else "")
         lines += [
             "",
-            f"Every top reference that differs scores below the threshold "
-            f"({result['score_threshold']:.2f}) in both catalogues (highest {highest:.2f}): "
-            "another shard, whose index lacks the real works, brings other mosaics to "
-            "verification for queries whose own work is absent or missed.",
+            f"At {name} {len(flagged)} of {len(differing)} differing top references score "
+            f"at or above the threshold ({threshold:.2f}) in one catalogue: "
+            + "; ".join(
+                f"{Path(d['path']).name}: sharded {d['sharded'][0]} {d['sharded'][1]:.3f}, "
+                f"unsharded {d['unsharded'][0]} {d['unsharded'][1]:.3f}"
+                for d in flagged
+            )
+            + ".",
         ]
+    below = [
+        d for m in result["layouts"] + result.get("probe_share_layouts", [])
+        for d in m["verdicts"]["differing"]
+        if max(d["sharded"][1] or 0, d["unsharded"][1] or 0) < threshold
+    ]  # fmt: skip
+    if below:
+        highest = max(max(d["sharded"][1] or 0, d["unsharded"][1] or 0) for d in below)
+        every = len(below) == sum(len(m["verdicts"]["differing"]) for m in
+                                  result["layouts"] + result.get("probe_share_layouts", []))
+        lines += [
+            "",
+            ("Every top reference that differs" if every else "The other differing top "
+             "references") + f" score(s) below the threshold in both catalogues (highest "
+            f"{highest:.2f}): another shard, whose index lacks the real works, brings other "
+            "mosaics to verification for queries whose own work is absent or missed.",
+        ]  # fmt: skip
     largest = max(result["layouts"], key=lambda m: m["shards"])
     profile = largest["profile"]
     lines += [
@@ -1174,6 +1209,10 @@ def main() -> None:
         help="seconds to wait, at most, for other processes to leave the CPU before a timed pass",
     )  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="skip stages measured already")
+    parser.add_argument(
+        "--probe-share-layouts", type=int, nargs="*", default=[10],
+        help="layouts measured again with shards probing as one index of the whole would",
+    )  # fmt: skip
     args = parser.parse_args()
     log_without_dask_chatter()
     tracks = corpus.installed_or_exit(corpus.tracks())
@@ -1205,6 +1244,16 @@ def main() -> None:
                 )  # fmt: skip
 
             measured.append(progress.stage(f"layout-{count}", measure))
+        sharing = []
+        for count in sorted(set(args.probe_share_layouts) & set(counts)):
+
+            def measure_sharing(count: int = count) -> dict[str, Any]:
+                return measure_layout(
+                    client, layouts[count], queries, unsharded["rows"], args.client_threads,
+                    args.quiet_wait, probe_share=True,
+                )  # fmt: skip
+
+            sharing.append(progress.stage(f"layout-{count}-probe-share", measure_sharing))
     scan = None
     if args.scan_shards:
         directory = layouts[args.scan_shards]
@@ -1234,6 +1283,7 @@ def main() -> None:
         "library_files": library_files(),
         "unsharded": unsharded,
         "layouts": measured,
+        "probe_share_layouts": sharing,
         "scan": scan,
         "projection": project(measured, index_bytes, database_bytes, 10_000_000, (10, 25, 50, 100)),
         # the model checked against the measured layout, and the same works on more cores
@@ -1241,7 +1291,7 @@ def main() -> None:
         "client_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "cpu_count": os.cpu_count(),
     }
-    for rows in [unsharded["rows"], *(layout["rows"] for layout in measured)]:
+    for rows in [unsharded["rows"], *(layout["rows"] for layout in measured + sharing)]:
         for row in rows:
             _round_times(row)
     RESULTS.mkdir(parents=True, exist_ok=True)

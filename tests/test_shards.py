@@ -210,12 +210,16 @@ def test_sharded_search_probes_each_shards_share_of_its_lists(
     with ShardedCatalogue(directory, read_only=True) as catalogue:
         matcher = tunetrace.Matcher(catalogue)
         features = matcher.load_query(queries / "stretched.wav")
+        effort = matcher.search_effort(features)
         matcher.match_features(features)
+        assert asked == [effort] * 3  # by default each shard probes as its own index would
+        asked.clear()
+        sharing = tunetrace.Matcher(catalogue, settings=MatchSettings(shard_probe_share=True))
+        sharing.match_features(features)
         shard_lists = [
             catalogue.shards.shard(s).catalogue.inverted_lists() for s in range(3)
         ]
     spec = IndexSpec(kind="ivfflat", nprobe=8)
-    effort = matcher.search_effort(features)
     expected = [
         effort if lists is None else effort * lists[0] / spec.resolved(3 * lists[1]).nlist
         for lists in shard_lists
@@ -800,7 +804,7 @@ def test_one_shards_failure_in_a_workers_batch_leaves_the_others_answered(sharde
 
 
 @pytest.mark.slow
-def test_shard_calls_send_one_task_per_worker_and_retry_a_shard_that_failed(
+def test_shard_calls_go_to_one_host_per_worker_and_retry_a_shard_that_failed(
     cluster, sharded: Path, tmp_path: Path
 ) -> None:
     from distributed import Client, get_task_stream
@@ -812,19 +816,48 @@ def test_shard_calls_send_one_task_per_worker_and_retry_a_shard_that_failed(
         access = catalogue.shards
         workers = set(access.assignment())
         assert len(workers) == 2  # three shards on two workers
+        markers = [(str(tmp_path / f"marker-{i}"),) for i in range(3)]
         with get_task_stream(client) as stream:
-            counts = access.call_all(
-                _count_after_one_failure, [(str(tmp_path / f"marker-{i}"),) for i in range(3)]
-            )
-        assert sum(counts) == 5 and all((tmp_path / f"marker-{i}").exists() for i in range(3))
-        tasks = [task for task in stream.data if "run_on_shards" in str(task["key"])]
-        # one task per worker, and one more per worker for the shards sent again
-        assert len(tasks) == 2 * len(workers), [str(task["key"]) for task in tasks]
+            counts = access.call_all(_count_after_one_failure, markers)  # each fails once
+            again = access.call_all(_count_after_one_failure, markers)
+        assert sum(counts) == sum(again) == 5
+        assert all((tmp_path / f"marker-{i}").exists() for i in range(3))
+        # one shard host made on each worker, once; the calls themselves are no tasks
+        keys = [str(task["key"]) for task in stream.data]
+        assert sum("ShardHost" in key for key in keys) == len(workers) == len(keys), keys
         failing = read_manifest(sharded).shard_dirs(sharded)[2].name
         with pytest.raises(ShardUnavailableError, match=r"1 of 3 shard.*the disk is gone"):
             access.call_all(_count_or_fail, [(failing, "os")] * 3)
         with pytest.raises(BadInputError, match="a bad request"):  # the request's own fault
             access.call_all(_count_or_fail, [(failing, "bad")] * 3)
+
+
+def _count_after_dying_once(shard: OpenShard, marker: str) -> int:
+    """The shard's reference count; the first call of all (``marker`` not yet written) kills
+    its worker process mid-call instead."""
+    try:
+        descriptor = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return shard.catalogue.count()
+    os.close(descriptor)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.slow
+def test_a_worker_killed_during_a_query_costs_no_answer(
+    cluster, sharded: Path, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    with (
+        Client(cluster) as client,
+        ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue,
+    ):
+        marker = str(tmp_path / "died")
+        counts = catalogue.shards.call_all(_count_after_dying_once, [(marker,)] * 3)
+        assert os.path.exists(marker) and sum(counts) == 5
+        client.wait_for_workers(2, timeout=60)  # the nanny restarts the worker for later tests
 
 
 @pytest.mark.slow

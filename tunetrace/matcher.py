@@ -130,6 +130,12 @@ class MatchSettings:
         shorter queries): a third fewer patches to embed, search and count votes of than
         at 6. A hop with no common factor with the catalogue's ``reference_patch_hop`` (9
         against 8) still meets every phase of the reference's patches.
+    shard_probe_share : bool
+        Sharded catalogues only: each shard's IVF index probes the share of its lists that
+        one index of the whole catalogue would probe of its own
+        (:func:`~tunetrace.sharded_matcher.probe_share`), instead of ``nprobe`` of them:
+        at ten shards about a third of the search, for fewer neighbours found (measured in
+        docs/scaling.md).
     """
 
     n_neighbours: int = 20
@@ -154,6 +160,7 @@ class MatchSettings:
     long_query_s: float = 120.0
     long_query_search_effort: float = 0.125
     long_query_patch_hop: int = 9
+    shard_probe_share: bool = False
 
     def __post_init__(self) -> None:
         if self.n_neighbours < 1:

@@ -7,13 +7,15 @@ arguments and results travel (a query's fingerprint out, verified matches or met
 a shard's vectors and spectra stay where it is opened.
 
 On Dask, each shard is assigned to one worker (:func:`assign_shards`: balanced rendezvous
-hashing of the shard's directory over the workers the scheduler knows). A call on many shards
-sends one task to each worker holding some (:func:`run_on_shards`: its shards one after the
-other, the query sent once), with that worker as a strict restriction (``workers=[w]``), so that
-neither placement nor work stealing opens a shard anywhere else: it is opened once and stays
-open between tasks. When the worker leaves (or dies with the task), its shards are sent to
-their next workers by the same assignment; a shard that raised is tried once more. A worker
-joining or leaving moves few shards besides its own.
+hashing of the shard's directory over the workers the scheduler knows). Each worker the client
+uses gets a :class:`ShardHost`, a Dask actor made with that worker as a strict restriction
+(``workers=[w]``), so that neither placement nor work stealing opens a shard anywhere else. A
+call on many shards is one method call on each host holding some (:func:`run_on_shards`: its
+shards one after the other, the query sent once), which goes to the worker without a task on
+the scheduler; the shards it opens stay open between calls. When the worker leaves (or dies
+with the call), its shards are sent to their next workers by the same assignment, through
+hosts made there; a shard that raised is tried once more. A worker joining or leaving moves
+few shards besides its own.
 """
 
 from __future__ import annotations
@@ -266,6 +268,8 @@ class DaskShards(_Shards):
         self._lock = threading.Lock()
         self._assigned: list[str | None] | None = None
         self._assigned_at = 0.0
+        #: Each worker's shard host: the actor's future (which keeps it alive) and the actor.
+        self._hosts: dict[str, tuple[Any, Any]] = {}
         self._own_client = isinstance(scheduler, str)
         try:
             self.client = (
@@ -297,19 +301,78 @@ class DaskShards(_Shards):
         function: Callable[..., R],
         args: dict[int, tuple[Any, ...]],
     ) -> Any:
-        """One task on ``worker`` running ``function`` on each of ``shards`` in turn."""
-        return self.client.submit(
-            run_on_shards,
-            [self.directories[shard] for shard in shards],
-            self.read_only,
-            self.params,
-            function,
-            [args[shard] for shard in shards],  # one pickle: a shared query is sent once
-            # strict: work stealing must not open the shards on a second worker
-            workers=[worker],
-            retries=SHARD_TASK_RETRIES,
-            pure=False,
+        """``function`` on each of ``shards`` in turn by ``worker``'s shard host: the call's
+        future, or ``None`` when the worker has left the cluster."""
+        for _ in range(2):  # a host whose worker was lost since it was made is made again
+            host = self._host(worker)
+            if host is None:
+                return None
+            try:
+                # an actor finds its client as Dask's current one: this client, not the
+                # process's default (which may be another, or none)
+                with self.client.as_current():
+                    return host.run(
+                        [self.directories[shard] for shard in shards],
+                        self.read_only,
+                        self.params,
+                        function,
+                        [args[shard] for shard in shards],  # one pickle: the query sent once
+                    )
+            except RuntimeError:  # "Worker holding Actor was lost"
+                self._forget_host(worker)
+        return None
+
+    def _host(self, worker: str) -> Any | None:
+        """``worker``'s shard host, made on first use (``None`` when the worker has left).
+
+        Raises
+        ------
+        ShardUnavailableError
+            If the worker makes no host within :func:`shard_timeout_s`.
+        """
+        from distributed.scheduler import KilledWorker
+
+        with self._lock:
+            made = self._hosts.get(worker)
+        if made is not None and made[0].status == "finished":
+            return made[1]
+        if made is not None:
+            self._forget_host(worker)
+        future = self.client.submit(
+            ShardHost, actor=True, workers=[worker], allow_other_workers=False, pure=False
         )
+        deadline = time.monotonic() + shard_timeout_s()
+        try:
+            while True:
+                try:
+                    actor = future.result(timeout=WORKER_CHECK_S)
+                    break
+                except TimeoutError:
+                    if worker not in self._workers():
+                        future.release()
+                        return None
+                    if time.monotonic() > deadline:
+                        future.release()
+                        raise ShardUnavailableError(
+                            f"Dask worker {worker} made no shard host within "
+                            f"{shard_timeout_s():g} s ({SHARD_TIMEOUT_ENV})"
+                        ) from None
+        except (KilledWorker, OSError):  # it died making it
+            future.release()
+            return None
+        with self._lock:
+            replaced = self._hosts.get(worker)
+            self._hosts[worker] = (future, actor)
+        if replaced is not None:
+            replaced[0].release()
+        return actor
+
+    def _forget_host(self, worker: str) -> None:
+        """Drop ``worker``'s shard host (its worker was lost, or contact with it)."""
+        with self._lock:
+            made = self._hosts.pop(worker, None)
+        if made is not None:
+            made[0].release()
 
     def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
         """See :class:`ShardAccess`."""
@@ -339,11 +402,19 @@ class DaskShards(_Shards):
                     )
                 else:
                     by_worker.setdefault(worker, []).append(shard)
-            sent = [(worker, shards, self._submit(worker, shards, function, args))
-                    for worker, shards in by_worker.items()]  # fmt: skip
+            sent = []
+            for worker, shards in by_worker.items():
+                try:
+                    sent.append((worker, shards, self._submit(worker, shards, function, args)))
+                except ShardUnavailableError as exc:
+                    failures.update((shard, str(exc)) for shard in shards)
             pending = []
             for worker, shards, future in sent:
-                outcomes = self._outcomes(worker, shards, future, deadline, failures)
+                outcomes = (
+                    None
+                    if future is None
+                    else self._outcomes(worker, shards, future, deadline, failures)
+                )
                 if outcomes is None:  # the worker left: its shards go to their next ones
                     self._assigned = None  # ask the cluster again
                     for shard in shards:
@@ -386,14 +457,14 @@ class DaskShards(_Shards):
         deadline: float,
         failures: dict[int, str],
     ) -> list[tuple[bool, Any]] | None:
-        """What a worker's task gave for each of its shards (:func:`run_on_shards`); ``None``
-        when the worker left the cluster before answering.
+        """What a worker's shard host gave for each of its shards (:func:`run_on_shards`);
+        ``None`` when the worker left the cluster, or contact with it was lost, before it
+        answered.
 
-        The task's own failures (its worker died each time it ran, the cluster was lost, no
-        answer by ``deadline``: :func:`shard_timeout_s`, a worker that hangs) are recorded in
-        ``failures`` for each of its shards, and an empty list returned.
+        No answer by ``deadline`` (:func:`shard_timeout_s`: a worker that hangs), or a lost
+        scheduler, is recorded in ``failures`` for each of the shards, and an empty list
+        returned.
         """
-        from distributed.scheduler import KilledWorker
 
         def failed(reason: str) -> list[tuple[bool, Any]]:
             for shard in shards:
@@ -407,24 +478,21 @@ class DaskShards(_Shards):
                     return outcomes
                 except TimeoutError:
                     if time.monotonic() > deadline:
-                        future.cancel()
                         return failed(
                             f"no answer from its Dask worker within {shard_timeout_s():g} s "
                             f"({SHARD_TIMEOUT_ENV})"
                         )
                     if worker in self._workers():
-                        continue  # still running (or queued) where it belongs
-                future.cancel()
+                        continue  # still working
                 logger.info("worker %s left with shards %s", worker, shards)
+                self._forget_host(worker)
                 return None
-        except KilledWorker as exc:
-            return failed(f"the Dask workers running it died each time ({exc})")
         except ShardUnavailableError as exc:  # the scheduler is gone
             return failed(str(exc))
-        except OSError as exc:
-            return failed(f"lost the Dask cluster: {exc}")
-        finally:
-            future.release()
+        except OSError as exc:  # the worker died answering, or cannot be reached
+            logger.info("lost contact with worker %s (%s); its shards move", worker, exc)
+            self._forget_host(worker)
+            return None
 
     def _name(self, shard: int) -> str:
         return shard_name(Path(self.directories[shard]))
@@ -445,7 +513,12 @@ class DaskShards(_Shards):
         return set(identity.get("workers", {}))
 
     def close(self) -> None:
-        """Close the client if this object connected it."""
+        """Release the shard hosts; close the client if this object connected it."""
+        with self._lock:
+            hosts, self._hosts = list(self._hosts.values()), {}
+        if self.client.status == "running":
+            for future, _ in hosts:
+                future.release()
         if self._own_client:
             self.client.close()
 
@@ -527,6 +600,23 @@ def run_on_shard(
     return function(opened, *args)
 
 
+class ShardHost:
+    """A Dask actor on one worker that runs functions on the shards opened in its process
+    (:func:`run_on_shards`). Its calls reach the worker without a task on the scheduler, and
+    run one at a time on the worker's actor thread."""
+
+    def run(
+        self,
+        directories: list[str],
+        read_only: bool,
+        params: FingerprintParams,
+        function: Callable[..., R],
+        args: list[tuple[Any, ...]],
+    ) -> list[tuple[bool, Any]]:
+        """See :func:`run_on_shards`."""
+        return run_on_shards(directories, read_only, params, function, args)
+
+
 def run_on_shards(
     directories: list[str],
     read_only: bool,
@@ -534,7 +624,8 @@ def run_on_shards(
     function: Callable[..., R],
     args: list[tuple[Any, ...]],
 ) -> list[tuple[bool, Any]]:
-    """A Dask task: :func:`run_on_shard` on each of a worker's shards in turn.
+    """:func:`run_on_shard` on each of a worker's shards in turn (what its
+    :class:`ShardHost` runs).
 
     Returns
     -------

@@ -314,7 +314,9 @@ class ShardedMatcher(Matcher):
         k = self.settings.n_neighbours
         effort = self.search_effort(features)
         shards = range(view.manifest.count)
-        asked = dict.fromkeys(shards, (patches[0], k, effort, view.manifest.count))
+        # probing as one index of the whole would, or each shard as fully as its own
+        probed_as = view.manifest.count if self.settings.shard_probe_share else 1
+        asked = dict.fromkeys(shards, (patches[0], k, effort, probed_as))
         found = self._answers(view, view.access.call_many(_shard_neighbours, asked))
         merged = merge_neighbours([found[s] for s in shards], k)
         places = _places_of(view, exclude_keys)
@@ -455,8 +457,8 @@ Ahead = tuple[list[int], tuple[list[Verification], Finished]]
 def _shard_neighbours(
     shard: OpenShard, vectors: np.ndarray, k: int, effort: float, shard_count: int
 ) -> tuple[tuple[np.ndarray, np.ndarray], Damaged]:
-    """The shard's nearest patches, its inverted lists probed as one index of the whole
-    catalogue's would be (:func:`probe_share`)."""
+    """The shard's nearest patches, its inverted lists probed as one index of
+    ``shard_count`` shards' vectors would be (:func:`probe_share`; 1: as fully as its own)."""
     catalogue = shard.catalogue
     catalogue.refresh()
     share = probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
