@@ -32,7 +32,9 @@ before every timed query (every candidate is read from SQLite and derived afresh
 untimed pass over all queries first brings the rows they read into the operating system's file
 cache. The first tasks on a worker open its shards and compile kernels; the untimed pass
 absorbs them. A per-shard pass then times each shard's search and verification on its worker
-(the costs the 10M projection is made from). The built shards live in the benchmark cache
+(the costs the 10M projection is made from; the shards probing as with
+``MatchSettings.shard_probe_share``). Layouts named by ``--probe-share-layouts`` are measured
+again with that option. The built shards live in the benchmark cache
 (``shards-*``, a ``complete.json`` marker in each finished shard) and are reused by later
 runs. Results: ``benchmarks/results/shards.json``, ``shards.md`` and ``shards-latency.png``.
 """
@@ -334,8 +336,9 @@ def _clear_shard_cache(shard: OpenShard) -> None:
 
 
 class _ShardMatcher(Matcher):
-    """A shard's matcher searching its inverted lists as the sharded matcher has it search
-    them (:func:`~tunetrace.sharded_matcher.probe_share`)."""
+    """A shard's matcher searching its inverted lists as a sharded matcher with
+    ``shard_probe_share`` has it search them
+    (:func:`~tunetrace.sharded_matcher.probe_share`)."""
 
     def __init__(self, catalogue: Catalogue, *, share: float) -> None:
         super().__init__(catalogue)
@@ -915,7 +918,7 @@ def project(
     )
     fitted = len(set(counts.tolist())) > 1
     slope, intercept = np.polyfit(counts, noop, 1) if fitted else (0.0, float(noop.mean()))
-    slope = max(0.0, float(slope))
+    slope, intercept = max(0.0, float(slope)), max(0.0, float(intercept))
     shards = target_works // SOURCE_WORKS
     mean_query_ms = float(np.mean(times[:, 0] + pool.mean(axis=1) * (shards - 1)))
     rng = np.random.default_rng(0)
@@ -1057,11 +1060,13 @@ def markdown(result: dict[str, Any]) -> str:
     lines += [
         "",
         f"At {largest['works']:,} works the p50 is {largest['latency']['p50_ms']} ms against a "
-        f"goal of {LATENCY_GOAL_MS} ms: the busiest worker's {max(largest['shards_per_worker'])} "
-        f"shards take {profile['busiest_worker_p50_ms']} ms of searching and verifying per query "
-        f"(p50; a shard {min(profile['shard_p50_ms'])}-{max(profile['shard_p50_ms'])} ms on one "
-        f"worker thread) and the scatter/gather adds {profile['overhead_p50_ms']} ms (tasks that "
-        f"do nothing: {profile['noop_scatter_gather_with_query_p50_ms']} ms).",
+        f"goal of {LATENCY_GOAL_MS} ms. In the per-shard pass, where every shard searches "
+        "and verifies each query alone (more than sharded matching asks of it), the busiest "
+        f"worker's {max(largest['shards_per_worker'])} shards take "
+        f"{profile['busiest_worker_p50_ms']} ms per query (p50; a shard "
+        f"{min(profile['shard_p50_ms'])}-{max(profile['shard_p50_ms'])} ms on one worker "
+        f"thread) and the scatter/gather around them adds {profile['overhead_p50_ms']} ms "
+        f"(calls that do nothing: {profile['noop_scatter_gather_with_query_p50_ms']} ms).",
     ]
     scan = result.get("scan")
     if scan:
@@ -1106,9 +1111,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"thread), client {projection['client_ms']} ms, scatter/gather overhead "
             f"{projection['overhead_fit_ms']['fixed']} ms + "
             f"{projection['overhead_fit_ms']['per_task']} ms per task of a round (one per "
-            "worker core holding shards); even assignment, shard files in memory; the shard "
-            f"times probe their lists as at {projection['from_layout_shards']} shards, more "
-            f"than at {projection['shards']} (an upper bound on search).",
+            "worker core holding shards); even assignment, shard files in memory. The shard "
+            "times were measured with shards probing as one index of the whole would "
+            f"(`shard_probe_share`) at {projection['from_layout_shards']} shards, which is "
+            f"more than at {projection['shards']}: a projection of that option, not of the "
+            "default, whose shards each probe 32 lists.",
             "",
             "| worker cores | p50 ms | p95 ms | queries/s |",
             "|---|---|---|---|",
