@@ -17,9 +17,11 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -830,6 +832,59 @@ def test_shard_calls_go_to_one_host_per_worker_and_retry_a_shard_that_failed(
             access.call_all(_count_or_fail, [(failing, "os")] * 3)
         with pytest.raises(BadInputError, match="a bad request"):  # the request's own fault
             access.call_all(_count_or_fail, [(failing, "bad")] * 3)
+
+
+class _UnreadableError(Exception):
+    """An exception that cannot be rebuilt from its pickle (its constructor wants two)."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
+def _odd_answer(shard: OpenShard, kind: str, seconds: float = 0.0) -> object:
+    """The shard's count; or an answer that cannot be pickled, an exception that cannot be
+    rebuilt, or the count after ``seconds`` of sleep."""
+    if kind == "unpicklable":
+        return threading.Lock()
+    if kind == "unreadable":
+        raise _UnreadableError("cannot", "rebuild")
+    time.sleep(seconds)
+    return shard.catalogue.count()
+
+
+@pytest.mark.slow
+def test_dask_shard_calls_fail_fast_and_clearly_and_serve_many_threads(
+    cluster, sharded: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client
+
+    monkeypatch.setenv("TUNETRACE_SHARD_TIMEOUT_S", "30")
+    with Client(cluster.scheduler_address, set_as_default=False) as other:
+        # another client is the process's default: the catalogue's own must be the one used
+        with Client(cluster), ShardedCatalogue(
+            sharded, read_only=True, scheduler=cluster.scheduler_address
+        ) as catalogue:  # fmt: skip
+            access = catalogue.shards
+            assert sum(access.call_all(_odd_answer, [("count",)] * 3)) == 5
+            for kind, message in [("unpicklable", "could not be sent back"),
+                                  ("unreadable", "could not be read")]:  # fmt: skip
+                started = time.monotonic()
+                with pytest.raises(ShardUnavailableError, match=message):
+                    access.call_all(_odd_answer, [(kind,)] * 3)
+                assert time.monotonic() - started < 15  # an answer, not the timeout
+            with ThreadPoolExecutor(8) as threads:  # an HTTP server's threads at once
+                counts = list(threads.map(
+                    lambda _: sum(access.call_all(_odd_answer, [("count",)] * 3)), range(16)
+                ))  # fmt: skip
+            assert counts == [5] * 16
+            # a worker that does not answer in time: an error naming the timeout; the next
+            # query (given longer) is answered once the worker is free again
+            monkeypatch.setenv("TUNETRACE_SHARD_TIMEOUT_S", "1")
+            with pytest.raises(ShardUnavailableError, match="within 1 s"):
+                access.call_all(_odd_answer, [("count", 4.0)] * 3)
+            monkeypatch.setenv("TUNETRACE_SHARD_TIMEOUT_S", "60")
+            assert sum(access.call_all(_odd_answer, [("count",)] * 3)) == 5
+        assert other.status == "running"
 
 
 def _count_after_dying_once(shard: OpenShard, marker: str) -> int:

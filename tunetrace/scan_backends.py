@@ -129,8 +129,8 @@ def sharded_scan_task(
 
     The file is decoded and fingerprinted here, on whichever worker runs the job; the query
     then goes to every shard on the worker each shard is assigned to, through this worker's
-    own client (the task leaves the worker's thread pool meanwhile, so the shard tasks it
-    waits for can run on this worker too).
+    own client (the task leaves the worker's thread pool meanwhile, so the shard work it
+    waits for can run in that pool on this worker too).
     """
     from distributed import worker_client
 

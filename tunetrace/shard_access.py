@@ -7,15 +7,13 @@ arguments and results travel (a query's fingerprint out, verified matches or met
 a shard's vectors and spectra stay where it is opened.
 
 On Dask, each shard is assigned to one worker (:func:`assign_shards`: balanced rendezvous
-hashing of the shard's directory over the workers the scheduler knows). Each worker the client
-uses gets a :class:`ShardHost`, a Dask actor made with that worker as a strict restriction
-(``workers=[w]``), so that neither placement nor work stealing opens a shard anywhere else. A
-call on many shards is one method call on each host holding some (:func:`run_on_shards`: its
-shards one after the other, the query sent once), which goes to the worker without a task on
-the scheduler; the shards it opens stay open between calls. When the worker leaves (or dies
-with the call), its shards are sent to their next workers by the same assignment, through
-hosts made there; a shard that raised is tried once more. A worker joining or leaving moves
-few shards besides its own.
+hashing of the shard's directory over the workers the scheduler knows). The client reaches
+each worker through one Dask actor there (:mod:`tunetrace.shard_hosts`): a call on many shards
+is one method call on each worker holding some, which runs its shards one after the other
+(:func:`run_on_shards`) and keeps them open between calls. When a worker leaves (or dies with
+the call), its shards are sent to their next workers by the same assignment, through actors
+made there; a shard that raised is tried once more. A worker joining or leaving moves few
+shards besides its own.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -40,6 +39,7 @@ from tunetrace.errors import (
 )
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import DATABASE_NAME, FEATURES_CACHE_BYTES, Catalogue
+from tunetrace.shard_hosts import ShardHosts, call_payload, read_answer
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -268,8 +268,6 @@ class DaskShards(_Shards):
         self._lock = threading.Lock()
         self._assigned: list[str | None] | None = None
         self._assigned_at = 0.0
-        #: Each worker's shard host: the actor's future (which keeps it alive) and the actor.
-        self._hosts: dict[str, tuple[Any, Any]] = {}
         self._own_client = isinstance(scheduler, str)
         try:
             self.client = (
@@ -279,12 +277,13 @@ class DaskShards(_Shards):
             )
         except (OSError, TimeoutError) as exc:
             raise CatalogueError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+        self.hosts = ShardHosts(self.client, self._workers)
 
     def assignment(self) -> list[str | None]:
         """The worker each shard is assigned to now (``None``: the cluster has no workers).
 
-        The cluster's workers are asked for at most every :data:`ASSIGNMENT_TTL_S`; a task
-        sent to a worker that has left meanwhile is sent again (see :meth:`call_many`).
+        The cluster's workers are asked for at most every :data:`ASSIGNMENT_TTL_S`; shards
+        sent to a worker that has left meanwhile are sent again (see :meth:`call_many`).
         """
         now = time.monotonic()
         with self._lock:
@@ -294,86 +293,6 @@ class DaskShards(_Shards):
                 self._assigned_at = now
             return self._assigned
 
-    def _submit(
-        self,
-        worker: str,
-        shards: list[int],
-        function: Callable[..., R],
-        args: dict[int, tuple[Any, ...]],
-    ) -> Any:
-        """``function`` on each of ``shards`` in turn by ``worker``'s shard host: the call's
-        future, or ``None`` when the worker has left the cluster."""
-        for _ in range(2):  # a host whose worker was lost since it was made is made again
-            host = self._host(worker)
-            if host is None:
-                return None
-            try:
-                # an actor finds its client as Dask's current one: this client, not the
-                # process's default (which may be another, or none)
-                with self.client.as_current():
-                    return host.run(
-                        [self.directories[shard] for shard in shards],
-                        self.read_only,
-                        self.params,
-                        function,
-                        [args[shard] for shard in shards],  # one pickle: the query sent once
-                    )
-            except RuntimeError:  # "Worker holding Actor was lost"
-                self._forget_host(worker)
-        return None
-
-    def _host(self, worker: str) -> Any | None:
-        """``worker``'s shard host, made on first use (``None`` when the worker has left).
-
-        Raises
-        ------
-        ShardUnavailableError
-            If the worker makes no host within :func:`shard_timeout_s`.
-        """
-        from distributed.scheduler import KilledWorker
-
-        with self._lock:
-            made = self._hosts.get(worker)
-        if made is not None and made[0].status == "finished":
-            return made[1]
-        if made is not None:
-            self._forget_host(worker)
-        future = self.client.submit(
-            ShardHost, actor=True, workers=[worker], allow_other_workers=False, pure=False
-        )
-        deadline = time.monotonic() + shard_timeout_s()
-        try:
-            while True:
-                try:
-                    actor = future.result(timeout=WORKER_CHECK_S)
-                    break
-                except TimeoutError:
-                    if worker not in self._workers():
-                        future.release()
-                        return None
-                    if time.monotonic() > deadline:
-                        future.release()
-                        raise ShardUnavailableError(
-                            f"Dask worker {worker} made no shard host within "
-                            f"{shard_timeout_s():g} s ({SHARD_TIMEOUT_ENV})"
-                        ) from None
-        except (KilledWorker, OSError):  # it died making it
-            future.release()
-            return None
-        with self._lock:
-            replaced = self._hosts.get(worker)
-            self._hosts[worker] = (future, actor)
-        if replaced is not None:
-            replaced[0].release()
-        return actor
-
-    def _forget_host(self, worker: str) -> None:
-        """Drop ``worker``'s shard host (its worker was lost, or contact with it)."""
-        with self._lock:
-            made = self._hosts.pop(worker, None)
-        if made is not None:
-            made[0].release()
-
     def call(self, shard: int, function: Callable[..., R], *args: Any) -> R:
         """See :class:`ShardAccess`."""
         return self.call_many(function, {shard: args})[shard]
@@ -381,11 +300,16 @@ class DaskShards(_Shards):
     def call_many(
         self, function: Callable[..., R], args: dict[int, tuple[Any, ...]]
     ) -> dict[int, R]:
-        """See :class:`ShardAccess`: one task per worker holding some of the shards, every
-        task sent before any result is awaited. Shards whose worker left the cluster are sent
-        to their next workers (up to :data:`MAX_REASSIGNMENTS` times), shards that raised are
-        sent again (:data:`SHARD_TASK_RETRIES` times); errors about the request itself pass
-        through unchanged."""
+        """See :class:`ShardAccess`: one call on the shard host of each worker holding some
+        of the shards, every call sent before any answer is awaited. Shards whose worker left
+        the cluster (or died answering) are sent to their next workers (up to
+        :data:`MAX_REASSIGNMENTS` times), shards that raised are sent again
+        (:data:`SHARD_TASK_RETRIES` times); errors about the request itself pass through
+        unchanged."""
+        if self.client.status != "running":
+            raise ShardUnavailableError(
+                f"the Dask client is {self.client.status}: no scheduler to run shards on"
+            )
         results: dict[int, R] = {}
         failures: dict[int, str] = {}
         moves, retries = dict.fromkeys(args, 0), dict.fromkeys(args, 0)
@@ -397,23 +321,25 @@ class DaskShards(_Shards):
             for shard in pending:
                 worker = assigned[shard]
                 if worker is None:
-                    failures[shard] = (
-                        f"shard {self._name(shard)}: the Dask cluster has no workers"
-                    )
+                    failures[shard] = f"shard {self._name(shard)}: the Dask cluster has no workers"
                 else:
                     by_worker.setdefault(worker, []).append(shard)
+            hosts = self.hosts.get(by_worker, deadline)
             sent = []
             for worker, shards in by_worker.items():
-                try:
-                    sent.append((worker, shards, self._submit(worker, shards, function, args)))
-                except ShardUnavailableError as exc:
-                    failures.update((shard, str(exc)) for shard in shards)
+                host = hosts[worker]
+                if isinstance(host, str):
+                    failures.update((s, f"shard {self._name(s)}: {host}") for s in shards)
+                    continue
+                future = None if host is None else self._send(worker, host, shards, function,
+                                                               args, deadline)  # fmt: skip
+                sent.append((worker, host, shards, future))
             pending = []
-            for worker, shards, future in sent:
+            for worker, host, shards, future in sent:
                 outcomes = (
                     None
                     if future is None
-                    else self._outcomes(worker, shards, future, deadline, failures)
+                    else self._outcomes(worker, host, shards, future, deadline, failures)
                 )
                 if outcomes is None:  # the worker left: its shards go to their next ones
                     self._assigned = None  # ask the cluster again
@@ -449,21 +375,45 @@ class DaskShards(_Shards):
             )  # fmt: skip
         return results
 
+    def _send(
+        self,
+        worker: str,
+        host: Any,
+        shards: list[int],
+        function: Callable[..., R],
+        args: dict[int, tuple[Any, ...]],
+        deadline: float,
+    ) -> Any:
+        """``function`` on each of ``shards`` in turn by ``worker``'s host: the call's
+        future, or ``None`` when the host's worker was lost."""
+        payload = call_payload(
+            [self.directories[shard] for shard in shards], self.read_only, self.params,
+            function, [args[shard] for shard in shards], max(deadline - time.monotonic(), 0.0),
+        )  # fmt: skip
+        try:
+            return host.run(payload)
+        except RuntimeError as exc:
+            if "Actor was lost" not in str(exc):
+                raise
+            self.hosts.forget(worker, host)
+            return None
+
     def _outcomes(
         self,
         worker: str,
+        host: Any,
         shards: list[int],
         future: Any,
         deadline: float,
         failures: dict[int, str],
     ) -> list[tuple[bool, Any]] | None:
-        """What a worker's shard host gave for each of its shards (:func:`run_on_shards`);
-        ``None`` when the worker left the cluster, or contact with it was lost, before it
-        answered.
+        """What ``worker``'s host gave for each of its shards; ``None`` when the worker left
+        the cluster, or died answering, first.
 
-        No answer by ``deadline`` (:func:`shard_timeout_s`: a worker that hangs), or a lost
-        scheduler, is recorded in ``failures`` for each of the shards, and an empty list
-        returned.
+        A call that failed as a whole (no answer by ``deadline``: :func:`shard_timeout_s`, a
+        worker that hangs; a lost scheduler; a call the worker could not read) is recorded
+        in ``failures`` for each of the shards, and an empty list returned. A host that did
+        not answer in time is not used again.
         """
 
         def failed(reason: str) -> list[tuple[bool, Any]]:
@@ -474,10 +424,11 @@ class DaskShards(_Shards):
         try:
             while True:
                 try:
-                    outcomes: list[tuple[bool, Any]] = future.result(timeout=WORKER_CHECK_S)
-                    return outcomes
+                    answer = read_answer(future.result(timeout=WORKER_CHECK_S))
+                    return failed(answer) if isinstance(answer, str) else answer
                 except TimeoutError:
                     if time.monotonic() > deadline:
+                        self.hosts.forget(worker, host)
                         return failed(
                             f"no answer from its Dask worker within {shard_timeout_s():g} s "
                             f"({SHARD_TIMEOUT_ENV})"
@@ -485,13 +436,13 @@ class DaskShards(_Shards):
                     if worker in self._workers():
                         continue  # still working
                 logger.info("worker %s left with shards %s", worker, shards)
-                self._forget_host(worker)
+                self.hosts.forget(worker, host)
                 return None
         except ShardUnavailableError as exc:  # the scheduler is gone
             return failed(str(exc))
         except OSError as exc:  # the worker died answering, or cannot be reached
             logger.info("lost contact with worker %s (%s); its shards move", worker, exc)
-            self._forget_host(worker)
+            self.hosts.forget(worker, host)
             return None
 
     def _name(self, shard: int) -> str:
@@ -514,11 +465,7 @@ class DaskShards(_Shards):
 
     def close(self) -> None:
         """Release the shard hosts; close the client if this object connected it."""
-        with self._lock:
-            hosts, self._hosts = list(self._hosts.values()), {}
-        if self.client.status == "running":
-            for future, _ in hosts:
-                future.release()
+        self.hosts.close()
         if self._own_client:
             self.client.close()
 
@@ -600,23 +547,6 @@ def run_on_shard(
     return function(opened, *args)
 
 
-class ShardHost:
-    """A Dask actor on one worker that runs functions on the shards opened in its process
-    (:func:`run_on_shards`). Its calls reach the worker without a task on the scheduler, and
-    run one at a time on the worker's actor thread."""
-
-    def run(
-        self,
-        directories: list[str],
-        read_only: bool,
-        params: FingerprintParams,
-        function: Callable[..., R],
-        args: list[tuple[Any, ...]],
-    ) -> list[tuple[bool, Any]]:
-        """See :func:`run_on_shards`."""
-        return run_on_shards(directories, read_only, params, function, args)
-
-
 def run_on_shards(
     directories: list[str],
     read_only: bool,
@@ -625,7 +555,7 @@ def run_on_shards(
     args: list[tuple[Any, ...]],
 ) -> list[tuple[bool, Any]]:
     """:func:`run_on_shard` on each of a worker's shards in turn (what its
-    :class:`ShardHost` runs).
+    :class:`~tunetrace.shard_hosts.ShardHost` runs).
 
     Returns
     -------
@@ -639,6 +569,7 @@ def run_on_shards(
             outcomes.append((True, run_on_shard(directory, read_only, params, function,
                                                 *shard_args)))  # fmt: skip
         except Exception as exc:  # sent back as a value: one shard's fault is not the others'
+            exc.add_note(f"on Dask worker process {os.getpid()}:\n{traceback.format_exc()}")
             outcomes.append((False, exc))
     return outcomes
 

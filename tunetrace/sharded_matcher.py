@@ -461,7 +461,11 @@ def _shard_neighbours(
     ``shard_count`` shards' vectors would be (:func:`probe_share`; 1: as fully as its own)."""
     catalogue = shard.catalogue
     catalogue.refresh()
-    share = probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
+    share = (
+        1.0
+        if shard_count <= 1
+        else probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
+    )
     return catalogue.search(vectors, k, effort=effort * share), shard.damaged_references()
 
 
