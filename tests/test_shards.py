@@ -834,6 +834,12 @@ def test_shard_calls_go_to_one_host_per_worker_and_retry_a_shard_that_failed(
             access.call_all(_count_or_fail, [(failing, "bad")] * 3)
 
 
+def _worker_address(shard: OpenShard) -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
 class _UnreadableError(Exception):
     """An exception that cannot be rebuilt from its pickle (its constructor wants two)."""
 
@@ -866,6 +872,8 @@ def test_dask_shard_calls_fail_fast_and_clearly_and_serve_many_threads(
         ) as catalogue:  # fmt: skip
             access = catalogue.shards
             assert sum(access.call_all(_odd_answer, [("count",)] * 3)) == 5
+            # shard functions see their worker, as in a task
+            assert access.call_all(_worker_address, [()] * 3) == access.assignment()
             for kind, message in [("unpicklable", "could not be sent back"),
                                   ("unreadable", "could not be read")]:  # fmt: skip
                 started = time.monotonic()

@@ -15,6 +15,7 @@ there past the time its caller gives it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import pickle
 import threading
@@ -54,8 +55,10 @@ class ShardHost:
 
         received = time.monotonic()
         pool = get_worker().executors["default"]
+        # in this context, so that the shards' functions see their worker as a task does
+        context = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(
-            pool, run_payload, payload, received
+            pool, context.run, run_payload, payload, received
         )
 
 
