@@ -316,6 +316,13 @@ class DaskShards(_Shards):
         pending = sorted(args)
         deadline = time.monotonic() + shard_timeout_s()
         while pending:
+            if time.monotonic() > deadline:  # sent again, and again, past the query's time
+                failures.update(
+                    (shard, f"shard {self._name(shard)}: no answer within "
+                            f"{shard_timeout_s():g} s ({SHARD_TIMEOUT_ENV})")
+                    for shard in pending
+                )  # fmt: skip
+                break
             assigned = self.assignment()
             by_worker: dict[str, list[int]] = {}
             for shard in pending:
@@ -412,8 +419,7 @@ class DaskShards(_Shards):
 
         A call that failed as a whole (no answer by ``deadline``: :func:`shard_timeout_s`, a
         worker that hangs; a lost scheduler; a call the worker could not read) is recorded
-        in ``failures`` for each of the shards, and an empty list returned. A host that did
-        not answer in time is not used again.
+        in ``failures`` for each of the shards, and an empty list returned.
         """
 
         def failed(reason: str) -> list[tuple[bool, Any]]:
@@ -425,25 +431,32 @@ class DaskShards(_Shards):
             while True:
                 try:
                     answer = read_answer(future.result(timeout=WORKER_CHECK_S))
+                    if answer is None:  # its worker is closing
+                        break
                     return failed(answer) if isinstance(answer, str) else answer
                 except TimeoutError:
                     if time.monotonic() > deadline:
-                        self.hosts.forget(worker, host)
                         return failed(
                             f"no answer from its Dask worker within {shard_timeout_s():g} s "
                             f"({SHARD_TIMEOUT_ENV})"
                         )
-                    if worker in self._workers():
-                        continue  # still working
-                logger.info("worker %s left with shards %s", worker, shards)
-                self.hosts.forget(worker, host)
-                return None
+                    # still working where it belongs, on a host Dask still has
+                    if worker in self._workers() and not self.hosts.lost(worker, host):
+                        continue
+                break
+            logger.info("worker %s left with shards %s", worker, shards)
+            self.hosts.forget(worker, host)
+            return None
         except ShardUnavailableError as exc:  # the scheduler is gone
             return failed(str(exc))
         except OSError as exc:  # the worker died answering, or cannot be reached
             logger.info("lost contact with worker %s (%s); its shards move", worker, exc)
             self.hosts.forget(worker, host)
             return None
+        except Exception as exc:  # the client closed under the call, or the like
+            if self.client.status != "running":
+                return failed(f"the Dask client is {self.client.status}")
+            return failed(f"the call to its Dask worker failed ({exc!r})")
 
     def _name(self, shard: int) -> str:
         return shard_name(Path(self.directories[shard]))

@@ -30,10 +30,13 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between checks that a worker making a host is still in the cluster.
 WORKER_CHECK_S = 1.0
-#: One host is bound to its client at a time (Dask's "current client" is a process setting).
+#: One host is bound to its client at a time (Dask's "current client" also sets Dask's
+#: scheduler option, which is process-wide).
 _binding = threading.Lock()
 #: What a call gives back for each shard: ``(True, answer)`` or ``(False, exception)``.
 Outcome = tuple[bool, Any]
+#: A call's answer when its worker is closing (its shards go to other workers).
+CLOSING = ("closing",)
 
 
 class ShardHost:
@@ -57,9 +60,12 @@ class ShardHost:
         pool = get_worker().executors["default"]
         # in this context, so that the shards' functions see their worker as a task does
         context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(
-            pool, context.run, run_payload, payload, received
-        )
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, context.run, run_payload, payload, received
+            )
+        except RuntimeError:  # the worker is closing: its pool takes no more work
+            return pickle.dumps(CLOSING)
 
 
 def call_payload(
@@ -87,7 +93,10 @@ def run_payload(payload: bytes, received: float) -> bytes:
         return pickle.dumps(f"the call could not be read on its worker ({exc!r})")
     waited = time.monotonic() - received
     if waited > seconds:
-        late = ShardUnavailableError(f"its worker was busy for {waited:.0f} s before it")
+        late = ShardUnavailableError(
+            f"it waited {waited:.0f} s for a free thread on its Dask worker, past the query's "
+            "time"
+        )
         outcomes: list[Outcome] = [(False, late)] * len(directories)
     else:
         outcomes = run_on_shards(directories, read_only, params, function, args)
@@ -106,7 +115,7 @@ def _dumped(outcome: Outcome) -> bytes:
         return pickle.dumps((False, failure))
 
 
-def read_answer(raw: bytes) -> list[Outcome] | str:
+def read_answer(raw: bytes) -> list[Outcome] | str | None:
     """What a host call gave: each shard's outcome, or why the call as a whole failed.
 
     Parameters
@@ -116,9 +125,12 @@ def read_answer(raw: bytes) -> list[Outcome] | str:
 
     Returns
     -------
-    outcomes : list of tuple of (bool, object), or str
+    outcomes : list of tuple of (bool, object), str or None
+        ``None`` when the worker was closing (its shards go elsewhere).
     """
     decoded = pickle.loads(raw)
+    if decoded == CLOSING:
+        return None
     if isinstance(decoded, str):
         return decoded
     outcomes: list[Outcome] = []
@@ -212,27 +224,35 @@ class ShardHosts:
         return found
 
     def _awaited(self, worker: str, future: Any, deadline: float) -> Any | str | None:
-        """The host ``future`` makes on ``worker`` (see :meth:`get`)."""
+        """The host ``future`` makes on ``worker`` (see :meth:`get`). A host not made by
+        ``deadline`` is left to finish for later calls (other threads may be waiting on it
+        with later deadlines)."""
         from distributed.client import FutureCancelledError
         from distributed.scheduler import KilledWorker
 
         try:
-            while not _done_within(future, WORKER_CHECK_S):
+            while True:
+                if _done_within(future, WORKER_CHECK_S):
+                    # The actor takes Dask's current client as its own when it is read:
+                    # this one, not the process's default (another cluster's, or none).
+                    try:
+                        with _binding, self.client.as_current():
+                            actor = future.result(timeout=WORKER_CHECK_S)
+                        return self._settled(worker, future, actor)
+                    except TimeoutError:  # its worker died since: the host is made again
+                        pass
                 if worker not in self._workers_now():
                     return self._settled(worker, future, None)
                 if time.monotonic() > deadline:
-                    self._settled(worker, future, None)
                     return f"Dask worker {worker} made no shard host in time"
-            # The actor takes Dask's current client as its own when it is read: this one,
-            # not the process's default (another cluster's, or none).
-            with _binding, self.client.as_current():
-                actor = future.result()
         except (KilledWorker, FutureCancelledError, OSError):  # its worker died making it
             return self._settled(worker, future, None)
         except ShardUnavailableError as exc:  # the scheduler is gone
             self._settled(worker, future, None)
             return str(exc)
-        return self._settled(worker, future, actor)
+        except Exception as exc:  # e.g. a worker whose installation lacks this module
+            self._settled(worker, future, None)
+            return f"Dask worker {worker} could not make a shard host ({exc!r})"
 
     def _settled(self, worker: str, future: Any, actor: Any) -> Any:
         """Record how making ``worker``'s host ended; the host to use (``None``: none)."""
@@ -247,6 +267,12 @@ class ShardHosts:
                 self._hosts[worker] = (future, actor)
                 return actor
             return made[1]
+
+    def lost(self, worker: str, actor: Any) -> bool:
+        """Whether ``worker``'s host ``actor`` is no longer the one in use, or Dask lost it."""
+        with self._lock:
+            made = self._hosts.get(worker)
+        return made is None or made[1] is not actor or made[0].status != "finished"
 
     def forget(self, worker: str, actor: Any) -> None:
         """Drop ``worker``'s host if it is still ``actor`` (found lost, or stuck)."""
