@@ -39,7 +39,13 @@ from tunetrace.errors import (
 )
 from tunetrace.fingerprint.params import FingerprintParams
 from tunetrace.index.catalogue import DATABASE_NAME, FEATURES_CACHE_BYTES, Catalogue
-from tunetrace.shard_hosts import ShardHosts, call_payload, read_answer
+from tunetrace.shard_hosts import (
+    WORKER_CHECK_S,
+    Outcome,
+    ShardHosts,
+    call_payload,
+    read_answer,
+)
 
 logger = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -48,12 +54,11 @@ R = TypeVar("R")
 ASSIGNMENT_TTL_S = 2.0
 #: Environment variable: seconds a query waits for a shard's answer on Dask (default 300).
 SHARD_TIMEOUT_ENV = "TUNETRACE_SHARD_TIMEOUT_S"
-#: Seconds between checks that the worker a shard task waits on is still in the cluster.
-WORKER_CHECK_S = 1.0
-#: Times a shard's work is sent to another worker after its worker left, before giving up.
+#: Times a shard's work is sent to another worker after its worker left or died, before
+#: giving up.
 MAX_REASSIGNMENTS = 3
-#: Times a shard's work that raised is sent again (a worker's death is counted by the
-#: scheduler instead, up to ``distributed.scheduler.allowed-failures``).
+#: Times a shard's work that raised is sent again (a worker's death counts as a move
+#: instead, :data:`MAX_REASSIGNMENTS`).
 SHARD_TASK_RETRIES = 1
 
 
@@ -306,10 +311,7 @@ class DaskShards(_Shards):
         :data:`MAX_REASSIGNMENTS` times), shards that raised are sent again
         (:data:`SHARD_TASK_RETRIES` times); errors about the request itself pass through
         unchanged."""
-        if self.client.status != "running":
-            raise ShardUnavailableError(
-                f"the Dask client is {self.client.status}: no scheduler to run shards on"
-            )
+        self._require_running_client()
         results: dict[int, R] = {}
         failures: dict[int, str] = {}
         moves, retries = dict.fromkeys(args, 0), dict.fromkeys(args, 0)
@@ -413,7 +415,7 @@ class DaskShards(_Shards):
         future: Any,
         deadline: float,
         failures: dict[int, str],
-    ) -> list[tuple[bool, Any]] | None:
+    ) -> list[Outcome] | None:
         """What ``worker``'s host gave for each of its shards; ``None`` when the worker left
         the cluster, or died answering, first.
 
@@ -422,7 +424,7 @@ class DaskShards(_Shards):
         in ``failures`` for each of the shards, and an empty list returned.
         """
 
-        def failed(reason: str) -> list[tuple[bool, Any]]:
+        def failed(reason: str) -> list[Outcome]:
             for shard in shards:
                 failures[shard] = f"shard {self._name(shard)}: {reason}"
             return []
@@ -465,16 +467,19 @@ class DaskShards(_Shards):
         # Asked of the scheduler itself: the client's cached ``scheduler_info`` is rewritten
         # every few seconds by an update that lists no workers, and read at that moment it
         # showed a cluster without any (a query then failed as if no worker were left).
+        self._require_running_client()
         scheduler = self.client.scheduler
-        if self.client.status != "running" or scheduler is None:
-            raise ShardUnavailableError(
-                f"the Dask client is {self.client.status}: no scheduler to run shards on"
-            )
         try:
             identity = self.client.sync(scheduler.identity, n_workers=-1)
         except (OSError, TimeoutError) as exc:
             raise ShardUnavailableError(f"lost the Dask scheduler: {exc}") from exc
         return set(identity.get("workers", {}))
+
+    def _require_running_client(self) -> None:
+        if self.client.status != "running" or self.client.scheduler is None:
+            raise ShardUnavailableError(
+                f"the Dask client is {self.client.status}: no scheduler to run shards on"
+            )
 
     def close(self) -> None:
         """Release the shard hosts; close the client if this object connected it."""
@@ -566,7 +571,7 @@ def run_on_shards(
     params: FingerprintParams,
     function: Callable[..., R],
     args: list[tuple[Any, ...]],
-) -> list[tuple[bool, Any]]:
+) -> list[Outcome]:
     """:func:`run_on_shard` on each of a worker's shards in turn (what its
     :class:`~tunetrace.shard_hosts.ShardHost` runs).
 
@@ -576,7 +581,7 @@ def run_on_shards(
         One per shard: ``(True, answer)``, or ``(False, exception)`` for a shard that raised
         (the others still answer; the caller decides what each exception means).
     """
-    outcomes: list[tuple[bool, Any]] = []
+    outcomes: list[Outcome] = []
     for directory, shard_args in zip(directories, args, strict=True):
         try:
             outcomes.append((True, run_on_shard(directory, read_only, params, function,

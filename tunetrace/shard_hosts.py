@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import logging
 import pickle
 import threading
 import time
@@ -26,9 +25,8 @@ from typing import Any
 from tunetrace.errors import CatalogueError, ShardUnavailableError
 from tunetrace.fingerprint.params import FingerprintParams
 
-logger = logging.getLogger(__name__)
-
-#: Seconds between checks that a worker making a host is still in the cluster.
+#: Seconds between checks that a worker making a host, or answering a call, is still in the
+#: cluster.
 WORKER_CHECK_S = 1.0
 #: One host is bound to its client at a time (Dask's "current client" also sets Dask's
 #: scheduler option, which is process-wide).
