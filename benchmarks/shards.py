@@ -76,7 +76,7 @@ from tunetrace.scan_backends import run_dask
 from tunetrace.scoring import ScoreModel
 from tunetrace.shard_access import DaskShards, OpenShard
 from tunetrace.sharded_catalogue import ShardedCatalogue
-from tunetrace.sharded_matcher import probe_share
+from tunetrace.sharded_matcher import catalogue_probe_share
 
 logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
@@ -363,9 +363,8 @@ def _profiled_shard(
     key = (str(shard.directory), shard_count)
     matcher = _shard_matchers.get(key)
     if matcher is None:
-        catalogue = shard.catalogue
-        share = probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
-        matcher = _shard_matchers[key] = _ShardMatcher(catalogue, share=share)
+        share = catalogue_probe_share(shard.catalogue, shard_count)
+        matcher = _shard_matchers[key] = _ShardMatcher(shard.catalogue, share=share)
     stages: dict[str, float] = {}
     started = time.perf_counter()
     found = matcher.verify(features, patches=patches, timings=stages)
@@ -964,8 +963,14 @@ def project(
 # ------------------------------------------------------------------------- results
 
 
+def _higher_score(differing: dict[str, Any]) -> float:
+    """The higher of a differing verdict's two top scores (sharded, unsharded)."""
+    return max(differing["sharded"][1] or 0, differing["unsharded"][1] or 0)
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as short Markdown tables."""
+    every_layout = result["layouts"] + result.get("probe_share_layouts", [])
     lines = [
         f"Sharded catalogues, 10-s queries, {result['date']}, {result['machine']}, commit "
         f"{result['commit']}. Shards of {SOURCE_WORKS:,} works, 2 Dask worker processes of one "
@@ -987,7 +992,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"{latency['false_positives']} of {latency['negatives']} | - | "
             f"{unsharded['other_load']['other_cpu_share_during']:.0%} |"
         )
-    for layout in result["layouts"] + result.get("probe_share_layouts", []):
+    for layout in every_layout:
         latency, verdicts = layout["latency"], layout["verdicts"]
         per_worker = "/".join(str(n) for n in layout["shards_per_worker"])
         sharing = ", probing as one index" if layout.get("probe_share") else ""
@@ -1009,7 +1014,7 @@ def markdown(result: dict[str, Any]) -> str:
         + "; ".join(
             f"{m['shards']} shards{', probing as one index' if m.get('probe_share') else ''} "
             f"{m['verdicts']['same_flagged_verdict']} of {m['verdicts']['compared']}"
-            for m in result["layouts"] + result.get("probe_share_layouts", [])
+            for m in every_layout
         )
         + ". Shard 0's own best verification equals the unsharded top reference and score: "
         + "; ".join(
@@ -1019,11 +1024,11 @@ def markdown(result: dict[str, Any]) -> str:
         "pass and the throughput pass.",
     ]
     threshold = result["score_threshold"]
-    for m in result["layouts"] + result.get("probe_share_layouts", []):
+    for m in every_layout:
         differing = m["verdicts"]["differing"]
         flagged = [
             d for d in differing
-            if max(d["sharded"][1] or 0, d["unsharded"][1] or 0) >= threshold
+            if _higher_score(d) >= threshold
         ]  # fmt: skip
         if not flagged:
             continue
@@ -1040,14 +1045,13 @@ def markdown(result: dict[str, Any]) -> str:
             + ".",
         ]
     below = [
-        d for m in result["layouts"] + result.get("probe_share_layouts", [])
+        d for m in every_layout
         for d in m["verdicts"]["differing"]
-        if max(d["sharded"][1] or 0, d["unsharded"][1] or 0) < threshold
+        if _higher_score(d) < threshold
     ]  # fmt: skip
     if below:
-        highest = max(max(d["sharded"][1] or 0, d["unsharded"][1] or 0) for d in below)
-        every = len(below) == sum(len(m["verdicts"]["differing"]) for m in
-                                  result["layouts"] + result.get("probe_share_layouts", []))
+        highest = max(_higher_score(d) for d in below)
+        every = len(below) == sum(len(m["verdicts"]["differing"]) for m in every_layout)
         lines += [
             "",
             ("Every top reference that differs" if every else "The other differing top "

@@ -52,6 +52,7 @@ import numpy as np
 from tunetrace.candidates import find_candidates
 from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
+from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.index.vector_index import IndexSpec
 from tunetrace.matcher import Matcher, MatchSettings, one_ratio_each
@@ -461,12 +462,16 @@ def _shard_neighbours(
     ``shard_count`` shards' vectors would be (:func:`probe_share`; 1: as fully as its own)."""
     catalogue = shard.catalogue
     catalogue.refresh()
-    share = (
-        1.0
-        if shard_count <= 1
-        else probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
-    )
+    share = catalogue_probe_share(catalogue, shard_count)
     return catalogue.search(vectors, k, effort=effort * share), shard.damaged_references()
+
+
+def catalogue_probe_share(catalogue: Catalogue, shard_count: int) -> float:
+    """:func:`probe_share` of one shard's catalogue among ``shard_count`` (its index is not
+    looked at for one)."""
+    if shard_count <= 1:
+        return 1.0
+    return probe_share(catalogue.inverted_lists(), catalogue.index_spec, shard_count)
 
 
 def probe_share(
