@@ -717,6 +717,18 @@ def cluster() -> Iterator[object]:
         yield local
 
 
+@contextlib.contextmanager
+def _on_cluster(cluster, directory: Path) -> Iterator[tuple[object, ShardedCatalogue]]:
+    """A client of ``cluster`` and the sharded catalogue at ``directory`` searched on it."""
+    from distributed import Client
+
+    with (
+        Client(cluster) as client,
+        ShardedCatalogue(directory, read_only=True, scheduler=client) as catalogue,
+    ):
+        yield client, catalogue
+
+
 def _opened_shards() -> list[str]:
     from tunetrace.shard_access import opened_shards
 
@@ -763,14 +775,9 @@ def test_workers_are_asked_of_the_scheduler_not_the_clients_cache(
 def test_shards_on_dask_workers_name_their_damaged_rows(
     cluster, sharded: Path, queries: Path, tmp_path: Path
 ) -> None:
-    from distributed import Client
-
     directory = tmp_path / "catalogue"
     _copy_with_song2_damaged(sharded, directory)
-    with (
-        Client(cluster) as client,
-        ShardedCatalogue(directory, read_only=True, scheduler=client) as catalogue,
-    ):
+    with _on_cluster(cluster, directory) as (_, catalogue):
         report = tunetrace.Matcher(catalogue).match_path(queries / "pitched.flac")
     assert (report.matches, report.damaged_references) == ([], ("song2",))
 
@@ -809,12 +816,9 @@ def test_one_shards_failure_in_a_workers_batch_leaves_the_others_answered(sharde
 def test_shard_calls_go_to_one_host_per_worker_and_retry_a_shard_that_failed(
     cluster, sharded: Path, tmp_path: Path
 ) -> None:
-    from distributed import Client, get_task_stream
+    from distributed import get_task_stream
 
-    with (
-        Client(cluster) as client,
-        ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue,
-    ):
+    with _on_cluster(cluster, sharded) as (client, catalogue):
         access = catalogue.shards
         workers = set(access.assignment())
         assert len(workers) == 2  # three shards on two workers
@@ -911,12 +915,7 @@ def _count_after_dying_once(shard: OpenShard, marker: str) -> int:
 def test_a_worker_killed_during_a_query_costs_no_answer(
     cluster, sharded: Path, tmp_path: Path
 ) -> None:
-    from distributed import Client
-
-    with (
-        Client(cluster) as client,
-        ShardedCatalogue(sharded, read_only=True, scheduler=client) as catalogue,
-    ):
+    with _on_cluster(cluster, sharded) as (client, catalogue):
         marker = str(tmp_path / "died")
         counts = catalogue.shards.call_all(_count_after_dying_once, [(marker,)] * 3)
         assert os.path.exists(marker) and sum(counts) == 5
