@@ -2,8 +2,8 @@
 
 ``python -m benchmarks.shard_verdicts`` copies the suite's catalogue (quick size: the corpus's
 catalogue tracks and the in-catalogue rendered pieces) and moves each copy's references into
-2 and into 5 shards (``tunetrace shards init``, which builds each shard's index for its own
-size). Every query is then decoded and fingerprinted once and matched against the unsharded
+2 and into 5 shards (``tunetrace shards init``, which trains one index for all shards).
+Every query is then decoded and fingerprinted once and matched against the unsharded
 catalogue and each sharded one in this process, and against the 2-shard one on a Dask
 ``LocalCluster`` of two single-threaded worker processes. Queries: the suite's evaluation
 queries (altered 10-30 s excerpts, whole tracks and negatives) and an even share of the
@@ -19,15 +19,18 @@ makes a match, below the threshold too. Counted per sharded layout:
   segment, as the JSON report rounds them).
 
 Two index settings, each on its own copies. ``built``: the indexes ``index build`` and
-``shards init`` choose (IVF, each shard's quantiser trained on its own vectors, so each
-shard's nearest patches are approximate in their own way). ``exact``: flat indexes in every
-catalogue, so the merged nearest patches are one catalogue's and only the matching logic is
-compared. Results: ``benchmarks/results/shard_verdicts.json`` and ``shard_verdicts.md``.
+``shards init`` choose (IVF; the shards' lists and codes trained once for all of them, on the
+sample one catalogue of all the references trains on, so each shard's index is a piece of
+the unsharded one). ``exact``: flat indexes in every catalogue, so the merged nearest patches
+are one catalogue's and only the matching logic is compared. Settings not run (``--indexes``)
+keep their rows from the last results, marked with the commit they were measured at.
+Results: ``benchmarks/results/shard_verdicts.json`` and ``shard_verdicts.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -56,14 +59,18 @@ SCORE_TOLERANCE = 0.01
 #: Marks a finished copy in the benchmark cache.
 COMPLETE = "complete.json"
 INDEX_SETTINGS = ("built", "exact")
+#: Copies made by an earlier version of the sharding (shards trained apart) are made again.
+LAYOUT_VERSION = 2
 
 
 def catalogue_copy(source: Path, index: str, shards: int) -> Path:
     """A copy of ``source`` in the benchmark cache (made once): unsharded when ``shards`` is
     0, else moved into that many shards; with flat indexes when ``index`` is ``"exact"``."""
     directory = CACHE / f"shard-verdicts-{source.name}-{index}-{shards}"
-    if (directory / COMPLETE).is_file():
-        return directory
+    with contextlib.suppress(OSError, ValueError):
+        made = json.loads((directory / COMPLETE).read_text())
+        if made.get("layout") == LAYOUT_VERSION:
+            return directory
     shutil.rmtree(directory, ignore_errors=True)
     # the catalogue's own files only (not the benchmark cache's marker of a finished one)
     shutil.copytree(source, directory, ignore=shutil.ignore_patterns("complete", COMPLETE))
@@ -72,7 +79,9 @@ def catalogue_copy(source: Path, index: str, shards: int) -> Path:
     if index == "exact":
         with open_catalogue(directory) as catalogue:
             catalogue.rebuild_index(IndexSpec(kind="flat"))
-    (directory / COMPLETE).write_text(json.dumps({"source": source.name, "shards": shards}))
+    (directory / COMPLETE).write_text(
+        json.dumps({"source": source.name, "shards": shards, "layout": LAYOUT_VERSION})
+    )
     return directory
 
 
@@ -199,10 +208,26 @@ def run(
             })  # fmt: skip
         result["settings"][index] = rows
         result["timing_s"][index] = round(time.perf_counter() - started, 1)
+    _carry_over(result)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "shard_verdicts.json").write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / "shard_verdicts.md").write_text(markdown(result))
     return result
+
+
+def _carry_over(result: dict[str, Any]) -> None:
+    """Keep the rows of index settings not run this time from the last results, if they
+    were measured on the same catalogue and queries (marked with their commit)."""
+    with contextlib.suppress(OSError, ValueError):
+        earlier = json.loads((RESULTS / "shard_verdicts.json").read_text())
+        if (earlier["catalogue"], earlier["queries"]) != (result["catalogue"], result["queries"]):
+            return
+        for index, rows in earlier["settings"].items():
+            if index not in result["settings"]:
+                result["settings"][index] = rows
+                result["timing_s"][index] = earlier["timing_s"].get(index)
+                carried = earlier.get("carried_over", {}).get(index, earlier["commit"])
+                result.setdefault("carried_over", {})[index] = carried
 
 
 def _count_kinds(queries: list[dict]) -> dict[str, int]:
@@ -237,10 +262,14 @@ def markdown(result: dict[str, Any]) -> str:
         "Top identical: the same best reference (or none), its score within "
         f"{result['score_tolerance']}. Flagged identical: the same references above the "
         f"threshold ({result['threshold']:.2f}). Reports identical: every match, estimate and "
-        "segment equal as the JSON report rounds them. Indexes `built`: each shard's own IVF "
-        "index, as `shards init` builds it; `exact`: flat indexes everywhere.",
+        "segment equal as the JSON report rounds them. Indexes `built`: IVF indexes as "
+        "`index build` and `shards init` make them (the shards' trained once for all of "
+        "them, as one catalogue of all the references trains its own); `exact`: flat "
+        "indexes everywhere.",
         "",
     ]
+    for index, commit in result.get("carried_over", {}).items():
+        lines += [f"The `{index}` rows were measured at commit {commit}, not run again.", ""]
     return "\n".join(lines)
 
 

@@ -63,6 +63,7 @@ from tunetrace.index.storage import (
     vectors_from_bytes,
     vectors_to_bytes,
 )
+from tunetrace.index.training_sample import content_keys
 from tunetrace.index.vector_index import IndexSpec, LayeredIndex, VectorIndex
 from tunetrace.index.writer_lock import WriterLock
 
@@ -745,6 +746,7 @@ class Catalogue:
             index.spec,
             *self._all_rows_vectors(),
             grid=self._grid_for(index.spec),
+            trained=self._recorded_training(),
         )
 
     def _changed(self, index: VectorIndex, *, publish: bool) -> None:
@@ -1046,6 +1048,14 @@ class Catalogue:
         catalogue is too small to train it)."""
         dim = self.params.embedding_dim
         vectors, ids = self._all_rows_vectors()
+        trained = self._recorded_training()
+        if trained is not None:  # one training shared with the other shards of a catalogue
+            index = VectorIndex.build(
+                dim, spec, vectors, ids, grid=self._grid_for(trained.spec), trained=trained
+            )
+            logger.info("built %s vector index from its recorded training: %d vectors",
+                        index.spec.kind, index.size)  # fmt: skip
+            return index
         if spec.resolved(len(vectors)).needs_training and len(vectors) < 10_000:
             logger.warning("too few vectors (%d) to train a %s index: exact search used",
                            len(vectors), spec.kind)  # fmt: skip
@@ -1075,11 +1085,24 @@ class Catalogue:
             packaged_noise().params_digest != self.params.digest()
         )
 
-    def rebuild_index(self, spec: IndexSpec | None = None) -> VectorIndex:
+    def rebuild_index(
+        self, spec: IndexSpec | None = None, *, trained: VectorIndex | None = None
+    ) -> VectorIndex:
         """Rebuild the vector index from the stored vectors, optionally as another kind.
 
         The new kind is recorded, so later rebuilds (and ``auto`` decisions) follow it. Other
         processes pick the new index up by the generation counter.
+
+        Parameters
+        ----------
+        spec : IndexSpec, optional
+            The kind asked for (default: the recorded one).
+        trained : VectorIndex, optional
+            An empty index trained for several catalogues (a sharded catalogue's shards, see
+            :mod:`tunetrace.index.shared_training`): the index is built on it instead of a
+            training of this catalogue's own vectors, and it is recorded with the kind, so
+            every later rebuild (after a crash, a removal from a graph index, a migration)
+            builds on it too. Without it, any recorded training is dropped.
 
         Raises
         ------
@@ -1089,26 +1112,125 @@ class Catalogue:
         """
         spec = spec or self.index_spec
         dim = self.params.embedding_dim
+        if trained is None:
+            self.check_index_spec(spec, 0)
+        with self._write():
+            vectors, ids = self._all_rows_vectors()
+            if trained is None:
+                self.check_index_spec(spec, len(vectors))
+            index = VectorIndex.build(
+                dim,
+                spec,
+                vectors,
+                ids,
+                grid=self._grid_for(trained.spec if trained else spec),
+                trained=trained,
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
+                (json.dumps(spec.to_dict()),),
+            )
+            self._record_training(trained)
+            self._db.execute("DELETE FROM meta WHERE key = 'index_outdated'")
+            self._changed(index, publish=True)
+        return index
+
+    def check_index_spec(self, spec: IndexSpec, n_vectors: int) -> None:
+        """Check that an index of ``spec``'s kind can be made for this catalogue's vectors
+        (``n_vectors`` of them, which decide ``auto``).
+
+        Raises
+        ------
+        ValueError
+            If the projection asks for more dimensions than the vectors have, or the packaged
+            alteration-noise model was measured with other fingerprint parameters.
+        """
+        dim = self.params.embedding_dim
         if spec.projection_dims > dim:
             raise ValueError(
                 f"a projection keeps at most the vectors' {dim} dimensions, not "
                 f"{spec.projection_dims}"
             )
-        with self._write():
-            vectors, ids = self._all_rows_vectors()
-            if self._projection_unfit(spec, len(vectors)):
-                raise ValueError(
-                    "the packaged alteration-noise model was measured with other fingerprint "
-                    "parameters than this catalogue's: use projection dimensions 0"
-                )
-            index = VectorIndex.build(dim, spec, vectors, ids, grid=self._grid_for(spec))
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_spec', ?)",
-                (json.dumps(spec.to_dict()),),
+        if self._projection_unfit(spec, n_vectors):
+            raise ValueError(
+                "the packaged alteration-noise model was measured with other fingerprint "
+                "parameters than this catalogue's: use projection dimensions 0"
             )
-            self._db.execute("DELETE FROM meta WHERE key = 'index_outdated'")
-            self._changed(index, publish=True)
-        return index
+
+    def _record_training(self, trained: VectorIndex | None) -> None:
+        """Record ``trained`` (or that there is none) inside the write transaction that
+        publishes the index built on it."""
+        if trained is None:
+            self._db.execute(
+                "DELETE FROM meta WHERE key IN ('index_training', 'index_training_spec')"
+            )
+            return
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_training', ?)",
+            (trained.training_bytes(),),
+        )
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('index_training_spec', ?)",
+            (json.dumps(trained.spec.to_dict()),),
+        )
+
+    def _recorded_training(self) -> VectorIndex | None:
+        """The shared training recorded by the last :meth:`rebuild_index` (``None``: the
+        index trains on this catalogue's own vectors; also, with a warning, when the record
+        cannot be read)."""
+        row = self._db.execute(
+            "SELECT value FROM meta WHERE key = 'index_training'"
+        ).fetchone()
+        described = self._meta("index_training_spec")
+        if row is None or described is None:
+            return None
+        try:
+            spec = IndexSpec.from_dict(json.loads(described))
+            if not isinstance(row[0], bytes):
+                raise ValueError("not stored as bytes")
+            return VectorIndex.from_training_bytes(self.params.embedding_dim, spec, row[0])
+        except (ValueError, TypeError) as exc:
+            logger.warning(
+                "the recorded index training of %s is unreadable (%s): the index trains on "
+                "this catalogue's own vectors", self.directory, exc,
+            )  # fmt: skip
+            return None
+
+    def training_keys(self, seed: int = 0) -> np.ndarray:
+        """The content key of every stored patch vector, in the order :meth:`vectors_at`
+        counts them (:func:`~tunetrace.index.training_sample.content_keys`): what a training
+        shared by several catalogues chooses its sample from.
+
+        Returns
+        -------
+        keys : np.ndarray [dtype=uint64]
+        """
+        with self._lock:
+            vectors = self._all_vectors()[0]
+        return content_keys(vectors, seed)
+
+    def vectors_at(self, positions: np.ndarray, expected: int) -> np.ndarray:
+        """The stored patch vectors at ``positions`` of all (in :meth:`training_keys` order).
+
+        Parameters
+        ----------
+        positions : np.ndarray
+            Positions among all stored vectors.
+        expected : int
+            How many vectors there were when the positions were chosen.
+
+        Raises
+        ------
+        CatalogueError
+            If the catalogue holds another number of vectors now (it changed in between).
+        """
+        with self._lock:
+            vectors = self._all_vectors()[0]
+        if len(vectors) != expected:
+            raise CatalogueError(
+                f"{self.directory} changed while its vectors were sampled: try again"
+            )
+        return vectors[np.asarray(positions, dtype=np.int64)]
 
     def migrate(
         self,

@@ -35,6 +35,7 @@ from tunetrace.index.shard_layout import (
     shard_of,
     write_manifest,
 )
+from tunetrace.index.shared_training import train_shared
 from tunetrace.index.vector_index import IndexSpec
 from tunetrace.index.writer_lock import LOCK_NAME, WriterLock
 
@@ -247,12 +248,15 @@ def _fill_generation(
                 progress(copied)
         largest = max(sources, key=lambda source: source.count(), default=None)
         spec = largest.index_spec if largest is not None else IndexSpec()
+        # the sources' kind and settings, IVF lists sized for the whole catalogue and
+        # trained once for all the new shards
+        trained = None if spec == IndexSpec() else train_shared(targets, replace(spec, nlist=0))
         for target in targets:
-            if spec == IndexSpec():
+            if trained is not None:
+                target.rebuild_index(replace(spec, nlist=0), trained=trained)
+            elif spec == IndexSpec() or target.count() == 0:
                 target.save_index()  # the default index, built as the references went in
-            elif target.count() == 0:
-                target.save_index()  # nothing to train on yet
-            else:  # the sources' kind and settings, IVF lists sized for the new shard
+            else:  # a kind without training (HNSW), or too few vectors to decide on one
                 target.rebuild_index(replace(spec, nlist=0))
     finally:
         for target in targets:

@@ -82,9 +82,35 @@ def training_rows(vectors: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     ValueError
         If ``count`` is negative.
     """
+    return sample_positions(content_keys(vectors, seed), count)
+
+
+def sample_positions(keys: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the ``count`` rows to train on, in training order, from every candidate
+    row's :func:`content_keys` (:func:`training_rows` for vectors whose keys were found
+    apart: the keys of several catalogues' vectors, joined in any order, choose the rows
+    one catalogue holding all of them would choose).
+
+    Parameters
+    ----------
+    keys : numpy.ndarray
+        ``uint64`` content key of each candidate row.
+    count : int >= 0
+        Rows wanted (all of them when ``count >= len(keys)``).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``int64`` positions into ``keys``.
+
+    Raises
+    ------
+    ValueError
+        If ``count`` is negative.
+    """
     if count < 0:
         raise ValueError(f"cannot train on {count} rows")
-    keys = content_keys(vectors, seed)
+    keys = np.asarray(keys, dtype=np.uint64)
     if count < len(keys):
         keys = _copies_keyed_apart(keys)
         chosen = np.argpartition(keys, count - 1)[:count]

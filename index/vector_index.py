@@ -281,40 +281,99 @@ class VectorIndex:
         *,
         seed: int = 0,
         grid: VectorGrid | None = None,
+        trained: VectorIndex | None = None,
     ) -> VectorIndex:
         """Make an index of ``spec``'s kind from ``vectors``, training it on them if needed
         (``grid``: see the class).
 
+        Parameters
+        ----------
+        dim, spec, vectors, ids, seed, grid
+            See above (``seed`` picks another training sample).
+        trained : VectorIndex, optional
+            An empty index already trained (:meth:`trained`; a sharded catalogue trains one
+            for all its shards): its kind, lists and codes are used, ``spec`` is not, and
+            nothing is trained here.
+
         Raises
         ------
         ValueError
-            If a trained kind gets fewer vectors than its training needs.
+            If a trained kind gets fewer vectors than its training needs, or ``trained``
+            holds vectors or has another dimension.
         """
-        spec = spec.resolved(len(vectors))
+        if trained is not None:
+            if trained.size or trained.dim != dim:
+                raise ValueError("a shared training must be an empty index of the same dimension")
+            index = cls.from_training_bytes(dim, trained.spec, trained.training_bytes())
+        else:
+            spec = spec.resolved(len(vectors))
+            sample = None
+            if spec.needs_training:
+                # chosen by content: the same works added in any order train the same index
+                as_float32 = np.asarray(vectors, dtype=np.float32)
+                count = training_count(spec, len(vectors))
+                sample = as_float32[training_rows(as_float32, count, seed)]
+            index = cls.trained(dim, spec, sample)
+        index.grid = grid
+        index.add(vectors, ids)
+        return index
+
+    @classmethod
+    def trained(cls, dim: int, spec: IndexSpec, sample: np.ndarray | None) -> VectorIndex:
+        """An empty index of ``spec``'s kind (resolved), trained on ``sample`` if its kind
+        needs training (:func:`training_count` rows, chosen as
+        :func:`~tunetrace.index.training_sample.training_rows` chooses them).
+
+        Raises
+        ------
+        ValueError
+            If ``spec`` is not resolved, or its kind needs training and ``sample`` has fewer
+            rows than the training needs (or none).
+        """
+        if spec.kind == "auto" or (spec.needs_training and not spec.nlist):
+            raise ValueError("a trained index needs a resolved spec (kind and lists decided)")
         index = cls.__new__(cls)
-        index.dim, index.spec, index.grid = dim, spec, grid
+        index.dim, index.spec, index.grid = dim, spec, None
         if not spec.needs_training:
             index._index = _new_faiss_index(dim, spec)
         else:
-            # OPQ trains 256-centroid codebooks whatever pq_bits.
-            needed = spec.nlist
-            if spec.kind == "ivfpq":
-                needed = max(needed, 2**spec.pq_bits if spec.projection_dims else 256)
-            if len(vectors) < needed:
+            needed = _vectors_needed(spec)
+            if sample is None or len(sample) < needed:
+                found = 0 if sample is None else len(sample)
                 raise ValueError(
                     f"an {spec.kind} index with {spec.nlist} lists needs at least {needed} "
-                    f"vectors to train; the catalogue has {len(vectors)}"
+                    f"vectors to train; the catalogue has {found}"
                 )
-            centroids = max(spec.nlist, 2**spec.pq_bits) if spec.kind == "ivfpq" else spec.nlist
-            wanted = centroids * TRAINING_POINTS_PER_LIST
-            n_train = min(len(vectors), MAX_TRAINING_POINTS, wanted)
-            # chosen by content: the same works added in any order train the same index
-            as_float32 = np.asarray(vectors, dtype=np.float32)
-            sample = np.ascontiguousarray(as_float32[training_rows(as_float32, n_train, seed)])
+            sample = np.ascontiguousarray(sample, dtype=np.float32)
             index._index = _new_faiss_index(dim, spec, sample)
             index._index.train(sample)
         index._configure()
-        index.add(vectors, ids)
+        return index
+
+    def training_bytes(self) -> bytes:
+        """The index's FAISS form as bytes (for an empty trained index: its training, which
+        :meth:`from_training_bytes` reads back)."""
+        with self._access.reading():
+            return faiss.serialize_index(self._index).tobytes()
+
+    @classmethod
+    def from_training_bytes(cls, dim: int, spec: IndexSpec, data: bytes) -> VectorIndex:
+        """Inverse of :meth:`training_bytes`.
+
+        Raises
+        ------
+        ValueError
+            If ``data`` is not a FAISS index of ``dim`` dimensions.
+        """
+        index = cls.__new__(cls)
+        index.dim, index.spec, index.grid = dim, spec, None
+        try:
+            index._index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        except RuntimeError as exc:
+            raise ValueError(f"unreadable index training: {exc}") from exc
+        if index._index.d != dim:
+            raise ValueError(f"an index training of {index._index.d}-d vectors, not {dim}")
+        index._configure()
         return index
 
     def _configure(self) -> None:
@@ -557,6 +616,35 @@ class VectorIndex:
                             mmap=mmap)  # fmt: skip
         except (ValueError, KeyError, TypeError, OSError):
             return None
+
+
+def _vectors_needed(spec: IndexSpec) -> int:
+    """Fewest vectors a trained kind can be trained on (OPQ trains 256-centroid codebooks
+    whatever ``pq_bits``)."""
+    needed = spec.nlist
+    if spec.kind == "ivfpq":
+        needed = max(needed, 2**spec.pq_bits if spec.projection_dims else 256)
+    return needed
+
+
+def training_count(spec: IndexSpec, n_vectors: int) -> int:
+    """How many of ``n_vectors`` vectors an index of ``spec``'s kind (resolved) trains on:
+    :data:`TRAINING_POINTS_PER_LIST` per centroid, at most :data:`MAX_TRAINING_POINTS`
+    (0 for kinds that need no training).
+
+    Parameters
+    ----------
+    spec : IndexSpec
+    n_vectors : int
+
+    Returns
+    -------
+    count : int
+    """
+    if not spec.needs_training:
+        return 0
+    centroids = max(spec.nlist, 2**spec.pq_bits) if spec.kind == "ivfpq" else spec.nlist
+    return min(n_vectors, MAX_TRAINING_POINTS, centroids * TRAINING_POINTS_PER_LIST)
 
 
 def _probing(index: faiss.Index, probes: int) -> tuple[faiss.SearchParameters, list] | None:

@@ -2,9 +2,10 @@
 
 The way SQLite tests itself: every write path (CLI add, add --replace, remove, index build,
 index migrate of a first-format catalogue and of a Zstandard-packed one; sharding a
-catalogue, resharding it and adding to it; HTTP add, replace, delete) runs under ``strace``,
-which kills the process with SIGKILL at the N-th call of one durability syscall (fsync,
-fdatasync, rename); every N of every such syscall the write makes is tried. After each kill
+catalogue, resharding it, adding to it and building its shards' one IVF index; HTTP add,
+replace, delete) runs under ``strace``, which kills the process with SIGKILL at the N-th call
+of one durability syscall (fsync, fdatasync, rename); every N of every such syscall the write
+makes is tried. After each kill
 the catalogue must hold the state from before the write or the one after it, every reference
 in it must be found by an excerpt of its own audio and by nothing else, and the next write
 must work and keep all of that true.
@@ -231,6 +232,20 @@ def _finish_resharding(catalogue: ShardedCatalogue, audio: CrashAudio) -> None:
     assert f"g{current}" in generations <= {f"g{current}", f"g{current - 1}"}, generations
 
 
+def _finish_shared_index_build(catalogue: ShardedCatalogue, audio: CrashAudio) -> None:
+    catalogue.rebuild_index(SHARED_IVF)
+    trainings = set()
+    for shard_dir in read_manifest(catalogue.directory).shard_dirs(catalogue.directory):
+        with sqlite3.connect(shard_dir / "catalogue.sqlite") as db:
+            row = db.execute("SELECT value FROM meta WHERE key = 'index_training'").fetchone()
+        trainings.add(None if row is None else bytes(row[0]))
+    assert len(trainings) == 1 and None not in trainings  # one training, in every shard
+
+
+#: An IVF index small enough for two songs, trained once for all shards.
+SHARED_IVF = IndexSpec(kind="ivfflat", nlist=4, nprobe=2)
+
+
 CLI_WRITES = [
     WritePath("add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
               {"a", "b"}, {"a", "b", "c"}, _finish_add),
@@ -251,6 +266,10 @@ CLI_WRITES = [
               {"a", "b"}, {"a", "b"}, _finish_resharding, base="sharded_catalogue"),
     WritePath("sharded add", lambda d, a: ["add", "-c", str(d), str(a.songs["c"])],
               {"a", "b"}, {"a", "b", "c"}, _finish_add, base="sharded_catalogue"),
+    WritePath("sharded index build",
+              lambda d, a: ["index", "build", "-c", str(d), "--type", "ivfflat", "--nlist", "4",
+                            "--nprobe", "2"],
+              {"a", "b"}, {"a", "b"}, _finish_shared_index_build, base="sharded_catalogue"),
 ]  # fmt: skip
 
 

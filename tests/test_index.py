@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.compact_vectors import VectorGrid
-from tunetrace.index.training_sample import content_keys, training_rows
-from tunetrace.index.vector_index import IndexSpec, VectorIndex
+from tunetrace.index.training_sample import content_keys, sample_positions, training_rows
+from tunetrace.index.vector_index import IndexSpec, VectorIndex, training_count
 
 from tests.conftest import SAMPLE_RATE, write_audio
 from tunetrace.errors import CatalogueError
@@ -303,6 +303,46 @@ def test_copies_of_one_vector_enter_the_training_sample_like_any_other(
         assert 60 <= silent <= 140, f"seed {seed}: {silent} of 1100 silent (100 expected)"
         again = order[training_rows(with_silence[order], 1100, seed)]
         assert np.array_equal(with_silence[again], with_silence[chosen])
+
+
+def test_a_training_shared_by_parts_is_the_whole_ones(vectors: np.ndarray) -> None:
+    # the vectors of several catalogues (shards), silence in each: keyed apart and joined in
+    # any order, they choose the sample, and train the index, one catalogue of all would
+    with_silence = np.concatenate([vectors, np.zeros((300, DIM), dtype=np.float32)])
+    order = np.random.default_rng(8).permutation(len(with_silence))
+    parts = np.array_split(with_silence[order], 3)
+    keys = np.concatenate([content_keys(part) for part in parts[::-1]])
+    joined = np.concatenate(parts[::-1])
+    sample = joined[sample_positions(keys, 1100)]
+    assert np.array_equal(sample, with_silence[training_rows(with_silence, 1100)])
+    spec = IndexSpec(kind="ivfflat", nlist=16, nprobe=2).resolved(len(with_silence))
+    count = training_count(spec, len(with_silence))
+    shared = VectorIndex.trained(DIM, spec, joined[sample_positions(keys, count)])
+    ids = np.arange(len(with_silence))
+    whole = VectorIndex.build(DIM, spec, with_silence, ids)
+    pieces = [  # each part's index built on the shared training, none trained on its own
+        VectorIndex.build(DIM, IndexSpec(kind="flat"), with_silence[part], ids[part],
+                          trained=shared)
+        for part in np.array_split(np.arange(len(with_silence)), 2)
+    ]  # fmt: skip
+    assert shared.size == 0 and all(piece.spec == whole.spec for piece in pieces)
+    queries = vectors[:50] + 0.05
+    expected = whole.search(queries, 5)
+    found = [piece.search(queries, 5) for piece in pieces]
+    for row in range(len(queries)):
+        merged = sorted(
+            (float(s), int(i)) for sims, ids_ in found
+            for s, i in zip(sims[row], ids_[row], strict=True)
+        )[::-1][:5]  # fmt: skip
+        np.testing.assert_allclose([s for s, _ in merged], expected[0][row], rtol=1e-6)
+    again = VectorIndex.from_training_bytes(DIM, spec, shared.training_bytes())
+    assert again.training_bytes() == shared.training_bytes()
+    with pytest.raises(ValueError, match="empty index of the same dimension"):
+        VectorIndex.build(DIM, spec, vectors[:10], ids[:10], trained=whole)
+    with pytest.raises(ValueError, match="unreadable index training"):
+        VectorIndex.from_training_bytes(DIM, spec, b"not an index")
+    with pytest.raises(ValueError, match="resolved spec"):
+        VectorIndex.trained(DIM, IndexSpec(kind="auto"), sample)
 
 
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:

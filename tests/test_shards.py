@@ -230,6 +230,90 @@ def test_sharded_search_probes_each_shards_share_of_its_lists(
     assert asked == pytest.approx(expected) and min(expected) < effort
 
 
+def _nearest(catalogue: Catalogue, vectors: np.ndarray, k: int) -> list[set[tuple[str, int]]]:
+    """Each row's nearest patches in one catalogue, as (reference id, patch number)."""
+    _, ids = catalogue.search(vectors, k)
+    return [
+        {(catalogue.record_by_key(int(i) >> PATCH_BITS).reference_id,
+          int(i) & ((1 << PATCH_BITS) - 1)) for i in row if i >= 0}
+        for row in ids
+    ]  # fmt: skip
+
+
+def _merged_nearest(
+    catalogue: ShardedCatalogue, vectors: np.ndarray, k: int
+) -> list[set[tuple[str, int]]]:
+    """Each row's nearest patches over a sharded catalogue's shards, merged."""
+    shards = [catalogue.shards.shard(s).catalogue for s in range(catalogue.shard_count)]
+    merged = merge_neighbours([shard.search(vectors, k) for shard in shards], k)
+    return [
+        {(shards[merged.places[int(i) >> PATCH_BITS][0]].record_by_key(
+            merged.places[int(i) >> PATCH_BITS][1]).reference_id,
+          int(i) & ((1 << PATCH_BITS) - 1)) for i in row if i >= 0}
+        for row in merged.ids
+    ]  # fmt: skip
+
+
+def test_shards_share_one_training_and_search_as_one_ivf_index(
+    sharded: Path, built_catalogue: Path, queries: Path, tmp_path: Path
+) -> None:
+    # few lists, fewer probed: lists trained apart would show in the neighbours at once
+    spec = IndexSpec(kind="ivfflat", nlist=16, nprobe=2)
+    whole, apart, shared = tmp_path / "whole", tmp_path / "apart", tmp_path / "shared"
+    shutil.copytree(built_catalogue, whole)
+    shutil.copytree(sharded, apart)
+    shutil.copytree(sharded, shared)
+    with Catalogue(whole) as catalogue:
+        catalogue.rebuild_index(spec)
+    for shard_dir in read_manifest(apart).shard_dirs(apart):
+        with Catalogue(shard_dir) as catalogue:
+            if catalogue.count():  # each shard trained on its own vectors
+                catalogue.rebuild_index(spec)
+    with ShardedCatalogue(shared) as catalogue:
+        built = catalogue.rebuild_index(spec)
+    assert len(built) == 3 and all(index.spec.kind == "ivfflat" for index in built)
+    with tunetrace.Catalogue(whole, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        vectors = matcher.query_patches(
+            matcher.load_query(queries / "stretched.wav"), catalogue.params
+        )[0]
+        one_index = _nearest(catalogue, vectors, 10)
+    with ShardedCatalogue(apart, read_only=True) as catalogue:
+        trained_apart = _merged_nearest(catalogue, vectors, 10)
+    with ShardedCatalogue(shared, read_only=True) as catalogue:
+        trained_once = _merged_nearest(catalogue, vectors, 10)
+    assert trained_once == one_index
+    assert trained_apart != one_index  # (what the shared training changes)
+    # so the reports are one catalogue's too
+    assert _reports(shared, queries) == _reports_of(whole, queries)
+    # every shard, the empty one too, records the training; a rebuild after a lost index
+    # file (a crash) builds on it again
+    trainings = set()
+    for shard_dir in read_manifest(shared).shard_dirs(shared):
+        with sqlite3.connect(shard_dir / "catalogue.sqlite") as db:
+            trainings.add(bytes(db.execute(
+                "SELECT value FROM meta WHERE key = 'index_training'").fetchone()[0]))  # fmt: skip
+    assert len(trainings) == 1
+    for shard_dir in read_manifest(shared).shard_dirs(shared):
+        for published in shard_dir.glob("vectors-*.faiss"):
+            published.unlink()
+        with Catalogue(shard_dir) as catalogue:
+            probe = fingerprint_reference(queries / "unknown.wav", params=catalogue.params)
+            catalogue.add("probe", probe)
+            catalogue.remove("probe")
+    with ShardedCatalogue(shared, read_only=True) as catalogue:
+        assert _merged_nearest(catalogue, vectors, 10) == one_index
+
+
+def _reports_of(directory: Path, queries: Path) -> dict[str, dict]:
+    with tunetrace.Catalogue(directory, read_only=True) as catalogue:
+        matcher = tunetrace.Matcher(catalogue)
+        return {
+            path.name: _comparable(report_to_dict(matcher.match_path(path, query_name=path.name)))
+            for path in sorted(queries.iterdir())
+        }
+
+
 def test_shards_nearest_patches_merge_into_one_catalogues() -> None:
     from tunetrace.index.ids import vector_ids
 

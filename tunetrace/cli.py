@@ -571,7 +571,8 @@ def index_build(
         ),
     ] = 8,
 ) -> None:
-    """Rebuild the vector index as another kind, trained on the catalogue's own vectors."""
+    """Rebuild the vector index as another kind, trained on the catalogue's own vectors (a
+    sharded catalogue's shards are trained once, together, as one catalogue would be)."""
     from tunetrace.index.vector_index import IndexSpec
 
     try:

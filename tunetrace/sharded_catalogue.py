@@ -34,6 +34,7 @@ from tunetrace.index.shard_layout import (
     shard_of,
     split_key,
 )
+from tunetrace.index.shared_training import train_shared
 from tunetrace.index.spectrum_codec import COMPACT_CODEC, SpectrumCodec
 from tunetrace.index.writer_lock import WriterLock
 from tunetrace.shard_access import LocalShards, OpenShard, ShardAccess, shard_name
@@ -183,12 +184,26 @@ class ShardedCatalogue(AudioFiles):
         """Rebuild every shard's vector index (see
         :meth:`tunetrace.index.catalogue.Catalogue.rebuild_index`); one index per shard.
 
-        An IVF kind's list count, when left to choose (0), follows each shard's size. Empty
-        shards keep theirs (there is nothing to train on).
+        Kinds that need training (IVF) are trained once, for all shards, as one catalogue of
+        all the references would be (:func:`~tunetrace.index.shared_training.train_shared`;
+        ``auto`` and a list count left to choose follow the whole catalogue's size): every
+        shard's index is then a piece of that one index, and a query's nearest patches
+        merged over the shards are its. Empty shards get the shared lists too, for the
+        references added to them later.
+
+        Raises
+        ------
+        ValueError
+            If the kind cannot be made for the catalogue's vectors.
         """
         with self._write() as view:
             shards = [_opened(view, shard).catalogue for shard in range(view.manifest.count)]
-            return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
+            if spec is None:  # the kind the largest shard records
+                spec = max(shards, key=lambda shard: shard.count()).index_spec
+            trained = train_shared(shards, spec)
+            if trained is None:
+                return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
+            return [shard.rebuild_index(spec, trained=trained) for shard in shards]
 
     def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
         """References stored with another codec than ``codec``, over all shards.

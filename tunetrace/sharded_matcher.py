@@ -24,8 +24,11 @@ catalogue makes it:
 
 Verification, the costly part, runs about as often as in one catalogue, not once per shard, and a
 shard without candidates does none. With exact indexes a sharded catalogue's reports are one
-catalogue's (ties of equal scores aside); with approximate (IVF, HNSW) indexes each shard's
-own quantiser or graph ranks its nearest patches, so the candidates can differ.
+catalogue's (ties of equal scores aside), and with IVF indexes too when the shards share one
+training (:mod:`tunetrace.index.shared_training`: what ``index build`` and ``shards init``
+make), as every shard then probes the same lists of the one index; with HNSW graphs, or IVF
+shards trained apart, each shard ranks its nearest patches its own way, so the candidates can
+differ.
 
 Scores mean the same on every shard: a verification's score is the calibrated model applied to
 evidence about one query and one reference alone (aligned-spectrum similarities against that
