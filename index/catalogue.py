@@ -64,7 +64,7 @@ from tunetrace.index.storage import (
     vectors_to_bytes,
 )
 from tunetrace.index.training_sample import content_keys
-from tunetrace.index.vector_index import IndexSpec, LayeredIndex, VectorIndex
+from tunetrace.index.vector_index import IndexSpec, LayeredIndex, ListAssignment, VectorIndex
 from tunetrace.index.writer_lock import WriterLock
 
 from tunetrace.errors import (
@@ -1459,14 +1459,41 @@ class Catalogue:
         return base.spec.nlist, base.size
 
     def search(
-        self, vectors: np.ndarray, k: int, *, effort: float = 1.0
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        effort: float = 1.0,
+        assignment: ListAssignment | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Nearest indexed patch vectors (see :class:`VectorIndex.search`, also for ``effort``).
 
         While a batch add is under way the ids may include references removed since the
         published index was written: callers skip keys :meth:`features` no longer finds.
+        ``assignment``: the lists of these vectors chosen elsewhere by a copy of the
+        training the published index is built on (:meth:`index_training`); ignored if it
+        is not.
         """
-        return self._layered_index().search(vectors, k, effort=effort)
+        return self._layered_index().search(vectors, k, effort=effort, assignment=assignment)
+
+    def lists_digest(self) -> str | None:
+        """:attr:`VectorIndex.lists_digest` of the published index (``None``: none, or not
+        an inverted-list kind)."""
+        base = self._layered_index().base
+        return None if base is None else base.lists_digest
+
+    def index_training(self) -> VectorIndex | None:
+        """The shared training recorded with the index (:meth:`rebuild_index`), if the
+        published index is built on it: a copy that chooses a query's lists once for every
+        shard (:meth:`VectorIndex.assign`). ``None`` otherwise."""
+        digest = self.lists_digest()
+        if digest is None:
+            return None
+        with self._lock:
+            trained = self._recorded_training()
+        if trained is None or trained.lists_digest != digest:
+            return None
+        return trained
 
     def features(self, key: int, *, whole: bool = True) -> Features:
         """Stored feature sequences of the reference with internal ``key`` (cached).

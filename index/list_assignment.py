@@ -117,6 +117,40 @@ def preassigned_search(
     """
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     lists, list_similarities = nearest_lists(vectors, centroids, probes)
+    return search_lists(index, vectors, k, lists, list_similarities, views)
+
+
+def search_lists(
+    index: faiss.IndexIVF,
+    vectors: np.ndarray,
+    k: int,
+    lists: np.ndarray,
+    list_similarities: np.ndarray,
+    views: ListViews | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Search ``index`` for the ``k`` most similar vectors in the lists given for each
+    vector (chosen by :func:`nearest_lists`, or elsewhere by the same quantiser).
+
+    Parameters
+    ----------
+    index : faiss.IndexIVF
+        Any inverted-list index (``views`` only for one :func:`flat_list_centroids` accepts).
+    vectors : np.ndarray [shape=(n, d)]
+        As the index's lists see them (after any transform in front of the index).
+    k : int
+    lists, list_similarities : np.ndarray [shape=(n, probes)]
+        Each vector's lists (``-1``: none) and their centroids' similarities to it.
+    views : ListViews, optional
+        See :func:`preassigned_search`.
+
+    Returns
+    -------
+    similarities, ids : np.ndarray
+        As :func:`preassigned_search`'s.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    lists = np.ascontiguousarray(lists, dtype=np.int64)
+    list_similarities = np.ascontiguousarray(list_similarities, dtype=np.float32)
     if views is not None:
         return views.search(vectors, k, lists)
     n = len(vectors)

@@ -27,6 +27,7 @@ such guarantee: an add may move a list's memory under a search reading it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -47,8 +48,10 @@ from tunetrace.index.compact_vectors import (
 from tunetrace.index.list_assignment import (
     ListViews,
     flat_list_centroids,
+    nearest_lists,
     preassigned_search,
     require_neighbours,
+    search_lists,
 )
 from tunetrace.index.projection import (
     discriminant_projection,
@@ -201,6 +204,32 @@ class IndexSpec:
     def needs_training(self) -> bool:
         """Whether vectors are needed to build the index (IVF centroids, PQ codebooks)."""
         return self.kind in ("ivfflat", "ivfpq")
+
+
+@dataclass(frozen=True)
+class ListAssignment:
+    """A query's vectors as an inverted-list index's lists see them, and the lists chosen
+    for each: made once by one copy of a training (:meth:`VectorIndex.assign`), searched by
+    every index built on it (:meth:`VectorIndex.search_assigned`), so that the shards of a
+    catalogue do not each run the same coarse quantiser.
+
+    Attributes
+    ----------
+    digest : str
+        The training's :attr:`VectorIndex.lists_digest`: an index built on another searches
+        as usual instead.
+    vectors : np.ndarray [shape=(n, d'), dtype=float32]
+        The query vectors after the index's transform (projection, rotation), if any.
+    lists : np.ndarray [shape=(n, probes), dtype=int64]
+        Each vector's lists (``-1``: none).
+    similarities : np.ndarray [shape=(n, probes), dtype=float32]
+        Their centroids' similarities to it.
+    """
+
+    digest: str
+    vectors: np.ndarray
+    lists: np.ndarray
+    similarities: np.ndarray
 
 
 class VectorIndex:
@@ -516,6 +545,89 @@ class VectorIndex:
                 return self._index.search(vectors, k, params=parameters[0])
         return self._index.search(vectors, k)
 
+    @property
+    def lists_digest(self) -> str | None:
+        """A digest of what chooses and scores the lists (transform, coarse quantiser, PQ
+        codebooks) of an inverted-list index: equal for indexes built on one training, and
+        for that training itself. ``None`` for other kinds (and re-ranking indexes)."""
+        try:
+            return self._digest
+        except AttributeError:
+            with self._access.reading():
+                self._digest: str | None = _lists_digest(self._index)
+            return self._digest
+
+    def assign(self, vectors: np.ndarray, *, effort: float = 1.0) -> ListAssignment | None:
+        """The lists :meth:`search` would probe for ``vectors`` with this ``effort``, for
+        :meth:`search_assigned` of any index built on the same training; ``None`` for kinds
+        without lists.
+
+        Parameters
+        ----------
+        vectors : np.ndarray [shape=(n, dim)]
+        effort : float in (0, 1]
+            As for :meth:`search`.
+
+        Returns
+        -------
+        assignment : ListAssignment or None
+        """
+        digest = self.lists_digest
+        if digest is None:
+            return None
+        transforms, ivf = _ivf_parts(self._index)
+        seen = np.ascontiguousarray(vectors, dtype=np.float32)
+        for transform in transforms:
+            seen = np.ascontiguousarray(transform.apply(seen), dtype=np.float32)
+        probes = max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
+        centroids = self._flat_list_centroids()
+        if len(seen) == 0:
+            lists = np.empty((0, probes), dtype=np.int64)
+            similarities = np.empty((0, probes), dtype=np.float32)
+        elif centroids is not None:  # as preassigned_search chooses them
+            lists, similarities = nearest_lists(seen, centroids, probes)
+        else:  # as FAISS's own search asks its quantiser
+            similarities, lists = ivf.quantizer.search(seen, probes)
+        return ListAssignment(
+            digest,
+            seen,
+            np.ascontiguousarray(lists, dtype=np.int64),
+            np.ascontiguousarray(similarities, dtype=np.float32),
+        )
+
+    def search_assigned(
+        self, assignment: ListAssignment, k: int
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`search` in the lists ``assignment`` chose: the same answer as searching its
+        query vectors here with its effort, without running the quantiser.
+
+        Returns
+        -------
+        similarities, ids : np.ndarray or None
+            As :meth:`search`'s; ``None`` if this index was not built on the assignment's
+            training (or the assignment does not fit it): search as usual instead.
+
+        Raises
+        ------
+        ValueError
+            If ``k`` is less than 1.
+        """
+        require_neighbours(k)
+        if self.lists_digest is None or assignment.digest != self.lists_digest:
+            return None
+        vectors, lists = assignment.vectors, assignment.lists
+        with self._access.reading():
+            _, ivf = _ivf_parts(self._index)
+            if not _fits(assignment, ivf):
+                return None
+            if self.size == 0 or len(vectors) == 0:
+                return (
+                    np.zeros((len(vectors), k), dtype=np.float32),
+                    np.full((len(vectors), k), -1, dtype=np.int64),
+                )
+            views = self._list_views() if self._flat_list_centroids() is not None else None
+            return search_lists(ivf, vectors, k, lists, assignment.similarities, views)
+
     def save(self, path: Path) -> None:
         """Write the index to ``path`` atomically: a temporary file beside it, fsync, rename,
         fsync of the directory. A crash at any point leaves either no file at ``path`` or the
@@ -618,6 +730,58 @@ class VectorIndex:
             return None
 
 
+def _ivf_parts(index: faiss.Index) -> tuple[list[faiss.VectorTransform], faiss.IndexIVF]:
+    """The transforms in front of an inverted-list index and the index itself.
+
+    Raises
+    ------
+    TypeError
+        For other kinds (flat, HNSW, re-ranking or id-mapped indexes).
+    """
+    transforms = []
+    inner = index
+    if isinstance(index, faiss.IndexPreTransform):
+        transforms = [faiss.downcast_VectorTransform(index.chain.at(n))
+                      for n in range(index.chain.size())]  # fmt: skip
+        inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexIVF):
+        raise TypeError(f"not an inverted-list index: {type(inner).__name__}")
+    return transforms, inner
+
+
+def _lists_digest(index: faiss.Index) -> str | None:
+    """See :attr:`VectorIndex.lists_digest`."""
+    try:
+        transforms, ivf = _ivf_parts(index)
+    except TypeError:
+        return None
+    digest = hashlib.sha256(f"{type(ivf).__name__} {ivf.d} {ivf.nlist}".encode())
+    for transform in transforms:
+        writer = faiss.VectorIOWriter()
+        faiss.write_VectorTransform(transform, writer)
+        digest.update(faiss.vector_to_array(writer.data).tobytes())
+    digest.update(faiss.serialize_index(ivf.quantizer).tobytes())
+    if hasattr(ivf, "pq"):
+        digest.update(faiss.vector_to_array(ivf.pq.centroids).tobytes())
+    return digest.hexdigest()
+
+
+def _fits(assignment: ListAssignment, ivf: faiss.IndexIVF) -> bool:
+    """Whether an assignment's arrays have the shapes and list numbers ``ivf`` can search
+    (a digest match makes this so; checked anyway, as FAISS does not check list numbers)."""
+    vectors, lists = assignment.vectors, assignment.lists
+    return (
+        vectors.ndim == 2
+        and vectors.shape[1] == ivf.d
+        and vectors.dtype == np.float32
+        and lists.ndim == 2
+        and lists.shape[0] == len(vectors)
+        and lists.dtype == np.int64
+        and assignment.similarities.shape == lists.shape
+        and (lists.size == 0 or (int(lists.min()) >= -1 and int(lists.max()) < ivf.nlist))
+    )
+
+
 def _vectors_needed(spec: IndexSpec) -> int:
     """Fewest vectors a trained kind can be trained on (OPQ trains 256-centroid codebooks
     whatever ``pq_bits``)."""
@@ -707,15 +871,28 @@ class LayeredIndex:
         return sum(part.size for part in (self.base, self.delta) if part is not None)
 
     def search(
-        self, vectors: np.ndarray, k: int, *, effort: float = 1.0
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        effort: float = 1.0,
+        assignment: ListAssignment | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar vectors over both layers (see :meth:`VectorIndex.search`;
-        ``effort`` applies to the published index, the exact layer is searched whole)."""
-        parts = [
-            part.search(vectors, k, effort=effort if part is self.base else 1.0)
-            for part in (self.base, self.delta)
-            if part is not None and part.size
-        ]
+        ``effort`` applies to the published index, the exact layer is searched whole). With
+        an ``assignment`` of these vectors (made with this ``effort``), the published index
+        searches the lists it chose if it is built on its training
+        (:meth:`VectorIndex.search_assigned`)."""
+        parts = []
+        for part in (self.base, self.delta):
+            if part is None or not part.size:
+                continue
+            found = None
+            if part is self.base and assignment is not None:
+                found = part.search_assigned(assignment, k)
+            if found is None:
+                found = part.search(vectors, k, effort=effort if part is self.base else 1.0)
+            parts.append(found)
         if not parts:
             return (
                 np.zeros((len(vectors), k), dtype=np.float32),

@@ -345,6 +345,50 @@ def test_a_training_shared_by_parts_is_the_whole_ones(vectors: np.ndarray) -> No
         VectorIndex.trained(DIM, IndexSpec(kind="auto"), sample)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [IndexSpec(kind="ivfflat", nlist=32, nprobe=6), SMALL_IVFPQ, replace(SMALL_IVFPQ, pq_bits=4)],
+    ids=["ivfflat", "ivfpq", "ivfpq-fast-scan"],
+)
+def test_lists_assigned_by_a_training_are_searched_as_its_indexes_would_choose(
+    vectors: np.ndarray, spec: IndexSpec
+) -> None:
+    # a sharded catalogue's client chooses a query's lists once with its copy of the shards'
+    # training; each shard then searches those lists without running the quantiser
+    ids = np.arange(len(vectors), dtype=np.int64)
+    spec = spec.resolved(len(vectors))
+    sample = vectors[training_rows(vectors, training_count(spec, len(vectors)))]
+    training = VectorIndex.trained(DIM, spec, sample)
+    half = len(vectors) // 2
+    pieces = [VectorIndex.build(DIM, spec, vectors[part], ids[part], trained=training)
+              for part in (slice(0, half), slice(half, None))]  # fmt: skip
+    apart = VectorIndex.build(DIM, spec, vectors[:half], ids[:half])  # its own training
+    assert {piece.lists_digest for piece in pieces} == {training.lists_digest}
+    assert apart.lists_digest not in (None, training.lists_digest)
+    assert VectorIndex(DIM).lists_digest is None and VectorIndex(DIM).assign(vectors) is None
+    _, queries = _noisy_copies(vectors, 200)
+    for effort in (1.0, 0.5):
+        assignment = training.assign(queries, effort=effort)
+        assert assignment.lists.shape == (200, max(1, round(spec.nprobe * effort)))
+        for piece in pieces:
+            found = piece.search_assigned(assignment, 10)
+            expected = piece.search(queries, 10, effort=effort)
+            assert found is not None
+            np.testing.assert_array_equal(found[1], expected[1])
+            np.testing.assert_allclose(found[0], expected[0], rtol=1e-6)
+        assert apart.search_assigned(assignment, 10) is None  # built on another training
+    # an assignment that does not fit is searched as usual, never handed to FAISS
+    assignment = training.assign(queries)
+    for odd in (
+        replace(assignment, lists=assignment.lists + spec.nlist),
+        replace(assignment, lists=assignment.lists.astype(np.int32)),
+        replace(assignment, vectors=assignment.vectors[:, :3]),
+    ):
+        assert pieces[0].search_assigned(odd, 10) is None
+    with pytest.raises(ValueError):
+        pieces[0].search_assigned(assignment, 0)
+
+
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:
     with pytest.raises(ValueError, match="needs at least"):
         VectorIndex.build(DIM, SMALL_IVFPQ, vectors[:100], np.arange(100))

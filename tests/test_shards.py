@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -39,7 +40,7 @@ from tunetrace.index.shard_layout import (
     shard_of,
     split_key,
 )
-from tunetrace.index.vector_index import IndexSpec
+from tunetrace.index.vector_index import IndexSpec, VectorIndex
 
 import tunetrace
 from tests.conftest import SAMPLE_RATE, synth_song, write_audio
@@ -204,7 +205,9 @@ def test_sharded_search_probes_each_shards_share_of_its_lists(
     asked: list[float] = []
     search = Catalogue.search
 
-    def recorded(self: Catalogue, vectors: np.ndarray, k: int, *, effort: float = 1.0):
+    def recorded(self: Catalogue, vectors: np.ndarray, k: int, *, effort: float = 1.0,
+                 assignment: object = None):  # fmt: skip
+        assert assignment is None  # shards trained apart: each chooses its own lists
         asked.append(effort)
         return search(self, vectors, k, effort=effort)
 
@@ -255,7 +258,11 @@ def _merged_nearest(
 
 
 def test_shards_share_one_training_and_search_as_one_ivf_index(
-    sharded: Path, built_catalogue: Path, queries: Path, tmp_path: Path
+    sharded: Path,
+    built_catalogue: Path,
+    queries: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # few lists, fewer probed: lists trained apart would show in the neighbours at once
     spec = IndexSpec(kind="ivfflat", nlist=16, nprobe=2)
@@ -284,8 +291,19 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
         trained_once = _merged_nearest(catalogue, vectors, 10)
     assert trained_once == one_index
     assert trained_apart != one_index  # (what the shared training changes)
-    # so the reports are one catalogue's too
+    # so the reports are one catalogue's too; each query's lists are chosen once, at the
+    # gather, and every shard searches them
+    used: list[bool] = []
+    search_assigned = VectorIndex.search_assigned
+
+    def recorded(self: VectorIndex, assignment: object, k: int) -> object:
+        found = search_assigned(self, assignment, k)
+        used.append(found is not None)
+        return found
+
+    monkeypatch.setattr(VectorIndex, "search_assigned", recorded)
     assert _reports(shared, queries) == _reports_of(whole, queries)
+    assert len(used) == 2 * 5 and all(used)  # (the third shard is empty)
     # every shard, the empty one too, records the training; a rebuild after a lost index
     # file (a crash) builds on it again
     trainings = set()
@@ -303,6 +321,20 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
             catalogue.remove("probe")
     with ShardedCatalogue(shared, read_only=True) as catalogue:
         assert _merged_nearest(catalogue, vectors, 10) == one_index
+        # built again on another training while a matcher holds the earlier one: the shards
+        # search their own lists until the matcher has fetched the new training
+        matcher = tunetrace.Matcher(catalogue)
+        features = matcher.load_query(queries / "stretched.wav")
+        first = matcher.match_features(features)
+        with ShardedCatalogue(shared) as writer:
+            writer.rebuild_index(replace(spec, nlist=8))
+        used.clear()
+        again = matcher.match_features(features)
+        assert used == [False] * 2
+        assert again == tunetrace.Matcher(catalogue).match_features(features)
+        used.clear()
+        assert matcher.match_features(features) == again and used == [True] * 2
+        assert [m.reference_id for m in first] == [m.reference_id for m in again] == ["song1"]
 
 
 def _reports_of(directory: Path, queries: Path) -> dict[str, dict]:
@@ -833,6 +865,41 @@ def test_local_cluster_gives_the_unsharded_reports_and_keeps_shards_where_assign
     everywhere = [shard for shards in opened.values() for shard in shards]
     assert sorted(everywhere) == sorted(set(everywhere)) and len(everywhere) == 3
     assert all(opened.values()), opened
+
+
+def test_shards_on_dask_search_the_lists_chosen_at_the_gather(
+    cluster, sharded: Path, queries: Path, tmp_path: Path
+) -> None:
+    from distributed import Client
+
+    directory = tmp_path / "catalogue"
+    shutil.copytree(sharded, directory)
+    with ShardedCatalogue(directory) as catalogue:
+        catalogue.rebuild_index(IndexSpec(kind="ivfflat", nlist=16, nprobe=2))
+    in_process = _reports(directory, queries)
+    with Client(cluster) as client:
+        client.run(_count_assigned_searches)
+        reports = _reports(directory, queries, scheduler=client)
+        counted = client.run(_count_assigned_searches)
+    assert reports == in_process
+    # the assignment crossed to the workers, and their shards searched its lists
+    assert sum(counted.values()) == 2 * len(in_process)  # (the third shard is empty)
+
+
+def _count_assigned_searches() -> int:
+    """Searches of assigned lists on this worker since the last call (counting from the
+    first call on)."""
+    if not hasattr(VectorIndex, "counted_assigned"):
+        search_assigned = VectorIndex.search_assigned
+
+        def counting(self: VectorIndex, assignment: object, k: int) -> object:
+            found = search_assigned(self, assignment, k)
+            VectorIndex.counted_assigned += found is not None
+            return found
+
+        VectorIndex.search_assigned = counting  # type: ignore[method-assign]
+    counted, VectorIndex.counted_assigned = getattr(VectorIndex, "counted_assigned", 0), 0
+    return counted
 
 
 @pytest.mark.slow

@@ -57,7 +57,7 @@ from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
-from tunetrace.index.vector_index import IndexSpec
+from tunetrace.index.vector_index import IndexSpec, ListAssignment, VectorIndex
 from tunetrace.matcher import Matcher, MatchSettings, one_ratio_each
 from tunetrace.places import Place, places_to_screen, verification_order
 from tunetrace.query import VerifySettings
@@ -103,6 +103,9 @@ class ShardedMatcher(Matcher):
         self._shards_damaged: dict[int, tuple[str, ...]] = {}
         self._damaged_generation: int | None = None
         self._shards_damaged_lock = threading.Lock()
+        # the shards' shared index training, fetched once per generation of the shards
+        self._training: tuple[int, VectorIndex | None] | None = None
+        self._training_lock = threading.Lock()
         super().__init__(
             catalogue,  # type: ignore[arg-type]
             score_model=score_model, settings=settings, verify_settings=verify_settings,
@@ -320,9 +323,14 @@ class ShardedMatcher(Matcher):
         shards = range(view.manifest.count)
         # probing as one index of the whole would, or each shard as fully as its own
         probed_as = view.manifest.count if self.settings.shard_probe_share else 1
-        asked = dict.fromkeys(shards, (patches[0], k, effort, probed_as))
+        # the lists to probe chosen once, here, when the shards share one training
+        training = self._shared_training(view)
+        assignment = None if training is None else training.assign(patches[0], effort=effort)
+        asked = dict.fromkeys(shards, (patches[0], k, effort, probed_as, assignment))
         found = self._answers(view, view.access.call_many(_shard_neighbours, asked))
-        merged = merge_neighbours([found[s] for s in shards], k)
+        if assignment is not None and found[0][1] not in (None, assignment.digest):
+            self._forget_training(view)  # shard 0's index was built again since it was fetched
+        merged = merge_neighbours([found[s][0] for s in shards], k)
         places = _places_of(view, exclude_keys)
         excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
         candidates = find_candidates(
@@ -343,6 +351,33 @@ class ShardedMatcher(Matcher):
             shard, local = merged.places[candidate.reference_key]
             by_shard.setdefault(shard, []).append((rank, replace(candidate, reference_key=local)))
         return view, patches, by_shard
+
+
+    def _shared_training(self, view: ShardView) -> VectorIndex | None:
+        """The training every shard's index is built on, if they share one (fetched from
+        shard 0 once per generation of the shards, and again after a shard's index was
+        found built on another); ``None`` when they do not (flat or graph indexes, shards
+        trained apart): each shard then chooses its own lists."""
+        generation = view.manifest.generation
+        with self._training_lock:
+            if self._training is not None and self._training[0] == generation:
+                return self._training[1]
+        answer = self._answers(view, {0: view.access.call(0, _shard_training)})[0]
+        training = None
+        if answer is not None:
+            described, data = answer
+            training = VectorIndex.from_training_bytes(
+                view.manifest.params.embedding_dim, IndexSpec.from_dict(described), data
+            )
+        with self._training_lock:
+            self._training = (generation, training)
+        return training
+
+    def _forget_training(self, view: ShardView) -> None:
+        """Fetch the shared training again before the next query of this generation."""
+        with self._training_lock:
+            if self._training is not None and self._training[0] == view.manifest.generation:
+                self._training = None
 
 
 def _refuse_candidates(candidates: list[Candidate] | None) -> None:
@@ -459,14 +494,30 @@ Ahead = tuple[list[int], tuple[list[Verification], Finished]]
 
 
 def _shard_neighbours(
-    shard: OpenShard, vectors: np.ndarray, k: int, effort: float, shard_count: int
-) -> tuple[tuple[np.ndarray, np.ndarray], Damaged]:
-    """The shard's nearest patches, its inverted lists probed as one index of
-    ``shard_count`` shards' vectors would be (:func:`probe_share`; 1: as fully as its own)."""
+    shard: OpenShard,
+    vectors: np.ndarray,
+    k: int,
+    effort: float,
+    shard_count: int,
+    assignment: ListAssignment | None = None,
+) -> tuple[tuple[tuple[np.ndarray, np.ndarray], str | None], Damaged]:
+    """The shard's nearest patches: in the lists ``assignment`` chose if its index is built
+    on that training, else with its inverted lists probed as one index of ``shard_count``
+    shards' vectors would be (:func:`probe_share`; 1: as fully as its own). Also its
+    index's :meth:`~tunetrace.index.catalogue.Catalogue.lists_digest`."""
     catalogue = shard.catalogue
     catalogue.refresh()
     share = catalogue_probe_share(catalogue, shard_count)
-    return catalogue.search(vectors, k, effort=effort * share), shard.damaged_references()
+    found = catalogue.search(vectors, k, effort=effort * share, assignment=assignment)
+    return (found, catalogue.lists_digest()), shard.damaged_references()
+
+
+def _shard_training(shard: OpenShard) -> tuple[tuple[dict, bytes] | None, Damaged]:
+    """The shared training the shard's index is built on (its spec and bytes), if any."""
+    trained = shard.catalogue.index_training()
+    if trained is None:
+        return None, shard.damaged_references()
+    return (trained.spec.to_dict(), trained.training_bytes()), shard.damaged_references()
 
 
 def catalogue_probe_share(catalogue: Catalogue, shard_count: int) -> float:
