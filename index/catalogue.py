@@ -1050,12 +1050,17 @@ class Catalogue:
         vectors, ids = self._all_rows_vectors()
         trained = self._recorded_training()
         if trained is not None:  # one training shared with the other shards of a catalogue
-            index = VectorIndex.build(
-                dim, spec, vectors, ids, grid=self._grid_for(trained.spec), trained=trained
-            )
-            logger.info("built %s vector index from its recorded training: %d vectors",
-                        index.spec.kind, index.size)  # fmt: skip
-            return index
+            try:
+                index = VectorIndex.build(
+                    dim, spec, vectors, ids, grid=self._grid_for(trained.spec), trained=trained
+                )
+            except ValueError as exc:
+                logger.warning("the recorded index training of %s does not fit (%s): the "
+                               "index trains on its own vectors", self.directory, exc)  # fmt: skip
+            else:
+                logger.info("built %s vector index from its recorded training: %d vectors",
+                            index.spec.kind, index.size)  # fmt: skip
+                return index
         if spec.resolved(len(vectors)).needs_training and len(vectors) < 10_000:
             logger.warning("too few vectors (%d) to train a %s index: exact search used",
                            len(vectors), spec.kind)  # fmt: skip
@@ -1136,8 +1141,13 @@ class Catalogue:
         return index
 
     def check_index_spec(self, spec: IndexSpec, n_vectors: int) -> None:
-        """Check that an index of ``spec``'s kind can be made for this catalogue's vectors
-        (``n_vectors`` of them, which decide ``auto``).
+        """Check that an index of ``spec``'s kind can be made for this catalogue's vectors.
+
+        Parameters
+        ----------
+        spec : IndexSpec
+        n_vectors : int
+            How many vectors it is for (they decide ``auto``).
 
         Raises
         ------
@@ -1196,40 +1206,68 @@ class Catalogue:
             )  # fmt: skip
             return None
 
-    def training_keys(self, seed: int = 0) -> np.ndarray:
+    def vector_count(self) -> int:
+        """How many patch vectors the stored references give (from their frame counts alone,
+        without deriving any; a damaged count counts none).
+
+        Returns
+        -------
+        count : int
+        """
+        with self._lock:
+            rows = self._db.execute("SELECT n_frames FROM refs").fetchall()
+        return sum(
+            patch_count(int(n_frames), self.params)
+            for (n_frames,) in rows
+            if self._plausible_frames(n_frames)
+        )
+
+    def training_keys(self, seed: int = 0) -> tuple[np.ndarray, int]:
         """The content key of every stored patch vector, in the order :meth:`vectors_at`
         counts them (:func:`~tunetrace.index.training_sample.content_keys`): what a training
         shared by several catalogues chooses its sample from.
 
+        Parameters
+        ----------
+        seed : int
+            As for :func:`~tunetrace.index.training_sample.content_keys`.
+
         Returns
         -------
         keys : np.ndarray [dtype=uint64]
+        generation : int
+            The catalogue's generation when they were read (:meth:`vectors_at` checks it).
         """
         with self._lock:
+            generation = self.generation
             vectors = self._all_vectors()[0]
-        return content_keys(vectors, seed)
+        return content_keys(vectors, seed), generation
 
-    def vectors_at(self, positions: np.ndarray, expected: int) -> np.ndarray:
+    def vectors_at(self, positions: np.ndarray, generation: int) -> np.ndarray:
         """The stored patch vectors at ``positions`` of all (in :meth:`training_keys` order).
 
         Parameters
         ----------
         positions : np.ndarray
             Positions among all stored vectors.
-        expected : int
-            How many vectors there were when the positions were chosen.
+        generation : int
+            The generation :meth:`training_keys` read them at.
+
+        Returns
+        -------
+        vectors : np.ndarray [shape=(len(positions), dim), dtype=float32]
 
         Raises
         ------
         CatalogueError
-            If the catalogue holds another number of vectors now (it changed in between).
+            If the catalogue changed since (another generation).
         """
         with self._lock:
+            if self.generation != generation:
+                raise CatalogueError(
+                    f"{self.directory} changed while its vectors were sampled: try again"
+                )
             vectors = self._all_vectors()[0]
-        if len(vectors) != expected:
-            raise CatalogueError(
-                f"{self.directory} changed while its vectors were sampled: try again"
-            )
         return vectors[np.asarray(positions, dtype=np.int64)]
 
     def migrate(
@@ -1485,7 +1523,14 @@ class Catalogue:
     def index_training(self) -> VectorIndex | None:
         """The shared training recorded with the index (:meth:`rebuild_index`), if the
         published index is built on it: a copy that chooses a query's lists once for every
-        shard (:meth:`VectorIndex.assign`). ``None`` otherwise."""
+        shard (:meth:`VectorIndex.assign`).
+
+        Returns
+        -------
+        trained : VectorIndex or None
+            ``None`` when there is none, it cannot be read, or the published index is not
+            built on it.
+        """
         digest = self.lists_digest()
         if digest is None:
             return None

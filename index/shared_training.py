@@ -12,8 +12,8 @@ score each vector, and the nearest patches merged over the shards are the whole 
 
 The sample is drawn in two passes over the shards (their content keys, then the chosen rows),
 so the vectors are never all in memory at once; the caller keeps writers out in between (a
-sharded catalogue's writer lock), and a shard that changed anyway makes the training fail
-rather than train on rows other than those chosen.
+sharded catalogue's writer lock), and a shard whose generation changed anyway makes the
+training fail rather than train on rows other than those chosen.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def train_shared(
     Returns
     -------
     trained : VectorIndex or None
-        ``None`` when the kind, decided for the total, needs no training (flat, HNSW).
+        ``None`` when the kind, decided for the total, needs no training (flat, HNSW), and
+        when the catalogues hold no vectors.
 
     Raises
     ------
@@ -62,15 +63,23 @@ def train_shared(
     params = {catalogue.params.digest() for catalogue in catalogues}
     if len(params) > 1:
         raise ValueError("catalogues with different fingerprint parameters cannot share an index")
-    keys = [catalogue.training_keys(seed) for catalogue in catalogues]
-    counts = [len(k) for k in keys]
-    total = sum(counts)
+    # the kind decided from the frame counts first: no vectors are derived for one that
+    # needs no training, or for no vectors at all
+    counted = sum(catalogue.vector_count() for catalogue in catalogues)
+    if counted == 0 or not spec.resolved(counted).needs_training:
+        return None
+    read = [catalogue.training_keys(seed) for catalogue in catalogues]
+    counts = [len(keys) for keys, _ in read]
+    total = sum(counts)  # without damaged rows, which no index holds
     resolved = spec.resolved(total)
     catalogues[0].check_index_spec(resolved, total)
     if not resolved.needs_training:
         return None
-    positions = sample_positions(np.concatenate(keys), training_count(resolved, total))
-    del keys
+    positions = sample_positions(
+        np.concatenate([keys for keys, _ in read]), training_count(resolved, total)
+    )
+    generations = [generation for _, generation in read]
+    del read
     starts = np.cumsum([0, *counts])
     owner = np.searchsorted(starts, positions, side="right") - 1
     sample = np.empty((len(positions), catalogues[0].params.embedding_dim), dtype=np.float32)
@@ -78,7 +87,7 @@ def train_shared(
         mine = np.flatnonzero(owner == number)
         if len(mine):
             local = positions[mine] - starts[number]
-            sample[mine] = catalogue.vectors_at(local, counts[number])
+            sample[mine] = catalogue.vectors_at(local, generations[number])
     trained = VectorIndex.trained(catalogues[0].params.embedding_dim, resolved, sample)
     logger.info(
         "trained one %s index (%d lists) for %d catalogues on %d of their %d vectors",

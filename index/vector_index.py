@@ -317,12 +317,24 @@ class VectorIndex:
 
         Parameters
         ----------
-        dim, spec, vectors, ids, seed, grid
-            See above (``seed`` picks another training sample).
+        dim : int
+            Vector length.
+        spec : IndexSpec
+            The kind wanted (``auto`` and ``nlist=0`` decided for ``len(vectors)``).
+        vectors : np.ndarray [shape=(n, dim)]
+        ids : np.ndarray [shape=(n,), dtype=int64]
+        seed : int
+            Picks another training sample.
+        grid : VectorGrid, optional
+            See the class.
         trained : VectorIndex, optional
             An empty index already trained (:meth:`trained`; a sharded catalogue trains one
             for all its shards): its kind, lists and codes are used, ``spec`` is not, and
             nothing is trained here.
+
+        Returns
+        -------
+        index : VectorIndex
 
         Raises
         ------
@@ -353,6 +365,20 @@ class VectorIndex:
         needs training (:func:`training_count` rows, chosen as
         :func:`~tunetrace.index.training_sample.training_rows` chooses them).
 
+        Parameters
+        ----------
+        dim : int
+            Vector length.
+        spec : IndexSpec
+            Resolved (kind and lists decided: :meth:`IndexSpec.resolved`).
+        sample : np.ndarray [shape=(n, dim)] or None
+            The training vectors, in training order (``None`` for kinds without training).
+
+        Returns
+        -------
+        trained : VectorIndex
+            Holding no vectors.
+
         Raises
         ------
         ValueError
@@ -381,27 +407,55 @@ class VectorIndex:
 
     def training_bytes(self) -> bytes:
         """The index's FAISS form as bytes (for an empty trained index: its training, which
-        :meth:`from_training_bytes` reads back)."""
+        :meth:`from_training_bytes` reads back).
+
+        Returns
+        -------
+        data : bytes
+        """
         with self._access.reading():
             return faiss.serialize_index(self._index).tobytes()
 
     @classmethod
     def from_training_bytes(cls, dim: int, spec: IndexSpec, data: bytes) -> VectorIndex:
-        """Inverse of :meth:`training_bytes`.
+        """Inverse of :meth:`training_bytes`: an empty trained index of ``spec``'s kind.
+
+        Parameters
+        ----------
+        dim : int
+            Vector length the training must have.
+        spec : IndexSpec
+            The kind it was trained as (resolved).
+        data : bytes
+
+        Returns
+        -------
+        trained : VectorIndex
 
         Raises
         ------
         ValueError
-            If ``data`` is not a FAISS index of ``dim`` dimensions.
+            If ``data`` is not an empty, trained FAISS index of ``spec``'s kind, lists and
+            ``dim`` dimensions.
         """
         index = cls.__new__(cls)
         index.dim, index.spec, index.grid = dim, spec, None
         try:
             index._index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
-        except RuntimeError as exc:
+        except (RuntimeError, MemoryError) as exc:  # FAISS's reports of a damaged file
             raise ValueError(f"unreadable index training: {exc}") from exc
-        if index._index.d != dim:
-            raise ValueError(f"an index training of {index._index.d}-d vectors, not {dim}")
+        found = index._index
+        if found.d != dim:
+            raise ValueError(f"an index training of {found.d}-d vectors, not {dim}")
+        if found.ntotal or not found.is_trained:
+            raise ValueError("an index training must be trained and hold no vectors")
+        if spec.needs_training:
+            try:
+                _, ivf = _ivf_parts(found)
+            except TypeError as exc:
+                raise ValueError(f"an index training of another kind than {spec.kind}") from exc
+            if ivf.nlist != spec.nlist:
+                raise ValueError(f"an index training of {ivf.nlist} lists, not {spec.nlist}")
         index._configure()
         return index
 
@@ -547,9 +601,10 @@ class VectorIndex:
 
     @property
     def lists_digest(self) -> str | None:
-        """A digest of what chooses and scores the lists (transform, coarse quantiser, PQ
-        codebooks) of an inverted-list index: equal for indexes built on one training, and
-        for that training itself. ``None`` for other kinds (and re-ranking indexes)."""
+        """A digest of what chooses, probes and scores the lists (transform, coarse
+        quantiser, ``nprobe``, PQ codebooks) of an inverted-list index: equal for indexes
+        built on one training, and for that training itself. ``None`` for other kinds (and
+        re-ranking indexes)."""
         try:
             return self._digest
         except AttributeError:
@@ -600,6 +655,13 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`search` in the lists ``assignment`` chose: the same answer as searching its
         query vectors here with its effort, without running the quantiser.
+
+        Parameters
+        ----------
+        assignment : ListAssignment
+            Made by :meth:`assign` of this index's training (or of this index).
+        k : int
+            Neighbours per query vector.
 
         Returns
         -------
@@ -755,7 +817,10 @@ def _lists_digest(index: faiss.Index) -> str | None:
         transforms, ivf = _ivf_parts(index)
     except TypeError:
         return None
-    digest = hashlib.sha256(f"{type(ivf).__name__} {ivf.d} {ivf.nlist}".encode())
+    # the lists probed are part of it: a rebuild that changes only nprobe must not be
+    # searched with lists chosen for the earlier number
+    described = f"{type(ivf).__name__} {ivf.d} {ivf.nlist} nprobe={ivf.nprobe}"
+    digest = hashlib.sha256(described.encode())
     for transform in transforms:
         writer = faiss.VectorIOWriter()
         faiss.write_VectorTransform(transform, writer)
@@ -770,16 +835,22 @@ def _fits(assignment: ListAssignment, ivf: faiss.IndexIVF) -> bool:
     """Whether an assignment's arrays have the shapes and list numbers ``ivf`` can search
     (a digest match makes this so; checked anyway, as FAISS does not check list numbers)."""
     vectors, lists = assignment.vectors, assignment.lists
-    return (
+    shaped = (
         vectors.ndim == 2
         and vectors.shape[1] == ivf.d
         and vectors.dtype == np.float32
         and lists.ndim == 2
         and lists.shape[0] == len(vectors)
+        and 1 <= lists.shape[1] <= ivf.nlist
         and lists.dtype == np.int64
         and assignment.similarities.shape == lists.shape
-        and (lists.size == 0 or (int(lists.min()) >= -1 and int(lists.max()) < ivf.nlist))
     )
+    if not shaped or lists.size == 0:
+        return shaped
+    if int(lists.min()) < -1 or int(lists.max()) >= ivf.nlist:
+        return False
+    ordered = np.sort(lists, axis=1)  # a list twice in a row would give its vectors twice
+    return not bool(np.any((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)))
 
 
 def _vectors_needed(spec: IndexSpec) -> int:
@@ -880,9 +951,11 @@ class LayeredIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar vectors over both layers (see :meth:`VectorIndex.search`;
         ``effort`` applies to the published index, the exact layer is searched whole). With
-        an ``assignment`` of these vectors (made with this ``effort``), the published index
-        searches the lists it chose if it is built on its training
-        (:meth:`VectorIndex.search_assigned`)."""
+        an ``assignment`` of these vectors, the published index searches the lists it chose
+        if it is built on its training (:meth:`VectorIndex.search_assigned`; the assignment's
+        own effort then applies), else as without one."""
+        if assignment is not None and len(assignment.vectors) != len(vectors):
+            assignment = None  # made for other vectors
         parts = []
         for part in (self.base, self.delta):
             if part is None or not part.size:

@@ -233,6 +233,13 @@ def _finish_resharding(catalogue: ShardedCatalogue, audio: CrashAudio) -> None:
 
 
 def _finish_shared_index_build(catalogue: ShardedCatalogue, audio: CrashAudio) -> None:
+    # as the kill left it: each shard's recorded training is the one its index is built
+    # on, or none is recorded (it has its earlier index)
+    for shard_dir in read_manifest(catalogue.directory).shard_dirs(catalogue.directory):
+        with sqlite3.connect(shard_dir / "catalogue.sqlite") as db:
+            recorded = db.execute("SELECT 1 FROM meta WHERE key = 'index_training'").fetchone()
+        with Catalogue(shard_dir, read_only=True) as shard:
+            assert (recorded is not None) == (shard.index_training() is not None), shard_dir
     catalogue.rebuild_index(SHARED_IVF)
     trainings = set()
     for shard_dir in read_manifest(catalogue.directory).shard_dirs(catalogue.directory):

@@ -14,7 +14,7 @@ import pytest
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.compact_vectors import VectorGrid
 from tunetrace.index.training_sample import content_keys, sample_positions, training_rows
-from tunetrace.index.vector_index import IndexSpec, VectorIndex, training_count
+from tunetrace.index.vector_index import IndexSpec, LayeredIndex, VectorIndex, training_count
 
 from tests.conftest import SAMPLE_RATE, write_audio
 from tunetrace.errors import CatalogueError
@@ -379,14 +379,37 @@ def test_lists_assigned_by_a_training_are_searched_as_its_indexes_would_choose(
         assert apart.search_assigned(assignment, 10) is None  # built on another training
     # an assignment that does not fit is searched as usual, never handed to FAISS
     assignment = training.assign(queries)
+    repeated = assignment.lists.copy()
+    repeated[5, 1] = repeated[5, 0]  # one list twice: its vectors would come back twice
     for odd in (
         replace(assignment, lists=assignment.lists + spec.nlist),
         replace(assignment, lists=assignment.lists.astype(np.int32)),
         replace(assignment, vectors=assignment.vectors[:, :3]),
-    ):
+        replace(assignment, lists=assignment.lists[:, :0],
+                similarities=assignment.similarities[:, :0]),
+        replace(assignment, lists=repeated),
+    ):  # fmt: skip
         assert pieces[0].search_assigned(odd, 10) is None
     with pytest.raises(ValueError):
         pieces[0].search_assigned(assignment, 0)
+    layered = LayeredIndex(pieces[0])  # an assignment made for other vectors is not used
+    np.testing.assert_array_equal(
+        layered.search(queries[:50], 10, assignment=assignment)[1],
+        pieces[0].search(queries[:50], 10)[1],
+    )
+    # another nprobe probes other lists: another digest, whatever the training
+    other = VectorIndex.from_training_bytes(
+        DIM, replace(spec, nprobe=spec.nprobe + 1), training.training_bytes()
+    )
+    assert other.lists_digest != training.lists_digest
+    # a training record that is not an empty trained index of its kind is refused
+    with pytest.raises(ValueError, match="hold no vectors"):
+        VectorIndex.from_training_bytes(DIM, spec, pieces[0].training_bytes())
+    with pytest.raises(ValueError, match="lists"):
+        VectorIndex.from_training_bytes(DIM, replace(spec, nlist=spec.nlist + 1),
+                                        training.training_bytes())  # fmt: skip
+    with pytest.raises(ValueError, match="unreadable"):
+        VectorIndex.from_training_bytes(DIM, spec, training.training_bytes()[:100])
 
 
 def test_training_needs_enough_vectors(vectors: np.ndarray) -> None:

@@ -326,15 +326,73 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
         matcher = tunetrace.Matcher(catalogue)
         features = matcher.load_query(queries / "stretched.wav")
         first = matcher.match_features(features)
+        for changed in (replace(spec, nlist=8), replace(spec, nlist=8, nprobe=3)):
+            # (the second only probes more lists: the same lists, another search)
+            with ShardedCatalogue(shared) as writer:
+                writer.rebuild_index(changed)
+            used.clear()
+            again = matcher.match_features(features)
+            assert used == [False] * 2, changed
+            assert again == tunetrace.Matcher(catalogue).match_features(features)
+            used.clear()
+            assert matcher.match_features(features) == again and used == [True] * 2
+            assert [m.reference_id for m in first] == [m.reference_id for m in again] == ["song1"]
+        # a matcher that found no shared training (exact indexes) takes one up once built
         with ShardedCatalogue(shared) as writer:
-            writer.rebuild_index(replace(spec, nlist=8))
+            writer.rebuild_index(IndexSpec(kind="flat"))
+        matcher.match_features(features)  # (its earlier training is dropped here)
         used.clear()
-        again = matcher.match_features(features)
-        assert used == [False] * 2
-        assert again == tunetrace.Matcher(catalogue).match_features(features)
+        matcher.match_features(features)
+        assert used == []  # no training to choose lists with
+        with ShardedCatalogue(shared) as writer:
+            writer.rebuild_index(spec)
+        matcher.match_features(features)
         used.clear()
-        assert matcher.match_features(features) == again and used == [True] * 2
-        assert [m.reference_id for m in first] == [m.reference_id for m in again] == ["song1"]
+        assert matcher.match_features(features) == first and used == [True] * 2
+
+
+def test_a_damaged_training_record_leaves_shards_searching_their_own_lists(
+    sharded: Path, queries: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "catalogue"
+    shutil.copytree(sharded, directory)
+    with ShardedCatalogue(directory) as catalogue:
+        catalogue.rebuild_index(IndexSpec(kind="ivfflat", nlist=16, nprobe=2))
+    expected = _reports(directory, queries)
+    shard_dirs = read_manifest(directory).shard_dirs(directory)
+    for shard_dir in shard_dirs:
+        with sqlite3.connect(shard_dir / "catalogue.sqlite") as db:
+            (blob,) = db.execute("SELECT value FROM meta WHERE key = 'index_training'").fetchone()
+            damaged = bytearray(blob)
+            lists = damaged.find(b"ilar") + 4  # the inverted lists' count, which FAISS
+            damaged[lists : lists + 8] = (1 << 40).to_bytes(8, "little")  # would allocate
+            db.execute("UPDATE meta SET value = ? WHERE key = 'index_training'", (bytes(damaged),))
+    with ShardedCatalogue(directory, read_only=True) as catalogue:
+        assert catalogue.shards.shard(0).catalogue.index_training() is None
+    assert _reports(directory, queries) == expected  # each shard's own lists: the same ones
+    for shard_dir in shard_dirs:  # a write that rebuilds (the index file lost) still works
+        for published in shard_dir.glob("vectors-*.faiss"):
+            published.unlink()
+        with Catalogue(shard_dir) as catalogue:
+            catalogue.add("probe", fingerprint_reference(queries / "unknown.wav",
+                                                         params=catalogue.params))  # fmt: skip
+            catalogue.remove("probe")
+
+
+def test_an_empty_sharded_catalogue_builds_and_splits_with_an_ivf_kind(tmp_path: Path) -> None:
+    directory = tmp_path / "catalogue"
+    init_sharded(directory, 2)
+    with ShardedCatalogue(directory) as catalogue:
+        assert catalogue.rebuild_index(IndexSpec(kind="ivfflat")) == []
+    for shard_dir in read_manifest(directory).shard_dirs(directory):
+        with Catalogue(shard_dir) as shard:
+            shard.rebuild_index(IndexSpec(kind="flat"))
+            shard._db.execute(  # as an IVF kind chosen before the references were removed
+                "UPDATE meta SET value = ? WHERE key = 'index_spec'",
+                (json.dumps(IndexSpec(kind="ivfflat").to_dict()),),
+            )
+    reshard(directory, 3)
+    assert read_manifest(directory).count == 3
 
 
 def _reports_of(directory: Path, queries: Path) -> dict[str, dict]:
@@ -879,16 +937,18 @@ def test_shards_on_dask_search_the_lists_chosen_at_the_gather(
     in_process = _reports(directory, queries)
     with Client(cluster) as client:
         client.run(_count_assigned_searches)
-        reports = _reports(directory, queries, scheduler=client)
-        counted = client.run(_count_assigned_searches)
+        try:
+            reports = _reports(directory, queries, scheduler=client)
+        finally:
+            counted = client.run(_count_assigned_searches, True)
     assert reports == in_process
     # the assignment crossed to the workers, and their shards searched its lists
     assert sum(counted.values()) == 2 * len(in_process)  # (the third shard is empty)
 
 
-def _count_assigned_searches() -> int:
+def _count_assigned_searches(stop: bool = False) -> int:
     """Searches of assigned lists on this worker since the last call (counting from the
-    first call on)."""
+    first call on; ``stop``: and no longer)."""
     if not hasattr(VectorIndex, "counted_assigned"):
         search_assigned = VectorIndex.search_assigned
 
@@ -897,8 +957,14 @@ def _count_assigned_searches() -> int:
             VectorIndex.counted_assigned += found is not None
             return found
 
+        counting.original = search_assigned  # type: ignore[attr-defined]
         VectorIndex.search_assigned = counting  # type: ignore[method-assign]
-    counted, VectorIndex.counted_assigned = getattr(VectorIndex, "counted_assigned", 0), 0
+        VectorIndex.counted_assigned = 0
+    counted = VectorIndex.counted_assigned
+    VectorIndex.counted_assigned = 0
+    if stop:
+        VectorIndex.search_assigned = VectorIndex.search_assigned.original  # type: ignore[attr-defined]
+        del VectorIndex.counted_assigned
     return counted
 
 

@@ -135,7 +135,8 @@ class MatchSettings:
         one index of the whole catalogue would probe of its own
         (:func:`~tunetrace.sharded_matcher.probe_share`), instead of ``nprobe`` of them:
         at ten shards about a third of the search, for fewer neighbours found (measured in
-        docs/scaling.md).
+        docs/scaling.md). Shards sharing one training (what ``index build`` makes) probe
+        the lists one index of the whole would whatever this says.
     """
 
     n_neighbours: int = 20

@@ -188,8 +188,8 @@ class ShardedCatalogue(AudioFiles):
         all the references would be (:func:`~tunetrace.index.shared_training.train_shared`;
         ``auto`` and a list count left to choose follow the whole catalogue's size): every
         shard's index is then a piece of that one index, and a query's nearest patches
-        merged over the shards are its. Empty shards get the shared lists too, for the
-        references added to them later.
+        merged over the shards are its. Empty shards get the new index too, for the
+        references added to them later; with no references at all, nothing is built.
 
         Raises
         ------
@@ -201,9 +201,13 @@ class ShardedCatalogue(AudioFiles):
             if spec is None:  # the kind the largest shard records
                 spec = max(shards, key=lambda shard: shard.count()).index_spec
             trained = train_shared(shards, spec)
-            if trained is None:
-                return [shard.rebuild_index(spec) for shard in shards if shard.count() > 0]
-            return [shard.rebuild_index(spec, trained=trained) for shard in shards]
+            if trained is not None:
+                return [shard.rebuild_index(spec, trained=trained) for shard in shards]
+            if not any(shard.count() for shard in shards):
+                return []  # nothing to build an index of (nor to train one on)
+            # a kind without training: empty shards too, or they would keep an earlier index
+            # (and its training) for the references added to them later
+            return [shard.rebuild_index(spec) for shard in shards]
 
     def legacy_count(self, codec: SpectrumCodec = COMPACT_CODEC) -> int:
         """References stored with another codec than ``codec``, over all shards.

@@ -103,8 +103,9 @@ class ShardedMatcher(Matcher):
         self._shards_damaged: dict[int, tuple[str, ...]] = {}
         self._damaged_generation: int | None = None
         self._shards_damaged_lock = threading.Lock()
-        # the shards' shared index training, fetched once per generation of the shards
-        self._training: tuple[int, VectorIndex | None] | None = None
+        # the shards' shared index training, fetched for a generation of the shards, with
+        # the lists digest shard 0's index had then (fetched again when it changes)
+        self._training: tuple[int, str | None, VectorIndex | None] | None = None
         self._training_lock = threading.Lock()
         super().__init__(
             catalogue,  # type: ignore[arg-type]
@@ -328,9 +329,13 @@ class ShardedMatcher(Matcher):
         assignment = None if training is None else training.assign(patches[0], effort=effort)
         asked = dict.fromkeys(shards, (patches[0], k, effort, probed_as, assignment))
         found = self._answers(view, view.access.call_many(_shard_neighbours, asked))
-        if assignment is not None and found[0][1] not in (None, assignment.digest):
-            self._forget_training(view)  # shard 0's index was built again since it was fetched
-        merged = merge_neighbours([found[s][0] for s in shards], k)
+        if any(not isinstance(answer, Neighbours) for answer in found.values()):
+            raise ShardUnavailableError(
+                "a shard answered in a form this tunetrace does not know: the Dask workers "
+                "must run the same tunetrace version as the client"
+            )
+        self._note_lists(view, found[0].lists_digest)
+        merged = merge_neighbours([found[s].found for s in shards], k)
         places = _places_of(view, exclude_keys)
         excluded = frozenset(merged.key_of[p] for p in places if p in merged.key_of)
         candidates = find_candidates(
@@ -354,29 +359,39 @@ class ShardedMatcher(Matcher):
 
 
     def _shared_training(self, view: ShardView) -> VectorIndex | None:
-        """The training every shard's index is built on, if they share one (fetched from
-        shard 0 once per generation of the shards, and again after a shard's index was
-        found built on another); ``None`` when they do not (flat or graph indexes, shards
-        trained apart): each shard then chooses its own lists."""
+        """The training every shard's index is built on, if they share one: fetched from
+        shard 0 for a generation of the shards, and again once shard 0 answers with another
+        lists digest than it had then (an index built again); ``None`` when they share none
+        (flat or graph indexes, shards trained apart, an unreadable training), and each
+        shard then chooses its own lists."""
         generation = view.manifest.generation
         with self._training_lock:
             if self._training is not None and self._training[0] == generation:
-                return self._training[1]
+                return self._training[2]
         answer = self._answers(view, {0: view.access.call(0, _shard_training)})[0]
+        if not (isinstance(answer, tuple) and len(answer) == 2):
+            raise ShardUnavailableError("shard 0 answered in a form this tunetrace does not know")
+        digest, payload = answer
         training = None
-        if answer is not None:
-            described, data = answer
-            training = VectorIndex.from_training_bytes(
-                view.manifest.params.embedding_dim, IndexSpec.from_dict(described), data
-            )
+        if payload is not None:
+            try:
+                described, data = payload
+                training = VectorIndex.from_training_bytes(
+                    view.manifest.params.embedding_dim, IndexSpec.from_dict(described), data
+                )
+            except (ValueError, TypeError) as exc:
+                logger.warning("the shards' index training cannot be read (%s): each shard "
+                               "chooses its own lists", exc)  # fmt: skip
         with self._training_lock:
-            self._training = (generation, training)
+            self._training = (generation, digest, training)
         return training
 
-    def _forget_training(self, view: ShardView) -> None:
-        """Fetch the shared training again before the next query of this generation."""
+    def _note_lists(self, view: ShardView, digest: str | None) -> None:
+        """Shard 0's lists digest as it just answered: if its index was built again since
+        the training was fetched, fetch it again before the next query."""
         with self._training_lock:
-            if self._training is not None and self._training[0] == view.manifest.generation:
+            held = self._training
+            if held is not None and held[0] == view.manifest.generation and held[1] != digest:
                 self._training = None
 
 
@@ -493,6 +508,14 @@ Finished = tuple[list[Verification], list[Match] | None]
 Ahead = tuple[list[int], tuple[list[Verification], Finished]]
 
 
+@dataclass(frozen=True)
+class Neighbours:
+    """A shard's nearest patches to a query's, and its index's lists digest."""
+
+    found: tuple[np.ndarray, np.ndarray]
+    lists_digest: str | None
+
+
 def _shard_neighbours(
     shard: OpenShard,
     vectors: np.ndarray,
@@ -500,7 +523,7 @@ def _shard_neighbours(
     effort: float,
     shard_count: int,
     assignment: ListAssignment | None = None,
-) -> tuple[tuple[tuple[np.ndarray, np.ndarray], str | None], Damaged]:
+) -> tuple[Neighbours, Damaged]:
     """The shard's nearest patches: in the lists ``assignment`` chose if its index is built
     on that training, else with its inverted lists probed as one index of ``shard_count``
     shards' vectors would be (:func:`probe_share`; 1: as fully as its own). Also its
@@ -509,15 +532,19 @@ def _shard_neighbours(
     catalogue.refresh()
     share = catalogue_probe_share(catalogue, shard_count)
     found = catalogue.search(vectors, k, effort=effort * share, assignment=assignment)
-    return (found, catalogue.lists_digest()), shard.damaged_references()
+    return Neighbours(found, catalogue.lists_digest()), shard.damaged_references()
 
 
-def _shard_training(shard: OpenShard) -> tuple[tuple[dict, bytes] | None, Damaged]:
-    """The shared training the shard's index is built on (its spec and bytes), if any."""
-    trained = shard.catalogue.index_training()
-    if trained is None:
-        return None, shard.damaged_references()
-    return (trained.spec.to_dict(), trained.training_bytes()), shard.damaged_references()
+def _shard_training(
+    shard: OpenShard,
+) -> tuple[tuple[str | None, tuple[dict, bytes] | None], Damaged]:
+    """The shard's index's lists digest, and the shared training the index is built on
+    (its spec and bytes) if there is one."""
+    catalogue = shard.catalogue
+    catalogue.refresh()
+    trained = catalogue.index_training()
+    payload = None if trained is None else (trained.spec.to_dict(), trained.training_bytes())
+    return (catalogue.lists_digest(), payload), shard.damaged_references()
 
 
 def catalogue_probe_share(catalogue: Catalogue, shard_count: int) -> float:
