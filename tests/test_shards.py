@@ -131,12 +131,7 @@ def assert_same_verdicts(sharded: dict[str, dict], unsharded: dict[str, dict]) -
 
 @pytest.fixture(scope="module")
 def unsharded_reports(built_catalogue: Path, queries: Path) -> dict[str, dict]:
-    with tunetrace.Catalogue(built_catalogue, read_only=True) as catalogue:
-        matcher = tunetrace.Matcher(catalogue)
-        return {
-            path.name: _comparable(report_to_dict(matcher.match_path(path, query_name=path.name)))
-            for path in sorted(queries.iterdir())
-        }
+    return _reports_of(built_catalogue, queries)
 
 
 @pytest.fixture(scope="module")
@@ -312,13 +307,7 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
             trainings.add(bytes(db.execute(
                 "SELECT value FROM meta WHERE key = 'index_training'").fetchone()[0]))  # fmt: skip
     assert len(trainings) == 1
-    for shard_dir in read_manifest(shared).shard_dirs(shared):
-        for published in shard_dir.glob("vectors-*.faiss"):
-            published.unlink()
-        with Catalogue(shard_dir) as catalogue:
-            probe = fingerprint_reference(queries / "unknown.wav", params=catalogue.params)
-            catalogue.add("probe", probe)
-            catalogue.remove("probe")
+    _write_after_losing_index_files(shared, queries)
     with ShardedCatalogue(shared, read_only=True) as catalogue:
         assert _merged_nearest(catalogue, vectors, 10) == one_index
         # built again on another training while a matcher holds the earlier one: the shards
@@ -351,13 +340,30 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
         assert matcher.match_features(features) == first and used == [True] * 2
 
 
-def test_a_damaged_training_record_leaves_shards_searching_their_own_lists(
-    sharded: Path, queries: Path, tmp_path: Path
-) -> None:
-    directory = tmp_path / "catalogue"
+def _write_after_losing_index_files(directory: Path, queries: Path) -> None:
+    """Delete every shard's published index file (as a crash can lose one), then write to
+    each shard: its writer rebuilds the index from SQLite."""
+    for shard_dir in read_manifest(directory).shard_dirs(directory):
+        for published in shard_dir.glob("vectors-*.faiss"):
+            published.unlink()
+        with Catalogue(shard_dir) as catalogue:
+            probe = fingerprint_reference(queries / "unknown.wav", params=catalogue.params)
+            catalogue.add("probe", probe)
+            catalogue.remove("probe")
+
+
+def _with_shared_ivf(sharded: Path, directory: Path) -> Path:
+    """A copy of ``sharded`` at ``directory`` whose shards share one small IVF index."""
     shutil.copytree(sharded, directory)
     with ShardedCatalogue(directory) as catalogue:
         catalogue.rebuild_index(IndexSpec(kind="ivfflat", nlist=16, nprobe=2))
+    return directory
+
+
+def test_a_damaged_training_record_leaves_shards_searching_their_own_lists(
+    sharded: Path, queries: Path, tmp_path: Path
+) -> None:
+    directory = _with_shared_ivf(sharded, tmp_path / "catalogue")
     expected = _reports(directory, queries)
     shard_dirs = read_manifest(directory).shard_dirs(directory)
     for shard_dir in shard_dirs:
@@ -370,13 +376,7 @@ def test_a_damaged_training_record_leaves_shards_searching_their_own_lists(
     with ShardedCatalogue(directory, read_only=True) as catalogue:
         assert catalogue.shards.shard(0).catalogue.index_training() is None
     assert _reports(directory, queries) == expected  # each shard's own lists: the same ones
-    for shard_dir in shard_dirs:  # a write that rebuilds (the index file lost) still works
-        for published in shard_dir.glob("vectors-*.faiss"):
-            published.unlink()
-        with Catalogue(shard_dir) as catalogue:
-            catalogue.add("probe", fingerprint_reference(queries / "unknown.wav",
-                                                         params=catalogue.params))  # fmt: skip
-            catalogue.remove("probe")
+    _write_after_losing_index_files(directory, queries)  # rebuilds: still works
 
 
 def test_an_empty_sharded_catalogue_builds_and_splits_with_an_ivf_kind(tmp_path: Path) -> None:
@@ -396,6 +396,7 @@ def test_an_empty_sharded_catalogue_builds_and_splits_with_an_ivf_kind(tmp_path:
 
 
 def _reports_of(directory: Path, queries: Path) -> dict[str, dict]:
+    """Every query's comparable report from the (unsharded) catalogue at ``directory``."""
     with tunetrace.Catalogue(directory, read_only=True) as catalogue:
         matcher = tunetrace.Matcher(catalogue)
         return {
@@ -930,10 +931,7 @@ def test_shards_on_dask_search_the_lists_chosen_at_the_gather(
 ) -> None:
     from distributed import Client
 
-    directory = tmp_path / "catalogue"
-    shutil.copytree(sharded, directory)
-    with ShardedCatalogue(directory) as catalogue:
-        catalogue.rebuild_index(IndexSpec(kind="ivfflat", nlist=16, nprobe=2))
+    directory = _with_shared_ivf(sharded, tmp_path / "catalogue")
     in_process = _reports(directory, queries)
     with Client(cluster) as client:
         client.run(_count_assigned_searches)
