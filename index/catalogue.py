@@ -992,6 +992,18 @@ class Catalogue:
             and 0 < n_frames <= MAX_STORED_S * self.params.frame_rate_hz
         )
 
+    def _patch_counts(self, after_key: int = 0) -> dict[int, int]:
+        """Each stored reference's patch vector count (keys above ``after_key``, in key
+        order), from its frame count alone; 0 for a damaged frame count."""
+        return {
+            int(key): patch_count(int(n_frames), self.params)
+            if self._plausible_frames(n_frames)
+            else 0  # a damaged frame count: the row is left out of every index
+            for key, n_frames in self._db.execute(
+                "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)
+            )
+        }
+
     def _all_vectors(
         self, after_key: int = 0, *, damaged: list[str] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -1003,14 +1015,7 @@ class Catalogue:
         joining them would need twice that.
         """
         dim = self.params.embedding_dim
-        counts = {
-            int(key): patch_count(int(n_frames), self.params)
-            if self._plausible_frames(n_frames)
-            else 0  # a damaged frame count: the row is left out below
-            for key, n_frames in self._db.execute(
-                "SELECT key, n_frames FROM refs WHERE key > ? ORDER BY key", (after_key,)
-            )
-        }
+        counts = self._patch_counts(after_key)
         vectors = np.empty((sum(counts.values()), dim), dtype=np.float32)
         ids = np.empty(len(vectors), dtype=np.int64)
         filled = 0
@@ -1215,12 +1220,7 @@ class Catalogue:
         count : int
         """
         with self._lock:
-            rows = self._db.execute("SELECT n_frames FROM refs").fetchall()
-        return sum(
-            patch_count(int(n_frames), self.params)
-            for (n_frames,) in rows
-            if self._plausible_frames(n_frames)
-        )
+            return sum(self._patch_counts().values())
 
     def training_keys(self, seed: int = 0) -> tuple[np.ndarray, int]:
         """The content key of every stored patch vector, in the order :meth:`vectors_at`

@@ -250,7 +250,7 @@ def _fill_generation(
         spec = largest.index_spec if largest is not None else IndexSpec()
         # the sources' kind and settings, IVF lists sized for the whole catalogue and
         # trained once for all the new shards
-        trained = None if spec == IndexSpec() else train_shared(targets, replace(spec, nlist=0))
+        trained = train_shared(targets, replace(spec, nlist=0))  # none for untrained kinds
         for target in targets:
             if trained is not None:
                 target.rebuild_index(replace(spec, nlist=0), trained=trained)

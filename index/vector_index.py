@@ -580,19 +580,16 @@ class VectorIndex:
     def _search(self, vectors: np.ndarray, k: int, effort: float) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` (its read lock held)."""
         if self.size == 0 or len(vectors) == 0:
-            return (
-                np.zeros((len(vectors), k), dtype=np.float32),
-                np.full((len(vectors), k), -1, dtype=np.int64),
-            )
+            return _no_neighbours(len(vectors), k)
         ivf = faiss.try_extract_index_ivf(self._index)
         centroids = self._flat_list_centroids()
         if centroids is not None:  # an IVF-Flat index: its lists chosen outside FAISS
-            probes = max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
+            probes = _probes(ivf, effort)
             return preassigned_search(
                 self._index, vectors, k, centroids, probes, self._list_views()
             )
         if effort < 1.0 and ivf is not None:
-            probes = max(1, round(min(ivf.nprobe, ivf.nlist) * effort))
+            probes = _probes(ivf, effort)
             inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
             parameters = _probing(faiss.downcast_index(inner), probes)
             if parameters is not None:
@@ -634,7 +631,7 @@ class VectorIndex:
         seen = np.ascontiguousarray(vectors, dtype=np.float32)
         for transform in transforms:
             seen = np.ascontiguousarray(transform.apply(seen), dtype=np.float32)
-        probes = max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
+        probes = _probes(ivf, effort)
         centroids = self._flat_list_centroids()
         if len(seen) == 0:
             lists = np.empty((0, probes), dtype=np.int64)
@@ -683,10 +680,7 @@ class VectorIndex:
             if not _fits(assignment, ivf):
                 return None
             if self.size == 0 or len(vectors) == 0:
-                return (
-                    np.zeros((len(vectors), k), dtype=np.float32),
-                    np.full((len(vectors), k), -1, dtype=np.int64),
-                )
+                return _no_neighbours(len(vectors), k)
             views = self._list_views() if self._flat_list_centroids() is not None else None
             return search_lists(ivf, vectors, k, lists, assignment.similarities, views)
 
@@ -790,6 +784,17 @@ class VectorIndex:
                             mmap=mmap)  # fmt: skip
         except (ValueError, KeyError, TypeError, OSError):
             return None
+
+
+def _probes(ivf: faiss.IndexIVF, effort: float) -> int:
+    """Lists an IVF index probes per vector at ``effort`` (its share of ``nprobe``, at least
+    one)."""
+    return max(1, round(min(ivf.nprobe, ivf.nlist) * min(effort, 1.0)))
+
+
+def _no_neighbours(n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The answer for ``n`` query vectors when nothing is indexed."""
+    return np.zeros((n, k), dtype=np.float32), np.full((n, k), -1, dtype=np.int64)
 
 
 def _ivf_parts(index: faiss.Index) -> tuple[list[faiss.VectorTransform], faiss.IndexIVF]:
@@ -967,10 +972,7 @@ class LayeredIndex:
                 found = part.search(vectors, k, effort=effort if part is self.base else 1.0)
             parts.append(found)
         if not parts:
-            return (
-                np.zeros((len(vectors), k), dtype=np.float32),
-                np.full((len(vectors), k), -1, dtype=np.int64),
-            )
+            return _no_neighbours(len(vectors), k)
         if len(parts) == 1:
             return parts[0]
         similarities = np.concatenate([p[0] for p in parts], axis=1)

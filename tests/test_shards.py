@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import soxr
 from tunetrace.index.catalogue import Catalogue
-from tunetrace.index.ids import PATCH_BITS
+from tunetrace.index.ids import PATCH_BITS, split_vector_ids
 from tunetrace.index.resharding import init_sharded, reshard
 from tunetrace.index.shard_layout import (
     MANIFEST_NAME,
@@ -228,14 +228,21 @@ def test_sharded_search_probes_each_shards_share_of_its_lists(
     assert asked == pytest.approx(expected) and min(expected) < effort
 
 
+def _named(ids: np.ndarray, reference_of) -> list[set[tuple[str, int]]]:
+    """Each row's vector ids as (reference id, patch number); ``reference_of`` names a key."""
+    named = []
+    for row in ids:
+        keys, patches = split_vector_ids(row[row >= 0])
+        pairs = zip(keys.tolist(), patches.tolist(), strict=True)
+        named.append({(reference_of(key), patch) for key, patch in pairs})
+    return named
+
+
 def _nearest(catalogue: Catalogue, vectors: np.ndarray, k: int) -> list[set[tuple[str, int]]]:
     """Each row's nearest patches in one catalogue, as (reference id, patch number)."""
-    _, ids = catalogue.search(vectors, k)
-    return [
-        {(catalogue.record_by_key(int(i) >> PATCH_BITS).reference_id,
-          int(i) & ((1 << PATCH_BITS) - 1)) for i in row if i >= 0}
-        for row in ids
-    ]  # fmt: skip
+    return _named(
+        catalogue.search(vectors, k)[1], lambda key: catalogue.record_by_key(key).reference_id
+    )
 
 
 def _merged_nearest(
@@ -244,12 +251,12 @@ def _merged_nearest(
     """Each row's nearest patches over a sharded catalogue's shards, merged."""
     shards = [catalogue.shards.shard(s).catalogue for s in range(catalogue.shard_count)]
     merged = merge_neighbours([shard.search(vectors, k) for shard in shards], k)
-    return [
-        {(shards[merged.places[int(i) >> PATCH_BITS][0]].record_by_key(
-            merged.places[int(i) >> PATCH_BITS][1]).reference_id,
-          int(i) & ((1 << PATCH_BITS) - 1)) for i in row if i >= 0}
-        for row in merged.ids
-    ]  # fmt: skip
+
+    def reference_of(key: int) -> str:
+        shard, local = merged.places[key]
+        return shards[shard].record_by_key(local).reference_id
+
+    return _named(merged.ids, reference_of)
 
 
 def test_shards_share_one_training_and_search_as_one_ivf_index(

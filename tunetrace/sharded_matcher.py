@@ -139,8 +139,11 @@ class ShardedMatcher(Matcher):
                 self._damaged_generation = generation
             self._shards_damaged[shard] = ids
 
-    def _answers(self, view: ShardView, answered: dict[int, object]) -> dict[int, Any]:
-        """Shards' answers without the damaged ids each carried (noted on the way).
+    def _answers(
+        self, view: ShardView, answered: dict[int, object], form: type | None = None
+    ) -> dict[int, Any]:
+        """Shards' answers without the damaged ids each carried (noted on the way); with
+        ``form``, each answer must be one.
 
         Raises
         ------
@@ -154,6 +157,7 @@ class ShardedMatcher(Matcher):
                 and len(answer) == 2
                 and isinstance(answer[1], tuple)
                 and all(isinstance(i, str) for i in answer[1])
+                and (form is None or isinstance(answer[0], form))
             ):
                 raise ShardUnavailableError(
                     f"shard {shard} answered in a form this tunetrace does not know: the Dask "
@@ -328,12 +332,9 @@ class ShardedMatcher(Matcher):
         training = self._shared_training(view)
         assignment = None if training is None else training.assign(patches[0], effort=effort)
         asked = dict.fromkeys(shards, (patches[0], k, effort, probed_as, assignment))
-        found = self._answers(view, view.access.call_many(_shard_neighbours, asked))
-        if any(not isinstance(answer, Neighbours) for answer in found.values()):
-            raise ShardUnavailableError(
-                "a shard answered in a form this tunetrace does not know: the Dask workers "
-                "must run the same tunetrace version as the client"
-            )
+        found = self._answers(
+            view, view.access.call_many(_shard_neighbours, asked), form=Neighbours
+        )
         self._note_lists(view, found[0].lists_digest)
         merged = merge_neighbours([found[s].found for s in shards], k)
         places = _places_of(view, exclude_keys)
@@ -356,7 +357,6 @@ class ShardedMatcher(Matcher):
             shard, local = merged.places[candidate.reference_key]
             by_shard.setdefault(shard, []).append((rank, replace(candidate, reference_key=local)))
         return view, patches, by_shard
-
 
     def _shared_training(self, view: ShardView) -> VectorIndex | None:
         """The training every shard's index is built on, if they share one: fetched from
