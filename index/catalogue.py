@@ -1514,6 +1514,12 @@ class Catalogue:
         """
         return self._layered_index().search(vectors, k, effort=effort, assignment=assignment)
 
+    def search_layers(self) -> LayeredIndex:
+        """What :meth:`search` searches now: the published index and an exact index of the
+        references newer than it (for searching several catalogues' published indexes
+        together, :mod:`~tunetrace.index.joined_lists`)."""
+        return self._layered_index()
+
     def lists_digest(self) -> str | None:
         """:attr:`VectorIndex.lists_digest` of the published index (``None``: none, or not
         an inverted-list kind)."""

@@ -262,6 +262,8 @@ class VectorIndex:
     _views: tuple[ListViews | None] | None = None
     #: Searches and saves share it; adds and removals take it alone (see the module text).
     _access: ReadersWriterLock
+    #: Adds and removals made in this process (what a copy of the lists is checked against).
+    changes: int = 0
 
     def __new__(cls, *args: Any, **kwargs: Any) -> VectorIndex:
         # Every way of making an index (the constructor, build, read) passes through here.
@@ -508,6 +510,7 @@ class VectorIndex:
                 vectors = rounded(vectors, self.grid)  # what the file keeps
             with self._access.writing():
                 self._views = None
+                self.changes += 1
                 self._index.add_with_ids(
                     np.ascontiguousarray(vectors, dtype=np.float32),
                     np.asarray(ids, dtype=np.int64),
@@ -540,6 +543,7 @@ class VectorIndex:
             raise NotImplementedError(f"a {self.spec.kind} index cannot remove vectors")
         with self._access.writing():
             self._views = None
+            self.changes += 1
             self._index.remove_ids(selection)
             lists = _inverted_lists(self._index)
             if isinstance(lists, faiss.BlockInvertedLists):
@@ -973,17 +977,35 @@ class LayeredIndex:
             parts.append(found)
         if not parts:
             return _no_neighbours(len(vectors), k)
-        if len(parts) == 1:
-            return parts[0]
-        similarities = np.concatenate([p[0] for p in parts], axis=1)
-        ids = np.concatenate([p[1] for p in parts], axis=1)
-        similarities = np.where(ids >= 0, similarities, -np.inf)
-        best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
-        chosen = np.take_along_axis(similarities, best, axis=1)
-        return (
-            np.where(np.isfinite(chosen), chosen, 0.0).astype(np.float32),
-            np.take_along_axis(ids, best, axis=1),
-        )
+        return best_of(parts, k)
+
+
+def best_of(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most similar of several searches' answers for the same query vectors.
+
+    Parameters
+    ----------
+    parts : list of (np.ndarray, np.ndarray)
+        ``(similarities, ids)`` per search, best first in each row (id ``-1``: none).
+    k : int
+
+    Returns
+    -------
+    similarities, ids : np.ndarray [shape=(n, k)]
+        Best first (earlier parts first among equals); ``-1`` and 0 where all parts
+        together hold fewer than ``k``.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    similarities = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    similarities = np.where(ids >= 0, similarities, -np.inf)
+    best = np.argsort(-similarities, axis=1, kind="stable")[:, :k]
+    chosen = np.take_along_axis(similarities, best, axis=1)
+    return (
+        np.where(np.isfinite(chosen), chosen, 0.0).astype(np.float32),
+        np.take_along_axis(ids, best, axis=1),
+    )
 
 
 def _new_faiss_index(dim: int, spec: IndexSpec, sample: np.ndarray | None = None) -> faiss.Index:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -569,3 +570,70 @@ def test_projection_needs_a_noise_model_of_the_catalogues_fingerprint(
         assert catalogue.info()["index_kind"] == "flat"  # nothing changed
         # kinds without a projection do not need the model
         assert catalogue.rebuild_index(IndexSpec(kind="hnsw")).spec.kind == "hnsw"
+
+
+def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
+    vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a worker holding several shards searches their fast-scan lists in one pass: the same
+    # neighbours as each searched on its own, each hit handed back to its own part
+    from tunetrace.index import joined_lists
+    from tunetrace.index.joined_lists import PART_SHIFT, JoinedLists, JoinedListsCache, joinable
+    from tunetrace.index.vector_index import best_of
+
+    spec = replace(SMALL_IVFPQ, pq_bits=4).resolved(len(vectors))
+    sample = vectors[training_rows(vectors, training_count(spec, len(vectors)))]
+    training = VectorIndex.trained(DIM, spec, sample)
+    ids = np.arange(len(vectors), dtype=np.int64) + 7  # ids unlike positions
+    cuts = [0, 400, 1900, 2000, len(vectors)]
+    parts = [
+        VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
+        for a, b in itertools.pairwise(cuts)
+    ]
+    _, queries = _noisy_copies(vectors, 150)
+    assignment = training.assign(queries)
+    expected = best_of([part.search_assigned(assignment, 10) for part in parts], 10)
+    for repacked in (False, True):  # lists appended part by part, or packed anew
+        if repacked:  # (as FAISS's appending cannot do at some lengths of a list)
+            monkeypatch.setattr(joined_lists, "_part_order", lambda sizes, block: None)
+        joined = JoinedLists(training, parts)
+        assert joined.size == len(vectors)
+        found = joined.search_assigned(assignment, 10)
+        assert found is not None and len(found) == len(parts)
+        for (_, part_ids), (a, b) in zip(found, itertools.pairwise(cuts), strict=True):
+            hits = part_ids[part_ids >= 0]
+            assert np.all((hits >= a + 7) & (hits < b + 7))  # its own ids, its own vectors
+        merged = best_of(found, 10)
+        np.testing.assert_allclose(merged[0], expected[0], rtol=1e-5)
+        for row in range(len(queries)):  # the same hits, but for ties at the k-th place
+            above = expected[0][row] > expected[0][row, -1]
+            assert set(merged[1][row][above]) == set(expected[1][row][above])
+    monkeypatch.undo()
+    # FAISS appends whole blocks at a length that is a multiple of the block's bytes: never
+    assert joined_lists._part_order([160, 3, 157], 160) == [1, 0, 2]
+    assert joined_lists._part_order([160, 160], 160) is None
+    assert joined_lists._part_order([0, 160, 0], 160) == [1]
+    # what cannot be joined, or searched through a join
+    apart = VectorIndex.build(DIM, spec, vectors[:2000], ids[:2000])  # its own training
+    flat_lists = VectorIndex.build(DIM, IndexSpec(kind="ivfflat", nlist=8), vectors, ids)
+    assert not joinable(apart, training.lists_digest)
+    assert not joinable(flat_lists, flat_lists.lists_digest)
+    with pytest.raises(ValueError, match="only fast-scan"):
+        JoinedLists(training, [parts[0], apart])
+    wide = VectorIndex.build(DIM, spec, vectors[:50], np.arange(50) + (1 << PART_SHIFT),
+                             trained=training)  # fmt: skip
+    with pytest.raises(ValueError, match="do not fit"):
+        JoinedLists(training, [parts[0], wide])
+    other = apart.assign(queries)
+    assert joined.search_assigned(other, 10) is None
+    assert joined.search_assigned(replace(assignment, lists=assignment.lists + 99), 10) is None
+    # a process's join is made once, and again once a part changes
+    cache = JoinedListsCache()
+    made = cache.get(training, parts)
+    assert made is not None and cache.get(training, parts) is made
+    assert made.holds(parts) and not made.holds(parts[:2])
+    parts[1].remove(ids[400:410])
+    assert not made.holds(parts)
+    again = cache.get(training, parts)
+    assert again is not None and again is not made and again.size == len(vectors) - 10
+    assert cache.get(training, [parts[0], apart]) is None  # refused, and not tried again

@@ -347,6 +347,54 @@ def test_shards_share_one_training_and_search_as_one_ivf_index(
         assert matcher.match_features(features) == first and used == [True] * 2
 
 
+def test_shards_held_by_one_process_search_their_joined_lists_as_one_index(
+    sharded: Path,
+    built_catalogue: Path,
+    queries: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # fast-scan lists on one training: a process holding several shards searches them in one
+    # pass over their lists joined, and the reports are still one catalogue's
+    from tunetrace.index.joined_lists import JoinedLists
+
+    spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, pq_bits=4, nprobe=2, projection_dims=32)
+    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    shutil.copytree(built_catalogue, whole)
+    shutil.copytree(sharded, shared)
+    with Catalogue(whole) as catalogue:
+        catalogue.rebuild_index(spec)
+    with ShardedCatalogue(shared) as catalogue:
+        catalogue.rebuild_index(spec)
+    joined: list[int] = []
+    search_assigned = JoinedLists.search_assigned
+
+    def recorded(self: JoinedLists, assignment: object, k: int) -> object:
+        found = search_assigned(self, assignment, k)
+        joined.append(0 if found is None else len(found))
+        return found
+
+    monkeypatch.setattr(JoinedLists, "search_assigned", recorded)
+    reports = _reports(shared, queries)
+    assert reports == _reports_of(whole, queries)
+    assert joined == [3] * 5  # every query: one search for the three shards (one empty)
+    # a reference added since the index was published (a batch not yet published) is found
+    # beside the joined lists
+    with ShardedCatalogue(shared) as writer:
+        writer.add("probe", fingerprint_reference(queries / "unknown.wav", params=writer.params),
+                   save_index=False)  # fmt: skip
+    joined.clear()
+    again = _reports(shared, queries)
+    assert len(joined) == 5 and all(joined)
+    assert [m["reference_id"] for m in again["unknown.wav"]["matches"]][:1] == ["probe"]
+    # and the answers are those of each shard searched on its own
+    import tunetrace.sharded_matcher as sharded_matcher_module
+
+    monkeypatch.setattr(sharded_matcher_module, "joinable", lambda *args: False)
+    joined.clear()
+    assert _reports(shared, queries) == again and joined == []
+
+
 def _write_after_losing_index_files(directory: Path, queries: Path) -> None:
     """Delete every shard's published index file (as a crash can lose one), then write to
     each shard: its writer rebuilds the index from SQLite."""

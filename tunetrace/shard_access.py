@@ -18,6 +18,7 @@ shards besides its own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -225,7 +226,17 @@ class LocalShards(_Shards):
         """See :class:`ShardAccess` (shards are searched one after the other: each search
         already uses this process's threads)."""
         results, failures = {}, []
+        grouped = getattr(function, TOGETHER, None)
+        if grouped is not None and len(args) > 1:
+            shards = sorted(args)
+            with contextlib.suppress(Exception):  # (a shard that cannot open fails alone)
+                opened = [self.shard(shard) for shard in shards]
+                answers = grouped(opened, [args[shard] for shard in shards])
+                results = {shard: value for shard, (answered, value)
+                           in zip(shards, answers, strict=True) if answered}  # fmt: skip
         for shard, shard_args in args.items():
+            if shard in results:
+                continue
             try:
                 results[shard] = self.call(shard, function, *shard_args)
             except ShardUnavailableError as exc:
@@ -572,8 +583,9 @@ def run_on_shards(
     function: Callable[..., R],
     args: list[tuple[Any, ...]],
 ) -> list[Outcome]:
-    """:func:`run_on_shard` on each of a worker's shards in turn (what its
-    :class:`~tunetrace.shard_hosts.ShardHost` runs).
+    """:func:`run_on_shard` on each of a worker's shards (what its
+    :class:`~tunetrace.shard_hosts.ShardHost` runs): in turn, or all at once for a function
+    marked :func:`together`.
 
     Returns
     -------
@@ -581,15 +593,62 @@ def run_on_shards(
         One per shard: ``(True, answer)``, or ``(False, exception)`` for a shard that raised
         (the others still answer; the caller decides what each exception means).
     """
-    outcomes: list[Outcome] = []
-    for directory, shard_args in zip(directories, args, strict=True):
+    outcomes: dict[int, Outcome] = {}
+    grouped = getattr(function, TOGETHER, None)
+    if grouped is not None and len(directories) > 1:
+        opened = {}
+        for number, directory in enumerate(directories):
+            try:
+                opened[number] = run_on_shard(directory, read_only, params, _the_shard)
+            except Exception as exc:
+                outcomes[number] = _raised(exc)
+        if len(opened) > 1:
+            numbers = sorted(opened)
+            answers = grouped([opened[n] for n in numbers], [args[n] for n in numbers])
+            outcomes.update(
+                (number, answer if answer[0] else _raised(answer[1]))
+                for number, answer in zip(numbers, answers, strict=True)
+            )
+    for number, (directory, shard_args) in enumerate(zip(directories, args, strict=True)):
+        if number in outcomes:
+            continue
         try:
-            outcomes.append((True, run_on_shard(directory, read_only, params, function,
-                                                *shard_args)))  # fmt: skip
+            outcomes[number] = (True, run_on_shard(directory, read_only, params, function,
+                                                   *shard_args))  # fmt: skip
         except Exception as exc:  # sent back as a value: one shard's fault is not the others'
-            exc.add_note(f"on Dask worker process {os.getpid()}:\n{traceback.format_exc()}")
-            outcomes.append((False, exc))
-    return outcomes
+            outcomes[number] = _raised(exc)
+    return [outcomes[number] for number in range(len(directories))]
+
+
+def together(
+    grouped: Callable[[list[OpenShard], list[tuple[Any, ...]]], list[Outcome]],
+) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Mark a shard function as one a process holding several of the shards it is asked of
+    may run for all of them at once: ``grouped(shards, args)`` gives each shard's outcome
+    as :func:`run_on_shards` does (the same answers ``function(shard, *args[i])`` would
+    give, an exception as that shard's outcome, never raised)."""
+
+    def marked(function: Callable[..., R]) -> Callable[..., R]:
+        setattr(function, TOGETHER, grouped)
+        return function
+
+    return marked
+
+
+#: The attribute naming a shard function's way of running on several shards at once.
+TOGETHER = "on_shards_together"
+
+
+def _the_shard(shard: OpenShard) -> OpenShard:
+    return shard
+
+
+def _raised(exc: BaseException) -> Outcome:
+    if not any("on Dask worker process" in note for note in getattr(exc, "__notes__", [])):
+        exc.add_note(
+            f"on Dask worker process {os.getpid()}:\n{''.join(traceback.format_exception(exc))}"
+        )
+    return (False, exc)
 
 
 def share_features_cache(shards: list[OpenShard]) -> None:

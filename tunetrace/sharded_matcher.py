@@ -57,14 +57,22 @@ from tunetrace.errors import ShardUnavailableError
 from tunetrace.fingerprint.features import Features
 from tunetrace.index.catalogue import Catalogue
 from tunetrace.index.ids import PATCH_BITS, split_vector_ids
-from tunetrace.index.vector_index import IndexSpec, ListAssignment, VectorIndex
+from tunetrace.index.joined_lists import JoinedListsCache, joinable
+from tunetrace.index.vector_index import (
+    IndexSpec,
+    LayeredIndex,
+    ListAssignment,
+    VectorIndex,
+    best_of,
+)
 from tunetrace.matcher import Matcher, MatchSettings, one_ratio_each
 from tunetrace.places import Place, places_to_screen, verification_order
 from tunetrace.query import VerifySettings
 from tunetrace.query_work import QueryWork
 from tunetrace.report import Match
 from tunetrace.scoring import ScoreModel
-from tunetrace.shard_access import OpenShard
+from tunetrace.shard_access import OpenShard, together
+from tunetrace.shard_hosts import Outcome
 from tunetrace.sharded_catalogue import ShardedCatalogue, ShardView
 from tunetrace.types import Candidate, Verification
 
@@ -516,6 +524,70 @@ class Neighbours:
     lists_digest: str | None
 
 
+def _neighbours_together(shards: list[OpenShard], args: list[tuple[Any, ...]]) -> list[Outcome]:
+    """:func:`_shard_neighbours` of several shards open in this process, asked the same: when
+    their published indexes are fast-scan lists on the training whose lists the query's
+    assignment chose, one search of their lists joined
+    (:class:`~tunetrace.index.joined_lists.JoinedLists`) answers for all, each shard's share
+    merged with its newer references' exact search; else each shard searches on its own."""
+    first = args[0]
+    assignment = first[4] if len(first) > 4 else None
+    joined = None
+    if assignment is not None and all(asked is first for asked in args):
+        try:
+            layers = []
+            for shard in shards:
+                shard.catalogue.refresh()
+                layers.append(shard.catalogue.search_layers())
+            joined = _joined_search(shards[0], layers, assignment, first[1])
+        except Exception as exc:  # each shard then searches, and fails, on its own
+            logger.debug("shards searched one by one (%r)", exc)
+            joined = None
+    if joined is None:
+        return [
+            _outcome(_shard_neighbours, shard, *asked)
+            for shard, asked in zip(shards, args, strict=True)
+        ]
+    vectors, k = first[0], first[1]
+    outcomes: list[Outcome] = []
+    for shard, layer, found in zip(shards, layers, joined, strict=True):
+        try:
+            if layer.delta is not None and layer.delta.size:
+                found = best_of([found, layer.delta.search(vectors, k)], k)
+            digest = layer.base.lists_digest if layer.base is not None else None
+            outcomes.append((True, (Neighbours(found, digest), shard.damaged_references())))
+        except Exception as exc:  # one shard's fault is not the others'
+            outcomes.append((False, exc))
+    return outcomes
+
+
+def _joined_search(
+    first: OpenShard, layers: list[LayeredIndex], assignment: ListAssignment, k: int
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Each shard's share of the ``k`` nearest in their published indexes' lists joined, or
+    ``None`` when they cannot be searched so."""
+    bases = [layer.base for layer in layers]
+    if any(base is None or not joinable(base, assignment.digest) for base in bases):
+        return None
+    training = first.catalogue.index_training()
+    if training is None or training.lists_digest != assignment.digest:
+        return None
+    joined = _JOINED.get(training, bases)  # type: ignore[arg-type]
+    return None if joined is None else joined.search_assigned(assignment, k)
+
+
+def _outcome(function: Any, *args: Any) -> Outcome:
+    try:
+        return (True, function(*args))
+    except Exception as exc:  # one shard's fault is not the others'
+        return (False, exc)
+
+
+#: This process's join of the lists of the shards it searches together.
+_JOINED = JoinedListsCache()
+
+
+@together(_neighbours_together)
 def _shard_neighbours(
     shard: OpenShard,
     vectors: np.ndarray,
