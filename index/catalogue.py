@@ -28,6 +28,7 @@ import sqlite3
 import stat
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -328,6 +329,9 @@ class Catalogue:
         self._index_generation = -1
         # What searches use, as of ``_searcher_generation``, and the published file under it.
         self._searcher: LayeredIndex | None = None
+        # the shared training the published index is built on, as last read: (that index,
+        # held weakly, and the training or None)
+        self._training_read: tuple[weakref.ref[VectorIndex], VectorIndex | None] | None = None
         self._searcher_generation = -1
         self._searcher_file: str | None = None
         self._searcher_delta_key = 0
@@ -1537,13 +1541,18 @@ class Catalogue:
             ``None`` when there is none, it cannot be read, or the published index is not
             built on it.
         """
-        digest = self.lists_digest()
-        if digest is None:
+        base = self._layered_index().base
+        digest = None if base is None else base.lists_digest
+        if base is None or digest is None:
             return None
         with self._lock:
+            read = self._training_read
+            if read is not None and read[0]() is base:
+                return read[1]  # read once per published index (a rebuild publishes anew)
             trained = self._recorded_training()
-        if trained is None or trained.lists_digest != digest:
-            return None
+            if trained is not None and trained.lists_digest != digest:
+                trained = None
+            self._training_read = (weakref.ref(base), trained)
         return trained
 
     def features(self, key: int, *, whole: bool = True) -> Features:

@@ -375,9 +375,19 @@ def test_shards_held_by_one_process_search_their_joined_lists_as_one_index(
         return found
 
     monkeypatch.setattr(JoinedLists, "search_assigned", recorded)
+    read_training = Catalogue._recorded_training
+    trainings_read: list[Path] = []
+
+    def counted(self: Catalogue) -> object:
+        trainings_read.append(self.directory)
+        return read_training(self)
+
+    monkeypatch.setattr(Catalogue, "_recorded_training", counted)
     reports = _reports(shared, queries)
     assert reports == _reports_of(whole, queries)
     assert joined == [3] * 5  # every query: one search for the three shards (one empty)
+    # each shard's training is read once for its published index, not once a query
+    assert len(trainings_read) == len(set(trainings_read)) <= 3
     # a reference added since the index was published (a batch not yet published) is found
     # beside the joined lists
     with ShardedCatalogue(shared) as writer:
