@@ -82,6 +82,20 @@ def source_trained_as_one(source: Path, count: int) -> tuple[Path, dict[str, Any
     return directory, made
 
 
+#: Earlier runs of this benchmark, for comparison (their results as committed then).
+EARLIER_ROWS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "trained as one, each shard scanned alone (commit 3619729)",
+        {
+            "latency": {"p50_ms": 174.9, "p95_ms": 231.0, "recall": 0.9252,
+                        "false_positives": 0, "negatives": 40},
+            "throughput": {"queries_per_s": 7.11},
+            "verdicts": {"identical": 105, "compared": 147, "same_flagged_verdict": 147},
+        },
+    ),
+]  # fmt: skip
+
+
 def earlier_layout(count: int) -> dict[str, Any] | None:
     """The same layout as :mod:`benchmarks.shards` last measured it (shards trained apart)."""
     with contextlib.suppress(OSError, ValueError, KeyError):
@@ -107,7 +121,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Ten shards trained as one, 10-s queries, {result['date']}, {result['machine']}, "
         f"commit {result['commit']}. {layout['works']:,} works in {layout['shards']} shards "
         f"(one training: {training['lists']:,} lists for {training['whole_catalogue_vectors']:,} "
-        "patch vectors, each query's lists chosen once in the client), 2 Dask worker "
+        "patch vectors, each query's lists chosen once in the client, each worker scanning "
+        "its shards' lists in one pass), 2 Dask worker "
         "processes of one thread each; caches emptied before every timed query; throughput "
         "with 4 client threads. Shards 1-9 repeat shard 0's mosaic works under other ids "
         "(see shards_as_one.json, `simulation`).",
@@ -122,7 +137,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{latency['p95_ms']} | - | {latency['recall']:.1%} | "
         f"{latency['false_positives']} of {latency['negatives']} | - |"
     )
-    rows = [("trained as one (this run)", layout)]
+    rows = [("trained as one (this run)", layout), *EARLIER_ROWS]
     if result.get("trained_apart"):
         rows.append((f"trained apart (commit {result['trained_apart']['commit']})",
                      result["trained_apart"]))  # fmt: skip
@@ -136,7 +151,11 @@ def markdown(result: dict[str, Any]) -> str:
             f"{verdicts['same_flagged_verdict']}) |"
         )
     p50 = layout["latency"]["p50_ms"]
+    rss = layout.get("worker_rss_mb") or {}
     lines += [
+        "",
+        f"Worker memory: {', '.join(f'{mb / 1000:.1f} GB' for mb in rss.values())} resident "
+        "(five shards' indexes, their lists joined once more, feature caches).",
         "",
         f"10-s query p50 at {layout['works']:,} works: {p50} ms against a goal of {goal} ms "
         f"({'met' if p50 <= goal else 'missed'}). Verdicts identical: the top reference is "
