@@ -1519,9 +1519,15 @@ class Catalogue:
         return self._layered_index().search(vectors, k, effort=effort, assignment=assignment)
 
     def search_layers(self) -> LayeredIndex:
-        """What :meth:`search` searches now: the published index and an exact index of the
-        references newer than it (for searching several catalogues' published indexes
-        together, :mod:`~tunetrace.index.joined_lists`)."""
+        """What :meth:`search` searches now (for searching several catalogues' published
+        indexes together, :mod:`~tunetrace.index.joined_lists`).
+
+        Returns
+        -------
+        layers : LayeredIndex
+            The published index (``base``) and an exact index of the references newer
+            than it (``delta``).
+        """
         return self._layered_index()
 
     def lists_digest(self) -> str | None:

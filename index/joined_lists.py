@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 from tunetrace.index.list_assignment import require_neighbours, search_lists
+from tunetrace.index.readers_writer import ReadersWriterLock
 from tunetrace.index.vector_index import (
     ListAssignment,
     VectorIndex,
@@ -45,11 +46,15 @@ PART_SHIFT = 63 - PART_BITS
 #: Vectors up to which a join is made at once, where it is asked for (a few milliseconds
 #: per 100,000); larger ones are made in the background, and searched once made.
 JOIN_AT_ONCE_VECTORS = 2_000_000
+#: Joins a process keeps (one per group of shards it searches together).
+JOINS_KEPT = 2
 
 
 def joinable(part: VectorIndex, digest: str) -> bool:
     """Whether ``part`` can be searched in a join on the training of lists digest
-    ``digest``: a fast-scan IVF index built on it, its lists in memory.
+    ``digest``: a fast-scan IVF index built on it, its lists in memory, never changed in
+    this process since it was read or built (a writer's index changes with every write;
+    readers join each published index once).
 
     Parameters
     ----------
@@ -61,8 +66,8 @@ def joinable(part: VectorIndex, digest: str) -> bool:
     -------
     bool
     """
-    if part.lists_digest != digest or part.memory_mapped:
-        return False
+    if part.lists_digest != digest or part.memory_mapped or part.changes:
+        return False  # (an index this process adds to or removes from is a writer's)
     try:
         _, ivf = _ivf_parts(part._index)
     except TypeError:
@@ -106,18 +111,30 @@ class JoinedLists:
         into = faiss.downcast_InvertedLists(self._ivf.invlists)
         if into.packer is None:
             raise ValueError("the training's lists have no code packer")
-        with contextlib.ExitStack() as reading:
-            sources = []
-            for part in parts:
-                reading.enter_context(part._access.reading())
+        sources = []
+        for part in parts:
+            with part._access.reading():
                 sources.append(faiss.downcast_InvertedLists(_ivf_parts(part._index)[1].invlists))
-            total = _copy_lists(sources, into)
+        # each list under its parts' read locks, not the whole copy: a write to a part
+        # meanwhile waits for one list, not for all (and the join, made of a part as it was
+        # before, is never searched: :meth:`holds`)
+        locks = [part._access for part in parts]
+        total = _copy_lists(sources, into, locks)
         self._ivf.ntotal = total
         self.size = total
 
     def holds(self, parts: Sequence[VectorIndex]) -> bool:
-        """Whether this join is of exactly ``parts`` (the same objects, in order, none
-        changed since)."""
+        """Whether this join is of exactly ``parts``.
+
+        Parameters
+        ----------
+        parts : sequence of VectorIndex
+
+        Returns
+        -------
+        bool
+            True if they are the objects joined, in order, none changed since.
+        """
         return len(parts) == len(self._parts) and all(
             mine() is theirs and theirs.changes == changes
             for mine, theirs, changes in zip(self._parts, parts, self._changes, strict=True)
@@ -171,26 +188,40 @@ class JoinedLists:
 _LOCAL_MASK = (1 << PART_SHIFT) - 1
 
 
-def _copy_lists(sources: list[faiss.BlockInvertedLists], into: faiss.BlockInvertedLists) -> int:
-    """Append each list of every source (part ``n``: ``sources[n]``) to ``into``'s list of
-    the same number, the ids marked with their part; returns the vectors copied."""
+def _copy_lists(
+    sources: list[faiss.BlockInvertedLists],
+    into: faiss.BlockInvertedLists,
+    locks: list[ReadersWriterLock],
+) -> int:
+    """Append each list of every source (part ``n``: ``sources[n]``, read under
+    ``locks[n]``) to ``into``'s list of the same number, the ids marked with their part;
+    returns the vectors copied."""
     copied = 0
     for list_number in range(into.nlist):
-        sizes = [source.list_size(list_number) for source in sources]
-        order = _part_order(sizes, into.block_size)
-        if order is None:
-            copied += _copy_list_repacked(sources, into, list_number)
-            continue
-        for number in order:
-            source, size = sources[number], sizes[number]
-            ids = _marked_ids(source, list_number, size, number)
-            codes = source.get_codes(list_number)
-            try:  # codes as stored (packed in blocks), which the joined lists take as such
-                into.add_entries(list_number, size, faiss.swig_ptr(ids), codes)
-            finally:
-                source.release_codes(list_number, codes)
-            copied += size
+        with contextlib.ExitStack() as reading:
+            for lock in locks:
+                reading.enter_context(lock.reading())
+            copied += _copy_list(sources, into, list_number)
     return copied
+
+
+def _copy_list(
+    sources: list[faiss.BlockInvertedLists], into: faiss.BlockInvertedLists, list_number: int
+) -> int:
+    """Append list ``list_number`` of every source to ``into``'s; returns its vectors."""
+    sizes = [source.list_size(list_number) for source in sources]
+    order = _part_order(sizes, into.block_size)
+    if order is None:
+        return _copy_list_repacked(sources, into, list_number)
+    for number in order:
+        source, size = sources[number], sizes[number]
+        ids = _marked_ids(source, list_number, size, number)
+        codes = source.get_codes(list_number)
+        try:  # codes as stored (packed in blocks), which the joined lists take as such
+            into.add_entries(list_number, size, faiss.swig_ptr(ids), codes)
+        finally:
+            source.release_codes(list_number, codes)
+    return sum(sizes)
 
 
 def _part_order(sizes: list[int], block_bytes: int) -> list[int] | None:
@@ -271,16 +302,21 @@ def _marked_ids(
 
 
 class JoinedListsCache:
-    """One process's join of the parts it searches together: made again when a part is
-    published again, at once when small, else in the background (the parts are searched one
-    by one until it is made). Holds one join at a time."""
+    """One process's joins of the parts it searches together, by the parts (held weakly).
+
+    A join is made at once when small (a few milliseconds per 100,000 vectors), else in the
+    background, one at a time (the parts are searched one by one until it is made); it is
+    dropped once any of its parts is let go (an index published again, a shard closed).
+    Keeps at most :data:`JOINS_KEPT` joins (a process searching more groups of shards
+    than that makes theirs again in turn). A join that cannot be made is not tried again
+    for the same parts.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._joined: JoinedLists | None = None
-        # the parts being joined, and the last that could not be (by identity)
-        self._making: tuple[tuple[int, int], ...] | None = None
-        self._refused: tuple[tuple[int, int], ...] | None = None
+        self._joins: dict[tuple[weakref.ref[VectorIndex], ...], JoinedLists] = {}
+        self._making: tuple[weakref.ref[VectorIndex], ...] | None = None
+        self._refused: set[tuple[weakref.ref[VectorIndex], ...]] = set()
 
     def get(self, training: VectorIndex, parts: Sequence[VectorIndex]) -> JoinedLists | None:
         """The join of ``parts`` on ``training``, if made (``None`` while it is being made,
@@ -295,42 +331,64 @@ class JoinedListsCache:
         -------
         joined : JoinedLists or None
         """
-        parts = tuple(parts)
-        named = _identities(parts)
+        key = tuple(weakref.ref(part, self._let_go) for part in parts)
         with self._lock:
-            if self._joined is not None and self._joined.holds(parts):
-                return self._joined
-            if self._making == named or self._refused == named:
+            joined = self._joins.get(key)
+            if joined is not None and joined.holds(parts):
+                self._joins[key] = self._joins.pop(key)  # most recently used last
+                return joined
+            self._joins.pop(key, None)
+            if key in self._refused or self._making is not None:
                 return None
-            self._making = named
+            self._making = key
         if sum(part.size for part in parts) <= JOIN_AT_ONCE_VECTORS:
-            return self._make(training, parts)
+            return self._make(key, training, tuple(parts))
         threading.Thread(
-            target=self._make, args=(training, parts), name="tunetrace-join-lists", daemon=True
+            target=self._make,
+            args=(key, training, tuple(parts)),
+            name="tunetrace-join-lists",
+            daemon=True,
         ).start()
         return None
 
-    def _make(self, training: VectorIndex, parts: tuple[VectorIndex, ...]) -> JoinedLists | None:
+    def _make(
+        self,
+        key: tuple[weakref.ref[VectorIndex], ...],
+        training: VectorIndex,
+        parts: tuple[VectorIndex, ...],
+    ) -> JoinedLists | None:
         started = time.perf_counter()
         joined = None
         try:
             joined = JoinedLists(training, parts)
-        except (ValueError, MemoryError, RuntimeError) as exc:
-            logger.warning("the lists of %d shards cannot be searched together (%s): each is "
-                           "searched on its own", len(parts), exc)  # fmt: skip
-        named = _identities(parts)
-        with self._lock:
-            if self._making == named:
+        except Exception as exc:  # any failure: the parts are searched one by one
+            logger.warning("the lists of %d shards cannot be searched together (%r): each "
+                           "is searched on its own", len(parts), exc)  # fmt: skip
+        finally:
+            with self._lock:
                 self._making = None
-            if joined is None:
-                self._refused = named
-            else:
-                self._joined = joined
+                if joined is None:
+                    self._refused.add(key)
+                elif joined.holds(parts):  # (not changed while it was copied)
+                    self._joins[key] = joined
+                    for older in list(self._joins)[:-JOINS_KEPT]:
+                        self._joins.pop(older, None)
         if joined is not None:
             logger.info("joined the lists of %d shards (%d vectors) in %.1f s", len(parts),
                         joined.size, time.perf_counter() - started)  # fmt: skip
         return joined
 
+    def _let_go(self, _: weakref.ref[VectorIndex]) -> None:
+        """A part was let go: drop every join and refusal naming a part no longer held.
+        (Run by the garbage collector, possibly inside :meth:`get` on the same thread: it
+        takes no lock, and makes only single dictionary and set operations.)"""
+        for key in list(self._joins):
+            if any(ref() is None for ref in key):
+                self._joins.pop(key, None)
+        self._refused = {
+            key for key in list(self._refused) if all(ref() is not None for ref in key)
+        }
 
-def _identities(parts: Sequence[VectorIndex]) -> tuple[tuple[int, int], ...]:
-    return tuple((id(part), part.changes) for part in parts)
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._joins)

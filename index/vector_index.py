@@ -262,7 +262,8 @@ class VectorIndex:
     _views: tuple[ListViews | None] | None = None
     #: Searches and saves share it; adds and removals take it alone (see the module text).
     _access: ReadersWriterLock
-    #: Adds and removals made in this process (what a copy of the lists is checked against).
+    #: Adds and removals made in this process since the index was read or built (what a
+    #: copy of its lists is checked against).
     changes: int = 0
 
     def __new__(cls, *args: Any, **kwargs: Any) -> VectorIndex:
@@ -359,6 +360,7 @@ class VectorIndex:
             index = cls.trained(dim, spec, sample)
         index.grid = grid
         index.add(vectors, ids)
+        index.changes = 0  # (changes count from here: the index as built)
         return index
 
     @classmethod

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -627,13 +629,67 @@ def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
     other = apart.assign(queries)
     assert joined.search_assigned(other, 10) is None
     assert joined.search_assigned(replace(assignment, lists=assignment.lists + 99), 10) is None
-    # a process's join is made once, and again once a part changes
+    # a process's join is made once; an index this process changes is a writer's, and is
+    # not joined (the join made before is not searched again)
     cache = JoinedListsCache()
     made = cache.get(training, parts)
     assert made is not None and cache.get(training, parts) is made
     assert made.holds(parts) and not made.holds(parts[:2])
     parts[1].remove(ids[400:410])
-    assert not made.holds(parts)
-    again = cache.get(training, parts)
-    assert again is not None and again is not made and again.size == len(vectors) - 10
-    assert cache.get(training, [parts[0], apart]) is None  # refused, and not tried again
+    assert not made.holds(parts) and not joinable(parts[1], training.lists_digest)
+    assert cache.get(training, parts) is None and len(cache) == 0
+    # a join that cannot be made is not tried again for the same parts
+    tried = []
+
+    def counted(*args: object) -> JoinedLists:
+        tried.append(args)
+        return JoinedLists(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(joined_lists, "JoinedLists", counted)
+    assert cache.get(training, [parts[0], apart]) is None
+    assert cache.get(training, [parts[0], apart]) is None and len(tried) == 1
+    # large joins are made in the background, one at a time, and used once made
+    monkeypatch.setattr(joined_lists, "JOIN_AT_ONCE_VECTORS", 0)
+    fresh = [VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
+             for a, b in itertools.pairwise(cuts)]  # fmt: skip
+    assert cache.get(training, fresh) is None  # (being made)
+    for _ in range(200):
+        found_join = cache.get(training, fresh)
+        if found_join is not None:
+            break
+        time.sleep(0.05)
+    assert found_join is not None and found_join.holds(fresh) and len(tried) == 2
+    # once its parts are let go (an index published again, shards closed), it goes too
+    del fresh, found_join
+    tried.clear()  # (it held them)
+    gc.collect()
+    assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    "sizes", [(160, 5, 160), (160, 160), (320, 3, 1, 160)], ids=["reordered", "repacked", "mixed"]
+)
+def test_joined_lists_never_append_at_a_length_faiss_copies_wrongly(
+    vectors: np.ndarray, sizes: tuple[int, ...]
+) -> None:
+    # FAISS copies the codes appended to a non-empty fast-scan list as whole blocks, too
+    # many of them, when its length is a multiple of a block's bytes (160 here: 32 codes of
+    # 5 bytes); one list, parts of such lengths
+    from tunetrace.index.joined_lists import JoinedLists
+    from tunetrace.index.vector_index import best_of
+
+    spec = replace(SMALL_IVFPQ, pq_bits=4, nlist=1, nprobe=1).resolved(len(vectors))
+    training = VectorIndex.trained(DIM, spec, vectors[training_rows(vectors, 1000)])
+    cuts = np.cumsum((0, *sizes))
+    ids = np.arange(len(vectors), dtype=np.int64)
+    parts = [VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
+             for a, b in itertools.pairwise(cuts)]  # fmt: skip
+    joined = JoinedLists(training, parts)
+    assert joined.size == sum(sizes)
+    assignment = training.assign(vectors[:300] + 0.01)
+    found = joined.search_assigned(assignment, 50)
+    expected = best_of([part.search_assigned(assignment, 50) for part in parts], 50)
+    np.testing.assert_allclose(best_of(found, 50)[0], expected[0], rtol=1e-5)
+    for (_, part_ids), (a, b) in zip(found, itertools.pairwise(cuts), strict=True):
+        hits = part_ids[part_ids >= 0]
+        assert len(hits) and np.all((hits >= a) & (hits < b))

@@ -18,7 +18,6 @@ shards besides its own.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -229,11 +228,18 @@ class LocalShards(_Shards):
         grouped = getattr(function, TOGETHER, None)
         if grouped is not None and len(args) > 1:
             shards = sorted(args)
-            with contextlib.suppress(Exception):  # (a shard that cannot open fails alone)
+            try:
                 opened = [self.shard(shard) for shard in shards]
-                answers = grouped(opened, [args[shard] for shard in shards])
-                results = {shard: value for shard, (answered, value)
-                           in zip(shards, answers, strict=True) if answered}  # fmt: skip
+            except ShardUnavailableError:  # each shard on its own, below: it fails alone
+                opened = []
+            if opened:
+                try:
+                    answers = grouped(opened, [args[shard] for shard in shards])
+                    results = {shard: value for shard, (answered, value)
+                               in zip(shards, answers, strict=True) if answered}  # fmt: skip
+                except Exception:
+                    logger.warning("shards could not be run together; each runs on its own",
+                                   exc_info=True)  # fmt: skip
         for shard, shard_args in args.items():
             if shard in results:
                 continue
@@ -604,11 +610,15 @@ def run_on_shards(
                 outcomes[number] = _raised(exc)
         if len(opened) > 1:
             numbers = sorted(opened)
-            answers = grouped([opened[n] for n in numbers], [args[n] for n in numbers])
-            outcomes.update(
-                (number, answer if answer[0] else _raised(answer[1]))
-                for number, answer in zip(numbers, answers, strict=True)
-            )
+            try:
+                answers = grouped([opened[n] for n in numbers], [args[n] for n in numbers])
+                outcomes.update(
+                    (number, answer if answer[0] else _raised(answer[1]))
+                    for number, answer in zip(numbers, answers, strict=True)
+                )
+            except Exception:  # each shard on its own, below
+                logger.warning("shards could not be run together; each runs on its own",
+                               exc_info=True)  # fmt: skip
     for number, (directory, shard_args) in enumerate(zip(directories, args, strict=True)):
         if number in outcomes:
             continue
@@ -624,9 +634,20 @@ def together(
     grouped: Callable[[list[OpenShard], list[tuple[Any, ...]]], list[Outcome]],
 ) -> Callable[[Callable[..., R]], Callable[..., R]]:
     """Mark a shard function as one a process holding several of the shards it is asked of
-    may run for all of them at once: ``grouped(shards, args)`` gives each shard's outcome
-    as :func:`run_on_shards` does (the same answers ``function(shard, *args[i])`` would
-    give, an exception as that shard's outcome, never raised)."""
+    may run for all of them at once.
+
+    Parameters
+    ----------
+    grouped : callable
+        ``grouped(shards, args)`` gives each shard's outcome as :func:`run_on_shards` does:
+        ``(True, answer)`` with the answer ``function(shard, *args[i])`` would give, or
+        ``(False, exception)``. Should it raise, each shard is run on its own instead.
+
+    Returns
+    -------
+    mark : callable
+        A decorator that marks the function and returns it unchanged.
+    """
 
     def marked(function: Callable[..., R]) -> Callable[..., R]:
         setattr(function, TOGETHER, grouped)

@@ -540,8 +540,8 @@ def _neighbours_together(shards: list[OpenShard], args: list[tuple[Any, ...]]) -
                 shard.catalogue.refresh()
                 layers.append(shard.catalogue.search_layers())
             joined = _joined_search(shards[0], layers, assignment, first[1])
-        except Exception as exc:  # each shard then searches, and fails, on its own
-            logger.debug("shards searched one by one (%r)", exc)
+        except Exception:  # each shard then searches, and fails, on its own
+            logger.warning("shards searched one by one after a failure", exc_info=True)
             joined = None
     if joined is None:
         return [
