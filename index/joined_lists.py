@@ -140,6 +140,11 @@ class JoinedLists:
             for mine, theirs, changes in zip(self._parts, parts, self._changes, strict=True)
         )
 
+    def current(self) -> bool:
+        """Whether every part joined is still held and unchanged since."""
+        parts = [ref() for ref in self._parts]
+        return all(part is not None for part in parts) and self.holds(parts)  # type: ignore[arg-type]
+
     def search_assigned(
         self, assignment: ListAssignment, k: int
     ) -> list[tuple[np.ndarray, np.ndarray]] | None:
@@ -333,6 +338,8 @@ class JoinedListsCache:
         """
         key = tuple(weakref.ref(part, self._let_go) for part in parts)
         with self._lock:
+            for stale in [k for k, joined in self._joins.items() if not joined.current()]:
+                del self._joins[stale]  # (a part changed by a writer in this process)
             joined = self._joins.get(key)
             if joined is not None and joined.holds(parts):
                 self._joins[key] = self._joins.pop(key)  # most recently used last
@@ -343,12 +350,17 @@ class JoinedListsCache:
             self._making = key
         if sum(part.size for part in parts) <= JOIN_AT_ONCE_VECTORS:
             return self._make(key, training, tuple(parts))
-        threading.Thread(
-            target=self._make,
-            args=(key, training, tuple(parts)),
-            name="tunetrace-join-lists",
-            daemon=True,
-        ).start()
+        try:
+            threading.Thread(
+                target=self._make,
+                args=(key, training, tuple(parts)),
+                name="tunetrace-join-lists",
+                daemon=True,
+            ).start()
+        except RuntimeError as exc:  # no thread to be had (a limit, or shutting down)
+            logger.warning("the lists of %d shards cannot be joined now (%s)", len(parts), exc)
+            with self._lock:
+                self._making = None
         return None
 
     def _make(
@@ -385,9 +397,9 @@ class JoinedListsCache:
         for key in list(self._joins):
             if any(ref() is None for ref in key):
                 self._joins.pop(key, None)
-        self._refused = {
-            key for key in list(self._refused) if all(ref() is not None for ref in key)
-        }
+        self._refused.difference_update(
+            [key for key in list(self._refused) if any(ref() is None for ref in key)]
+        )
 
     def __len__(self) -> int:
         with self._lock:

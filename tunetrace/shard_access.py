@@ -18,6 +18,7 @@ shards besides its own.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -227,12 +228,12 @@ class LocalShards(_Shards):
         results, failures = {}, []
         grouped = getattr(function, TOGETHER, None)
         if grouped is not None and len(args) > 1:
-            shards = sorted(args)
-            try:
-                opened = [self.shard(shard) for shard in shards]
-            except ShardUnavailableError:  # each shard on its own, below: it fails alone
-                opened = []
-            if opened:
+            opened, shards = [], []
+            for shard in sorted(args):
+                with contextlib.suppress(ShardUnavailableError):  # it fails alone, below
+                    opened.append(self.shard(shard))
+                    shards.append(shard)
+            if len(opened) > 1:
                 try:
                     answers = grouped(opened, [args[shard] for shard in shards])
                     results = {shard: value for shard, (answered, value)
