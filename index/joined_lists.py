@@ -4,7 +4,8 @@ A Dask worker holding several shards of a catalogue whose index is trained once
 (:mod:`tunetrace.index.shared_training`) searches the same lists of every shard for a query.
 Searched one shard after another, FAISS's fast-scan kernels pay their fixed cost per query
 vector and list once per shard, on lists a tenth as long as one index's: measured on one
-core, five such shards took 2.4 times as long as one index holding their vectors. Here the
+core, five shards of a million-work catalogue took 51 ms to search for a 10-s query, one
+pass over their lists joined 32 ms. Here the
 shards' lists are copied, list by list, into one index on the same training (their codes
 are copied as stored, never decoded or encoded again), with each shard's number in the top
 bits of its vector ids, and one search answers for all of them: the same neighbours, as the
