@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import faiss
 import numpy as np
@@ -86,14 +86,26 @@ class JoinedLists:
     parts : sequence of VectorIndex
         Each :func:`joinable` on ``training``'s digest; at most ``2 ** PART_BITS``.
 
+    abandon : callable, optional
+        Asked between lists: once it answers true, the copy stops (a join no longer
+        wanted, its parts published again meanwhile).
+
     Raises
     ------
     ValueError
         If a part is not joinable, there are too many, or a part's ids do not fit below
         :data:`PART_SHIFT` bits.
+    JoinAbandonedError
+        If ``abandon`` answered true.
     """
 
-    def __init__(self, training: VectorIndex, parts: Sequence[VectorIndex]) -> None:
+    def __init__(
+        self,
+        training: VectorIndex,
+        parts: Sequence[VectorIndex],
+        *,
+        abandon: Callable[[], bool] | None = None,
+    ) -> None:
         digest = training.lists_digest
         if digest is None or not parts or len(parts) > 2**PART_BITS:
             raise ValueError(f"cannot join {len(parts)} indexes on this training")
@@ -120,7 +132,7 @@ class JoinedLists:
         # meanwhile waits for one list, not for all (and the join, made of a part as it was
         # before, is never searched: :meth:`holds`)
         locks = [part._access for part in parts]
-        total = _copy_lists(sources, into, locks)
+        total = _copy_lists(sources, into, locks, abandon)
         self._ivf.ntotal = total
         self.size = total
 
@@ -194,16 +206,23 @@ class JoinedLists:
 _LOCAL_MASK = (1 << PART_SHIFT) - 1
 
 
+class JoinAbandonedError(Exception):
+    """A join stopped part-way because it was no longer wanted."""
+
+
 def _copy_lists(
     sources: list[faiss.BlockInvertedLists],
     into: faiss.BlockInvertedLists,
     locks: list[ReadersWriterLock],
+    abandon: Callable[[], bool] | None = None,
 ) -> int:
     """Append each list of every source (part ``n``: ``sources[n]``, read under
     ``locks[n]``) to ``into``'s list of the same number, the ids marked with their part;
-    returns the vectors copied."""
+    returns the vectors copied (raises :class:`JoinAbandonedError` once ``abandon()``)."""
     copied = 0
     for list_number in range(into.nlist):
+        if abandon is not None and abandon():
+            raise JoinAbandonedError(f"abandoned after {list_number} of {into.nlist} lists")
         with contextlib.ExitStack() as reading:
             for lock in locks:
                 reading.enter_context(lock.reading())
@@ -322,6 +341,8 @@ class JoinedListsCache:
         self._lock = threading.Lock()
         self._joins: dict[tuple[weakref.ref[VectorIndex], ...], JoinedLists] = {}
         self._making: tuple[weakref.ref[VectorIndex], ...] | None = None
+        # the parts the join being made is for, or those that replaced some of them since
+        self._wanted: tuple[weakref.ref[VectorIndex], ...] | None = None
         self._refused: set[tuple[weakref.ref[VectorIndex], ...]] = set()
 
     def get(self, training: VectorIndex, parts: Sequence[VectorIndex]) -> JoinedLists | None:
@@ -346,9 +367,15 @@ class JoinedListsCache:
                 self._joins[key] = self._joins.pop(key)  # most recently used last
                 return joined
             self._joins.pop(key, None)
-            if key in self._refused or self._making is not None:
+            if self._making is not None:
+                if key != self._making and set(key) & set(self._making):
+                    # some of its parts, others replaced (published again): the join being
+                    # made is dropped (a group of other shards waits its turn instead)
+                    self._wanted = key
                 return None
-            self._making = key
+            if key in self._refused:
+                return None
+            self._making = self._wanted = key
         if sum(part.size for part in parts) <= JOIN_AT_ONCE_VECTORS:
             return self._make(key, training, tuple(parts))
         try:
@@ -371,18 +398,21 @@ class JoinedListsCache:
         parts: tuple[VectorIndex, ...],
     ) -> JoinedLists | None:
         started = time.perf_counter()
-        joined = None
+        joined, abandoned = None, False
         try:
-            joined = JoinedLists(training, parts)
+            joined = JoinedLists(training, parts, abandon=lambda: self._wanted != key)
+        except JoinAbandonedError as exc:
+            abandoned = True
+            logger.info("a join of %d shards' lists no longer wanted: %s", len(parts), exc)
         except Exception as exc:  # any failure: the parts are searched one by one
             logger.warning("the lists of %d shards cannot be searched together (%r): each "
                            "is searched on its own", len(parts), exc)  # fmt: skip
         finally:
             with self._lock:
                 self._making = None
-                if joined is None:
+                if joined is None and not abandoned:
                     self._refused.add(key)
-                elif joined.holds(parts):  # (not changed while it was copied)
+                elif joined is not None and joined.holds(parts):  # (unchanged meanwhile)
                     self._joins[key] = joined
                     for older in list(self._joins)[:-JOINS_KEPT]:
                         self._joins.pop(older, None)

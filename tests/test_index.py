@@ -7,6 +7,7 @@ import itertools
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -644,9 +645,9 @@ def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
     # a join that cannot be made is not tried again for the same parts
     tried = []
 
-    def counted(*args: object) -> JoinedLists:
+    def counted(*args: object, **kwargs: object) -> JoinedLists:
         tried.append(args)
-        return JoinedLists(*args)  # type: ignore[arg-type]
+        return JoinedLists(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(joined_lists, "JoinedLists", counted)
     assert cache.get(training, [parts[0], apart]) is None
@@ -697,3 +698,49 @@ def test_joined_lists_never_append_at_a_length_faiss_copies_wrongly(
     for (_, part_ids), (a, b) in zip(found, itertools.pairwise(cuts), strict=True):
         hits = part_ids[part_ids >= 0]
         assert len(hits) and np.all((hits >= a) & (hits < b))
+
+
+def test_a_background_join_stops_once_its_shards_are_published_again(
+    vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a worker's shards published again while their lists are being joined: the old join is
+    # dropped part-way, and the new parts' is made next; another group only waits its turn
+    from tunetrace.index import joined_lists
+    from tunetrace.index.joined_lists import JoinedListsCache
+
+    spec = replace(SMALL_IVFPQ, pq_bits=4).resolved(len(vectors))
+    training = VectorIndex.trained(DIM, spec, vectors[training_rows(vectors, 1000)])
+    ids = np.arange(len(vectors), dtype=np.int64)
+
+    def built(a: int, b: int) -> VectorIndex:
+        return VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
+
+    old = [built(0, 1000), built(1000, 2000)]
+    new = [old[0], built(1000, 2000)]  # the second shard published again
+    others = [built(2000, 2500), built(2500, 3000)]
+    copy_list = joined_lists._copy_list
+    copied: list[int] = []
+
+    def slowly(sources: list, into: object, list_number: int) -> int:
+        copied.append(len(sources))
+        time.sleep(0.05)
+        return copy_list(sources, into, list_number)
+
+    monkeypatch.setattr(joined_lists, "_copy_list", slowly)
+    monkeypatch.setattr(joined_lists, "JOIN_AT_ONCE_VECTORS", 0)
+    raised: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", raised.append)
+    cache = JoinedListsCache()
+    assert cache.get(training, old) is None  # being made, in the background
+    time.sleep(0.12)
+    assert cache.get(training, others) is None  # another group: waits, takes nothing over
+    assert cache.get(training, new) is None  # some of its parts replaced: the old join stops
+    made = None
+    for _ in range(200):
+        made = cache.get(training, new)
+        if made is not None:
+            break
+        time.sleep(0.05)
+    assert made is not None and made.holds(new) and len(cache) == 1
+    assert len(copied) < 2 * spec.nlist  # the old join stopped part-way
+    assert raised == []  # (nothing escaped the joining thread)
