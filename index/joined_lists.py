@@ -36,6 +36,7 @@ from tunetrace.index.vector_index import (
     VectorIndex,
     _fits,
     _ivf_parts,
+    _no_neighbours,
 )
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ class JoinedLists:
         The empty trained index the parts are built on (not changed: a copy is filled).
     parts : sequence of VectorIndex
         Each :func:`joinable` on ``training``'s digest; at most ``2 ** PART_BITS``.
-
     abandon : callable, optional
         Asked between lists: once it answers true, the copy stops (a join no longer
         wanted, its parts published again meanwhile).
@@ -183,7 +183,7 @@ class JoinedLists:
             return None
         n = len(assignment.vectors)
         if self.size == 0 or n == 0:
-            similarities, ids = np.zeros((n, k), np.float32), np.full((n, k), -1, np.int64)
+            similarities, ids = _no_neighbours(n, k)
         else:
             similarities, ids = search_lists(
                 self._ivf, assignment.vectors, k, assignment.lists, assignment.similarities

@@ -228,19 +228,13 @@ class LocalShards(_Shards):
         results, failures = {}, []
         grouped = getattr(function, TOGETHER, None)
         if grouped is not None and len(args) > 1:
-            opened, shards = [], []
-            for shard in sorted(args):
+            opened = {}
+            for shard in args:
                 with contextlib.suppress(ShardUnavailableError):  # it fails alone, below
-                    opened.append(self.shard(shard))
-                    shards.append(shard)
-            if len(opened) > 1:
-                try:
-                    answers = grouped(opened, [args[shard] for shard in shards])
-                    results = {shard: value for shard, (answered, value)
-                               in zip(shards, answers, strict=True) if answered}  # fmt: skip
-                except Exception:
-                    logger.warning("shards could not be run together; each runs on its own",
-                                   exc_info=True)  # fmt: skip
+                    opened[shard] = self.shard(shard)
+            together_found = _run_together(grouped, opened, args)
+            results = {shard: value for shard, (answered, value) in together_found.items()
+                       if answered}  # fmt: skip
         for shard, shard_args in args.items():
             if shard in results:
                 continue
@@ -609,17 +603,10 @@ def run_on_shards(
                 opened[number] = run_on_shard(directory, read_only, params, _the_shard)
             except Exception as exc:
                 outcomes[number] = _raised(exc)
-        if len(opened) > 1:
-            numbers = sorted(opened)
-            try:
-                answers = grouped([opened[n] for n in numbers], [args[n] for n in numbers])
-                outcomes.update(
-                    (number, answer if answer[0] else _raised(answer[1]))
-                    for number, answer in zip(numbers, answers, strict=True)
-                )
-            except Exception:  # each shard on its own, below
-                logger.warning("shards could not be run together; each runs on its own",
-                               exc_info=True)  # fmt: skip
+        outcomes.update(
+            (number, answer if answer[0] else _raised(answer[1]))
+            for number, answer in _run_together(grouped, opened, dict(enumerate(args))).items()
+        )
     for number, (directory, shard_args) in enumerate(zip(directories, args, strict=True)):
         if number in outcomes:
             continue
@@ -659,6 +646,25 @@ def together(
 
 #: The attribute naming a shard function's way of running on several shards at once.
 TOGETHER = "on_shards_together"
+
+
+def _run_together(
+    grouped: Callable[[list[OpenShard], list[tuple[Any, ...]]], list[Outcome]],
+    opened: dict[int, OpenShard],
+    args: dict[int, tuple[Any, ...]],
+) -> dict[int, Outcome]:
+    """``grouped`` (see :func:`together`) on the shards ``opened`` (by number), if two or
+    more: each one's outcome; none when it raised (logged: each shard then runs on its
+    own)."""
+    if len(opened) < 2:
+        return {}
+    numbers = sorted(opened)
+    try:
+        answers = grouped([opened[n] for n in numbers], [args[n] for n in numbers])
+        return dict(zip(numbers, answers, strict=True))
+    except Exception:
+        logger.warning("shards could not be run together; each runs on its own", exc_info=True)
+        return {}
 
 
 def _the_shard(shard: OpenShard) -> OpenShard:
