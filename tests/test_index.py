@@ -575,6 +575,25 @@ def test_projection_needs_a_noise_model_of_the_catalogues_fingerprint(
         assert catalogue.rebuild_index(IndexSpec(kind="hnsw")).spec.kind == "hnsw"
 
 
+def _pieces(
+    spec: IndexSpec, training: VectorIndex, vectors: np.ndarray, ids: np.ndarray, cuts: list
+) -> list[VectorIndex]:
+    """Indexes of ``vectors`` between successive ``cuts``, all built on ``training``."""
+    return [VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
+            for a, b in itertools.pairwise(cuts)]  # fmt: skip
+
+
+def _join_once_made(cache: object, training: VectorIndex, parts: list) -> object:
+    """``cache``'s join of ``parts``, asked for until it is made in the background (up to
+    10 s; ``None`` if it is not)."""
+    for _ in range(200):
+        joined = cache.get(training, parts)  # type: ignore[attr-defined]
+        if joined is not None:
+            return joined
+        time.sleep(0.05)
+    return None
+
+
 def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
     vectors: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -589,10 +608,7 @@ def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
     training = VectorIndex.trained(DIM, spec, sample)
     ids = np.arange(len(vectors), dtype=np.int64) + 7  # ids unlike positions
     cuts = [0, 400, 1900, 2000, len(vectors)]
-    parts = [
-        VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
-        for a, b in itertools.pairwise(cuts)
-    ]
+    parts = _pieces(spec, training, vectors, ids, cuts)
     _, queries = _noisy_copies(vectors, 150)
     assignment = training.assign(queries)
     expected = best_of([part.search_assigned(assignment, 10) for part in parts], 10)
@@ -654,14 +670,9 @@ def test_indexes_on_one_training_are_searched_as_one_through_their_joined_lists(
     assert cache.get(training, [parts[0], apart]) is None and len(tried) == 1
     # large joins are made in the background, one at a time, and used once made
     monkeypatch.setattr(joined_lists, "JOIN_AT_ONCE_VECTORS", 0)
-    fresh = [VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
-             for a, b in itertools.pairwise(cuts)]  # fmt: skip
+    fresh = _pieces(spec, training, vectors, ids, cuts)
     assert cache.get(training, fresh) is None  # (being made)
-    for _ in range(200):
-        found_join = cache.get(training, fresh)
-        if found_join is not None:
-            break
-        time.sleep(0.05)
+    found_join = _join_once_made(cache, training, fresh)
     assert found_join is not None and found_join.holds(fresh) and len(tried) == 2
     # once its parts are let go (an index published again, shards closed), it goes too
     assert len(cache) == 2
@@ -687,8 +698,7 @@ def test_joined_lists_never_append_at_a_length_faiss_copies_wrongly(
     training = VectorIndex.trained(DIM, spec, vectors[training_rows(vectors, 1000)])
     cuts = np.cumsum((0, *sizes))
     ids = np.arange(len(vectors), dtype=np.int64)
-    parts = [VectorIndex.build(DIM, spec, vectors[a:b], ids[a:b], trained=training)
-             for a, b in itertools.pairwise(cuts)]  # fmt: skip
+    parts = _pieces(spec, training, vectors, ids, list(cuts))
     joined = JoinedLists(training, parts)
     assert joined.size == sum(sizes)
     assignment = training.assign(vectors[:300] + 0.01)
@@ -735,12 +745,7 @@ def test_a_background_join_stops_once_its_shards_are_published_again(
     time.sleep(0.12)
     assert cache.get(training, others) is None  # another group: waits, takes nothing over
     assert cache.get(training, new) is None  # some of its parts replaced: the old join stops
-    made = None
-    for _ in range(200):
-        made = cache.get(training, new)
-        if made is not None:
-            break
-        time.sleep(0.05)
+    made = _join_once_made(cache, training, new)
     assert made is not None and made.holds(new) and len(cache) == 1
     assert len(copied) < 2 * spec.nlist  # the old join stopped part-way
     assert raised == []  # (nothing escaped the joining thread)

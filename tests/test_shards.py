@@ -359,13 +359,11 @@ def test_shards_held_by_one_process_search_their_joined_lists_as_one_index(
     from tunetrace.index.joined_lists import JoinedLists
 
     spec = IndexSpec(kind="ivfpq", nlist=4, pq_m=16, pq_bits=4, nprobe=2, projection_dims=32)
-    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    whole = tmp_path / "whole"
     shutil.copytree(built_catalogue, whole)
-    shutil.copytree(sharded, shared)
     with Catalogue(whole) as catalogue:
         catalogue.rebuild_index(spec)
-    with ShardedCatalogue(shared) as catalogue:
-        catalogue.rebuild_index(spec)
+    shared = _with_shared_ivf(sharded, tmp_path / "shared", spec)
     joined: list[int] = []
     search_assigned = JoinedLists.search_assigned
 
@@ -417,11 +415,16 @@ def _write_after_losing_index_files(directory: Path, queries: Path) -> None:
             catalogue.remove("probe")
 
 
-def _with_shared_ivf(sharded: Path, directory: Path) -> Path:
-    """A copy of ``sharded`` at ``directory`` whose shards share one small IVF index."""
+#: A small IVF index for the five fixture songs' shards.
+SMALL_IVF = IndexSpec(kind="ivfflat", nlist=16, nprobe=2)
+
+
+def _with_shared_ivf(sharded: Path, directory: Path, spec: IndexSpec = SMALL_IVF) -> Path:
+    """A copy of ``sharded`` at ``directory`` whose shards share one small IVF index
+    (``spec``)."""
     shutil.copytree(sharded, directory)
     with ShardedCatalogue(directory) as catalogue:
-        catalogue.rebuild_index(IndexSpec(kind="ivfflat", nlist=16, nprobe=2))
+        catalogue.rebuild_index(spec)
     return directory
 
 
